@@ -1,0 +1,244 @@
+"""The DUT client: the benchmark firmware's API over any channel (direct serial link, or the
+interface board's passthrough), with every wait bounded by the wire-time model."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+from agent.errors import DeviceCommandError, DeviceReset, DeviceTimeout, GarbledReply, ResyncFailed
+from agent.serial_link import SerialLink
+from farm.models import ModelSpec
+from farm.protocol import dut
+from farm.wire import WireModel
+
+log = logging.getLogger("agent.dut_client")
+
+#: Bytes per ``db`` chunk on a direct link: 62 hex digits, a 65-character command, as the
+#: official runner sends (38 would still fit the 80-character buffer).
+DIRECT_CHUNK = 31
+
+
+class DutChannel(Protocol):
+    """How DUT commands reach the DUT: a direct link or the interface board's passthrough."""
+
+    port: str
+    chunk_bytes: int
+    """Bytes per ``db`` chunk this path can carry."""
+
+    async def exchange(
+        self, command: str, *, reply_bytes: int, compute_s: float = 0.0
+    ) -> dut.Reply:
+        """Send one DUT command; return its complete reply (up to ``m-ready``)."""
+        ...
+
+    async def resync(self) -> None:
+        """Bring the path back to a known idle state after a timeout or garbage."""
+        ...
+
+
+def check_reply(port: str, reply: dut.Reply) -> dut.Reply:
+    """Raise on a reply that cannot be trusted or that reports an error."""
+    if reply.reset_seen:
+        raise DeviceReset(f"{port}: the DUT rebooted during {reply.command!r}")
+    if reply.garbage:
+        sample = reply.garbage[0].line[:40]
+        raise GarbledReply(f"{port}: garbled reply to {reply.command!r}: {sample!r}")
+    if reply.errors:
+        raise DeviceCommandError(port, reply.command, dut.lines_text(reply.errors))
+    return reply
+
+
+class DirectChannel:
+    """DUT commands over the DUT's own serial port."""
+
+    chunk_bytes = DIRECT_CHUNK
+
+    def __init__(self, link: SerialLink, wire: WireModel | None = None) -> None:
+        self.link = link
+        self.port = link.port
+        self.wire = wire or WireModel(link.baud)
+        self.host = dut.DutHost()
+        self._lock = asyncio.Lock()
+
+    async def exchange(
+        self, command: str, *, reply_bytes: int, compute_s: float = 0.0
+    ) -> dut.Reply:
+        """Send ``command``; wait at most the modelled time for its reply."""
+        async with self._lock:
+            data = self.host.send(command)
+            timeout = self.wire.timeout(len(data), reply_bytes, compute_s)
+            self.link.write(data)
+            received = 0
+            try:
+                async with asyncio.timeout(timeout):
+                    while (reply := self.host.next_reply()) is None:
+                        chunk = await self.link.read()
+                        received += len(chunk)
+                        self.host.feed(chunk)
+            except TimeoutError:
+                partial = self.host.abandon()
+                garbled = any(isinstance(e, dut.Garbage) for e in partial)
+                raise DeviceTimeout(
+                    self.port, command, timeout, received, garbled, self.link.baud
+                ) from None
+            return reply
+
+    async def resync(self) -> None:
+        """Flush, end any half-received command with ``%``, drain until the line is idle,
+        then check the DUT answers ``name``."""
+        async with self._lock:
+            self.host.abandon()
+            self.link.discard_input()
+            self.link.write(b"%")
+            await drain_until_idle(self.link, self.wire)
+            self.host.abandon()
+        try:
+            reply = await self.exchange("name", reply_bytes=dut.reply_size_bound("name"))
+        except (TimeoutError, GarbledReply) as exc:
+            raise ResyncFailed(
+                f"{self.port}: DUT did not answer 'name' after a resync: {exc}"
+            ) from exc
+        if not reply.of(dut.Name):
+            raise ResyncFailed(f"{self.port}: DUT reply to 'name' after resync has no name line")
+
+
+async def drain_until_idle(link: SerialLink, wire: WireModel, max_bytes: int = 4096) -> int:
+    """Read and discard until the line has been silent for the model's idle gap; give up
+    after the time ``max_bytes`` would take (a device spewing noise is never idle)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wire.timeout(0, max_bytes)
+    drained = 0
+    while loop.time() < deadline:
+        try:
+            async with asyncio.timeout(min(wire.idle_gap(), max(deadline - loop.time(), 0))):
+                drained += len(await link.read())
+        except TimeoutError:
+            break
+    return drained
+
+
+@dataclass(frozen=True, slots=True)
+class InferResult:
+    """One ``infer N W``: DUT-timed window and the last inference's output."""
+
+    count: int
+    warmup: int
+    start_us: int | None
+    end_us: int | None
+    elapsed_us: int | None
+    """DUT µs between the first and the last lap, across a 32-bit wrap; ``None`` on the
+    energy build (its timestamps are pin pulses the energy monitor sees)."""
+    results: tuple[float, ...]
+    reply: dut.Reply
+
+
+class DutClient:
+    """The DUT's command set. ``latency_s`` is the per-inference time the wire-time model
+    budgets for ``infer``; it starts at the model's reference-board figure (or what the caller
+    knows) and follows each measured window."""
+
+    def __init__(
+        self, channel: DutChannel, model: ModelSpec | None = None, latency_s: float | None = None
+    ) -> None:
+        self.channel = channel
+        self.model = model
+        self.latency_s = (
+            latency_s if latency_s is not None else (model.reference_latency_s if model else 1.0)
+        )
+
+    @property
+    def outputs(self) -> int:
+        """Result vector length the reply-size model assumes."""
+        return self.model.outputs if self.model else 12
+
+    async def command(self, command: str, compute_s: float = 0.0) -> dut.Reply:
+        """Any command; the reply is checked (errors, garbage, reset raise)."""
+        reply_bytes = dut.reply_size_bound(command, self.outputs)
+        reply = await self.channel.exchange(command, reply_bytes=reply_bytes, compute_s=compute_s)
+        return check_reply(self.channel.port, reply)
+
+    async def name(self) -> str:
+        """The vendor string of ``m-name-dut-[...]``."""
+        reply = await self.command("name")
+        return _one(self.channel.port, reply, dut.Name).vendor
+
+    async def profile(self) -> tuple[str, str]:
+        """``(profile, model id)`` from ``m-profile-[...]`` and ``m-model-[...]``."""
+        reply = await self.command("profile")
+        profile = _one(self.channel.port, reply, dut.Profile).profile
+        return profile, _one(self.channel.port, reply, dut.Model).model
+
+    async def help(self) -> list[str]:
+        """The firmware's help text, line by line."""
+        reply = await self.command("help")
+        return [dut.lines_text([e]) for e in reply.events if not isinstance(e, dut.Ready)]
+
+    async def timestamp(self) -> int | None:
+        """The µs counter (performance build); ``None`` on the energy build (a pin pulse)."""
+        laps = (await self.command("timestamp")).laps
+        return laps[-1] if laps else None
+
+    async def load(self, data: bytes) -> None:
+        """Download one input: ``db load N`` then ``db <hex>`` chunks. Unlike the official
+        runner, every reply is checked and the final ``m-load-done`` is required."""
+        reply = await self.command(f"db load {len(data)}")
+        expecting = _one(self.channel.port, reply, dut.Expecting)
+        if expecting.nbytes != len(data):
+            raise GarbledReply(
+                f"{self.channel.port}: DUT expects {expecting.nbytes} bytes, not {len(data)}"
+            )
+        step = self.channel.chunk_bytes
+        for offset in range(0, len(data), step):
+            reply = await self.command("db " + data[offset : offset + step].hex())
+        if not data or not reply.of(dut.LoadDone):
+            raise GarbledReply(
+                f"{self.channel.port}: DUT did not confirm the load of {len(data)} bytes"
+            )
+
+    async def infer(self, count: int, warmup: int = 0) -> InferResult:
+        """``infer N W``: run ``warmup`` untimed then ``count`` timed inferences."""
+        reply = await self.command(
+            f"infer {count} {warmup}", compute_s=(count + warmup) * self.latency_s
+        )
+        port = self.channel.port
+        start = _one(port, reply, dut.InferStart)
+        if start.count != count:
+            raise GarbledReply(f"{port}: asked for {count} inferences, DUT started {start.count}")
+        results = reply.results
+        if results is None:
+            raise GarbledReply(f"{port}: reply to {reply.command!r} has no m-results line")
+        laps = reply.laps
+        start_us = end_us = elapsed = None
+        if laps:
+            if len(laps) < 2:
+                raise GarbledReply(f"{port}: reply to {reply.command!r} has one lap, not two")
+            start_us, end_us = laps[0], laps[-1]
+            elapsed = dut.elapsed_us(start_us, end_us)
+            if elapsed > 0:
+                self.latency_s = elapsed / 1e6 / count
+        return InferResult(count, warmup, start_us, end_us, elapsed, results, reply)
+
+    async def results(self) -> tuple[float, ...]:
+        """The last inference's output again (``results``)."""
+        reply = await self.command("results")
+        found = reply.results
+        if found is None:
+            raise GarbledReply(f"{self.channel.port}: reply to 'results' has no m-results line")
+        return found
+
+    async def resync(self) -> None:
+        """Recover the link after a timeout or garbage (see the channel's ``resync``)."""
+        await self.channel.resync()
+
+
+E = TypeVar("E", bound=dut.DutEvent)
+
+
+def _one(port: str, reply: dut.Reply, kind: type[E]) -> E:
+    found = reply.of(kind)
+    if not found:
+        raise GarbledReply(f"{port}: reply to {reply.command!r} lacks a {kind.__name__} line")
+    return found[-1]

@@ -1,0 +1,77 @@
+"""What a DUT's benchmark firmware knows about each model: input size, output vector, and
+how the reference port prints its results (PROTOCOLS.md §2.4, §2.7).
+
+The benchmark catalogue (datasets, modes, scripts, targets) builds on these facts; the
+protocol layer and the simulators need only this much.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+ResultFormat = Literal["kws", "ic", "vww", "ad"]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """One MLPerf Tiny model as its firmware sees it."""
+
+    id: str
+    input_bytes: int
+    """Bytes one inference's input occupies on the wire (ad01: one 2,560-byte window)."""
+    max_db_input: int
+    """The firmware's ``MAX_DB_INPUT_SIZE``; ``db load`` beyond it is refused (§2.5)."""
+    element_bytes: int
+    """Size of one input element: the ``Input db has K elemented`` message counts elements."""
+    outputs: int
+    """Length of the result vector printed by ``m-results-[...]``."""
+    result_format: ResultFormat
+    default_baud: int
+    """Reference DUT baud in performance and accuracy mode (energy mode is always 9600)."""
+    reference_latency_s: float
+    """Per-inference time on the reference board (NUCLEO-L4R5ZI): the compute budget a host
+    assumes for a board it has not measured yet (the official N values are sized from it)."""
+
+    @property
+    def input_elements(self) -> int:
+        """Elements one inference consumes (what the firmware expects in ``th_load_tensor``)."""
+        return self.input_bytes // self.element_bytes
+
+
+MODELS: dict[str, ModelSpec] = {
+    m.id: m
+    for m in (
+        ModelSpec("kws01", 490, 490, 1, 12, "kws", 115200, 0.181),
+        ModelSpec("vww01", 27648, 27648, 1, 2, "vww", 115200, 0.603),
+        ModelSpec("ic01", 3072, 3072, 1, 10, "ic", 115200, 0.704),
+        ModelSpec("ad01", 2560, 5120, 4, 1, "ad", 921600, 0.0104),
+    )
+}
+
+#: Energy-mode firmware talks to the interface board at this baud for every model (§1).
+ENERGY_BAUD = 9600
+
+
+def get_model(model_id: str) -> ModelSpec:
+    """Look a model up by id; an unknown id raises a ``KeyError`` that lists the known ones."""
+    try:
+        return MODELS[model_id]
+    except KeyError:
+        known = ", ".join(sorted(MODELS))
+        raise KeyError(f"unknown model {model_id!r} (known: {known})") from None
+
+
+def format_results(fmt: ResultFormat, values: Sequence[float]) -> str:
+    """The text inside ``m-results-[...]`` exactly as the reference port prints it.
+
+    kws builds ``0.ddd`` from integer math (truncated, so 1.0 prints ``0.1000``); ic prints
+    ``%0.3f`` values; vww prints ``%0.3f,`` per value (the trailing comma is a loop bug the
+    host must tolerate); ad prints one ``%0.3f`` reconstruction error.
+    """
+    if fmt == "kws":
+        return ",".join(f"0.{int(v * 1000):03d}" for v in values)
+    if fmt == "vww":
+        return "".join(f"{v:0.3f}," for v in values)
+    return ",".join(f"{v:0.3f}" for v in values)

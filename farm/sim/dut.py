@@ -1,0 +1,247 @@
+"""A simulated DUT: the firmware state machine of ``farm.protocol.dut_firmware`` running in
+real time behind a paced UART, with a latency model, a µs counter, power draw, a timestamp
+pin, and fault injection."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+from farm.models import ModelSpec
+from farm.protocol import dut_firmware as fw
+from farm.sim.faults import FaultPlan
+from farm.sim.latency import ComputeRecord, LatencyModel
+from farm.sim.power import GpioLine, PowerModel, PowerRail
+from farm.sim.uart import Uart
+from farm.synthetic import simulated_output
+from farm.wire import wire_time
+
+log = logging.getLogger("farm.sim.dut")
+
+_COUNTER_MASK = 0xFFFFFFFF
+
+
+@dataclass
+class DutCounter:
+    """The DUT's free-running 32-bit µs counter.
+
+    It follows the event-loop clock while the firmware idles; while a command executes it
+    advances by exactly the modelled durations (wire time of each printed line, each
+    inference), so lap differences equal the simulator's ground truth to the microsecond
+    whatever the host's scheduling jitter.
+    """
+
+    start_us: int = 0
+    _base_us: int = 0
+    _base_t: float = 0.0
+
+    def restart(self, t: float) -> None:
+        """Power-on: the counter restarts from ``start_us`` at time ``t``."""
+        self._base_us, self._base_t = self.start_us, t
+
+    def read(self, t: float) -> int:
+        """Counter value at time ``t`` (unwrapped; printing masks it to 32 bits)."""
+        return self._base_us + int((t - self._base_t) * 1e6)
+
+    def settle(self, value_us: int, t: float) -> None:
+        """After a command: the counter reads ``value_us`` at ``t``, or the real-time value if
+        that is later, so it never runs backwards and never drifts from wall time for long."""
+        self._base_us, self._base_t = max(value_us, self.read(t)), t
+
+
+@dataclass
+class SimDut:
+    """One simulated DUT behind ``uart``.
+
+    ``uart`` is the port of the firmware build in use: the DUT's own USB serial port for the
+    performance build, the wire to the interface board for the energy build.
+    """
+
+    board: str
+    model: ModelSpec
+    build: fw.Build
+    uart: Uart
+    latency: LatencyModel
+    quality: float = 0.9
+    """Top-1 accuracy (classifiers) or AUC (ad01) this board reaches on synthetic inputs."""
+    counter: DutCounter = field(default_factory=DutCounter)
+    boot_s: float = 0.05
+    rx_fifo: int = 1
+    """Bytes the UART holds while the firmware is busy and not reading; the rest overrun."""
+    pulse_hold_s: float = 0.001
+    vendor: str = "unspecified"
+    faults: FaultPlan = field(default_factory=FaultPlan)
+    power: PowerModel | None = None
+    gpio: GpioLine | None = None
+    rail: PowerRail | None = None
+    records: list[ComputeRecord] = field(default_factory=list)
+    """Ground truth of every simulated warmup and infer phase, in order."""
+    boots: int = 0
+
+    def __post_init__(self) -> None:
+        self.firmware = fw.DutFirmware(
+            self.model,
+            self.build,
+            lambda tensor: simulated_output(self.model, tensor, self.quality),
+            vendor=self.vendor,
+        )
+        self._task: asyncio.Task[None] | None = None
+        self._hung = False
+        if self.rail is not None:
+            self.rail.subscribe(self._rail_switched)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Power on: boot and serve commands until stopped."""
+        if self.rail is None or self.rail.on:
+            self._spawn()
+
+    async def stop(self) -> None:
+        """Stop the firmware (the board is unplugged or the simulator exits)."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def reset(self) -> None:
+        """Reset the MCU (reset line, ``targrst``, a fault): state lost, banner again.
+
+        Safe to call from inside the firmware's own task: that task is cancelled at its next
+        wait and a fresh one boots."""
+        if self._task is not None:
+            self._task.cancel()
+        self._spawn()
+
+    def _spawn(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"dut-{self.board}")
+
+    def _rail_switched(self, t: float, on: bool) -> None:
+        if self.power is not None:
+            self.power.set_powered(t, on)
+        if on:
+            self.reset()
+        elif self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    # -- main loop -------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._hung = False
+        self.boots += 1
+        self.counter.restart(loop.time())
+        self.uart.clear_input()
+        log.info("event=dut_boot board=%s build=%s boots=%d", self.board, self.build, self.boots)
+        await self._execute(self.firmware.boot(), frozenset())
+        self.uart.clear_input()  # the firmware did not read its UART while it booted
+        pending = bytearray()
+        while True:
+            if not pending:
+                pending += await self.uart.read()
+            if self._hung:
+                pending.clear()
+                continue
+            end = pending.find(b"%")
+            if end < 0:
+                self.firmware.receive(bytes(pending))
+                pending.clear()
+                continue
+            head, rest = bytes(pending[: end + 1]), bytes(pending[end + 1 :])
+            actions = self.firmware.receive(head)
+            if not actions:
+                pending = bytearray(rest)
+                continue
+            busy_from = loop.time()
+            fired = self.faults.draw(self.firmware.last_command)
+            if "hang" in fired:
+                self._hung = True
+                pending.clear()
+                continue
+            if "disconnect" in fired:
+                await self._unplug()
+                return
+            if "reset" in fired:
+                # Reboot part-way through the reply: the banner follows whatever was printed.
+                cut = self.faults.rng.randrange(1, max(len(actions), 2))
+                await self._execute(actions[:cut], fired)
+                self.reset()
+                return
+            await self._execute(actions, fired)
+            # Bytes that reached the UART while the firmware was busy: the first few stay
+            # in the UART, the rest were overrun.
+            pending = bytearray(rest[: self.rx_fifo])
+            self.uart.drop_received_between(busy_from, loop.time(), self.rx_fifo - len(pending))
+
+    async def _execute(self, actions: list[fw.Action], fired: frozenset[str] | set[str]) -> None:
+        loop = asyncio.get_running_loop()
+        if "no_ready" in fired and actions and actions[-1] == fw.Write(b"m-ready\r\n"):
+            actions = actions[:-1]
+        cursor = self.counter.read(loop.time())
+        lap_at: int | None = None
+        for action in actions:
+            match action:
+                case fw.Write(data):
+                    for kind in fired & {"garbage", "drop"}:
+                        data = self.faults.garble(data, kind)
+                    await self.uart.write(data)
+                    cursor += round(wire_time(len(data), self.uart.baud) * 1e6)
+                case fw.Compute(phase, count):
+                    cursor += await self._compute(phase, count, lap_at, cursor)
+                    lap_at = None
+                case fw.Lap():
+                    if lap_at is None:
+                        lap_at = cursor
+                    line = fw.format_lap(cursor)
+                    await self.uart.write(line)
+                    cursor += round(wire_time(len(line), self.uart.baud) * 1e6)
+                case fw.Pulse():
+                    await self._pulse()
+                    cursor += round(self.pulse_hold_s * 1e6)
+                case fw.EnableParser():
+                    self.firmware.parser_enabled = True
+                case fw.Overflow(position):
+                    log.warning("event=dut_overflow board=%s position=%d", self.board, position)
+        self.counter.settle(cursor, loop.time())
+
+    async def _compute(self, phase: str, count: int, lap_at: int | None, cursor: int) -> int:
+        """Spend the modelled time of ``count`` inferences; return it in µs."""
+        loop = asyncio.get_running_loop()
+        if phase == "boot":
+            times = self.latency.sample_window(0)
+            total = round(self.boot_s * 1e6)
+        else:
+            times = self.latency.sample_window(count)
+            total = sum(times)
+        start = loop.time()
+        if self.power is not None and phase != "boot":
+            self.power.set_active(start, True)
+        try:
+            await asyncio.sleep(max(0.0, start + total / 1e6 - loop.time()))
+        finally:
+            if self.power is not None and phase != "boot":
+                self.power.set_active(loop.time(), False)
+        if phase != "boot":
+            window = None if lap_at is None else cursor - lap_at + total
+            self.records.append(ComputeRecord(phase, count, times, lap_at, window))
+        return total
+
+    async def _pulse(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self.gpio is not None:
+            self.gpio.set(loop.time(), False)
+        await asyncio.sleep(self.pulse_hold_s)
+        if self.gpio is not None:
+            self.gpio.set(loop.time(), True)
+
+    async def _unplug(self) -> None:
+        """USB unplug: the port vanishes; the board, powered from USB, reboots when it's back."""
+        disconnect = getattr(self.uart, "disconnect", None)
+        if disconnect is None:
+            return
+        await disconnect(self.faults.spec("disconnect").down_s)
+        self.reset()
