@@ -1,0 +1,208 @@
+"""Configuration of simulated boards (``farm sim --config FILE``), validated with pydantic.
+
+Errors name the file, the line and the field, e.g.
+``boards.yaml:7: boards[1].latency.median_s: Input should be greater than 0``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from farm.models import ENERGY_BAUD, MODELS
+from farm.sim.faults import FaultSpec
+
+#: Default median inference time per model: a fast Cortex-M7-class board, so that simulated
+#: runs take seconds (the reference L4R5ZI is 10-70x slower; set ``latency`` to mimic it).
+DEFAULT_MEDIAN_S = {"kws01": 0.005, "vww01": 0.030, "ic01": 0.040, "ad01": 0.001}
+#: Default quality: top-1 accuracy for classifiers, AUC for ad01 (above the closed targets).
+DEFAULT_QUALITY = {"kws01": 0.91, "vww01": 0.82, "ic01": 0.87, "ad01": 0.87}
+
+# USB identities of the real devices (PROTOCOLS.md §8), so discovery code sees the same.
+DUT_USB = ("0483", "374B")  # ST-LINK/V2-1 VCP of a NUCLEO board
+INTERFACE_USB = ("0483", "374E")  # STLINK-V3 VCP of the STM32H573I-DK
+MONITOR_USB = ("0483", "5740")  # LPM01A PowerShield
+INTERFACE_BAUD = 115200
+MONITOR_BAUD = 3686400
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LatencyConfig(_Strict):
+    """Inference-time distribution (see :class:`farm.sim.latency.LatencyModel`)."""
+
+    median_s: float | None = Field(None, gt=0)
+    spread: float = Field(0.02, ge=0)
+    tail_probability: float = Field(0.0, ge=0, le=1)
+    tail_factor: float = Field(3.0, ge=1)
+
+
+class PowerConfig(_Strict):
+    """DUT power draw while idle and while computing, in watts."""
+
+    idle_w: float = Field(0.005, ge=0)
+    active_w: float = Field(0.030, ge=0)
+
+
+class BoardConfig(_Strict):
+    """One simulated board: a DUT, and with ``energy`` an interface board and an LPM01A."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    model: str
+    firmware: Literal["performance", "energy"] = "performance"
+    energy: bool = False
+    """Wire an interface board and an LPM01A energy monitor to this board."""
+    baud: int | None = Field(None, gt=0)
+    """DUT baud of the performance build (default: the model's reference baud)."""
+    latency: LatencyConfig = Field(default_factory=LatencyConfig)
+    quality: float | None = Field(None, ge=0, le=1)
+    """Top-1 accuracy (classifiers) or AUC (ad01) on synthetic inputs."""
+    power: PowerConfig = Field(default_factory=PowerConfig)
+    clock_start_us: int = Field(0, ge=0, lt=2**32)
+    """The µs counter's value at boot (set near 2**32 to test the wrap)."""
+    boot_s: float = Field(0.05, ge=0)
+    rx_fifo: int = Field(1, ge=0)
+    pulse_hold_s: float = Field(0.001, gt=0)
+    vendor: str = "unspecified"
+    usb_serial: str | None = None
+    faults: list[FaultSpec] = Field(default_factory=list)
+    seed: int | None = None
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        if value not in MODELS:
+            raise ValueError(f"unknown model {value!r}; known: {', '.join(sorted(MODELS))}")
+        return value
+
+    @model_validator(mode="after")
+    def _energy_needs_hardware(self) -> BoardConfig:
+        if self.firmware == "energy" and not self.energy:
+            raise ValueError(
+                "firmware 'energy' talks only through an interface board: set energy: true"
+            )
+        return self
+
+    @property
+    def dut_baud(self) -> int:
+        """Baud of the DUT's UART in use (energy builds always run at 9600)."""
+        if self.firmware == "energy":
+            return ENERGY_BAUD
+        return self.baud or MODELS[self.model].default_baud
+
+    @property
+    def median_s(self) -> float:
+        """Median inference time."""
+        return self.latency.median_s or DEFAULT_MEDIAN_S[self.model]
+
+    @property
+    def target_quality(self) -> float:
+        """The accuracy or AUC this board reaches."""
+        return self.quality if self.quality is not None else DEFAULT_QUALITY[self.model]
+
+    def serial_number(self, kind: str) -> str:
+        """A stable USB serial number per board and device kind (like a real ST-LINK's)."""
+        if kind == "dut" and self.usb_serial:
+            return self.usb_serial
+        return hashlib.sha1(f"{self.id}/{kind}".encode()).hexdigest()[:24].upper()
+
+
+class SimConfig(_Strict):
+    """A set of simulated boards."""
+
+    seed: int = 0
+    boards: list[BoardConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> SimConfig:
+        seen: set[str] = set()
+        for board in self.boards:
+            if board.id in seen:
+                raise ValueError(f"board id {board.id!r} is used twice")
+            seen.add(board.id)
+        return self
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names file, line and field."""
+
+
+def generated_config(
+    count: int | None, models: list[str] | None, energy: int, seed: int
+) -> SimConfig:
+    """Boards for ``farm sim --boards N [--models ...]``: one board per listed model, or N
+    boards cycling the four models; the last ``energy`` boards get an interface board and
+    a monitor."""
+    order = ["kws01", "vww01", "ic01", "ad01"]
+    if models:
+        unknown = [m for m in models if m not in MODELS]
+        if unknown:
+            raise ConfigError(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(order)}")
+        chosen = models if count is None else [models[i % len(models)] for i in range(count)]
+    else:
+        chosen = [order[i % len(order)] for i in range(count or len(order))]
+    boards = []
+    for i, model in enumerate(chosen):
+        wired = i >= len(chosen) - energy
+        boards.append(
+            BoardConfig(
+                id=f"sim-{i + 1:02d}-{model}",
+                model=model,
+                energy=wired,
+                firmware="energy" if wired else "performance",
+            )
+        )
+    return SimConfig(seed=seed, boards=boards)
+
+
+def load_config(path: str | Path) -> SimConfig:
+    """Read and validate a YAML config; raise :class:`ConfigError` naming file and line."""
+    path = Path(path)
+    try:
+        source = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        node = yaml.compose(source)
+        data = yaml.safe_load(source)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    try:
+        return SimConfig.model_validate(data)
+    except ValidationError as exc:
+        messages = []
+        for err in exc.errors():
+            loc = err["loc"]
+            line = _line_of(node, loc)
+            field = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+            where = f"{path}:{line}" if line else str(path)
+            messages.append(f"{where}: {field or '(top level)'}: {err['msg']}")
+        raise ConfigError("\n".join(messages)) from None
+
+
+def _line_of(node: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
+    """1-based line of the YAML node at ``loc`` (the deepest one that exists)."""
+    line = node.start_mark.line + 1 if node is not None else None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next((v for k, v in node.value if k.value == part), None)
+            if match is None:
+                key = next((k for k, _ in node.value if k.value == part), None)
+                return key.start_mark.line + 1 if key is not None else line
+            node = match
+        elif (
+            isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value)
+        ):
+            node = node.value[part]
+        else:
+            break
+        line = node.start_mark.line + 1
+    return line
