@@ -68,11 +68,16 @@ class DirectChannel:
     ) -> dut.Reply:
         """Send ``command``; wait at most the modelled time for its reply."""
         async with self._lock:
+            stale = self.link.read_nowait()
+            if stale:
+                # Output nobody asked for (a boot banner, a late line): not part of this reply.
+                self.host.feed(stale)
+                log.info("event=unsolicited port=%s bytes=%d", self.port, len(stale))
             data = self.host.send(command)
             timeout = self.wire.timeout(len(data), reply_bytes, compute_s)
-            self.link.write(data)
             received = 0
             try:
+                self.link.write(data)
                 async with asyncio.timeout(timeout):
                     while (reply := self.host.next_reply()) is None:
                         chunk = await self.link.read()
@@ -84,6 +89,10 @@ class DirectChannel:
                 raise DeviceTimeout(
                     self.port, command, timeout, received, garbled, self.link.baud
                 ) from None
+            except BaseException:
+                # The link failed or we were cancelled: the reply will never be read.
+                self.host.abandon()
+                raise
             return reply
 
     async def resync(self) -> None:

@@ -126,6 +126,13 @@ class SerialLink:
         self.bytes_in += len(data)
         return data
 
+    def read_nowait(self) -> bytes:
+        """Everything received and not read yet, without waiting (may be empty)."""
+        data = bytes(self._inbox.buffer)
+        self._inbox.buffer.clear()
+        self.bytes_in += len(data)
+        return data
+
     def discard_input(self) -> int:
         """Drop everything received and not read yet (a resync); return how many bytes."""
         n = len(self._inbox.buffer)

@@ -20,7 +20,8 @@ from farm.wire import wire_time
 
 log = logging.getLogger("farm.sim.dut")
 
-_COUNTER_MASK = 0xFFFFFFFF
+#: What a UART at the wrong baud makes of bytes: framing-error noise, never a '%'.
+_NOISE = bytes(b for b in range(256) if b != 0x25)
 
 
 @dataclass
@@ -89,6 +90,9 @@ class SimDut:
         )
         self._task: asyncio.Task[None] | None = None
         self._hung = False
+        self.ready = asyncio.Event()
+        """Set once the boot banner is out and the firmware reads commands; cleared while
+        it reboots."""
         if self.rail is not None:
             self.rail.subscribe(self._rail_switched)
 
@@ -133,16 +137,18 @@ class SimDut:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         self._hung = False
+        self.ready.clear()
         self.boots += 1
         self.counter.restart(loop.time())
         self.uart.clear_input()
         log.info("event=dut_boot board=%s build=%s boots=%d", self.board, self.build, self.boots)
         await self._execute(self.firmware.boot(), frozenset())
         self.uart.clear_input()  # the firmware did not read its UART while it booted
+        self.ready.set()
         pending = bytearray()
         while True:
             if not pending:
-                pending += await self.uart.read()
+                pending += self._line_noise(await self.uart.read())
             if self._hung:
                 pending.clear()
                 continue
@@ -188,6 +194,7 @@ class SimDut:
                 case fw.Write(data):
                     for kind in fired & {"garbage", "drop"}:
                         data = self.faults.garble(data, kind)
+                    data = self._line_noise(data)
                     await self.uart.write(data)
                     cursor += round(wire_time(len(data), self.uart.baud) * 1e6)
                 case fw.Compute(phase, count):
@@ -207,6 +214,16 @@ class SimDut:
                 case fw.Overflow(position):
                     log.warning("event=dut_overflow board=%s position=%d", self.board, position)
         self.counter.settle(cursor, loop.time())
+
+    def _line_noise(self, data: bytes) -> bytes:
+        """At a baud other than the host's, a UART sees framing errors: every byte turns into
+        noise both ways (a command's ``%`` is then almost never seen)."""
+        host_baud = getattr(self.uart, "host_baud", None)
+        seen = host_baud() if host_baud is not None else None
+        if seen is None or seen == self.uart.baud:
+            return data
+        rng = self.faults.rng
+        return bytes(rng.choice(_NOISE) for _ in data)
 
     async def _compute(self, phase: str, count: int, lap_at: int | None, cursor: int) -> int:
         """Spend the modelled time of ``count`` inferences; return it in µs."""

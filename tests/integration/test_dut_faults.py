@@ -1,0 +1,127 @@
+"""Every simulated fault yields the documented host behaviour: the right exception, a resync
+where one can help, and never a wait longer than the wire-time model's timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable
+
+import pytest
+
+from agent.errors import DeviceReset, DeviceTimeout, GarbledReply, ResyncFailed
+from agent.serial_link import LinkLost
+from farm.models import MODELS
+
+from .conftest import BoardFactory, DirectBoard
+
+SLACK_S = 0.15  # event-loop and pty scheduling on a loaded machine
+
+
+async def loaded(factory: BoardFactory, model: str = "kws01") -> DirectBoard:
+    board = await factory(model, 115200)
+    await board.client.load(bytes(MODELS[model].input_bytes))
+    return board
+
+
+async def timed(coro: Awaitable[object]) -> tuple[Exception, float]:
+    """Await ``coro``, which must fail; return the exception and how long it took."""
+    started = time.monotonic()
+    try:
+        await coro
+    except Exception as exc:
+        return exc, time.monotonic() - started
+    pytest.fail("the fault did not surface as an exception")
+
+
+async def test_hang_times_out_resync_fails_until_reset(direct_board: BoardFactory) -> None:
+    board = await loaded(direct_board)
+    board.arm(kind="hang", on="infer")
+    exc, took = await timed(board.client.infer(10, 0))
+    assert isinstance(exc, DeviceTimeout)
+    assert "stopped before m-ready" in str(exc) or "no valid reply" in str(exc)
+    assert took <= exc.timeout + SLACK_S
+    assert board.dut.faults.injected == [("hang", "infer 10 0")]
+    with pytest.raises(ResyncFailed):
+        await board.client.resync()
+    board.dut.reset()  # power cycle
+    await asyncio.wait_for(board.dut.ready.wait(), 5)
+    await board.client.resync()
+    assert await board.client.name() == "unspecified"
+
+
+async def test_reset_mid_command_is_detected_and_recovered(direct_board: BoardFactory) -> None:
+    board = await loaded(direct_board)
+    boots = board.dut.boots
+    board.arm(kind="reset", on="infer")
+    exc, took = await timed(board.client.infer(5, 2))
+    assert isinstance(exc, DeviceReset | DeviceTimeout)
+    if isinstance(exc, DeviceTimeout):
+        assert took <= exc.timeout + SLACK_S
+    assert board.dut.boots == boots + 1
+    await board.client.resync()
+    # the reboot lost the loaded input: the firmware says so
+    with pytest.raises(Exception, match="Input db has 0 elemented"):
+        await board.client.infer(1, 0)
+
+
+async def test_garbage_bytes_raise_garbled_reply_then_resync(direct_board: BoardFactory) -> None:
+    board = await loaded(direct_board)
+    board.arm(kind="garbage", on="profile", garbage_bytes=24)
+    exc, took = await timed(board.client.profile())
+    assert isinstance(exc, GarbledReply | DeviceTimeout)
+    if isinstance(exc, DeviceTimeout):
+        assert took <= exc.timeout + SLACK_S
+    await board.client.resync()
+    assert await board.client.profile() == ("ULPMark for tinyML Firmware V0.0.1", "kws01")
+
+
+async def test_dropped_bytes_never_pass_silently(direct_board: BoardFactory) -> None:
+    board = await loaded(direct_board, "ic01")
+    board.arm(kind="drop", on="infer", drop_fraction=0.3)
+    exc, took = await timed(board.client.infer(2, 0))
+    assert isinstance(exc, GarbledReply | DeviceTimeout)
+    if isinstance(exc, DeviceTimeout):
+        assert took <= exc.timeout + SLACK_S
+    await board.client.resync()
+    result = await board.client.infer(2, 0)
+    assert result.elapsed_us == board.dut.records[-1].window_us
+
+
+async def test_missing_ready_times_out_at_the_model_deadline(direct_board: BoardFactory) -> None:
+    board = await loaded(direct_board)
+    board.arm(kind="no_ready", on="infer")
+    exc, took = await timed(board.client.infer(20, 0))
+    assert isinstance(exc, DeviceTimeout)
+    assert "stopped before m-ready" in str(exc)
+    # the deadline is the model's, not a constant: 20 inferences' budget plus wire time
+    assert exc.timeout >= 20 * board.client.latency_s
+    assert took <= exc.timeout + SLACK_S
+    await board.client.resync()
+    assert await board.client.name() == "unspecified"
+
+
+async def test_disconnect_loses_the_link_and_the_board_comes_back(
+    direct_board: BoardFactory,
+) -> None:
+    board = await loaded(direct_board)
+    board.arm(kind="disconnect", on="name", down_s=0.5)
+    with pytest.raises(LinkLost, match=str(board.port.path)):
+        await board.client.name()
+    await asyncio.wait_for(board.port.wait_connected(), 5)
+    await asyncio.wait_for(board.dut.ready.wait(), 5)
+    await board.link.reopen()
+    assert await board.client.name() == "unspecified"
+
+
+async def test_faults_fire_on_schedule_only(direct_board: BoardFactory) -> None:
+    """``after`` lets matching commands through first; ``count`` bounds the firings."""
+    board = await loaded(direct_board)
+    board.arm(kind="garbage", on="name", after=2, count=1)
+    assert await board.client.name() == "unspecified"
+    assert await board.client.name() == "unspecified"
+    with pytest.raises((GarbledReply, DeviceTimeout)):
+        await board.client.name()
+    await board.client.resync()
+    assert await board.client.name() == "unspecified"
+    assert [k for k, _ in board.dut.faults.injected] == ["garbage"]
