@@ -1,7 +1,7 @@
 """Seeded fault injection for simulated boards.
 
 Each fault is switchable per board and fires on a schedule: on commands whose verb matches
-``on`` (any command if empty), after skipping the first ``after`` such commands, with
+``command`` (any command if empty), after skipping the first ``after`` such commands, with
 ``probability``, at most ``count`` times. Every injected fault is logged and kept in
 ``FaultPlan.injected`` so a test can tell what happened.
 """
@@ -34,8 +34,12 @@ class FaultSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: FaultKind
-    on: str = ""
-    """Command verb that can trigger it (``infer``, ``db``, ``name``...); empty: any."""
+    device: Literal["dut", "interface", "monitor"] | None = None
+    """Which device of the board misbehaves; default: the monitor for ``ack_lost``, else
+    the DUT."""
+    command: str = ""
+    """Command verb that can trigger it (``infer``, ``db``, ``name``...); empty: any.
+    (Not called ``on``: YAML 1.1 reads a bare ``on`` key as the boolean true.)"""
     after: int = Field(0, ge=0)
     """Matching commands to let through before the fault may fire."""
     probability: float = Field(1.0, ge=0.0, le=1.0)
@@ -47,6 +51,11 @@ class FaultSpec(BaseModel):
     """``garbage``: how many noise bytes to inject."""
     drop_fraction: float = Field(0.2, gt=0.0, le=1.0)
     """``drop``: the share of the reply's bytes that is lost."""
+
+    @property
+    def target(self) -> str:
+        """The device this fault applies to."""
+        return self.device or ("monitor" if self.kind == "ack_lost" else "dut")
 
 
 @dataclass
@@ -80,7 +89,7 @@ class FaultPlan:
         fired: set[str] = set()
         for armed in self._armed:
             spec = armed.spec
-            if spec.on and spec.on != verb:
+            if spec.command and spec.command != verb:
                 continue
             if spec.count is not None and armed.fired >= spec.count:
                 continue

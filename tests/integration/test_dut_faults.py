@@ -36,7 +36,7 @@ async def timed(coro: Awaitable[object]) -> tuple[Exception, float]:
 
 async def test_hang_times_out_resync_fails_until_reset(direct_board: BoardFactory) -> None:
     board = await loaded(direct_board)
-    board.arm(kind="hang", on="infer")
+    board.arm(kind="hang", command="infer")
     exc, took = await timed(board.client.infer(10, 0))
     assert isinstance(exc, DeviceTimeout)
     assert "stopped before m-ready" in str(exc) or "no valid reply" in str(exc)
@@ -53,7 +53,7 @@ async def test_hang_times_out_resync_fails_until_reset(direct_board: BoardFactor
 async def test_reset_mid_command_is_detected_and_recovered(direct_board: BoardFactory) -> None:
     board = await loaded(direct_board)
     boots = board.dut.boots
-    board.arm(kind="reset", on="infer")
+    board.arm(kind="reset", command="infer")
     exc, took = await timed(board.client.infer(5, 2))
     assert isinstance(exc, DeviceReset | DeviceTimeout)
     if isinstance(exc, DeviceTimeout):
@@ -67,7 +67,7 @@ async def test_reset_mid_command_is_detected_and_recovered(direct_board: BoardFa
 
 async def test_garbage_bytes_raise_garbled_reply_then_resync(direct_board: BoardFactory) -> None:
     board = await loaded(direct_board)
-    board.arm(kind="garbage", on="profile", garbage_bytes=24)
+    board.arm(kind="garbage", command="profile", garbage_bytes=24)
     exc, took = await timed(board.client.profile())
     assert isinstance(exc, GarbledReply | DeviceTimeout)
     if isinstance(exc, DeviceTimeout):
@@ -78,7 +78,7 @@ async def test_garbage_bytes_raise_garbled_reply_then_resync(direct_board: Board
 
 async def test_dropped_bytes_never_pass_silently(direct_board: BoardFactory) -> None:
     board = await loaded(direct_board, "ic01")
-    board.arm(kind="drop", on="infer", drop_fraction=0.3)
+    board.arm(kind="drop", command="infer", drop_fraction=0.3)
     exc, took = await timed(board.client.infer(2, 0))
     assert isinstance(exc, GarbledReply | DeviceTimeout)
     if isinstance(exc, DeviceTimeout):
@@ -90,7 +90,7 @@ async def test_dropped_bytes_never_pass_silently(direct_board: BoardFactory) -> 
 
 async def test_missing_ready_times_out_at_the_model_deadline(direct_board: BoardFactory) -> None:
     board = await loaded(direct_board)
-    board.arm(kind="no_ready", on="infer")
+    board.arm(kind="no_ready", command="infer")
     exc, took = await timed(board.client.infer(20, 0))
     assert isinstance(exc, DeviceTimeout)
     assert "stopped before m-ready" in str(exc)
@@ -105,7 +105,7 @@ async def test_disconnect_loses_the_link_and_the_board_comes_back(
     direct_board: BoardFactory,
 ) -> None:
     board = await loaded(direct_board)
-    board.arm(kind="disconnect", on="name", down_s=0.5)
+    board.arm(kind="disconnect", command="name", down_s=0.5)
     with pytest.raises(LinkLost, match=str(board.port.path)):
         await board.client.name()
     await asyncio.wait_for(board.port.wait_connected(), 5)
@@ -117,7 +117,7 @@ async def test_disconnect_loses_the_link_and_the_board_comes_back(
 async def test_faults_fire_on_schedule_only(direct_board: BoardFactory) -> None:
     """``after`` lets matching commands through first; ``count`` bounds the firings."""
     board = await loaded(direct_board)
-    board.arm(kind="garbage", on="name", after=2, count=1)
+    board.arm(kind="garbage", command="name", after=2, count=1)
     assert await board.client.name() == "unspecified"
     assert await board.client.name() == "unspecified"
     with pytest.raises((GarbledReply, DeviceTimeout)):

@@ -1,0 +1,157 @@
+"""The ``farm`` command line.
+
+The CLI lives in ``farm`` so every install has it; commands that need the agent or the
+controller import them inside the command, so a Pi with only the agent extra (or a server
+with only the controller extra) never imports what it did not install.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from farm.logs import LogFormat, setup_logging
+from farm.sim.config import ConfigError, SimConfig, generated_config, load_config
+
+app = typer.Typer(
+    help="tinyfarm: run MLPerf Tiny on a farm of microcontroller boards.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console()
+err = Console(stderr=True)
+log = logging.getLogger("farm.cli")
+
+
+def _fail(message: str) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(2)
+
+
+@app.callback()
+def main(
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "warning",
+    log_format: Annotated[str, typer.Option(help="kv (key=value) or json")] = "kv",
+) -> None:
+    """Global options."""
+    if log_format not in ("kv", "json"):
+        raise _fail(f"--log-format must be kv or json, not {log_format!r}")
+    fmt: LogFormat = "json" if log_format == "json" else "kv"
+    setup_logging(log_level, fmt)
+
+
+@app.command()
+def sim(
+    out: Annotated[Path, typer.Option(help="Directory for the pty symlinks and boards.json")],
+    boards: Annotated[
+        int | None, typer.Option(min=1, help="Number of boards (cycles the four models)")
+    ] = None,
+    models: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated models, one board each (kws01,vww01,ic01,ad01)"),
+    ] = None,
+    energy: Annotated[
+        int, typer.Option(min=0, help="How many boards get an interface board and an LPM01A")
+    ] = 0,
+    config: Annotated[
+        Path | None, typer.Option(help="YAML board config (overrides --boards/--models/--energy)")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of every random choice (latency, faults)")] = 0,
+    transcripts: Annotated[
+        bool, typer.Option(help="Record every byte both ways per device")
+    ] = False,
+    check: Annotated[
+        bool, typer.Option(help="Run a short scripted exchange with each board, print it, exit")
+    ] = False,
+) -> None:
+    """Start simulated boards on pseudo-terminals and write OUT/boards.json.
+
+    Runs until interrupted (Ctrl-C), then removes its ptys and symlinks.
+    """
+    try:
+        cfg = _sim_config(config, boards, models, energy, seed)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+    try:
+        status = asyncio.run(_run_sim(cfg, out, transcripts, check))
+    except KeyboardInterrupt:
+        status = 0
+    raise typer.Exit(status)
+
+
+def _sim_config(
+    config: Path | None, boards: int | None, models: str | None, energy: int, seed: int
+) -> SimConfig:
+    if config is not None:
+        return load_config(config)
+    listed = [m.strip() for m in models.split(",") if m.strip()] if models else None
+    count = boards if boards is not None else (None if listed else 4)
+    total = count if count is not None else len(listed or [])
+    if energy > total:
+        raise ConfigError(f"--energy {energy} is more than the {total} boards")
+    return generated_config(count, listed, energy, seed)
+
+
+async def _run_sim(cfg: SimConfig, out: Path, transcripts: bool, check: bool) -> int:
+    from farm.sim.server import SimFarm  # keeps `farm --help` light
+
+    sim_farm = SimFarm(cfg, out, transcripts=transcripts)
+    async with sim_farm:
+        document = json.loads(sim_farm.boards_json.read_text())
+        _print_boards(document["boards"], sim_farm.boards_json)
+        if check:
+            return await _check_boards(document["boards"])
+        err.print("simulated boards running; Ctrl-C to stop", highlight=False)
+        await asyncio.Event().wait()
+    return 0
+
+
+def _print_boards(boards: list[dict], path: Path) -> None:
+    table = Table(title=f"simulated boards ({path})")
+    for column in ("board", "model", "firmware", "DUT port", "baud", "interface", "monitor"):
+        table.add_column(column)
+    for b in boards:
+        table.add_row(
+            b["id"],
+            b["model"],
+            b["firmware"],
+            b["dut"]["path"],
+            str(b["dut"]["baud"]),
+            b["interface"]["path"] if b["interface"] else "-",
+            b["monitor"]["path"] if b["monitor"] else "-",
+        )
+    console.print(table)
+
+
+async def _check_boards(boards: list[dict]) -> int:
+    try:
+        from agent.probe import probe_direct  # needs the agent extra
+    except ImportError as exc:
+        err.print(f"[red]--check needs the agent extra (pip install 'tinyfarm[agent]'): {exc}")
+        return 2
+    results = await asyncio.gather(
+        *(probe_direct(b) for b in boards if b["firmware"] == "performance")
+    )
+    table = Table(title="scripted exchange: name, profile, db load, infer 1 0")
+    for column in ("board", "ok", "model", "load s", "infer µs", "results / error"):
+        table.add_column(column)
+    for r in results:
+        detail = ", ".join(f"{v:.3f}" for v in r.results) if r.ok else r.error
+        elapsed = str(r.elapsed_us) if r.elapsed_us is not None else "-"
+        table.add_row(
+            r.board, "yes" if r.ok else "[red]NO", r.model, f"{r.load_s:.2f}", elapsed, detail
+        )
+    console.print(table)
+    return 0 if all(r.ok for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(app())
