@@ -66,7 +66,11 @@ class DirectChannel:
     async def exchange(
         self, command: str, *, reply_bytes: int, compute_s: float = 0.0
     ) -> dut.Reply:
-        """Send ``command``; wait at most the modelled time for its reply."""
+        """Send ``command``; wait at most the modelled time for its reply.
+
+        Received bytes go straight from the transport into the parser, and the reply's
+        future is resolved in the same callback: no loop turn between the last byte and the
+        caller (the bench measured ~0.2 ms per exchange with a read loop instead)."""
         async with self._lock:
             stale = self.link.read_nowait()
             if stale:
@@ -75,25 +79,45 @@ class DirectChannel:
                 log.info("event=unsolicited port=%s bytes=%d", self.port, len(stale))
             data = self.host.send(command)
             timeout = self.wire.timeout(len(data), reply_bytes, compute_s)
-            received = 0
+            loop = asyncio.get_running_loop()
+            done: asyncio.Future[dut.Reply] = loop.create_future()
+            received = self.link.bytes_in
+
+            def on_data(chunk: bytes) -> None:
+                self.host.feed(chunk)
+                reply = self.host.next_reply()
+                if reply is not None and not done.done():
+                    done.set_result(reply)
+
+            def on_lost() -> None:
+                if not done.done():
+                    done.set_exception(self.link.lost_error())
+
+            def on_timeout() -> None:
+                if not done.done():
+                    done.set_exception(TimeoutError())
+
+            self.link.attach(on_data, on_lost)
+            timer = loop.call_later(timeout, on_timeout)
             try:
+                if not self.link.is_open:
+                    raise self.link.lost_error()
                 self.link.write(data)
-                async with asyncio.timeout(timeout):
-                    while (reply := self.host.next_reply()) is None:
-                        chunk = await self.link.read()
-                        received += len(chunk)
-                        self.host.feed(chunk)
+                return await done
             except TimeoutError:
                 partial = self.host.abandon()
                 garbled = any(isinstance(e, dut.Garbage) for e in partial)
+                got = self.link.bytes_in - received
                 raise DeviceTimeout(
-                    self.port, command, timeout, received, garbled, self.link.baud
+                    self.port, command, timeout, got, garbled, self.link.baud
                 ) from None
             except BaseException:
                 # The link failed or we were cancelled: the reply will never be read.
                 self.host.abandon()
                 raise
-            return reply
+            finally:
+                timer.cancel()
+                self.link.attach(None)
 
     async def resync(self) -> None:
         """Flush, end any half-received command with ``%``, drain until the line is idle,

@@ -14,9 +14,12 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+from collections.abc import Callable
 
 import serial
 import serial_asyncio_fast
+
+from farm.wire import WireModel
 
 log = logging.getLogger("agent.serial_link")
 
@@ -41,16 +44,28 @@ class LinkLost(SerialLinkError):
     """The port went away while open (USB unplug, pty closed)."""
 
 
+Receiver = Callable[[bytes], None]
+
+
 class _Inbox(asyncio.Protocol):
-    """Collects received bytes for :meth:`SerialLink.read`."""
+    """Collects received bytes for :meth:`SerialLink.read`, or hands them straight to a
+    receiver (a protocol object completing a reply without a loop turn in between)."""
 
     def __init__(self) -> None:
         self.buffer = bytearray()
         self.ready = asyncio.Event()
         self.lost: BaseException | None = None
         self.closed = False
+        self.closed_event = asyncio.Event()
+        self.receiver: Receiver | None = None
+        self.on_lost: Callable[[], None] | None = None
+        self.received = 0
 
     def data_received(self, data: bytes) -> None:
+        self.received += len(data)
+        if self.receiver is not None:
+            self.receiver(data)
+            return
         self.buffer += data
         self.ready.set()
 
@@ -58,6 +73,9 @@ class _Inbox(asyncio.Protocol):
         self.closed = True
         self.lost = exc
         self.ready.set()
+        self.closed_event.set()
+        if self.on_lost is not None:
+            self.on_lost()
 
 
 class SerialLink:
@@ -69,7 +87,6 @@ class SerialLink:
         self.baud = baud
         self._transport: serial_asyncio_fast.SerialTransport | None = None
         self._inbox = _Inbox()
-        self.bytes_in = 0
         self.bytes_out = 0
 
     @classmethod
@@ -117,21 +134,34 @@ class SerialLink:
         inbox = self._inbox
         while not inbox.buffer:
             if inbox.closed:
-                reason = f"port lost: {inbox.lost}" if inbox.lost else "port closed"
-                raise LinkLost(self.port, reason)
+                raise self.lost_error()
             inbox.ready.clear()
             await inbox.ready.wait()
         data = bytes(inbox.buffer)
         inbox.buffer.clear()
-        self.bytes_in += len(data)
         return data
 
     def read_nowait(self) -> bytes:
         """Everything received and not read yet, without waiting (may be empty)."""
         data = bytes(self._inbox.buffer)
         self._inbox.buffer.clear()
-        self.bytes_in += len(data)
         return data
+
+    @property
+    def bytes_in(self) -> int:
+        """Bytes received since the port was opened."""
+        return self._inbox.received
+
+    def attach(self, receiver: Receiver | None, on_lost: Callable[[], None] | None = None) -> None:
+        """Deliver received bytes to ``receiver`` as they arrive (``None``: buffer them for
+        :meth:`read` again); ``on_lost`` is called if the port goes away."""
+        self._inbox.receiver = receiver
+        self._inbox.on_lost = on_lost
+
+    def lost_error(self) -> LinkLost:
+        """The error describing why the port is gone."""
+        lost = self._inbox.lost
+        return LinkLost(self.port, f"port lost: {lost}" if lost else "port closed")
 
     def discard_input(self) -> int:
         """Drop everything received and not read yet (a resync); return how many bytes."""
@@ -156,11 +186,13 @@ class SerialLink:
         if transport is None:
             return
         transport.close()
-        # The transport closes on a later loop turn; wait for it so the fd is released.
-        for _ in range(100):
-            if self._inbox.closed:
-                break
-            await asyncio.sleep(0)
+        # The transport releases the fd (and its exclusive lock) in an executor thread; wait
+        # for connection_lost so an immediate reopen does not find the port busy.
+        try:
+            async with asyncio.timeout(WireModel(self.baud).margin_s):
+                await self._inbox.closed_event.wait()
+        except TimeoutError:
+            log.warning("event=serial_close_slow port=%s", self.port)
         log.info("event=serial_close port=%s", self.port)
 
 
