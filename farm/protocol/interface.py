@@ -121,11 +121,13 @@ def effective_baud(stored: int) -> int:
 def _check_printable(command: str, what: str) -> None:
     for i, ch in enumerate(command):
         if ch == "%":
-            raise LocalProtocolError(f"{what} {command!r} contains '%' at index {i}: it would "
-                                     "end the command early")
+            raise LocalProtocolError(
+                f"{what} {command!r} contains '%' at index {i}: it would end the command early"
+            )
         if not (0x20 <= ord(ch) < 0x7F):
-            raise LocalProtocolError(f"{what} {command!r} contains non-printable character "
-                                     f"{ch!r} at index {i}")
+            raise LocalProtocolError(
+                f"{what} {command!r} contains non-printable character {ch!r} at index {i}"
+            )
 
 
 def encode_command(command: str) -> bytes:
@@ -137,8 +139,10 @@ def encode_command(command: str) -> bytes:
     """
     _check_printable(command, "command")
     if match_command(command).silent:
-        raise LocalProtocolError(f"the board sends no reply at all to {command!r} (a table "
-                                 "entry's prefix without a space and an argument)")
+        raise LocalProtocolError(
+            f"the board sends no reply at all to {command!r} (a table "
+            "entry's prefix without a space and an argument)"
+        )
     return command.encode("ascii") + TERMINATOR
 
 
@@ -151,8 +155,10 @@ def encode_passthrough(dut_command: str, max_len: int = DUT_CMD_MAX) -> bytes:
     if not dut_command:
         raise LocalProtocolError("empty DUT command: 'dut %' gets no reply from the board")
     if len(dut_command) > max_len:
-        raise LocalProtocolError(f"DUT command is {len(dut_command)} characters; the DUT "
-                                 f"accepts at most {max_len} and would truncate it")
+        raise LocalProtocolError(
+            f"DUT command is {len(dut_command)} characters; the DUT "
+            f"accepts at most {max_len} and would truncate it"
+        )
     return encode_command(f"dut {dut_command}")
 
 
@@ -394,8 +400,10 @@ class InterfaceHost:
         if self._state is HostState.IDLE:
             return
         if self._state is HostState.WEDGED:
-            raise LocalProtocolError("the board is wedged waiting for an exact DUT m-ready "
-                                     "(bare-LF merge); reset the DUT, then call reset()")
+            raise LocalProtocolError(
+                "the board is wedged waiting for an exact DUT m-ready "
+                "(bare-LF merge); reset the DUT, then call reset()"
+            )
         if self._state is HostState.ERROR:
             raise LocalProtocolError("the link is desynchronised; resync and call reset()")
         raise LocalProtocolError(f"a reply to {self._command!r} is still outstanding")
@@ -446,8 +454,10 @@ class InterfaceHost:
             raise _Desync(f"garbage from the board while awaiting {self._command!r}: {line!r}")
         if state is HostState.AWAIT_READY:
             if isinstance(event, PassthroughAck | DutLine):
-                raise _Desync(f"passthrough output {line!r} during board command "
-                              f"{self._command!r}: stale reply")
+                raise _Desync(
+                    f"passthrough output {line!r} during board command "
+                    f"{self._command!r}: stale reply"
+                )
             self._events.append(event)
             if isinstance(event, Ready):
                 self._complete()
@@ -456,8 +466,10 @@ class InterfaceHost:
             if not isinstance(event, PassthroughAck):
                 raise _Desync(f"expected m-dut-passthrough({self._dut_command}), got {line!r}")
             if event.command != self._dut_command:
-                raise _Desync(f"ack names {event.command!r} but {self._dut_command!r} was "
-                              "sent: stale or desynchronised reply")
+                raise _Desync(
+                    f"ack names {event.command!r} but {self._dut_command!r} was "
+                    "sent: stale or desynchronised reply"
+                )
             self._events.append(event)
             self._state = HostState.AWAIT_ACK_READY
             return event

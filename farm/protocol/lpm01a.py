@@ -60,18 +60,21 @@ def encode_command(command: str) -> bytes:
         raise LocalProtocolError("empty LPM01A command")
     for i, ch in enumerate(command):
         if ch in "\r\n":
-            raise LocalProtocolError(f"LPM01A command {command!r} contains a line break at "
-                                     f"index {i}")
+            raise LocalProtocolError(
+                f"LPM01A command {command!r} contains a line break at index {i}"
+            )
         if not (0x20 <= ord(ch) < 0x7F):
-            raise LocalProtocolError(f"LPM01A command {command!r} contains non-printable "
-                                     f"character {ch!r} at index {i}")
+            raise LocalProtocolError(
+                f"LPM01A command {command!r} contains non-printable character {ch!r} at index {i}"
+            )
     return command.encode("ascii") + b"\r\n"
 
 
 def _check_voltage(voltage_mv: int) -> None:
     if not MIN_VOLTAGE_MV <= voltage_mv <= MAX_VOLTAGE_MV:
-        raise LocalProtocolError(f"voltage {voltage_mv} mV outside the LPM01A's "
-                                 f"{MIN_VOLTAGE_MV}..{MAX_VOLTAGE_MV} mV")
+        raise LocalProtocolError(
+            f"voltage {voltage_mv} mV outside the LPM01A's {MIN_VOLTAGE_MV}..{MAX_VOLTAGE_MV} mV"
+        )
 
 
 def setup_commands(voltage_mv: int) -> list[str]:
@@ -209,7 +212,14 @@ class Unknown:
 
 
 LpmEvent = (
-    Ack | Error | ErrorDetail | Samples | TimeStamp | Event | AcquisitionCompleted | Malformed
+    Ack
+    | Error
+    | ErrorDetail
+    | Samples
+    | TimeStamp
+    | Event
+    | AcquisitionCompleted
+    | Malformed
     | Unknown
 )
 #: Events of the acquisition stream (never part of a command reply).
@@ -266,8 +276,9 @@ def classify_line(line: bytes, command: str | None = None) -> LpmEvent:
     s = _strip_prompt(text(line))
     if s.startswith("TimeStamp"):
         if m := _TIMESTAMP_RE.match(s):
-            return TimeStamp(int(m.group(2)), int(m.group(3)), int(m.group(4)), line,
-                             m.group(1), s[m.end() :])
+            return TimeStamp(
+                int(m.group(2)), int(m.group(3)), int(m.group(4)), line, m.group(1), s[m.end() :]
+            )
         return Malformed(line, "TimeStamp line does not match the runner's pattern")
     if (parsed := parse_samples(s)) is not None:
         return Samples(parsed[0], line, junk=parsed[1])
@@ -396,6 +407,12 @@ class Lpm01aHost:
         self._framer.reset()
         self._begin(None)
 
+    def abandon(self) -> None:
+        """Forget the outstanding command but keep the partial line (a command timed out
+        while the stream goes on: cutting the framer would turn the sample in flight into
+        junk). A late ack then arrives while idle and is ignored."""
+        self._begin(None)
+
     # -- internals ---------------------------------------------------------------------------
 
     def _begin(self, command: str | None) -> None:
@@ -409,8 +426,9 @@ class Lpm01aHost:
     def _complete(self, ok: bool, detail: str | None = None) -> None:
         assert self._command is not None
         self._replies.append(
-            LpmReply(self._command, ok, self._value, detail, tuple(self._events),
-                     tuple(self._stray))
+            LpmReply(
+                self._command, ok, self._value, detail, tuple(self._events), tuple(self._stray)
+            )
         )
         self._begin(None)
 
@@ -468,11 +486,15 @@ class EnergyWindow:
 
     ``events``: (event number, number of samples in this window before the event).
     ``timestamps``: (ms of the TimeStamp line, number of samples before it).
+    ``first_sample``: index in the acquisition of this window's first sample (samples drained
+    in earlier windows since the acquisition started), so ``first_sample + i`` is sample
+    ``i``'s position in the whole stream.
     """
 
     samples: tuple[float, ...]
     events: tuple[tuple[int, int], ...]
     timestamps: tuple[tuple[int, int], ...]
+    first_sample: int = 0
 
 
 class EnergyCapture:
@@ -488,6 +510,7 @@ class EnergyCapture:
         self._events: list[tuple[int, int]] = []
         self._timestamps: list[tuple[int, int]] = []
         self._last_event: int | None = None
+        self._first_sample = 0
 
     @property
     def sample_count(self) -> int:
@@ -501,14 +524,17 @@ class EnergyCapture:
         elif isinstance(event, TimeStamp):
             self._timestamps.append((event.ms, len(self._samples)))
         elif isinstance(event, AcquisitionCompleted):
-            self._last_event = None  # the next acquisition numbers its events from 0 again
+            # The next acquisition numbers its events and its samples from 0 again.
+            self._last_event = None
+            self._first_sample = -len(self._samples)
         elif isinstance(event, Event):
             self._events.append((event.number, len(self._samples)))
             expected = None if self._last_event is None else self._last_event + 1
             self._last_event = event.number
             if expected is not None and event.number != expected:
-                raise RemoteProtocolError(f"event numbers not consecutive: got {event.number}, "
-                                          f"expected {expected}")
+                raise RemoteProtocolError(
+                    f"event numbers not consecutive: got {event.number}, expected {expected}"
+                )
 
     def extend(self, events: Iterable[LpmEvent]) -> None:
         """Record every event in order; a numbering gap is raised after all are recorded."""
@@ -523,8 +549,10 @@ class EnergyCapture:
 
     def drain(self) -> EnergyWindow:
         """Return everything recorded since the last drain and start a new window."""
-        window = EnergyWindow(tuple(self._samples), tuple(self._events),
-                              tuple(self._timestamps))
+        window = EnergyWindow(
+            tuple(self._samples), tuple(self._events), tuple(self._timestamps), self._first_sample
+        )
+        self._first_sample += len(self._samples)
         self._samples = []
         self._events = []
         self._timestamps = []
@@ -625,16 +653,46 @@ _Result = tuple[str | None, list[Lpm01aAction]]
 
 _NUMBER_RE = re.compile(r"(\d+)(?:([numk])|([+-])(\d{1,2}))?")
 _SUFFIX = {"n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"), "k": Decimal(1000)}
-FREQUENCIES_HZ = (100_000, 50_000, 20_000, 10_000, 5_000, 2_000, 1_000, 500, 200, 100, 50, 20,
-                  10, 5, 2, 1)
+FREQUENCIES_HZ = (
+    100_000,
+    50_000,
+    20_000,
+    10_000,
+    5_000,
+    2_000,
+    1_000,
+    500,
+    200,
+    100,
+    50,
+    20,
+    10,
+    5,
+    2,
+    1,
+)
 #: Commands that work without ``htc`` (our choice: identification and diagnostics).
 STANDALONE_COMMANDS = frozenset(
     {"htc", "hrc", "help", "echo", "powershield", "version", "status", "range", "psrst"}
 )
 #: Commands refused while an acquisition runs (they change the measurement set-up).
 _CONFIG_COMMANDS = frozenset(
-    {"volt", "freq", "acqtime", "acqmode", "funcmode", "output", "format", "trigsrc",
-     "trigdelay", "currthres", "eventsrc", "calib", "autotest", "start"}
+    {
+        "volt",
+        "freq",
+        "acqtime",
+        "acqmode",
+        "funcmode",
+        "output",
+        "format",
+        "trigsrc",
+        "trigdelay",
+        "currthres",
+        "eventsrc",
+        "calib",
+        "autotest",
+        "start",
+    }
 )
 
 

@@ -128,7 +128,9 @@ class SimDut:
             self.power.set_powered(t, on)
         if on:
             self.reset()
-        elif self._task is not None:
+            return
+        self.ready.clear()
+        if self._task is not None:
             self._task.cancel()
             self._task = None
 

@@ -168,16 +168,22 @@ def test_effective_baud(stored: int, baud: int) -> None:
 @pytest.mark.parametrize(
     ("line", "event"),
     [
-        (b"tinyML Enhanced Interface Board",
-         BoardName("tinyML Enhanced Interface Board", b"tinyML Enhanced Interface Board")),
-        (b"m-dut-passthrough(db load 490)",
-         PassthroughAck("db load 490", b"m-dut-passthrough(db load 490)")),
+        (
+            b"tinyML Enhanced Interface Board",
+            BoardName("tinyML Enhanced Interface Board", b"tinyML Enhanced Interface Board"),
+        ),
+        (
+            b"m-dut-passthrough(db load 490)",
+            PassthroughAck("db load 490", b"m-dut-passthrough(db load 490)"),
+        ),
         (b"m-dut-passthrough(f(x))", PassthroughAck("f(x)", b"m-dut-passthrough(f(x))")),
         (b"m-ready", Ready("", b"m-ready")),
         (b"123, 456, m-ready", Ready("123, 456, ", b"123, 456, m-ready")),
         (b"[dut]: m-ready", DutLine(b"m-ready", b"[dut]: m-ready")),
-        (b"[dut]: m-[Expecting 490 bytes]",
-         DutLine(b"m-[Expecting 490 bytes]", b"[dut]: m-[Expecting 490 bytes]")),
+        (
+            b"[dut]: m-[Expecting 490 bytes]",
+            DutLine(b"m-[Expecting 490 bytes]", b"[dut]: m-[Expecting 490 bytes]"),
+        ),
         (b"[dut]: ", DutLine(b"", b"[dut]: ")),
         (b"set baud to: 115200", BaudSet(115200, b"set baud to: 115200")),
         (b"baud is: 9600", BaudIs(9600, b"baud is: 9600")),
@@ -258,8 +264,13 @@ def test_firmware_setbaud_writes_lf_only_line_then_resets() -> None:
 
 @pytest.mark.parametrize(
     ("arg", "baud", "stored"),
-    [(b"3000000", 9600, 3_000_000), (b"-1", 9600, 0xFFFFFFFF), (b"0", 9600, 0),
-     (b"9600abc", 9600, 9600), (b" 57600", 57600, 57600)],
+    [
+        (b"3000000", 9600, 3_000_000),
+        (b"-1", 9600, 0xFFFFFFFF),
+        (b"0", 9600, 0),
+        (b"9600abc", 9600, 9600),
+        (b" 57600", 57600, 57600),
+    ],
 )
 def test_firmware_setbaud_stoi_and_fallback(arg: bytes, baud: int, stored: int) -> None:
     actions = InterfaceFirmware().feed(b"setbaud " + arg + b"%")
@@ -379,8 +390,9 @@ def test_forwarder_bare_lf_merges_lines_and_wedges() -> None:
     fwd = PassthroughForwarder()
     fwd.start()
     out = fwd.feed(b"Supplied buffer size 99999 exceeds maximum of 27648\nm-ready\r\n")
-    assert out == [Write(b"[dut]: Supplied buffer size 99999 exceeds maximum of 27648\n"
-                         b"m-ready\r\n")]
+    assert out == [
+        Write(b"[dut]: Supplied buffer size 99999 exceeds maximum of 27648\nm-ready\r\n")
+    ]
     assert fwd.active  # still waiting: the wedge
     # Only a later exact m-ready line releases it.
     assert fwd.feed(b"m-ready\r\n")[-1] == PassthroughDone()
@@ -391,8 +403,9 @@ def test_forwarder_keeps_bytes_after_done_for_the_next_passthrough() -> None:
     # Boot banner arrives while nobody is forwarding: it stays queued.
     assert fwd.feed(b"m-timestamp-mode-energy\r\nm-init-done\r\nm-ready\r\n") == []
     first = fwd.start()
-    assert written(first) == (b"[dut]: m-timestamp-mode-energy\r\n[dut]: m-init-done\r\n"
-                              b"[dut]: m-ready\r\n")
+    assert written(first) == (
+        b"[dut]: m-timestamp-mode-energy\r\n[dut]: m-init-done\r\n[dut]: m-ready\r\n"
+    )
     assert first[-1] == PassthroughDone()
     # The DUT's real answer to the first command becomes the next command's reply.
     assert fwd.feed(b"m-name-dut-[unspecified]\r\nm-ready\r\nm-profile") == []
@@ -424,16 +437,22 @@ def test_forwarder_clear() -> None:
 # The §3.2 example exchange, as bytes on the wire (CRLF restored).
 EXAMPLE = [
     ("name", b"tinyML Enhanced Interface Board\r\nm-ready\r\n"),
-    ("dut db load 490",
-     b"m-dut-passthrough(db load 490)\r\nm-ready\r\n"
-     b"[dut]: m-[Expecting 490 bytes]\r\n[dut]: m-ready\r\n"),
-    ("dut db " + "0255" * 13,
-     b"m-dut-passthrough(db " + b"0255" * 13 + b")\r\nm-ready\r\n[dut]: m-ready\r\n"),
-    ("dut infer 1",
-     b"m-dut-passthrough(infer 1)\r\nm-ready\r\n"
-     b"[dut]: m-warmup-start-10\r\n[dut]: m-warmup-done\r\n[dut]: m-infer-start-1\r\n"
-     b"[dut]: m-lap-us-67410227\r\n[dut]: m-lap-us-67565820\r\n[dut]: m-infer-done\r\n"
-     b"[dut]: m-results-[0.000,0.992]\r\n[dut]: m-ready\r\n"),
+    (
+        "dut db load 490",
+        b"m-dut-passthrough(db load 490)\r\nm-ready\r\n"
+        b"[dut]: m-[Expecting 490 bytes]\r\n[dut]: m-ready\r\n",
+    ),
+    (
+        "dut db " + "0255" * 13,
+        b"m-dut-passthrough(db " + b"0255" * 13 + b")\r\nm-ready\r\n[dut]: m-ready\r\n",
+    ),
+    (
+        "dut infer 1",
+        b"m-dut-passthrough(infer 1)\r\nm-ready\r\n"
+        b"[dut]: m-warmup-start-10\r\n[dut]: m-warmup-done\r\n[dut]: m-infer-start-1\r\n"
+        b"[dut]: m-lap-us-67410227\r\n[dut]: m-lap-us-67565820\r\n[dut]: m-infer-done\r\n"
+        b"[dut]: m-results-[0.000,0.992]\r\n[dut]: m-ready\r\n",
+    ),
 ]
 
 
@@ -459,25 +478,34 @@ def test_host_example_exchange(chunk: int) -> None:
     assert isinstance(load.events[0], PassthroughAck)
     assert chunk_reply.dut_lines == (b"m-ready",)
     assert infer.dut_lines == (
-        b"m-warmup-start-10", b"m-warmup-done", b"m-infer-start-1", b"m-lap-us-67410227",
-        b"m-lap-us-67565820", b"m-infer-done", b"m-results-[0.000,0.992]", b"m-ready",
+        b"m-warmup-start-10",
+        b"m-warmup-done",
+        b"m-infer-start-1",
+        b"m-lap-us-67410227",
+        b"m-lap-us-67565820",
+        b"m-infer-done",
+        b"m-results-[0.000,0.992]",
+        b"m-ready",
     )
     assert not infer.wedged
 
 
 def test_host_against_firmware_and_forwarder() -> None:
-    board = FakeBoard({
-        "name": b"m-name-dut-[unspecified]\r\nm-ready\r\n",
-        "db load 490": b"m-[Expecting 490 bytes]\r\nm-ready\r\n",
-    })
+    board = FakeBoard(
+        {
+            "name": b"m-name-dut-[unspecified]\r\nm-ready\r\n",
+            "db load 490": b"m-[Expecting 490 bytes]\r\nm-ready\r\n",
+        }
+    )
     host = InterfaceHost()
     host.feed(board.host_write(host.send("name")))
     host.feed(board.host_write(host.send_passthrough("name")))
     host.feed(board.host_write(host.send("dut db load 490")))  # send() routes dut to passthrough
     host.feed(board.host_write(host.send("checkbaud")))
     name, dut_name, load, baud = host.take_replies()
-    assert name.events[0] == BoardName("tinyML Enhanced Interface Board",
-                                       b"tinyML Enhanced Interface Board")
+    assert name.events[0] == BoardName(
+        "tinyML Enhanced Interface Board", b"tinyML Enhanced Interface Board"
+    )
     assert dut_name.dut_lines == (b"m-name-dut-[unspecified]", b"m-ready")
     assert load.dut_lines == (b"m-[Expecting 490 bytes]", b"m-ready")
     assert baud.events[0] == BaudIs(9600, b"baud is: 9600")
@@ -515,9 +543,11 @@ def test_host_refuses_bare_dut_and_over_long_passthrough() -> None:
 
 
 def test_host_wedge_on_merged_m_ready() -> None:
-    board = FakeBoard({
-        "db load 99999": b"Supplied buffer size 99999 exceeds maximum of 27648\nm-ready\r\n",
-    })
+    board = FakeBoard(
+        {
+            "db load 99999": b"Supplied buffer size 99999 exceeds maximum of 27648\nm-ready\r\n",
+        }
+    )
     host = InterfaceHost()
     events = host.feed(board.host_write(host.send_passthrough("db load 99999")))
     (reply,) = host.take_replies()
@@ -532,7 +562,10 @@ def test_host_wedge_on_merged_m_ready() -> None:
     out = written(board.fwd.feed(b"m-timestamp-mode-energy\r\nm-init-done\r\nm-ready\r\n"))
     events = host.feed(out)
     assert [e.payload for e in events if isinstance(e, DutLine)] == [
-        b"m-timestamp-mode-energy", b"m-init-done", b"m-ready"]
+        b"m-timestamp-mode-energy",
+        b"m-init-done",
+        b"m-ready",
+    ]
     assert host.state is HostState.IDLE
     assert host.take_replies() == []
     host.send("name")
@@ -578,8 +611,11 @@ def test_host_remote_errors(command: str, wire: bytes, match: str) -> None:
 def test_host_unsolicited_lines_in_idle_are_reported_not_raised() -> None:
     host = InterfaceHost()
     events = host.feed(b"[dut]: m-ready\r\nm-ready\r\n\xff\xfe\r\n")
-    assert events == [DutLine(b"m-ready", b"[dut]: m-ready"), Ready("", b"m-ready"),
-                      Unknown(b"\xff\xfe")]
+    assert events == [
+        DutLine(b"m-ready", b"[dut]: m-ready"),
+        Ready("", b"m-ready"),
+        Unknown(b"\xff\xfe"),
+    ]
     assert host.take_replies() == []
 
 

@@ -85,9 +85,18 @@ def test_encode_command_refuses(bad: str) -> None:
 
 def test_setup_commands_match_the_runner() -> None:
     assert setup_commands(1800) == [
-        "htc", 'lcd 1 "MLPerf Tiny"', 'lcd 2 "     monitor    "', "pwr off", "acqtime inf",
-        "trigdelay 0", "trigsrc sw", "eventsrc d7 fal", "output energy", "format ascii_dec",
-        "freq 1k", "volt 1800m",
+        "htc",
+        'lcd 1 "MLPerf Tiny"',
+        'lcd 2 "     monitor    "',
+        "pwr off",
+        "acqtime inf",
+        "trigdelay 0",
+        "trigsrc sw",
+        "eventsrc d7 fal",
+        "output energy",
+        "format ascii_dec",
+        "freq 1k",
+        "volt 1800m",
     ]
     assert setup_commands(3300)[-1] == "volt 3300m"
     with pytest.raises(LocalProtocolError):
@@ -105,8 +114,12 @@ def test_whole_runner_session_against_firmware() -> None:
     host, fw = Lpm01aHost(), Lpm01aFirmware()
     for command in setup_commands(1800):
         assert exchange(host, fw, command).ok, command
-    assert (fw.voltage_mv, fw.freq_hz, fw.output, fw.eventsrc) == (1800, 1000, "energy",
-                                                                    ("d7", "fal"))
+    assert (fw.voltage_mv, fw.freq_hz, fw.output, fw.eventsrc) == (
+        1800,
+        1000,
+        "energy",
+        ("d7", "fal"),
+    )
     assert not fw.powered
     for command in power_on_commands(1800):
         assert exchange(host, fw, command).ok
@@ -129,17 +142,22 @@ def test_whole_runner_session_against_firmware() -> None:
 def test_classify_ack_error_detail() -> None:
     assert classify_line(b"PowerShield > ack htc") == Ack("htc", None, b"PowerShield > ack htc")
     assert classify_line(b"ack volt get 3292-03", "volt get") == Ack(
-        "volt get", "3292-03", b"ack volt get 3292-03")
+        "volt get", "3292-03", b"ack volt get 3292-03"
+    )
     # Without the outstanding command the echo and value cannot be told apart.
-    assert classify_line(b"ack volt get 3292-03") == Ack("volt get 3292-03", None,
-                                                         b"ack volt get 3292-03")
+    assert classify_line(b"ack volt get 3292-03") == Ack(
+        "volt get 3292-03", None, b"ack volt get 3292-03"
+    )
     assert classify_line(b"PowerShield > ack temp degc 28.0", "temp degc").value == "28.0"
     assert classify_line(b"PowerShield > error pwr off", "pwr off") == Error(
-        "pwr off", b"PowerShield > error pwr off")
+        "pwr off", b"PowerShield > error pwr off"
+    )
     assert classify_line(b"PowerShield > Error detail: bad arg") == ErrorDetail(
-        "bad arg", b"PowerShield > Error detail: bad arg")
+        "bad arg", b"PowerShield > Error detail: bad arg"
+    )
     assert classify_line(b"PowerShield > Acquisition completed") == AcquisitionCompleted(
-        b"PowerShield > Acquisition completed")
+        b"PowerShield > Acquisition completed"
+    )
     assert classify_line(b"PowerShield > ") == Unknown(b"PowerShield > ")
     assert classify_line(b"summary begin") == Unknown(b"summary begin")
 
@@ -328,8 +346,10 @@ def test_host_stop_rejected_when_not_running() -> None:
 def test_host_data_lines_pass_through_while_a_command_is_outstanding() -> None:
     host = Lpm01aHost()
     host.send("pwr off")
-    events = host.feed(b"1234-08\r\nevent 0 ris\r\nTimeStamp: 001s 000ms, buff 01%\r\n"
-                       b"PowerShield > ack pwr off\r\n1235-08\r\n")
+    events = host.feed(
+        b"1234-08\r\nevent 0 ris\r\nTimeStamp: 001s 000ms, buff 01%\r\n"
+        b"PowerShield > ack pwr off\r\n1235-08\r\n"
+    )
     assert [type(e) for e in events] == [Samples, Event, TimeStamp, Ack, Samples]
     (reply,) = host.take_replies()
     assert reply.ok and reply.stray == ()
@@ -350,8 +370,10 @@ def test_host_runner_stale_queue_example() -> None:
 def test_host_collects_stray_lines_and_ignores_stale_acks() -> None:
     host = Lpm01aHost()
     host.send("freq 1k")
-    host.feed(b"PowerShield > ack htc\r\nhello\r\nPowerShield > error volt 5\r\n"
-              b"PowerShield > ack freq 1k\r\n")
+    host.feed(
+        b"PowerShield > ack htc\r\nhello\r\nPowerShield > error volt 5\r\n"
+        b"PowerShield > ack freq 1k\r\n"
+    )
     (reply,) = host.take_replies()
     assert reply.ok
     assert [type(e) for e in reply.stray] == [Ack, Unknown, Error]
@@ -380,43 +402,132 @@ def test_host_reset() -> None:
     assert host.take_replies()[0].command == "htc"
 
 
+def test_host_abandon_keeps_the_line_in_flight() -> None:
+    host = Lpm01aHost()
+    host.send("volt 1800m")
+    host.feed(b"12")
+    host.abandon()
+    assert host.outstanding is None and host.state is LpmState.IDLE
+    events = host.feed(b"34-08\r\nPowerShield > ack volt 1800m\r\n")
+    assert events[0] == Samples((1234e-08,), b"1234-08")
+    assert host.take_replies() == []  # the late ack is ignored
+
+
 # --------------------------------------------------------------------------------------------
 # firmware: grammar, ranges, state
 # --------------------------------------------------------------------------------------------
 
 RANGE_CASES = [
-    ("volt 1800m", True), ("volt 3300m", True), ("volt 1799m", False), ("volt 3301m", False),
-    ("volt 2", True), ("volt 18-1", True), ("volt 4", False), ("volt get", True),
-    ("volt abc", False), ("volt", False), ("volt 1.8", False),
-    *[(f"freq {f}", True) for f in ("100k", "50k", "20k", "10k", "5k", "2k", "1k", "500", "200",
-                                    "100", "50", "20", "10", "5", "2", "1")],
-    ("freq 1000", True), ("freq 3k", False), ("freq 0", False), ("freq 200k", False),
-    ("acqtime 100u", True), ("acqtime 99u", False), ("acqtime 100", True),
-    ("acqtime 101", False), ("acqtime 0", True), ("acqtime inf", True), ("acqtime 1-4", True),
+    ("volt 1800m", True),
+    ("volt 3300m", True),
+    ("volt 1799m", False),
+    ("volt 3301m", False),
+    ("volt 2", True),
+    ("volt 18-1", True),
+    ("volt 4", False),
+    ("volt get", True),
+    ("volt abc", False),
+    ("volt", False),
+    ("volt 1.8", False),
+    *[
+        (f"freq {f}", True)
+        for f in (
+            "100k",
+            "50k",
+            "20k",
+            "10k",
+            "5k",
+            "2k",
+            "1k",
+            "500",
+            "200",
+            "100",
+            "50",
+            "20",
+            "10",
+            "5",
+            "2",
+            "1",
+        )
+    ],
+    ("freq 1000", True),
+    ("freq 3k", False),
+    ("freq 0", False),
+    ("freq 200k", False),
+    ("acqtime 100u", True),
+    ("acqtime 99u", False),
+    ("acqtime 100", True),
+    ("acqtime 101", False),
+    ("acqtime 0", True),
+    ("acqtime inf", True),
+    ("acqtime 1-4", True),
     ("acqtime forever", False),
-    ("output current", True), ("output energy", True), ("output power", False),
-    ("format ascii_dec", True), ("format bin_hexa", True), ("format hex", False),
-    ("trigsrc sw", True), ("trigsrc d7", True), ("trigsrc d6", False),
-    ("trigdelay 0", True), ("trigdelay 30", True), ("trigdelay 31", False),
+    ("output current", True),
+    ("output energy", True),
+    ("output power", False),
+    ("format ascii_dec", True),
+    ("format bin_hexa", True),
+    ("format hex", False),
+    ("trigsrc sw", True),
+    ("trigsrc d7", True),
+    ("trigsrc d6", False),
+    ("trigdelay 0", True),
+    ("trigdelay 30", True),
+    ("trigdelay 31", False),
     ("trigdelay 1m", True),
-    ("eventsrc d7 fal", True), ("eventsrc d7 ris", True), ("eventsrc d7 up", False),
-    ("eventsrc d6 fal", False), ("eventsrc d7", False),
-    ("pwr auto", True), ("pwr on", True), ("pwr off", True), ("pwr get", True),
-    ("pwr on nostatus", True), ("pwr on status", True), ("pwr on verbose", False),
-    ("pwr", False), ("pwr up", False),
-    ("pwrend on", True), ("pwrend off", True), ("pwrend maybe", False),
-    ('lcd 1 "MLPerf Tiny"', True), ('lcd 2 "     monitor    "', True),
-    ('lcd 1 "0123456789abcdef"', True), ('lcd 1 "0123456789abcdefg"', False),
-    ('lcd 3 "x"', False), ("lcd 1 MLPerf", False), ('lcd 1 ""', True),
-    ("targrst 10m", True), ("targrst 9m", False), ("targrst 1", True), ("targrst 2", False),
+    ("eventsrc d7 fal", True),
+    ("eventsrc d7 ris", True),
+    ("eventsrc d7 up", False),
+    ("eventsrc d6 fal", False),
+    ("eventsrc d7", False),
+    ("pwr auto", True),
+    ("pwr on", True),
+    ("pwr off", True),
+    ("pwr get", True),
+    ("pwr on nostatus", True),
+    ("pwr on status", True),
+    ("pwr on verbose", False),
+    ("pwr", False),
+    ("pwr up", False),
+    ("pwrend on", True),
+    ("pwrend off", True),
+    ("pwrend maybe", False),
+    ('lcd 1 "MLPerf Tiny"', True),
+    ('lcd 2 "     monitor    "', True),
+    ('lcd 1 "0123456789abcdef"', True),
+    ('lcd 1 "0123456789abcdefg"', False),
+    ('lcd 3 "x"', False),
+    ("lcd 1 MLPerf", False),
+    ('lcd 1 ""', True),
+    ("targrst 10m", True),
+    ("targrst 9m", False),
+    ("targrst 1", True),
+    ("targrst 2", False),
     ("targrst 0", True),
-    ("currthres 1m", True), ("currthres 0", True), ("currthres 51m", False),
-    ("acqmode dyn", True), ("acqmode fast", False), ("funcmode optim", True),
-    ("temp", True), ("temp degc", True), ("temp degf", True), ("temp kelvin", False),
-    ("htc", True), ("hrc", True), ("help", True), ("echo hello", True), ("powershield", True),
-    ("version", True), ("status", True), ("range", True), ("calib", True),
-    ("autotest", True), ("autotest start stat_all", True), ("autotest go", False),
-    ("frobnicate", False), ("htc now", False),
+    ("currthres 1m", True),
+    ("currthres 0", True),
+    ("currthres 51m", False),
+    ("acqmode dyn", True),
+    ("acqmode fast", False),
+    ("funcmode optim", True),
+    ("temp", True),
+    ("temp degc", True),
+    ("temp degf", True),
+    ("temp kelvin", False),
+    ("htc", True),
+    ("hrc", True),
+    ("help", True),
+    ("echo hello", True),
+    ("powershield", True),
+    ("version", True),
+    ("status", True),
+    ("range", True),
+    ("calib", True),
+    ("autotest", True),
+    ("autotest start stat_all", True),
+    ("autotest go", False),
+    ("frobnicate", False),
+    ("htc now", False),
 ]
 
 
@@ -431,13 +542,29 @@ def test_firmware_range_checks(command: str, ok: bool) -> None:
     assert command in reply.events[0].line.decode()
 
 
-@pytest.mark.parametrize("command", ["volt 1800m", "freq 1k", "pwr on", "start", "stop",
-                                     'lcd 1 "MLPerf Tiny"', "output energy", "targrst 0"])
+@pytest.mark.parametrize(
+    "command",
+    [
+        "volt 1800m",
+        "freq 1k",
+        "pwr on",
+        "start",
+        "stop",
+        'lcd 1 "MLPerf Tiny"',
+        "output energy",
+        "targrst 0",
+    ],
+)
 def test_firmware_commands_before_htc_are_refused(command: str) -> None:
     host, fw = Lpm01aHost(), Lpm01aFirmware()
     actions = fw.feed(host.send(command))
-    assert written(actions) == (f"{PROMPT}error {command}\r\n{PROMPT}Error detail: host control "
-                                "required (send htc first)\r\n").encode()
+    assert (
+        written(actions)
+        == (
+            f"{PROMPT}error {command}\r\n{PROMPT}Error detail: host control "
+            "required (send htc first)\r\n"
+        ).encode()
+    )
     assert len(actions) == 1  # no side effect
     host.feed(written(actions))
     assert not host.take_replies()[0].ok
@@ -518,8 +645,19 @@ def test_firmware_finite_acquisition_end() -> None:
 
 @pytest.mark.parametrize(
     ("text", "value"),
-    [("2m", "0.002"), ("2-3", "0.002"), ("100u", "0.0001"), ("1k", "1000"), ("30", "30"),
-     ("5+2", "500"), ("100n", "1E-7"), ("2m5", None), ("", None), ("1.5", None), ("-3", None)],
+    [
+        ("2m", "0.002"),
+        ("2-3", "0.002"),
+        ("100u", "0.0001"),
+        ("1k", "1000"),
+        ("30", "30"),
+        ("5+2", "500"),
+        ("100n", "1E-7"),
+        ("2m5", None),
+        ("", None),
+        ("1.5", None),
+        ("-3", None),
+    ],
 )
 def test_parse_number(text: str, value: str | None) -> None:
     parsed = parse_number(text)
@@ -573,8 +711,9 @@ def test_energy_capture_rejects_non_consecutive_events() -> None:
 
 def test_energy_capture_extend_records_everything_before_raising() -> None:
     capture = EnergyCapture()
-    events = [classify_line(x) for x in (b"event 0 ris", b"event 5 ris", b"1234-08",
-                                         b"event 6 ris")]
+    events = [
+        classify_line(x) for x in (b"event 0 ris", b"event 5 ris", b"1234-08", b"event 6 ris")
+    ]
     with pytest.raises(RemoteProtocolError):
         capture.extend(events)
     window = capture.drain()
@@ -584,10 +723,29 @@ def test_energy_capture_extend_records_everything_before_raising() -> None:
 
 def test_energy_capture_acquisition_completed_restarts_numbering() -> None:
     capture = EnergyCapture()
-    capture.extend([classify_line(b"event 0 ris"), classify_line(b"event 1 ris"),
-                    classify_line(ACQUISITION_COMPLETED_LINE.rstrip()),
-                    classify_line(b"event 0 ris")])
+    capture.extend(
+        [
+            classify_line(b"event 0 ris"),
+            classify_line(b"event 1 ris"),
+            classify_line(ACQUISITION_COMPLETED_LINE.rstrip()),
+            classify_line(b"event 0 ris"),
+        ]
+    )
     assert [n for n, _ in capture.drain().events] == [0, 1, 0]
+
+
+def test_energy_window_first_sample_counts_earlier_windows() -> None:
+    host, capture = Lpm01aHost(), EnergyCapture()
+    capture.extend(host.feed(format_sample(1e-6) * 3))
+    assert capture.drain().first_sample == 0
+    capture.extend(host.feed(format_sample(1e-6) * 2 + format_event(0)))
+    window = capture.drain()
+    assert window.first_sample == 3 and window.events == ((0, 2),)
+    # A new acquisition numbers its samples from 0 again.
+    capture.extend(host.feed(format_sample(1e-6) + ACQUISITION_COMPLETED_LINE))
+    capture.drain()
+    capture.extend(host.feed(format_sample(1e-6)))
+    assert capture.drain().first_sample == 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -659,8 +817,10 @@ def test_high_bytes_and_noise_never_crash() -> None:
         fw = Lpm01aFirmware()
         fw.feed(b"htc\r\n")
         for action in fw.feed(noise + b"\r\n"):
-            assert isinstance(action, Write | PowerSwitch | TargetReset | StartAcquisition
-                              | StopAcquisition | Reset)
+            assert isinstance(
+                action,
+                Write | PowerSwitch | TargetReset | StartAcquisition | StopAcquisition | Reset,
+            )
         host = Lpm01aHost()
         host.feed(noise)
         host.send("htc")

@@ -1,0 +1,135 @@
+"""The energy path end to end: a DUT's ``infer`` through the interface board while the LPM01A
+simulator measures it; the window the events bracket holds exactly the power model's energy."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from agent.interface_client import InterfaceClient
+from agent.lpm01a_client import Lpm01aClient, window_energy
+from agent.serial_link import SerialLink
+from farm.models import MODELS
+from farm.protocol.interface import HOST_BAUD as INTERFACE_BAUD
+from farm.protocol.lpm01a import HOST_BAUD as MONITOR_BAUD
+from farm.sim.config import BoardConfig, LatencyConfig
+from farm.sim.server import SimBoard
+from farm.synthetic import encode_input
+
+#: The simulated interface board's reset (0.5 s) plus a margin.
+RESET_S = 0.6
+SETTLE_S = 5.0
+#: 4-digit mantissas: each sample is within half a unit of its 4th digit, i.e. 5e-4 relative,
+#: so the sum of positive samples is too.
+MANTISSA_REL = 5e-4
+
+
+async def test_infer_energy_window_matches_the_power_model(tmp_path: Path) -> None:
+    config = BoardConfig(
+        id="energy-1",
+        model="kws01",
+        energy=True,
+        firmware="energy",
+        latency=LatencyConfig(median_s=0.01),
+    )
+    board = SimBoard(config, directory=tmp_path / "energy-1", seed=1)
+    await board.start()
+    links: list[SerialLink] = []
+    lpm: Lpm01aClient | None = None
+    try:
+        assert board.interface_port is not None and board.monitor_port is not None
+        assert board.monitor is not None
+        links.append(await SerialLink.open(str(board.monitor_port.path), MONITOR_BAUD))
+        links.append(await SerialLink.open(str(board.interface_port.path), INTERFACE_BAUD))
+        lpm = Lpm01aClient(links[0])
+        interface = InterfaceClient(links[1], dut_baud=9600, reset_s=RESET_S)
+
+        # The runner's order: monitor set-up (target off), power on, acquisition, then the
+        # interface's setbaud (which flushes the DUT's boot banner from the board's queue).
+        await lpm.setup(1800)
+        boots = board.dut.boots
+        await lpm.power(True, voltage_mv=1800)
+        async with asyncio.timeout(SETTLE_S):
+            while not (board.dut.boots > boots and board.dut.ready.is_set()):  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        await lpm.start()
+        await interface.resync()
+
+        spec = MODELS["kws01"]
+        dut = interface.dut(spec)
+        assert await dut.profile() == ("ULPMark for tinyML Firmware V0.0.1", "kws01")
+        await dut.load(encode_input(spec, label=0, u=0.1, file_bytes=spec.input_bytes, seed=2))
+        lpm.drain()  # the download period
+        result = await dut.infer(20, 5)
+        assert result.elapsed_us is None  # energy build: the timestamps are pin pulses
+        window = await lpm.window(events=2)
+        await lpm.stop()
+
+        energy = window_energy(window, lpm.freq_hz)
+        assert energy.events[1] == energy.events[0] + 1
+        # The same sample-aligned interval, straight from the power model.
+        t0 = board.monitor.acquisition_t0
+        assert t0 is not None
+        f = board.monitor.freq_hz
+        start = t0 + (window.first_sample + energy.start) / f
+        stop = t0 + (window.first_sample + energy.stop) / f
+        expected = board.power.energy_between(start, stop)
+        assert abs(energy.energy_j - expected) <= MANTISSA_REL * expected
+        assert energy.energy_j > board.power.active_w * 0.9 * energy.seconds
+
+        # The window is the 20 inferences plus the first pulse's hold, floored to the 1 ms
+        # grid; scheduling delays of the simulated DUT can only lengthen it.
+        truth = board.dut.records[-1]
+        assert truth.phase == "infer" and truth.count == 20
+        assert -0.002 <= energy.seconds - truth.total_us / 1e6 <= 0.02
+    finally:
+        if lpm is not None:
+            await lpm.close()
+        for link in links:
+            await link.close()
+        await board.stop()
+
+
+async def test_consecutive_windows_number_events_without_gaps(tmp_path: Path) -> None:
+    """Several ``infer`` windows in one acquisition, drained one by one as the runner does."""
+    pairs = 3
+    config = BoardConfig(
+        id="energy-2",
+        model="kws01",
+        energy=True,
+        firmware="energy",
+        latency=LatencyConfig(median_s=0.002),
+    )
+    board = SimBoard(config, directory=tmp_path / "energy-2", seed=2)
+    await board.start()
+    links: list[SerialLink] = []
+    lpm: Lpm01aClient | None = None
+    try:
+        assert board.interface_port is not None and board.monitor_port is not None
+        links.append(await SerialLink.open(str(board.monitor_port.path), MONITOR_BAUD))
+        links.append(await SerialLink.open(str(board.interface_port.path), INTERFACE_BAUD))
+        lpm = Lpm01aClient(links[0])
+        interface = InterfaceClient(links[1], dut_baud=9600, reset_s=RESET_S)
+        await lpm.setup(1800)
+        await lpm.power(True, voltage_mv=1800)
+        await lpm.start()
+        await interface.resync()
+        spec = MODELS["kws01"]
+        dut = interface.dut(spec)
+        await dut.load(bytes(spec.input_bytes))
+        numbers: list[int] = []
+        lpm.drain()
+        for _ in range(pairs):
+            await dut.infer(50, 0)
+            window = await lpm.window(events=2)
+            numbers += [n for n, _ in window.events]
+            energy = window_energy(window, lpm.freq_hz)
+            assert energy.seconds >= 50 * 0.002 * 0.8
+        assert numbers == list(range(numbers[0], numbers[0] + 2 * pairs))
+        await lpm.stop()
+    finally:
+        if lpm is not None:
+            await lpm.close()
+        for link in links:
+            await link.close()
+        await board.stop()
