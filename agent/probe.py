@@ -9,8 +9,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.dut_client import DirectChannel, DutClient
+from agent.interface_client import InterfaceClient
+from agent.lpm01a_client import Lpm01aClient, window_energy
 from agent.serial_link import SerialLink
-from farm.models import get_model
+from farm.models import ENERGY_BAUD, get_model
 from farm.synthetic import encode_input
 
 
@@ -27,6 +29,9 @@ class ProbeResult:
     elapsed_us: int | None = None
     results: tuple[float, ...] = ()
     error: str = ""
+    energy_uj: float | None = None
+    """Energy path only: µJ per inference between the last two timestamp events."""
+    window_s: float | None = None
 
 
 async def probe_direct(board: dict[str, Any]) -> ProbeResult:
@@ -53,3 +58,66 @@ async def probe_direct(board: dict[str, Any]) -> ProbeResult:
     finally:
         if link is not None:
             await link.close()
+
+
+#: Inferences in the probe's energy window: enough for a window of many 1 ms samples.
+ENERGY_PROBE_COUNT = 20
+#: The reference DUT supply for the four models (MEASUREMENT.md §1.2).
+SUPPLY_MV = 1800
+
+
+async def probe_energy(board: dict[str, Any]) -> ProbeResult:
+    """Probe a board through its interface board with the LPM01A measuring: the official
+    energy-mode order (monitor set-up, power on, acquisition, ``setbaud``), then one
+    download and one ``infer`` window between two timestamp events."""
+    iface, monitor = board["interface"], board["monitor"]
+    model = get_model(board["model"])
+    links: list[SerialLink] = []
+    lpm: Lpm01aClient | None = None
+    try:
+        links.append(await SerialLink.open(monitor["path"], int(monitor["baud"])))
+        links.append(await SerialLink.open(iface["path"], int(iface["baud"])))
+        lpm = Lpm01aClient(links[0])
+        interface = InterfaceClient(links[1], dut_baud=ENERGY_BAUD)
+        await lpm.setup(SUPPLY_MV)
+        await lpm.power(True, voltage_mv=SUPPLY_MV)
+        await lpm.start()
+        await interface.resync()  # setbaud: flushes the DUT's boot banner from the board
+        client = interface.dut(model)
+        vendor = await client.name()
+        _, reported = await client.profile()
+        data = encode_input(model, label=0, u=0.5, file_bytes=model.input_bytes, seed=1)
+        started = time.monotonic()
+        await client.load(data)
+        load_s = time.monotonic() - started
+        lpm.drain()  # the download period
+        result = await client.infer(ENERGY_PROBE_COUNT, 0)
+        energy = window_energy(await lpm.window(events=2), lpm.freq_hz)
+        await lpm.stop()
+        await lpm.teardown()
+        return ProbeResult(
+            board["id"],
+            iface["path"],
+            True,
+            reported,
+            vendor,
+            load_s,
+            None,
+            result.results,
+            energy_uj=energy.energy_j / ENERGY_PROBE_COUNT * 1e6,
+            window_s=energy.seconds,
+        )
+    except Exception as exc:  # a probe reports every failure instead of raising
+        return ProbeResult(board["id"], iface["path"], False, error=f"{type(exc).__name__}: {exc}")
+    finally:
+        if lpm is not None:
+            await lpm.close()
+        for link in links:
+            await link.close()
+
+
+async def probe(board: dict[str, Any]) -> ProbeResult:
+    """Probe a ``boards.json`` entry by the path its firmware speaks on."""
+    if board["firmware"] == "energy" and board.get("interface") and board.get("monitor"):
+        return await probe_energy(board)
+    return await probe_direct(board)

@@ -117,7 +117,7 @@ async def _run_sim(cfg: SimConfig, out: Path, transcripts: bool, check: bool) ->
 def _print_boards(boards: list[dict], path: Path) -> None:
     table = Table(title=f"simulated boards ({path})")
     for column in ("board", "model", "firmware", "DUT port", "baud", "interface", "monitor"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for b in boards:
         table.add_row(
             b["id"],
@@ -133,21 +133,24 @@ def _print_boards(boards: list[dict], path: Path) -> None:
 
 async def _check_boards(boards: list[dict]) -> int:
     try:
-        from agent.probe import probe_direct  # needs the agent extra
+        from agent.probe import probe  # needs the agent extra
     except ImportError as exc:
         err.print(f"[red]--check needs the agent extra (pip install 'tinyfarm[agent]'): {exc}")
         return 2
-    results = await asyncio.gather(
-        *(probe_direct(b) for b in boards if b["firmware"] == "performance")
-    )
-    table = Table(title="scripted exchange: name, profile, db load, infer 1 0")
-    for column in ("board", "ok", "model", "load s", "infer µs", "results / error"):
-        table.add_column(column)
+    results = await asyncio.gather(*(probe(b) for b in boards))
+    table = Table(title="scripted exchange: name, profile, db load, infer (energy: LPM01A window)")
+    for column in ("board", "ok", "model", "load s", "infer µs", "µJ/inf", "results / error"):
+        table.add_column(column, overflow="fold")
     for r in results:
         detail = ", ".join(f"{v:.3f}" for v in r.results) if r.ok else r.error
-        elapsed = str(r.elapsed_us) if r.elapsed_us is not None else "-"
         table.add_row(
-            r.board, "yes" if r.ok else "[red]NO", r.model, f"{r.load_s:.2f}", elapsed, detail
+            r.board,
+            "yes" if r.ok else "[red]NO",
+            r.model,
+            f"{r.load_s:.2f}",
+            "-" if r.elapsed_us is None else str(r.elapsed_us),
+            "-" if r.energy_uj is None else f"{r.energy_uj:.1f}",
+            detail,
         )
     console.print(table)
     return 0 if all(r.ok for r in results) else 1

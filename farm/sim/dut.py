@@ -237,13 +237,16 @@ class SimDut:
             times = self.latency.sample_window(count)
             total = sum(times)
         start = loop.time()
+        end = start + total / 1e6
         if self.power is not None and phase != "boot":
             self.power.set_active(start, True)
         try:
-            await asyncio.sleep(max(0.0, start + total / 1e6 - loop.time()))
+            await asyncio.sleep(max(0.0, end - loop.time()))
         finally:
             if self.power is not None and phase != "boot":
-                self.power.set_active(loop.time(), False)
+                # The modelled end, not the (later) wake-up: the draw follows the latency
+                # model exactly, whatever the event loop's timer slack.
+                self.power.set_active(min(end, loop.time()), False)
         if phase != "boot":
             window = None if lap_at is None else cursor - lap_at + total
             self.records.append(ComputeRecord(phase, count, times, lap_at, window))

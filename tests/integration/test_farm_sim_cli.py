@@ -65,7 +65,17 @@ def test_sim_writes_boards_json_serves_and_cleans_up(tmp_path: Path) -> None:
 
 def test_sim_check_runs_the_scripted_exchange(tmp_path: Path) -> None:
     done = subprocess.run(
-        [*FARM, "sim", "--models", "kws01,ad01", "--out", str(tmp_path / "s"), "--check"],
+        [
+            *FARM,
+            "sim",
+            "--models",
+            "kws01,ad01",
+            "--energy",
+            "1",
+            "--out",
+            str(tmp_path / "s"),
+            "--check",
+        ],
         capture_output=True,
         timeout=120,
     )
