@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -32,6 +33,18 @@ class DutChannel(Protocol):
         self, command: str, *, reply_bytes: int, compute_s: float = 0.0
     ) -> dut.Reply:
         """Send one DUT command; return its complete reply (up to ``m-ready``)."""
+        ...
+
+    async def exchange_each(
+        self,
+        commands: Sequence[str],
+        *,
+        reply_bytes: int,
+        compute_s: float = 0.0,
+        check: Callable[[dut.Reply], object] | None = None,
+    ) -> dut.Reply:
+        """Send ``commands`` in turn, each after the previous reply passed ``check``;
+        return the last reply."""
         ...
 
     async def resync(self) -> None:
@@ -66,57 +79,100 @@ class DirectChannel:
     async def exchange(
         self, command: str, *, reply_bytes: int, compute_s: float = 0.0
     ) -> dut.Reply:
-        """Send ``command``; wait at most the modelled time for its reply.
+        """Send ``command``; wait at most the modelled time for its reply."""
+        return await self.exchange_each([command], reply_bytes=reply_bytes, compute_s=compute_s)
 
-        Received bytes go straight from the transport into the parser, and the reply's
-        future is resolved in the same callback: no loop turn between the last byte and the
-        caller (the bench measured ~0.2 ms per exchange with a read loop instead)."""
+    async def exchange_each(
+        self,
+        commands: Sequence[str],
+        *,
+        reply_bytes: int,
+        compute_s: float = 0.0,
+        check: Callable[[dut.Reply], object] | None = None,
+    ) -> dut.Reply:
+        """Send ``commands`` one after the other, each only once the previous reply is
+        complete and has passed ``check``; return the last reply.
+
+        Received bytes go straight from the transport into the parser, and the next command
+        is written from that same callback: no event-loop turn between a reply's last byte
+        and the next command (a task wake-up per ``db`` chunk cost the bench ~0.2 ms, a
+        quarter of a chunk's wire time at 921600 baud). Each command gets its own deadline
+        from the wire-time model; one timer, re-armed lazily, enforces them.
+        """
         async with self._lock:
             stale = self.link.read_nowait()
             if stale:
                 # Output nobody asked for (a boot banner, a late line): not part of this reply.
                 self.host.feed(stale)
                 log.info("event=unsolicited port=%s bytes=%d", self.port, len(stale))
-            data = self.host.send(command)
-            timeout = self.wire.timeout(len(data), reply_bytes, compute_s)
             loop = asyncio.get_running_loop()
             done: asyncio.Future[dut.Reply] = loop.create_future()
-            received = self.link.bytes_in
+            pending = iter(commands)
+            current = _Outstanding()
+
+            def send(command: str) -> None:
+                data = self.host.send(command)
+                current.command = command
+                current.timeout = self.wire.timeout(len(data), reply_bytes, compute_s)
+                current.deadline = loop.time() + current.timeout
+                current.received_before = self.link.bytes_in
+                self.link.write(data)
 
             def on_data(chunk: bytes) -> None:
                 self.host.feed(chunk)
                 reply = self.host.next_reply()
-                if reply is not None and not done.done():
-                    done.set_result(reply)
+                if reply is None or done.done():
+                    return
+                try:
+                    if check is not None:
+                        check(reply)
+                    following = next(pending, None)
+                    if following is None:
+                        done.set_result(reply)
+                    else:
+                        send(following)
+                except Exception as exc:
+                    done.set_exception(exc)
 
             def on_lost() -> None:
                 if not done.done():
                     done.set_exception(self.link.lost_error())
 
-            def on_timeout() -> None:
-                if not done.done():
+            def on_timer() -> None:
+                nonlocal timer
+                if done.done():
+                    return
+                if loop.time() < current.deadline:
+                    timer = loop.call_at(current.deadline, on_timer)
+                else:
                     done.set_exception(TimeoutError())
 
             self.link.attach(on_data, on_lost)
-            timer = loop.call_later(timeout, on_timeout)
+            timer: asyncio.TimerHandle | None = None
             try:
                 if not self.link.is_open:
                     raise self.link.lost_error()
-                self.link.write(data)
+                first = next(pending, None)
+                if first is None:
+                    raise ValueError("exchange_each needs at least one command")
+                send(first)
+                timer = loop.call_at(current.deadline, on_timer)
                 return await done
             except TimeoutError:
                 partial = self.host.abandon()
                 garbled = any(isinstance(e, dut.Garbage) for e in partial)
-                got = self.link.bytes_in - received
+                got = self.link.bytes_in - current.received_before
                 raise DeviceTimeout(
-                    self.port, command, timeout, got, garbled, self.link.baud
+                    self.port, current.command, current.timeout, got, garbled, self.link.baud
                 ) from None
             except BaseException:
-                # The link failed or we were cancelled: the reply will never be read.
+                # The link failed, a reply failed its check, or we were cancelled: whatever
+                # is still on its way belongs to no command.
                 self.host.abandon()
                 raise
             finally:
-                timer.cancel()
+                if timer is not None:
+                    timer.cancel()
                 self.link.attach(None)
 
     async def resync(self) -> None:
@@ -151,6 +207,16 @@ async def drain_until_idle(link: SerialLink, wire: WireModel, max_bytes: int = 4
         except TimeoutError:
             break
     return drained
+
+
+@dataclass(slots=True)
+class _Outstanding:
+    """The command in flight during :meth:`DirectChannel.exchange_each`."""
+
+    command: str = ""
+    timeout: float = 0.0
+    deadline: float = 0.0
+    received_before: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,8 +290,12 @@ class DutClient:
                 f"{self.channel.port}: DUT expects {expecting.nbytes} bytes, not {len(data)}"
             )
         step = self.channel.chunk_bytes
-        for offset in range(0, len(data), step):
-            reply = await self.command("db " + data[offset : offset + step].hex())
+        port = self.channel.port
+        reply = await self.channel.exchange_each(
+            ["db " + data[offset : offset + step].hex() for offset in range(0, len(data), step)],
+            reply_bytes=dut.reply_size_bound("db"),
+            check=lambda chunk_reply: check_reply(port, chunk_reply),
+        )
         if not data or not reply.of(dut.LoadDone):
             raise GarbledReply(
                 f"{self.channel.port}: DUT did not confirm the load of {len(data)} bytes"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections.abc import Callable, Sequence
 
 from agent.dut_client import DutClient, drain_until_idle
 from agent.errors import DeviceTimeout, GarbledReply, ResyncFailed
@@ -221,6 +222,10 @@ class InterfaceClient:
                     f"{self.port}: reply to {command!r} is out of step: {exc}; resync the link",
                     exc.line,
                 ) from exc
+            except BaseException:
+                # The link failed or we were cancelled: the reply will never be read.
+                self.host.reset()
+                raise
             return replies[-1]
 
     # -- board commands -----------------------------------------------------------------------
@@ -326,6 +331,27 @@ class PassthroughChannel:
         if reply.wedged:
             log.warning("event=interface_wedged port=%s command=%r", self.port, command)
         return dut.Reply(command, tuple(dut.classify(line) for line in reply.dut_lines))
+
+    async def exchange_each(
+        self,
+        commands: Sequence[str],
+        *,
+        reply_bytes: int,
+        compute_s: float = 0.0,
+        check: Callable[[dut.Reply], object] | None = None,
+    ) -> dut.Reply:
+        """Send ``commands`` in turn, each after the previous reply passed ``check``.
+
+        One task-level exchange per command is cheap next to the board's own latency (it
+        relays at 9600 baud and answers each command with a two-line ack first)."""
+        reply: dut.Reply | None = None
+        for command in commands:
+            reply = await self.exchange(command, reply_bytes=reply_bytes, compute_s=compute_s)
+            if check is not None:
+                check(reply)
+        if reply is None:
+            raise ValueError("exchange_each needs at least one command")
+        return reply
 
     async def resync(self) -> None:
         """Reset the board (flushing stale DUT lines) and check the DUT answers."""

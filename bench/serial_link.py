@@ -259,11 +259,7 @@ def bench_baud(
             for fd in fds:
                 os.close(fd)
             for link in links:
-                loop.run_until_complete(link.close())
-            # The transport closes the port in an executor, possibly after close() returned.
-            pending = asyncio.all_tasks(loop)
-            if pending:
-                loop.run_until_complete(asyncio.wait(pending, timeout=5))
+                loop.run_until_complete(link.close())  # returns once the fd is released
             loop.run_until_complete(loop.shutdown_default_executor())
             loop.close()
             per_sim = [compute_per_infer(stop_sim(sim)) for sim in sims]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -82,7 +83,7 @@ def sim(
         raise _fail(str(exc)) from None
     try:
         status = asyncio.run(_run_sim(cfg, out, transcripts, check))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
         status = 0
     raise typer.Exit(status)
 
@@ -103,6 +104,10 @@ def _sim_config(
 async def _run_sim(cfg: SimConfig, out: Path, transcripts: bool, check: bool) -> int:
     from farm.sim.server import SimFarm  # keeps `farm --help` light
 
+    # SIGTERM (systemd, CI, kill) must clean up like Ctrl-C: cancel, so `async with` exits.
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     sim_farm = SimFarm(cfg, out, transcripts=transcripts)
     async with sim_farm:
         document = json.loads(sim_farm.boards_json.read_text())

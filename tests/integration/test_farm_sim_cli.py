@@ -63,6 +63,23 @@ def test_sim_writes_boards_json_serves_and_cleans_up(tmp_path: Path) -> None:
     assert leftovers == []
 
 
+def test_sigterm_cleans_up_too(tmp_path: Path) -> None:
+    out = tmp_path / "sim"
+    proc = subprocess.Popen(
+        [*FARM, "sim", "--boards", "2", "--out", str(out)], stderr=subprocess.PIPE
+    )
+    wait_for(out / "boards.json", proc)
+    links = [
+        Path(b["dut"]["path"]) for b in json.loads((out / "boards.json").read_text())["boards"]
+    ]
+    assert all(link.is_symlink() for link in links)
+    proc.terminate()
+    _, stderr = proc.communicate(timeout=20)
+    assert proc.returncode == 0, stderr.decode()
+    assert not any(link.is_symlink() for link in links)
+    assert not (out / "boards.json").exists()
+
+
 def test_sim_check_runs_the_scripted_exchange(tmp_path: Path) -> None:
     done = subprocess.run(
         [
