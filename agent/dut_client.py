@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from agent.errors import DeviceCommandError, DeviceReset, DeviceTimeout, GarbledReply, ResyncFailed
 from agent.serial_link import SerialLink
-from farm.models import ModelSpec
+from farm.models import ModelSpec, results_well_formed
 from farm.protocol import dut
 from farm.wire import WireModel
 
@@ -28,6 +29,14 @@ class DutChannel(Protocol):
     port: str
     chunk_bytes: int
     """Bytes per ``db`` chunk this path can carry."""
+    needs_resync: bool
+    """True after a timeout: late output of the abandoned command may still arrive, so the
+    next command must not be sent before :meth:`resync`."""
+
+    @property
+    def dut_baud(self) -> int:
+        """The baud of the DUT's own UART on this path (what its lap lines print at)."""
+        ...
 
     async def exchange(
         self, command: str, *, reply_bytes: int, compute_s: float = 0.0
@@ -61,6 +70,13 @@ def check_reply(port: str, reply: dut.Reply) -> dut.Reply:
         raise GarbledReply(f"{port}: garbled reply to {reply.command!r}: {sample!r}")
     if reply.errors:
         raise DeviceCommandError(port, reply.command, dut.lines_text(reply.errors))
+    unknown = reply.of(dut.Unknown)
+    if unknown and not reply.command.startswith("help"):
+        # Every line of a reply but help's has a known shape: a lost or corrupted byte
+        # turns one into an unknown line, which must not pass as a good reply.
+        raise GarbledReply(
+            f"{port}: unexpected line in reply to {reply.command!r}: {unknown[0].line[:40]!r}"
+        )
     return reply
 
 
@@ -69,12 +85,28 @@ class DirectChannel:
 
     chunk_bytes = DIRECT_CHUNK
 
-    def __init__(self, link: SerialLink, wire: WireModel | None = None) -> None:
+    def __init__(
+        self,
+        link: SerialLink,
+        wire: WireModel | None = None,
+        *,
+        busy_limit_s: float = dut.SILENT_PHASE_LIMIT_S,
+    ) -> None:
         self.link = link
+        self.busy_limit_s = busy_limit_s
+        """How long :meth:`resync` keeps trying: the longest a healthy DUT stays silent."""
         self.port = link.port
         self.wire = wire or WireModel(link.baud)
         self.host = dut.DutHost()
         self._lock = asyncio.Lock()
+        self.needs_resync = False
+        self._answered = False
+        """A complete reply has arrived on this link at least once (the baud is right)."""
+
+    @property
+    def dut_baud(self) -> int:
+        """The link's baud: on a direct link it is the DUT's."""
+        return self.link.baud
 
     async def exchange(
         self, command: str, *, reply_bytes: int, compute_s: float = 0.0
@@ -126,6 +158,7 @@ class DirectChannel:
                 try:
                     if check is not None:
                         check(reply)
+                    self._answered = True
                     following = next(pending, None)
                     if following is None:
                         done.set_result(reply)
@@ -160,10 +193,17 @@ class DirectChannel:
                 return await done
             except TimeoutError:
                 partial = self.host.abandon()
+                self.needs_resync = True
                 garbled = any(isinstance(e, dut.Garbage) for e in partial)
                 got = self.link.bytes_in - current.received_before
                 raise DeviceTimeout(
-                    self.port, current.command, current.timeout, got, garbled, self.link.baud
+                    self.port,
+                    current.command,
+                    current.timeout,
+                    got,
+                    garbled,
+                    self.link.baud,
+                    answered_before=self._answered,
                 ) from None
             except BaseException:
                 # The link failed, a reply failed its check, or we were cancelled: whatever
@@ -177,21 +217,34 @@ class DirectChannel:
 
     async def resync(self) -> None:
         """Flush, end any half-received command with ``%``, drain until the line is idle,
-        then check the DUT answers ``name``."""
-        async with self._lock:
-            self.host.abandon()
-            self.link.discard_input()
-            self.link.write(b"%")
-            await drain_until_idle(self.link, self.wire)
-            self.host.abandon()
-        try:
-            reply = await self.exchange("name", reply_bytes=dut.reply_size_bound("name"))
-        except (TimeoutError, GarbledReply) as exc:
-            raise ResyncFailed(
-                f"{self.port}: DUT did not answer 'name' after a resync: {exc}"
-            ) from exc
-        if not reply.of(dut.Name):
-            raise ResyncFailed(f"{self.port}: DUT reply to 'name' after resync has no name line")
+        then check the DUT answers ``name``.
+
+        A DUT that is merely slower than modelled may still be computing the abandoned
+        command (it reads nothing meanwhile, and a ``%`` sent now is overrun): the procedure
+        repeats for up to ``busy_limit_s``, so a busy but healthy board is recovered and only
+        a hung one fails (``ResyncFailed``)."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self.busy_limit_s
+        while True:
+            async with self._lock:
+                self.host.abandon()
+                self.link.discard_input()
+                self.link.write(b"%")
+                await drain_until_idle(self.link, self.wire)
+                self.host.abandon()
+            self.needs_resync = False
+            try:
+                reply = await self.exchange("name", reply_bytes=dut.reply_size_bound("name"))
+                if reply.of(dut.Name):
+                    return
+                problem: str = f"reply has no name line: {dut.lines_text(reply.events)}"
+            except (TimeoutError, GarbledReply) as exc:
+                problem = str(exc)
+            if loop.time() >= give_up:
+                self.needs_resync = True
+                raise ResyncFailed(
+                    f"{self.port}: DUT did not answer 'name' after a resync: {problem}"
+                )
 
 
 async def drain_until_idle(link: SerialLink, wire: WireModel, max_bytes: int = 4096) -> int:
@@ -235,18 +288,32 @@ class InferResult:
 
 
 class DutClient:
-    """The DUT's command set. ``latency_s`` is the per-inference time the wire-time model
-    budgets for ``infer``; it starts at the model's reference-board figure (or what the caller
-    knows) and follows each measured window."""
+    """The DUT's command set.
+
+    ``latency_s`` is the per-inference time the wire-time model budgets for ``infer``: what
+    the caller knows, else unknown until the first timed window. Unknown, an ``infer`` gets
+    the official silent-phase limit per phase (30 s); known, it gets (N + W) inferences at
+    the last window's mean plus three of the slowest per-inference time seen, so that one
+    tail inference does not time out a single-inference command.
+    """
+
+    #: How many of the slowest inferences seen an ``infer`` budget adds on top of the mean.
+    TAIL_ALLOWANCE = 3
 
     def __init__(
         self, channel: DutChannel, model: ModelSpec | None = None, latency_s: float | None = None
     ) -> None:
         self.channel = channel
         self.model = model
-        self.latency_s = (
-            latency_s if latency_s is not None else (model.reference_latency_s if model else 1.0)
-        )
+        self.latency_s = latency_s
+        self.slowest_s = latency_s or 0.0
+
+    def infer_budget_s(self, count: int, warmup: int) -> float:
+        """Modelled compute time of ``infer count warmup`` (see the class docstring)."""
+        if self.latency_s is None:
+            return dut.SILENT_PHASE_LIMIT_S * (2 if warmup else 1)
+        slowest = max(self.slowest_s, self.latency_s)
+        return (count + warmup) * self.latency_s + self.TAIL_ALLOWANCE * slowest
 
     @property
     def outputs(self) -> int:
@@ -254,7 +321,10 @@ class DutClient:
         return self.model.outputs if self.model else 12
 
     async def command(self, command: str, compute_s: float = 0.0) -> dut.Reply:
-        """Any command; the reply is checked (errors, garbage, reset raise)."""
+        """Any command; the reply is checked (errors, garbage, reset raise). After a timeout
+        the channel is resynced first."""
+        if self.channel.needs_resync:
+            await self.channel.resync()
         reply_bytes = dut.reply_size_bound(command, self.outputs)
         reply = await self.channel.exchange(command, reply_bytes=reply_bytes, compute_s=compute_s)
         return check_reply(self.channel.port, reply)
@@ -303,26 +373,40 @@ class DutClient:
 
     async def infer(self, count: int, warmup: int = 0) -> InferResult:
         """``infer N W``: run ``warmup`` untimed then ``count`` timed inferences."""
+        started = time.monotonic()
         reply = await self.command(
-            f"infer {count} {warmup}", compute_s=(count + warmup) * self.latency_s
+            f"infer {count} {warmup}", compute_s=self.infer_budget_s(count, warmup)
         )
+        wall = time.monotonic() - started
         port = self.channel.port
         start = _one(port, reply, dut.InferStart)
         if start.count != count:
             raise GarbledReply(f"{port}: asked for {count} inferences, DUT started {start.count}")
-        results = reply.results
-        if results is None:
-            raise GarbledReply(f"{port}: reply to {reply.command!r} has no m-results line")
+        printed = _one(port, reply, dut.Results)
+        if self.model is not None:
+            body = dut.text(printed.line)[len("m-results-[") : -1]
+            if not results_well_formed(self.model.result_format, body, self.model.outputs):
+                raise GarbledReply(f"{port}: malformed results line {printed.line[:60]!r}")
         laps = reply.laps
         start_us = end_us = elapsed = None
         if laps:
-            if len(laps) < 2:
-                raise GarbledReply(f"{port}: reply to {reply.command!r} has one lap, not two")
-            start_us, end_us = laps[0], laps[-1]
+            if len(laps) != 2:
+                raise GarbledReply(
+                    f"{port}: reply to {reply.command!r} has {len(laps)} laps, not 2"
+                )
+            start_us, end_us = laps
             elapsed = dut.elapsed_us(start_us, end_us)
+            # The DUT's window lies inside the host's exchange: a lap with a lost or changed
+            # digit shows up as a window longer than the exchange (50 ppm crystals aside).
+            if elapsed / 1e6 > wall * 1.02 + 0.005:
+                raise GarbledReply(
+                    f"{port}: laps {start_us}..{end_us} span {elapsed} µs, longer than the "
+                    f"{wall:.3f} s exchange"
+                )
             if elapsed > 0:
                 self.latency_s = elapsed / 1e6 / count
-        return InferResult(count, warmup, start_us, end_us, elapsed, results, reply)
+                self.slowest_s = max(self.slowest_s, self.latency_s)
+        return InferResult(count, warmup, start_us, end_us, elapsed, printed.values, reply)
 
     async def results(self) -> tuple[float, ...]:
         """The last inference's output again (``results``)."""

@@ -6,12 +6,26 @@ from farm.protocol.errors import RemoteProtocolError
 
 
 class DeviceTimeout(TimeoutError):
-    """No complete reply within the wire-time model's deadline."""
+    """No complete reply within the wire-time model's deadline.
+
+    The hint says what to check: a device that never answered on this link is probably at
+    another baud or not there at all; one that answered before has stopped (a hang, or a
+    command slower than modelled)."""
 
     def __init__(
-        self, port: str, command: str, timeout: float, received: int, garbled: bool, baud: int
+        self,
+        port: str,
+        command: str,
+        timeout: float,
+        received: int,
+        garbled: bool,
+        baud: int,
+        *,
+        answered_before: bool = False,
     ) -> None:
-        if received == 0:
+        if received == 0 and answered_before:
+            hint = "the device stopped answering (hung, or busy past the modelled time)"
+        elif received == 0:
             hint = (
                 f"no valid reply: is the board connected and running at {baud} baud? Check the baud"
             )

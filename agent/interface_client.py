@@ -314,20 +314,40 @@ class InterfaceClient:
 
 
 class PassthroughChannel:
-    """DUT commands through an interface board (implements ``agent.dut_client.DutChannel``)."""
+    """DUT commands through an interface board (implements ``agent.dut_client.DutChannel``).
+
+    A lock spans whole command sequences, so no other DUT command can slip in between the
+    ``db`` chunks of a download."""
 
     chunk_bytes = PASSTHROUGH_CHUNK
 
     def __init__(self, client: InterfaceClient) -> None:
         self.client = client
         self.port = client.port
+        self.needs_resync = False
+        self._lock = asyncio.Lock()
+
+    @property
+    def dut_baud(self) -> int:
+        """The board's DUT-side baud."""
+        return self.client.dut_baud
 
     async def exchange(
         self, command: str, *, reply_bytes: int, compute_s: float = 0.0
     ) -> dut.Reply:
         """Send one DUT command through the board; return the DUT's reply, each line
         classified as on a direct link."""
-        reply = await self.client.passthrough(command, reply_bytes=reply_bytes, compute_s=compute_s)
+        async with self._lock:
+            return await self._exchange(command, reply_bytes, compute_s)
+
+    async def _exchange(self, command: str, reply_bytes: int, compute_s: float) -> dut.Reply:
+        try:
+            reply = await self.client.passthrough(
+                command, reply_bytes=reply_bytes, compute_s=compute_s
+            )
+        except TimeoutError:
+            self.needs_resync = True
+            raise
         if reply.wedged:
             log.warning("event=interface_wedged port=%s command=%r", self.port, command)
         return dut.Reply(command, tuple(dut.classify(line) for line in reply.dut_lines))
@@ -345,10 +365,11 @@ class PassthroughChannel:
         One task-level exchange per command is cheap next to the board's own latency (it
         relays at 9600 baud and answers each command with a two-line ack first)."""
         reply: dut.Reply | None = None
-        for command in commands:
-            reply = await self.exchange(command, reply_bytes=reply_bytes, compute_s=compute_s)
-            if check is not None:
-                check(reply)
+        async with self._lock:
+            for command in commands:
+                reply = await self._exchange(command, reply_bytes, compute_s)
+                if check is not None:
+                    check(reply)
         if reply is None:
             raise ValueError("exchange_each needs at least one command")
         return reply
@@ -356,3 +377,4 @@ class PassthroughChannel:
     async def resync(self) -> None:
         """Reset the board (flushing stale DUT lines) and check the DUT answers."""
         await self.client.resync()
+        self.needs_resync = False

@@ -433,6 +433,11 @@ class Lpm01aClient:
         except LinkLost as exc:
             log.warning("event=lpm01a_link_lost port=%s error=%s", self.port, exc)
             self._shutdown(exc)
+        except Exception as exc:
+            # A bug must not leave commands waiting on a reader that is gone: fail them now,
+            # loudly, with the cause.
+            log.exception("event=lpm01a_reader_failed port=%s", self.port)
+            self._shutdown(LinkLost(self.port, f"reader failed: {type(exc).__name__}: {exc}"))
 
     def _route(self, event: LpmEvent) -> None:
         if isinstance(event, StreamItem):

@@ -19,6 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from farm.dataset_cli import dataset_app
 from farm.logs import LogFormat, setup_logging
 from farm.sim.config import ConfigError, SimConfig, generated_config, load_config
 
@@ -27,6 +28,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+app.add_typer(dataset_app, name="dataset")
 console = Console()
 err = Console(stderr=True)
 log = logging.getLogger("farm.cli")

@@ -7,6 +7,7 @@ protocol layer and the simulators need only this much.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -46,6 +47,9 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec("kws01", 490, 490, 1, 12, "kws", 115200, 0.181),
         ModelSpec("vww01", 27648, 27648, 1, 2, "vww", 115200, 0.603),
         ModelSpec("ic01", 3072, 3072, 1, 10, "ic", 115200, 0.704),
+        # ic02 (v1.4) takes the same 32x32x3 input and dataset as ic01 with a larger model;
+        # the reference figure is ic01's until a measured one exists.
+        ModelSpec("ic02", 3072, 3072, 1, 10, "ic", 115200, 0.704),
         ModelSpec("ad01", 2560, 5120, 4, 1, "ad", 921600, 0.0104),
     )
 }
@@ -61,6 +65,23 @@ def get_model(model_id: str) -> ModelSpec:
     except KeyError:
         known = ", ".join(sorted(MODELS))
         raise KeyError(f"unknown model {model_id!r} (known: {known})") from None
+
+
+#: One printed value of ``m-results-[...]`` per result format: a lost or corrupted digit
+#: still parses as a float, so the client checks the exact shape the port prints.
+RESULT_FIELD = {
+    "kws": re.compile(r"0\.\d{3,4}"),
+    "ic": re.compile(r"-?\d+\.\d{3}"),
+    "vww": re.compile(r"-?\d+\.\d{3}"),
+    "ad": re.compile(r"-?\d+\.\d{3}"),
+}
+
+
+def results_well_formed(fmt: ResultFormat, body: str, outputs: int) -> bool:
+    """True if ``body`` (the text inside ``m-results-[...]``) is exactly what the reference
+    port prints for ``outputs`` values: right count, right digits (empty fields ignored)."""
+    fields = [f for f in body.split(",") if f]
+    return len(fields) == outputs and all(RESULT_FIELD[fmt].fullmatch(f) for f in fields)
 
 
 def format_results(fmt: ResultFormat, values: Sequence[float]) -> str:

@@ -21,6 +21,9 @@ MAX_COMMAND_CHARS = 80
 TERMINATOR = b"%"
 #: The free-running µs counter behind ``m-lap-us-N`` is 32 bits wide.
 LAP_MODULUS = 1 << 32
+#: The longest a DUT may stay silent inside one reply on a direct link (the W warmups, or the
+#: N timed inferences): the official runner reads each line with a 30 s timeout.
+SILENT_PHASE_LIMIT_S = 30.0
 
 
 def encode_command(command: str) -> bytes:
@@ -353,11 +356,6 @@ class DutHost:
     def command(self) -> str:
         """The outstanding command (empty when idle)."""
         return self._command
-
-    @property
-    def partial_events(self) -> tuple[DutEvent, ...]:
-        """Events of the outstanding reply received so far (to report what a timeout cut)."""
-        return tuple(self._events)
 
     def send(self, command: str) -> bytes:
         """Start a command; return the bytes to write.

@@ -18,9 +18,9 @@ from farm.sim.faults import FaultSpec
 
 #: Default median inference time per model: a fast Cortex-M7-class board, so that simulated
 #: runs take seconds (the reference L4R5ZI is 10-70x slower; set ``latency`` to mimic it).
-DEFAULT_MEDIAN_S = {"kws01": 0.005, "vww01": 0.030, "ic01": 0.040, "ad01": 0.001}
+DEFAULT_MEDIAN_S = {"kws01": 0.005, "vww01": 0.030, "ic01": 0.040, "ic02": 0.060, "ad01": 0.001}
 #: Default quality: top-1 accuracy for classifiers, AUC for ad01 (above the closed targets).
-DEFAULT_QUALITY = {"kws01": 0.91, "vww01": 0.82, "ic01": 0.87, "ad01": 0.87}
+DEFAULT_QUALITY = {"kws01": 0.91, "vww01": 0.82, "ic01": 0.87, "ic02": 0.92, "ad01": 0.87}
 
 # USB identities of the real devices (PROTOCOLS.md §8), so discovery code sees the same.
 DUT_USB = ("0483", "374B")  # ST-LINK/V2-1 VCP of a NUCLEO board
@@ -86,6 +86,13 @@ class BoardConfig(_Strict):
         if self.firmware == "energy" and not self.energy:
             raise ValueError(
                 "firmware 'energy' talks only through an interface board: set energy: true"
+            )
+        if self.firmware == "energy" and any(
+            f.kind == "disconnect" and f.target == "dut" for f in self.faults
+        ):
+            raise ValueError(
+                "a 'disconnect' fault unplugs the DUT's USB port, which the energy firmware "
+                "does not talk on (it talks through the interface board)"
             )
         return self
 

@@ -13,7 +13,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 log = logging.getLogger("farm.sim.faults")
 
@@ -26,6 +26,15 @@ FaultKind = Literal[
     "disconnect",  # the USB serial port vanishes, then comes back after ``down_s``
     "ack_lost",  # energy monitor: the ack line of a command is lost
 ]
+
+
+#: What each simulated device can actually do; anything else is refused at config time
+#: instead of being logged as injected while nothing happens.
+SUPPORTED: dict[str, frozenset[str]] = {
+    "dut": frozenset({"hang", "reset", "garbage", "drop", "no_ready", "disconnect"}),
+    "interface": frozenset({"hang", "reset"}),
+    "monitor": frozenset({"hang", "ack_lost"}),
+}
 
 
 class FaultSpec(BaseModel):
@@ -51,6 +60,18 @@ class FaultSpec(BaseModel):
     """``garbage``: how many noise bytes to inject."""
     drop_fraction: float = Field(0.2, gt=0.0, le=1.0)
     """``drop``: the share of the reply's bytes that is lost."""
+    drop_bytes: int | None = Field(None, ge=1)
+    """``drop``: lose exactly this many bytes of the reply instead (at random places)."""
+
+    @model_validator(mode="after")
+    def _supported_here(self) -> FaultSpec:
+        allowed = SUPPORTED[self.target]
+        if self.kind not in allowed:
+            raise ValueError(
+                f"the {self.target} simulator cannot inject {self.kind!r} "
+                f"(it supports {', '.join(sorted(allowed))})"
+            )
+        return self
 
     @property
     def target(self) -> str:
@@ -121,6 +142,9 @@ class FaultPlan:
             at = self._rng.randrange(len(data) + 1)
             return data[:at] + noise + data[at:]
         if kind == "drop":
-            fraction = self.spec("drop").drop_fraction
-            return bytes(b for b in data if self._rng.random() >= fraction)
+            spec = self.spec("drop")
+            if spec.drop_bytes is not None:
+                lost = set(self._rng.sample(range(len(data)), min(spec.drop_bytes, len(data))))
+                return bytes(b for i, b in enumerate(data) if i not in lost)
+            return bytes(b for b in data if self._rng.random() >= spec.drop_fraction)
         return data

@@ -105,7 +105,6 @@ class SimInterface:
         self._dut_queue = bytearray()
         self._dut_arrived = asyncio.Event()
         self._hung = False
-        self._timer_zero = 0.0
         self._task: asyncio.Task[None] | None = None
         self._rx_task: asyncio.Task[None] | None = None
 
@@ -252,7 +251,7 @@ class SimInterface:
                     seconds = FLASH_WAV_S if file is None else self.files.get(file, 0.0)
                     await asyncio.sleep(seconds)
                 case ZeroTimer():
-                    self._timer_zero = asyncio.get_running_loop().time()
+                    pass  # detection timestamps belong to sww01, which is not simulated yet
         return False
 
     async def _passthrough(self, command: str) -> None:

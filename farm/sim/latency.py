@@ -38,12 +38,6 @@ class LatencyModel:
         """``count`` inference times in µs."""
         return array("q", (self.sample_us() for _ in range(count)))
 
-    @property
-    def expected_s(self) -> float:
-        """Mean inference time (what a host should budget per inference)."""
-        mean = self.median_s * math.exp(self.spread**2 / 2)
-        return mean * (1 + self.tail_probability * (self.tail_factor - 1))
-
 
 @dataclass(frozen=True, slots=True)
 class ComputeRecord:

@@ -51,11 +51,6 @@ class PowerModel:
     def __post_init__(self) -> None:
         self._record(0.0)
 
-    def watts_at(self, t: float) -> float:
-        """Instantaneous draw at time ``t``."""
-        i = bisect.bisect_right(self._times, t) - 1
-        return self._watts[max(i, 0)]
-
     def energy_between(self, t0: float, t1: float) -> float:
         """Joules drawn over ``[t0, t1]`` (exact integral of the piecewise-constant draw)."""
         if t1 <= t0:

@@ -71,6 +71,7 @@ class SimBoard:
     def __post_init__(self) -> None:
         cfg = self.config
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._open_transcripts: list[Transcript] = []
         self.power = PowerModel(idle_w=cfg.power.idle_w, active_w=cfg.power.active_w)
         self.dut_port = PtyPort(
             self.directory / "dut", cfg.dut_baud, transcript=self._transcript("dut")
@@ -81,7 +82,9 @@ class SimBoard:
         self.monitor: SimLpm01a | None = None
         uart = self.dut_port
         if cfg.energy:
-            interface_end, dut_end = wire_pair(cfg.dut_baud, names=("interface", "dut"))
+            interface_end, dut_end = wire_pair(
+                cfg.dut_baud, names=("interface", "dut"), transcript=self._transcript("dut-wire")
+            )
             self.interface_port = PtyPort(
                 self.directory / "interface",
                 INTERFACE_BAUD,
@@ -139,7 +142,9 @@ class SimBoard:
     def _transcript(self, device: str) -> Transcript | None:
         if not self.transcripts:
             return None
-        return Transcript(self.directory / f"{device}.transcript.jsonl")
+        transcript = Transcript(self.directory / f"{device}.transcript.jsonl")
+        self._open_transcripts.append(transcript)
+        return transcript
 
     async def start(self) -> None:
         """Create the ptys and power the devices on."""
@@ -158,6 +163,8 @@ class SimBoard:
                 await device.stop()
         for port in self._ports():
             await port.close()
+        for transcript in self._open_transcripts:
+            await transcript.aclose()  # flushes what the writer thread still holds
 
     def _ports(self) -> list[PtyPort]:
         return [p for p in (self.dut_port, self.interface_port, self.monitor_port) if p is not None]

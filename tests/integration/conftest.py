@@ -68,7 +68,12 @@ async def direct_board(tmp_path: Path) -> AsyncIterator[BoardFactory]:
         await dut.start()
         await asyncio.wait_for(dut.ready.wait(), 5)
         link = await SerialLink.open(str(port.path), baud)
-        board = DirectBoard(port, dut, link, DutClient(DirectChannel(link), MODELS[model]))
+        # The client knows the board's latency, as it would after a calibration.
+        # A short busy limit keeps the hang tests quick (production waits out the 30 s
+        # silent-phase limit before declaring a board hung).
+        channel = DirectChannel(link, busy_limit_s=1.0)
+        client = DutClient(channel, MODELS[model], latency_s=median_s)
+        board = DirectBoard(port, dut, link, client)
         started.append(board)
         return board
 

@@ -98,3 +98,23 @@ def test_generated_boards_cycle_the_models() -> None:
     assert [b.model for b in one_each.boards] == ["ic01", "ad01"]
     with pytest.raises(ConfigError, match="unknown model"):
         generated_config(None, ["ic09"], energy=0, seed=0)
+
+
+def test_faults_a_device_cannot_inject_are_refused(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "boards:\n  - id: a\n    model: kws01\n    energy: true\n"
+        "    faults:\n      - {kind: garbage, device: interface}\n",
+    )
+    with pytest.raises(ConfigError, match="the interface simulator cannot inject 'garbage'"):
+        load_config(path)
+
+
+def test_energy_firmware_cannot_be_unplugged(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "boards:\n  - id: a\n    model: kws01\n    energy: true\n    firmware: energy\n"
+        "    faults:\n      - {kind: disconnect}\n",
+    )
+    with pytest.raises(ConfigError, match="does not talk on"):
+        load_config(path)

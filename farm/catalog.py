@@ -1,0 +1,427 @@
+"""The MLPerf Tiny benchmark catalogue: what a run of each benchmark needs to know.
+
+Per benchmark: its dataset (folder, class names, counts, file sizes), the firmware model facts
+(``farm.models``), the metric and closed-division quality target per MLPerf Tiny version
+(MEASUREMENT.md §3.4), the official runner's script per mode (§1.2), reference baud rates,
+supply voltage and the submission checker's directory name. Where the farm deliberately does
+something else than the shipped runner (ic02's performance loop count), the benchmark lists
+the deviation so every run can record it.
+
+Everything here is static data; nothing reads files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Literal, get_args
+
+from farm.models import ENERGY_BAUD, MODELS, ModelSpec
+
+Mode = Literal["performance", "accuracy", "energy"]
+MODES: tuple[Mode, ...] = get_args(Mode)
+Metric = Literal["top1", "auc"]
+
+#: MLPerf Tiny versions whose closed-division targets are known (checker MODEL_CONFIG).
+VERSIONS: tuple[str, ...] = ("v1.0", "v1.1", "v1.2", "v1.3", "v1.4")
+LATEST_VERSION = "v1.4"
+
+#: DUT supply the power board sets for every supported benchmark (sww01 would need 3.3 V).
+SUPPLY_VOLTAGE = 1.8
+
+
+class BenchmarkError(LookupError):
+    """An unknown, unsupported or mis-versioned benchmark was requested."""
+
+
+class UnsupportedBenchmarkError(BenchmarkError):
+    """The benchmark exists in MLPerf Tiny but the farm cannot run it yet."""
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetSpec:
+    """An evaluation set in the official layout ``<root>/<id>/y_labels.csv`` + its files."""
+
+    id: str
+    classes: tuple[str, ...]
+    """Class names in label order (label ``k`` is ``classes[k]``)."""
+    class_counts: tuple[int, ...]
+    """Rows per label in the official ``y_labels.csv``."""
+    file_bytes: int | None
+    """Exact size every file must have; ``None`` for ad01, whose files hold any whole number
+    of windows (the same number in every file)."""
+    synth_file_bytes: int
+    """Size of the files ``farm dataset synth`` writes (ad01: 200 frames x 128 x 4 B, an
+    assumption: the real binaries are not public, MEASUREMENT.md §1.4)."""
+    window_bytes: int | None = None
+    """ad01: bytes per window (the index's ``bytes_to_send``); ``None`` otherwise."""
+    stride: int | None = None
+    """ad01: bytes between window starts (the index's ``stride``); ``None`` otherwise."""
+    alt_class_counts: tuple[int, ...] | None = None
+    """Rows per label of ``y_labels_alt.csv`` where one exists (ad01, accepted since v1.2)."""
+
+    @property
+    def rows(self) -> int:
+        """Rows of the official ``y_labels.csv``."""
+        return sum(self.class_counts)
+
+    @property
+    def has_alt(self) -> bool:
+        """Whether the official set ships an alternative index ``y_labels_alt.csv``."""
+        return self.alt_class_counts is not None
+
+    @property
+    def synth_windows(self) -> int | None:
+        """Windows per synthesized ad01 file (196); ``None`` for the classifiers."""
+        if self.window_bytes is None or self.stride is None:
+            return None
+        return (self.synth_file_bytes - self.window_bytes) // self.stride + 1
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    """One mode's official runner script: ``loop [K]: download; infer N W [; reset S]``."""
+
+    mode: Mode
+    loop: int | None
+    """Loop count K; ``None`` means one iteration per row (ad01: per window of every row)."""
+    iterations: int
+    """``N`` of ``infer N W``: the reference-board default; the runner sizes it per board in
+    performance and energy mode (MEASUREMENT.md §1.2)."""
+    warmups: int
+    """``W`` of ``infer N W``."""
+    reset_s: int | None = None
+    """``reset S`` (ad01 accuracy): re-arms the official runner's host-side S-second
+    watchdog each iteration; it sends nothing to the DUT."""
+
+    @property
+    def infer(self) -> str:
+        """The DUT command, e.g. ``infer 70 10``."""
+        return f"infer {self.iterations} {self.warmups}"
+
+    def text(self) -> str:
+        """One-line rendering of the script for logs, e.g. ``loop 5: download; infer 20 5``."""
+        head = "loop" if self.loop is None else f"loop {self.loop}"
+        steps = ["download", self.infer]
+        if self.reset_s is not None:
+            steps.append(f"reset {self.reset_s}")
+        return f"{head}: " + "; ".join(steps)
+
+
+@dataclass(frozen=True, slots=True)
+class QualityTarget:
+    """A closed-division quality target as the submission checker applies it."""
+
+    metric: Metric
+    threshold: float
+    """Top-1 in percent (e.g. 90.0) or AUC in [0, 1] (e.g. 0.85)."""
+    version: str
+
+    def printed(self, value: float) -> str:
+        """``value`` as the runner prints it: top-1 ``%.1f`` percent, AUC ``%.3f``."""
+        return f"{value:.1f}" if self.metric == "top1" else f"{value:.3f}"
+
+    def met_by(self, value: float) -> bool:
+        """Whether ``value`` passes: the checker compares the printed, rounded number
+        (MEASUREMENT.md §6.13), so 89.95 % passes a 90 % target."""
+        return float(self.printed(value)) >= self.threshold
+
+    def describe(self) -> str:
+        """Human-readable form, e.g. ``top-1 >= 90.0 % (v1.4)``."""
+        if self.metric == "top1":
+            return f"top-1 >= {self.threshold:.1f} % ({self.version})"
+        return f"AUC >= {self.threshold:.2f} ({self.version})"
+
+
+@dataclass(frozen=True, slots=True)
+class Benchmark:
+    """One MLPerf Tiny benchmark as the farm runs it."""
+
+    id: str
+    name: str
+    """The official runner's long name (``keyword_spotting``, ...)."""
+    alias: str
+    """Short name, which is also the submission checker's ``<model>`` directory."""
+    model: ModelSpec
+    dataset: DatasetSpec
+    input_format: str
+    metric: Metric
+    targets: Mapping[str, float]
+    """Closed-division threshold per MLPerf Tiny version where the benchmark exists."""
+    scripts: Mapping[Mode, Script]
+    """The scripts the farm runs (official ones, with ``deviations`` applied)."""
+    deviations: tuple[str, ...] = ()
+    """Where the farm's scripts differ from the shipped runner's, one record each."""
+    firmware_models: tuple[str, ...] = ()
+    """Model ids (``m-model-[...]``) a DUT may report for this benchmark."""
+    supply_voltage: float = SUPPLY_VOLTAGE
+    bauds: Mapping[Mode, int] = field(default_factory=dict)
+
+    @property
+    def dataset_id(self) -> str:
+        """The dataset folder under the dataset root (ic02 uses ``ic01``)."""
+        return self.dataset.id
+
+    @property
+    def checker_dir(self) -> str:
+        """The submission checker's ``<model>`` directory name (``ad``, ``ic``, ``ic2``, ...)."""
+        return self.alias
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """Class names in label order."""
+        return self.dataset.classes
+
+    @property
+    def input_bytes(self) -> int:
+        """Bytes of one inference's input (ad01: one window)."""
+        return self.model.input_bytes
+
+    @property
+    def versions(self) -> tuple[str, ...]:
+        """MLPerf Tiny versions that include this benchmark."""
+        return tuple(v for v in VERSIONS if v in self.targets)
+
+    def target(self, version: str = LATEST_VERSION) -> QualityTarget:
+        """The closed-division target in ``version`` (``v1.4`` or ``1.4``)."""
+        v = _version(version)
+        if v not in self.targets:
+            raise BenchmarkError(
+                f"{self.id} is not part of MLPerf Tiny {v} (it is in {', '.join(self.versions)})"
+            )
+        return QualityTarget(self.metric, self.targets[v], v)
+
+    def script(self, mode: str) -> Script:
+        """The script the farm runs in ``mode`` (performance, accuracy or energy)."""
+        try:
+            return self.scripts[mode]  # type: ignore[index]
+        except KeyError:
+            raise BenchmarkError(
+                f"unknown mode {mode!r} for {self.id} (known: {', '.join(MODES)})"
+            ) from None
+
+    def baud(self, mode: str) -> int:
+        """Reference DUT baud in ``mode`` (energy: the interface board's DUT link)."""
+        return self.bauds[self.script(mode).mode]
+
+    def accepts_firmware(self, model_id: str) -> bool:
+        """Whether a DUT reporting ``m-model-[model_id]`` runs this benchmark."""
+        return model_id in self.firmware_models
+
+
+def _version(version: str) -> str:
+    v = version if version.startswith("v") else f"v{version}"
+    if v not in VERSIONS:
+        raise BenchmarkError(
+            f"unknown MLPerf Tiny version {version!r} (known: {', '.join(VERSIONS)})"
+        )
+    return v
+
+
+def _scripts(
+    perf: tuple[int, int], energy: tuple[int, int], *, reset_s: int | None = None
+) -> Mapping[Mode, Script]:
+    return MappingProxyType(
+        {
+            "performance": Script("performance", 5, *perf),
+            "accuracy": Script("accuracy", None, 1, 0, reset_s),
+            "energy": Script("energy", 5, *energy),
+        }
+    )
+
+
+def _bauds(model: ModelSpec) -> Mapping[Mode, int]:
+    return MappingProxyType(
+        {"performance": model.default_baud, "accuracy": model.default_baud, "energy": ENERGY_BAUD}
+    )
+
+
+def _targets(threshold: float, since: str = "v1.0") -> Mapping[str, float]:
+    return MappingProxyType({v: threshold for v in VERSIONS[VERSIONS.index(since) :]})
+
+
+_CIFAR10 = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
+
+DATASETS: dict[str, DatasetSpec] = {
+    d.id: d
+    for d in (
+        DatasetSpec(
+            "kws01",
+            (
+                "down",
+                "go",
+                "left",
+                "no",
+                "off",
+                "on",
+                "right",
+                "stop",
+                "up",
+                "yes",
+                "silence",
+                "unknown",
+            ),
+            (92, 92, 81, 89, 70, 84, 75, 78, 84, 89, 80, 86),
+            490,
+            490,
+        ),
+        DatasetSpec("vww01", ("non-person", "person"), (500, 500), 27648, 27648),
+        DatasetSpec("ic01", _CIFAR10, (20,) * 10, 3072, 3072),
+        DatasetSpec(
+            "ad01",
+            ("normal", "anomaly"),
+            (140, 108),
+            None,
+            200 * 128 * 4,
+            window_bytes=2560,
+            stride=512,
+            alt_class_counts=(36, 36),
+        ),
+    )
+}
+
+# ic02 firmware shares ic01's input and output; farm.models may or may not list it yet.
+_IC02_MODEL = MODELS.get("ic02") or dataclasses.replace(MODELS["ic01"], id="ic02")
+
+_IC02_DEVIATION = (
+    "ic02 performance: shipped script loops over all 200 files (ERROR 1); fixed to loop 5"
+)
+
+BENCHMARKS: dict[str, Benchmark] = {
+    b.id: b
+    for b in (
+        Benchmark(
+            id="kws01",
+            name="keyword_spotting",
+            alias="kws",
+            model=MODELS["kws01"],
+            dataset=DATASETS["kws01"],
+            input_format="490 B = 49 frames x 10 MFCC features, int8",
+            metric="top1",
+            targets=_targets(90.0),
+            scripts=_scripts((70, 10), (70, 10)),
+            firmware_models=("kws01",),
+            bauds=_bauds(MODELS["kws01"]),
+        ),
+        Benchmark(
+            id="vww01",
+            name="person_detection",
+            alias="vww",
+            model=MODELS["vww01"],
+            dataset=DATASETS["vww01"],
+            input_format="27,648 B = 96x96x3 uint8 RGB, row-major, channels interleaved",
+            metric="top1",
+            targets=_targets(80.0),
+            scripts=_scripts((20, 5), (20, 5)),
+            firmware_models=("vww01",),
+            bauds=_bauds(MODELS["vww01"]),
+        ),
+        Benchmark(
+            id="ic01",
+            name="image_classification",
+            alias="ic",
+            model=MODELS["ic01"],
+            dataset=DATASETS["ic01"],
+            input_format="3,072 B = 32x32x3 uint8 RGB, channels interleaved (not CIFAR planar)",
+            metric="top1",
+            targets=_targets(85.0),
+            scripts=_scripts((20, 5), (20, 0)),
+            firmware_models=("ic01",),
+            bauds=_bauds(MODELS["ic01"]),
+        ),
+        Benchmark(
+            id="ic02",
+            name="image_classification",
+            alias="ic2",
+            model=_IC02_MODEL,
+            dataset=DATASETS["ic01"],
+            input_format="3,072 B = 32x32x3 uint8 RGB, channels interleaved (ic01's dataset)",
+            metric="top1",
+            targets=_targets(91.0, since="v1.4"),
+            # The shipped performance script has no loop count; _scripts gives every mode
+            # the official `loop 5`, which is the fix recorded in `deviations`.
+            scripts=_scripts((20, 5), (20, 0)),
+            deviations=(_IC02_DEVIATION,),
+            firmware_models=("ic02",),
+            bauds=_bauds(_IC02_MODEL),
+        ),
+        Benchmark(
+            id="ad01",
+            name="anomaly_detection",
+            alias="ad",
+            model=MODELS["ad01"],
+            dataset=DATASETS["ad01"],
+            input_format=(
+                "float32 LE log-mel spectrogram, 128 bins per frame, frame-major; "
+                "windows of 2,560 B (5 frames) every 512 B (1 frame)"
+            ),
+            metric="auc",
+            targets=_targets(0.85),
+            scripts=_scripts((1500, 10), (1500, 0), reset_s=20),
+            firmware_models=("ad01",),
+            bauds=_bauds(MODELS["ad01"]),
+        ),
+    )
+}
+
+#: Benchmarks of MLPerf Tiny the farm cannot run yet, with the reason.
+UNSUPPORTED: dict[str, str] = {
+    "sww01": (
+        "streaming wakeword (sww01) is not supported yet: it streams audio from the interface "
+        "board's SD card and is scored from detections and duty cycle, not downloaded inputs"
+    ),
+}
+
+_ALIASES: dict[str, str] = {
+    **{b.alias: b.id for b in BENCHMARKS.values()},
+    **{b.name: b.id for b in BENCHMARKS.values() if b.id != "ic02"},
+    "sww": "sww01",
+    "streaming_wakeword": "sww01",
+}
+
+
+def known_benchmarks() -> str:
+    """The accepted names, for error and help messages: ``ad01 (ad), ic01 (ic), ...``."""
+    return ", ".join(f"{b.id} ({b.alias})" for b in sorted(BENCHMARKS.values(), key=lambda b: b.id))
+
+
+def get_benchmark(name: str) -> Benchmark:
+    """Look a benchmark up by id (``kws01``), short alias (``kws``, which is also the checker
+    directory) or official long name (``keyword_spotting``), case-insensitively.
+
+    Raises ``UnsupportedBenchmarkError`` for sww01 and ``BenchmarkError`` for anything else
+    unknown; both messages list the accepted names.
+    """
+    key = name.strip().lower()
+    key = _ALIASES.get(key, key)
+    if key in BENCHMARKS:
+        return BENCHMARKS[key]
+    if key in UNSUPPORTED:
+        raise UnsupportedBenchmarkError(
+            f"{UNSUPPORTED[key]}; supported benchmarks: {known_benchmarks()}"
+        )
+    raise BenchmarkError(
+        f"unknown benchmark {name!r} (known: {known_benchmarks()}; "
+        f"{', '.join(UNSUPPORTED)} not supported yet)"
+    )
+
+
+def get_dataset_spec(name: str) -> DatasetSpec:
+    """The dataset of a benchmark, or a dataset by its folder id (``ic02`` -> ``ic01``)."""
+    key = name.strip().lower()
+    if key in DATASETS:
+        return DATASETS[key]
+    return get_benchmark(name).dataset

@@ -1,0 +1,200 @@
+"""The stand-in dataset: official index bytes, exact file sizes, inputs that decode to their
+row's label with evenly spread difficulties, so a simulated board reaches exactly its
+configured top-1 (and about its AUC); and the ``farm dataset synth`` command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from farm.catalog import DATASETS, get_benchmark
+from farm.dataset_cli import dataset_app
+from farm.dataset_synth import stratified, synth_dataset, synthesize
+from farm.datasets import Dataset, load_dataset, official_index
+from farm.synthetic import decode_input, simulated_output
+
+SIZES = {"kws01": 490, "vww01": 27648, "ic01": 3072, "ad01": 102400}
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("synth")
+    results = synthesize(root, alt=True)
+    assert [(r.dataset, r.rows, r.alt_rows, r.files) for r in results] == [
+        ("kws01", 1000, None, 1000),
+        ("vww01", 1000, None, 1000),
+        ("ic01", 200, None, 200),
+        ("ad01", 248, 72, 248),
+    ]
+    assert results[1].bytes == 27_648_000 and results[3].bytes == 248 * 102_400
+    return root
+
+
+def us_of(ds: Dataset) -> dict[str, tuple[int, float]]:
+    out = {}
+    for row in ds.rows:
+        decoded = decode_input((ds.folder / row.file).read_bytes())
+        assert decoded is not None
+        out[row.file] = decoded
+    return out
+
+
+def assert_even(us: list[float]) -> None:
+    n = len(us)
+    # u travels as int(u * 2**32): equal to (i + 0.5) / n within 2**-32
+    assert sorted(us) == pytest.approx([(i + 0.5) / n for i in range(n)], abs=1e-9)
+
+
+@pytest.mark.parametrize("dataset", sorted(SIZES))
+def test_index_and_sizes(full: Path, dataset: str) -> None:
+    folder = full / dataset
+    assert (folder / "y_labels.csv").read_text() == official_index(dataset)
+    ds = load_dataset(full, dataset)
+    assert {(folder / r.file).stat().st_size for r in ds.rows} == {SIZES[dataset]}
+    assert len(list(folder.glob("*.bin"))) == len(ds.rows)
+
+
+@pytest.mark.parametrize("dataset", ["kws01", "vww01", "ic01"])
+def test_classifier_inputs_decode_to_their_label_with_even_difficulty(
+    full: Path, dataset: str
+) -> None:
+    ds = load_dataset(full, dataset)
+    decoded = us_of(ds)
+    assert all(decoded[r.file][0] == r.label for r in ds.rows)
+    us = [u for _, u in decoded.values()]
+    assert_even(us)
+    # shuffled: the order of the rows says nothing about u
+    assert us != sorted(us)
+
+
+def test_ad_difficulty_is_even_per_class_in_both_indexes(full: Path) -> None:
+    main, alt = load_dataset(full, "ad01"), load_dataset(full, "ad01", alt=True)
+    decoded = us_of(main)
+    assert all(decoded[r.file][0] == r.label for r in main.rows)
+    alt_files = {r.file for r in alt.rows}
+    for label in (0, 1):
+        assert_even([decoded[r.file][1] for r in alt.rows if r.label == label])
+        assert_even(
+            [decoded[r.file][1] for r in main.rows if r.label == label and r.file not in alt_files]
+        )
+    # every window of a file carries the same header, so every window scores alike
+    inputs = main.inputs("accuracy")
+    assert {decode_input(i.read()) for i in inputs[:196]} == {decoded[inputs[0].file]}
+
+
+def test_without_alt_ad_is_even_per_class(tmp_path: Path) -> None:
+    synth_dataset(tmp_path, "ad", limit=30)
+    assert not (tmp_path / "ad01" / "y_labels_alt.csv").exists()
+    ds = load_dataset(tmp_path, "ad01")
+    decoded = us_of(ds)
+    assert_even([u for label, u in decoded.values() if label == 0])
+
+
+@pytest.mark.parametrize(
+    ("bench", "quality"),
+    [("kws01", 0.913), ("kws01", 0.5), ("vww01", 0.82), ("ic01", 0.87), ("ic02", 0.925)],
+)
+def test_simulated_board_reaches_its_accuracy_exactly(
+    full: Path, bench: str, quality: float
+) -> None:
+    ds = load_dataset(full, bench)
+    model = get_benchmark(bench).model
+    inputs = ds.inputs("accuracy")
+    correct = 0
+    for inp in inputs:
+        out = simulated_output(model, inp.read(), quality)
+        correct += max(range(len(out)), key=out.__getitem__) == inp.label
+    assert correct == round(quality * len(inputs))
+
+
+@pytest.mark.parametrize("alt", [False, True])
+@pytest.mark.parametrize("auc", [0.87, 0.95, 0.7])
+def test_simulated_ad_board_reaches_about_its_auc(full: Path, alt: bool, auc: float) -> None:
+    ds = load_dataset(full, "ad01", alt=alt)
+    model = get_benchmark("ad01").model
+    # one window per file suffices: all windows of a synthetic file score the same
+    scores = [
+        (r.label, simulated_output(model, (ds.folder / r.file).read_bytes()[:2560], auc)[0])
+        for r in ds.rows
+    ]
+    pos = [s for label, s in scores if label == 1]
+    neg = [s for label, s in scores if label == 0]
+    achieved = sum((p > q) + 0.5 * (p == q) for p in pos for q in neg) / (len(pos) * len(neg))
+    assert achieved == pytest.approx(auc, abs=0.005)
+
+
+def test_limit_writes_a_prefix_of_the_official_index(tmp_path: Path) -> None:
+    result = synth_dataset(tmp_path, "vww", limit=4)
+    assert (result.rows, result.alt_rows, result.files, result.bytes) == (4, None, 4, 4 * 27648)
+    text = (tmp_path / "vww01" / "y_labels.csv").read_text()
+    assert text == "".join(official_index("vww01").splitlines(keepends=True)[:4])
+    assert len(load_dataset(tmp_path, "vww").rows) == 4
+    assert_even([u for _, u in us_of(load_dataset(tmp_path, "vww")).values()])
+
+
+def test_output_is_reproducible(tmp_path: Path) -> None:
+    synth_dataset(tmp_path / "a", "kws", limit=5)
+    synth_dataset(tmp_path / "b", "kws", limit=5)
+    for f in (tmp_path / "a" / "kws01").iterdir():
+        assert f.read_bytes() == (tmp_path / "b" / "kws01" / f.name).read_bytes()
+
+
+def test_stratified() -> None:
+    us = stratified(8, 3)
+    assert sorted(us) == [(i + 0.5) / 8 for i in range(8)]
+    assert us == stratified(8, 3) != stratified(8, 4)
+
+
+# -- the command ---------------------------------------------------------------------------
+
+
+def cli() -> typer.Typer:
+    # farm.cli registers it the same way: app.add_typer(dataset_app, name="dataset")
+    app = typer.Typer()
+    app.callback()(lambda: None)
+    app.add_typer(dataset_app, name="dataset")
+    return app
+
+
+def test_synth_command(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        cli(),
+        [
+            *("dataset", "synth", "--out", str(tmp_path)),
+            *("--models", "kws,ic2,ic01,ad", "--limit", "3", "--alt"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ad01", "ic01", "kws01"]
+    assert (tmp_path / "ad01" / "y_labels_alt.csv").is_file()
+    for dataset in ("kws01", "ic01", "ad01"):
+        assert len(load_dataset(tmp_path, dataset).rows) == 3
+    assert "not the official evaluation set" in result.output
+
+
+def test_synth_command_defaults_to_all_four(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli(), ["dataset", "synth", "--out", str(tmp_path), "--limit", "1"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(DATASETS)
+
+
+@pytest.mark.parametrize(
+    ("models", "message"),
+    [("kws,resnet", "unknown benchmark 'resnet'"), ("sww", "not supported yet"), (",", "empty")],
+)
+def test_synth_command_rejects_bad_models(tmp_path: Path, models: str, message: str) -> None:
+    result = CliRunner().invoke(
+        cli(), ["dataset", "synth", "--out", str(tmp_path / "x"), "--models", models]
+    )
+    assert result.exit_code == 2
+    assert message in " ".join(result.output.split())
+    assert not (tmp_path / "x").exists()  # nothing written
+
+
+def test_synth_help_explains_why_there_is_no_accuracy_option() -> None:
+    result = CliRunner().invoke(cli(), ["dataset", "synth", "--help"])
+    assert result.exit_code == 0
+    assert "There is no accuracy option" in " ".join(result.output.split())
