@@ -232,24 +232,19 @@ def score_accuracy(
             width = len(raw)
         elif len(raw) != width:
             raise ValueError(f"{file}: result vector of length {len(raw)}, expected {width}")
-        vector = normalise(raw)
         if len(raw) > 1 and py311_sum([float(v) for v in raw]) == 0.0:
             zero_sums += 1
+        vector = normalise(raw)
         groups.setdefault(file, (int(label), []))[1].append(vector)
         count += 1
     if not groups:
         raise ValueError("no accuracy samples")
     kind: AccuracyKind = "anomaly" if width == 1 else "classification"
-    files = tuple(
-        FileScore(
-            file=name,
-            label=label,
-            vectors=len(rows),
-            score=(mean := _mean_rows(rows)),
-            predicted=np_argmax(mean),
-        )
-        for name, (label, rows) in groups.items()
-    )
+    scored: list[FileScore] = []
+    for name, (label, rows) in groups.items():
+        mean = _mean_rows(rows)
+        scored.append(FileScore(name, label, len(rows), mean, np_argmax(mean)))
+    files = tuple(scored)
     labels = [f.label for f in files]
     correct: int | None = None
     if kind == "anomaly":

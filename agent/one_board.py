@@ -1,0 +1,191 @@
+"""``farm run``: one benchmark mode on one board, without a controller, ending in the
+official output files. Everything is checked before a byte of input reaches the board:
+the benchmark and mode, the dataset (every file and size), and the model the DUT reports."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from farm.run_output import RunFolder
+
+from agent.dut_client import DirectChannel, DutClient
+from agent.interface_client import InterfaceClient
+from agent.lpm01a_client import Lpm01aClient
+from agent.runner import Mode, Progress, Runner, RunSettings
+from agent.serial_link import SerialLink
+from farm.catalog import Benchmark, BenchmarkError, get_benchmark
+from farm.datasets import Dataset, DatasetError, load_dataset
+from farm.models import ENERGY_BAUD
+from farm.protocol.interface import HOST_BAUD as INTERFACE_BAUD
+from farm.protocol.lpm01a import HOST_BAUD as MONITOR_BAUD
+
+log = logging.getLogger("agent.one_board")
+
+
+class RunInputError(Exception):
+    """The request cannot run: bad benchmark, mode, dataset, ports or DUT model. Raised
+    before any input is sent to the board (``farm run`` exits 2)."""
+
+
+@dataclass
+class RunRequest:
+    """Everything ``farm run`` was asked to do."""
+
+    benchmark: str
+    mode: Mode
+    dataset: Path
+    out: Path
+    port: str | None = None
+    baud: int | None = None
+    interface: str | None = None
+    monitor: str | None = None
+    settings: RunSettings = field(default_factory=RunSettings)
+    alt: bool = False
+    latency_s: float | None = None
+    """Per-inference time the client may assume before measuring (else the 30 s limit)."""
+
+
+@dataclass
+class Links:
+    """The open ports of a run and the clients on them."""
+
+    dut: DutClient
+    links: list[SerialLink]
+    lpm: Lpm01aClient | None = None
+
+    async def close(self) -> None:
+        """Stop the monitor (if any) and close every port."""
+        await _close(self.links, self.lpm)
+
+
+async def _close(links: list[SerialLink], lpm: Lpm01aClient | None) -> None:
+    if lpm is not None:
+        with contextlib.suppress(Exception):  # best effort: the board may be gone
+            await lpm.stop()
+            await lpm.teardown()
+        await lpm.close()
+    for link in links:
+        await link.close()
+
+
+def prepare(request: RunRequest) -> tuple[Benchmark, Dataset]:
+    """Check the benchmark, the mode and the dataset; nothing is opened yet."""
+    try:
+        bench = get_benchmark(request.benchmark)
+    except BenchmarkError as exc:
+        raise RunInputError(str(exc)) from None
+    if request.mode not in ("performance", "accuracy", "energy", "latency"):
+        raise RunInputError(
+            f"unknown mode {request.mode!r} (known: performance, accuracy, energy, latency)"
+        )
+    if request.mode == "energy" and not (request.interface and request.monitor):
+        raise RunInputError("energy mode needs --interface PORT and --monitor PORT")
+    if request.mode != "energy" and not request.port:
+        raise RunInputError(f"{request.mode} mode needs --port PATH (the DUT's serial port)")
+    try:
+        dataset = load_dataset(request.dataset, bench, alt=request.alt)
+    except DatasetError as exc:
+        raise RunInputError(str(exc)) from None
+    return bench, dataset
+
+
+async def connect(request: RunRequest, bench: Benchmark) -> Links:
+    """Open the ports, power and set up the energy path, and check the DUT's model."""
+    links: list[SerialLink] = []
+    lpm: Lpm01aClient | None = None
+    try:
+        if request.mode == "energy":
+            assert request.interface is not None and request.monitor is not None
+            links.append(await SerialLink.open(request.monitor, MONITOR_BAUD))
+            links.append(await SerialLink.open(request.interface, INTERFACE_BAUD))
+            lpm = Lpm01aClient(links[0])
+            interface = InterfaceClient(links[1], dut_baud=request.baud or ENERGY_BAUD)
+            voltage_mv = round(bench.supply_voltage * 1000)
+            await lpm.setup(voltage_mv)
+            await lpm.power(True, voltage_mv=voltage_mv)
+            await lpm.start()
+            await interface.resync()  # setbaud: flushes the DUT's boot banner
+            dut = interface.dut(bench.model, request.latency_s)
+        else:
+            assert request.port is not None
+            link = await SerialLink.open(request.port, request.baud or bench.baud(_mode(request)))
+            links.append(link)
+            dut = DutClient(DirectChannel(link), bench.model, request.latency_s)
+            await dut.resync()
+        _, model = await dut.profile()
+        if not bench.accepts_firmware(model):
+            raise RunInputError(
+                f"the DUT reports model {model!r}; benchmark {bench.id} needs firmware for "
+                f"{', '.join(bench.firmware_models)} (flash it, or pick the matching benchmark)"
+            )
+        return Links(dut, links, lpm)
+    except BaseException:
+        await _close(links, lpm)
+        raise
+
+
+def _mode(request: RunRequest) -> str:
+    # Latency mode talks to the performance firmware at its baud.
+    return "performance" if request.mode == "latency" else request.mode
+
+
+async def run_one_board(
+    request: RunRequest,
+    *,
+    progress: Progress | None = None,
+    on_start: Callable[[RunFolder, int | None], None] | None = None,
+) -> RunFolder:
+    """Run the request to the end; return the finished run folder.
+
+    Raises :class:`RunInputError` before anything is sent on bad input. On Ctrl-C
+    (cancellation) or any failure after the start, the folder is left consistent and marked
+    incomplete, and the exception propagates.
+    """
+    bench, dataset = prepare(request)
+    links = await connect(request, bench)
+    folder = RunFolder.create(request.out, bench, request.mode, request.settings)
+    try:
+        inputs = dataset.inputs(_mode(request), limit=None)
+        script = bench.script(_mode(request))
+        n_w = (
+            (1, 0)
+            if request.mode in ("accuracy", "latency")
+            else (script.iterations, script.warmups)
+        )
+        runner = Runner(
+            links.dut,
+            inputs,
+            request.mode,
+            n_w,
+            request.settings,
+            lpm=links.lpm,
+            progress=progress,
+        )
+        if on_start is not None:
+            on_start(folder, _total(request, dataset, runner))
+        folder.log(f"benchmark {bench.id}, mode {request.mode}, dataset {dataset.folder}")
+        for deviation in bench.deviations:
+            folder.log(f"deviation from the official script: {deviation}")
+        async for sample in runner.run():
+            folder.add_sample(sample)
+        folder.finish(runner.info, dataset)
+    except BaseException as exc:
+        folder.mark_incomplete(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+        raise
+    finally:
+        await links.close()
+    return folder
+
+
+def _total(request: RunRequest, dataset: Dataset, runner: Runner) -> int | None:
+    s = request.settings
+    if request.mode == "latency":
+        return s.limit if s.limit is not None else s.min_queries
+    count = dataset.count(_mode(request))
+    if request.mode != "accuracy":
+        count = min(count, s.windows)
+    return min(count, s.limit) if s.limit is not None else count

@@ -1,0 +1,357 @@
+"""The one-board runner: a benchmark mode executed on one DUT, one sample per parsed result.
+
+This is the official MLCommons runner's job for one board (MEASUREMENT.md §1), with two
+additions: performance windows are sized per board (10-30 s each, from a calibration), and a
+supplemental latency mode times single inferences LoadGen-style. Samples are yielded the
+moment each reply is parsed, so a caller can stream them (``farm run`` writes them, the agent
+publishes them over MQTT).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from agent.dut_client import DutClient, InferResult
+from agent.lpm01a_client import Lpm01aClient, window_energy
+from farm.protocol import dut as dut_proto
+from farm.wire import wire_time
+
+log = logging.getLogger("agent.runner")
+
+Mode = Literal["performance", "accuracy", "energy", "latency"]
+MODES: tuple[Mode, ...] = ("performance", "accuracy", "energy", "latency")
+
+
+class Input(Protocol):
+    """One inference input from a dataset (a file, or one AD window of it)."""
+
+    index: int
+    """Row of ``y_labels.csv`` (0-based)."""
+    segment: int | None
+    """AD window number within the file; ``None`` for the other benchmarks."""
+    label: int
+
+    def read(self) -> bytes:
+        """The bytes to download."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One parsed result: an inference (accuracy, latency) or a timed window (performance,
+    energy)."""
+
+    seq: int
+    index: int
+    segment: int | None
+    window: int | None
+    label: int
+    results: tuple[float, ...]
+    count: int = 1
+    """Inferences the DUT ran for this sample (N of ``infer N W``)."""
+    warmup: int = 0
+    start_us: int | None = None
+    end_us: int | None = None
+    elapsed_us: int | None = None
+    """DUT µs between the two laps (32-bit wrap handled); ``None`` on the energy build."""
+    latency_us: float | None = None
+    """Per-inference DUT-timed latency: ``elapsed_us / count``; in latency mode minus the
+    print time of the first lap line, which the reference port's window includes."""
+    wrapped: bool = False
+    """The µs counter wrapped inside the window (the official runner would report 0)."""
+    wall_s: float | None = None
+    """Host wall-clock seconds of the window's ``infer`` (performance)."""
+    energy_j: float | None = None
+    energy_window_s: float | None = None
+    power_samples: tuple[float, ...] = ()
+    power_events: tuple[tuple[int, int], ...] = ()
+
+
+@dataclass
+class RunSettings:
+    """How a run is sized. Defaults are the official rules; tests shorten them."""
+
+    windows: int = 5
+    min_window_s: float = 10.0
+    """Every timed window must last at least this long (the official ">10 s")."""
+    max_window_s: float = 30.0
+    """Silent-phase limit of a direct link (the official runner's 30 s per line)."""
+    calibration_s: float = 0.5
+    """Calibrate until one window lasts this long, then size N from its throughput."""
+    min_queries: int = 1024
+    min_duration_s: float = 60.0
+    latency_inputs: int = 5
+    """Latency mode: inputs rotated through (one download each, then many queries)."""
+    limit: int | None = None
+    start_seq: int = 0
+
+
+@dataclass
+class RunInfo:
+    """What the run decided and observed, for the output files."""
+
+    count: int | None = None
+    """N used for every timed window (performance, energy)."""
+    warmup: int = 0
+    calibration: list[tuple[int, int]] = field(default_factory=list)
+    """(N, elapsed µs) of each calibration window."""
+    loop_wall_s: float = 0.0
+    """Host wall-clock of the whole timed loop (downloads and infers): ERROR 2 below 10 s."""
+    last_issue_s: float = 0.0
+    """Latency mode: when the last query was issued, from the start of the first (LoadGen's
+    minimum-duration test is taken there)."""
+    started: float = 0.0
+    finished: bool = False
+
+
+Progress = Callable[[int, int | None, float | None], None]
+"""``(done, total, eta_s)``: called after each sample."""
+
+
+def size_count(throughput: float, settings: RunSettings) -> int:
+    """N for a timed window: 25 % above the minimum (calibration error and jitter are far
+    smaller), and never past 90 % of the silent-phase limit."""
+    target = min(settings.min_window_s * 1.25, settings.max_window_s * 0.9)
+    return max(1, math.ceil(target * throughput))
+
+
+class Runner:
+    """Runs one mode of one benchmark on one DUT.
+
+    ``script`` is ``(N, W)`` of the official script for the mode (N is re-sized for
+    performance and energy). Energy mode needs the LPM01A client; the DUT client then goes
+    through the interface board.
+    """
+
+    def __init__(
+        self,
+        dut: DutClient,
+        inputs: Sequence[Input],
+        mode: Mode,
+        script: tuple[int, int],
+        settings: RunSettings | None = None,
+        *,
+        lpm: Lpm01aClient | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        if mode == "energy" and lpm is None:
+            raise ValueError("energy mode needs an energy monitor")
+        self.dut = dut
+        self.inputs = inputs
+        self.mode = mode
+        self.script = script
+        self.settings = settings or RunSettings()
+        self.lpm = lpm
+        self.progress = progress
+        self.info = RunInfo(warmup=script[1])
+
+    async def run(self) -> AsyncIterator[Sample]:
+        """Yield every sample of the run, in order."""
+        self.info.started = time.monotonic()
+        steps = {
+            "performance": self._performance,
+            "accuracy": self._accuracy,
+            "energy": self._energy,
+            "latency": self._latency,
+        }
+        async for sample in steps[self.mode]():
+            yield sample
+        self.info.finished = True
+
+    # -- modes -----------------------------------------------------------------------------
+
+    async def _accuracy(self) -> AsyncIterator[Sample]:
+        inputs = self._limited(self.inputs)
+        total = len(inputs)
+        for seq in range(self.settings.start_seq, total):
+            item = inputs[seq]
+            await self.dut.load(item.read())
+            result = await self.dut.infer(1, 0)
+            yield self._sample(seq, item, None, result)
+            self._report(seq + 1, total, 1, 0)
+
+    async def _performance(self) -> AsyncIterator[Sample]:
+        windows = self._limited(self.inputs[: self.settings.windows])
+        await self.dut.load(windows[0].read())
+        count = await self._calibrate()
+        loop_start = time.monotonic()
+        for seq, item in enumerate(windows):
+            started = time.monotonic()
+            await self.dut.load(item.read())
+            result = await self.dut.infer(count, self.info.warmup)
+            wall = time.monotonic() - started
+            yield self._sample(seq, item, seq, result, wall_s=wall)
+            self._report(seq + 1, len(windows), count, self.info.warmup)
+        self.info.loop_wall_s = time.monotonic() - loop_start
+
+    async def _calibrate(self) -> int:
+        """Grow a test window until it lasts ``calibration_s``; size N from its throughput."""
+        n = 1
+        while True:
+            result = await self.dut.infer(n, 0)
+            elapsed = result.elapsed_us or 0
+            self.info.calibration.append((n, elapsed))
+            if elapsed / 1e6 >= self.settings.calibration_s or n >= 1 << 24:
+                break
+            # Jump close to the calibration length, but at most 10x per step.
+            per = max(elapsed, 1) / n / 1e6
+            n = min(n * 10, max(n + 1, math.ceil(self.settings.calibration_s / per)))
+        self.info.count = size_count(n / (elapsed / 1e6), self.settings)
+        log.info("event=calibrated n=%d elapsed_us=%d count=%d", n, elapsed, self.info.count)
+        return self.info.count
+
+    async def _energy(self) -> AsyncIterator[Sample]:
+        assert self.lpm is not None
+        windows = self._limited(self.inputs[: self.settings.windows])
+        await self.dut.load(windows[0].read())
+        count = await self._calibrate_energy()
+        loop_start = time.monotonic()
+        for seq, item in enumerate(windows):
+            started = time.monotonic()
+            await self.dut.load(item.read())
+            self.lpm.drain()  # the download period is not part of the window
+            result = await self.dut.infer(count, self.info.warmup)
+            window = await self.lpm.window(events=2)
+            energy = window_energy(window, self.lpm.freq_hz)
+            wall = time.monotonic() - started
+            yield Sample(
+                seq=seq,
+                index=item.index,
+                segment=item.segment,
+                window=seq,
+                label=item.label,
+                results=result.results,
+                count=count,
+                warmup=self.info.warmup,
+                wall_s=wall,
+                energy_j=energy.energy_j,
+                energy_window_s=energy.seconds,
+                power_samples=tuple(window.samples),
+                power_events=tuple(window.events),
+            )
+            self._report(seq + 1, len(windows), count, self.info.warmup)
+        self.info.loop_wall_s = time.monotonic() - loop_start
+
+    async def _calibrate_energy(self) -> int:
+        """The energy build has no laps: time calibration windows with the monitor's events."""
+        assert self.lpm is not None
+        n = 1
+        while True:
+            self.lpm.drain()
+            await self.dut.infer(n, 0)
+            energy = window_energy(await self.lpm.window(events=2), self.lpm.freq_hz)
+            elapsed_us = round(energy.seconds * 1e6)
+            self.info.calibration.append((n, elapsed_us))
+            if energy.seconds >= self.settings.calibration_s or n >= 1 << 24:
+                break
+            per = max(energy.seconds, 1e-3) / n
+            n = min(n * 10, max(n + 1, math.ceil(self.settings.calibration_s / per)))
+        per = max(energy.seconds, 1e-3) / n
+        # The energy build prints no laps: tell the client what the monitor measured, so its
+        # infer budgets follow the board instead of the 30 s unknown-latency limit.
+        self.dut.latency_s = per
+        self.dut.slowest_s = max(self.dut.slowest_s, per)
+        self.info.count = size_count(1 / per, self.settings)
+        return self.info.count
+
+    async def _latency(self) -> AsyncIterator[Sample]:
+        s = self.settings
+        rotation = self._limited(self.inputs[: max(1, s.latency_inputs)])
+        target = s.limit if s.limit is not None else None
+        per_input = math.ceil(s.min_queries / len(rotation))
+        started = time.monotonic()
+        seq = 0
+        while True:
+            for item in rotation:
+                await self.dut.load(item.read())
+                for _ in range(per_input):
+                    self.info.last_issue_s = time.monotonic() - started
+                    result = await self.dut.infer(1, 0)
+                    yield self._sample(seq, item, None, result, correct_lap=True)
+                    seq += 1
+                    elapsed = time.monotonic() - started
+                    self._report(seq, target or s.min_queries, 1, 0)
+                    if target is not None and seq >= target:
+                        return
+                    if seq >= s.min_queries and elapsed >= s.min_duration_s:
+                        return
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _limited(self, inputs: Sequence[Input]) -> Sequence[Input]:
+        limit = self.settings.limit
+        if limit is None or self.mode == "latency":
+            return inputs
+        return inputs[:limit]
+
+    def _sample(
+        self,
+        seq: int,
+        item: Input,
+        window: int | None,
+        result: InferResult,
+        *,
+        wall_s: float | None = None,
+        correct_lap: bool = False,
+    ) -> Sample:
+        latency = None
+        if result.elapsed_us is not None:
+            spent = float(result.elapsed_us)
+            if correct_lap and result.start_us is not None:
+                spent -= self._lap_print_us(result.start_us)
+            latency = spent / result.count
+        wrapped = (
+            result.start_us is not None
+            and result.end_us is not None
+            and result.end_us < result.start_us
+        )
+        return Sample(
+            seq=seq,
+            index=item.index,
+            segment=item.segment,
+            window=window,
+            label=item.label,
+            results=result.results,
+            count=result.count,
+            warmup=result.warmup,
+            start_us=result.start_us,
+            end_us=result.end_us,
+            elapsed_us=result.elapsed_us,
+            latency_us=latency,
+            wrapped=wrapped,
+            wall_s=wall_s,
+        )
+
+    def _lap_print_us(self, start_us: int) -> int:
+        """Microseconds the DUT spent printing its first lap line inside the window."""
+        line = len(f"m-lap-us-{start_us}\r\n")
+        return round(wire_time(line, self.dut.channel.dut_baud) * 1e6)
+
+    def expected_sample_s(self, input_bytes: int, count: int, warmup: int) -> float:
+        """Wire-time model of one sample: the download's commands and replies, the ``infer``
+        exchange, and the DUT's compute time. The ETA shown to users is built from it."""
+        baud = self.dut.channel.dut_baud
+        chunk = self.dut.channel.chunk_bytes
+        chunks = math.ceil(input_bytes / chunk)
+        sent = len(f"db load {input_bytes}%") + input_bytes * 2 + chunks * len("db %")
+        received = 40 + chunks * len("m-ready\r\n")
+        sent += len(f"infer {count} {warmup}%")
+        received += dut_proto.reply_size_bound("infer", self.dut.outputs)
+        per = self.dut.latency_s
+        if per is None:  # not measured yet: the model's reference board
+            per = self.dut.model.reference_latency_s if self.dut.model else 0.0
+        return wire_time(sent + received, baud) + (count + warmup) * per
+
+    def _report(self, done: int, total: int | None, count: int, warmup: int) -> None:
+        if self.progress is None:
+            return
+        eta = None
+        if total is not None and self.dut.model is not None:
+            each = self.expected_sample_s(self.dut.model.input_bytes, count, warmup)
+            eta = max(total - done, 0) * each
+        self.progress(done, total, eta)

@@ -1,0 +1,274 @@
+"""A run's folder and the files in it, in the official runner's formats (MEASUREMENT.md §2).
+
+``RunFolder.create`` makes a fresh folder (``<out>/<YYYYMMDD_HHMMSS>``, as the official
+runner's sessions) and marks it incomplete at once, so a run that dies any way at all leaves
+a folder that says so. Samples are appended to ``samples.jsonl`` as they arrive (flushed per
+line); ``finish`` scores the run with ``farm.scoring`` and writes ``results.txt``,
+``results.json`` and ``log.txt`` (plus ``energy_inf_NNN.png`` in energy mode, and the
+supplemental ``mlperf_log_summary.txt`` and ``latency.json`` in latency mode), then removes
+the marker.
+
+``samples.jsonl``: one JSON object per sample with ``seq``, ``index`` (dataset row),
+``segment`` (AD window or null), ``window`` (timed window or null), ``label``,
+``latency_us`` (DUT-timed per-inference µs or null), ``results`` (the raw vector), and as the
+mode gives them ``count``, ``warmup``, ``start_us``, ``end_us``, ``elapsed_us``, ``wrapped``,
+``wall_s``, ``energy_j``, ``energy_window_s``; ``subset: true`` on every line of a run cut
+short with ``--limit``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Protocol
+
+from farm import scoring
+from farm.catalog import Benchmark
+from farm.png import line_plot
+
+PREFIX = "ulp-mlperf: "
+INCOMPLETE = "INCOMPLETE"
+SUBSET_NOTE = "subset run (--limit {n}): NOT VALID FOR SUBMISSION"
+MODE_LETTER = {"performance": "p", "accuracy": "a", "energy": "e", "latency": "l"}
+
+
+class RunSample(Protocol):
+    """What the runner yields (``agent.runner.Sample``)."""
+
+    seq: int
+    index: int
+    segment: int | None
+    window: int | None
+    label: int
+    results: tuple[float, ...]
+    count: int
+    warmup: int
+    start_us: int | None
+    end_us: int | None
+    elapsed_us: int | None
+    latency_us: float | None
+    wall_s: float | None
+    energy_j: float | None
+    power_samples: tuple[float, ...]
+    power_events: tuple[tuple[int, int], ...]
+
+
+class RunInfoLike(Protocol):
+    """What the runner observed (``agent.runner.RunInfo``)."""
+
+    count: int | None
+    loop_wall_s: float
+    last_issue_s: float
+
+
+class DatasetLike(Protocol):
+    """The dataset the run used (``farm.datasets.Dataset``)."""
+
+    rows: list[Any]
+
+
+def stamp(t: float | None = None) -> str:
+    """The official line prefix's timestamp, ``%m%d.%H%M%S``."""
+    return time.strftime("%m%d.%H%M%S", time.localtime(t))
+
+
+class RunFolder:
+    """One run's output folder."""
+
+    def __init__(self, path: Path, bench: Benchmark, mode: str, settings: Any) -> None:
+        self.path = path
+        self.bench = bench
+        self.mode = mode
+        self.settings = settings
+        self.limit: int | None = settings.limit
+        self.samples: list[RunSample] = []
+        self._samples_file = (path / "samples.jsonl").open("a")
+        self._log_file = (path / "log.txt").open("a")
+        self.result: object | None = None
+
+    @classmethod
+    def create(cls, out: Path, bench: Benchmark, mode: str, settings: Any) -> RunFolder:
+        """A fresh folder under ``out`` named by the start time (``-2``, ``-3``... if taken:
+        results.txt is appended to by the official tools, so a folder is never reused)."""
+        out.mkdir(parents=True, exist_ok=True)
+        base = time.strftime("%Y%m%d_%H%M%S")
+        path, n = out / base, 1
+        while True:
+            try:
+                path.mkdir()
+                break
+            except FileExistsError:
+                n += 1
+                path = out / f"{base}-{n}"
+        (path / INCOMPLETE).write_text("run in progress\n")
+        folder = cls(path, bench, mode, settings)
+        if folder.limit is not None:
+            folder.log(SUBSET_NOTE.format(n=folder.limit))
+        return folder
+
+    # -- during the run ----------------------------------------------------------------------
+
+    def log(self, text: str) -> None:
+        """A line of log.txt (everything the run printed)."""
+        self._log_file.write(f"{stamp()} {PREFIX}{text}\n")
+        self._log_file.flush()
+
+    def add_sample(self, sample: RunSample) -> None:
+        """Keep a sample and append it to samples.jsonl at once."""
+        self.samples.append(sample)
+        record = {
+            k: v
+            for k, v in asdict(sample).items()  # type: ignore[call-overload]
+            if k not in ("power_samples", "power_events") and (v is not None or k in _ALWAYS)
+        }
+        record["results"] = list(sample.results)
+        if self.limit is not None:
+            record["subset"] = True
+        self._samples_file.write(json.dumps(record) + "\n")
+        self._samples_file.flush()
+
+    def mark_incomplete(self, reason: str) -> None:
+        """The run stopped early: say so in the marker and the log; keep what was written."""
+        self.log(f"run incomplete: {reason}")
+        (self.path / INCOMPLETE).write_text(f"run incomplete: {reason}\n")
+        self._close()
+
+    # -- at the end --------------------------------------------------------------------------
+
+    def finish(self, info: RunInfoLike, dataset: DatasetLike) -> None:
+        """Score the run and write the result files; the folder is then complete."""
+        writer = {
+            "performance": self._performance,
+            "accuracy": self._accuracy,
+            "energy": self._energy,
+            "latency": self._latency,
+        }[self.mode]
+        lines, elements = writer(info, dataset)
+        if self.limit is not None:
+            note = SUBSET_NOTE.format(n=self.limit)
+            lines.append(note if self.mode == "energy" else self._prefixed([note])[0])
+            elements.append({"note": SUBSET_NOTE.format(n=self.limit), "mode": self._letter})
+        with (self.path / "results.txt").open("a") as out:
+            for line in lines:
+                out.write(line + "\n")
+                self._log_file.write(line + "\n")
+        (self.path / "results.json").write_text(json.dumps(elements, indent=2) + "\n")
+        (self.path / INCOMPLETE).unlink()
+        self._close()
+
+    @property
+    def _letter(self) -> str:
+        return MODE_LETTER[self.mode]
+
+    def _prefixed(self, bodies: list[str]) -> list[str]:
+        now = stamp()
+        return [f"{now} {PREFIX}{body}" for body in bodies]
+
+    def _element(self, sample: RunSample, dataset: DatasetLike, extra: dict[str, Any]) -> dict:
+        row = dataset.rows[sample.index]
+        truth = row.truth()
+        windows = None
+        if self.bench.dataset.window_bytes is not None:
+            windows = getattr(dataset, "windows_per_file", None)
+        infer: dict[str, Any] = {
+            "start_time": sample.start_us,
+            "end_time": sample.end_us,
+            "elapsed_time": sample.elapsed_us,
+            "results": list(sample.results),
+            "total_inferences": 1,
+            "iterations": sample.count,
+            "warmups": sample.warmup,
+        }
+        infer.update(extra)
+        return {**truth, "total_length": windows, "infer": infer, "mode": self._letter}
+
+    def _performance(self, info: RunInfoLike, dataset: DatasetLike) -> tuple[list[str], list]:
+        windows = [scoring.perf_window(s.count, s.start_us, s.end_us) for s in self.samples]
+        result = scoring.score_performance(windows, loop_seconds=info.loop_wall_s)
+        self.result = result
+        bodies: list[str] = []
+        elements = []
+        for i, (s, w) in enumerate(zip(self.samples, windows, strict=True), start=1):
+            bodies += [
+                f"Performance results for window {i}",
+                f"    # Inferences : {s.count}",
+                f"    Runtime: {(w.elapsed_s or 0):f} sec.",
+                f"    Throughput: {w.throughput} inf./sec.",
+            ]
+            if w.runtime_met:
+                bodies.append("    Runtime requirements have been met.")
+            elements.append(self._element(s, dataset, {"throughput": w.throughput}))
+        bodies += result.lines()
+        for problem in result.problems:
+            self.log(f"problem: {problem}")
+        if result.error is not None:
+            elements.append({"error": f"error {result.error}", "mode": "p"})
+        return self._prefixed(bodies), elements
+
+    def _accuracy(self, info: RunInfoLike, dataset: DatasetLike) -> tuple[list[str], list]:
+        rows = dataset.rows
+        result = scoring.score_accuracy(
+            (rows[s.index].file, s.label, s.results) for s in self.samples
+        )
+        self.result = result
+        for problem in result.problems:
+            self.log(f"problem: {problem}")
+        elements = [self._element(s, dataset, {}) for s in self.samples]
+        return self._prefixed(result.lines()), elements
+
+    def _energy(self, info: RunInfoLike, dataset: DatasetLike) -> tuple[list[str], list]:
+        windows = [
+            scoring.energy_window(s.power_samples, s.power_events, s.count, trial=i)
+            for i, s in enumerate(self.samples)
+        ]
+        result = scoring.score_energy(windows)
+        self.result = result
+        for line in result.error_lines:
+            self.log(line)  # the official runner prints these to log.txt only
+        elements = []
+        for i, s in enumerate(self.samples):
+            element = self._element(s, dataset, {})
+            del element["infer"]["elapsed_time"]  # absent in energy mode
+            element["power"] = {
+                "samples": list(s.power_samples),
+                "timestamps": [[str(n), idx] for n, idx in s.power_events],
+                "extracted_power": None,
+                "voltage": self.bench.supply_voltage,
+            }
+            elements.append(element)
+            line_plot(
+                self.path / f"energy_inf_{i:03d}.png",
+                [v * 1e3 * 1000 for v in s.power_samples],  # J per 1 ms sample -> mW
+                marks=[idx for _, idx in s.power_events[-2:]],
+            )
+        return result.lines(), elements
+
+    def _latency(self, info: RunInfoLike, dataset: DatasetLike) -> tuple[list[str], list]:
+        latencies = [round(s.latency_us) for s in self.samples if s.latency_us is not None]
+        summary = scoring.latency_summary(
+            latencies,
+            final_query_issued_s=info.last_issue_s,
+            min_queries=self.settings.min_queries,
+            min_duration_s=self.settings.min_duration_s,
+        )
+        self.result = summary
+        (self.path / "mlperf_log_summary.txt").write_text(
+            scoring.loadgen_summary_text(summary, sut_name=self.bench.id)
+        )
+        (self.path / "latency.json").write_text(
+            json.dumps(scoring.latency_json(summary), indent=2) + "\n"
+        )
+        elements = [self._element(s, dataset, {}) for s in self.samples]
+        bodies = [scoring.SUPPLEMENTAL_NOTE, *scoring.latency_lines(summary)]
+        return self._prefixed(bodies), elements
+
+    def _close(self) -> None:
+        for f in (self._samples_file, self._log_file):
+            if not f.closed:
+                f.close()
+
+
+#: Keys written even when null, so every samples.jsonl line has the documented fields.
+_ALWAYS = {"segment", "window", "latency_us"}
