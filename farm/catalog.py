@@ -112,21 +112,13 @@ class Script:
 
 @dataclass(frozen=True, slots=True)
 class QualityTarget:
-    """A closed-division quality target as the submission checker applies it."""
+    """A closed-division quality target. (Whether a value meets it is the checker's rounding
+    rule, which lives with the rest of the scoring: ``farm.scoring.check_accuracy_target``.)"""
 
     metric: Metric
     threshold: float
     """Top-1 in percent (e.g. 90.0) or AUC in [0, 1] (e.g. 0.85)."""
     version: str
-
-    def printed(self, value: float) -> str:
-        """``value`` as the runner prints it: top-1 ``%.1f`` percent, AUC ``%.3f``."""
-        return f"{value:.1f}" if self.metric == "top1" else f"{value:.3f}"
-
-    def met_by(self, value: float) -> bool:
-        """Whether ``value`` passes: the checker compares the printed, rounded number
-        (MEASUREMENT.md §6.13), so 89.95 % passes a 90 % target."""
-        return float(self.printed(value)) >= self.threshold
 
     def describe(self) -> str:
         """Human-readable form, e.g. ``top-1 >= 90.0 % (v1.4)``."""
