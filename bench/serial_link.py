@@ -82,11 +82,13 @@ class Sim:
     proc: subprocess.Popen[str]
 
 
-def start_sim(directory: Path, model: str, baud: int, median_s: float, seed: int) -> Sim:
+def start_sim(
+    directory: Path, model: str, baud: int, median_s: float, seed: int, quality: float = 0.9
+) -> Sim:
     path, records = directory / f"{model}.pty", directory / f"{model}.records.json"
     cmd = [sys.executable, str(SIM_SCRIPT), "--path", str(path), "--baud", str(baud),
            "--model", model, "--records", str(records), "--median-s", str(median_s),
-           "--seed", str(seed)]  # fmt: skip
+           "--seed", str(seed), "--quality", str(quality)]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     sim = Sim(model, path, records, proc)
     assert proc.stdout is not None

@@ -1,9 +1,11 @@
 """One simulated DUT on a pty, in its own process, for benchmarks.
 
     python bench/sim_dut_process.py --path /tmp/x/dut --baud 115200 --model vww01 \
-        --records /tmp/x/records.json
+        --records /tmp/x/records.json [--median-s 0.005] [--quality 0.9] [--seed 0]
 
-Runs a :class:`farm.sim.dut.SimDut` (performance build, no faults) behind a
+Runs a :class:`farm.sim.dut.SimDut` (performance build, no faults; ``--median-s`` sets its
+latency model's median inference time, ``--quality`` the top-1 accuracy or AUC it reaches on
+synthetic inputs, as ``SimDut.quality``) behind a
 :class:`farm.sim.pty_port.PtyPort` whose symlink is ``--path``. Once the boot banner has left
 the wire it prints ``ready <path>`` on stdout, so the parent opens the port only after the
 banner (nothing unsolicited is then pending). On SIGTERM or SIGINT it stops the firmware,
@@ -44,7 +46,13 @@ def _write_records(path: Path, dut: SimDut) -> None:
 
 
 async def serve(
-    path: Path, baud: int, model: str, records: Path, median_s: float, seed: int
+    path: Path,
+    baud: int,
+    model: str,
+    records: Path,
+    median_s: float,
+    seed: int,
+    quality: float = 0.9,
 ) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -57,6 +65,7 @@ async def serve(
         build="performance",
         uart=port,
         latency=LatencyModel(median_s=median_s, seed=seed),
+        quality=quality,
     )
     try:
         await port.start()
@@ -83,9 +92,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--records", type=Path, required=True, help="JSON file written on exit")
     parser.add_argument("--median-s", type=float, default=0.005, help="median inference time")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--quality", type=float, default=0.9, help="top-1 accuracy or AUC on synthetic inputs"
+    )
     args = parser.parse_args(argv)
     return asyncio.run(
-        serve(args.path, args.baud, args.model, args.records, args.median_s, args.seed)
+        serve(
+            args.path,
+            args.baud,
+            args.model,
+            args.records,
+            args.median_s,
+            args.seed,
+            args.quality,
+        )
     )
 
 
