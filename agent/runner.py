@@ -274,11 +274,10 @@ class Runner:
                     result = await self.dut.infer(1, 0)
                     yield self._sample(seq, item, None, result, correct_lap=True)
                     seq += 1
-                    elapsed = time.monotonic() - started
                     self._report(seq, target or s.min_queries, 1, 0)
                     if target is not None and seq >= target:
                         return
-                    if seq >= s.min_queries and elapsed >= s.min_duration_s:
+                    if seq >= s.min_queries and self.info.last_issue_s >= s.min_duration_s:
                         return
 
     # -- helpers ---------------------------------------------------------------------------
