@@ -10,8 +10,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from farm.run_output import RunFolder
-
 from agent.dut_client import DirectChannel, DutClient
 from agent.interface_client import InterfaceClient
 from agent.lpm01a_client import Lpm01aClient
@@ -22,6 +20,7 @@ from farm.datasets import Dataset, DatasetError, load_dataset
 from farm.models import ENERGY_BAUD
 from farm.protocol.interface import HOST_BAUD as INTERFACE_BAUD
 from farm.protocol.lpm01a import HOST_BAUD as MONITOR_BAUD
+from farm.run_output import RunFolder
 
 log = logging.getLogger("agent.one_board")
 
@@ -47,6 +46,8 @@ class RunRequest:
     alt: bool = False
     latency_s: float | None = None
     """Per-inference time the client may assume before measuring (else the 30 s limit)."""
+    resume: Path | None = None
+    """An interrupted accuracy run's folder to continue instead of starting over."""
 
 
 @dataclass
@@ -84,6 +85,8 @@ def prepare(request: RunRequest) -> tuple[Benchmark, Dataset]:
         )
     if request.mode == "energy" and not (request.interface and request.monitor):
         raise RunInputError("energy mode needs --interface PORT and --monitor PORT")
+    if request.resume is not None and request.mode != "accuracy":
+        raise RunInputError("only accuracy runs can be resumed (the others are timed windows)")
     if request.mode != "energy" and not request.port:
         raise RunInputError(f"{request.mode} mode needs --port PATH (the DUT's serial port)")
     try:
@@ -146,8 +149,15 @@ async def run_one_board(
     incomplete, and the exception propagates.
     """
     bench, dataset = prepare(request)
+    if request.resume is not None:
+        try:
+            folder = RunFolder.reopen(request.resume, bench, request.mode, request.settings)
+        except (OSError, ValueError, KeyError) as exc:
+            raise RunInputError(f"cannot resume {request.resume}: {exc}") from None
+        request.settings.start_seq = folder.next_seq
     links = await connect(request, bench)
-    folder = RunFolder.create(request.out, bench, request.mode, request.settings)
+    if request.resume is None:
+        folder = RunFolder.create(request.out, bench, request.mode, request.settings)
     try:
         inputs = dataset.inputs(_mode(request), limit=None)
         script = bench.script(_mode(request))

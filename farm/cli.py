@@ -203,6 +203,9 @@ def run(
         str | None, typer.Option(help="BOARDS_JSON:ID: ports of a simulated board")
     ] = None,
     alt: Annotated[bool, typer.Option(help="ad01: use the smaller y_labels_alt.csv set")] = False,
+    resume: Annotated[
+        Path | None, typer.Option(help="Accuracy: continue the interrupted run in this folder")
+    ] = None,
     min_window_s: Annotated[float, typer.Option(hidden=True)] = 10.0,
     max_window_s: Annotated[float, typer.Option(hidden=True)] = 30.0,
     calibration_s: Annotated[float, typer.Option(hidden=True)] = 0.5,
@@ -239,6 +242,7 @@ def run(
         monitor=monitor,
         settings=settings,
         alt=alt,
+        resume=resume,
     )
     try:
         folder = asyncio.run(_run_with_progress(request, run_one_board))

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -107,6 +107,39 @@ class RunFolder:
         if folder.limit is not None:
             folder.log(SUBSET_NOTE.format(n=folder.limit))
         return folder
+
+    @classmethod
+    def reopen(cls, path: Path, bench: Benchmark, mode: str, settings: Any) -> RunFolder:
+        """An interrupted run's folder, to continue it: its ``samples.jsonl`` is read back
+        (a torn last line, from a kill mid-write, is dropped) and the run goes on from the
+        next sequence number, so the final scores cover every sample exactly once."""
+        if not (path / INCOMPLETE).exists():
+            raise ValueError(f"{path} is not an incomplete run folder (no {INCOMPLETE} marker)")
+        stored: list[StoredSample] = []
+        lines = (path / "samples.jsonl").read_text().splitlines()
+        for number, line in enumerate(lines, start=1):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                if number == len(lines):
+                    break
+                raise ValueError(f"{path / 'samples.jsonl'}:{number}: not JSON") from None
+            if record["seq"] != len(stored):
+                where = f"{path / 'samples.jsonl'}:{number}"
+                raise ValueError(f"{where}: seq {record['seq']}, expected {len(stored)}")
+            stored.append(StoredSample.from_record(record))
+        # Rewrite the file without a torn tail so appends start on a fresh line.
+        (path / "samples.jsonl").write_text("".join(f"{line}\n" for line in lines[: len(stored)]))
+        (path / INCOMPLETE).write_text("run in progress (resumed)\n")
+        folder = cls(path, bench, mode, settings)
+        folder.samples.extend(stored)
+        folder.log(f"resumed at seq {len(stored)}")
+        return folder
+
+    @property
+    def next_seq(self) -> int:
+        """The sequence number of the next sample."""
+        return len(self.samples)
 
     # -- during the run ----------------------------------------------------------------------
 
@@ -268,6 +301,36 @@ class RunFolder:
         for f in (self._samples_file, self._log_file):
             if not f.closed:
                 f.close()
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSample:
+    """A sample read back from ``samples.jsonl`` (a resumed run scores it with the rest)."""
+
+    seq: int
+    index: int
+    segment: int | None
+    window: int | None
+    label: int
+    results: tuple[float, ...]
+    count: int = 1
+    warmup: int = 0
+    start_us: int | None = None
+    end_us: int | None = None
+    elapsed_us: int | None = None
+    latency_us: float | None = None
+    wall_s: float | None = None
+    energy_j: float | None = None
+    power_samples: tuple[float, ...] = ()
+    power_events: tuple[tuple[int, int], ...] = ()
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> StoredSample:
+        """Rebuild from one samples.jsonl object."""
+        known = {f for f in cls.__dataclass_fields__ if f not in ("power_samples", "power_events")}
+        values = {k: v for k, v in record.items() if k in known}
+        values["results"] = tuple(record["results"])
+        return cls(**values)
 
 
 #: Keys written even when null, so every samples.jsonl line has the documented fields.

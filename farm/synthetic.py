@@ -6,8 +6,9 @@ boards with different quality. Each synthetic input therefore carries, in a smal
 its true label and a "difficulty" ``u`` in [0, 1); the generator spreads ``u`` evenly over
 the files (a shuffled ``(i + 0.5) / n``), and the simulated DUT:
 
-- classifiers: answers the true label iff ``u < accuracy``, else a wrong class; the achieved
-  top-1 is then ``round(accuracy * n) / n`` over ``n`` files, exactly;
+- classifiers: answers the true label iff ``u < accuracy``, else a wrong class; over ``n``
+  files with u = (i + 0.5) / n exactly ``ceil(accuracy * n - 0.5)`` are right (accuracy × n
+  to the nearest integer, a half rounding down);
 - anomaly detection: scores a normal file ``u`` and an anomalous one
   ``(2A - 1) + u * (2 - 2A)`` (for A >= 0.5; mirrored below), so that the probability an
   anomaly outranks a normal file, which is the ROC AUC, is ``A`` up to the discreteness of

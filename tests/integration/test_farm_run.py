@@ -724,24 +724,39 @@ async def test_accuracy_cancelled_midway_then_resumed(sim: SimFactory, tmp_path:
     assert [d["seq"] for d in done] == list(range(cut))
     assert len(infer_records(b)) == cut
 
-    # Resume on the same board (whatever the cancelled download left on the link).
-    req = request(
-        b, "kws01", "accuracy", tmp_path / "ds", tmp_path / "second", RunSettings(start_seq=cut)
-    )
+    # Resume the same folder on the same board (whatever the cancelled download left on
+    # the link): only the missing samples are run, and the scores cover all of them.
+    req = request(b, "kws01", "accuracy", tmp_path / "ds", tmp_path / "unused")
+    req.resume = first.path
     second = await run(req)
-    rest = read_samples(second.path, subset=False)
-    assert [r["seq"] for r in rest] == list(range(cut, n))
-    assert [r["index"] for r in rest] == list(range(cut, n))
+    assert second.path == first.path
+    every = read_samples(first.path, subset=False)
+    assert [r["seq"] for r in every] == list(range(n))
+    assert [r["index"] for r in every[cut:]] == list(range(cut, n))
+    assert every[:cut] == done  # the first part is kept as it was
     assert len(infer_records(b)) == n  # nothing done twice
-    assert not (second.path / INCOMPLETE).exists()
+    assert not (first.path / INCOMPLETE).exists()
+    assert "resumed at seq 6" in (first.path / "log.txt").read_text()
 
-    # Together the two parts are the whole run, with the board's configured accuracy.
-    merged = scoring.score_accuracy(
-        (official_rows("kws01")[d["index"]].file, d["label"], d["results"]) for d in done + rest
-    )
+    # The finished folder scores the whole run, with the board's configured accuracy.
     rows = official_rows("kws01")[:n]
     top1, auc, _ = expected_classification(tmp_path / "ds" / "kws01", rows, "kws01", quality)
-    assert (merged.top1_text, merged.auc_text) == (top1, auc)
+    text = (first.path / "results.txt").read_text()
+    assert f"Top 1% = {top1}" in text and f"AUC = {auc}" in text
+    assert len(json.loads((first.path / "results.json").read_text())) == n
+
+
+async def test_only_incomplete_accuracy_runs_resume(sim: SimFactory, tmp_path: Path) -> None:
+    synth_dataset(tmp_path / "ds", "kws01", limit=5)
+    s = await sim(board("b", "kws01", median_s=0.002))
+    req = request(s["b"], "kws01", "performance", tmp_path / "ds", tmp_path / "o")
+    req.resume = tmp_path
+    with pytest.raises(RunInputError, match="only accuracy runs can be resumed"):
+        await run_one_board(req)
+    req = request(s["b"], "kws01", "accuracy", tmp_path / "ds", tmp_path / "o")
+    req.resume = tmp_path  # no INCOMPLETE marker there
+    with pytest.raises(RunInputError, match="not an incomplete run folder"):
+        await run_one_board(req)
 
 
 # -- latency -----------------------------------------------------------------------------------
