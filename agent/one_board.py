@@ -16,7 +16,7 @@ from agent.lpm01a_client import Lpm01aClient
 from agent.runner import Mode, Progress, Runner, RunSettings
 from agent.serial_link import SerialLink
 from farm.catalog import Benchmark, BenchmarkError, get_benchmark
-from farm.datasets import Dataset, DatasetError, load_dataset
+from farm.datasets import Dataset, DatasetError, InferenceInput, load_dataset
 from farm.models import ENERGY_BAUD
 from farm.protocol.interface import HOST_BAUD as INTERFACE_BAUD
 from farm.protocol.lpm01a import HOST_BAUD as MONITOR_BAUD
@@ -73,8 +73,9 @@ async def _close(links: list[SerialLink], lpm: Lpm01aClient | None) -> None:
         await link.close()
 
 
-def prepare(request: RunRequest) -> tuple[Benchmark, Dataset]:
-    """Check the benchmark, the mode and the dataset; nothing is opened yet."""
+def prepare(request: RunRequest) -> tuple[Benchmark, Dataset, list[InferenceInput]]:
+    """Check the benchmark, the mode and the dataset, and list the run's inputs; nothing is
+    opened yet."""
     try:
         bench = get_benchmark(request.benchmark)
     except BenchmarkError as exc:
@@ -91,9 +92,13 @@ def prepare(request: RunRequest) -> tuple[Benchmark, Dataset]:
         raise RunInputError(f"{request.mode} mode needs --port PATH (the DUT's serial port)")
     try:
         dataset = load_dataset(request.dataset, bench, alt=request.alt)
+        # Latency mode rotates through the performance inputs (rows 1-5). A run cut short
+        # with --limit may use a dataset smaller than the script's loop.
+        limit = None if request.mode == "latency" else request.settings.limit
+        inputs = dataset.inputs(_mode(request), limit=limit)
     except DatasetError as exc:
         raise RunInputError(str(exc)) from None
-    return bench, dataset
+    return bench, dataset, inputs
 
 
 async def connect(request: RunRequest, bench: Benchmark) -> Links:
@@ -125,6 +130,15 @@ async def connect(request: RunRequest, bench: Benchmark) -> Links:
                 f"the DUT reports model {model!r}; benchmark {bench.id} needs firmware for "
                 f"{', '.join(bench.firmware_models)} (flash it, or pick the matching benchmark)"
             )
+        # The performance build answers `timestamp` with a lap line, the energy build with a
+        # pin pulse only: timed windows need the build that matches the mode.
+        energy_build = await dut.timestamp() is None
+        if energy_build != (request.mode == "energy"):
+            have, need = ("energy", "performance") if energy_build else ("performance", "energy")
+            raise RunInputError(
+                f"the DUT runs the {have} firmware build; {request.mode} mode needs the {need} "
+                "build (flash it)"
+            )
         return Links(dut, links, lpm)
     except BaseException:
         await _close(links, lpm)
@@ -148,18 +162,26 @@ async def run_one_board(
     (cancellation) or any failure after the start, the folder is left consistent and marked
     incomplete, and the exception propagates.
     """
-    bench, dataset = prepare(request)
+    bench, dataset, inputs = prepare(request)
+    identity = {
+        "benchmark": bench.id,
+        "mode": request.mode,
+        "dataset": str(dataset.index_path.resolve()),
+        "alt": request.alt,
+        "limit": request.settings.limit,
+    }
     if request.resume is not None:
         try:
-            folder = RunFolder.reopen(request.resume, bench, request.mode, request.settings)
+            RunFolder.check_resumable(request.resume, identity)
         except (OSError, ValueError, KeyError) as exc:
             raise RunInputError(f"cannot resume {request.resume}: {exc}") from None
-        request.settings.start_seq = folder.next_seq
     links = await connect(request, bench)
-    if request.resume is None:
-        folder = RunFolder.create(request.out, bench, request.mode, request.settings)
+    if request.resume is not None:
+        folder = RunFolder.reopen(request.resume, bench, request.mode, request.settings)
+        request.settings.start_seq = folder.next_seq
+    else:
+        folder = RunFolder.create(request.out, bench, request.mode, request.settings, identity)
     try:
-        inputs = dataset.inputs(_mode(request), limit=None)
         script = bench.script(_mode(request))
         n_w = (
             (1, 0)
@@ -176,10 +198,11 @@ async def run_one_board(
             progress=progress,
         )
         if on_start is not None:
-            on_start(folder, _total(request, dataset, runner))
+            on_start(folder, _total(request, inputs))
         folder.log(f"benchmark {bench.id}, mode {request.mode}, dataset {dataset.folder}")
         for deviation in bench.deviations:
-            folder.log(f"deviation from the official script: {deviation}")
+            if deviation.startswith(f"{bench.id} {_mode(request)}"):
+                folder.log(f"deviation from the official script: {deviation}")
         async for sample in runner.run():
             folder.add_sample(sample)
         folder.finish(runner.info, dataset)
@@ -191,11 +214,8 @@ async def run_one_board(
     return folder
 
 
-def _total(request: RunRequest, dataset: Dataset, runner: Runner) -> int | None:
+def _total(request: RunRequest, inputs: list[InferenceInput]) -> int | None:
     s = request.settings
     if request.mode == "latency":
         return s.limit if s.limit is not None else s.min_queries
-    count = dataset.count(_mode(request))
-    if request.mode != "accuracy":
-        count = min(count, s.windows)
-    return min(count, s.limit) if s.limit is not None else count
+    return len(inputs) if request.mode == "accuracy" else min(len(inputs), s.windows)

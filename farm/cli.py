@@ -249,7 +249,9 @@ def run(
     except RunInputError as exc:
         raise _fail(str(exc)) from None
     except KeyboardInterrupt:
-        err.print("interrupted: the run folder is marked INCOMPLETE", highlight=False)
+        err.print(
+            "interrupted (a run folder, if one was made, is marked INCOMPLETE)", highlight=False
+        )
         raise typer.Exit(130) from None
     except Exception as exc:
         err.print(

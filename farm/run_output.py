@@ -30,6 +30,8 @@ from farm.png import line_plot
 
 PREFIX = "ulp-mlperf: "
 INCOMPLETE = "INCOMPLETE"
+#: What run a folder holds (benchmark, mode, dataset, alt, limit), checked on --resume.
+RUN_FILE = "run.json"
 SUBSET_NOTE = "subset run (--limit {n}): NOT VALID FOR SUBMISSION"
 MODE_LETTER = {"performance": "p", "accuracy": "a", "energy": "e", "latency": "l"}
 
@@ -59,6 +61,7 @@ class RunInfoLike(Protocol):
     """What the runner observed (``agent.runner.RunInfo``)."""
 
     count: int | None
+    calibration: list[tuple[int, int]]
     loop_wall_s: float
     last_issue_s: float
 
@@ -89,7 +92,9 @@ class RunFolder:
         self.result: object | None = None
 
     @classmethod
-    def create(cls, out: Path, bench: Benchmark, mode: str, settings: Any) -> RunFolder:
+    def create(
+        cls, out: Path, bench: Benchmark, mode: str, settings: Any, identity: dict | None = None
+    ) -> RunFolder:
         """A fresh folder under ``out`` named by the start time (``-2``, ``-3``... if taken:
         results.txt is appended to by the official tools, so a folder is never reused)."""
         out.mkdir(parents=True, exist_ok=True)
@@ -103,10 +108,23 @@ class RunFolder:
                 n += 1
                 path = out / f"{base}-{n}"
         (path / INCOMPLETE).write_text("run in progress\n")
+        (path / RUN_FILE).write_text(json.dumps(identity or {}, indent=2) + "\n")
         folder = cls(path, bench, mode, settings)
         if folder.limit is not None:
             folder.log(SUBSET_NOTE.format(n=folder.limit))
         return folder
+
+    @staticmethod
+    def check_resumable(path: Path, identity: dict) -> None:
+        """Refuse to continue a folder that is complete or was another run (benchmark, mode,
+        dataset, ``--alt`` or ``--limit`` differ): its samples would be scored as this one's."""
+        if not (path / INCOMPLETE).exists():
+            raise ValueError(f"{path} is not an incomplete run folder (no {INCOMPLETE} marker)")
+        recorded = json.loads((path / RUN_FILE).read_text())
+        differ = [k for k in identity if recorded.get(k) != identity[k]]
+        if differ:
+            parts = ", ".join(f"{k} {recorded.get(k)!r} there, {identity[k]!r} now" for k in differ)
+            raise ValueError(f"it is another run ({parts})")
 
     @classmethod
     def reopen(cls, path: Path, bench: Benchmark, mode: str, settings: Any) -> RunFolder:
@@ -178,6 +196,9 @@ class RunFolder:
             "energy": self._energy,
             "latency": self._latency,
         }[self.mode]
+        if info.count is not None:
+            calibration = ", ".join(f"N={n}: {us} us" for n, us in info.calibration)
+            self.log(f"calibration windows: {calibration}; N per timed window: {info.count}")
         lines, elements = writer(info, dataset)
         if self.limit is not None:
             note = SUBSET_NOTE.format(n=self.limit)
@@ -287,12 +308,14 @@ class RunFolder:
             min_duration_s=self.settings.min_duration_s,
         )
         self.result = summary
-        (self.path / "mlperf_log_summary.txt").write_text(
-            scoring.loadgen_summary_text(summary, sut_name=self.bench.id)
-        )
-        (self.path / "latency.json").write_text(
-            json.dumps(scoring.latency_json(summary), indent=2) + "\n"
-        )
+        text = scoring.loadgen_summary_text(summary, sut_name=self.bench.id)
+        document = scoring.latency_json(summary)
+        if self.limit is not None:
+            note = SUBSET_NOTE.format(n=self.limit)
+            text = f"# {note}\n{text}"
+            document = {"subset": True, "note": note, **document}
+        (self.path / "mlperf_log_summary.txt").write_text(text)
+        (self.path / "latency.json").write_text(json.dumps(document, indent=2) + "\n")
         elements = [self._element(s, dataset, {}) for s in self.samples]
         bodies = [scoring.SUPPLEMENTAL_NOTE, *scoring.latency_lines(summary)]
         return self._prefixed(bodies), elements

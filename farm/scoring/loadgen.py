@@ -448,11 +448,11 @@ class LatencySummary:
         text = (
             f" * Processed at least {es.min_queries} queries ({es.queries}).\n"
             f" * Would discard {es.would_discard} highest latency queries.\n"
-            f" * Early stopping {es.percentile * 100:.0f}th percentile estimate: "
+            f" * Early stopping {es.percentile * 100:.1f}th percentile estimate: "
             f"{es.estimate_ns}"
         )
         ms = self.early_stopping_p99
-        label = f"{ms.percentile * 100:.0f}"
+        label = f"{ms.percentile * 100:.1f}"
         if not ms.met:
             return text + (
                 f"\n * Not enough queries processed for {label}th percentile\n"
@@ -546,7 +546,7 @@ def latency_lines(summary: LatencySummary) -> list[str]:
     estimate = "n/a" if es.estimate_ns is None else str(es.estimate_ns)
     out = [
         f"Latency queries: {summary.count} ({'VALID' if summary.valid else 'INVALID'})",
-        f"Early stopping 90th percentile estimate (ns): {estimate}",
+        f"Early stopping 90.0th percentile estimate (ns): {estimate}",
     ]
     out.extend(
         f"{percentile_label(p)} percentile latency (ns): {v}" for p, v in summary.percentiles
@@ -572,7 +572,9 @@ def loadgen_summary_text(summary: LatencySummary, *, sut_name: str) -> str:
         f"SUT name : {sut_name}",
         "Scenario : SingleStream",
         "Mode     : PerformanceOnly",
-        f"{TARGET_PERCENTILE * 100:.0f}th percentile latency (ns) : {summary.p90_ns}",
+        # MEASUREMENT.md §5.4: LoadGen HEAD prints DoubleToString(p * 100, 1), "90.0th"
+        # (older LoadGen releases printed "90th").
+        f"{TARGET_PERCENTILE * 100:.1f}th percentile latency (ns) : {summary.p90_ns}",
         f"Result is : {'VALID' if summary.valid else 'INVALID'}",
         f"  Min duration satisfied : {_yes(summary.min_duration_met)}",
         f"  Min queries satisfied : {_yes(summary.min_queries_met)}",

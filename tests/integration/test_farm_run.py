@@ -816,7 +816,7 @@ async def test_latency_percentiles_from_the_simulated_inference_times(
     lines = bodies(text)
     assert lines[0] == scoring.SUPPLEMENTAL_NOTE
     assert lines[1] == f"Latency queries: {n} (VALID)"
-    assert lines[2] == f"Early stopping 90th percentile estimate (ns): {estimate}"
+    assert lines[2] == f"Early stopping 90.0th percentile estimate (ns): {estimate}"
     for p, v in percentiles.items():
         assert f"{scoring.percentile_label(p)} percentile latency (ns): {v}" in lines
     assert f"Mean latency (ns): {mean}" in lines
@@ -824,8 +824,8 @@ async def test_latency_percentiles_from_the_simulated_inference_times(
     summary = (folder.path / "mlperf_log_summary.txt").read_text()
     assert summary.startswith("# Supplemental")
     assert "Scenario : SingleStream" in summary and "Result is : VALID" in summary
-    assert f"90th percentile latency (ns) : {percentiles[0.9]}" in summary
-    assert f"Early stopping 90th percentile estimate: {estimate}" in summary
+    assert f"90.0th percentile latency (ns) : {percentiles[0.9]}" in summary
+    assert f"Early stopping 90.0th percentile estimate: {estimate}" in summary
     assert f"Min latency (ns)                : {ns[0]}" in summary
     assert f"Max latency (ns)                : {ns[-1]}" in summary
     for p, v in percentiles.items():
@@ -1203,3 +1203,49 @@ async def test_cli_ctrl_c_leaves_an_incomplete_folder(sim: SimFactory, tmp_path:
     assert 3 <= len(samples) < 20
     assert [sm["seq"] for sm in samples] == list(range(len(samples)))
     assert not (folder / "results.txt").exists()
+
+
+async def test_a_dataset_too_small_for_the_mode_is_refused_before_the_board(
+    sim: SimFactory, tmp_path: Path
+) -> None:
+    """Performance loops over five rows: a three-row index is bad input (exit 2 in the
+    CLI) unless --limit says a subset is meant; either way nothing reaches the DUT first."""
+    synth_dataset(tmp_path / "ds", "kws01", limit=3)
+    s = await sim(board("b", "kws01", median_s=0.002))
+    req = request(s["b"], "kws01", "performance", tmp_path / "ds", tmp_path / "o")
+    with pytest.raises(RunInputError, match="only 3"):
+        await run_one_board(req)
+    assert not (tmp_path / "o").exists()
+    assert infer_records(s["b"]) == []
+    limited = request(
+        s["b"],
+        "kws01",
+        "performance",
+        tmp_path / "ds",
+        tmp_path / "o",
+        RunSettings(limit=3, min_window_s=0.3, max_window_s=1.0, calibration_s=0.05),
+    )
+    folder = await run(limited)
+    text = (folder.path / "results.txt").read_text()
+    assert "ERROR 1 - loop_count was not exactly 5." in text
+    assert "NOT VALID FOR SUBMISSION" in text
+
+
+async def test_resume_refuses_another_runs_folder(sim: SimFactory, tmp_path: Path) -> None:
+    synth_dataset(tmp_path / "ds", "kws01", limit=8)
+    s = await sim(board("b", "kws01", median_s=0.002))
+    first = request(
+        s["b"], "kws01", "accuracy", tmp_path / "ds", tmp_path / "o", RunSettings(limit=4)
+    )
+    task = asyncio.create_task(run_one_board(first))
+    async with asyncio.timeout(RUN_TIMEOUT_S):
+        while not list((tmp_path / "o").glob("*/samples.jsonl")):  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    [folder] = list((tmp_path / "o").iterdir())
+    other = request(s["b"], "kws01", "accuracy", tmp_path / "ds", tmp_path / "o")  # no --limit
+    other.resume = folder
+    with pytest.raises(RunInputError, match=r"it is another run.*limit 4 there, None now"):
+        await run_one_board(other)

@@ -231,8 +231,8 @@ def test_latency_summary_n_1024() -> None:
     assert summary.early_stopping_text == (
         " * Processed at least 64 queries (1024).\n"
         " * Would discard 79 highest latency queries.\n"
-        " * Early stopping 90th percentile estimate: 945000\n"
-        " * Early stopping 99th percentile estimate: 1022000"
+        " * Early stopping 90.0th percentile estimate: 945000\n"
+        " * Early stopping 99.0th percentile estimate: 1022000"
     )
 
 
@@ -241,7 +241,7 @@ def test_latency_summary_validity_flags() -> None:
     assert not summary.min_queries_met and not summary.min_duration_met
     assert summary.early_stopping_met and not summary.valid
     assert summary.early_stopping_text.endswith(
-        " * Not enough queries processed for 99th percentile\n"
+        " * Not enough queries processed for 99.0th percentile\n"
         " early stopping estimate (would need to process at\n"
         " least 662 total queries)."
     )
@@ -290,7 +290,7 @@ def test_renderings_are_supplemental_and_json_safe() -> None:
     for line in (
         "SUT name : sim-board",
         "Scenario : SingleStream",
-        "90th percentile latency (ns) : 922000",
+        "90.0th percentile latency (ns) : 922000",
         "Result is : VALID",
         "  Early stopping satisfied: Yes",
         " * Would discard 79 highest latency queries.",
@@ -304,4 +304,4 @@ def test_renderings_are_supplemental_and_json_safe() -> None:
     )
     assert "Result is : INVALID" in invalid and "Recommendations:" in invalid
     assert " * Only processed 10 queries." in invalid
-    assert latency_lines(summary)[1] == "Early stopping 90th percentile estimate (ns): 945000"
+    assert latency_lines(summary)[1] == "Early stopping 90.0th percentile estimate (ns): 945000"
