@@ -260,6 +260,8 @@ def run(
         raise typer.Exit(1) from None
     results = (folder.path / "results.txt").read_text()
     console.print(results.rstrip(), highlight=False, soft_wrap=True)
+    for problem in folder.problems:
+        err.print(f"[yellow]warning:[/] {problem}", highlight=False, soft_wrap=True)
     console.print(f"run folder: {folder.path}", highlight=False, soft_wrap=True)
 
 

@@ -90,6 +90,9 @@ class RunFolder:
         self._samples_file = (path / "samples.jsonl").open("a")
         self._log_file = (path / "log.txt").open("a")
         self.result: object | None = None
+        self.problems: list[str] = []
+        """What makes the result invalid or differ from the official runner's (also in
+        log.txt as ``problem:`` lines); ``farm run`` repeats them on stderr."""
 
     @classmethod
     def create(
@@ -256,7 +259,7 @@ class RunFolder:
             elements.append(self._element(s, dataset, {"throughput": w.throughput}))
         bodies += result.lines()
         for problem in result.problems:
-            self.log(f"problem: {problem}")
+            self._problem(problem)
         if result.error is not None:
             elements.append({"error": f"error {result.error}", "mode": "p"})
         return self._prefixed(bodies), elements
@@ -268,7 +271,7 @@ class RunFolder:
         )
         self.result = result
         for problem in result.problems:
-            self.log(f"problem: {problem}")
+            self._problem(problem)
         elements = [self._element(s, dataset, {}) for s in self.samples]
         return self._prefixed(result.lines()), elements
 
@@ -280,7 +283,7 @@ class RunFolder:
         result = scoring.score_energy(windows)
         self.result = result
         for line in result.error_lines:
-            self.log(line)  # the official runner prints these to log.txt only
+            self._problem(line)  # the official runner prints these to log.txt only
         elements = []
         for i, s in enumerate(self.samples):
             element = self._element(s, dataset, {})
@@ -319,6 +322,10 @@ class RunFolder:
         elements = [self._element(s, dataset, {}) for s in self.samples]
         bodies = [scoring.SUPPLEMENTAL_NOTE, *scoring.latency_lines(summary)]
         return self._prefixed(bodies), elements
+
+    def _problem(self, text: str) -> None:
+        self.problems.append(text)
+        self.log(f"problem: {text}")
 
     def _close(self) -> None:
         for f in (self._samples_file, self._log_file):

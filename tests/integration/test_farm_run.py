@@ -996,6 +996,7 @@ async def test_energy_ad01_subset_with_limit(sim: SimFactory, tmp_path: Path) ->
     assert SUBSET_NOTE in elements[-1]["note"]
     log = (folder.path / "log.txt").read_text()
     assert "Energy mode must include exactly 5 measurements." in log
+    assert any("exactly 5 measurements" in p for p in folder.problems)  # farm run warns
 
 
 # -- bad input ---------------------------------------------------------------------------------
