@@ -267,6 +267,10 @@ class Runner:
         rotation = self._limited(self.inputs[: max(1, s.latency_inputs)])
         target = s.limit if s.limit is not None else None
         per_input = math.ceil(s.min_queries / len(rotation))
+        # Whichever of the two minimums ends the run sets the expected query count.
+        model_bytes = self.dut.model.input_bytes if self.dut.model else 0
+        per_query = self.expected_sample_s(model_bytes, 1, 0, download=False)
+        expected_total = max(s.min_queries, math.ceil(s.min_duration_s / max(per_query, 1e-6)))
         started = time.monotonic()
         seq = 0
         while True:
@@ -277,7 +281,7 @@ class Runner:
                     result = await self.dut.infer(1, 0)
                     yield self._sample(seq, item, None, result, correct_lap=True)
                     seq += 1
-                    self._report(seq, target or s.min_queries, 1, 0)
+                    self._report(seq, target or expected_total, 1, 0, download=False)
                     if target is not None and seq >= target:
                         return
                     if seq >= s.min_queries and self.info.last_issue_s >= s.min_duration_s:
@@ -338,14 +342,18 @@ class Runner:
         line = len(f"m-lap-us-{start_us}\r\n")
         return round(wire_time(line, self.dut.channel.dut_baud) * 1e6)
 
-    def expected_sample_s(self, input_bytes: int, count: int, warmup: int) -> float:
-        """Wire-time model of one sample: the download's commands and replies, the ``infer``
-        exchange, and the DUT's compute time. The ETA shown to users is built from it."""
+    def expected_sample_s(
+        self, input_bytes: int, count: int, warmup: int, *, download: bool = True
+    ) -> float:
+        """Wire-time model of one sample: the download's commands and replies (unless the
+        input is already loaded, as for most latency queries), the ``infer`` exchange, and
+        the DUT's compute time. The ETA shown to users is built from it."""
         baud = self.dut.channel.dut_baud
-        chunk = self.dut.channel.chunk_bytes
-        chunks = math.ceil(input_bytes / chunk)
-        sent = len(f"db load {input_bytes}%") + input_bytes * 2 + chunks * len("db %")
-        received = 40 + chunks * len("m-ready\r\n")
+        sent = received = 0
+        if download:
+            chunks = math.ceil(input_bytes / self.dut.channel.chunk_bytes)
+            sent = len(f"db load {input_bytes}%") + input_bytes * 2 + chunks * len("db %")
+            received = 40 + chunks * len("m-ready\r\n")
         sent += len(f"infer {count} {warmup}%")
         received += dut_proto.reply_size_bound("infer", self.dut.outputs)
         per = self.dut.latency_s
@@ -353,11 +361,15 @@ class Runner:
             per = self.dut.model.reference_latency_s if self.dut.model else 0.0
         return wire_time(sent + received, baud) + (count + warmup) * per
 
-    def _report(self, done: int, total: int | None, count: int, warmup: int) -> None:
+    def _report(
+        self, done: int, total: int | None, count: int, warmup: int, *, download: bool = True
+    ) -> None:
         if self.progress is None:
             return
         eta = None
         if total is not None and self.dut.model is not None:
-            each = self.expected_sample_s(self.dut.model.input_bytes, count, warmup)
+            each = self.expected_sample_s(
+                self.dut.model.input_bytes, count, warmup, download=download
+            )
             eta = max(total - done, 0) * each
         self.progress(done, total, eta)

@@ -27,6 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 
+from farm.protocol.dut import MAX_COMMAND_CHARS
 from farm.protocol.errors import LocalProtocolError, RemoteProtocolError
 from farm.protocol.lines import LineFramer, is_clean, text
 
@@ -38,7 +39,7 @@ READY_LINE = b"m-ready\r\n"
 DUT_PREFIX = b"[dut]: "
 PASSTHROUGH_PREFIX = "m-dut-passthrough("
 #: The DUT stores at most this many command characters and silently truncates the rest (§2.2).
-DUT_CMD_MAX = 80
+DUT_CMD_MAX = MAX_COMMAND_CHARS
 #: The sww DUT variant's larger command buffer (§2.8).
 SWW_DUT_CMD_MAX = 1028
 DEFAULT_DUT_BAUD = 9600

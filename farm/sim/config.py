@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from farm.models import ENERGY_BAUD, MODELS
+from farm.protocol import interface, lpm01a
 from farm.sim.faults import FaultSpec
 
 #: Default median inference time per model: a fast Cortex-M7-class board, so that simulated
@@ -26,8 +27,8 @@ DEFAULT_QUALITY = {"kws01": 0.91, "vww01": 0.82, "ic01": 0.87, "ic02": 0.92, "ad
 DUT_USB = ("0483", "374B")  # ST-LINK/V2-1 VCP of a NUCLEO board
 INTERFACE_USB = ("0483", "374E")  # STLINK-V3 VCP of the STM32H573I-DK
 MONITOR_USB = ("0483", "5740")  # LPM01A PowerShield
-INTERFACE_BAUD = 115200
-MONITOR_BAUD = 3686400
+INTERFACE_BAUD = interface.HOST_BAUD
+MONITOR_BAUD = lpm01a.HOST_BAUD
 
 
 class _Strict(BaseModel):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from dataclasses import dataclass, field
 
 from farm.models import ModelSpec
@@ -19,6 +20,9 @@ from farm.synthetic import simulated_output
 from farm.wire import wire_time
 
 log = logging.getLogger("farm.sim.dut")
+
+#: Ground-truth records a simulated DUT keeps (a full ad01 accuracy run is 48,608).
+RECORDS_KEPT = 100_000
 
 #: What a UART at the wrong baud makes of bytes: framing-error noise, never a '%'.
 _NOISE = bytes(b for b in range(256) if b != 0x25)
@@ -77,8 +81,9 @@ class SimDut:
     power: PowerModel | None = None
     gpio: GpioLine | None = None
     rail: PowerRail | None = None
-    records: list[ComputeRecord] = field(default_factory=list)
-    """Ground truth of every simulated warmup and infer phase, in order."""
+    records: deque[ComputeRecord] = field(default_factory=lambda: deque(maxlen=RECORDS_KEPT))
+    """Ground truth of the simulated warmup and infer phases, in order (the last
+    ``RECORDS_KEPT``, so a board simulated for days does not grow without bound)."""
     boots: int = 0
 
     def __post_init__(self) -> None:
