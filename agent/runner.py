@@ -19,6 +19,7 @@ from typing import Literal, Protocol
 from agent.dut_client import DutClient, InferResult
 from agent.lpm01a_client import Lpm01aClient, window_energy
 from farm.protocol import dut as dut_proto
+from farm.sample import Sample
 from farm.wire import wire_time
 
 log = logging.getLogger("agent.runner")
@@ -39,37 +40,6 @@ class Input(Protocol):
     def read(self) -> bytes:
         """The bytes to download."""
         ...
-
-
-@dataclass(frozen=True, slots=True)
-class Sample:
-    """One parsed result: an inference (accuracy, latency) or a timed window (performance,
-    energy)."""
-
-    seq: int
-    index: int
-    segment: int | None
-    window: int | None
-    label: int
-    results: tuple[float, ...]
-    count: int = 1
-    """Inferences the DUT ran for this sample (N of ``infer N W``)."""
-    warmup: int = 0
-    start_us: int | None = None
-    end_us: int | None = None
-    elapsed_us: int | None = None
-    """DUT µs between the two laps (32-bit wrap handled); ``None`` on the energy build."""
-    latency_us: float | None = None
-    """Per-inference DUT-timed latency: ``elapsed_us / count``; in latency mode minus the
-    print time of the first lap line, which the reference port's window includes."""
-    wrapped: bool = False
-    """The µs counter wrapped inside the window (the official runner would report 0)."""
-    wall_s: float | None = None
-    """Host wall-clock seconds of the window's ``infer`` (performance)."""
-    energy_j: float | None = None
-    energy_window_s: float | None = None
-    power_samples: tuple[float, ...] = ()
-    power_events: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass

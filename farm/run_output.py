@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from farm import scoring
 from farm.catalog import Benchmark
 from farm.png import line_plot
+from farm.sample import Sample
 
 PREFIX = "ulp-mlperf: "
 INCOMPLETE = "INCOMPLETE"
@@ -34,27 +34,6 @@ INCOMPLETE = "INCOMPLETE"
 RUN_FILE = "run.json"
 SUBSET_NOTE = "subset run (--limit {n}): NOT VALID FOR SUBMISSION"
 MODE_LETTER = {"performance": "p", "accuracy": "a", "energy": "e", "latency": "l"}
-
-
-class RunSample(Protocol):
-    """What the runner yields (``agent.runner.Sample``)."""
-
-    seq: int
-    index: int
-    segment: int | None
-    window: int | None
-    label: int
-    results: tuple[float, ...]
-    count: int
-    warmup: int
-    start_us: int | None
-    end_us: int | None
-    elapsed_us: int | None
-    latency_us: float | None
-    wall_s: float | None
-    energy_j: float | None
-    power_samples: tuple[float, ...]
-    power_events: tuple[tuple[int, int], ...]
 
 
 class RunInfoLike(Protocol):
@@ -86,7 +65,7 @@ class RunFolder:
         self.mode = mode
         self.settings = settings
         self.limit: int | None = settings.limit
-        self.samples: list[RunSample] = []
+        self.samples: list[Sample] = []
         self._samples_file = (path / "samples.jsonl").open("a")
         self._log_file = (path / "log.txt").open("a")
         self.result: object | None = None
@@ -136,7 +115,7 @@ class RunFolder:
         next sequence number, so the final scores cover every sample exactly once."""
         if not (path / INCOMPLETE).exists():
             raise ValueError(f"{path} is not an incomplete run folder (no {INCOMPLETE} marker)")
-        stored: list[StoredSample] = []
+        stored: list[Sample] = []
         lines = (path / "samples.jsonl").read_text().splitlines()
         for number, line in enumerate(lines, start=1):
             try:
@@ -148,7 +127,7 @@ class RunFolder:
             if record["seq"] != len(stored):
                 where = f"{path / 'samples.jsonl'}:{number}"
                 raise ValueError(f"{where}: seq {record['seq']}, expected {len(stored)}")
-            stored.append(StoredSample.from_record(record))
+            stored.append(Sample.from_record(record))
         # Rewrite the file without a torn tail so appends start on a fresh line.
         (path / "samples.jsonl").write_text("".join(f"{line}\n" for line in lines[: len(stored)]))
         (path / INCOMPLETE).write_text("run in progress (resumed)\n")
@@ -169,15 +148,10 @@ class RunFolder:
         self._log_file.write(f"{stamp()} {PREFIX}{text}\n")
         self._log_file.flush()
 
-    def add_sample(self, sample: RunSample) -> None:
+    def add_sample(self, sample: Sample) -> None:
         """Keep a sample and append it to samples.jsonl at once."""
         self.samples.append(sample)
-        record = {
-            k: v
-            for k, v in asdict(sample).items()  # type: ignore[call-overload]
-            if k not in ("power_samples", "power_events") and (v is not None or k in _ALWAYS)
-        }
-        record["results"] = list(sample.results)
+        record = sample.to_record()
         if self.limit is not None:
             record["subset"] = True
         self._samples_file.write(json.dumps(record) + "\n")
@@ -223,7 +197,7 @@ class RunFolder:
         now = stamp()
         return [f"{now} {PREFIX}{body}" for body in bodies]
 
-    def _element(self, sample: RunSample, dataset: DatasetLike, extra: dict[str, Any]) -> dict:
+    def _element(self, sample: Sample, dataset: DatasetLike, extra: dict[str, Any]) -> dict:
         row = dataset.rows[sample.index]
         truth = row.truth()
         windows = None
@@ -331,37 +305,3 @@ class RunFolder:
         for f in (self._samples_file, self._log_file):
             if not f.closed:
                 f.close()
-
-
-@dataclass(frozen=True, slots=True)
-class StoredSample:
-    """A sample read back from ``samples.jsonl`` (a resumed run scores it with the rest)."""
-
-    seq: int
-    index: int
-    segment: int | None
-    window: int | None
-    label: int
-    results: tuple[float, ...]
-    count: int = 1
-    warmup: int = 0
-    start_us: int | None = None
-    end_us: int | None = None
-    elapsed_us: int | None = None
-    latency_us: float | None = None
-    wall_s: float | None = None
-    energy_j: float | None = None
-    power_samples: tuple[float, ...] = ()
-    power_events: tuple[tuple[int, int], ...] = ()
-
-    @classmethod
-    def from_record(cls, record: dict[str, Any]) -> StoredSample:
-        """Rebuild from one samples.jsonl object."""
-        known = {f for f in cls.__dataclass_fields__ if f not in ("power_samples", "power_events")}
-        values = {k: v for k, v in record.items() if k in known}
-        values["results"] = tuple(record["results"])
-        return cls(**values)
-
-
-#: Keys written even when null, so every samples.jsonl line has the documented fields.
-_ALWAYS = {"segment", "window", "latency_us"}
