@@ -150,8 +150,16 @@ class LpmStream:
             async with asyncio.timeout(self.idle_s):
                 item = await self._queue.get()
         except TimeoutError:
+            # The monitor acknowledged its set-up before streaming: it is there and at the
+            # right baud, it has gone quiet.
             raise DeviceTimeout(
-                self._client.port, "stream", self.idle_s, 0, False, self._client.link.baud
+                self._client.port,
+                "stream",
+                self.idle_s,
+                0,
+                False,
+                self._client.link.baud,
+                answered_before=True,
             ) from None
         if item is _END:
             self._queue.put_nowait(_END)  # keep ending for any later call
@@ -412,6 +420,7 @@ class Lpm01aClient:
                 self._window_events,
                 False,
                 self.link.baud,
+                answered_before=True,
             ) from None
         return self.drain()
 
