@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -14,6 +15,7 @@ from farm.models import ModelSpec
 from farm.protocol import dut_firmware as fw
 from farm.sim.faults import FaultPlan
 from farm.sim.latency import ComputeRecord, LatencyModel
+from farm.sim.pacing import framing_noise
 from farm.sim.power import GpioLine, PowerModel, PowerRail
 from farm.sim.uart import Uart
 from farm.synthetic import simulated_output
@@ -23,9 +25,6 @@ log = logging.getLogger("farm.sim.dut")
 
 #: Ground-truth records a simulated DUT keeps (a full ad01 accuracy run is 48,608).
 RECORDS_KEPT = 100_000
-
-#: What a UART at the wrong baud makes of bytes: framing-error noise, never a '%'.
-_NOISE = bytes(b for b in range(256) if b != 0x25)
 
 
 @dataclass
@@ -95,6 +94,8 @@ class SimDut:
         )
         self._task: asyncio.Task[None] | None = None
         self._hung = False
+        # Its own stream, so a host at the wrong baud does not change which faults fire.
+        self._noise_rng = random.Random(self.faults.seed)
         self.ready = asyncio.Event()
         """Set once the boot banner is out and the firmware reads commands; cleared while
         it reboots."""
@@ -229,8 +230,7 @@ class SimDut:
         seen = host_baud() if host_baud is not None else None
         if seen is None or seen == self.uart.baud:
             return data
-        rng = self.faults.rng
-        return bytes(rng.choice(_NOISE) for _ in data)
+        return framing_noise(data, self._noise_rng)
 
     async def _compute(self, phase: str, count: int, lap_at: int | None, cursor: int) -> int:
         """Spend the modelled time of ``count`` inferences; return it in µs."""

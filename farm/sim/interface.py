@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections.abc import Mapping
 
 from farm.protocol.interface import (
@@ -42,7 +43,7 @@ from farm.protocol.interface import (
     effective_baud,
 )
 from farm.sim.faults import FaultPlan
-from farm.sim.pacing import PortClosedError
+from farm.sim.pacing import PortClosedError, framing_noise
 from farm.sim.uart import Uart
 from farm.sim.wire_pair import WireEnd
 
@@ -54,9 +55,6 @@ QUEUE_BYTES = 100
 DEFAULT_RESET_S = 0.5
 #: ``play`` without a file: 180 KB of 16-bit stereo at 16 kHz from internal flash.
 FLASH_WAV_S = 180_000 / (2 * 2 * 16_000)
-
-#: What a UART at the wrong baud makes of bytes: framing-error noise, never a '%'.
-_NOISE = bytes(b for b in range(256) if b != 0x25)
 
 
 class SimInterface:
@@ -86,6 +84,8 @@ class SimInterface:
             raise ValueError(f"reset time must be >= 0, got {reset_s}")
         self.board = board
         self.faults = faults if faults is not None else FaultPlan(board=f"{board}/interface")
+        # Its own stream, so a baud mismatch does not change which faults fire.
+        self._noise_rng = random.Random(self.faults.seed)
         self.stored_baud = stored_baud & 0xFFFFFFFF
         """The flash word holding the DUT baud; ``setbaud`` rewrites it, resets keep it."""
         self.sd_card = sd_card
@@ -309,5 +309,4 @@ class SimInterface:
         peer_baud = getattr(self._dut, "peer_baud", None)
         if peer_baud is None or peer_baud() == self._dut.baud:
             return data
-        rng = self.faults.rng
-        return bytes(rng.choice(_NOISE) for _ in data)
+        return framing_noise(data, self._noise_rng)

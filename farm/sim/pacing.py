@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import random
 from array import array
 from collections.abc import Awaitable, Callable
 
@@ -167,3 +168,13 @@ class RxBuffer:
         self.clear()
         self._closed = True
         self._arrived.set()
+
+
+#: What a UART at the wrong baud makes of bytes: framing-error noise, never a '%'.
+_NOISE = bytes(b for b in range(256) if b != 0x25)
+
+
+def framing_noise(data: bytes, rng: random.Random) -> bytes:
+    """``data`` as a receiver at another baud sees it: one noise byte per byte (so a
+    command's ``%`` terminator is never seen and nothing executes)."""
+    return bytes(rng.choice(_NOISE) for _ in data)
