@@ -273,3 +273,14 @@ async def test_no_sd_card_hangs_the_passthrough(rig: RigFactory) -> None:
         await r.dut_client().name()
     assert time.monotonic() - started <= info.value.timeout + 0.2
     assert info.value.received > 0  # the ack came, the DUT's reply never did
+
+
+async def test_dut_link_at_the_wrong_baud_carries_only_noise(rig: RigFactory) -> None:
+    """The board's DUT side at 115200 against a DUT at 9600: the DUT gets framing noise,
+    never a whole command, so nothing executes and the host times out instead of reading
+    a reply that a real UART could never have passed."""
+    r = await rig("energy", "kws01", dut_baud=9600, stored_baud=115200)
+    executed = r.dut.firmware.last_command
+    with pytest.raises(DeviceTimeout):
+        await r.client.passthrough("name", reply_bytes=40)
+    assert r.dut.firmware.last_command == executed
