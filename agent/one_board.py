@@ -198,7 +198,7 @@ async def run_one_board(
             progress=progress,
         )
         if on_start is not None:
-            on_start(folder, _total(request, inputs))
+            on_start(folder, expected_samples(request, inputs))
         folder.log(f"benchmark {bench.id}, mode {request.mode}, dataset {dataset.folder}")
         for deviation in bench.deviations:
             if deviation.startswith(f"{bench.id} {_mode(request)}"):
@@ -214,7 +214,7 @@ async def run_one_board(
     return folder
 
 
-def _total(request: RunRequest, inputs: list[InferenceInput]) -> int | None:
+def expected_samples(request: RunRequest, inputs: list[InferenceInput]) -> int | None:
     s = request.settings
     if request.mode == "latency":
         return s.limit if s.limit is not None else s.min_queries

@@ -12,13 +12,16 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypeVar
 
 from agent.dut_client import DutClient, InferResult
+from agent.errors import DeviceCommandError, DeviceTimeout
 from agent.lpm01a_client import Lpm01aClient, window_energy
+from agent.serial_link import SerialLinkError
 from farm.protocol import dut as dut_proto
+from farm.protocol.errors import RemoteProtocolError
 from farm.sample import Sample
 from farm.wire import wire_time
 
@@ -26,6 +29,21 @@ log = logging.getLogger("agent.runner")
 
 Mode = Literal["performance", "accuracy", "energy", "latency"]
 MODES: tuple[Mode, ...] = ("performance", "accuracy", "energy", "latency")
+
+#: Failures of a step that a recovery (resync, power cycle, reopening the port) can cure.
+RECOVERABLE: tuple[type[Exception], ...] = (
+    DeviceTimeout,
+    DeviceCommandError,
+    RemoteProtocolError,
+    SerialLinkError,
+)
+
+Recover = Callable[[Exception, int], Awaitable[DutClient]]
+"""Called after a step failed with a recoverable error (and its attempt number, from 1):
+brings the DUT back to a known state and returns the client to continue with (a new one if
+the port had to be reopened), or raises to fail the run."""
+
+T = TypeVar("T")
 
 
 class Input(Protocol):
@@ -59,6 +77,11 @@ class RunSettings:
     """Latency mode: inputs rotated through (one download each, then many queries)."""
     limit: int | None = None
     start_seq: int = 0
+    skip_seqs: frozenset[int] = frozenset()
+    """Accuracy: seqs already stored elsewhere (a controller resuming a run): not run."""
+    retries: int = 0
+    """Attempts at a failed step after recovery (needs a ``recover`` callback); not in
+    energy mode, whose windows span the monitor's state too."""
 
 
 @dataclass
@@ -108,6 +131,7 @@ class Runner:
         *,
         lpm: Lpm01aClient | None = None,
         progress: Progress | None = None,
+        recover: Recover | None = None,
     ) -> None:
         if mode == "energy" and lpm is None:
             raise ValueError("energy mode needs an energy monitor")
@@ -118,7 +142,11 @@ class Runner:
         self.settings = settings or RunSettings()
         self.lpm = lpm
         self.progress = progress
+        self.recover = recover
         self.info = RunInfo(warmup=script[1])
+        self.recoveries = 0
+        self._loaded: Input | None = None
+        """The input the DUT holds (forgotten after a recovery: a reset clears it)."""
 
     async def run(self) -> AsyncIterator[Sample]:
         """Yield every sample of the run, in order."""
@@ -138,29 +166,33 @@ class Runner:
     async def _accuracy(self) -> AsyncIterator[Sample]:
         inputs = self._limited(self.inputs)
         total = len(inputs)
+        skip = self.settings.skip_seqs
         for seq in range(self.settings.start_seq, total):
+            if seq in skip:
+                continue
             item = inputs[seq]
-            await self.dut.load(item.read())
-            result = await self.dut.infer(1, 0)
+            result = await self._attempt(lambda item=item: self._load_infer(item, 1, 0, True))
             yield self._sample(seq, item, None, result)
             self._report(seq + 1, total, 1, 0)
 
     async def _performance(self) -> AsyncIterator[Sample]:
         windows = self._limited(self.inputs[: self.settings.windows])
-        await self.dut.load(windows[0].read())
-        count = await self._calibrate()
+        count = await self._attempt(lambda: self._calibrate(windows[0]))
         loop_start = time.monotonic()
         for seq, item in enumerate(windows):
             started = time.monotonic()
-            await self.dut.load(item.read())
-            result = await self.dut.infer(count, self.info.warmup)
+            result = await self._attempt(
+                lambda item=item: self._load_infer(item, count, self.info.warmup, True)
+            )
             wall = time.monotonic() - started
             yield self._sample(seq, item, seq, result, wall_s=wall)
             self._report(seq + 1, len(windows), count, self.info.warmup)
         self.info.loop_wall_s = time.monotonic() - loop_start
 
-    async def _calibrate(self) -> int:
+    async def _calibrate(self, item: Input) -> int:
         """Grow a test window until it lasts ``calibration_s``; size N from its throughput."""
+        await self._load(item, True)
+        self.info.calibration.clear()  # a retried calibration starts over
         n = 1
         while True:
             result = await self.dut.infer(n, 0)
@@ -245,10 +277,11 @@ class Runner:
         seq = 0
         while True:
             for item in rotation:
-                await self.dut.load(item.read())
                 for _ in range(per_input):
                     self.info.last_issue_s = time.monotonic() - started
-                    result = await self.dut.infer(1, 0)
+                    result = await self._attempt(
+                        lambda item=item: self._load_infer(item, 1, 0, False)
+                    )
                     yield self._sample(seq, item, None, result, correct_lap=True)
                     seq += 1
                     self._report(seq, target or expected_total, 1, 0, download=False)
@@ -258,6 +291,38 @@ class Runner:
                         return
 
     # -- helpers ---------------------------------------------------------------------------
+
+    async def _load(self, item: Input, always: bool) -> None:
+        """Download ``item`` (unless ``always`` is false and the DUT already holds it)."""
+        if always or self._loaded is not item:
+            self._loaded = None
+            await self.dut.load(item.read())
+            self._loaded = item
+
+    async def _load_infer(self, item: Input, count: int, warmup: int, always: bool) -> InferResult:
+        await self._load(item, always)
+        return await self.dut.infer(count, warmup)
+
+    async def _attempt(self, step: Callable[[], Awaitable[T]]) -> T:
+        """Run a step; after a recoverable failure let ``recover`` bring the DUT back and try
+        again, at most ``settings.retries`` times."""
+        failures = 0
+        while True:
+            try:
+                return await step()
+            except RECOVERABLE as exc:
+                failures += 1
+                if self.recover is None or failures > self.settings.retries:
+                    raise
+                log.warning(
+                    "event=step_failed attempt=%d error=%s detail=%r",
+                    failures,
+                    type(exc).__name__,
+                    str(exc),
+                )
+                self._loaded = None
+                self.recoveries += 1
+                self.dut = await self.recover(exc, failures)
 
     def _limited(self, inputs: Sequence[Input]) -> Sequence[Input]:
         limit = self.settings.limit

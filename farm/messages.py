@@ -1,0 +1,474 @@
+"""The MQTT contract between agents and the controller: topics and message schemas.
+
+Every message is JSON with ``"schema": "farm/v1"`` and is validated on receipt with these
+pydantic models; a message that does not validate is dropped and counted by the receiver,
+never acted on. Everything an agent publishes lives under ``farm/v1/agent/{agent}/``, so a
+broker ACL "user X may write ``farm/v1/agent/X/#`` and read ``farm/v1/cmd/X``" confines it.
+
+Topics (QoS 1 unless said otherwise):
+
+=============================================================  ==========================
+``farm/v1/agent/{agent}/status``                               retained; last will: offline
+``farm/v1/agent/{agent}/heartbeat``                            QoS 0, every ``heartbeat_s``
+``farm/v1/agent/{agent}/events``                               command acks and rejections
+``farm/v1/agent/{agent}/board/{board}/status``                 retained
+``farm/v1/agent/{agent}/board/{board}/run/{run}/samples``      batches of samples
+``farm/v1/agent/{agent}/board/{board}/run/{run}/events``       accepted ... done
+``farm/v1/cmd/{agent}``                                        controller -> agent
+=============================================================  ==========================
+
+The agent-level ``events`` topic is an addition to the design's topic table: a command that
+cannot be tied to a board or a run (malformed JSON, an unknown board) still needs an answer
+that a controller and an operator can see.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+SCHEMA = "farm/v1"
+PREFIX = "farm/v1"
+PROTOCOL_VERSION = 1
+"""Bumped when a message changes incompatibly; the controller refuses other versions."""
+MAX_COMMAND_BYTES = 64 * 1024
+"""A command payload larger than this is rejected unread (no command needs more)."""
+
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
+"""Agent, board, run and command ids: safe as MQTT topic levels and as file names."""
+Id = Annotated[str, Field(pattern=ID_PATTERN)]
+
+Mode = Literal["performance", "accuracy", "energy", "latency"]
+Build = Literal["performance", "energy"]
+BoardState = Literal["idle", "busy", "flashing", "offline"]
+Health = Literal["good", "unknown", "bad"]
+
+
+# -- topics -----------------------------------------------------------------------------------
+
+
+def agent_status_topic(agent: str) -> str:
+    """Retained agent status (its last will says ``offline``)."""
+    return f"{PREFIX}/agent/{agent}/status"
+
+
+def heartbeat_topic(agent: str) -> str:
+    """Periodic liveness beats (QoS 0)."""
+    return f"{PREFIX}/agent/{agent}/heartbeat"
+
+
+def agent_events_topic(agent: str) -> str:
+    """Command acknowledgements and rejections."""
+    return f"{PREFIX}/agent/{agent}/events"
+
+
+def board_status_topic(agent: str, board: str) -> str:
+    """Retained per-board status."""
+    return f"{PREFIX}/agent/{agent}/board/{board}/status"
+
+
+def samples_topic(agent: str, board: str, run: str) -> str:
+    """Batches of one run's samples."""
+    return f"{PREFIX}/agent/{agent}/board/{board}/run/{run}/samples"
+
+
+def run_events_topic(agent: str, board: str, run: str) -> str:
+    """One run's events."""
+    return f"{PREFIX}/agent/{agent}/board/{board}/run/{run}/events"
+
+
+def command_topic(agent: str) -> str:
+    """Where the controller sends an agent its commands."""
+    return f"{PREFIX}/cmd/{agent}"
+
+
+@dataclass(frozen=True, slots=True)
+class Topic:
+    """What an agent topic names."""
+
+    kind: Literal["status", "heartbeat", "events", "board_status", "samples", "run_events"]
+    agent: str
+    board: str | None = None
+    run: str | None = None
+
+
+def parse_topic(topic: str) -> Topic | None:
+    """The meaning of an agent topic, or ``None`` for anything else (counted as rejected)."""
+    parts = topic.split("/")
+    if len(parts) < 4 or parts[:3] != ["farm", "v1", "agent"]:
+        return None
+    agent, rest = parts[3], parts[4:]
+    if rest in (["status"], ["heartbeat"], ["events"]):
+        kind = rest[0]
+        return Topic(kind, agent)  # type: ignore[arg-type]
+    if len(rest) == 3 and rest[0] == "board" and rest[2] == "status":
+        return Topic("board_status", agent, rest[1])
+    if len(rest) == 5 and rest[0] == "board" and rest[2] == "run":
+        if rest[4] == "samples":
+            return Topic("samples", agent, rest[1], rest[3])
+        if rest[4] == "events":
+            return Topic("run_events", agent, rest[1], rest[3])
+    return None
+
+
+# -- base -------------------------------------------------------------------------------------
+
+
+class Message(BaseModel):
+    """Every message: versioned, strict (an unknown field is an error, not silently lost)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_: Literal["farm/v1"] = Field(SCHEMA, alias="schema")
+
+    def dumps(self) -> bytes:
+        """The JSON payload."""
+        return self.model_dump_json(by_alias=True, exclude_none=True).encode()
+
+
+def now() -> float:
+    """Unix time, the timestamp of every message."""
+    return time.time()
+
+
+# -- commands (controller -> agent) -----------------------------------------------------------
+
+
+class RunOptions(BaseModel):
+    """How a run is sized: the official rules by default; tests and ``--quick`` shorten them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    limit: int | None = Field(None, ge=1)
+    alt: bool = False
+    windows: int = Field(5, ge=1, le=100)
+    min_window_s: float = Field(10.0, ge=0)
+    max_window_s: float = Field(30.0, gt=0)
+    calibration_s: float = Field(0.5, gt=0)
+    min_queries: int = Field(1024, ge=1)
+    min_duration_s: float = Field(60.0, ge=0)
+    latency_inputs: int = Field(5, ge=1)
+    retries: int = Field(2, ge=0, le=10)
+    """Attempts at a failed step (after recovery) before the run fails."""
+
+
+class _Command(Message):
+    id: Id
+
+
+class RunCommand(_Command):
+    """Run one benchmark mode on one board."""
+
+    type: Literal["run"]
+    board: Id
+    run: Id
+    benchmark: str
+    mode: Mode
+    dataset: str | None = None
+    """Folder under the agent's dataset root; default: the benchmark's dataset id."""
+    options: RunOptions = RunOptions()
+    stored: list[tuple[int, int]] = []
+    """Half-open seq ranges the controller already holds: an accuracy run resumes by
+    running only the others."""
+
+
+class CancelCommand(_Command):
+    """Stop a queued or running run."""
+
+    type: Literal["cancel"]
+    run: Id
+
+
+class FlashCommand(_Command):
+    """Flash the firmware image configured for ``model`` and ``build``."""
+
+    type: Literal["flash"]
+    board: Id
+    model: str
+    build: Build = "performance"
+
+
+class PowerCycleCommand(_Command):
+    """Power-cycle the board with its configured method."""
+
+    type: Literal["power-cycle"]
+    board: Id
+
+
+class HealthCheckCommand(_Command):
+    """Check the board (``name``, ``profile``) and set its health."""
+
+    type: Literal["health-check"]
+    board: Id
+
+
+class RefuseCommand(_Command):
+    """The controller does not accept this agent (e.g. an incompatible protocol version)."""
+
+    type: Literal["refuse"]
+    reason: str
+
+
+Command = Annotated[
+    RunCommand
+    | CancelCommand
+    | FlashCommand
+    | PowerCycleCommand
+    | HealthCheckCommand
+    | RefuseCommand,
+    Field(discriminator="type"),
+]
+COMMANDS: TypeAdapter[Command] = TypeAdapter(Command)
+COMMAND_TYPES = ("run", "cancel", "flash", "power-cycle", "health-check", "refuse")
+
+
+# -- agent -> all -----------------------------------------------------------------------------
+
+
+class AgentStatus(Message):
+    """Retained; also the last will (state ``offline``)."""
+
+    agent: Id
+    state: Literal["online", "offline", "refused"]
+    protocol: int = PROTOCOL_VERSION
+    software: str | None = None
+    boards: list[str] = []
+    started: float | None = None
+    uptime_s: float | None = None
+    reason: str | None = None
+    time: float = Field(default_factory=now)
+
+
+class Heartbeat(Message):
+    """Liveness, with the numbers an operator watches."""
+
+    agent: Id
+    uptime_s: float
+    backlog: int
+    """Messages journalled and not yet acknowledged by the broker."""
+    counters: dict[str, int] = {}
+    time: float = Field(default_factory=now)
+
+
+class BoardStatus(Message):
+    """Retained per-board status: state (what it is doing) kept apart from health."""
+
+    agent: Id
+    board: Id
+    state: BoardState
+    health: Health
+    health_reason: str | None = None
+    model: str | None = None
+    build: str | None = None
+    """The firmware profile: ``performance`` or ``energy``."""
+    run: str | None = None
+    last_error: str | None = None
+    energy: bool = False
+    """Wired for energy mode (interface board and monitor)."""
+    images: dict[str, list[str]] = {}
+    """Firmware images the agent can flash: model -> builds."""
+    tags: dict[str, str] = {}
+    system: dict[str, Any] = {}
+    time: float = Field(default_factory=now)
+
+
+class CommandAck(Message):
+    """The answer to every command received, on the agent-level events topic."""
+
+    agent: Id
+    command: str | None
+    """The command id (``None`` when the payload had none that could be read)."""
+    type: str | None = None
+    outcome: Literal["accepted", "rejected", "duplicate", "done", "failed"]
+    reason: str | None = None
+    board: str | None = None
+    run: str | None = None
+    detail: dict[str, Any] = {}
+    time: float = Field(default_factory=now)
+
+
+# -- runs -------------------------------------------------------------------------------------
+
+
+class SampleRecord(BaseModel):
+    """One sample as published (``farm.sample.Sample.to_record`` plus, in energy mode, the
+    window's power trace)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    seq: int = Field(ge=0)
+    index: int = Field(ge=0)
+    segment: int | None = None
+    window: int | None = None
+    label: int
+    results: list[float]
+    count: int = 1
+    warmup: int = 0
+    start_us: int | None = None
+    end_us: int | None = None
+    elapsed_us: int | None = None
+    latency_us: float | None = None
+    wrapped: bool = False
+    wall_s: float | None = None
+    energy_j: float | None = None
+    energy_window_s: float | None = None
+    subset: bool | None = None
+    power_samples: list[float] | None = None
+    power_events: list[tuple[int, int]] | None = None
+
+
+class SampleBatch(Message):
+    """A few samples of one run, published together (at most ``BATCH_DELAY_S`` late)."""
+
+    agent: Id
+    board: Id
+    run: Id
+    samples: list[SampleRecord] = Field(min_length=1)
+
+
+class RunInfoRecord(BaseModel):
+    """What the runner decided and observed (``agent.runner.RunInfo``), for scoring."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    count: int | None = None
+    warmup: int = 0
+    calibration: list[tuple[int, int]] = []
+    loop_wall_s: float = 0.0
+    last_issue_s: float = 0.0
+
+
+class _RunEvent(Message):
+    agent: Id
+    board: Id
+    run: Id
+    time: float = Field(default_factory=now)
+
+
+class Accepted(_RunEvent):
+    """The run is queued on the board (``position`` runs ahead of it)."""
+
+    event: Literal["accepted"]
+    command: str
+    position: int = 0
+
+
+class Started(_RunEvent):
+    """The health check passed and the first input is on its way."""
+
+    event: Literal["started"]
+    model: str
+    build: str
+    total: int | None
+    eta_s: float | None = None
+    dataset: str
+
+
+class ProgressEvent(_RunEvent):
+    """Samples produced so far and the wire-model ETA."""
+
+    event: Literal["progress"]
+    done: int
+    total: int | None
+    eta_s: float | None = None
+
+
+class LogEvent(_RunEvent):
+    """Something an operator should see in the run's log (a flash, a recovery)."""
+
+    event: Literal["log"]
+    level: Literal["info", "warning", "error"] = "info"
+    message: str
+
+
+class Failed(_RunEvent):
+    """The run ended without its result. ``kind``: ``input`` (bad request, missing dataset,
+    wrong firmware that cannot be flashed), ``device`` (the board failed) or
+    ``infrastructure`` (port gone, monitor failed)."""
+
+    event: Literal["error"]
+    kind: Literal["input", "device", "infrastructure"]
+    reason: str
+    count: int = 0
+    last_seq: int | None = None
+
+
+class Done(_RunEvent):
+    """The run finished: ``count`` samples sent in this execution with seqs ``first_seq`` to
+    ``last_seq``, and the digest of exactly those samples (see :func:`sample_digest`)."""
+
+    event: Literal["done"]
+    count: int
+    digest: str
+    first_seq: int | None = None
+    last_seq: int | None = None
+    skipped: int = 0
+    """Samples not run because the controller already held them (``stored``)."""
+    info: RunInfoRecord = RunInfoRecord()
+
+
+class Cancelled(_RunEvent):
+    """The run was cancelled; the board is idle again."""
+
+    event: Literal["cancelled"]
+    count: int = 0
+    last_seq: int | None = None
+
+
+class Interrupted(_RunEvent):
+    """The agent restarted during the run: everything up to ``last_seq`` was journalled and
+    will be (or was) published; the controller can resume from there."""
+
+    event: Literal["interrupted"]
+    last_seq: int | None
+    reason: str
+
+
+RunEvent = Annotated[
+    Accepted | Started | ProgressEvent | LogEvent | Failed | Done | Cancelled | Interrupted,
+    Field(discriminator="event"),
+]
+RUN_EVENTS: TypeAdapter[RunEvent] = TypeAdapter(RunEvent)
+
+
+# -- sample digest ----------------------------------------------------------------------------
+
+#: Fields the digest leaves out: the energy traces are bulky and not part of the identity.
+DIGEST_EXCLUDES = frozenset({"power_samples", "power_events", "subset"})
+
+
+def canonical(record: Mapping[str, Any]) -> bytes:
+    """One record's canonical bytes: sorted keys, no whitespace, nulls dropped."""
+    kept = {k: v for k, v in record.items() if k not in DIGEST_EXCLUDES and v is not None}
+    return json.dumps(kept, sort_keys=True, separators=(",", ":")).encode()
+
+
+class SampleDigest:
+    """SHA-256 over the canonical records in seq order; the agent updates it as samples are
+    produced, the controller recomputes it from what it stored."""
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+
+    def update(self, record: Mapping[str, Any]) -> None:
+        """Add the next record (callers feed them in seq order)."""
+        self._hash.update(canonical(record))
+        self._hash.update(b"\n")
+
+    def hexdigest(self) -> str:
+        """The digest so far."""
+        return self._hash.hexdigest()
+
+
+def sample_digest(records: Iterable[Mapping[str, Any]]) -> str:
+    """The digest of a set of records, whatever order they are given in."""
+    digest = SampleDigest()
+    for record in sorted(records, key=lambda r: r["seq"]):
+        digest.update(record)
+    return digest.hexdigest()
