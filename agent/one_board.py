@@ -73,9 +73,11 @@ async def _close(links: list[SerialLink], lpm: Lpm01aClient | None) -> None:
         await link.close()
 
 
-def prepare(request: RunRequest) -> tuple[Benchmark, Dataset, list[InferenceInput]]:
-    """Check the benchmark, the mode and the dataset, and list the run's inputs; nothing is
-    opened yet."""
+def prepare(
+    request: RunRequest, *, ports: bool = True
+) -> tuple[Benchmark, Dataset, list[InferenceInput]]:
+    """Check the benchmark, the mode and the dataset (and with ``ports`` that the request
+    names the ports the mode needs), and list the run's inputs; nothing is opened yet."""
     try:
         bench = get_benchmark(request.benchmark)
     except BenchmarkError as exc:
@@ -84,11 +86,11 @@ def prepare(request: RunRequest) -> tuple[Benchmark, Dataset, list[InferenceInpu
         raise RunInputError(
             f"unknown mode {request.mode!r} (known: performance, accuracy, energy, latency)"
         )
-    if request.mode == "energy" and not (request.interface and request.monitor):
+    if ports and request.mode == "energy" and not (request.interface and request.monitor):
         raise RunInputError("energy mode needs --interface PORT and --monitor PORT")
     if request.resume is not None and request.mode != "accuracy":
         raise RunInputError("only accuracy runs can be resumed (the others are timed windows)")
-    if request.mode != "energy" and not request.port:
+    if ports and request.mode != "energy" and not request.port:
         raise RunInputError(f"{request.mode} mode needs --port PATH (the DUT's serial port)")
     try:
         dataset = load_dataset(request.dataset, bench, alt=request.alt)

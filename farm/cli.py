@@ -10,9 +10,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import re
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -20,11 +24,17 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from farm.agent_cli import agent_app
+from farm.catalog import get_dataset_spec
 from farm.dataset_cli import dataset_app
+from farm.datasets import INDEX, official_index
 from farm.logs import LogFormat, setup_logging
+from farm.models import MODELS
 from farm.sim.config import ConfigError, SimConfig, generated_config, load_config
+from farm.simctl_cli import simctl_app
 
 if TYPE_CHECKING:  # the agent is imported only inside the commands that need it
+    from agent.config import AgentConfig
     from agent.one_board import RunRequest
     from farm.run_output import RunFolder
 
@@ -34,6 +44,8 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(dataset_app, name="dataset")
+app.add_typer(agent_app, name="agent")
+app.add_typer(simctl_app, name="simctl")
 console = Console()
 err = Console(stderr=True)
 log = logging.getLogger("farm.cli")
@@ -79,17 +91,29 @@ def sim(
     check: Annotated[
         bool, typer.Option(help="Run a short scripted exchange with each board, print it, exit")
     ] = False,
+    agent_id: Annotated[str, typer.Option(help="Agent id in the OUT/agent.yaml written")] = "sim",
+    broker: Annotated[
+        str, typer.Option(envvar="FARM_MQTT_URL", help="MQTT broker url in OUT/agent.yaml")
+    ] = "mqtt://127.0.0.1:1883",
+    dataset_limit: Annotated[
+        int | None,
+        typer.Option(min=1, help="Synthesize only the first N rows of each dataset (tests)"),
+    ] = None,
 ) -> None:
     """Start simulated boards on pseudo-terminals and write OUT/boards.json.
 
-    Runs until interrupted (Ctrl-C), then removes its ptys and symlinks.
+    Also writes what an agent needs to serve them: OUT/agent.yaml (run `farm agent --config
+    OUT/agent.yaml`) and the stand-in datasets in OUT/datasets (kept across runs; only a
+    missing or incomplete one is written). Runs until interrupted (Ctrl-C), then removes its
+    ptys, symlinks, boards.json and agent.yaml.
     """
     try:
         cfg = _sim_config(config, boards, models, energy, seed)
     except ConfigError as exc:
         raise _fail(str(exc)) from None
+    setup = None if check else _agent_setup(agent_id, broker, dataset_limit)
     try:
-        status = asyncio.run(_run_sim(cfg, out, transcripts, check))
+        status = asyncio.run(_run_sim(cfg, out, transcripts, check, setup))
     except (KeyboardInterrupt, asyncio.CancelledError):
         status = 0
     raise typer.Exit(status)
@@ -108,7 +132,36 @@ def _sim_config(
     return generated_config(count, listed, energy, seed)
 
 
-async def _run_sim(cfg: SimConfig, out: Path, transcripts: bool, check: bool) -> int:
+@dataclass(frozen=True, slots=True)
+class _AgentSetup:
+    """What `farm sim` writes for an agent besides boards.json."""
+
+    agent_id: str
+    broker: str
+    dataset_limit: int | None
+
+
+def _agent_setup(agent_id: str, broker: str, dataset_limit: int | None) -> _AgentSetup:
+    """Check the agent options before any board starts."""
+    from pydantic import ValidationError
+
+    from agent.config import ID_PATTERN, BrokerConfig  # pydantic only: no agent extra needed
+
+    if not re.fullmatch(ID_PATTERN, agent_id):
+        raise _fail(
+            f"--agent-id {agent_id!r}: letters, digits, '_', '.', '-' (an MQTT topic level)"
+        )
+    try:
+        BrokerConfig(url=broker)
+    except ValidationError as exc:
+        reasons = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+        raise _fail(f"--broker: {reasons}") from None
+    return _AgentSetup(agent_id, broker, dataset_limit)
+
+
+async def _run_sim(
+    cfg: SimConfig, out: Path, transcripts: bool, check: bool, setup: _AgentSetup | None
+) -> int:
     from farm.sim.server import SimFarm  # keeps `farm --help` light
 
     # SIGTERM (systemd, CI, kill) must clean up like Ctrl-C: cancel, so `async with` exits.
@@ -116,14 +169,150 @@ async def _run_sim(cfg: SimConfig, out: Path, transcripts: bool, check: bool) ->
     assert task is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     sim_farm = SimFarm(cfg, out, transcripts=transcripts)
+    if setup is not None:
+        # Before the boards start: synthesis is CPU-bound and would stall their serial
+        # timing; every board can be flashed with every model, so each needs its dataset.
+        try:
+            _write_datasets(sim_farm.out / "datasets", MODELS, setup.dataset_limit)
+        except OSError as exc:
+            err.print(f"[bold red]error:[/] cannot write the datasets: {exc}", highlight=False)
+            return 2
     async with sim_farm:
         document = json.loads(sim_farm.boards_json.read_text())
         _print_boards(document["boards"], sim_farm.boards_json)
         if check:
             return await _check_boards(document["boards"])
+        agent_yaml = sim_farm.out / "agent.yaml"
+        if setup is not None:
+            _write_agent_yaml(agent_yaml, _sim_agent_config(document, cfg, sim_farm.out, setup))
+            console.print(f"agent config: {agent_yaml}", highlight=False, soft_wrap=True)
+            console.print(
+                f"serve these boards with: farm agent --config {agent_yaml}",
+                highlight=False,
+                soft_wrap=True,
+            )
         err.print("simulated boards running; Ctrl-C to stop", highlight=False)
-        await asyncio.Event().wait()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            # Like boards.json, it describes running boards (their control socket).
+            agent_yaml.unlink(missing_ok=True)
     return 0
+
+
+def _write_datasets(root: Path, models: Iterable[str], limit: int | None) -> None:
+    """Synthesize the datasets of ``models`` under ``root``, except those an earlier run
+    already wrote completely (their index is written last, so its presence means every
+    file is there)."""
+    from farm.dataset_synth import synthesize
+
+    wanted = sorted({get_dataset_spec(m).id for m in models})
+    missing = [d for d in wanted if not _dataset_complete(root, d, limit)]
+    if not missing:
+        log.info("event=datasets_present root=%s datasets=%s", root, ",".join(wanted))
+        return
+    err.print(
+        f"writing the {', '.join(missing)} dataset(s) to {root}"
+        + (f" (first {limit} rows)" if limit else ""),
+        highlight=False,
+        soft_wrap=True,
+    )
+    started = time.perf_counter()
+    results = synthesize(root, missing, limit=limit)
+    log.info(
+        "event=datasets_written root=%s datasets=%s files=%d bytes=%d seconds=%.2f",
+        root,
+        ",".join(missing),
+        sum(r.files for r in results),
+        sum(r.bytes for r in results),
+        time.perf_counter() - started,
+    )
+
+
+def _dataset_complete(root: Path, dataset: str, limit: int | None) -> bool:
+    """Whether ``root/dataset`` holds the full official set, or at least the first
+    ``limit`` rows when a subset is asked for."""
+    try:
+        present = (root / dataset / INDEX).read_text()
+    except OSError:
+        return False
+    full = official_index(dataset)
+    if present == full:
+        return True
+    return limit is not None and present == "".join(full.splitlines(keepends=True)[:limit])
+
+
+def _sim_agent_config(document: dict, cfg: SimConfig, out: Path, setup: _AgentSetup) -> AgentConfig:
+    """An agent config serving every board of a running ``farm sim``: devices matched by
+    the serial numbers of boards.json, flashing and power cycles through its control
+    socket."""
+    from agent.config import (
+        AgentConfig,
+        BaudConfig,
+        BrokerConfig,
+        DeviceConfig,
+        FirmwareConfig,
+        Match,
+        MonitorConfig,
+        PowerCycleConfig,
+        SystemDescription,
+    )
+    from agent.config import BoardConfig as AgentBoard
+    from farm.sim.control import flash_command, power_cycle_command
+    from farm.sim.firmware import image_path
+
+    control = Path(document["control"])
+    configured = {b.id: b for b in cfg.boards}
+    boards = []
+    for entry in document["boards"]:
+        wired = entry["interface"] is not None and entry["monitor"] is not None
+        builds = ("performance", "energy") if wired else ("performance",)
+        board = AgentBoard(
+            id=entry["id"],
+            dut=DeviceConfig(match=Match(serial=entry["dut"]["usb"]["serial"])),
+            interface=DeviceConfig(match=Match(serial=entry["interface"]["usb"]["serial"]))
+            if wired
+            else None,
+            monitor=MonitorConfig(match=Match(serial=entry["monitor"]["usb"]["serial"]))
+            if wired
+            else None,
+            firmware=FirmwareConfig(
+                images={m: {b: image_path(out, m, b) for b in builds} for m in MODELS},
+                flash=flash_command(control),
+            ),
+            power_cycle=PowerCycleConfig(method="monitor")
+            if wired
+            else PowerCycleConfig(method="command", command=power_cycle_command(control)),
+            tags={"sim": "true", "model": entry["model"]},
+            system=SystemDescription(
+                status="rdi", board_name=f"tinyfarm simulated board ({entry['model']})"
+            ),
+        )
+        baud = configured[entry["id"]].baud
+        if baud is not None:
+            # The configured model's performance build runs at it (a config's `baud`).
+            board.baud = BaudConfig(performance=baud)
+        boards.append(board)
+    return AgentConfig(
+        agent=setup.agent_id,
+        broker=BrokerConfig(url=setup.broker),
+        datasets=out / "datasets",
+        journal=out / "agent-journal.sqlite",
+        sim_boards=[out / "boards.json"],
+        boards=boards,
+    )
+
+
+def _write_agent_yaml(path: Path, config: AgentConfig) -> None:
+    from agent.config import dump_agent_config
+
+    header = (
+        "Written by `farm sim` for the simulated boards it serves; removed when it stops.\n"
+        f"Serve them with: farm agent --config {path}"
+    )
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(dump_agent_config(config, header))
+    os.replace(tmp, path)  # whoever waits for the file never reads half of it
 
 
 def _print_boards(boards: list[dict], path: Path) -> None:

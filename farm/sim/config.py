@@ -10,12 +10,12 @@ import hashlib
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from farm.models import ENERGY_BAUD, MODELS
 from farm.protocol import interface, lpm01a
 from farm.sim.faults import FaultSpec
+from farm.yaml_config import ConfigError, load_yaml_model
 
 #: Default median inference time per model: a fast Cortex-M7-class board, so that simulated
 #: runs take seconds (the reference L4R5ZI is 10-70x slower; set ``latency`` to mimic it).
@@ -137,10 +137,6 @@ class SimConfig(_Strict):
         return self
 
 
-class ConfigError(ValueError):
-    """A config file that cannot be used; the message names file, line and field."""
-
-
 def generated_config(
     count: int | None, models: list[str] | None, energy: int, seed: int
 ) -> SimConfig:
@@ -171,46 +167,4 @@ def generated_config(
 
 def load_config(path: str | Path) -> SimConfig:
     """Read and validate a YAML config; raise :class:`ConfigError` naming file and line."""
-    path = Path(path)
-    try:
-        source = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    try:
-        node = yaml.compose(source)
-        data = yaml.safe_load(source)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise ConfigError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
-    try:
-        return SimConfig.model_validate(data)
-    except ValidationError as exc:
-        messages = []
-        for err in exc.errors():
-            loc = err["loc"]
-            line = _line_of(node, loc)
-            field = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
-            where = f"{path}:{line}" if line else str(path)
-            messages.append(f"{where}: {field or '(top level)'}: {err['msg']}")
-        raise ConfigError("\n".join(messages)) from None
-
-
-def _line_of(node: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
-    """1-based line of the YAML node at ``loc`` (the deepest one that exists)."""
-    line = node.start_mark.line + 1 if node is not None else None
-    for part in loc:
-        if isinstance(node, yaml.MappingNode):
-            match = next((v for k, v in node.value if k.value == part), None)
-            if match is None:
-                key = next((k for k, _ in node.value if k.value == part), None)
-                return key.start_mark.line + 1 if key is not None else line
-            node = match
-        elif (
-            isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value)
-        ):
-            node = node.value[part]
-        else:
-            break
-        line = node.start_mark.line + 1
-    return line
+    return load_yaml_model(path, SimConfig)

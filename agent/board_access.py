@@ -1,0 +1,267 @@
+"""Reaching one board's devices: finding its ports (again after every USB re-enumeration),
+asking the DUT what it runs, power-cycling it and flashing it.
+
+Every port is found through the board's match (USB serial number by default) each time it is
+needed, never cached: a flash or a power cycle makes the USB device disappear and come back,
+possibly under another ``/dev/ttyACMn``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.config import BoardConfig, render_command
+from agent.discovery import MatchError, ResolvedBoard, list_ports, resolve_board
+from agent.dut_client import DirectChannel, DutClient
+from agent.interface_client import InterfaceClient
+from agent.lpm01a_client import Lpm01aClient
+from agent.serial_link import SerialLink
+from farm.models import ENERGY_BAUD, MODELS
+from farm.protocol.interface import HOST_BAUD as INTERFACE_BAUD
+from farm.protocol.lpm01a import HOST_BAUD as MONITOR_BAUD
+
+log = logging.getLogger("agent.board_access")
+
+#: An ST-LINK re-enumerates in 1-3 s after a reset or a flash; allow a slow USB hub too.
+REENUMERATION_S = 10.0
+#: How long a health check's resync waits for an idle DUT: nothing is outstanding, so a DUT
+#: that is not answering by then is not healthy.
+IDLE_BUSY_LIMIT_S = 2.0
+#: Supply for the DUT when the monitor powers it outside a run (the reference 1.8 V).
+DEFAULT_SUPPLY_V = 1.8
+#: How long a power-cycle command may take.
+POWER_COMMAND_TIMEOUT_S = 60.0
+
+
+class BoardUnavailable(Exception):
+    """The board's ports cannot be found, or it cannot do what was asked (no flash
+    command, no image, no power-cycle method)."""
+
+
+class CommandFailed(Exception):
+    """A flash or power-cycle command failed; the message carries the tool's last lines."""
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """What the DUT says it runs."""
+
+    model: str
+    build: str
+    """``performance`` (answers ``timestamp`` with a lap) or ``energy`` (pin pulse only)."""
+    vendor: str
+    baud: int | None
+    """The direct link's baud that worked (``None`` through the interface board)."""
+
+
+class BoardAccess:
+    """One board's devices, as the agent config describes them."""
+
+    def __init__(self, cfg: BoardConfig, sim_boards: list[Path]) -> None:
+        self.cfg = cfg
+        self.sim_boards = sim_boards
+        self.last_baud: int | None = None
+
+    # -- ports ----------------------------------------------------------------------------------
+
+    async def resolve(self) -> ResolvedBoard:
+        """The board's device paths now (``MatchError`` if a device is missing)."""
+        # Enumerating reads sysfs and udev links: off the event loop.
+        return await asyncio.to_thread(self._resolve)
+
+    def _resolve(self) -> ResolvedBoard:
+        resolved = resolve_board(self.cfg, list_ports(self.sim_boards))
+        missing = [p for p in _local_paths(resolved) if not Path(p).exists()]
+        if missing:
+            raise MatchError(f"board {self.cfg.id}: {', '.join(missing)} does not exist (yet)")
+        return resolved
+
+    async def wait_for_ports(self, timeout_s: float = REENUMERATION_S) -> ResolvedBoard:
+        """Resolve, retrying while the devices re-enumerate."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + timeout_s
+        while True:
+            try:
+                return await self.resolve()
+            except MatchError as exc:
+                problem = str(exc)
+            if loop.time() >= give_up:
+                raise BoardUnavailable(
+                    f"board {self.cfg.id}: devices not back after {timeout_s:.0f} s: {problem}"
+                )
+            await asyncio.sleep(0.2)
+
+    @property
+    def supply_mv(self) -> int:
+        """The DUT supply the monitor sets outside a benchmark's own voltage."""
+        return round((self.cfg.supply_voltage or DEFAULT_SUPPLY_V) * 1000)
+
+    # -- identity -------------------------------------------------------------------------------
+
+    async def identify(self, prefer: str | None = None) -> Identity:
+        """Ask the DUT its name, model and build: directly for the performance build, through
+        the interface board (powered by the monitor) for the energy build. ``prefer`` is the
+        build it ran last, tried first."""
+        ports = await self.wait_for_ports()
+        builds = ["performance"]
+        if self.cfg.energy_capable:
+            builds = ["energy", "performance"] if prefer != "performance" else [*builds, "energy"]
+        problems: list[str] = []
+        for build in builds:
+            try:
+                if build == "energy":
+                    return await self._identify_energy(ports)
+                return await self._identify_direct(ports)
+            except Exception as exc:  # every way in failed: report them all
+                problems.append(f"{build} build: {type(exc).__name__}: {exc}")
+        raise BoardUnavailable(
+            f"board {self.cfg.id}: the DUT did not answer: {'; '.join(problems)}"
+        )
+
+    def _bauds(self) -> list[int]:
+        candidates = [self.cfg.baud.performance, self.last_baud]
+        candidates += sorted({m.default_baud for m in MODELS.values()})
+        return list(dict.fromkeys(b for b in candidates if b))
+
+    async def _identify_direct(self, ports: ResolvedBoard) -> Identity:
+        if self.cfg.energy_capable:
+            await self.power_on(ports)
+        problems: list[str] = []
+        for baud in self._bauds():
+            link = await SerialLink.open(ports.dut, baud)
+            try:
+                dut = DutClient(DirectChannel(link, busy_limit_s=IDLE_BUSY_LIMIT_S))
+                await dut.resync()
+                identity = await _ask(dut, baud)
+                self.last_baud = baud
+                return identity
+            except Exception as exc:  # the next baud may be the right one
+                problems.append(f"{baud} baud: {exc}")
+            finally:
+                await link.close()
+        raise BoardUnavailable("; ".join(problems))
+
+    async def _identify_energy(self, ports: ResolvedBoard) -> Identity:
+        assert ports.interface is not None and ports.monitor is not None
+        async with await Lpm01aClient.open(ports.monitor, baud=MONITOR_BAUD) as lpm:
+            await lpm.setup(self.supply_mv)
+            await lpm.power(True, voltage_mv=self.supply_mv)
+        link = await SerialLink.open(ports.interface, INTERFACE_BAUD)
+        try:
+            interface = InterfaceClient(link, dut_baud=self.cfg.baud.energy or ENERGY_BAUD)
+            await interface.resync()
+            return await _ask(interface.dut(None), None)
+        finally:
+            await link.close()
+
+    async def power_on(self, ports: ResolvedBoard) -> None:
+        """Make sure the monitor supplies the DUT (it is the DUT's supply on an energy-wired
+        board, and an energy run's teardown switches it off)."""
+        if ports.monitor is None:
+            return
+        async with await Lpm01aClient.open(ports.monitor, baud=MONITOR_BAUD) as lpm:
+            await lpm.command("htc")
+            await lpm.power(True, voltage_mv=self.supply_mv)
+
+    # -- power and firmware ---------------------------------------------------------------------
+
+    async def power_cycle(self) -> str:
+        """Cut the DUT's power and restore it with the configured method; return what was
+        done. Waits for the ports to come back."""
+        method = self.cfg.power_cycle
+        if method.method == "none":
+            raise BoardUnavailable(f"board {self.cfg.id} has no power-cycle method configured")
+        ports = await self.wait_for_ports()
+        if method.method == "monitor":
+            assert ports.monitor is not None
+            async with await Lpm01aClient.open(ports.monitor, baud=MONITOR_BAUD) as lpm:
+                # The runner's set-up switches the target off; then the supply comes back.
+                await lpm.setup(self.supply_mv)
+                await asyncio.sleep(method.off_s)
+                await lpm.power(True, voltage_mv=self.supply_mv)
+            done = f"monitor pwr off, {method.off_s:g} s, pwr on"
+        else:
+            assert method.command is not None
+            await self._command(method.command, ports, POWER_COMMAND_TIMEOUT_S, "power-cycle")
+            done = f"command {method.command.split()[0]}"
+        await self.wait_for_ports()
+        log.info("event=power_cycled board=%s how=%r", self.cfg.id, done)
+        return done
+
+    def image(self, model: str, build: str) -> Path | None:
+        """The configured image for ``model`` and ``build``, if any."""
+        return self.cfg.firmware.images.get(model, {}).get(build)  # type: ignore[call-overload]
+
+    async def flash(self, model: str, build: str) -> float:
+        """Flash the configured image with the flash command; return the seconds it took.
+        Waits for the ports to re-enumerate."""
+        image = self.image(model, build)
+        if image is None:
+            raise BoardUnavailable(f"board {self.cfg.id} has no {build} image for {model}")
+        if self.cfg.firmware.flash is None:
+            raise BoardUnavailable(f"board {self.cfg.id} has no flash command configured")
+        ports = await self.wait_for_ports()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await self._command(
+            self.cfg.firmware.flash, ports, self.cfg.firmware.timeout_s, "flash", image=image
+        )
+        await self.wait_for_ports()
+        seconds = loop.time() - started
+        log.info(
+            "event=flashed board=%s model=%s build=%s s=%.2f", self.cfg.id, model, build, seconds
+        )
+        return seconds
+
+    async def _command(
+        self,
+        template: str,
+        ports: ResolvedBoard,
+        timeout_s: float,
+        what: str,
+        *,
+        image: Path | None = None,
+    ) -> None:
+        values = {
+            "board": self.cfg.id,
+            "serial": self.cfg.dut.match.serial or "",
+            "port": ports.dut,
+            "target": self.cfg.firmware.target or "",
+            "image": str(image) if image is not None else "",
+        }
+        argv = render_command(template, values)
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+            )
+        except OSError as exc:
+            raise CommandFailed(f"{what}: cannot run {argv[0]!r}: {exc.strerror}") from None
+        try:
+            async with asyncio.timeout(timeout_s):
+                output, _ = await process.communicate()
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+            raise CommandFailed(
+                f"{what}: {argv[0]} did not finish within {timeout_s:g} s"
+            ) from None
+        if process.returncode != 0:
+            tail = " | ".join(output.decode(errors="replace").strip().splitlines()[-3:])
+            raise CommandFailed(f"{what}: {argv[0]} exited {process.returncode}: {tail}")
+
+
+async def _ask(dut: DutClient, baud: int | None) -> Identity:
+    vendor = await dut.name()
+    _, model = await dut.profile()
+    build = "energy" if await dut.timestamp() is None else "performance"
+    return Identity(model, build, vendor, baud)
+
+
+def _local_paths(resolved: ResolvedBoard) -> list[str]:
+    paths = [resolved.dut, resolved.interface, resolved.monitor]
+    return [p for p in paths if p is not None and "://" not in p]

@@ -1,0 +1,587 @@
+"""One asyncio task per board: its command queue, its state and health, and its runs.
+
+A board executes strictly one job at a time (a run, a flash, a power cycle, a health check),
+so its serial links never see two commands at once; boards run concurrently. A run is the
+one-board runner's (``agent.runner``) with the agent's additions: a health check first (flash
+the right firmware if the board holds another), samples journalled and published in batches,
+recovery from DUT faults (resync, power cycle, reopen the port after re-enumeration, retry
+the step), and the board's health updated as LAVA does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent.board_access import BoardAccess, BoardUnavailable, CommandFailed, Identity
+from agent.config import BoardConfig
+from agent.discovery import MatchError
+from agent.dut_client import DirectChannel, DutClient
+from agent.health import BoardHealth
+from agent.journal import Journal
+from agent.one_board import Links, RunInputError, RunRequest, connect, expected_samples, prepare
+from agent.outbox import Outbox, SampleBatcher
+from agent.runner import Runner, RunSettings
+from agent.serial_link import SerialLinkError
+from farm.catalog import Benchmark
+from farm.messages import (
+    Accepted,
+    BoardStatus,
+    Cancelled,
+    CommandAck,
+    Done,
+    Failed,
+    FlashCommand,
+    HealthCheckCommand,
+    LogEvent,
+    PowerCycleCommand,
+    ProgressEvent,
+    RunCommand,
+    RunInfoRecord,
+    SampleDigest,
+    Started,
+    run_events_topic,
+)
+
+log = logging.getLogger("agent.board_worker")
+
+Job = RunCommand | FlashCommand | PowerCycleCommand | HealthCheckCommand
+#: Progress events at most this often (samples themselves stream continuously).
+PROGRESS_EVERY_S = 1.0
+
+
+class RunRefused(Exception):
+    """The run cannot start on this board as it is (wrong firmware and no image, health
+    bad): reported as an ``input`` failure, the board's health is not at fault."""
+
+
+@dataclass
+class _Queued:
+    job: Job
+    cancelled: bool = False
+
+
+class BoardWorker:
+    """Executes one board's jobs in order (see the module docstring)."""
+
+    def __init__(
+        self,
+        cfg: BoardConfig,
+        *,
+        agent: str,
+        outbox: Outbox,
+        journal: Journal,
+        datasets: Path,
+        sim_boards: list[Path],
+        max_failures: int,
+        batching: tuple[int, float] = (200, 0.1),
+        on_status: Callable[[BoardStatus], None],
+        ack: Callable[[CommandAck], Awaitable[None]],
+    ) -> None:
+        self.cfg = cfg
+        self.id = cfg.id
+        self.agent = agent
+        self.outbox = outbox
+        self.journal = journal
+        self.datasets = datasets
+        self.access = BoardAccess(cfg, sim_boards)
+        self.health = BoardHealth(max_failures=max_failures)
+        self.batching = batching
+        """(samples, seconds): a sample batch leaves when it holds this many or is this old."""
+        self.on_status = on_status
+        self.ack = ack
+        self.state = "idle"
+        self.identity: Identity | None = None
+        self.run_id: str | None = None
+        self.last_error: str | None = None
+        self._queue: deque[_Queued] = deque()
+        self._wake = asyncio.Event()
+        self._current: _Queued | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._links: Links | None = None
+        self._progress: ProgressEvent | None = None
+
+    # -- status ---------------------------------------------------------------------------------
+
+    def status(self) -> BoardStatus:
+        """The board's status message now."""
+        images = {
+            model: sorted(builds) for model, builds in self.cfg.firmware.images.items() if builds
+        }
+        return BoardStatus(
+            agent=self.agent,
+            board=self.id,
+            state=self.state,  # type: ignore[arg-type]
+            health=self.health.health,
+            health_reason=self.health.reason,
+            model=self.identity.model if self.identity else None,
+            build=self.identity.build if self.identity else None,
+            run=self.run_id,
+            last_error=self.last_error,
+            energy=self.cfg.energy_capable,
+            images=images,
+            tags=self.cfg.tags,
+            system=self.cfg.system.model_dump(exclude_none=True),
+        )
+
+    def _publish_status(self) -> None:
+        self.on_status(self.status())
+
+    # -- queue ----------------------------------------------------------------------------------
+
+    def submit(self, job: Job) -> int:
+        """Queue a job; return how many jobs are ahead of it."""
+        ahead = len(self._queue) + (1 if self._current is not None else 0)
+        self._queue.append(_Queued(job))
+        self._wake.set()
+        return ahead
+
+    def has_run(self, run: str) -> bool:
+        """Whether ``run`` is queued or running here."""
+        return any(
+            isinstance(q.job, RunCommand) and q.job.run == run
+            for q in [*self._queue, *([self._current] if self._current else [])]
+        )
+
+    async def cancel(self, run: str) -> bool:
+        """Cancel a queued or running run; False if it is not here."""
+        for queued in self._queue:
+            if isinstance(queued.job, RunCommand) and queued.job.run == run:
+                self._queue.remove(queued)
+                await self._event(queued.job, Cancelled, count=0)
+                return True
+        current = self._current
+        if current is not None and isinstance(current.job, RunCommand) and current.job.run == run:
+            current.cancelled = True
+            if self._task is not None:
+                self._task.cancel()
+            return True
+        return False
+
+    async def serve(self) -> None:
+        """Check the board, then execute jobs until cancelled (agent shutdown)."""
+        self._publish_status()
+        await self._check(explicit=False)
+        while True:
+            while not self._queue:
+                self._wake.clear()
+                await self._wake.wait()
+            self._current = self._queue.popleft()
+            self._task = asyncio.get_running_loop().create_task(
+                self._execute(self._current), name=f"job-{self.id}"
+            )
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise  # the agent is shutting down
+            except Exception as exc:
+                # A bug must cost one job, never the agent and its other boards.
+                log.exception("event=job_crashed board=%s", self.id)
+                self.last_error = f"internal error: {type(exc).__name__}: {exc}"
+                self.health.failed(self.last_error)
+            finally:
+                self._current, self._task, self.run_id = None, None, None
+                if self.state != "offline":
+                    self.state = "idle"
+                self._publish_status()
+
+    async def _execute(self, queued: _Queued) -> None:
+        job = queued.job
+        if isinstance(job, RunCommand):
+            await self._run(queued)
+            return
+        self.state = "flashing" if isinstance(job, FlashCommand) else "busy"
+        self._publish_status()
+        detail: dict[str, Any] = {}
+        try:
+            if isinstance(job, FlashCommand):
+                detail["seconds"] = round(await self.access.flash(job.model, job.build), 3)
+                identity = await self._check(explicit=True)
+                if identity is None or (identity.model, identity.build) != (job.model, job.build):
+                    raise BoardUnavailable(
+                        f"after flashing {job.model} {job.build} the DUT reports "
+                        f"{self._identity_text()}"
+                    )
+            elif isinstance(job, PowerCycleCommand):
+                detail["how"] = await self.access.power_cycle()
+                if await self._check(explicit=True) is None:
+                    raise BoardUnavailable(f"health check failed: {self.health.reason}")
+            elif await self._check(explicit=True) is None:
+                raise BoardUnavailable(f"health check failed: {self.health.reason}")
+        except (BoardUnavailable, CommandFailed, MatchError, OSError) as exc:
+            self.last_error = str(exc)
+            if not isinstance(job, HealthCheckCommand):
+                self.health.failed(str(exc))
+            await self._ack(job, "failed", str(exc), detail)
+            return
+        detail.update(
+            model=self.identity.model, build=self.identity.build
+        ) if self.identity else None
+        await self._ack(job, "done", None, detail)
+
+    async def _ack(self, job: Job, outcome: str, reason: str | None, detail: dict) -> None:
+        await self.ack(
+            CommandAck(
+                agent=self.agent,
+                command=job.id,
+                type=job.type,
+                outcome=outcome,  # type: ignore[arg-type]
+                reason=reason,
+                board=self.id,
+                detail=detail,
+            )
+        )
+
+    # -- health ---------------------------------------------------------------------------------
+
+    async def _check(self, *, explicit: bool) -> Identity | None:
+        """Ask the DUT what it runs and set health; ``None`` if it did not answer."""
+        try:
+            prefer = self.identity.build if self.identity else None
+            self.identity = await self.access.identify(prefer)
+        except (BoardUnavailable, MatchError, OSError, TimeoutError) as exc:
+            reason = str(exc)
+            if isinstance(exc, BoardUnavailable) and "devices not back" in reason:
+                self.state = "offline"
+            (self.health.check_failed if explicit else self.health.failed)(reason)
+            self.last_error = reason
+            log.warning("event=health_check_failed board=%s reason=%r", self.id, reason)
+            self._publish_status()
+            return None
+        if self.state == "offline":
+            self.state = "idle"
+        self.health.passed()
+        log.info(
+            "event=health_check_passed board=%s model=%s build=%s",
+            self.id,
+            self.identity.model,
+            self.identity.build,
+        )
+        self._publish_status()
+        return self.identity
+
+    def _identity_text(self) -> str:
+        if self.identity is None:
+            return "nothing (no answer)"
+        return f"{self.identity.model} ({self.identity.build} build)"
+
+    # -- runs -----------------------------------------------------------------------------------
+
+    async def accepted(self, job: RunCommand, position: int) -> None:
+        """Publish the run's ``accepted`` event."""
+        await self._event(job, Accepted, command=job.id, position=position)
+
+    async def _event(self, job: RunCommand, event_type: type, **fields: Any) -> None:
+        event = event_type(
+            agent=self.agent, board=self.id, run=job.run, event=_event_name(event_type), **fields
+        )
+        await self.outbox.put(
+            run_events_topic(self.agent, self.id, job.run), event.dumps(), run=job.run
+        )
+
+    def _request(self, job: RunCommand) -> RunRequest:
+        o = job.options
+        settings = RunSettings(
+            windows=o.windows,
+            min_window_s=o.min_window_s,
+            max_window_s=o.max_window_s,
+            calibration_s=o.calibration_s,
+            min_queries=o.min_queries,
+            min_duration_s=o.min_duration_s,
+            latency_inputs=o.latency_inputs,
+            limit=o.limit,
+            skip_seqs=frozenset(s for a, b in job.stored for s in range(a, b)),
+            retries=0 if job.mode == "energy" else o.retries,
+        )
+        root = self.datasets / job.dataset if job.dataset else self.datasets
+        return RunRequest(
+            benchmark=job.benchmark,
+            mode=job.mode,
+            dataset=root,
+            out=Path("."),  # nothing is written on the agent: the controller keeps the files
+            settings=settings,
+            alt=o.alt,
+        )
+
+    async def _run(self, queued: _Queued) -> None:
+        job = queued.job
+        assert isinstance(job, RunCommand)
+        self.state, self.run_id = "busy", job.run
+        self._publish_status()
+        await self.journal.run_started(job.run, self.id, job.model_dump(by_alias=True))
+        batcher = SampleBatcher(
+            self.outbox,
+            self.agent,
+            self.id,
+            job.run,
+            max_samples=self.batching[0],
+            max_delay_s=self.batching[1],
+        )
+        tally = _Tally()
+        finished = False
+        try:
+            request = self._request(job)
+            try:
+                bench, dataset, inputs = prepare(request, ports=False)
+            except RunInputError as exc:
+                raise RunRefused(str(exc)) from None
+            if self.health.refuses_runs:
+                raise RunRefused(f"board health is bad ({self.health.reason}): run a health check")
+            identity = await self._ensure_firmware(job, bench)
+            ports = await self.access.wait_for_ports()
+            request.port = ports.dut
+            request.interface, request.monitor = ports.interface, ports.monitor
+            request.baud = self._baud(job, identity)
+            self._links = await connect(request, bench)
+            runner = self._runner(job, request, bench, inputs)
+            total = expected_samples(request, inputs)
+            await self._event(
+                job,
+                Started,
+                model=identity.model,
+                build=identity.build,
+                total=total,
+                dataset=str(dataset.folder),
+            )
+            async for sample in runner.run():
+                record = sample.to_record()
+                tally.add(record)
+                if sample.power_samples:
+                    record["power_samples"] = list(sample.power_samples)
+                    record["power_events"] = [list(e) for e in sample.power_events]
+                await batcher.add(record)
+                if self._progress is not None:
+                    event, self._progress = self._progress, None
+                    await self.outbox.put(
+                        run_events_topic(self.agent, self.id, job.run), event.dumps(), run=job.run
+                    )
+            await batcher.close()
+            await self._event(
+                job,
+                Done,
+                count=tally.count,
+                digest=tally.digest.hexdigest(),
+                first_seq=tally.first,
+                last_seq=tally.last,
+                skipped=len(request.settings.skip_seqs),
+                info=RunInfoRecord(
+                    count=runner.info.count,
+                    warmup=runner.info.warmup,
+                    calibration=runner.info.calibration,
+                    loop_wall_s=runner.info.loop_wall_s,
+                    last_issue_s=runner.info.last_issue_s,
+                ),
+            )
+            self.health.passed()
+            finished = True
+        except asyncio.CancelledError:
+            await batcher.close()
+            if not queued.cancelled:
+                raise  # shutdown: the journal keeps the run; the next start reports it
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
+            await self._event(job, Cancelled, count=tally.count, last_seq=tally.last)
+            finished = True
+            await self._settle_after_cancel()
+        except RunRefused as exc:
+            await batcher.close()
+            await self._fail(job, "input", str(exc), tally, health=False)
+            finished = True
+        except Exception as exc:
+            await batcher.close()
+            kind = "infrastructure" if _infrastructure(exc) else "device"
+            await self._fail(job, kind, f"{type(exc).__name__}: {exc}", tally, health=True)
+            finished = True
+        finally:
+            if self._links is not None:
+                with contextlib.suppress(Exception):
+                    await self._links.close()
+                self._links = None
+            if finished:
+                await self.journal.run_finished(job.run)
+
+    async def _fail(
+        self, job: RunCommand, kind: str, reason: str, tally: _Tally, *, health: bool
+    ) -> None:
+        self.last_error = reason
+        if health:
+            self.health.failed(reason)
+        log.warning(
+            "event=run_failed board=%s run=%s kind=%s reason=%r", self.id, job.run, kind, reason
+        )
+        await self._event(
+            job, Failed, kind=kind, reason=reason, count=tally.count, last_seq=tally.last
+        )
+
+    async def _settle_after_cancel(self) -> None:
+        """A cancelled command may still be running on the DUT: wait it out (resync, within
+        the run's own budget) so the board is idle and answering when the next job starts."""
+        links, self._links = self._links, None
+        if links is not None:
+            with contextlib.suppress(Exception):
+                await links.dut.resync()
+            with contextlib.suppress(Exception):
+                await links.close()
+        await self._check(explicit=False)
+
+    async def _ensure_firmware(self, job: RunCommand, bench: Benchmark) -> Identity:
+        """Health check; flash the benchmark's firmware if the board holds another."""
+        need = "energy" if job.mode == "energy" else "performance"
+        if job.mode == "energy" and not self.cfg.energy_capable:
+            raise RunRefused(f"board {self.id} has no interface board and energy monitor")
+        identity = await self._check(explicit=False)
+        if identity is None:
+            raise BoardUnavailable(f"health check failed: {self.health.reason}")
+        if bench.accepts_firmware(identity.model) and identity.build == need:
+            return identity
+        model = next((m for m in bench.firmware_models if self.access.image(m, need)), None)
+        if model is None or self.cfg.firmware.flash is None:
+            raise RunRefused(
+                f"the DUT runs {self._identity_text()}; {bench.id} {job.mode} needs "
+                f"{' or '.join(bench.firmware_models)} {need} firmware, and this board has "
+                + ("no flash command" if model else f"no {need} image for it")
+            )
+        await self._event(
+            job, LogEvent, message=f"flashing {model} {need} (DUT had {self._identity_text()})"
+        )
+        self.state = "flashing"
+        self._publish_status()
+        try:
+            await self.access.flash(model, need)
+        finally:
+            self.state = "busy"
+        identity = await self._check(explicit=False)
+        if identity is None or not bench.accepts_firmware(identity.model) or identity.build != need:
+            raise BoardUnavailable(
+                f"after flashing {model} {need} the DUT reports {self._identity_text()}"
+            )
+        return identity
+
+    def _baud(self, job: RunCommand, identity: Identity) -> int | None:
+        if job.mode == "energy":
+            return self.cfg.baud.energy
+        return self.cfg.baud.performance or identity.baud
+
+    def _runner(
+        self, job: RunCommand, request: RunRequest, bench: Benchmark, inputs: list[Any]
+    ) -> Runner:
+        assert self._links is not None
+        mode = "performance" if job.mode == "latency" else job.mode
+        script = bench.script(mode)
+        n_w = (1, 0) if job.mode in ("accuracy", "latency") else (script.iterations, script.warmups)
+        last_progress = 0.0
+        loop = asyncio.get_running_loop()
+
+        def progress(done: int, total: int | None, eta: float | None) -> None:
+            nonlocal last_progress
+            if loop.time() - last_progress < PROGRESS_EVERY_S and done != total:
+                return
+            last_progress = loop.time()
+            # Published by the run loop after the sample (a callback cannot await).
+            self._progress = ProgressEvent(
+                agent=self.agent,
+                board=self.id,
+                run=job.run,
+                event="progress",
+                done=done,
+                total=total,
+                eta_s=None if eta is None else round(eta, 1),
+            )
+
+        runner: Runner
+
+        async def recover(exc: Exception, attempt: int) -> DutClient:
+            return await self._recover(job, request, bench, runner, exc, attempt)
+
+        runner = Runner(
+            self._links.dut,
+            inputs,
+            job.mode,
+            n_w,
+            request.settings,
+            lpm=self._links.lpm,
+            progress=progress,
+            recover=recover,
+        )
+        return runner
+
+    async def _recover(
+        self,
+        job: RunCommand,
+        request: RunRequest,
+        bench: Benchmark,
+        runner: Runner,
+        exc: Exception,
+        attempt: int,
+    ) -> DutClient:
+        """Bring the DUT back after a failed step: resync; else power-cycle (if configured)
+        and reopen the ports once they are back."""
+        dut = runner.dut
+        await self._event(
+            job,
+            LogEvent,
+            level="warning",
+            message=f"step failed ({type(exc).__name__}: {exc}); recovering (attempt {attempt})",
+        )
+        links = self._links
+        if links is not None and all(link.is_open for link in links.links):
+            channel = dut.channel
+            if isinstance(channel, DirectChannel):
+                # The longest a healthy DUT could still be busy with the abandoned command.
+                channel.busy_limit_s = max(
+                    1.0, dut.infer_budget_s(runner.info.count or 1, runner.info.warmup)
+                )
+            try:
+                await dut.resync()
+                return dut
+            except Exception as resync_exc:  # the next remedy is a power cycle
+                log.warning("event=resync_failed board=%s error=%r", self.id, str(resync_exc))
+        if links is not None:
+            await links.close()
+            self._links = None
+        with contextlib.suppress(BoardUnavailable):
+            how = await self.access.power_cycle()
+            await self._event(job, LogEvent, level="warning", message=f"power-cycled ({how})")
+        ports = await self.access.wait_for_ports()
+        request.port, request.interface, request.monitor = ports.dut, ports.interface, ports.monitor
+        self._links = await connect(request, bench)
+        fresh = self._links.dut
+        # Keep what was measured: a fresh client would budget 30 s for its first inference.
+        fresh.latency_s, fresh.slowest_s = dut.latency_s, dut.slowest_s
+        return fresh
+
+
+class _Tally:
+    """Samples produced by this execution: count, seq range, digest."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.first: int | None = None
+        self.last: int | None = None
+        self.digest = SampleDigest()
+
+    def add(self, record: dict[str, Any]) -> None:
+        self.count += 1
+        if self.first is None:
+            self.first = record["seq"]
+        self.last = record["seq"]
+        self.digest.update(record)
+
+
+def _event_name(kind: type) -> str:
+    return kind.model_fields["event"].annotation.__args__[0]  # type: ignore[attr-defined]
+
+
+def _infrastructure(exc: Exception) -> bool:
+    return isinstance(
+        exc, SerialLinkError | BoardUnavailable | MatchError | CommandFailed | OSError
+    )

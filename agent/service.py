@@ -1,0 +1,449 @@
+"""``farm agent``: the process on each Raspberry Pi.
+
+It owns the boards of its config (one ``BoardWorker`` task each), takes commands from
+``farm/v1/cmd/{agent}``, and publishes statuses, heartbeats, command acks, run events and
+samples. Everything that must not be lost (samples, run events, acks) is journalled before it
+is published and deleted once the broker acknowledged it, so runs go on while the broker is
+away and a restart loses nothing: runs that were in flight are reported ``interrupted`` with
+their last journalled seq.
+
+The MQTT connection is kept by one loop with exponential backoff and jitter; each connection
+runs three owned tasks (the outbox pump, the status publisher, the heartbeat) and the
+command reader, and all of them end with the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import time
+from collections import Counter
+from importlib.metadata import PackageNotFoundError, version
+
+import aiomqtt
+from pydantic import ValidationError
+
+from agent.board_worker import BoardWorker
+from agent.config import AgentConfig
+from agent.journal import Journal
+from agent.mqtt_client import Backoff, make_client
+from agent.outbox import WINDOW, Outbox
+from farm.catalog import BenchmarkError, get_benchmark
+from farm.messages import (
+    COMMAND_TYPES,
+    COMMANDS,
+    MAX_COMMAND_BYTES,
+    PROTOCOL_VERSION,
+    SCHEMA,
+    AgentStatus,
+    BoardStatus,
+    CancelCommand,
+    Command,
+    CommandAck,
+    Heartbeat,
+    Interrupted,
+    RefuseCommand,
+    RunCommand,
+    agent_events_topic,
+    agent_status_topic,
+    board_status_topic,
+    command_topic,
+    heartbeat_topic,
+    run_events_topic,
+)
+
+log = logging.getLogger("agent.service")
+
+#: The agent's own entry among the retained statuses (board ids cannot start with "_").
+AGENT_KEY = "_agent"
+#: How long a stopping agent waits to say ``offline`` before it disconnects anyway.
+OFFLINE_TIMEOUT_S = 2.0
+
+
+def software_version() -> str:
+    """The installed tinyfarm version."""
+    try:
+        return version("tinyfarm")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+class AgentService:
+    """The agent (see the module docstring)."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.agent = config.agent
+        self.started = time.time()
+        self.counters: Counter[str] = Counter()
+        self.refused: str | None = None
+        self.journal: Journal | None = None
+        self.outbox: Outbox | None = None
+        self.workers: dict[str, BoardWorker] = {}
+        self._statuses: dict[str, bytes] = {}
+        self._dirty: set[str] = set()
+        self._status_changed = asyncio.Event()
+        self.connected = asyncio.Event()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve until cancelled; on the way out, say ``offline`` (a clean disconnect sends
+        no will) and close the journal."""
+        journal_path = self.config.journal
+        assert journal_path is not None  # the config sets the default
+        self.journal = await Journal.open(journal_path)
+        self.outbox = Outbox(self.journal)
+        try:
+            await self._report_interrupted()
+            for board in self.config.boards:
+                self.workers[board.id] = BoardWorker(
+                    board,
+                    agent=self.agent,
+                    outbox=self.outbox,
+                    journal=self.journal,
+                    datasets=self.config.datasets,
+                    sim_boards=list(self.config.sim_boards),
+                    max_failures=self.config.max_failures,
+                    batching=(self.config.batch_samples, self.config.batch_delay_s),
+                    on_status=self._board_status,
+                    ack=self._ack,
+                )
+            log.info(
+                "event=agent_started agent=%s boards=%d journal=%s backlog=%d",
+                self.agent,
+                len(self.workers),
+                journal_path,
+                self.journal.backlog_count,
+            )
+            async with asyncio.TaskGroup() as group:
+                for worker in self.workers.values():
+                    group.create_task(worker.serve(), name=f"board-{worker.id}")
+                group.create_task(self._connection_loop(), name="mqtt")
+        finally:
+            await self.journal.close()
+            log.info("event=agent_stopped agent=%s", self.agent)
+
+    async def _report_interrupted(self) -> None:
+        """Runs the journal still holds were in flight when the agent last stopped."""
+        assert self.journal is not None and self.outbox is not None
+        for run in await self.journal.runs_in_flight():
+            event = Interrupted(
+                agent=self.agent,
+                board=run.board,
+                run=run.run,
+                event="interrupted",
+                last_seq=run.last_seq,
+                reason="the agent restarted during the run",
+            )
+            await self.outbox.put(
+                run_events_topic(self.agent, run.board, run.run), event.dumps(), run=run.run
+            )
+            await self.journal.run_finished(run.run)
+            self.counters["runs_interrupted"] += 1
+            log.warning(
+                "event=run_interrupted run=%s board=%s last_seq=%s",
+                run.run,
+                run.board,
+                run.last_seq,
+            )
+
+    # -- MQTT -----------------------------------------------------------------------------------
+
+    async def _connection_loop(self) -> None:
+        backoff = Backoff()
+        while True:
+            try:
+                client = make_client(self.config.broker, self.agent, window=WINDOW)
+                async with client:
+                    backoff.reset()
+                    self.counters["connects"] += 1
+                    log.info("event=mqtt_connected broker=%s", self.config.broker.url)
+                    await self._connected(client)
+            except Exception as exc:
+                # Broker gone, credentials refused, TLS failure, a password file that
+                # vanished: the boards keep running and the journal keeps their results.
+                self.connected.clear()
+                self.counters["disconnects"] += 1
+                delay = backoff.next_delay()
+                log.warning(
+                    "event=mqtt_disconnected error=%r kind=%s retry_in_s=%.2f backlog=%d",
+                    str(exc),
+                    type(exc).__name__,
+                    delay,
+                    self.journal.backlog_count if self.journal else -1,
+                )
+                await asyncio.sleep(delay)
+
+    async def _connected(self, client: aiomqtt.Client) -> None:
+        assert self.outbox is not None
+        await client.subscribe(command_topic(self.agent), qos=1)
+        # Everything retained is stated again: the broker may have lost it, or the will
+        # may have replaced the agent status.
+        self._dirty = set(self._statuses)
+        await client.publish(
+            agent_status_topic(self.agent), self._agent_status().dumps(), qos=1, retain=True
+        )
+        self.connected.set()
+        try:
+            await self._serve_connection(client)
+        except asyncio.CancelledError:
+            # A clean disconnect sends no will: say offline ourselves.
+            status = AgentStatus(agent=self.agent, state="offline", reason="agent stopped")
+            with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+                async with asyncio.timeout(OFFLINE_TIMEOUT_S):
+                    await client.publish(
+                        agent_status_topic(self.agent), status.dumps(), qos=1, retain=True
+                    )
+            raise
+        finally:
+            self.connected.clear()
+
+    async def _serve_connection(self, client: aiomqtt.Client) -> None:
+        """The connection's owned tasks and the command reader; raises ``MqttError`` when
+        the connection breaks."""
+        assert self.outbox is not None
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self.outbox.pump(client), name="outbox")
+                group.create_task(self._status_loop(client), name="status")
+                group.create_task(self._heartbeat_loop(client), name="heartbeat")
+                async for message in client.messages:
+                    await self._on_command(_payload(message.payload))
+                raise aiomqtt.MqttError("message stream ended")
+        except* aiomqtt.MqttError as group_exc:
+            raise group_exc.exceptions[0] from None
+
+    def _agent_status(self) -> AgentStatus:
+        return AgentStatus(
+            agent=self.agent,
+            state="refused" if self.refused else "online",
+            protocol=PROTOCOL_VERSION,
+            software=software_version(),
+            boards=[b.id for b in self.config.boards],
+            started=self.started,
+            uptime_s=round(time.time() - self.started, 3),
+            reason=self.refused,
+        )
+
+    def _board_status(self, status: BoardStatus) -> None:
+        self._statuses[status.board] = status.dumps()
+        self._dirty.add(status.board)
+        self._status_changed.set()
+
+    async def _status_loop(self, client: aiomqtt.Client) -> None:
+        while True:
+            while self._dirty:
+                key = self._dirty.pop()
+                topic = (
+                    agent_status_topic(self.agent)
+                    if key == AGENT_KEY
+                    else board_status_topic(self.agent, key)
+                )
+                await client.publish(topic, self._statuses[key], qos=1, retain=True)
+            self._status_changed.clear()
+            await self._status_changed.wait()
+
+    async def _heartbeat_loop(self, client: aiomqtt.Client) -> None:
+        assert self.journal is not None and self.outbox is not None
+        while True:
+            beat = Heartbeat(
+                agent=self.agent,
+                uptime_s=round(time.time() - self.started, 3),
+                backlog=self.journal.backlog_count,
+                counters={**self.counters, "sent": self.outbox.sent},
+            )
+            await client.publish(heartbeat_topic(self.agent), beat.dumps(), qos=0)
+            await asyncio.sleep(self.config.heartbeat_s)
+
+    # -- commands -------------------------------------------------------------------------------
+
+    async def _ack(self, ack: CommandAck) -> None:
+        assert self.journal is not None and self.outbox is not None
+        # A rejected command was not executed: the same id may come again, corrected.
+        if ack.command is not None and ack.outcome in ("done", "failed"):
+            await self.journal.record_command(ack.command, ack.outcome)
+        await self.outbox.put(agent_events_topic(self.agent), ack.dumps())
+
+    async def _reject(self, reason: str, detail: str, data: object = None) -> None:
+        self.counters[f"commands_rejected_{reason}"] += 1
+        command_id = data.get("id") if isinstance(data, dict) else None
+        kind = data.get("type") if isinstance(data, dict) else None
+        log.warning("event=command_rejected reason=%s id=%r detail=%r", reason, command_id, detail)
+        await self._ack(
+            CommandAck(
+                agent=self.agent,
+                command=command_id if isinstance(command_id, str) else None,
+                type=kind if isinstance(kind, str) else None,
+                outcome="rejected",
+                reason=f"{reason}: {detail}",
+            )
+        )
+
+    async def _on_command(self, payload: bytes) -> None:
+        """Validate and dispatch one command; never raises on bad input."""
+        assert self.journal is not None
+        if len(payload) > MAX_COMMAND_BYTES:
+            await self._reject("oversized", f"{len(payload)} bytes (limit {MAX_COMMAND_BYTES})")
+            return
+        try:
+            data = json.loads(payload)
+        except (ValueError, UnicodeDecodeError) as exc:
+            await self._reject("invalid_json", str(exc))
+            return
+        if not isinstance(data, dict):
+            await self._reject("invalid_json", "a command is a JSON object")
+            return
+        if data.get("schema") != SCHEMA:
+            await self._reject(
+                "unsupported_schema", f"schema {data.get('schema')!r}, expected {SCHEMA!r}", data
+            )
+            return
+        if data.get("type") not in COMMAND_TYPES:
+            await self._reject("unknown_command", f"type {data.get('type')!r}", data)
+            return
+        try:
+            command: Command = COMMANDS.validate_python(data)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}"
+                for e in exc.errors()[:5]
+            )
+            await self._reject("invalid_command", problems, data)
+            return
+        previous = await self.journal.command_outcome(command.id)
+        if previous is not None:
+            self.counters["commands_duplicate"] += 1
+            await self._ack(
+                CommandAck(
+                    agent=self.agent,
+                    command=command.id,
+                    type=command.type,
+                    outcome="duplicate",
+                    reason=f"already received ({previous}); not executed again",
+                )
+            )
+            return
+        await self._dispatch(command)
+
+    async def _dispatch(self, command: Command) -> None:
+        assert self.journal is not None
+        if isinstance(command, RefuseCommand):
+            self.refused = command.reason
+            log.error("event=refused_by_controller reason=%r", command.reason)
+            await self.journal.record_command(command.id, "accepted")
+            await self._publish_agent_status()
+            return
+        if isinstance(command, CancelCommand):
+            for worker in self.workers.values():
+                if await worker.cancel(command.run):
+                    await self.journal.record_command(command.id, "accepted")
+                    await self._ack(self._ack_for(command, "done", board=worker.id))
+                    return
+            await self._ack(self._ack_for(command, "failed", reason=f"no run {command.run} here"))
+            return
+        worker = self.workers.get(command.board)
+        if worker is None:
+            await self._reject(
+                "unknown_board",
+                f"no board {command.board!r} on agent {self.agent}",
+                command.model_dump(by_alias=True),
+            )
+            return
+        if self.refused:
+            await self._reject(
+                "refused",
+                f"the controller refused this agent: {self.refused}",
+                command.model_dump(by_alias=True),
+            )
+            return
+        if isinstance(command, RunCommand):
+            problem = self._run_problem(command)
+            if problem is not None:
+                await self._reject("invalid_run", problem, command.model_dump(by_alias=True))
+                return
+            if worker.has_run(command.run):
+                await self._ack(
+                    self._ack_for(
+                        command,
+                        "duplicate",
+                        board=worker.id,
+                        reason=f"run {command.run} is already queued or running",
+                    )
+                )
+                return
+        position = worker.submit(command)
+        await self.journal.record_command(command.id, "accepted")
+        self.counters["commands_accepted"] += 1
+        await self._ack(
+            self._ack_for(command, "accepted", board=worker.id, detail={"position": position})
+        )
+        if isinstance(command, RunCommand):
+            await worker.accepted(command, position)
+
+    def _ack_for(
+        self,
+        command: Command,
+        outcome: str,
+        *,
+        board: str | None = None,
+        reason: str | None = None,
+        detail: dict | None = None,
+    ) -> CommandAck:
+        return CommandAck(
+            agent=self.agent,
+            command=command.id,
+            type=command.type,
+            outcome=outcome,  # type: ignore[arg-type]
+            reason=reason,
+            board=board,
+            run=getattr(command, "run", None),
+            detail=detail or {},
+        )
+
+    def _run_problem(self, command: RunCommand) -> str | None:
+        """What makes a run impossible before it is queued (the dataset's files are checked
+        in full when it starts)."""
+        try:
+            bench = get_benchmark(command.benchmark)
+        except BenchmarkError as exc:
+            return str(exc)
+        if command.stored and command.mode != "accuracy":
+            return "only accuracy runs resume from stored samples (the others are timed windows)"
+        if command.dataset is not None and (
+            "/" in command.dataset or command.dataset in (".", "..")
+        ):
+            return f"dataset {command.dataset!r} must be a folder name under the dataset root"
+        root = self.config.datasets / command.dataset if command.dataset else self.config.datasets
+        index = root / bench.dataset.id / "y_labels.csv"
+        if not index.is_file():
+            return f"this agent has no dataset {bench.dataset.id} ({index} is missing)"
+        return None
+
+    async def _publish_agent_status(self) -> None:
+        # The status loop owns the client; the agent status is rare enough to route through it.
+        self._statuses[AGENT_KEY] = self._agent_status().dumps()
+        self._dirty.add(AGENT_KEY)
+        self._status_changed.set()
+
+
+def _payload(payload: object) -> bytes:
+    if isinstance(payload, bytes | bytearray):
+        return bytes(payload)
+    return b"" if payload is None else str(payload).encode()
+
+
+async def run_agent(config: AgentConfig) -> int:
+    """Run the agent until SIGINT or SIGTERM; return the exit status."""
+    service = AgentService(config)
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    with contextlib.suppress(asyncio.CancelledError):
+        await service.run()
+    return 0

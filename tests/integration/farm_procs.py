@@ -1,0 +1,353 @@
+"""Real processes for the agent's end-to-end tests: a Mosquitto of the test's own (its own
+port, config and persistence, so it can be stopped and restarted mid-run), `farm sim`, the
+`farm agent` process, and an MQTT observer that records everything the agent publishes the
+way the controller's ingest will (persistent session, QoS 1)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import sys
+import textwrap
+import uuid
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+
+from farm.messages import SCHEMA, command_topic, parse_topic
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def wait_until(predicate: Callable[[], object], within: float, what: str) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail the test naming ``what``."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + within
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if loop.time() > give_up:
+            raise AssertionError(f"timed out after {within} s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+class Mosquitto:
+    """A mosquitto on its own port with persistence (sessions and queued QoS 1 messages
+    survive a restart, as in a real deployment) and raised queue limits (PLATFORM.md)."""
+
+    def __init__(self, directory: Path, *, extra: str = "") -> None:
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"mqtt://127.0.0.1:{self.port}"
+        self.conf = self.dir / "mosquitto.conf"
+        # Settings per listener, so a test can add one with its own authentication.
+        self.conf.write_text(
+            "per_listener_settings true\n"
+            f"listener {self.port} 127.0.0.1\n"
+            "allow_anonymous true\n"
+            "persistence true\n"
+            f"persistence_location {self.dir}/\n"
+            "max_queued_messages 1000000\n"
+            "max_inflight_messages 100\n"
+            "user root\n"
+            f"log_dest file {self.dir}/mosquitto.log\n" + extra
+        )
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        """Start (or restart) the broker and wait until it accepts connections."""
+        self.process = await asyncio.create_subprocess_exec("mosquitto", "-c", str(self.conf))
+        for _ in range(100):
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port)):
+                return
+            await asyncio.sleep(0.05)
+        raise RuntimeError(f"mosquitto did not start on {self.port}: see {self.dir}")
+
+    async def stop(self) -> None:
+        """Stop it the way a service manager does (SIGTERM: it saves its persistence)."""
+        if self.process is None:
+            return
+        self.process.terminate()
+        await asyncio.wait_for(self.process.wait(), 10)
+        self.process = None
+
+
+class Observer:
+    """Subscribes to every agent topic and keeps what arrived, keyed as ingest keys it."""
+
+    def __init__(self, url: str) -> None:
+        host, port = url.removeprefix("mqtt://").split(":")
+        self.host, self.port = host, int(port)
+        self.identifier = f"test-observer-{uuid.uuid4().hex[:8]}"
+        self.samples: dict[str, dict[int, list[dict]]] = defaultdict(lambda: defaultdict(list))
+        self.events: dict[str, list[dict]] = defaultdict(list)
+        self.acks: list[dict] = []
+        self.agent_status: dict[str, dict] = {}
+        self.board_status: dict[tuple[str, str], dict] = {}
+        self.heartbeats: list[dict] = []
+        self.status_history: list[dict] = []
+        self._task: asyncio.Task[None] | None = None
+        self.connected = asyncio.Event()
+
+    async def start(self) -> None:
+        """Connect (and keep reconnecting) in the background."""
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        await asyncio.wait_for(self.connected.wait(), 10)
+
+    async def stop(self) -> None:
+        """Disconnect."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                async with aiomqtt.Client(
+                    self.host, self.port, identifier=self.identifier, clean_session=False
+                ) as client:
+                    await client.subscribe("farm/v1/agent/#", qos=1)
+                    self.connected.set()
+                    async for message in client.messages:
+                        self._record(str(message.topic), bytes(message.payload))  # type: ignore[arg-type]
+            except aiomqtt.MqttError:
+                self.connected.clear()
+                await asyncio.sleep(0.2)
+
+    def _record(self, topic: str, payload: bytes) -> None:
+        meaning = parse_topic(topic)
+        if meaning is None:
+            return
+        data = json.loads(payload)
+        if meaning.kind == "samples":
+            for record in data["samples"]:
+                self.samples[meaning.run][record["seq"]].append(record)  # type: ignore[index]
+        elif meaning.kind == "run_events":
+            self.events[meaning.run].append(data)  # type: ignore[index]
+        elif meaning.kind == "events":
+            self.acks.append(data)
+        elif meaning.kind == "status":
+            self.agent_status[meaning.agent] = data
+            self.status_history.append(data)
+        elif meaning.kind == "board_status":
+            self.board_status[(meaning.agent, meaning.board)] = data  # type: ignore[index]
+        elif meaning.kind == "heartbeat":
+            self.heartbeats.append(data)
+
+    # -- queries ---------------------------------------------------------------------------------
+
+    def event(self, run: str, kind: str) -> dict | None:
+        """The last event of ``kind`` of ``run``."""
+        found = [e for e in self.events.get(run, []) if e["event"] == kind]
+        return found[-1] if found else None
+
+    def finished(self, run: str) -> dict | None:
+        """The run's final event (done, error or cancelled), if any."""
+        for kind in ("done", "error", "cancelled"):
+            found = self.event(run, kind)
+            if found:
+                return found
+        return None
+
+    def ack(self, command: str, outcome: str | None = None) -> dict | None:
+        """The last ack of ``command`` (with ``outcome``, if given)."""
+        found = [
+            a
+            for a in self.acks
+            if a.get("command") == command and (outcome is None or a["outcome"] == outcome)
+        ]
+        return found[-1] if found else None
+
+    def unique_samples(self, run: str) -> dict[int, dict]:
+        """One record per seq; fails if two receipts of a seq differ (a real duplicate
+        would be identical)."""
+        unique: dict[int, dict] = {}
+        for seq, receipts in self.samples.get(run, {}).items():
+            assert all(r == receipts[0] for r in receipts), f"seq {seq} arrived with two values"
+            unique[seq] = receipts[0]
+        return unique
+
+
+async def send(url: str, agent: str, command: dict | bytes) -> None:
+    """Publish a command (a dict gets the schema added) to an agent, as the controller."""
+    host, port = url.removeprefix("mqtt://").split(":")
+    if isinstance(command, dict):
+        payload = json.dumps({"schema": SCHEMA, **command}).encode()
+    else:
+        payload = command
+    async with aiomqtt.Client(host, int(port)) as client:
+        await client.publish(command_topic(agent), payload, qos=1)
+
+
+class Proc:
+    """A `farm ...` subprocess with its output in a log file."""
+
+    def __init__(self, args: list[str], log: Path) -> None:
+        self.args = args
+        self.log = log
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        """Start it (``python -m farm.cli ...``)."""
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        with self.log.open("ab") as out:
+            self.process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "farm.cli", *self.args, stdout=out, stderr=out, env=env
+            )
+
+    async def signal(self, sig: int) -> int:
+        """Send ``sig`` and wait for the exit status."""
+        assert self.process is not None
+        with contextlib.suppress(ProcessLookupError):
+            self.process.send_signal(sig)
+        code = await asyncio.wait_for(self.process.wait(), 30)
+        self.process = None
+        return code
+
+    async def stop(self) -> None:
+        """SIGTERM, if still running."""
+        if self.process is not None and self.process.returncode is None:
+            await self.signal(signal.SIGTERM)
+
+    def output(self) -> str:
+        """Everything it printed."""
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+AGENT = "lab1"
+FAST = {"median_s": 0.002}
+
+
+@dataclass
+class Lab:
+    """Simulated boards, their agent and a broker, started for one test."""
+
+    dir: Path
+    broker: Mosquitto
+    sim: Proc
+    agent: Proc
+    observer: Observer
+
+    async def run(self, run: str, board: str, benchmark: str, mode: str, **fields: object) -> str:
+        """Send a run command; return its command id."""
+        command_id = f"cmd-{run}"
+        await send(
+            self.broker.url,
+            AGENT,
+            {
+                "type": "run",
+                "id": command_id,
+                "board": board,
+                "run": run,
+                "benchmark": benchmark,
+                "mode": mode,
+                **fields,
+            },
+        )
+        return command_id
+
+    async def finished(self, run: str, within: float = 60) -> dict:
+        """Wait for the run's final event."""
+        try:
+            return await wait_until(lambda: self.observer.finished(run), within, f"run {run}")
+        except AssertionError:
+            raise AssertionError(
+                f"run {run} did not finish; agent log:\n{self.agent.output()[-4000:]}"
+            ) from None
+
+    def board(self, board: str) -> dict:
+        """The board's retained status as last received."""
+        return self.observer.board_status[(AGENT, board)]
+
+    async def idle(self, board: str, within: float = 30) -> dict:
+        """Wait until the board is idle and checked."""
+        return await wait_until(
+            lambda: (
+                (s := self.observer.board_status.get((AGENT, board)))
+                and s["state"] == "idle"
+                and s["health"] != "unknown"
+                and s
+            ),
+            within,
+            f"board {board} idle",
+        )
+
+    async def start_agent(self) -> None:
+        """Start (or restart) the agent process."""
+        await self.agent.start()
+
+
+async def start_lab(
+    tmp_path: Path,
+    boards: str,
+    *,
+    dataset_limit: int = 20,
+    broker_extra: str = "",
+    agent_config: Callable[[Path], None] | None = None,
+    online: bool = True,
+) -> Lab:
+    """Broker, `farm sim` with ``boards`` (YAML), the agent, the observer.
+    ``agent_config`` may rewrite the generated agent.yaml before the agent starts."""
+    broker = Mosquitto(tmp_path / "mqtt", extra=broker_extra)
+    await broker.start()
+    config = tmp_path / "boards.yaml"
+    config.write_text("seed: 3\nboards:\n" + textwrap.indent(textwrap.dedent(boards), "  "))
+    out = tmp_path / "sim"
+    sim = Proc(
+        [
+            "sim",
+            "--out",
+            str(out),
+            "--config",
+            str(config),
+            "--agent-id",
+            AGENT,
+            "--broker",
+            broker.url,
+            "--dataset-limit",
+            str(dataset_limit),
+        ],
+        tmp_path / "sim.log",
+    )
+    await sim.start()
+    await wait_until(lambda: (out / "agent.yaml").exists(), 60, f"agent.yaml ({sim.log})")
+    if agent_config is not None:
+        agent_config(out / "agent.yaml")
+    observer = Observer(broker.url)
+    await observer.start()
+    agent = Proc(
+        ["--log-level", "info", "agent", "--config", str(out / "agent.yaml")],
+        tmp_path / "agent.log",
+    )
+    lab = Lab(tmp_path, broker, sim, agent, observer)
+    await lab.start_agent()
+    if not online:
+        return lab
+    await wait_until(
+        lambda: observer.agent_status.get(AGENT, {}).get("state") == "online", 30, "agent online"
+    )
+    return lab
+
+
+async def stop_lab(lab: Lab) -> None:
+    """Stop everything the lab started."""
+    await lab.agent.stop()
+    await lab.observer.stop()
+    await lab.sim.stop()
+    await lab.broker.stop()
