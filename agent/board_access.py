@@ -243,13 +243,17 @@ class BoardAccess:
         try:
             async with asyncio.timeout(timeout_s):
                 output, _ = await process.communicate()
-        except TimeoutError:
+        except BaseException as exc:
+            # Timed out, or the agent is stopping: never leave a flash tool running against
+            # a board the next job (or the next agent) will talk to.
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
-            await process.wait()
-            raise CommandFailed(
-                f"{what}: {argv[0]} did not finish within {timeout_s:g} s"
-            ) from None
+            await asyncio.shield(process.wait())
+            if isinstance(exc, TimeoutError):
+                raise CommandFailed(
+                    f"{what}: {argv[0]} did not finish within {timeout_s:g} s"
+                ) from None
+            raise
         if process.returncode != 0:
             tail = " | ".join(output.decode(errors="replace").strip().splitlines()[-3:])
             raise CommandFailed(f"{what}: {argv[0]} exited {process.returncode}: {tail}")

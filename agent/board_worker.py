@@ -61,10 +61,16 @@ class RunRefused(Exception):
     bad): reported as an ``input`` failure, the board's health is not at fault."""
 
 
+class CheckFailed(Exception):
+    """A health check failed; the board's health already says so (not counted twice)."""
+
+
 @dataclass
 class _Queued:
     job: Job
     cancelled: bool = False
+    reported: bool = False
+    """A run's final event (done, error, cancelled) is journalled."""
 
 
 class BoardWorker:
@@ -155,6 +161,7 @@ class BoardWorker:
             if isinstance(queued.job, RunCommand) and queued.job.run == run:
                 self._queue.remove(queued)
                 await self._event(queued.job, Cancelled, count=0)
+                await self.journal.run_finished(run)
                 return True
         current = self._current
         if current is not None and isinstance(current.job, RunCommand) and current.job.run == run:
@@ -164,6 +171,10 @@ class BoardWorker:
             return True
         return False
 
+    def ahead(self) -> int:
+        """Jobs a newly submitted one would wait for."""
+        return len(self._queue) + (1 if self._current is not None else 0)
+
     async def serve(self) -> None:
         """Check the board, then execute jobs until cancelled (agent shutdown)."""
         self._publish_status()
@@ -172,26 +183,44 @@ class BoardWorker:
             while not self._queue:
                 self._wake.clear()
                 await self._wake.wait()
-            self._current = self._queue.popleft()
+            queued = self._current = self._queue.popleft()
             self._task = asyncio.get_running_loop().create_task(
-                self._execute(self._current), name=f"job-{self.id}"
+                self._execute(queued), name=f"job-{self.id}"
             )
             try:
                 await self._task
             except asyncio.CancelledError:
                 current = asyncio.current_task()
                 if current is not None and current.cancelling():
-                    raise  # the agent is shutting down
+                    raise  # the agent is shutting down: the journal keeps the run
+                await self._cancelled_late(queued)
             except Exception as exc:
                 # A bug must cost one job, never the agent and its other boards.
                 log.exception("event=job_crashed board=%s", self.id)
                 self.last_error = f"internal error: {type(exc).__name__}: {exc}"
                 self.health.failed(self.last_error)
+                await self._crashed(queued, self.last_error)
             finally:
                 self._current, self._task, self.run_id = None, None, None
                 if self.state != "offline":
                     self.state = "idle"
                 self._publish_status()
+
+    async def _cancelled_late(self, queued: _Queued) -> None:
+        """A cancel that hit the job outside the run's own handlers still ends the run."""
+        job = queued.job
+        if isinstance(job, RunCommand) and not queued.reported:
+            await self._event(job, Cancelled, count=0)
+            await self.journal.run_finished(job.run)
+
+    async def _crashed(self, queued: _Queued, reason: str) -> None:
+        job = queued.job
+        if isinstance(job, RunCommand):
+            if not queued.reported:
+                await self._event(job, Failed, kind="infrastructure", reason=reason)
+                await self.journal.run_finished(job.run)
+        else:
+            await self._ack(job, "failed", reason, {})
 
     async def _execute(self, queued: _Queued) -> None:
         job = queued.job
@@ -204,27 +233,29 @@ class BoardWorker:
         try:
             if isinstance(job, FlashCommand):
                 detail["seconds"] = round(await self.access.flash(job.model, job.build), 3)
-                identity = await self._check(explicit=True)
-                if identity is None or (identity.model, identity.build) != (job.model, job.build):
-                    raise BoardUnavailable(
+                identity = await self._checked()
+                if (identity.model, identity.build) != (job.model, job.build):
+                    self.health.check_failed(f"flashed {job.model} {job.build}, runs {identity}")
+                    raise CheckFailed(
                         f"after flashing {job.model} {job.build} the DUT reports "
                         f"{self._identity_text()}"
                     )
             elif isinstance(job, PowerCycleCommand):
                 detail["how"] = await self.access.power_cycle()
-                if await self._check(explicit=True) is None:
-                    raise BoardUnavailable(f"health check failed: {self.health.reason}")
-            elif await self._check(explicit=True) is None:
-                raise BoardUnavailable(f"health check failed: {self.health.reason}")
-        except (BoardUnavailable, CommandFailed, MatchError, OSError) as exc:
-            self.last_error = str(exc)
-            if not isinstance(job, HealthCheckCommand):
-                self.health.failed(str(exc))
+                await self._checked()
+            else:
+                await self._checked()
+        except CheckFailed as exc:
             await self._ack(job, "failed", str(exc), detail)
             return
-        detail.update(
-            model=self.identity.model, build=self.identity.build
-        ) if self.identity else None
+        except Exception as exc:  # the tool, the port, the monitor: all end in a failed ack
+            reason = f"{type(exc).__name__}: {exc}"
+            self.last_error = reason
+            self.health.failed(reason)
+            await self._ack(job, "failed", reason, detail)
+            return
+        if self.identity is not None:
+            detail.update(model=self.identity.model, build=self.identity.build)
         await self._ack(job, "done", None, detail)
 
     async def _ack(self, job: Job, outcome: str, reason: str | None, detail: dict) -> None:
@@ -247,8 +278,10 @@ class BoardWorker:
         try:
             prefer = self.identity.build if self.identity else None
             self.identity = await self.access.identify(prefer)
-        except (BoardUnavailable, MatchError, OSError, TimeoutError) as exc:
+        except Exception as exc:  # whatever stops the DUT answering is a failed check
             reason = str(exc)
+            if not isinstance(exc, BoardUnavailable):
+                reason = f"{type(exc).__name__}: {exc}"
             if isinstance(exc, BoardUnavailable) and "devices not back" in reason:
                 self.state = "offline"
             (self.health.check_failed if explicit else self.health.failed)(reason)
@@ -267,6 +300,13 @@ class BoardWorker:
         )
         self._publish_status()
         return self.identity
+
+    async def _checked(self) -> Identity:
+        """An explicit health check that raises ``CheckFailed`` (health already set)."""
+        identity = await self._check(explicit=True)
+        if identity is None:
+            raise CheckFailed(f"health check failed: {self.health.reason}")
+        return identity
 
     def _identity_text(self) -> str:
         if self.identity is None:
@@ -316,7 +356,8 @@ class BoardWorker:
         assert isinstance(job, RunCommand)
         self.state, self.run_id = "busy", job.run
         self._publish_status()
-        await self.journal.run_started(job.run, self.id, job.model_dump(by_alias=True))
+        # The journal has held the run since it was accepted (service), so a restart reports
+        # even a run that never started.
         batcher = SampleBatcher(
             self.outbox,
             self.agent,
@@ -326,11 +367,11 @@ class BoardWorker:
             max_delay_s=self.batching[1],
         )
         tally = _Tally()
-        finished = False
         try:
             request = self._request(job)
             try:
-                bench, dataset, inputs = prepare(request, ports=False)
+                # Opens and sizes every dataset file: off the event loop.
+                bench, dataset, inputs = await asyncio.to_thread(prepare, request, ports=False)
             except RunInputError as exc:
                 raise RunRefused(str(exc)) from None
             if self.health.refuses_runs:
@@ -343,6 +384,8 @@ class BoardWorker:
             self._links = await connect(request, bench)
             runner = self._runner(job, request, bench, inputs)
             total = expected_samples(request, inputs)
+            if total is not None:
+                total -= len(request.settings.skip_seqs)
             await self._event(
                 job,
                 Started,
@@ -380,8 +423,8 @@ class BoardWorker:
                     last_issue_s=runner.info.last_issue_s,
                 ),
             )
+            queued.reported = True
             self.health.passed()
-            finished = True
         except asyncio.CancelledError:
             await batcher.close()
             if not queued.cancelled:
@@ -390,23 +433,25 @@ class BoardWorker:
             if current is not None:
                 current.uncancel()
             await self._event(job, Cancelled, count=tally.count, last_seq=tally.last)
-            finished = True
+            queued.reported = True
             await self._settle_after_cancel()
         except RunRefused as exc:
             await batcher.close()
             await self._fail(job, "input", str(exc), tally, health=False)
-            finished = True
+            queued.reported = True
         except Exception as exc:
             await batcher.close()
             kind = "infrastructure" if _infrastructure(exc) else "device"
-            await self._fail(job, kind, f"{type(exc).__name__}: {exc}", tally, health=True)
-            finished = True
+            reason = str(exc) if isinstance(exc, CheckFailed) else f"{type(exc).__name__}: {exc}"
+            # A failed health check has already set the health: not counted twice.
+            await self._fail(job, kind, reason, tally, health=not isinstance(exc, CheckFailed))
+            queued.reported = True
         finally:
             if self._links is not None:
                 with contextlib.suppress(Exception):
                     await self._links.close()
                 self._links = None
-            if finished:
+            if queued.reported:
                 await self.journal.run_finished(job.run)
 
     async def _fail(
@@ -440,7 +485,7 @@ class BoardWorker:
             raise RunRefused(f"board {self.id} has no interface board and energy monitor")
         identity = await self._check(explicit=False)
         if identity is None:
-            raise BoardUnavailable(f"health check failed: {self.health.reason}")
+            raise CheckFailed(f"health check failed: {self.health.reason}")
         if bench.accepts_firmware(identity.model) and identity.build == need:
             return identity
         model = next((m for m in bench.firmware_models if self.access.image(m, need)), None)
@@ -460,7 +505,9 @@ class BoardWorker:
         finally:
             self.state = "busy"
         identity = await self._check(explicit=False)
-        if identity is None or not bench.accepts_firmware(identity.model) or identity.build != need:
+        if identity is None:
+            raise CheckFailed(f"health check after flashing failed: {self.health.reason}")
+        if not bench.accepts_firmware(identity.model) or identity.build != need:
             raise BoardUnavailable(
                 f"after flashing {model} {need} the DUT reports {self._identity_text()}"
             )
@@ -583,5 +630,6 @@ def _event_name(kind: type) -> str:
 
 def _infrastructure(exc: Exception) -> bool:
     return isinstance(
-        exc, SerialLinkError | BoardUnavailable | MatchError | CommandFailed | OSError
+        exc,
+        SerialLinkError | BoardUnavailable | MatchError | CommandFailed | CheckFailed | OSError,
     )

@@ -599,8 +599,11 @@ class Journal:
                 loop.call_soon_threadsafe(then, result)
             return result
 
+        # Shielded: cancelling the caller must not drop a write that is still queued behind
+        # other journal work (the samples it carries were already handed over).
+        future = loop.run_in_executor(self._executor, job)
         try:
-            return await loop.run_in_executor(self._executor, job)
+            return await asyncio.shield(future)
         except sqlite3.Error as exc:
             raise JournalError(self.path, f"{type(exc).__name__}: {exc}") from exc
 

@@ -158,7 +158,10 @@ class SampleBatcher:
 
     async def close(self) -> None:
         """Flush and stop the flusher task."""
-        self._flusher.cancel()
+        # Under the lock the flusher is not half-way through a flush: its batch is either
+        # journalled already or still pending here, never in between.
+        async with self._lock:
+            self._flusher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._flusher
         await self.flush()

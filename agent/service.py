@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import signal
@@ -61,8 +62,11 @@ log = logging.getLogger("agent.service")
 AGENT_KEY = "_agent"
 #: How long a stopping agent waits to say ``offline`` before it disconnects anyway.
 OFFLINE_TIMEOUT_S = 2.0
+#: A connection that lasted this long resets the reconnect backoff.
+STABLE_S = 10.0
 
 
+@functools.cache
 def software_version() -> str:
     """The installed tinyfarm version."""
     try:
@@ -155,24 +159,38 @@ class AgentService:
 
     async def _connection_loop(self) -> None:
         backoff = Backoff()
+        loop = asyncio.get_running_loop()
+        # One client for every connection: aiomqtt clients are reusable, and its queue of
+        # received commands (already acknowledged to the broker) survives a reconnect.
+        client: aiomqtt.Client | None = None
         while True:
+            connected_at: float | None = None
             try:
-                client = make_client(self.config.broker, self.agent, window=WINDOW)
+                if client is None:
+                    client = make_client(self.config.broker, self.agent, window=WINDOW)
                 async with client:
-                    backoff.reset()
+                    connected_at = loop.time()
                     self.counters["connects"] += 1
                     log.info("event=mqtt_connected broker=%s", self.config.broker.url)
                     await self._connected(client)
             except Exception as exc:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise asyncio.CancelledError from exc  # shutting down: stop reconnecting
                 # Broker gone, credentials refused, TLS failure, a password file that
                 # vanished: the boards keep running and the journal keeps their results.
                 self.connected.clear()
                 self.counters["disconnects"] += 1
+                # Only a connection that lasted resets the backoff: one the broker drops at
+                # once (a duplicate client id, say) must not reconnect in a tight loop.
+                if connected_at is not None and loop.time() - connected_at >= STABLE_S:
+                    backoff.reset()
                 delay = backoff.next_delay()
+                leaf = _leaf(exc)
                 log.warning(
                     "event=mqtt_disconnected error=%r kind=%s retry_in_s=%.2f backlog=%d",
-                    str(exc),
-                    type(exc).__name__,
+                    str(leaf),
+                    type(leaf).__name__,
                     delay,
                     self.journal.backlog_count if self.journal else -1,
                 )
@@ -284,15 +302,23 @@ class AgentService:
         )
 
     async def _on_command(self, payload: bytes) -> None:
-        """Validate and dispatch one command; never raises on bad input."""
+        """Validate and dispatch one command; never raises (a bug rejects the command as
+        ``internal`` and is logged with its traceback)."""
+        try:
+            await self._handle_command(payload)
+        except Exception as exc:
+            log.exception("event=command_crashed")
+            await self._reject("internal", f"{type(exc).__name__}: {exc}")
+
+    async def _handle_command(self, payload: bytes) -> None:
         assert self.journal is not None
         if len(payload) > MAX_COMMAND_BYTES:
             await self._reject("oversized", f"{len(payload)} bytes (limit {MAX_COMMAND_BYTES})")
             return
         try:
             data = json.loads(payload)
-        except (ValueError, UnicodeDecodeError) as exc:
-            await self._reject("invalid_json", str(exc))
+        except (ValueError, RecursionError) as exc:  # RecursionError: absurd nesting
+            await self._reject("invalid_json", f"{type(exc).__name__}: {exc}"[:200])
             return
         if not isinstance(data, dict):
             await self._reject("invalid_json", "a command is a JSON object")
@@ -334,7 +360,8 @@ class AgentService:
         if isinstance(command, RefuseCommand):
             self.refused = command.reason
             log.error("event=refused_by_controller reason=%r", command.reason)
-            await self.journal.record_command(command.id, "accepted")
+            await self.journal.record_command(command.id, "done")
+            await self._ack(self._ack_for(command, "done"))
             await self._publish_agent_status()
             return
         if isinstance(command, CancelCommand):
@@ -365,7 +392,7 @@ class AgentService:
             if problem is not None:
                 await self._reject("invalid_run", problem, command.model_dump(by_alias=True))
                 return
-            if worker.has_run(command.run):
+            if any(w.has_run(command.run) for w in self.workers.values()):
                 await self._ack(
                     self._ack_for(
                         command,
@@ -375,14 +402,22 @@ class AgentService:
                     )
                 )
                 return
-        position = worker.submit(command)
+            # Journalled from acceptance: if the agent dies before the run even starts, the
+            # next start reports it interrupted and the controller sends it again.
+            await self.journal.run_started(
+                command.run, worker.id, command.model_dump(by_alias=True)
+            )
+        position = worker.ahead()
         await self.journal.record_command(command.id, "accepted")
         self.counters["commands_accepted"] += 1
+        # Acks first, then the queue: a run refused at once must not report before it was
+        # accepted.
         await self._ack(
             self._ack_for(command, "accepted", board=worker.id, detail={"position": position})
         )
         if isinstance(command, RunCommand):
             await worker.accepted(command, position)
+        worker.submit(command)
 
     def _ack_for(
         self,
@@ -413,12 +448,9 @@ class AgentService:
             return str(exc)
         if command.stored and command.mode != "accuracy":
             return "only accuracy runs resume from stored samples (the others are timed windows)"
-        if command.dataset is not None and (
-            "/" in command.dataset or command.dataset in (".", "..")
-        ):
-            return f"dataset {command.dataset!r} must be a folder name under the dataset root"
         root = self.config.datasets / command.dataset if command.dataset else self.config.datasets
-        index = root / bench.dataset.id / "y_labels.csv"
+        name = "y_labels_alt.csv" if command.options.alt else "y_labels.csv"
+        index = root / bench.dataset.id / name
         if not index.is_file():
             return f"this agent has no dataset {bench.dataset.id} ({index} is missing)"
         return None
@@ -428,6 +460,13 @@ class AgentService:
         self._statuses[AGENT_KEY] = self._agent_status().dumps()
         self._dirty.add(AGENT_KEY)
         self._status_changed.set()
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    """The first real error inside (possibly nested) exception groups."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
 
 
 def _payload(payload: object) -> bytes:

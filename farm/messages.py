@@ -31,7 +31,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
 SCHEMA = "farm/v1"
 PREFIX = "farm/v1"
@@ -128,8 +128,8 @@ class Message(BaseModel):
     schema_: Literal["farm/v1"] = Field(SCHEMA, alias="schema")
 
     def dumps(self) -> bytes:
-        """The JSON payload."""
-        return self.model_dump_json(by_alias=True, exclude_none=True).encode()
+        """The JSON payload (nulls kept: a field that is ``None`` is stated, not left out)."""
+        return self.model_dump_json(by_alias=True).encode()
 
 
 def now() -> float:
@@ -140,20 +140,26 @@ def now() -> float:
 # -- commands (controller -> agent) -----------------------------------------------------------
 
 
+#: The most samples a run may have (ad01's 48,608 accuracy inferences, with room to spare);
+#: also bounds what ``stored`` may list.
+MAX_RUN_SAMPLES = 1_000_000
+
+
 class RunOptions(BaseModel):
-    """How a run is sized: the official rules by default; tests and ``--quick`` shorten them."""
+    """How a run is sized: the official rules by default; tests and ``--quick`` shorten them.
+    Every value is bounded: a command must not be able to keep a board busy for ever."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    limit: int | None = Field(None, ge=1)
+    limit: int | None = Field(None, ge=1, le=MAX_RUN_SAMPLES)
     alt: bool = False
     windows: int = Field(5, ge=1, le=100)
-    min_window_s: float = Field(10.0, ge=0)
-    max_window_s: float = Field(30.0, gt=0)
-    calibration_s: float = Field(0.5, gt=0)
-    min_queries: int = Field(1024, ge=1)
-    min_duration_s: float = Field(60.0, ge=0)
-    latency_inputs: int = Field(5, ge=1)
+    min_window_s: float = Field(10.0, ge=0, le=600)
+    max_window_s: float = Field(30.0, gt=0, le=600)
+    calibration_s: float = Field(0.5, gt=0, le=60)
+    min_queries: int = Field(1024, ge=1, le=MAX_RUN_SAMPLES)
+    min_duration_s: float = Field(60.0, ge=0, le=86_400)
+    latency_inputs: int = Field(5, ge=1, le=1000)
     retries: int = Field(2, ge=0, le=10)
     """Attempts at a failed step (after recovery) before the run fails."""
 
@@ -170,12 +176,27 @@ class RunCommand(_Command):
     run: Id
     benchmark: str
     mode: Mode
-    dataset: str | None = None
-    """Folder under the agent's dataset root; default: the benchmark's dataset id."""
+    dataset: Id | None = None
+    """A dataset set: a folder under the agent's dataset root holding ``<id>/y_labels.csv``
+    (default: the root itself)."""
     options: RunOptions = RunOptions()
-    stored: list[tuple[int, int]] = []
+    stored: list[tuple[int, int]] = Field([], max_length=10_000)
     """Half-open seq ranges the controller already holds: an accuracy run resumes by
     running only the others."""
+
+    @field_validator("stored")
+    @classmethod
+    def _ranges(cls, value: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        total = 0
+        for start, end in value:
+            if not 0 <= start < end <= MAX_RUN_SAMPLES:
+                raise ValueError(
+                    f"range [{start}, {end}) is not 0 <= start < end <= {MAX_RUN_SAMPLES}"
+                )
+            total += end - start
+        if total > MAX_RUN_SAMPLES:
+            raise ValueError(f"the ranges hold {total} seqs, more than a run has")
+        return value
 
 
 class CancelCommand(_Command):

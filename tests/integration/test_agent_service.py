@@ -107,7 +107,7 @@ async def test_commands_are_acknowledged_idempotent_and_validated(two_boards: La
     url = lab.broker.url
     # Malformed payloads: each rejected with its reason, counted; the agent keeps serving.
     await send(url, AGENT, b"{not json")
-    await send(url, AGENT, b"[1, 2]")
+    await send(url, AGENT, b"[" * 30_000 + b"]" * 30_000)  # nested past the parser's depth
     await send(url, AGENT, {"id": "bad-type", "type": "reboot", "board": "kws-a"})
     await send(
         url,
@@ -156,6 +156,7 @@ async def test_commands_are_acknowledged_idempotent_and_validated(two_boards: La
         return [a for a in lab.observer.acks if a["outcome"] == "rejected"]
 
     await wait_until(lambda: len(rejected()) >= 9, 15, "nine rejections")
+    assert "RecursionError" in rejected()[1]["reason"]
     reasons = [a["reason"].split(":")[0] for a in rejected()]
     assert reasons == [
         "invalid_json",
@@ -298,6 +299,22 @@ async def test_killed_agent_leaves_its_will_and_reports_the_interrupted_run(tmp_
             options={"min_queries": 100000, "min_duration_s": 600},
         )
         await wait_until(lambda: len(lab.observer.samples["r-kill"]) > 30, 20, "samples flowing")
+        # A second run waits behind the first; the same run id for another board is refused.
+        await lab.run("r-queued", "kws-a", "kws01", "accuracy")
+        await wait_until(lambda: lab.observer.event("r-queued", "accepted"), 10, "queued")
+        await send(
+            lab.broker.url,
+            AGENT,
+            {
+                "type": "run",
+                "id": "again",
+                "board": "kws-a",
+                "run": "r-kill",
+                "benchmark": "kws01",
+                "mode": "accuracy",
+            },
+        )
+        await wait_until(lambda: lab.observer.ack("again", "duplicate"), 10, "duplicate run id")
         await lab.agent.signal(signal.SIGKILL)
         offline = await wait_until(
             lambda: (
@@ -319,6 +336,12 @@ async def test_killed_agent_leaves_its_will_and_reports_the_interrupted_run(tmp_
         )
         assert sorted(lab.observer.unique_samples("r-kill"))[: last + 1] == list(range(last + 1))
         assert lab.observer.agent_status[AGENT]["state"] == "online"
+        # The queued run never started, and is reported too: the controller sends it again.
+        queued = await wait_until(
+            lambda: lab.observer.event("r-queued", "interrupted"), 10, "queued"
+        )
+        assert queued["last_seq"] is None
+        assert "started" not in [e["event"] for e in lab.observer.events["r-queued"]]
         await lab.idle("kws-a")
     finally:
         await stop_lab(lab)

@@ -257,6 +257,19 @@ async def test_cancelled_callers_leave_the_counters_exact(journal: Journal) -> N
     assert await asyncio.wait_for(journal.wait_for_messages(0), 1) == entries[-1].id
 
 
+async def test_a_cancelled_caller_still_gets_its_write_committed(journal: Journal) -> None:
+    # Sixty writes queue behind each other on the one worker thread; cancelling their
+    # callers (a run cancelled, the agent stopping) must not drop the ones not yet started:
+    # the samples they carry were already handed over.
+    tasks = [asyncio.create_task(journal.enqueue("t", bytes(i))) for i in range(1, 61)]
+    await asyncio.sleep(0)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    entries = await journal.pending(limit=1000)
+    assert sorted(len(e.payload) for e in entries) == list(range(1, 61))
+
+
 async def test_compaction_gives_the_space_back(
     journal: Journal, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -14,9 +14,20 @@ from agent.mqtt_client import Backoff
 from farm.messages import (
     COMMANDS,
     RUN_EVENTS,
+    Accepted,
     AgentStatus,
+    BoardStatus,
+    Cancelled,
+    CommandAck,
+    Done,
+    Failed,
+    Heartbeat,
+    Interrupted,
+    LogEvent,
+    ProgressEvent,
     RunCommand,
     SampleDigest,
+    Started,
     Topic,
     canonical,
     parse_topic,
@@ -86,7 +97,7 @@ def test_commands_validate_strictly() -> None:
 def test_run_events_and_status_serialise_with_the_schema_field() -> None:
     status = AgentStatus(agent="pi1", state="offline", reason="connection lost")
     data = json.loads(status.dumps())
-    assert data["schema"] == "farm/v1" and data["state"] == "offline" and "uptime_s" not in data
+    assert data["schema"] == "farm/v1" and data["state"] == "offline" and data["uptime_s"] is None
     event = RUN_EVENTS.validate_python(
         {
             "schema": "farm/v1",
@@ -150,3 +161,57 @@ def test_backoff_grows_to_its_cap_with_jitter_and_resets() -> None:
     assert len(set(delays)) == len(delays)  # jittered
     backoff.reset()
     assert backoff.next_delay(rng) <= 0.5
+
+
+def test_run_commands_cannot_ask_for_the_impossible() -> None:
+    base = {
+        "schema": "farm/v1",
+        "type": "run",
+        "id": "c",
+        "board": "b",
+        "run": "r",
+        "benchmark": "kws01",
+        "mode": "accuracy",
+    }
+    hostile = [
+        {"stored": [[5, 2]]},  # reversed
+        {"stored": [[-1, 2]]},
+        {"stored": [[0, 10**15]]},  # would build a set of 10**15 seqs
+        {"stored": [[0, 600_000], [600_000, 1_000_000], [0, 10]]},  # more than a run has
+        {"options": {"min_duration_s": float("inf")}},  # a run that never ends
+        {"options": {"calibration_s": float("nan")}},
+        {"options": {"min_queries": 10**9}},
+        {"dataset": "../etc"},
+        {"dataset": "x" * 300},
+    ]
+    for extra in hostile:
+        with pytest.raises(ValidationError):
+            COMMANDS.validate_python({**base, **extra})
+    ok = COMMANDS.validate_python({**base, "stored": [[0, 48_608]], "dataset": "full-set"})
+    assert ok.stored == [(0, 48_608)]
+
+
+def test_every_message_reads_back_what_it_wrote() -> None:
+    common = {"agent": "a", "board": "b", "run": "r"}
+    events = [
+        Accepted(event="accepted", command="c", **common),
+        Started(
+            event="started", model="kws01", build="performance", total=None, dataset="d", **common
+        ),
+        ProgressEvent(event="progress", done=1, total=None, **common),
+        LogEvent(event="log", message="m", **common),
+        Failed(event="error", kind="device", reason="x", **common),
+        Done(event="done", count=0, digest="d", **common),
+        Cancelled(event="cancelled", **common),
+        Interrupted(event="interrupted", last_seq=None, reason="restart", **common),
+    ]
+    for event in events:
+        assert RUN_EVENTS.validate_json(event.dumps()) == event
+    others = [
+        (AgentStatus, AgentStatus(agent="a", state="online")),
+        (BoardStatus, BoardStatus(agent="a", board="b", state="idle", health="unknown")),
+        (Heartbeat, Heartbeat(agent="a", uptime_s=1.0, backlog=0)),
+        (CommandAck, CommandAck(agent="a", command=None, outcome="rejected", reason="x")),
+    ]
+    for kind, message in others:
+        assert kind.model_validate_json(message.dumps()) == message
