@@ -26,6 +26,7 @@ from rich.table import Table
 
 from farm.agent_cli import agent_app
 from farm.catalog import get_dataset_spec
+from farm.controller_cli import CLIENT_COMMANDS, controller_app
 from farm.dataset_cli import dataset_app
 from farm.datasets import INDEX, official_index
 from farm.logs import LogFormat, setup_logging
@@ -46,6 +47,9 @@ app = typer.Typer(
 app.add_typer(dataset_app, name="dataset")
 app.add_typer(agent_app, name="agent")
 app.add_typer(simctl_app, name="simctl")
+app.add_typer(controller_app, name="controller")
+for _command in CLIENT_COMMANDS:
+    app.command()(_command)
 console = Console()
 err = Console(stderr=True)
 log = logging.getLogger("farm.cli")

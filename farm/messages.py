@@ -340,7 +340,9 @@ class SampleRecord(BaseModel):
     energy_j: float | None = None
     energy_window_s: float | None = None
     subset: bool | None = None
-    power_samples: list[float] | None = None
+    power_samples: list[float | None] | None = None
+    """Joules per monitor sample; null where the monitor sent an unreadable value (JSON has
+    no NaN)."""
     power_events: list[tuple[int, int]] | None = None
 
 

@@ -8,6 +8,10 @@ line); ``finish`` scores the run with ``farm.scoring`` and writes ``results.txt`
 supplemental ``mlperf_log_summary.txt`` and ``latency.json`` in latency mode), then removes
 the marker.
 
+``RunFolder.at`` makes the folder at an exact path instead (the controller's
+``results/<sweep>/<board>/<benchmark>/<mode>``), and ``add_samples`` feeds it samples rebuilt
+from stored records, so the controller writes the same files through the same code.
+
 ``samples.jsonl``: one JSON object per sample with ``seq``, ``index`` (dataset row),
 ``segment`` (AD window or null), ``window`` (timed window or null), ``label``,
 ``latency_us`` (DUT-timed per-inference µs or null), ``results`` (the raw vector), and as the
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -96,6 +101,24 @@ class RunFolder:
             folder.log(SUBSET_NOTE.format(n=folder.limit))
         return folder
 
+    @classmethod
+    def at(
+        cls, path: Path, bench: Benchmark, mode: str, settings: Any, identity: dict | None = None
+    ) -> RunFolder:
+        """A folder at exactly ``path`` (the controller chooses
+        ``results/<sweep>/<board>/<benchmark>/<mode>``), otherwise as :meth:`create`: marked
+        incomplete at once, ``run.json`` written, a subset run noted. ``path`` may exist only
+        as an empty directory: results.txt is appended to, so a folder is never reused."""
+        path.mkdir(parents=True, exist_ok=True)
+        if any(path.iterdir()):
+            raise FileExistsError(f"{path} is not empty: a run folder is never reused")
+        (path / INCOMPLETE).write_text("run in progress\n")
+        (path / RUN_FILE).write_text(json.dumps(identity or {}, indent=2) + "\n")
+        folder = cls(path, bench, mode, settings)
+        if folder.limit is not None:
+            folder.log(SUBSET_NOTE.format(n=folder.limit))
+        return folder
+
     @staticmethod
     def check_resumable(path: Path, identity: dict) -> None:
         """Refuse to continue a folder that is complete or was another run (benchmark, mode,
@@ -156,6 +179,23 @@ class RunFolder:
             record["subset"] = True
         self._samples_file.write(json.dumps(record) + "\n")
         self._samples_file.flush()
+
+    def add_samples(self, samples: Iterable[Sample]) -> None:
+        """Feed samples a run produced elsewhere (the controller's stored records, rebuilt
+        with ``Sample.from_record``), in seq order, exactly as :meth:`add_sample` does."""
+        for sample in samples:
+            self.add_sample(sample)
+
+    def add_problem(self, text: str) -> None:
+        """A problem found outside the scorers (e.g. by the controller: an incomplete sample
+        set, a latency run short of its minimums): kept in :attr:`problems` and logged as a
+        ``problem:`` line; also allowed after :meth:`finish` (log.txt is appended to)."""
+        if self._log_file.closed:
+            self.problems.append(text)
+            with (self.path / "log.txt").open("a") as log:
+                log.write(f"{stamp()} {PREFIX}problem: {text}\n")
+        else:
+            self._problem(text)
 
     def mark_incomplete(self, reason: str) -> None:
         """The run stopped early: say so in the marker and the log; keep what was written."""

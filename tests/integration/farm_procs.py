@@ -195,20 +195,42 @@ async def send(url: str, agent: str, command: dict | bytes) -> None:
         await client.publish(command_topic(agent), payload, qos=1)
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid``, from /proc."""
+    children: dict[int, list[int]] = defaultdict(list)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children[int(fields[1])].append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
 class Proc:
     """A `farm ...` subprocess with its output in a log file."""
 
-    def __init__(self, args: list[str], log: Path) -> None:
+    def __init__(self, args: list[str], log: Path, *, env: dict[str, str] | None = None) -> None:
         self.args = args
         self.log = log
+        self.env = env or {}
         self.process: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
         """Start it (``python -m farm.cli ...``)."""
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         with self.log.open("ab") as out:
             self.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "farm.cli", *self.args, stdout=out, stderr=out, env=env
+                sys.executable,
+                "-m",
+                "farm.cli",
+                *self.args,
+                stdout=out,
+                stderr=out,
+                env=env,
             )
 
     async def signal(self, sig: int) -> int:
@@ -219,6 +241,16 @@ class Proc:
         code = await asyncio.wait_for(self.process.wait(), 30)
         self.process = None
         return code
+
+    async def kill_tree(self) -> None:
+        """SIGKILL the process and every descendant, as a crashing host would (an RQ
+        work-horse moves to its own process group, so killing the group is not enough)."""
+        assert self.process is not None
+        for pid in [*descendants(self.process.pid), self.process.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        await asyncio.wait_for(self.process.wait(), 30)
+        self.process = None
 
     async def stop(self) -> None:
         """SIGTERM, if still running."""

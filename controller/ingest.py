@@ -1,0 +1,833 @@
+"""``farm controller ingest``: the agents' MQTT messages into Redis.
+
+One :class:`Ingest` subscribes to every agent topic (``farm/v1/agent/#``, by default as a
+member of the shared subscription ``$share/farm-ingest/...``, so several ingest processes split
+the stream) with a persistent session, and for every message:
+
+1. parses the topic (:func:`farm.messages.parse_topic`), caps the payload size, parses the
+   JSON and validates it, strictly, with the topic's pydantic model; the ids in the message
+   must be the topic's;
+2. accepts samples and run events only for a run dispatched to that agent and board and not
+   closed, and stores samples with ``HSETNX`` keyed by (run, seq): a replay or a duplicate
+   changes nothing, a conflicting value keeps the first one and is counted;
+3. tracks agents and boards (retained statuses, wills, heartbeats) and keeps the agents'
+   command acks;
+4. counts every outcome in ``farm:ingest:counters`` (and in :attr:`Ingest.counters`).
+
+A message that is rejected is counted by reason and logged (at most one warning per reason
+per second); an exception while handling one is counted ``rejected_internal`` and the loop
+goes on: ingest never stops on input.
+
+**Acknowledgement after storing.** The client acknowledges a QoS 1 message (PUBACK) only
+after it has been handled, not on receipt (paho's manual acks): if Redis is unreachable the
+message is retried with backoff until Redis is back, and if ingest dies meanwhile, the broker
+still holds the message and delivers it again on the next connection of the same client id
+(persistent session). Memory stays bounded during an outage: the broker sends no more than
+its ``max_inflight_messages`` unacknowledged QoS 1 messages and queues the rest on its side;
+QoS 0 messages (heartbeats) beyond :data:`QOS0_QUEUE_LIMIT` waiting are dropped. Messages
+still queued locally when the connection drops are discarded before reconnecting: they were
+not acknowledged, so the broker sends them again.
+
+Measured with mosquitto 2.0.11 (what the tests run): a shared-subscription member whose
+process stopped keeps getting its round-robin share queued in its session, delivered when a
+process with its client id returns (so restart ingest processes, and clear the session of one
+retired for good); but after a *broker* restart a shared subscription is not restored from
+persistence until its member subscribes again, and messages published in that gap reach no
+ingest (a plain subscription, ``share=False``, is restored and queues them).
+
+Redis writes are idempotent, so a message handled twice (redelivered after a crash between
+storing and acknowledging) changes no data; only counters may count it twice (as duplicates).
+
+Completion is not decided here: the worker compares the stored samples with the agent's
+``done`` (count and digest).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import re
+import signal
+import socket
+import ssl
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiomqtt
+import pydantic_core
+import redis.asyncio as aioredis
+import redis.exceptions as redis_errors
+from pydantic import ValidationError
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+
+from controller import keys
+from controller.metrics import DEFAULT_ADDR, IngestMetrics
+from controller.settings import Settings
+from farm.backoff import Backoff
+from farm.messages import (
+    ID_PATTERN,
+    MAX_RUN_SAMPLES,
+    PROTOCOL_VERSION,
+    RUN_EVENTS,
+    AgentStatus,
+    BoardStatus,
+    CommandAck,
+    Heartbeat,
+    RefuseCommand,
+    SampleBatch,
+    SampleRecord,
+    Topic,
+    command_topic,
+    parse_topic,
+)
+
+log = logging.getLogger("controller.ingest")
+
+#: Larger payloads are rejected unread (an energy window's power trace is the largest
+#: legitimate message: a few MiB).
+MAX_PAYLOAD_BYTES = 8 * 1024 * 1024
+#: QoS 0 messages (heartbeats) waiting beyond this are dropped; QoS 1 ones are bounded by the
+#: broker's in-flight window, since ingest acknowledges only what it has stored.
+QOS0_QUEUE_LIMIT = 10_000
+#: Run events after which the agent sends nothing more for that execution of the run.
+FINAL_EVENTS = frozenset({"done", "error", "cancelled", "interrupted"})
+#: Attempts at an optimistic (WATCH) update of a run hash that other writers keep changing.
+WATCH_ATTEMPTS = 50
+#: How long publishing a refuse command may wait for the broker.
+PUBLISH_TIMEOUT_S = 10.0
+#: Redis errors that mean "not now" rather than "never": the message is retried.
+TRANSIENT_REDIS_ERRORS: tuple[type[Exception], ...] = (
+    redis_errors.ConnectionError,  # includes BusyLoadingError (Redis loading its AOF)
+    redis_errors.TimeoutError,
+    redis_errors.ReadOnlyError,  # a replica during a failover
+    redis_errors.OutOfMemoryError,  # the operator must act; the broker holds the backlog
+    redis_errors.TryAgainError,
+    redis_errors.ClusterDownError,
+)
+
+#: Counter label per topic kind: ``accepted_<label>`` and ``rejected_invalid_<label>``.
+LABELS: Mapping[str, str] = {
+    "status": "agent_status",
+    "heartbeat": "heartbeat",
+    "events": "command_ack",
+    "board_status": "board_status",
+    "samples": "sample_batch",
+    "run_events": "run_event",
+}
+
+#: Strict validation: a string is not an int here. The stored samples are the payload's own
+#: JSON values (see ``_samples``), so lax coercion would let ``"5"`` through as a seq.
+_VALIDATORS: Mapping[str, Callable[[bytes], Any]] = {
+    "status": lambda p: AgentStatus.model_validate_json(p, strict=True),
+    "heartbeat": lambda p: Heartbeat.model_validate_json(p, strict=True),
+    "events": lambda p: CommandAck.model_validate_json(p, strict=True),
+    "board_status": lambda p: BoardStatus.model_validate_json(p, strict=True),
+    "samples": lambda p: SampleBatch.model_validate_json(p, strict=True),
+    "run_events": lambda p: RUN_EVENTS.validate_json(p, strict=True),
+}
+_ID = re.compile(ID_PATTERN)
+
+#: Store a batch: ARGV[1] holds the seqs (space-separated), ARGV[2] the records, one per line
+#: (compact JSON has no raw newline); each record is written with HSETNX (the first value of a
+#: seq stays). Returns the hash's length, then for every seq that was already there its
+#: position in the batch (1-based) and the stored value, to tell duplicates from conflicts.
+#: One key, so it runs on Redis Cluster too. A script with two arguments rather than a
+#: pipeline of HSETNX: redis-py spends tens of µs per command (or argument) on packing and
+#: parsing, ~10 ms for a 200-sample pipeline, against ~1 ms for this call.
+_STORE_SAMPLES = """
+local seqs, records = {}, {}
+for seq in string.gmatch(ARGV[1], '[^ ]+') do seqs[#seqs + 1] = seq end
+for record in string.gmatch(ARGV[2], '[^\\n]+') do records[#records + 1] = record end
+if #seqs ~= #records then
+  return redis.error_reply('store_samples: ' .. #seqs .. ' seqs, ' .. #records .. ' records')
+end
+local reply = {0}
+for i = 1, #seqs do
+  if redis.call('HSETNX', KEYS[1], seqs[i], records[i]) == 0 then
+    reply[#reply + 1] = i
+    reply[#reply + 1] = redis.call('HGET', KEYS[1], seqs[i])
+  end
+end
+reply[1] = redis.call('HLEN', KEYS[1])
+return reply
+"""
+#: Record fields that default to null: filled in when a sender leaves them out, so every stored
+#: record states them (``farm.sample.Sample.from_record`` needs ``segment`` and ``window``) and
+#: two receipts of one sample compare equal whether or not their nulls were written. The
+#: digest drops nulls, so filling them changes no digest.
+_NULLS: Mapping[str, None] = dict.fromkeys(
+    name for name, field in SampleRecord.model_fields.items() if field.default is None
+)
+#: One encoder for every record (``json.dumps`` with options builds a new one per call).
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+
+
+class Rejected(Exception):
+    """A message is not accepted; ``reason`` names the counter (``rejected_<reason>``)."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(reason, detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def stored_record(record: Mapping[str, Any]) -> str:
+    """A sample record as stored: its JSON values unchanged, every nullable field stated, keys
+    sorted, no whitespace, so two receipts of one sample are the same string (and receipts
+    with different values are not)."""
+    return _ENCODER.encode(_NULLS | dict(record))
+
+
+def default_client_id(instance: int = 0) -> str:
+    """``farm-ingest-<hostname>-<instance>``: stable across restarts, so the broker keeps the
+    session (and the messages queued for it) while the process is away."""
+    host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname()) or "host"
+    return f"farm-ingest-{host}-{instance}"
+
+
+def subscription(group: str, share: bool) -> str:
+    """The topic filter: a shared subscription in ``group``, or the plain filter for brokers
+    without shared subscriptions (then run a single ingest process)."""
+    if not share:
+        return "farm/v1/agent/#"
+    if not group or any(c in group for c in "/+#"):
+        raise ValueError(f"invalid shared subscription group {group!r}")
+    return f"$share/{group}/farm/v1/agent/#"
+
+
+class _IncomingQueue(asyncio.Queue[aiomqtt.Message]):
+    """aiomqtt's receive queue: unbounded for QoS 1 and 2 (the broker's in-flight window bounds
+    those, since ingest acknowledges late; dropping one would leave it unacknowledged until the
+    next reconnect), capped for QoS 0, which nobody resends anyway."""
+
+    def __init__(self, qos0_limit: int, counters: Counter[str]) -> None:
+        super().__init__()
+        self.qos0_limit = qos0_limit
+        self.counters = counters
+
+    def put_nowait(self, item: aiomqtt.Message) -> None:
+        if item.qos == 0 and self.qsize() >= self.qos0_limit:
+            self.counters["dropped_qos0"] += 1
+            return
+        super().put_nowait(item)
+
+
+class _Throttle:
+    """At most one log line per key per interval; the next one says how many were skipped."""
+
+    def __init__(self, interval_s: float = 1.0) -> None:
+        self.interval_s = interval_s
+        self._state: dict[str, tuple[float, int]] = {}
+
+    def allow(self, key: str) -> int | None:
+        """The number of lines suppressed since the last one, or ``None`` to stay quiet."""
+        now = time.monotonic()
+        last, suppressed = self._state.get(key, (float("-inf"), 0))
+        if now - last >= self.interval_s:
+            self._state[key] = (now, 0)
+            return suppressed
+        self._state[key] = (last, suppressed + 1)
+        return None
+
+
+def _validation_summary(exc: ValidationError, limit: int = 3) -> str:
+    """The first few pydantic errors as ``loc: msg`` (never the input: it may be huge)."""
+    parts = [
+        f"{'.'.join(str(p) for p in error['loc']) or '<root>'}: {error['msg']}"
+        for error in exc.errors(include_url=False, include_input=False)[:limit]
+    ]
+    if exc.error_count() > limit:
+        parts.append(f"(+{exc.error_count() - limit} more)")
+    return "; ".join(parts)[:500]
+
+
+def _event_time(text: str | None) -> float:
+    """The ``time`` of a stored event (JSON), or -inf when there is none to compare with."""
+    if not text:
+        return float("-inf")
+    with contextlib.suppress(ValueError, TypeError, AttributeError):
+        value = json.loads(text).get("time")
+        if isinstance(value, int | float):
+            return float(value)
+    return float("-inf")
+
+
+def _acceptance(topic: Topic, agent: str | None, board: str | None, state: str | None) -> None:
+    """Raise :class:`Rejected` unless the run exists, was dispatched to the topic's agent and
+    board, and is not closed."""
+    if agent is None and board is None and state is None:
+        raise Rejected("unknown_run", f"run {topic.run} does not exist")
+    if agent != topic.agent or board != topic.board:
+        raise Rejected(
+            "not_dispatched_here",
+            f"run {topic.run} is dispatched to agent={agent} board={board}",
+        )
+    if state in keys.TERMINAL:
+        raise Rejected("run_closed", f"run {topic.run} is {state}")
+
+
+class Ingest:
+    """The ingest service (see the module docstring). :meth:`run` serves until cancelled.
+
+    ``group``/``share``: the shared subscription group, or a plain subscription;
+    ``client_id`` (default :func:`default_client_id` of ``instance``): the persistent session;
+    ``redis``: a client to use instead of one made from ``settings`` (it must decode
+    responses); ``max_payload``: larger messages are rejected unread."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        group: str = "farm-ingest",
+        share: bool = True,
+        client_id: str | None = None,
+        instance: int = 0,
+        redis: aioredis.Redis | None = None,
+        max_payload: int = MAX_PAYLOAD_BYTES,
+        qos0_queue_limit: int = QOS0_QUEUE_LIMIT,
+    ) -> None:
+        if redis is not None and not redis.connection_pool.connection_kwargs.get(
+            "decode_responses"
+        ):
+            raise ValueError("the Redis client must be made with decode_responses=True")
+        self.settings = settings
+        self.topic_filter = subscription(group, share)
+        self.client_id = client_id or default_client_id(instance)
+        self.max_payload = max_payload
+        self.counters: Counter[str] = Counter()
+        """Everything counted since start (Redis has the totals over all processes)."""
+        self.subscribed = asyncio.Event()
+        """Set while connected and subscribed."""
+        self._redis = redis
+        self._owns_redis = redis is None
+        self._queue = _IncomingQueue(qos0_queue_limit, self.counters)
+        self._client: aiomqtt.Client | None = None
+        self._paho: Any = None
+        """aiomqtt's paho client, once it acknowledges manually."""
+        self._refused: dict[str, str] = {}
+        """Agent -> the connection (its ``started``) already refused: one refuse each."""
+        self._throttle = _Throttle()
+        self._store: Any = None
+        """The registered ``_STORE_SAMPLES`` script (needs the Redis client)."""
+        self.metrics = IngestMetrics(self.counters, self._queue.qsize)
+        """This process's Prometheus metrics (served by :func:`main` with a metrics port)."""
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    @property
+    def redis(self) -> aioredis.Redis:
+        """The Redis client (made by :meth:`run` unless one was given)."""
+        if self._redis is None:
+            raise RuntimeError("Ingest.run() has not started")
+        return self._redis
+
+    async def run(self) -> None:
+        """Connect, subscribe and handle messages until cancelled; reconnect with backoff when
+        the broker goes away. Redis outages are ridden out message by message."""
+        if self._redis is None:
+            self._redis = aioredis.Redis.from_url(
+                self.settings.redis_url,
+                decode_responses=True,
+                socket_timeout=10,
+                socket_connect_timeout=5,
+                health_check_interval=30,
+                # Short in-client retries: the outer loop (``_process``) owns the long wait.
+                retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+            )
+        client = self._client = self._make_client()
+        backoff = Backoff(base_s=0.5, cap_s=30.0)
+        try:
+            while True:
+                self._drain()
+                try:
+                    async with client:
+                        await client.subscribe(self.topic_filter, qos=1)
+                        backoff.reset()
+                        self.subscribed.set()
+                        host, port = self.settings.broker_host_port
+                        log.info(
+                            "event=ingest_subscribed broker=%s:%d client_id=%s filter=%s "
+                            "manual_ack=%s",
+                            host,
+                            port,
+                            self.client_id,
+                            self.topic_filter,
+                            self._paho is not None,
+                        )
+                        async for message in client.messages:
+                            await self._process(message)
+                except aiomqtt.MqttError as exc:
+                    self.subscribed.clear()
+                    delay = backoff.next_delay()
+                    log.warning(
+                        "event=broker_unavailable error=%r retry_in_s=%.1f", str(exc), delay
+                    )
+                    await asyncio.sleep(delay)
+        finally:
+            self.subscribed.clear()
+            log.info(
+                "event=ingest_stopped counters=%s",
+                json.dumps(dict(self.counters), separators=(",", ":")),
+            )
+            if self._owns_redis and self._redis is not None:
+                await self._redis.aclose()
+                self._redis = self._store = None
+
+    def _make_client(self) -> aiomqtt.Client:
+        host, port = self.settings.broker_host_port
+        username, password = self.settings.broker_credentials
+        tls = None
+        if urlsplit(self.settings.broker_url).scheme == "mqtts":
+            tls = ssl.create_default_context()
+        client = aiomqtt.Client(
+            host,
+            port,
+            username=username,
+            password=password,
+            identifier=self.client_id,
+            clean_session=False,
+            keepalive=30,
+            timeout=10.0,
+            tls_context=tls,
+            # aiomqtt calls this with maxsize=...: one queue, kept across reconnects.
+            queue_type=lambda maxsize=0: self._queue,  # type: ignore[arg-type]
+        )
+        # aiomqtt has no option for it, but its paho client has: acknowledge after storing
+        # (module docstring). Without it (another aiomqtt) paho acknowledges on receipt.
+        paho = getattr(client, "_client", None)
+        if paho is not None and hasattr(paho, "manual_ack_set") and hasattr(paho, "ack"):
+            paho.manual_ack_set(True)
+            self._paho = paho
+        else:
+            log.warning("event=manual_ack_unavailable effect=messages_acked_on_receipt")
+        return client
+
+    def _drain(self) -> None:
+        """Forget messages of a lost connection: unacknowledged, they come again."""
+        dropped = 0
+        while True:
+            try:
+                self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                break
+            dropped += 1
+        if dropped:
+            log.info("event=queue_discarded messages=%d why=broker_resends_unacked", dropped)
+
+    def _ack(self, message: aiomqtt.Message) -> None:
+        if self._paho is None or message.qos == 0:
+            return
+        rc = self._paho.ack(message.mid, message.qos)
+        if rc != 0:
+            # Connection gone: the broker resends the message on the next connection.
+            log.debug("event=ack_failed mid=%d rc=%s", message.mid, rc)
+
+    # -- one message ----------------------------------------------------------------------------
+
+    async def _process(self, message: aiomqtt.Message) -> None:
+        """Handle one message and acknowledge it; never raises (except on cancellation)."""
+        topic = str(message.topic)
+        payload = message.payload
+        if isinstance(payload, str):
+            payload = payload.encode()
+        elif not isinstance(payload, bytes | bytearray):
+            payload = b"" if payload is None else str(payload).encode()
+        backoff = Backoff(base_s=0.1, cap_s=5.0)
+        while True:
+            try:
+                await self.handle(topic, bytes(payload), retained=message.retain)
+                break
+            except TRANSIENT_REDIS_ERRORS as exc:
+                # Not acknowledged yet: retried here, or redelivered to whoever holds this
+                # client id next if this process stops meanwhile.
+                delay = backoff.next_delay()
+                self.counters["redis_retries"] += 1
+                if (skipped := self._throttle.allow("redis_unavailable")) is not None:
+                    log.warning(
+                        "event=redis_unavailable error=%r topic=%r retry_in_s=%.2f suppressed=%d",
+                        str(exc),
+                        topic[:200],
+                        delay,
+                        skipped,
+                    )
+                await asyncio.sleep(delay)
+            except Exception:
+                self.counters["rejected_internal"] += 1
+                if (skipped := self._throttle.allow("internal")) is not None:
+                    log.exception(
+                        "event=message_rejected reason=internal topic=%r suppressed=%d",
+                        topic[:200],
+                        skipped,
+                    )
+                with contextlib.suppress(Exception):
+                    await self.redis.hincrby(keys.INGEST_COUNTERS, "rejected_internal", 1)
+                break
+        self._ack(message)
+        self.counters["handled"] += 1
+
+    async def handle(self, topic_name: str, payload: bytes, *, retained: bool = False) -> None:
+        """Validate and store one message; a rejection is counted and logged. Raises only
+        Redis errors (the caller retries) and bugs."""
+        try:
+            await self._dispatch(topic_name, payload, retained)
+        except Rejected as rejected:
+            await self._commit(None, {f"rejected_{rejected.reason}": 1})
+            if (skipped := self._throttle.allow(rejected.reason)) is not None:
+                log.warning(
+                    "event=message_rejected reason=%s topic=%r detail=%r suppressed=%d",
+                    rejected.reason,
+                    topic_name[:200],
+                    rejected.detail[:500],
+                    skipped,
+                )
+
+    async def _dispatch(self, topic_name: str, payload: bytes, retained: bool) -> None:
+        topic = parse_topic(topic_name)
+        if topic is None:
+            raise Rejected("bad_topic", "not an agent topic")
+        label = LABELS[topic.kind]
+        if not payload and topic.kind in ("status", "board_status"):
+            # A retained status being cleared (an operator retiring an agent or a board):
+            # nothing to store, nothing wrong.
+            await self._commit(None, {f"cleared_{label}": 1})
+            return
+        if len(payload) > self.max_payload:
+            raise Rejected("too_large", f"{len(payload)} bytes > {self.max_payload}")
+        try:
+            # pydantic's parser: the same values as json.loads, in half the time. NaN and
+            # Infinity are not JSON (the agent sends null for an unreadable value), and stored
+            # they would break any other reader of the records.
+            raw = pydantic_core.from_json(payload, allow_inf_nan=False)
+        except (ValueError, RecursionError) as exc:
+            raise Rejected("bad_json", str(exc)[:200]) from None
+        try:
+            message = _VALIDATORS[topic.kind](payload)
+        except ValidationError as exc:
+            if topic.kind == "status":
+                await self._refuse_unreadable(topic, raw)
+            raise Rejected(f"invalid_{label}", _validation_summary(exc)) from None
+        for field in ("agent", "board", "run"):
+            expected = getattr(topic, field)
+            if expected is not None and getattr(message, field) != expected:
+                raise Rejected(
+                    "topic_mismatch",
+                    f"{field} {getattr(message, field)!r} in a message on {expected!r}'s topic",
+                )
+        text = payload.decode()
+        if topic.kind == "samples":
+            await self._samples(topic, message, raw)
+        elif topic.kind == "run_events":
+            await self._run_event(topic, message, text)
+        elif topic.kind == "status":
+            await self._agent_status(topic, message, text, retained)
+        elif topic.kind == "heartbeat":
+            await self._heartbeat(topic, text)
+        elif topic.kind == "board_status":
+            await self._board_status(topic, message, text, retained)
+        else:
+            await self._command_ack(topic, text)
+
+    async def _commit(self, pipe: Any | None, counts: Mapping[str, int]) -> list[Any]:
+        """Execute ``pipe`` (if any) with the counter increments appended; count locally
+        only once Redis has them, so a retried message is not counted twice here."""
+        own = pipe is None
+        if own:
+            pipe = self.redis.pipeline(transaction=False)
+        try:
+            for name, value in counts.items():
+                if value:
+                    pipe.hincrby(keys.INGEST_COUNTERS, name, value)
+            results = await pipe.execute()
+        finally:
+            if own:
+                await pipe.reset()
+        self.counters.update({k: v for k, v in counts.items() if v})
+        return results
+
+    # -- samples --------------------------------------------------------------------------------
+
+    async def _samples(self, topic: Topic, batch: SampleBatch, raw: dict[str, Any]) -> None:
+        assert topic.run is not None
+        for record in batch.samples:
+            if record.seq >= MAX_RUN_SAMPLES:
+                raise Rejected("seq_out_of_range", f"seq {record.seq} >= {MAX_RUN_SAMPLES}")
+        agent, board, state, benchmark = await self.redis.hmget(
+            keys.run(topic.run), ["agent", "board", "state", "benchmark"]
+        )
+        _acceptance(topic, agent, board, state)
+        # The record's own JSON values, not the model's dump: pydantic turns an integer 5 into
+        # 5.0 for a float field, which would change the digest the agent computed over what it
+        # sent (farm.messages.sample_digest of the stored values must equal the agent's).
+        items = [(r["seq"], stored_record(r)) for r in raw["samples"]]
+        samples_key = keys.run_samples(topic.run)
+        # The whole batch in one command (a script runs atomically: a retry after a lost
+        # connection finds all of it stored or none).
+        if self._store is None:
+            # redis-py runs it with EVALSHA and loads it again after a Redis restart.
+            self._store = self.redis.register_script(_STORE_SAMPLES)
+        reply = await self._store(
+            keys=[samples_key],
+            args=[" ".join(str(seq) for seq, _ in items), "\n".join(v for _, v in items)],
+        )
+        stored_total, already = reply[0], reply[1:]
+        new = len(items) - len(already) // 2
+        duplicates = conflicts = 0
+        for position, kept in zip(already[::2], already[1::2], strict=True):
+            seq, value = items[int(position) - 1]
+            # Equal JSON values are the same sample, even re-serialised (1 and 1.0).
+            if kept == value or json.loads(kept) == json.loads(value):
+                duplicates += 1
+                continue
+            conflicts += 1
+            if (skipped := self._throttle.allow("conflicting_sample")) is not None:
+                log.warning(
+                    "event=conflicting_sample run=%s seq=%d agent=%s board=%s kept=first "
+                    "suppressed=%d",
+                    topic.run,
+                    seq,
+                    topic.agent,
+                    topic.board,
+                    skipped,
+                )
+        pipe = self.redis.pipeline(transaction=False)
+        # Progress for `farm status`; with several ingest processes a slightly older count
+        # may land last, and the next batch corrects it.
+        pipe.hset(keys.run(topic.run), "done", stored_total)
+        await self._commit(
+            pipe,
+            {
+                "accepted_sample_batch": 1,
+                "accepted_samples": new,
+                "duplicate_samples": duplicates,
+                "conflicting_samples": conflicts,
+            },
+        )
+        # The latency histogram sees each sample once: the newly stored ones.
+        kept = {int(position) for position in already[::2]}
+        self.metrics.observe_samples(
+            board, benchmark, (r for i, r in enumerate(raw["samples"], 1) if i not in kept)
+        )
+
+    # -- run events -----------------------------------------------------------------------------
+
+    async def _run_event(self, topic: Topic, event: Any, text: str) -> None:
+        assert topic.run is not None
+        run_key = keys.run(topic.run)
+        events_key = keys.run_events(topic.run)
+        # Optimistic transaction: the state change (dispatched -> running) and the `final`
+        # field must not overwrite what a worker writes meanwhile.
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for _ in range(WATCH_ATTEMPTS):
+                try:
+                    await pipe.watch(run_key)
+                    agent, board, state, final = await pipe.hmget(
+                        run_key, ["agent", "board", "state", "final"]
+                    )
+                    _acceptance(topic, agent, board, state)
+                    updates = self._event_updates(event, state, final, text)
+                    pipe.multi()
+                    pipe.rpush(events_key, text)
+                    # Newest kept; the final event also lives in the run's `final` field.
+                    pipe.ltrim(events_key, -keys.EVENTS_KEPT, -1)
+                    if updates:
+                        pipe.hset(run_key, mapping=updates)
+                    await self._commit(pipe, {"accepted_run_event": 1})
+                except redis_errors.WatchError:
+                    # A busy run (samples update `done`): try again a moment later.
+                    await asyncio.sleep(random.uniform(0, 0.005))
+                    continue
+                if updates.get("state") == "running":
+                    log.info("event=run_started run=%s agent=%s", topic.run, topic.agent)
+                return
+        raise RuntimeError(f"run {topic.run} changed {WATCH_ATTEMPTS} times during an update")
+
+    @staticmethod
+    def _event_updates(
+        event: Any, state: str | None, final: str | None, text: str
+    ) -> dict[str, str | int | float]:
+        """The run-hash fields an event sets (given the run's state and stored final event)."""
+        updates: dict[str, str | int | float] = {}
+        live = state in ("dispatched", "running")
+        if event.event == "started" and live:
+            if state == "dispatched":
+                updates["state"] = "running"
+            updates["started_at"] = event.time
+            if event.total is not None:
+                updates["total"] = event.total
+            if event.eta_s is not None:
+                updates["eta_s"] = event.eta_s
+        elif event.event == "progress" and live:
+            updates["progress"] = event.done
+            if event.total is not None:
+                updates["total"] = event.total
+            if event.eta_s is not None:
+                updates["eta_s"] = event.eta_s
+        elif event.event in FINAL_EVENTS and event.time >= _event_time(final):
+            # The latest one wins: a resent older `done` must not hide a newer `interrupted`.
+            updates["final"] = text
+        return updates
+
+    # -- agents and boards ----------------------------------------------------------------------
+
+    @staticmethod
+    def _seen(message_time: float, retained: bool) -> float:
+        """When the agent was last seen: now, except for a retained message replayed at
+        subscription (its own time, so a restarted ingest does not make every agent look
+        freshly seen)."""
+        now = time.time()
+        return min(now, message_time) if retained else now
+
+    async def _agent_status(
+        self, topic: Topic, status: AgentStatus, text: str, retained: bool
+    ) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(
+            keys.agent(topic.agent),
+            mapping={
+                "state": status.state,
+                "protocol": status.protocol,
+                "software": status.software or "",
+                "status": text,
+                "last_seen": self._seen(status.time, retained),
+            },
+        )
+        pipe.sadd(keys.AGENTS, topic.agent)
+        await self._commit(pipe, {"accepted_agent_status": 1})
+        if status.state != "online":
+            log.info("event=agent_state agent=%s state=%s", topic.agent, status.state)
+            return
+        if status.protocol != PROTOCOL_VERSION:
+            await self._refuse(topic.agent, status.protocol, repr(status.started or status.time))
+        else:
+            self._refused.pop(topic.agent, None)
+
+    async def _refuse_unreadable(self, topic: Topic, raw: Any) -> None:
+        """An agent of another protocol version may well send a status this version cannot
+        validate: refuse it all the same if it says it is online under another protocol."""
+        if not isinstance(raw, dict) or raw.get("state") != "online":
+            return
+        protocol = raw.get("protocol")
+        if not isinstance(protocol, int) or isinstance(protocol, bool):
+            return
+        if protocol != PROTOCOL_VERSION and _ID.match(topic.agent):
+            await self._refuse(topic.agent, protocol, repr(raw.get("started") or raw.get("time")))
+
+    async def _refuse(self, agent: str, protocol: int, connection: str) -> None:
+        """Tell an incompatible agent so (once per agent process start)."""
+        if self._refused.get(agent) == connection or self._client is None:
+            return
+        reason = f"agent protocol {protocol}, controller speaks {PROTOCOL_VERSION}"
+        command = RefuseCommand(id=f"refuse-{uuid.uuid4().hex}", type="refuse", reason=reason)
+        try:
+            await self._client.publish(
+                command_topic(agent), command.dumps(), qos=1, timeout=PUBLISH_TIMEOUT_S
+            )
+        except aiomqtt.MqttError as exc:
+            # Not marked: the agent's next online status tries again.
+            log.warning("event=refuse_failed agent=%s error=%r", agent, str(exc))
+            return
+        self._refused[agent] = connection
+        await self._commit(None, {"refused_agents": 1})
+        log.warning("event=agent_refused agent=%s reason=%r command=%s", agent, reason, command.id)
+
+    async def _heartbeat(self, topic: Topic, text: str) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(keys.agent(topic.agent), mapping={"last_seen": time.time(), "heartbeat": text})
+        pipe.sadd(keys.AGENTS, topic.agent)
+        await self._commit(pipe, {"accepted_heartbeat": 1})
+
+    async def _board_status(
+        self, topic: Topic, status: BoardStatus, text: str, retained: bool
+    ) -> None:
+        assert topic.board is not None
+        board_key = keys.board(topic.board)
+        owner = await self.redis.hget(board_key, "agent")
+        if owner and owner != topic.agent:
+            owner_state = await self.redis.hget(keys.agent(owner), "state")
+            if owner_state == "online":
+                raise Rejected(
+                    "board_conflict", f"board {topic.board} belongs to online agent {owner}"
+                )
+            log.info(
+                "event=board_moved board=%s from_agent=%s to_agent=%s",
+                topic.board,
+                owner,
+                topic.agent,
+            )
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(
+            board_key,
+            mapping={
+                "agent": topic.agent,
+                "status": text,
+                "last_seen": self._seen(status.time, retained),
+            },
+        )
+        pipe.sadd(keys.BOARDS, topic.board)
+        await self._commit(pipe, {"accepted_board_status": 1})
+
+    async def _command_ack(self, topic: Topic, text: str) -> None:
+        acks_key = keys.agent_acks(topic.agent)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.rpush(acks_key, text)
+        pipe.ltrim(acks_key, -keys.ACKS_KEPT, -1)
+        await self._commit(pipe, {"accepted_command_ack": 1})
+
+
+async def main(
+    settings: Settings,
+    *,
+    group: str = "farm-ingest",
+    share: bool = True,
+    client_id: str | None = None,
+    instance: int = 0,
+    metrics_port: int | None = None,
+    metrics_addr: str = DEFAULT_ADDR,
+) -> int:
+    """``farm controller ingest``: serve until SIGINT or SIGTERM; the exit status.
+
+    ``instance`` tells apart several ingest processes on one host (each needs its own stable
+    client id); ``client_id`` overrides the id altogether. With ``metrics_port``, the
+    process's counters and latency histogram are served on ``metrics_addr:metrics_port``."""
+    try:
+        ingest = Ingest(settings, group=group, share=share, client_id=client_id, instance=instance)
+    except ValueError as exc:
+        log.error("event=ingest_config_error error=%r", str(exc))
+        return 2
+    if metrics_port is not None:
+        try:
+            port = ingest.metrics.serve(metrics_port, metrics_addr)
+        except OSError as exc:
+            log.error("event=ingest_metrics_bind_failed port=%d error=%r", metrics_port, str(exc))
+            return 2
+        log.info("event=ingest_metrics_serving addr=%s port=%d", metrics_addr, port)
+    loop = asyncio.get_running_loop()
+    task = loop.create_task(ingest.run(), name="ingest")
+    handled: list[signal.Signals] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, task.cancel)
+            handled.append(sig)
+    try:
+        await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise  # main itself was cancelled, not stopped by a signal
+    finally:
+        for sig in handled:
+            loop.remove_signal_handler(sig)
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        ingest.metrics.close()
+    return 0

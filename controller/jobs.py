@@ -1,0 +1,343 @@
+"""The RQ job that owns one run: lease the board, dispatch the run to its agent, follow it,
+check it is complete, score it and write its artifacts.
+
+A job is synchronous (RQ forks a work-horse per job): it publishes commands with paho and
+follows the run through what ingest stores in Redis, polling a few times a second. Every
+wait is bounded: the run's deadline comes from the wire-time model (``controller.estimate``)
+and is stretched by the agent's own ETA as it reports progress; an agent that goes offline
+has a grace period; samples still in flight after ``done`` (resent after a reconnect) have a
+grace period too.
+
+Failures record their reason. An ``input`` failure (no such dataset, wrong firmware and no
+image) or a ``device`` failure (the board hung, the agent already retried) fails the run; an
+infrastructure failure (agent restarted, samples missing, lease lost) is retried up to
+``MAX_ATTEMPTS`` dispatches, resuming an accuracy run from the samples already stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import redis
+
+from controller import keys
+from controller.estimate import estimate_run_s
+from controller.settings import Settings
+from controller.store import (
+    LEASE_TTL_S,
+    Lease,
+    connect,
+    fail_reason,
+    final_event,
+    get_run,
+    ranges,
+    sample_seqs,
+    samples,
+    set_run,
+)
+from farm.catalog import get_benchmark
+from farm.messages import (
+    CancelCommand,
+    Done,
+    RunCommand,
+    RunOptions,
+    command_topic,
+    sample_digest,
+)
+
+log = logging.getLogger("controller.jobs")
+
+POLL_S = 0.25
+MAX_ATTEMPTS = 3
+#: An agent that went offline mid-run has this long to come back (it then reports the run
+#: interrupted and the job resumes it) before the run fails. ``FARM_AGENT_GRACE_S`` sets it.
+AGENT_GRACE_S = float(os.environ.get("FARM_AGENT_GRACE_S", "30"))
+#: After ``done``, samples resent after a reconnect may still be on their way.
+COMPLETENESS_GRACE_S = 15.0
+#: How long a cancelled run may take to say ``cancelled``.
+CANCEL_GRACE_S = 30.0
+#: Pause before dispatching again when the broker could not take a command.
+BROKER_RETRY_S = 5.0
+
+
+class BrokerUnavailable(Exception):
+    """A command could not be published."""
+
+
+@dataclass
+class Outcome:
+    """How one dispatch ended."""
+
+    state: str  # completed | failed | cancelled | retry
+    reason: str | None = None
+
+
+def execute_run(run_id: str) -> str:
+    """The RQ entry point: run ``run_id`` to a terminal state; return that state."""
+    settings = Settings.resolve()
+    return RunJob(connect(settings.redis_url), settings, run_id).execute()
+
+
+class RunJob:
+    """One run's job (see the module docstring)."""
+
+    def __init__(self, client: redis.Redis, settings: Settings, run_id: str) -> None:
+        self.client = client
+        self.settings = settings
+        self.run_id = run_id
+        self.lease: Lease | None = None
+        self._renewed = 0.0
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def execute(self) -> str:
+        """Lease, dispatch (again while retries are left), finish; always release."""
+        run = get_run(self.client, self.run_id)
+        if not run:
+            log.error("event=unknown_run run=%s", self.run_id)
+            return "unknown"
+        if run["state"] in keys.TERMINAL:
+            return run["state"]
+        if run.get("cancel") == "1":
+            return self._finish("cancelled", "cancelled before it started")
+        if int(run.get("attempts") or 0) >= MAX_ATTEMPTS:
+            return self._finish("failed", f"gave up after {run['attempts']} attempts")
+        self.lease = self._take_lease(run["board"])
+        if self.lease is None:
+            return self._finish("failed", f"board {run['board']} is leased by another run")
+        self.client.sadd(keys.RUNS_ACTIVE, self.run_id)
+        try:
+            while True:
+                attempts = int(get_run(self.client, self.run_id).get("attempts") or 0) + 1
+                set_run(self.client, self.run_id, attempts=attempts)
+                try:
+                    outcome = self._attempt(attempts)
+                except BrokerUnavailable as exc:
+                    outcome = Outcome("retry", str(exc))
+                    time.sleep(BROKER_RETRY_S)
+                if outcome.state != "retry":
+                    return self._finish(outcome.state, outcome.reason)
+                fail_reason(self.client, self.run_id, outcome.reason or "retry")
+                if attempts >= MAX_ATTEMPTS:
+                    return self._finish("failed", f"{outcome.reason} (after {attempts} attempts)")
+                log.warning(
+                    "event=run_retry run=%s attempt=%d reason=%r",
+                    self.run_id,
+                    attempts,
+                    outcome.reason,
+                )
+        finally:
+            self.client.srem(keys.RUNS_ACTIVE, self.run_id)
+            self.lease.release()
+
+    def _take_lease(self, board: str) -> Lease | None:
+        # A lease left by a worker that died expires within one TTL: wait that long.
+        give_up = time.monotonic() + LEASE_TTL_S * 2 + 5
+        while True:
+            lease = Lease.acquire(self.client, board)
+            if lease is not None or time.monotonic() > give_up:
+                return lease
+            time.sleep(POLL_S)
+
+    def _finish(self, state: str, reason: str | None) -> str:
+        if reason is not None and state != "completed":
+            fail_reason(self.client, self.run_id, reason)
+        set_run(self.client, self.run_id, state=state, finished_at=time.time())
+        log.info("event=run_finished run=%s state=%s reason=%r", self.run_id, state, reason)
+        self._close_sweep()
+        return state
+
+    def _close_sweep(self) -> None:
+        sweep_id = self.client.hget(keys.run(self.run_id), "sweep")
+        if not sweep_id:
+            return
+        run_ids = self.client.lrange(keys.sweep_runs(sweep_id), 0, -1)
+        with self.client.pipeline() as pipe:
+            for run_id in run_ids:
+                pipe.hget(keys.run(run_id), "state")
+            states = pipe.execute()
+        if all(s in keys.TERMINAL for s in states):
+            self.client.hset(
+                keys.sweep(sweep_id), mapping={"state": "finished", "finished_at": time.time()}
+            )
+
+    # -- one dispatch ---------------------------------------------------------------------------
+
+    def _attempt(self, attempt: int) -> Outcome:
+        run = get_run(self.client, self.run_id)
+        bench = get_benchmark(run["benchmark"])
+        options = RunOptions.model_validate_json(run["options"])
+        stored: list[tuple[int, int]] = []
+        seqs = sample_seqs(self.client, self.run_id)
+        if run["mode"] == "accuracy":
+            stored = ranges(seqs)  # resume: the agent runs only the others
+        elif seqs:
+            self.client.delete(keys.run_samples(self.run_id))  # a timed run starts over
+        self.client.hdel(keys.run(self.run_id), "final", "total", "eta_s")
+        command = RunCommand(
+            id=f"{self.run_id}-a{attempt}",
+            type="run",
+            board=run["board"],
+            run=self.run_id,
+            benchmark=run["benchmark"],
+            mode=run["mode"],  # type: ignore[arg-type]
+            dataset=run.get("dataset") or None,
+            options=options,
+            stored=stored,
+        )
+        self._publish(command_topic(run["agent"]), command.dumps())
+        set_run(
+            self.client,
+            self.run_id,
+            state="dispatched",
+            command=command.id,
+            dispatched_at=time.time(),
+        )
+        estimate = estimate_run_s(bench, run["mode"], options)  # type: ignore[arg-type]
+        log.info(
+            "event=run_dispatched run=%s board=%s attempt=%d stored=%d estimate_s=%.0f",
+            self.run_id,
+            run["board"],
+            attempt,
+            sum(b - a for a, b in stored),
+            estimate,
+        )
+        return self._follow(run, command, estimate, {s for a, b in stored for s in range(a, b)})
+
+    def _follow(
+        self, run: dict[str, str], command: RunCommand, estimate: float, stored: set[int]
+    ) -> Outcome:
+        started = time.monotonic()
+        deadline = started + estimate * 2
+        offline_since: float | None = None
+        cancel_sent: float | None = None
+        while True:
+            time.sleep(POLL_S)
+            now = time.monotonic()
+            if not self._renew(now):
+                return Outcome("retry", "the board's lease was lost (a worker stalled)")
+            current = get_run(self.client, self.run_id)
+            final = final_event(self.client, self.run_id)
+            if final is not None:
+                return self._on_final(current, final, stored)
+            rejected = self._rejection(run["agent"], command.id)
+            if rejected is not None:
+                return Outcome("failed", f"the agent rejected the run: {rejected}")
+            if current.get("cancel") == "1" and cancel_sent is None:
+                cancel = CancelCommand(id=f"{command.id}-cancel", type="cancel", run=self.run_id)
+                self._publish(command_topic(run["agent"]), cancel.dumps())
+                cancel_sent = now
+            if cancel_sent is not None and now - cancel_sent > CANCEL_GRACE_S:
+                return Outcome("cancelled", "cancelled (the agent did not confirm)")
+            if self.client.hget(keys.agent(run["agent"]), "state") != "online":
+                offline_since = offline_since or now
+                if now - offline_since > AGENT_GRACE_S:
+                    return Outcome("failed", f"agent {run['agent']} went offline during the run")
+            else:
+                offline_since = None
+            eta = current.get("eta_s")
+            if eta:
+                # The agent measures the board: its ETA may only push the deadline out.
+                deadline = max(deadline, now + float(eta) * 2 + 60)
+            if now > deadline:
+                cancel = CancelCommand(id=f"{command.id}-timeout", type="cancel", run=self.run_id)
+                self._publish(command_topic(run["agent"]), cancel.dumps())
+                waited = now - started
+                return Outcome(
+                    "failed",
+                    f"no result within {waited:.0f} s (wire-model estimate {estimate:.0f} s)",
+                )
+
+    def _on_final(self, run: dict[str, str], final: dict[str, Any], stored: set[int]) -> Outcome:
+        kind = final.get("event")
+        if kind == "cancelled":
+            return Outcome("cancelled", "cancelled")
+        if kind == "interrupted":
+            return Outcome(
+                "retry", f"the agent restarted during the run (last seq {final.get('last_seq')})"
+            )
+        if kind == "error":
+            reason = f"{final.get('kind')}: {final.get('reason')}"
+            if final.get("kind") == "infrastructure":
+                return Outcome("retry", reason)
+            return Outcome("failed", reason)
+        done = Done.model_validate(final)
+        problem = self._complete(done, stored)
+        if problem is not None:
+            return Outcome("retry", problem)
+        return self._score(run, done)
+
+    def _complete(self, done: Done, stored: set[int]) -> str | None:
+        """None when the stored samples are exactly what the agent says it sent."""
+        expected = done.count + done.skipped
+        give_up = time.monotonic() + COMPLETENESS_GRACE_S
+        while self.client.hlen(keys.run_samples(self.run_id)) < expected:
+            if time.monotonic() > give_up:
+                have = self.client.hlen(keys.run_samples(self.run_id))
+                return f"{expected - have} of {expected} samples never arrived"
+            self._renew(time.monotonic())
+            time.sleep(POLL_S)
+        records = samples(self.client, self.run_id)
+        produced = [r for seq, r in records.items() if seq not in stored]
+        if sample_digest(produced) != done.digest:
+            # Keep what was stored before this dispatch; this dispatch's samples are redone.
+            self.client.hdel(keys.run_samples(self.run_id), *[r["seq"] for r in produced])
+            return "the stored samples do not match the agent's digest"
+        return None
+
+    def _score(self, run: dict[str, str], done: Done) -> Outcome:
+        # numpy/scikit-learn are imported only where a run is scored.
+        from controller.results import ResultsError, finish_run
+
+        records = list(samples(self.client, self.run_id).values())
+        results = Path(self.settings.results)
+        folder = results / run["sweep"] / run["board"] / run["benchmark"] / run["mode"]
+        try:
+            summary = finish_run(run, records, done.info, folder)
+        except ResultsError as exc:
+            return Outcome("failed", f"cannot score the run: {exc}")
+        set_run(
+            self.client, self.run_id, summary=json.dumps(summary.to_json()), artifacts=str(folder)
+        )
+        return Outcome("completed")
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _renew(self, now: float) -> bool:
+        assert self.lease is not None
+        if now - self._renewed < self.lease.ttl_s / 3:
+            return True
+        self._renewed = now
+        return self.lease.renew()
+
+    def _rejection(self, agent: str, command_id: str) -> str | None:
+        for raw in self.client.lrange(keys.agent_acks(agent), -50, -1):
+            ack = json.loads(raw)
+            if ack.get("command") == command_id and ack.get("outcome") == "rejected":
+                return ack.get("reason") or "rejected"
+        return None
+
+    def _publish(self, topic: str, payload: bytes) -> None:
+        """Publish one command at QoS 1 (``BrokerUnavailable`` if the broker cannot take it)."""
+        host, port = self.settings.broker_host_port
+        user, password = self.settings.broker_credentials
+        client_id = f"farm-job-{self.run_id}-{time.monotonic_ns() % 10**6}"
+
+        async def send() -> None:
+            async with aiomqtt.Client(
+                host, port, username=user, password=password, identifier=client_id, timeout=10
+            ) as client:
+                await client.publish(topic, payload, qos=1)
+
+        try:
+            asyncio.run(send())
+        except (aiomqtt.MqttError, OSError) as exc:
+            raise BrokerUnavailable(f"broker {self.settings.broker_url}: {exc}") from None

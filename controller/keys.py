@@ -1,0 +1,132 @@
+"""The controller's Redis layout: every key in one place, so the processes that share it
+(ingest, workers, exporter, client commands) cannot drift apart.
+
+=======================================  =======  ===============================================
+key                                      type     content
+=======================================  =======  ===============================================
+``farm:sweeps``                          zset     sweep id -> created (unix time)
+``farm:sweep:{sweep}``                   hash     id, spec (JSON), label, created, total, state
+``farm:sweep:{sweep}:runs``              list     run ids, in submission order
+``farm:sweep:{sweep}:skipped``           list     JSON ``{"board", "benchmark", "mode", "reason"}``
+``farm:run:{run}``                       hash     see :data:`RUN_FIELDS`
+``farm:run:{run}:samples``               hash     seq -> sample record (JSON), written once
+``farm:run:{run}:events``                list     run events as received (JSON), capped
+``farm:runs:active``                     set      runs dispatched or running (the reaper's view)
+``farm:agents``                          set      agent ids ever seen
+``farm:agent:{agent}``                   hash     state, protocol, software, status (JSON),
+                                                  heartbeat (JSON), last_seen
+``farm:agent:{agent}:acks``              list     the agent's last command acks (JSON), capped
+``farm:boards``                          set      board ids ever seen
+``farm:board:{board}``                   hash     agent, status (JSON), last_seen
+``farm:board:{board}:tail``              string   RQ job id of the last run queued for the board
+``farm:lease:{board}``                   string   lease token (SET NX PX, renewed while running)
+``farm:ingest:counters``                 hash     accepted_<kind> / rejected_<reason> /
+                                                  accepted_samples / duplicate_samples ...
+=======================================  =======  ===============================================
+
+Board ids are unique across the lab (``farm submit --boards id1,id2`` names them); an agent
+that reports a board id another agent already owns is rejected by ingest.
+"""
+
+from __future__ import annotations
+
+PREFIX = "farm"
+SWEEPS = f"{PREFIX}:sweeps"
+RUNS_ACTIVE = f"{PREFIX}:runs:active"
+AGENTS = f"{PREFIX}:agents"
+BOARDS = f"{PREFIX}:boards"
+INGEST_COUNTERS = f"{PREFIX}:ingest:counters"
+#: Events kept per run (progress events are many; the final ones are what matter).
+EVENTS_KEPT = 500
+#: Command acks kept per agent (the newest): enough for a worker to find the answer to its
+#: run command among the acks of flashes, health checks and other runs.
+ACKS_KEPT = 200
+
+#: Fields of ``farm:run:{run}``.
+RUN_FIELDS = (
+    "id",
+    "sweep",
+    "board",
+    "agent",
+    "benchmark",
+    "mode",
+    "dataset",  # dataset set name under the agent's root, or ""
+    "options",  # RunOptions JSON
+    "label",
+    "state",  # queued | dispatched | running | completed | failed | cancelled
+    "attempts",  # dispatches so far
+    "reasons",  # JSON list of every failure's reason
+    "reason",  # the last one
+    "job",  # RQ job id
+    "command",  # id of the last run command sent
+    "created",
+    "dispatched_at",
+    "started_at",
+    "finished_at",
+    "total",  # samples expected (from the agent's started event)
+    "done",  # samples stored so far
+    "eta_s",
+    "summary",  # JSON (see controller.results)
+    "artifacts",  # folder
+    "cancel",  # "1" once a cancel was requested
+    "progress",  # samples the agent reports produced (its last progress event)
+    "final",  # the latest final run event as received (JSON: done, error, cancelled or
+    # interrupted), kept here because the capped events list may trim it away
+)
+RUN_STATES = ("queued", "dispatched", "running", "completed", "failed", "cancelled")
+TERMINAL = frozenset({"completed", "failed", "cancelled"})
+
+
+def sweep(sweep_id: str) -> str:
+    """A sweep's hash."""
+    return f"{PREFIX}:sweep:{sweep_id}"
+
+
+def sweep_runs(sweep_id: str) -> str:
+    """A sweep's run ids."""
+    return f"{PREFIX}:sweep:{sweep_id}:runs"
+
+
+def sweep_skipped(sweep_id: str) -> str:
+    """What a sweep could not run, with the reason."""
+    return f"{PREFIX}:sweep:{sweep_id}:skipped"
+
+
+def run(run_id: str) -> str:
+    """A run's hash."""
+    return f"{PREFIX}:run:{run_id}"
+
+
+def run_samples(run_id: str) -> str:
+    """A run's samples by seq."""
+    return f"{PREFIX}:run:{run_id}:samples"
+
+
+def run_events(run_id: str) -> str:
+    """A run's events."""
+    return f"{PREFIX}:run:{run_id}:events"
+
+
+def agent(agent_id: str) -> str:
+    """An agent's liveness and status."""
+    return f"{PREFIX}:agent:{agent_id}"
+
+
+def agent_acks(agent_id: str) -> str:
+    """An agent's last command acks (newest last, at most :data:`ACKS_KEPT`)."""
+    return f"{PREFIX}:agent:{agent_id}:acks"
+
+
+def board(board_id: str) -> str:
+    """A board's status."""
+    return f"{PREFIX}:board:{board_id}"
+
+
+def board_tail(board_id: str) -> str:
+    """The RQ job the board's next run must wait for."""
+    return f"{PREFIX}:board:{board_id}:tail"
+
+
+def lease(board_id: str) -> str:
+    """A board's lease."""
+    return f"{PREFIX}:lease:{board_id}"

@@ -1,0 +1,96 @@
+"""Finds runs whose worker died and hands them back to RQ at once.
+
+RQ notices a SIGKILLed worker's job only when registry maintenance runs after the job's
+entry expires (PLATFORM.md: ~90 s at best, minutes by default). A run job renews its board
+lease every few seconds, so a run that is active while its lease has expired lost its
+worker: the reaper expires exactly that job's entry in RQ's started registry and lets RQ's
+own clean-up handle it, which retries the job (``Retry``) — the run resumes from the samples
+already stored where the mode allows — or fails it and releases the board's next job.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import redis
+from rq import Queue
+from rq.job import Job
+from rq.registry import StartedJobRegistry
+
+from controller import keys
+from controller.store import LEASE_TTL_S, fail_reason, get_run, set_run
+
+log = logging.getLogger("controller.reaper")
+
+#: How often the reaper looks.
+INTERVAL_S = 2.0
+
+
+def reap(client: redis.Redis, rq_client: redis.Redis) -> list[str]:
+    """One pass: hand every run that lost its worker back to RQ; return their ids."""
+    reaped = []
+    for run_id in client.smembers(keys.RUNS_ACTIVE):
+        run = get_run(client, run_id)
+        if not run or run.get("state") in keys.TERMINAL:
+            client.srem(keys.RUNS_ACTIVE, run_id)
+            continue
+        if client.exists(keys.lease(run["board"])):
+            continue
+        # Dispatching takes the lease first: a run this fresh may still be taking it.
+        dispatched = float(run.get("dispatched_at") or 0)
+        if time.time() - dispatched < LEASE_TTL_S:
+            continue
+        if not client.srem(keys.RUNS_ACTIVE, run_id):
+            continue  # another reaper got there first
+        reaped.append(run_id)
+        fail_reason(client, run_id, "the worker running it was lost (its lease expired)")
+        _expire_job(rq_client, run.get("job", ""))
+        state = _job_state(rq_client, run.get("job", ""))
+        set_run(client, run_id, state="queued" if state == "retry" else "failed")
+        log.warning("event=run_reaped run=%s board=%s rq=%s", run_id, run["board"], state)
+    return reaped
+
+
+def _expire_job(rq_client: redis.Redis, job_id: str) -> None:
+    try:
+        job = Job.fetch(job_id, connection=rq_client)
+    except Exception:
+        return
+    if job.get_status() != "started":
+        return  # RQ already handled it (a work-horse death its worker saw)
+    registry = StartedJobRegistry(queue=Queue(job.origin, connection=rq_client))
+    for member in rq_client.zrange(registry.key, 0, -1):
+        text = member.decode() if isinstance(member, bytes) else member
+        if registry.parse_job_id(text) == job_id:
+            rq_client.zadd(registry.key, {member: 1}, xx=True)
+    # Only entries scored at or below 1 are expired now: exactly this job's.
+    registry.cleanup(timestamp=1)
+
+
+def _job_state(rq_client: redis.Redis, job_id: str) -> str:
+    try:
+        status = Job.fetch(job_id, connection=rq_client).get_status()
+    except Exception:
+        return "gone"
+    return "retry" if status in ("queued", "scheduled", "deferred") else str(status)
+
+
+class ReaperThread(threading.Thread):
+    """Runs :func:`reap` every ``INTERVAL_S`` beside an RQ worker (a daemon thread: it
+    only reads and nudges Redis)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(name="farm-reaper", daemon=True)
+        self.client = redis.Redis.from_url(url, decode_responses=True)
+        self.rq_client = redis.Redis.from_url(url)
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        """Reap until stopped; a Redis hiccup is logged and retried."""
+        while not self.stopped.wait(INTERVAL_S):
+            try:
+                reap(self.client, self.rq_client)
+            except redis.RedisError as exc:
+                log.warning("event=reaper_redis_error error=%r", str(exc))

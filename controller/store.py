@@ -1,0 +1,160 @@
+"""Reading and writing the controller's state in Redis (layout: :mod:`controller.keys`).
+
+Synchronous redis-py: the callers are RQ jobs (synchronous by nature), the reaper thread and
+the client commands. Ingest, the one asyncio process, writes its own keys.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from controller import keys
+
+#: A lease lives this long unless renewed; the holder renews it every third of it, so a dead
+#: worker's board is free again within one TTL.
+LEASE_TTL_S = 15.0
+
+_RENEW = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('pexpire', KEYS[1], ARGV[2])
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('del', KEYS[1])
+end
+return 0
+"""
+
+
+class StoreError(Exception):
+    """Redis is unreachable or holds something unexpected; the message names the URL."""
+
+
+def connect(url: str) -> redis.Redis:
+    """A client for ``url`` that has answered a PING (``StoreError`` naming the URL if not)."""
+    client = redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=3)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        raise StoreError(f"Redis at {url} is not reachable: {exc}") from None
+    return client
+
+
+def new_id(prefix: str) -> str:
+    """A sortable, unique id: ``<prefix>-YYYYmmdd-HHMMSS-xxxx``."""
+    return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
+# -- leases ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Lease:
+    """A board's lease, held by one run job."""
+
+    client: redis.Redis
+    board: str
+    token: str
+    ttl_s: float = LEASE_TTL_S
+
+    @classmethod
+    def acquire(cls, client: redis.Redis, board: str, ttl_s: float = LEASE_TTL_S) -> Lease | None:
+        """Take the lease, or ``None`` if someone else holds it."""
+        token = secrets.token_hex(8)
+        if client.set(keys.lease(board), token, nx=True, px=int(ttl_s * 1000)):
+            return cls(client, board, token, ttl_s)
+        return None
+
+    def renew(self) -> bool:
+        """Extend the lease; False if it was lost (expired and taken, or deleted)."""
+        return bool(
+            self.client.eval(_RENEW, 1, keys.lease(self.board), self.token, int(self.ttl_s * 1000))
+        )
+
+    def release(self) -> None:
+        """Give the board back (only if still ours)."""
+        self.client.eval(_RELEASE, 1, keys.lease(self.board), self.token)
+
+
+# -- runs --------------------------------------------------------------------------------------
+
+
+def get_run(client: redis.Redis, run_id: str) -> dict[str, str]:
+    """A run's hash (empty if unknown)."""
+    return client.hgetall(keys.run(run_id))
+
+
+def set_run(client: redis.Redis, run_id: str, **fields: Any) -> None:
+    """Update run fields (non-strings are stored as JSON)."""
+    values = {k: v if isinstance(v, str) else json.dumps(v) for k, v in fields.items()}
+    client.hset(keys.run(run_id), mapping=values)
+
+
+def fail_reason(client: redis.Redis, run_id: str, reason: str) -> None:
+    """Record a failure's reason (the run's list of reasons grows; ``reason`` is the last)."""
+    run = get_run(client, run_id)
+    reasons = json.loads(run.get("reasons") or "[]")
+    reasons.append(reason)
+    set_run(client, run_id, reasons=reasons, reason=reason)
+
+
+def samples(client: redis.Redis, run_id: str) -> dict[int, dict[str, Any]]:
+    """Every stored sample of a run, by seq."""
+    raw = client.hgetall(keys.run_samples(run_id))
+    return {int(seq): json.loads(value) for seq, value in raw.items()}
+
+
+def sample_seqs(client: redis.Redis, run_id: str) -> list[int]:
+    """The seqs stored for a run, sorted."""
+    return sorted(int(s) for s in client.hkeys(keys.run_samples(run_id)))
+
+
+def ranges(seqs: list[int]) -> list[tuple[int, int]]:
+    """Sorted seqs as half-open ranges: ``[0, 1, 2, 5]`` -> ``[(0, 3), (5, 6)]``."""
+    found: list[tuple[int, int]] = []
+    for seq in seqs:
+        if found and found[-1][1] == seq:
+            found[-1] = (found[-1][0], seq + 1)
+        else:
+            found.append((seq, seq + 1))
+    return found
+
+
+def final_event(client: redis.Redis, run_id: str) -> dict[str, Any] | None:
+    """The run's final event (done, error, cancelled, interrupted) as ingest stored it."""
+    raw = client.hget(keys.run(run_id), "final")
+    return json.loads(raw) if raw else None
+
+
+def agent_state(client: redis.Redis, agent_id: str) -> str | None:
+    """``online`` / ``offline`` / ``refused`` as the agent last said (None: never seen)."""
+    return client.hget(keys.agent(agent_id), "state")
+
+
+def board_status(client: redis.Redis, board_id: str) -> dict[str, Any] | None:
+    """A board's last retained status (with ``agent`` and ``last_seen`` added)."""
+    raw = client.hgetall(keys.board(board_id))
+    if not raw or not raw.get("status"):
+        return None
+    status = json.loads(raw["status"])
+    status["agent"] = raw.get("agent", status.get("agent"))
+    status["last_seen"] = float(raw.get("last_seen") or 0)
+    return status
+
+
+def all_boards(client: redis.Redis) -> dict[str, dict[str, Any]]:
+    """Every known board's status, by id."""
+    found = {}
+    for board_id in sorted(client.smembers(keys.BOARDS)):
+        status = board_status(client, board_id)
+        if status is not None:
+            found[board_id] = status
+    return found

@@ -1,0 +1,283 @@
+"""A sweep: benchmarks × modes × boards, expanded into runs and queued as RQ jobs.
+
+Runs for one board are chained (each job ``depends_on`` the board's previous one, failures
+allowed), so a board never runs two at once and no worker sits waiting for a busy board; the
+board lease is the second guard. Runs on a board are ordered so it is flashed as rarely as
+possible: first everything its current firmware can run, then one group per other firmware.
+Boards that cannot run a benchmark or mode are listed with the reason, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from rq import Queue, Retry
+from rq.job import Dependency, Job
+
+from controller import keys
+from controller.estimate import estimate_run_s
+from controller.store import all_boards, new_id
+from farm.catalog import BENCHMARKS, Benchmark, BenchmarkError, get_benchmark
+from farm.messages import Mode, RunOptions
+
+MODES: tuple[Mode, ...] = ("performance", "accuracy", "energy", "latency")
+DEFAULT_MODES: tuple[Mode, ...] = ("performance", "accuracy")
+#: The suite a nightly sweep runs: every closed-division benchmark in every mode.
+SUITE_BENCHMARKS = ("kws01", "vww01", "ic01", "ad01")
+QUEUES = {"high": "farm-high", "normal": "farm", "low": "farm-low"}
+#: Worker queue order: a high-priority run is taken before any normal one.
+QUEUE_ORDER = (QUEUES["high"], QUEUES["normal"], QUEUES["low"])
+#: An RQ job lost with its worker is run again this many times (it resumes from the samples
+#: already stored where the mode allows) before the run fails.
+JOB_RETRIES = 2
+
+
+class SweepError(ValueError):
+    """The sweep cannot be planned (unknown board or benchmark, nothing matches): the
+    message says why and lists what is valid."""
+
+
+@dataclass
+class SweepSpec:
+    """What ``farm submit`` asked for."""
+
+    benchmarks: list[str]
+    boards: list[str] | None = None
+    """Board ids, or ``None`` for every board."""
+    tags: dict[str, str] = field(default_factory=dict)
+    modes: list[Mode] = field(default_factory=lambda: list(DEFAULT_MODES))
+    dataset: str | None = None
+    label: str = ""
+    priority: str = "normal"
+    options: RunOptions = field(default_factory=RunOptions)
+
+    def to_json(self) -> dict[str, Any]:
+        """The spec as stored with the sweep."""
+        return {
+            "benchmarks": self.benchmarks,
+            "boards": self.boards,
+            "tags": self.tags,
+            "modes": list(self.modes),
+            "dataset": self.dataset,
+            "label": self.label,
+            "priority": self.priority,
+            "options": self.options.model_dump(),
+        }
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run of a sweep."""
+
+    board: str
+    agent: str
+    benchmark: str
+    mode: Mode
+    flash: bool
+    """The board needs other firmware first (the agent flashes it)."""
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A board × benchmark × mode the sweep cannot run, and why."""
+
+    board: str
+    benchmark: str
+    mode: str
+    reason: str
+
+
+def expand_benchmarks(names: list[str], suite: bool) -> list[Benchmark]:
+    """The benchmarks named (ids or aliases), or the full suite."""
+    chosen = list(SUITE_BENCHMARKS) if suite else names
+    found: list[Benchmark] = []
+    for name in chosen:
+        try:
+            bench = get_benchmark(name)
+        except BenchmarkError as exc:
+            valid = ", ".join(sorted(BENCHMARKS))
+            raise SweepError(f"{exc} (valid: {valid})") from None
+        if bench not in found:
+            found.append(bench)
+    if not found:
+        raise SweepError("no benchmark given (--benchmark NAME[,NAME] or --suite full)")
+    return found
+
+
+def plan(
+    spec: SweepSpec, boards: dict[str, dict[str, Any]], online: set[str]
+) -> tuple[list[PlannedRun], list[Skipped]]:
+    """Expand a spec over the known boards (``boards``: id -> retained status; ``online``:
+    agents online now)."""
+    benches = [get_benchmark(b) for b in spec.benchmarks]
+    if spec.boards is not None:
+        unknown = [b for b in spec.boards if b not in boards]
+        if unknown:
+            known = ", ".join(sorted(boards)) or "none: is an agent running and connected?"
+            raise SweepError(f"unknown board(s) {', '.join(unknown)} (known: {known})")
+        selected = {b: boards[b] for b in spec.boards}
+    else:
+        selected = dict(boards)
+    selected = {
+        b: s
+        for b, s in selected.items()
+        if all(s.get("tags", {}).get(k) == v for k, v in spec.tags.items())
+    }
+    if not selected:
+        why = "no board has those tags" if spec.tags else "no board is known"
+        raise SweepError(f"no board matches ({why}); boards: {', '.join(sorted(boards)) or 'none'}")
+    runs: list[PlannedRun] = []
+    skipped: list[Skipped] = []
+    for board_id in sorted(selected):
+        status = selected[board_id]
+        candidates: list[PlannedRun] = []
+        for bench in benches:
+            for mode in spec.modes:
+                reason = _cannot(status, bench, mode, online)
+                if reason is not None:
+                    skipped.append(Skipped(board_id, bench.id, mode, reason))
+                    continue
+                candidates.append(
+                    PlannedRun(
+                        board_id, status["agent"], bench.id, mode, _needs_flash(status, bench, mode)
+                    )
+                )
+        runs.extend(_order(candidates, status))
+    return runs, skipped
+
+
+def _build(mode: str) -> str:
+    return "energy" if mode == "energy" else "performance"
+
+
+def _needs_flash(status: dict[str, Any], bench: Benchmark, mode: str) -> bool:
+    return not (
+        status.get("model") in bench.firmware_models and status.get("build") == _build(mode)
+    )
+
+
+def _cannot(status: dict[str, Any], bench: Benchmark, mode: str, online: set[str]) -> str | None:
+    if status.get("agent") not in online:
+        return f"agent {status.get('agent')} is offline"
+    if status.get("health") == "bad":
+        return f"health bad: {status.get('health_reason') or 'see farm status'}"
+    if mode == "energy" and not status.get("energy"):
+        return "no interface board and energy monitor for energy mode"
+    if not _needs_flash(status, bench, mode):
+        return None
+    images = status.get("images", {})
+    if any(_build(mode) in images.get(m, []) for m in bench.firmware_models):
+        return None
+    have = (
+        f"{status.get('model')} ({status.get('build')})"
+        if status.get("model")
+        else "unknown firmware"
+    )
+    return (
+        f"holds {have} and has no {_build(mode)} image for "
+        f"{' or '.join(bench.firmware_models)} to flash"
+    )
+
+
+def _order(runs: list[PlannedRun], status: dict[str, Any]) -> list[PlannedRun]:
+    """Current firmware first, then one group per firmware (model, build): one flash each."""
+    groups: dict[tuple[str, str], list[PlannedRun]] = {}
+    for run in runs:
+        firmware = (get_benchmark(run.benchmark).firmware_models[0], _build(run.mode))
+        if not run.flash:
+            firmware = ("", "")  # what the board holds now: first
+        groups.setdefault(firmware, []).append(run)
+    return [run for key in sorted(groups) for run in groups[key]]
+
+
+def submit(client: redis.Redis, spec: SweepSpec) -> tuple[str, list[str], list[Skipped]]:
+    """Plan the sweep, store it and its runs, and queue the jobs; return the sweep id, its
+    run ids and what was skipped. Raises :class:`SweepError` when nothing can run."""
+    boards = all_boards(client)
+    online = {
+        a for a in client.smembers(keys.AGENTS) if client.hget(keys.agent(a), "state") == "online"
+    }
+    runs, skipped = plan(spec, boards, online)
+    if not runs:
+        reasons = "; ".join(f"{s.board} {s.benchmark} {s.mode}: {s.reason}" for s in skipped[:10])
+        raise SweepError(f"nothing to run: {reasons}")
+    sweep_id = new_id("sw")
+    now = time.time()
+    run_ids = [f"{sweep_id}-r{i:03d}" for i in range(len(runs))]
+    with client.pipeline() as pipe:
+        pipe.hset(
+            keys.sweep(sweep_id),
+            mapping={
+                "id": sweep_id,
+                "spec": json.dumps(spec.to_json()),
+                "label": spec.label,
+                "created": now,
+                "total": len(runs),
+                "state": "running",
+            },
+        )
+        pipe.zadd(keys.SWEEPS, {sweep_id: now})
+        pipe.rpush(keys.sweep_runs(sweep_id), *run_ids)
+        for s in skipped:
+            pipe.rpush(keys.sweep_skipped(sweep_id), json.dumps(s.__dict__))
+        for run_id, run in zip(run_ids, runs, strict=True):
+            pipe.hset(
+                keys.run(run_id),
+                mapping={
+                    "id": run_id,
+                    "sweep": sweep_id,
+                    "board": run.board,
+                    "agent": run.agent,
+                    "benchmark": run.benchmark,
+                    "mode": run.mode,
+                    "dataset": spec.dataset or "",
+                    "options": spec.options.model_dump_json(),
+                    "label": spec.label,
+                    "state": "queued",
+                    "attempts": 0,
+                    "reasons": "[]",
+                    "created": now,
+                    "job": f"run-{run_id}",
+                },
+            )
+        pipe.execute()
+    queue = Queue(QUEUES[spec.priority], connection=client)
+    for run_id, run in zip(run_ids, runs, strict=True):
+        _enqueue(client, queue, run_id, run, spec)
+    return sweep_id, run_ids, skipped
+
+
+def _enqueue(
+    client: redis.Redis, queue: Queue, run_id: str, run: PlannedRun, spec: SweepSpec
+) -> None:
+    """Queue the run's job behind the board's previous one."""
+    from controller.jobs import execute_run  # the job function; imported late (RQ pickles a path)
+
+    tail_key = keys.board_tail(run.board)
+    tail = client.get(tail_key)
+    depends = None
+    if tail:
+        try:
+            status = Job.fetch(tail, connection=client).get_status()
+        except Exception:  # expired or deleted: nothing to wait for
+            status = None
+        if status not in (None, "finished", "failed", "canceled", "stopped"):
+            depends = Dependency(jobs=[tail], allow_failure=True)
+    estimate = estimate_run_s(get_benchmark(run.benchmark), run.mode, spec.options)
+    queue.enqueue(
+        execute_run,
+        run_id,
+        job_id=f"run-{run_id}",
+        depends_on=depends,
+        # RQ's own limit is only the backstop: the job times the run from the wire model.
+        job_timeout=int(estimate * 4 + 1800),
+        retry=Retry(max=JOB_RETRIES),
+        result_ttl=7 * 86400,
+        failure_ttl=7 * 86400,
+        description=f"{run.benchmark} {run.mode} on {run.board}",
+    )
+    client.set(tail_key, f"run-{run_id}")

@@ -1,0 +1,416 @@
+"""The controller's commands: ``farm controller worker|ingest`` (processes) and the client
+commands ``farm submit``, ``farm status``, ``farm sweeps``, ``farm show`` and ``farm cancel``.
+
+Every command finds Redis, the broker and the results directory through ``--redis``,
+``--broker``, ``--results`` or ``FARM_REDIS_URL``, ``FARM_MQTT_URL``, ``FARM_RESULTS_DIR``.
+The controller package is imported inside the commands, so ``farm --help`` stays light and a
+Pi without the controller extra never imports it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from controller.settings import Settings
+
+controller_app = typer.Typer(
+    help="The lab server's processes: RQ workers, MQTT ingest and the metrics exporter.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console()
+err = Console(stderr=True)
+
+RedisOpt = Annotated[str | None, typer.Option("--redis", help="Redis URL (FARM_REDIS_URL)")]
+BrokerOpt = Annotated[str | None, typer.Option("--broker", help="MQTT URL (FARM_MQTT_URL)")]
+ResultsOpt = Annotated[
+    Path | None, typer.Option("--results", help="Results directory (FARM_RESULTS_DIR)")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output")]
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _settings(redis: str | None, broker: str | None, results: Path | None) -> Settings:
+    try:
+        from controller.settings import Settings
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise _fail(
+            f"this command needs the controller extra (pip install 'tinyfarm[controller]'): {exc}"
+        ) from None
+    return Settings.resolve(redis, broker, results)
+
+
+def _redis(settings: Settings) -> Any:
+    from controller.store import StoreError, connect
+
+    try:
+        return connect(settings.redis_url)
+    except StoreError as exc:
+        raise _fail(str(exc)) from None
+
+
+# -- processes ---------------------------------------------------------------------------------
+
+
+@controller_app.command()
+def worker(
+    redis: RedisOpt = None,
+    broker: BrokerOpt = None,
+    results: ResultsOpt = None,
+    burst: Annotated[bool, typer.Option(help="Exit when the queues are empty")] = False,
+    name: Annotated[str | None, typer.Option(help="Worker name (default: RQ's)")] = None,
+) -> None:
+    """An RQ worker executing run jobs (with the lease reaper beside it)."""
+    settings = _settings(redis, broker, results)
+    _redis(settings)  # one clear line if Redis is not there
+    from redis import Redis
+    from rq import Worker
+
+    from controller.reaper import ReaperThread
+    from controller.sweeps import QUEUE_ORDER
+
+    # The forked work-horses read the locations from the environment.
+    os.environ["FARM_REDIS_URL"] = settings.redis_url
+    os.environ["FARM_MQTT_URL"] = settings.broker_url
+    os.environ["FARM_RESULTS_DIR"] = str(settings.results)
+    reaper = ReaperThread(settings.redis_url)
+    reaper.start()
+    connection = Redis.from_url(settings.redis_url)
+    rq_worker = Worker(list(QUEUE_ORDER), connection=connection, name=name)
+    try:
+        rq_worker.work(burst=burst, with_scheduler=True)
+    finally:
+        reaper.stopped.set()
+
+
+@controller_app.command()
+def ingest(
+    redis: RedisOpt = None,
+    broker: BrokerOpt = None,
+    group: Annotated[str, typer.Option(help="Shared-subscription group")] = "farm-ingest",
+    share: Annotated[
+        bool, typer.Option(help="Use a shared subscription (off for brokers without them)")
+    ] = True,
+    client_id: Annotated[
+        str | None, typer.Option(help="MQTT client id (persistent session)")
+    ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            min=0, max=65535, help="Serve this process's Prometheus metrics on this port (off)"
+        ),
+    ] = None,
+    metrics_addr: Annotated[
+        str, typer.Option(help="Address the metrics port listens on")
+    ] = "127.0.0.1",
+) -> None:
+    """Store what the agents publish (samples, events, statuses) in Redis."""
+    settings = _settings(redis, broker, None)
+    _redis(settings)
+    from controller.ingest import main
+
+    raise typer.Exit(
+        asyncio.run(
+            main(
+                settings,
+                group=group,
+                share=share,
+                client_id=client_id,
+                metrics_port=metrics_port,
+                metrics_addr=metrics_addr,
+            )
+        )
+    )
+
+
+@controller_app.command()
+def exporter(
+    redis: RedisOpt = None,
+    addr: Annotated[str, typer.Option(help="Address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port of /metrics")] = 9733,
+) -> None:
+    """Serve the farm's state in Redis as Prometheus metrics (/metrics)."""
+    settings = _settings(redis, None, None)
+    from controller.exporter import main
+
+    raise typer.Exit(main(settings, addr=addr, port=port))
+
+
+# -- client commands ---------------------------------------------------------------------------
+
+
+def submit(
+    benchmark: Annotated[
+        str | None, typer.Option(help="Benchmarks: kws01,vww01,ic01,ad01 (or kws, vww, ic, ad)")
+    ] = None,
+    suite: Annotated[str | None, typer.Option(help="'full': every benchmark in every mode")] = None,
+    boards: Annotated[str, typer.Option(help="'all' or board ids id1,id2")] = "all",
+    tags: Annotated[list[str] | None, typer.Option("--tags", help="key=value (repeatable)")] = None,
+    mode: Annotated[
+        str, typer.Option(help="performance,accuracy,energy,latency")
+    ] = "performance,accuracy",
+    dataset: Annotated[str | None, typer.Option(help="Dataset set on the agents")] = None,
+    label: Annotated[str, typer.Option(help="Free text, e.g. nightly")] = "",
+    priority: Annotated[str, typer.Option(help="high, normal or low")] = "normal",
+    limit: Annotated[int | None, typer.Option(min=1, help="Only N samples (not valid)")] = None,
+    options: Annotated[
+        str | None,
+        typer.Option(help="Advanced: run options as JSON (windows, min_window_s, min_queries...)"),
+    ] = None,
+    wait: Annotated[
+        bool, typer.Option(help="Follow the sweep live; exit 1 if a run fails")
+    ] = False,
+    redis: RedisOpt = None,
+    broker: BrokerOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Queue a sweep: every matching board × benchmark × mode; prints the sweep id."""
+    settings = _settings(redis, broker, None)
+    from controller.sweeps import (
+        MODES,
+        QUEUES,
+        SweepError,
+        SweepSpec,
+        expand_benchmarks,
+    )
+    from controller.sweeps import (
+        submit as submit_sweep,
+    )
+    from farm.messages import RunOptions
+
+    if suite not in (None, "full"):
+        raise _fail(f"--suite takes 'full', not {suite!r}")
+    if benchmark is None and suite is None:
+        raise _fail("give --benchmark NAME[,NAME] or --suite full")
+    modes = list(MODES) if suite == "full" else [m.strip() for m in mode.split(",") if m.strip()]
+    bad = [m for m in modes if m not in MODES]
+    if bad:
+        raise _fail(f"unknown mode(s) {', '.join(bad)} (valid: {', '.join(MODES)})")
+    if priority not in QUEUES:
+        raise _fail(f"--priority takes {', '.join(QUEUES)}, not {priority!r}")
+    tag_map: dict[str, str] = {}
+    for tag in tags or []:
+        key, sep, value = tag.partition("=")
+        if not sep:
+            raise _fail(f"--tags takes key=value, not {tag!r}")
+        tag_map[key] = value
+    try:
+        benches = expand_benchmarks(
+            [b.strip() for b in (benchmark or "").split(",") if b.strip()], suite == "full"
+        )
+        spec = SweepSpec(
+            benchmarks=[b.id for b in benches],
+            boards=None if boards == "all" else [b.strip() for b in boards.split(",") if b.strip()],
+            tags=tag_map,
+            modes=modes,  # type: ignore[arg-type]
+            dataset=dataset,
+            label=label,
+            priority=priority,
+            options=RunOptions.model_validate({**json.loads(options or "{}"), "limit": limit}),
+        )
+        client = _redis(settings)
+        sweep_id, run_ids, skipped = submit_sweep(client, spec)
+    except (SweepError, ValueError) as exc:  # ValueError: --options that do not validate
+        raise _fail(str(exc)) from None
+    if json_out:
+        print(
+            json.dumps(
+                {"sweep": sweep_id, "runs": run_ids, "skipped": [s.__dict__ for s in skipped]}
+            )
+        )
+    else:
+        console.print(f"sweep {sweep_id}: {len(run_ids)} runs queued", highlight=False)
+        for s in skipped:
+            err.print(
+                f"[yellow]skipped[/] {s.board} {s.benchmark} {s.mode}: {s.reason}", highlight=False
+            )
+        console.print(sweep_id, highlight=False)
+    if wait:
+        raise typer.Exit(_follow(client, sweep_id, quiet=json_out))
+
+
+def _follow(client: Any, sweep_id: str, *, quiet: bool) -> int:
+    """Live progress per board until every run of the sweep ended; 1 if any failed."""
+    from rich.live import Live
+
+    from controller import keys
+
+    def table() -> tuple[Table, list[dict[str, str]]]:
+        runs = [
+            client.hgetall(keys.run(r)) for r in client.lrange(keys.sweep_runs(sweep_id), 0, -1)
+        ]
+        view = Table(title=f"sweep {sweep_id}")
+        for column in ("board", "run", "benchmark", "mode", "state", "samples", "ETA s"):
+            view.add_column(column)
+        for run in runs:
+            total = run.get("total") or "?"
+            view.add_row(
+                run["board"],
+                run["id"],
+                run["benchmark"],
+                run["mode"],
+                run["state"],
+                f"{run.get('done') or 0}/{total}",
+                run.get("eta_s") or "",
+            )
+        return view, runs
+
+    with Live(table()[0], console=err, refresh_per_second=2, transient=quiet) as live:
+        while True:
+            view, runs = table()
+            live.update(view)
+            if all(r.get("state") in keys.TERMINAL for r in runs):
+                break
+            time.sleep(0.5)
+    failed = [r for r in runs if r.get("state") != "completed"]
+    for run in failed:
+        err.print(
+            f"[red]{run['id']}[/] {run['board']} {run['benchmark']} {run['mode']}: "
+            f"{run['state']}: {run.get('reason')}",
+            highlight=False,
+        )
+    return 1 if failed else 0
+
+
+def status(redis: RedisOpt = None, json_out: JsonOpt = False) -> None:
+    """Boards (agent, state, health, firmware, current run, last seen) and queues."""
+    settings = _settings(redis, None, None)
+    client = _redis(settings)
+    from redis import Redis
+    from rq import Queue
+
+    from controller import keys
+    from controller.store import all_boards
+    from controller.sweeps import QUEUE_ORDER
+
+    boards = all_boards(client)
+    agents = {a: client.hgetall(keys.agent(a)) for a in client.smembers(keys.AGENTS)}
+    rq_conn = Redis.from_url(settings.redis_url)
+    queues = {name: len(Queue(name, connection=rq_conn)) for name in QUEUE_ORDER}
+    if json_out:
+        print(json.dumps({"boards": boards, "agents": agents, "queues": queues}, default=str))
+        return
+    view = Table(title="boards")
+    for column in ("board", "agent", "state", "health", "firmware", "run", "progress", "last seen"):
+        view.add_column(column, overflow="fold")
+    now = time.time()
+    for board_id, s in boards.items():
+        agent_state = agents.get(s.get("agent"), {}).get("state", "?")
+        run = s.get("run")
+        progress = ""
+        if run:
+            r = client.hgetall(keys.run(run))
+            progress = f"{r.get('done') or 0}/{r.get('total') or '?'}"
+        health = s.get("health", "?") + (
+            f" ({s['health_reason']})" if s.get("health_reason") else ""
+        )
+        view.add_row(
+            board_id,
+            f"{s.get('agent')} ({agent_state})",
+            s.get("state", "?"),
+            health,
+            f"{s.get('model')} {s.get('build')}" if s.get("model") else "-",
+            run or "-",
+            progress,
+            f"{now - s.get('last_seen', now):.0f} s ago",
+        )
+    console.print(view)
+    console.print("queues: " + ", ".join(f"{k} {v}" for k, v in queues.items()), highlight=False)
+
+
+def sweeps(redis: RedisOpt = None, json_out: JsonOpt = False) -> None:
+    """Every sweep, newest first."""
+    client = _redis(_settings(redis, None, None))
+    from controller import keys
+
+    found = []
+    for sweep_id in client.zrevrange(keys.SWEEPS, 0, 99):
+        sweep = client.hgetall(keys.sweep(sweep_id))
+        runs = client.lrange(keys.sweep_runs(sweep_id), 0, -1)
+        states = [client.hget(keys.run(r), "state") for r in runs]
+        found.append(
+            {
+                **sweep,
+                "runs": len(runs),
+                "completed": states.count("completed"),
+                "failed": states.count("failed"),
+            }
+        )
+    if json_out:
+        print(json.dumps(found))
+        return
+    view = Table(title="sweeps")
+    for column in ("sweep", "label", "created", "state", "runs", "completed", "failed"):
+        view.add_column(column)
+    for s in found:
+        created = time.strftime("%Y-%m-%d %H:%M", time.localtime(float(s["created"])))
+        view.add_row(
+            s["id"],
+            s.get("label", ""),
+            created,
+            s.get("state", ""),
+            str(s["runs"]),
+            str(s["completed"]),
+            str(s["failed"]),
+        )
+    console.print(view)
+
+
+def show(
+    sweep_id: Annotated[str, typer.Argument(help="The sweep id")],
+    redis: RedisOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """The sweep's results, shaped like the MLPerf Tiny results table, with the supplemental
+    latency percentiles."""
+    client = _redis(_settings(redis, None, None))
+    from controller.report import sweep_report
+
+    report = sweep_report(client, sweep_id)
+    if report is None:
+        raise _fail(f"no sweep {sweep_id!r} (see farm sweeps)")
+    if json_out:
+        print(json.dumps(report))
+        return
+    from controller.report import render
+
+    console.print(render(report))
+
+
+def cancel(
+    target: Annotated[str, typer.Argument(help="A sweep id or a run id")],
+    redis: RedisOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Cancel a sweep's unfinished runs, or one run."""
+    client = _redis(_settings(redis, None, None))
+    from controller.report import cancel as cancel_runs
+
+    cancelled = cancel_runs(client, target)
+    if cancelled is None:
+        raise _fail(f"no sweep or run {target!r}")
+    if json_out:
+        print(json.dumps({"cancelled": cancelled}))
+    else:
+        console.print(f"cancel requested for {len(cancelled)} run(s)", highlight=False)
+
+
+CLIENT_COMMANDS = (submit, status, sweeps, show, cancel)
+
+if __name__ == "__main__":
+    sys.exit(controller_app())

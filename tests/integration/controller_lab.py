@@ -1,0 +1,153 @@
+"""A whole farm for the controller's end-to-end tests, every part real: a private Mosquitto,
+a dedicated Redis database, `farm sim` boards with their agents, `farm controller ingest`,
+RQ worker processes (`farm controller worker`), and the client commands."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+from tests.integration.farm_procs import Mosquitto, Proc, wait_until
+
+#: The controller tests' Redis database (flushed by each lab).
+REDIS_URL = "redis://127.0.0.1:6379/13"
+
+
+@dataclass
+class ControllerLab:
+    """Everything started for one test; :meth:`stop` ends it all."""
+
+    dir: Path
+    broker: Mosquitto
+    redis: redis.Redis
+    sims: dict[str, Proc] = field(default_factory=dict)
+    agents: dict[str, Proc] = field(default_factory=dict)
+    workers: list[Proc] = field(default_factory=list)
+    ingest: Proc | None = None
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What every controller process and client command is pointed at."""
+        return {
+            "FARM_REDIS_URL": REDIS_URL,
+            "FARM_MQTT_URL": self.broker.url,
+            "FARM_RESULTS_DIR": str(self.dir / "results"),
+            "FARM_AGENT_GRACE_S": "5",
+        }
+
+    async def add_agent(self, agent: str, boards: str, *, dataset_limit: int = 10) -> None:
+        """`farm sim` for ``boards`` (YAML list) and its agent ``agent``."""
+        config = self.dir / f"{agent}.yaml"
+        config.write_text("seed: 5\nboards:\n" + textwrap.indent(textwrap.dedent(boards), "  "))
+        out = self.dir / f"sim-{agent}"
+        sim = Proc(
+            [
+                "sim",
+                "--out",
+                str(out),
+                "--config",
+                str(config),
+                "--agent-id",
+                agent,
+                "--broker",
+                self.broker.url,
+                "--dataset-limit",
+                str(dataset_limit),
+                "--transcripts",
+            ],
+            self.dir / f"sim-{agent}.log",
+        )
+        await sim.start()
+        self.sims[agent] = sim
+        await wait_until(lambda: (out / "agent.yaml").exists(), 60, f"{agent}'s agent.yaml")
+        proc = Proc(
+            ["--log-level", "info", "agent", "--config", str(out / "agent.yaml")],
+            self.dir / f"agent-{agent}.log",
+        )
+        await proc.start()
+        self.agents[agent] = proc
+
+    async def start_controller(self, workers: int = 2) -> None:
+        """Ingest and ``workers`` RQ workers."""
+        self.ingest = Proc(
+            ["--log-level", "info", "controller", "ingest"], self.dir / "ingest.log", env=self.env
+        )
+        await self.ingest.start()
+        await self.add_workers(workers)
+
+    async def add_workers(self, count: int) -> None:
+        """Start ``count`` more RQ worker processes."""
+        for _ in range(count):
+            i = len(self.workers)
+            worker = Proc(
+                ["--log-level", "info", "controller", "worker", "--name", f"w{i}-{os.getpid()}"],
+                self.dir / f"worker{i}.log",
+                env=self.env,
+            )
+            await worker.start()
+            self.workers.append(worker)
+
+    async def boards_ready(self, boards: list[str], within: float = 60) -> None:
+        """Wait until ingest knows every board, checked and idle."""
+
+        def ready() -> bool:
+            for board in boards:
+                raw = self.redis.hget(f"farm:board:{board}", "status")
+                if not raw:
+                    return False
+                status = json.loads(raw)
+                if status["state"] != "idle" or status["health"] != "good":
+                    return False
+            return True
+
+        await wait_until(ready, within, f"boards {boards} idle and healthy")
+
+    async def farm(self, *args: str, check: bool = True) -> tuple[int, str, str]:
+        """Run a client command (``farm ARGS``); return (status, stdout, stderr)."""
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "farm.cli",
+            *args,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            # Wide enough that rich does not wrap the results table.
+            env={**os.environ, **self.env, "COLUMNS": "300"},
+        )
+        out, errs = await asyncio.wait_for(process.communicate(), 600)
+        code = process.returncode or 0
+        if check and code != 0:
+            raise AssertionError(
+                f"farm {' '.join(args)} exited {code}:\n{errs.decode()}\n{self.logs()}"
+            )
+        return code, out.decode(), errs.decode()
+
+    def logs(self) -> str:
+        """The tail of every process log, for a failing assertion."""
+        parts = []
+        for log in sorted(self.dir.glob("*.log")):
+            parts.append(f"--- {log.name}\n{log.read_text(errors='replace')[-3000:]}")
+        return "\n".join(parts)
+
+    async def stop(self) -> None:
+        """Stop everything, newest first."""
+        ingest = [self.ingest] if self.ingest else []
+        for proc in [*self.workers, *ingest, *self.agents.values(), *self.sims.values()]:
+            await proc.stop()
+        await self.broker.stop()
+
+
+async def start_controller_lab(tmp_path: Path) -> ControllerLab:
+    """A broker and a flushed Redis database; add agents and the controller after."""
+    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    client.flushdb()
+    broker = Mosquitto(tmp_path / "mqtt")
+    await broker.start()
+    return ControllerLab(tmp_path, broker, client)

@@ -1,0 +1,210 @@
+"""The farm end to end: `farm submit` fans runs out through Redis/RQ to real agents driving
+`farm sim` boards, ingest stores what they publish, workers score it; `farm show` reports it.
+Every process is real (Mosquitto, Redis, RQ worker processes, agents, simulators)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import signal
+import statistics
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from farm.wire import wire_time
+from tests.integration.controller_lab import ControllerLab, start_controller_lab
+from tests.integration.farm_procs import wait_until
+
+#: Short windows: the numbers are exact whatever the window length.
+QUICK = json.dumps({"min_window_s": 0.5, "calibration_s": 0.2})
+#: ic01 boards with a fixed inference time (spread 0) and a known accuracy.
+IC_BOARDS = """\
+- {id: ic-1, model: ic01, quality: 0.7, latency: {median_s: 0.004, spread: 0}}
+- {id: ic-2, model: ic01, quality: 0.9, latency: {median_s: 0.006, spread: 0}}
+"""
+
+
+@pytest.fixture
+async def lab(tmp_path: Path) -> AsyncIterator[ControllerLab]:
+    farm = await start_controller_lab(tmp_path)
+    try:
+        yield farm
+    finally:
+        await farm.stop()
+
+
+async def test_submit_ic_on_every_board_gives_the_ground_truth(lab: ControllerLab) -> None:
+    await lab.add_agent("pi-a", IC_BOARDS)
+    await lab.add_agent("pi-b", "- {id: kws-3, model: kws01, latency: {median_s: 0.002}}\n")
+    await lab.start_controller(workers=2)
+    await lab.boards_ready(["ic-1", "ic-2", "kws-3"])
+
+    _, out, _ = await lab.farm(
+        "submit",
+        "--benchmark",
+        "ic",
+        "--boards",
+        "all",
+        "--mode",
+        "accuracy,performance",
+        "--options",
+        QUICK,
+        "--wait",
+        "--json",
+    )
+    submitted = json.loads(out)
+    # The kws board holds other firmware and has an ic01 image: it is flashed, not skipped.
+    assert len(submitted["runs"]) == 6 and submitted["skipped"] == []
+    _, out, _ = await lab.farm("show", submitted["sweep"], "--json")
+    report = json.loads(out)
+    runs = {(r["board"], r["mode"]): r for r in report["runs"]}
+    assert all(r["state"] == "completed" for r in runs.values()), runs
+    # Accuracy: a simulated board with quality q answers round(q * n) of n files right.
+    # (in percent, as the official runner prints it)
+    assert runs[("ic-1", "accuracy")]["summary"]["top1"] == pytest.approx(70.0)
+    assert runs[("ic-2", "accuracy")]["summary"]["top1"] == pytest.approx(90.0)
+    # Performance: a fixed 4 ms / 6 ms inference. As on the reference port, each window also
+    # holds the print of its first lap line (its wire time at 115200 baud), so window k's
+    # throughput is N / (N * t + print_k): the median over the five must match exactly.
+    for board, per_s in (("ic-1", 0.004), ("ic-2", 0.006)):
+        summary = runs[(board, "performance")]["summary"]
+        lines = (Path(summary["artifacts"]) / "samples.jsonl").read_text().splitlines()
+        expected = []
+        for record in map(json.loads, lines):
+            printing = round(wire_time(len(f"m-lap-us-{record['start_us']}\r\n"), 115200) * 1e6)
+            elapsed_us = record["count"] * round(per_s * 1e6) + printing
+            assert record["elapsed_us"] == elapsed_us
+            expected.append(record["count"] / (elapsed_us / 1e6))
+        assert summary["throughput_ips"] == pytest.approx(statistics.median(expected), rel=1e-9)
+        assert summary["latency_ms"] == pytest.approx(1000 / statistics.median(expected))
+    for run in runs.values():
+        folder = Path(run["summary"]["artifacts"])
+        assert (folder / "results.txt").is_file() and (folder / "samples.jsonl").is_file()
+        assert folder.parts[-3:] == (run["board"], "ic01", run["mode"])
+    # The table is printed for humans too.
+    _, table, _ = await lab.farm("show", submitted["sweep"])
+    assert "70.0% (85.0%) BELOW" in table and "90.0% (85.0%) ok" in table
+
+    # Never two runs at once on one board: each board's runs follow one another.
+    for board in ("ic-1", "ic-2", "kws-3"):
+        spans = sorted(
+            (
+                float(lab.redis.hget(f"farm:run:{r['id']}", "dispatched_at")),
+                float(lab.redis.hget(f"farm:run:{r['id']}", "finished_at")),
+            )
+            for r in report["runs"]
+            if r["board"] == board
+        )
+        assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans)), spans
+    # farm status shows the boards and the queues.
+    _, out, _ = await lab.farm("status", "--json")
+    status = json.loads(out)
+    assert set(status["boards"]) == {"ic-1", "ic-2", "kws-3"}
+    assert status["boards"]["kws-3"]["model"] == "ic01"  # it was flashed
+
+
+async def test_unknown_names_and_empty_matches_are_explained(lab: ControllerLab) -> None:
+    await lab.add_agent("pi-a", "- {id: ic-1, model: ic01}\n")
+    await lab.start_controller(workers=1)
+    await lab.boards_ready(["ic-1"])
+    code, _, errs = await lab.farm("submit", "--benchmark", "nope", check=False)
+    assert code == 2 and "kws01" in errs
+    code, _, errs = await lab.farm("submit", "--benchmark", "ic", "--boards", "ic-9", check=False)
+    assert code == 2 and "unknown board(s) ic-9" in errs and "ic-1" in errs
+    code, _, errs = await lab.farm("submit", "--benchmark", "ic", "--mode", "energy", check=False)
+    assert code == 2 and "no interface board and energy monitor" in errs
+    code, _, errs = await lab.farm("status", "--redis", "redis://127.0.0.1:1/0", check=False)
+    assert code == 2 and "redis://127.0.0.1:1/0" in errs and "Traceback" not in errs
+
+
+async def test_a_killed_worker_is_noticed_and_the_run_resumes(lab: ControllerLab) -> None:
+    await lab.add_agent(
+        "pi-a", "- {id: kws-1, model: kws01, latency: {median_s: 0.002}}\n", dataset_limit=60
+    )
+    await lab.start_controller(workers=1)
+    await lab.boards_ready(["kws-1"])
+    _, out, _ = await lab.farm("submit", "--benchmark", "kws", "--mode", "accuracy", "--json")
+    run_id = json.loads(out)["runs"][0]
+    await wait_until(
+        lambda: lab.redis.hlen(f"farm:run:{run_id}:samples") >= 15, 60, "samples stored"
+    )
+    await lab.workers[0].kill_tree()
+    stored_before = lab.redis.hlen(f"farm:run:{run_id}:samples")
+    await lab.add_workers(1)
+    await wait_until(
+        lambda: lab.redis.hget(f"farm:run:{run_id}", "state") in ("completed", "failed"),
+        120,
+        "the run ends",
+    )
+    run = lab.redis.hgetall(f"farm:run:{run_id}")
+    assert run["state"] == "completed", run
+    assert "worker" in run["reasons"]
+    summary = json.loads(run["summary"])
+    assert summary["samples"] == 60
+    # The second dispatch ran only what was missing: the agent skipped what was stored.
+    assert int(run["attempts"]) >= 2
+    done = json.loads(run["final"])
+    assert done["skipped"] >= stored_before and done["count"] + done["skipped"] == 60
+
+
+async def test_an_agent_lost_mid_run_fails_its_run_and_the_others_finish(
+    lab: ControllerLab,
+) -> None:
+    await lab.add_agent(
+        "pi-a", "- {id: kws-1, model: kws01, latency: {median_s: 0.002}}\n", dataset_limit=60
+    )
+    await lab.add_agent(
+        "pi-b", "- {id: kws-2, model: kws01, latency: {median_s: 0.002}}\n", dataset_limit=60
+    )
+    await lab.start_controller(workers=2)
+    await lab.boards_ready(["kws-1", "kws-2"])
+    _, out, _ = await lab.farm("submit", "--benchmark", "kws", "--mode", "accuracy", "--json")
+    runs = json.loads(out)["runs"]
+    by_board = {lab.redis.hget(f"farm:run:{r}", "board"): r for r in runs}
+    await wait_until(
+        lambda: lab.redis.hlen(f"farm:run:{by_board['kws-2']}:samples") >= 5, 60, "running"
+    )
+    await lab.agents["pi-b"].signal(signal.SIGKILL)
+    await wait_until(
+        lambda: all(
+            lab.redis.hget(f"farm:run:{r}", "state") in ("completed", "failed") for r in runs
+        ),
+        120,
+        "both runs end",
+    )
+    lost = lab.redis.hgetall(f"farm:run:{by_board['kws-2']}")
+    assert lost["state"] == "failed" and "agent pi-b went offline" in lost["reason"], lost
+    assert lab.redis.hget(f"farm:run:{by_board['kws-1']}", "state") == "completed"
+
+
+async def test_cancel_a_sweep_stops_its_running_and_queued_runs(lab: ControllerLab) -> None:
+    await lab.add_agent("pi-a", "- {id: kws-1, model: kws01, latency: {median_s: 0.002}}\n")
+    await lab.start_controller(workers=1)
+    await lab.boards_ready(["kws-1"])
+    long_latency = json.dumps({"min_queries": 100000, "min_duration_s": 600})
+    _, out, _ = await lab.farm(
+        "submit",
+        "--benchmark",
+        "kws",
+        "--mode",
+        "latency,accuracy",
+        "--options",
+        long_latency,
+        "--json",
+    )
+    submitted = json.loads(out)
+    first, second = submitted["runs"]
+    await wait_until(lambda: lab.redis.hlen(f"farm:run:{first}:samples") > 20, 60, "running")
+    _, out, _ = await lab.farm("cancel", submitted["sweep"], "--json")
+    assert sorted(json.loads(out)["cancelled"]) == sorted([first, second])
+    await wait_until(
+        lambda: lab.redis.hget(f"farm:sweep:{submitted['sweep']}", "state") == "finished",
+        60,
+        "the sweep ends",
+    )
+    assert lab.redis.hget(f"farm:run:{first}", "state") == "cancelled"
+    assert lab.redis.hget(f"farm:run:{second}", "state") == "cancelled"
+    # The agent confirmed: the board is idle and healthy again.
+    await lab.boards_ready(["kws-1"])
