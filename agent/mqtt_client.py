@@ -1,10 +1,8 @@
-"""The agent's MQTT client: broker URL, credentials, TLS, last will, and reconnect backoff."""
+"""The agent's MQTT client: broker URL, credentials, TLS and last will."""
 
 from __future__ import annotations
 
-import random
 import ssl
-from dataclasses import dataclass
 
 import aiomqtt
 
@@ -50,24 +48,3 @@ def make_client(broker: BrokerConfig, agent: str, *, window: int) -> aiomqtt.Cli
     )
     client.pending_calls_threshold = PENDING_CALLS_THRESHOLD
     return client
-
-
-@dataclass
-class Backoff:
-    """Exponential backoff with jitter: the n-th retry waits between half and all of
-    ``min(cap, base * 2**n)``, so a lab's agents do not reconnect in lock step after a
-    broker restart, and none retries in a tight loop."""
-
-    base_s: float = 0.5
-    cap_s: float = 30.0
-    attempt: int = 0
-
-    def next_delay(self, rng: random.Random | None = None) -> float:
-        """The delay before the next attempt."""
-        ceiling = min(self.cap_s, self.base_s * 2**self.attempt)
-        self.attempt += 1
-        return (rng or random).uniform(ceiling / 2, ceiling)
-
-    def reset(self) -> None:
-        """A connection succeeded."""
-        self.attempt = 0

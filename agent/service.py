@@ -30,8 +30,9 @@ from pydantic import ValidationError
 from agent.board_worker import BoardWorker
 from agent.config import AgentConfig
 from agent.journal import Journal
-from agent.mqtt_client import Backoff, make_client
+from agent.mqtt_client import make_client
 from agent.outbox import WINDOW, Outbox
+from farm.backoff import Backoff
 from farm.catalog import BenchmarkError, get_benchmark
 from farm.messages import (
     COMMAND_TYPES,

@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from agent.health import BoardHealth
-from agent.mqtt_client import Backoff
+from farm.backoff import Backoff
 from farm.messages import (
     COMMANDS,
     RUN_EVENTS,
