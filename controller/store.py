@@ -48,6 +48,12 @@ def connect(url: str) -> redis.Redis:
     return client
 
 
+def rq_connection(client: redis.Redis) -> redis.Redis:
+    """The same server for RQ, which needs raw bytes (its job data is not UTF-8 text)."""
+    kwargs = {**client.connection_pool.connection_kwargs, "decode_responses": False}
+    return redis.Redis(connection_pool=redis.ConnectionPool(**kwargs))
+
+
 def new_id(prefix: str) -> str:
     """A sortable, unique id: ``<prefix>-YYYYmmdd-HHMMSS-xxxx``."""
     return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"

@@ -16,11 +16,12 @@ from typing import Any
 
 import redis
 from rq import Queue, Retry
+from rq.exceptions import NoSuchJobError
 from rq.job import Dependency, Job
 
 from controller import keys
 from controller.estimate import estimate_run_s
-from controller.store import all_boards, new_id
+from controller.store import all_boards, new_id, rq_connection
 from farm.catalog import BENCHMARKS, Benchmark, BenchmarkError, get_benchmark
 from farm.messages import Mode, RunOptions
 
@@ -54,6 +55,9 @@ class SweepSpec:
     label: str = ""
     priority: str = "normal"
     options: RunOptions = field(default_factory=RunOptions)
+    flash: bool = True
+    """Let agents flash boards that hold other firmware (off: each board runs only what it
+    holds, as ``farm demo`` does)."""
 
     def to_json(self) -> dict[str, Any]:
         """The spec as stored with the sweep."""
@@ -66,6 +70,7 @@ class SweepSpec:
             "label": self.label,
             "priority": self.priority,
             "options": self.options.model_dump(),
+            "flash": self.flash,
         }
 
 
@@ -137,7 +142,7 @@ def plan(
         candidates: list[PlannedRun] = []
         for bench in benches:
             for mode in spec.modes:
-                reason = _cannot(status, bench, mode, online)
+                reason = _cannot(status, bench, mode, online, spec.flash)
                 if reason is not None:
                     skipped.append(Skipped(board_id, bench.id, mode, reason))
                     continue
@@ -160,7 +165,9 @@ def _needs_flash(status: dict[str, Any], bench: Benchmark, mode: str) -> bool:
     )
 
 
-def _cannot(status: dict[str, Any], bench: Benchmark, mode: str, online: set[str]) -> str | None:
+def _cannot(
+    status: dict[str, Any], bench: Benchmark, mode: str, online: set[str], flash: bool
+) -> str | None:
     if status.get("agent") not in online:
         return f"agent {status.get('agent')} is offline"
     if status.get("health") == "bad":
@@ -169,6 +176,8 @@ def _cannot(status: dict[str, Any], bench: Benchmark, mode: str, online: set[str
         return "no interface board and energy monitor for energy mode"
     if not _needs_flash(status, bench, mode):
         return None
+    if not flash:
+        return f"holds {status.get('model')} ({status.get('build')}); flashing is off"
     images = status.get("images", {})
     if any(_build(mode) in images.get(m, []) for m in bench.firmware_models):
         return None
@@ -245,14 +254,20 @@ def submit(client: redis.Redis, spec: SweepSpec) -> tuple[str, list[str], list[S
                 },
             )
         pipe.execute()
-    queue = Queue(QUEUES[spec.priority], connection=client)
+    rq_client = rq_connection(client)
+    queue = Queue(QUEUES[spec.priority], connection=rq_client)
     for run_id, run in zip(run_ids, runs, strict=True):
-        _enqueue(client, queue, run_id, run, spec)
+        _enqueue(client, rq_client, queue, run_id, run, spec)
     return sweep_id, run_ids, skipped
 
 
 def _enqueue(
-    client: redis.Redis, queue: Queue, run_id: str, run: PlannedRun, spec: SweepSpec
+    client: redis.Redis,
+    rq_client: redis.Redis,
+    queue: Queue,
+    run_id: str,
+    run: PlannedRun,
+    spec: SweepSpec,
 ) -> None:
     """Queue the run's job behind the board's previous one."""
     from controller.jobs import execute_run  # the job function; imported late (RQ pickles a path)
@@ -262,8 +277,8 @@ def _enqueue(
     depends = None
     if tail:
         try:
-            status = Job.fetch(tail, connection=client).get_status()
-        except Exception:  # expired or deleted: nothing to wait for
+            status = Job.fetch(tail, connection=rq_client).get_status()
+        except NoSuchJobError:  # expired or deleted: nothing to wait for
             status = None
         if status not in (None, "finished", "failed", "canceled", "stopped"):
             depends = Dependency(jobs=[tail], allow_failure=True)

@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from farm.agent_cli import agent_app
+from farm.broker_cli import broker_app
 from farm.catalog import get_dataset_spec
 from farm.controller_cli import CLIENT_COMMANDS, controller_app
 from farm.dataset_cli import dataset_app
@@ -48,6 +49,7 @@ app.add_typer(dataset_app, name="dataset")
 app.add_typer(agent_app, name="agent")
 app.add_typer(simctl_app, name="simctl")
 app.add_typer(controller_app, name="controller")
+app.add_typer(broker_app, name="broker")
 for _command in CLIENT_COMMANDS:
     app.command()(_command)
 console = Console()

@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -141,14 +142,16 @@ def ingest(
 @controller_app.command()
 def exporter(
     redis: RedisOpt = None,
-    addr: Annotated[str, typer.Option(help="Address to listen on")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=0, max=65535, help="Port of /metrics")] = 9733,
+    host: Annotated[
+        str, typer.Option("--host", "--addr", help="Address to listen on (loopback)")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port of /metrics")] = 9108,
 ) -> None:
     """Serve the farm's state in Redis as Prometheus metrics (/metrics)."""
     settings = _settings(redis, None, None)
     from controller.exporter import main
 
-    raise typer.Exit(main(settings, addr=addr, port=port))
+    raise typer.Exit(main(settings, addr=host, port=port))
 
 
 # -- client commands ---------------------------------------------------------------------------
@@ -410,7 +413,81 @@ def cancel(
         console.print(f"cancel requested for {len(cancelled)} run(s)", highlight=False)
 
 
-CLIENT_COMMANDS = (submit, status, sweeps, show, cancel)
+def demo(
+    boards: Annotated[int, typer.Option(min=1, max=64, help="Simulated boards")] = 8,
+    quick: Annotated[
+        bool, typer.Option(help="Small dataset subsets and short windows (about a minute)")
+    ] = False,
+    keep: Annotated[
+        bool, typer.Option(help="Leave everything running; print how to point Grafana at it")
+    ] = False,
+    embedded: Annotated[
+        bool | None,
+        typer.Option(
+            "--embedded/--no-embedded",
+            envvar="FARM_DEMO_EMBEDDED",
+            help="Force or forbid the embedded Redis and MQTT broker (default: only when "
+            "nothing answers at the configured URLs)",
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Working directory (default: a temp dir)")
+    ] = None,
+    redis: RedisOpt = None,
+    broker: BrokerOpt = None,
+    results: ResultsOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """The whole farm on this machine: simulated boards, an agent, ingest and workers; a
+    sweep of all four benchmarks; live progress; the results table; a clean shutdown."""
+    settings = _settings(redis, broker, results)
+    from controller.demo import DemoError, DemoFarm
+    from controller.report import render, sweep_report
+
+    work = out or Path(tempfile.mkdtemp(prefix="tinyfarm-demo-"))
+    if results is None and not os.environ.get("FARM_RESULTS_DIR"):
+        settings = type(settings)(settings.redis_url, settings.broker_url, work / "results")
+    farm = DemoFarm(settings, boards=boards, quick=quick, embedded=embedded, out=work)
+    try:
+        farm.__enter__()  # on a failure it stops what it started before raising
+        try:
+            for note in farm.notes:
+                err.print(note, highlight=False, soft_wrap=True)
+            sweep_id, _ = farm.submit()
+            code = _follow(farm.redis, sweep_id, quiet=json_out)
+            report = sweep_report(farm.redis, sweep_id)
+            assert report is not None
+            if json_out:
+                print(json.dumps(report))
+            else:
+                console.print(render(report))
+            where = [f"artifacts: {farm.settings.results / sweep_id}", f"logs: {farm.dir}"]
+            if farm.metrics_url:
+                where.append(f"metrics: {farm.metrics_url}")
+            err.print("; ".join(where), highlight=False, soft_wrap=True)
+            if keep:
+                pids = farm.dir / "pids"
+                pids.write_text(" ".join(str(p.pid) for _, p in farm.procs) + "\n")
+                err.print(
+                    f"left running (--keep): FARM_REDIS_URL={farm.settings.redis_url} "
+                    f"FARM_MQTT_URL={farm.settings.broker_url}; scrape "
+                    f"{farm.metrics_url or 'the exporter'} with Prometheus and add it to "
+                    f"Grafana (deploy/grafana has the provisioning); stop with: kill $(cat {pids})",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+        finally:
+            if not keep:
+                farm.stop()
+    except DemoError as exc:
+        raise _fail(str(exc), 1) from None
+    except KeyboardInterrupt:
+        err.print("interrupted: everything the demo started is stopped", highlight=False)
+        raise typer.Exit(130) from None
+    raise typer.Exit(code)
+
+
+CLIENT_COMMANDS = (submit, status, sweeps, show, cancel, demo)
 
 if __name__ == "__main__":
     sys.exit(controller_app())

@@ -12,9 +12,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import redis
+from rq.job import Job
 
 from farm.wire import wire_time
-from tests.integration.controller_lab import ControllerLab, start_controller_lab
+from tests.integration.controller_lab import REDIS_URL, ControllerLab, start_controller_lab
 from tests.integration.farm_procs import wait_until
 
 #: Short windows: the numbers are exact whatever the window length.
@@ -98,6 +100,19 @@ async def test_submit_ic_on_every_board_gives_the_ground_truth(lab: ControllerLa
             if r["board"] == board
         )
         assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans)), spans
+    # ... and the chain, not the lease, kept them apart: no worker picked up a board's next
+    # job before its previous one ended (a worker waiting on a lease would show overlap).
+    rq_client = redis.Redis.from_url(REDIS_URL)
+    for board in ("ic-1", "ic-2", "kws-3"):
+        jobs = sorted(
+            (
+                Job.fetch(f"run-{r['id']}", connection=rq_client)
+                for r in report["runs"]
+                if r["board"] == board
+            ),
+            key=lambda job: job.started_at,
+        )
+        assert all(a.ended_at <= b.started_at for a, b in itertools.pairwise(jobs)), board
     # farm status shows the boards and the queues.
     _, out, _ = await lab.farm("status", "--json")
     status = json.loads(out)
