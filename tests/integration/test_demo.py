@@ -1,0 +1,118 @@
+"""`farm demo --quick` end to end: with the embedded Valkey and amqtt forced, and with the real
+Redis and Mosquitto; the table must equal the simulators' ground truth and nothing the demo
+started may be left behind."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+import redis
+
+from farm.sim.config import DEFAULT_QUALITY
+from tests.integration.controller_lab import REDIS_URL
+
+#: The quick demo's dataset subset (QUICK_DATASET_ROWS).
+ROWS = 10
+
+
+async def run_demo(
+    out: Path, *args: str, env: dict[str, str] | None = None
+) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "farm.cli",
+        "demo",
+        "--quick",
+        "--boards",
+        "4",
+        "--json",
+        "--out",
+        str(out),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "COLUMNS": "300", **(env or {})},
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 600)
+    return process.returncode or 0, stdout.decode(), stderr.decode()
+
+
+def leftovers(out: Path) -> list[str]:
+    """Processes still running with the demo's folder on their command line."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(out) in text:
+            found.append(text)
+    return found
+
+
+def check_report(report: dict) -> None:
+    """Every run completed; each board's accuracy is its simulator's configured quality over
+    the subset (a board with quality q answers round(q * n) of n files right)."""
+    runs = report["runs"]
+    assert runs and all(r["state"] == "completed" for r in runs), [
+        (r["board"], r["mode"], r["state"], r["reason"]) for r in runs if r["state"] != "completed"
+    ]
+    for run in runs:
+        if run["mode"] != "accuracy":
+            continue
+        quality = DEFAULT_QUALITY[run["benchmark"]]
+        if run["benchmark"] == "ad01":
+            assert run["summary"]["auc"] == pytest.approx(quality, abs=0.05)
+        else:
+            assert run["summary"]["top1"] == pytest.approx(100 * round(quality * ROWS) / ROWS)
+    # Energy where wired (the last two boards), latency percentiles where not.
+    modes = {(r["board"], r["mode"]) for r in runs}
+    assert sum(1 for _, m in modes if m == "energy") == 2
+    assert sum(1 for _, m in modes if m == "latency") == 2
+    for run in runs:
+        if run["mode"] == "latency":
+            assert (
+                run["summary"]["p50_us"] > 0
+                and run["summary"]["p99_us"] >= run["summary"]["p50_us"]
+            )
+        if run["mode"] == "energy":
+            assert run["summary"]["energy_uj"] > 0
+
+
+def assert_clean(out: Path, stderr: str) -> None:
+    assert leftovers(out) == []
+    assert not list((out / "sim").glob("*/dut")), "a pty symlink was left behind"
+    for port in re.findall(r"127\.0\.0\.1:(\d+)", stderr):
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", int(port))) != 0, f"port {port} still open"
+
+
+async def test_demo_with_embedded_services(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    code, stdout, stderr = await run_demo(out, "--embedded")
+    assert code == 0, stderr[-3000:]
+    assert "embedded Valkey" in stderr and "amqtt" in stderr
+    check_report(json.loads(stdout))
+    assert_clean(out, stderr)
+
+
+async def test_demo_with_the_real_services(tmp_path: Path) -> None:
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    out = tmp_path / "demo"
+    code, stdout, stderr = await run_demo(
+        out,
+        "--no-embedded",
+        env={"FARM_REDIS_URL": REDIS_URL, "FARM_MQTT_URL": "mqtt://127.0.0.1:1883"},
+    )
+    assert code == 0, stderr[-3000:]
+    assert "embedded" not in stderr
+    check_report(json.loads(stdout))
+    assert leftovers(out) == []
