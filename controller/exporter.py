@@ -1,0 +1,505 @@
+"""``farm controller exporter``: the farm's state in Redis as Prometheus metrics.
+
+A custom collector (:class:`FarmCollector`) reads Redis at scrape time, so any number of RQ
+workers and ingest processes write state without the multiprocess pitfalls of
+prometheus-client (../shared/PLATFORM.md): nothing is counted inside a job. Every metric is
+declared in :mod:`controller.metrics`.
+
+**What a scrape reads** (three pipelined round trips): the agents' and boards' hashes, the
+ingest counters, the RQ queue lengths, the sweep index, and the runs of the sweeps still
+running. A run that ended is final (``controller.jobs`` never reopens it), so it is read and
+counted once: its outcome goes into the ``farm_runs_finished_total`` and
+``farm_run_failures_total`` counters and, if it completed, its summary may become the latest
+result of its board × benchmark × mode. A finished sweep is read once too and then only
+remembered (label, size, submission time). The first scrape after a start therefore reads
+every sweep's runs (the whole history: ~1 s per 30,000 runs on a small server); the next ones
+read only what is still moving. The counters are rebuilt from Redis at start, so they do not
+reset when the exporter restarts.
+
+Concurrent scrapes are serialised (one lock). When Redis cannot be read, the scrape serves
+``farm_exporter_redis_up 0`` and nothing else, rather than stale numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from rq import Queue
+from rq.registry import DeferredJobRegistry, StartedJobRegistry
+
+from controller import keys
+from controller.metrics import (
+    DEFAULT_ADDR,
+    EXPORTER,
+    EXPORTER_PORT,
+    failure_category,
+    ingest_counter_families,
+    label_value,
+)
+from controller.settings import Settings
+from controller.sweeps import QUEUE_ORDER
+from farm.catalog import BenchmarkError, get_benchmark
+
+log = logging.getLogger("controller.exporter")
+
+BOARD_STATES = ("idle", "busy", "flashing", "offline")
+HEALTH_STATES = ("good", "unknown", "bad")
+LIVE_RUN_STATES = ("queued", "dispatched", "running")
+#: A sweep without a label is shown under this one.
+NO_LABEL = "unlabelled"
+#: The run fields a scrape reads.
+_RUN_FIELDS = ("board", "benchmark", "mode", "state", "reason", "finished_at", "summary")
+
+
+@dataclass
+class _Sweep:
+    """What the collector remembers of a sweep."""
+
+    label: str
+    created: float
+    total: int
+    runs: list[str] = field(default_factory=list)
+    done: int = 0
+    """Runs of the sweep already counted as ended."""
+    closed: bool = False
+    """Finished and fully counted: never read again."""
+
+
+@dataclass
+class _Result:
+    """A completed run's summary (JSON, parsed when first shown), kept as the latest of its
+    board × benchmark × mode."""
+
+    finished_at: float
+    text: str
+    _parsed: dict[str, Any] | None = None
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        if self._parsed is None:
+            try:
+                parsed = json.loads(self.text)
+            except ValueError:
+                parsed = None
+            self._parsed = parsed if isinstance(parsed, dict) else {}
+        return self._parsed
+
+
+def _float(value: Any, default: float = 0.0) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return default
+    return number if math.isfinite(number) else default
+
+
+def _spec_family(name: str) -> Metric:
+    spec = EXPORTER[name]
+    if spec.type == "counter":
+        return CounterMetricFamily(spec.family, spec.help, labels=spec.labels)
+    if spec.type == "info":
+        ids = [label for label in spec.labels if label in ("board", "agent")]
+        return InfoMetricFamily(spec.family, spec.help, labels=ids)
+    return GaugeMetricFamily(spec.name, spec.help, labels=spec.labels)
+
+
+class FarmCollector:
+    """Reads the farm's state from Redis at each scrape (see the module docstring).
+
+    ``client`` must decode responses. ``queues`` are the RQ queues to report; ``clock`` gives
+    the time heartbeat ages are measured against."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        queues: Sequence[str] = QUEUE_ORDER,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.client = client
+        self.clock = clock
+        self._queues = [
+            (
+                name,
+                Queue(name, connection=client).key,
+                DeferredJobRegistry.key_template.format(name),
+                StartedJobRegistry.key_template.format(name),
+            )
+            for name in queues
+        ]
+        self._lock = threading.Lock()
+        self._sweeps: dict[str, _Sweep] = {}
+        self._counted: set[str] = set()
+        """Ended runs of sweeps not yet closed, already counted."""
+        self._finished: Counter[tuple[str, str, str, str]] = Counter()
+        self._failures: Counter[tuple[str, str]] = Counter()
+        self._latest: dict[tuple[str, str, str], _Result] = {}
+        self._quality_scale: dict[str, float | None] = {}
+        self.last_duration_s = 0.0
+
+    # prometheus_client asks for this at registration; nothing to declare up front.
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        """Every metric, read now (one scrape at a time)."""
+        with self._lock:
+            started = time.perf_counter()
+            try:
+                families = self._read()
+                up = 1.0
+            except (redis.RedisError, OSError) as exc:
+                log.warning("event=exporter_redis_error error=%r", str(exc))
+                families, up = [], 0.0
+            self.last_duration_s = time.perf_counter() - started
+        yield from families
+        redis_up = _spec_family("farm_exporter_redis_up")
+        redis_up.add_metric([], up)
+        yield redis_up
+        duration = _spec_family("farm_exporter_scrape_duration_seconds")
+        duration.add_metric([], self.last_duration_s)
+        yield duration
+
+    # -- reading --------------------------------------------------------------------------------
+
+    def _read(self) -> list[Metric]:
+        now = self.clock()
+        c = self.client
+        # 1: the indexes.
+        pipe = c.pipeline(transaction=False)
+        pipe.smembers(keys.AGENTS)
+        pipe.smembers(keys.BOARDS)
+        pipe.hgetall(keys.INGEST_COUNTERS)
+        pipe.zrange(keys.SWEEPS, 0, -1)
+        for _, queue_key, deferred_key, started_key in self._queues:
+            pipe.llen(queue_key)
+            pipe.zcard(deferred_key)
+            pipe.zcard(started_key)
+        agents_set, boards_set, ingest, sweep_ids, *queue_counts = pipe.execute()
+        agents = sorted(agents_set)
+        boards = sorted(boards_set)
+        new_sweeps = [s for s in sweep_ids if s not in self._sweeps]
+        open_sweeps = [s for s in sweep_ids if s in self._sweeps and not self._sweeps[s].closed]
+
+        # 2: agents, boards, the sweeps not seen yet (hash and run list), the open sweeps' state.
+        pipe = c.pipeline(transaction=False)
+        for agent in agents:
+            pipe.hmget(
+                keys.agent(agent), ["state", "protocol", "software", "heartbeat", "last_seen"]
+            )
+        for board in boards:
+            pipe.hmget(keys.board(board), ["agent", "status", "last_seen"])
+        for sweep_id in new_sweeps:
+            pipe.hmget(keys.sweep(sweep_id), ["label", "created", "total", "state"])
+            pipe.lrange(keys.sweep_runs(sweep_id), 0, -1)
+        for sweep_id in open_sweeps:
+            pipe.hget(keys.sweep(sweep_id), "state")
+        replies = iter(pipe.execute())
+        agent_rows = [next(replies) for _ in agents]
+        board_rows = [next(replies) for _ in boards]
+        sweep_state: dict[str, str | None] = {}
+        for sweep_id in new_sweeps:
+            label, created, total, state = next(replies)
+            runs = next(replies)
+            self._sweeps[sweep_id] = _Sweep(
+                label=label or NO_LABEL,
+                created=_float(created),
+                total=int(_float(total, len(runs))),
+                runs=runs,
+            )
+            sweep_state[sweep_id] = state
+        for sweep_id in open_sweeps:
+            sweep_state[sweep_id] = next(replies)
+
+        # 3: the runs of every sweep not closed that were not counted as ended yet.
+        reading = [s for s in sweep_state if s in self._sweeps]
+        pending = [
+            (sweep_id, run_id)
+            for sweep_id in reading
+            for run_id in self._sweeps[sweep_id].runs
+            if run_id not in self._counted
+        ]
+        pipe = c.pipeline(transaction=False)
+        for _, run_id in pending:
+            pipe.hmget(keys.run(run_id), _RUN_FIELDS)
+        live: Counter[str] = Counter()
+        for (sweep_id, run_id), row in zip(pending, pipe.execute() if pending else [], strict=True):
+            run = dict(zip(_RUN_FIELDS, row, strict=True))
+            state = run["state"]
+            if state in keys.TERMINAL:
+                self._count_ended(run)
+                self._counted.add(run_id)
+                self._sweeps[sweep_id].done += 1
+            elif state in LIVE_RUN_STATES:
+                live[state] += 1
+        for sweep_id in reading:
+            sweep = self._sweeps[sweep_id]
+            if sweep_state.get(sweep_id) == "finished" and sweep.done >= len(sweep.runs):
+                sweep.closed = True
+                self._counted.difference_update(sweep.runs)
+                sweep.runs = []
+
+        families: list[Metric] = []
+        families += self._agent_families(agents, agent_rows, now)
+        families += self._board_families(boards, board_rows)
+        families += self._queue_families(queue_counts, live)
+        families += self._sweep_families(len(sweep_ids))
+        families += self._result_families()
+        families += ingest_counter_families(
+            {k: int(_float(v)) for k, v in ingest.items()}, "farm_ingest"
+        )
+        return families
+
+    def _count_ended(self, run: dict[str, Any]) -> None:
+        board, bench, mode, state = (
+            run.get(k) or "" for k in ("board", "benchmark", "mode", "state")
+        )
+        self._finished[(board, bench, mode, state)] += 1
+        if state == "failed":
+            self._failures[(board, failure_category(run.get("reason")))] += 1
+        if state != "completed" or not run.get("summary"):
+            return
+        finished_at = _float(run.get("finished_at"))
+        key = (board, bench, mode)
+        latest = self._latest.get(key)
+        if latest is None or finished_at >= latest.finished_at:
+            self._latest[key] = _Result(finished_at, run["summary"])
+
+    # -- families -------------------------------------------------------------------------------
+
+    def _agent_families(
+        self, agents: list[str], rows: list[list[str | None]], now: float
+    ) -> list[Metric]:
+        up = _spec_family("farm_agent_up")
+        age = _spec_family("farm_agent_heartbeat_age_seconds")
+        seen = _spec_family("farm_agent_last_seen_timestamp_seconds")
+        info = _spec_family("farm_agent_info")
+        backlog = _spec_family("farm_agent_journal_backlog_messages")
+        uptime = _spec_family("farm_agent_uptime_seconds")
+        for agent, (state, protocol, software, heartbeat, last_seen) in zip(
+            agents, rows, strict=True
+        ):
+            up.add_metric([agent], 1.0 if state == "online" else 0.0)
+            if last_seen:
+                seen.add_metric([agent], _float(last_seen))
+                age.add_metric([agent], max(0.0, now - _float(last_seen)))
+            info.add_metric(
+                [agent], {"software": label_value(software), "protocol": label_value(protocol)}
+            )
+            if heartbeat:
+                try:
+                    beat = json.loads(heartbeat)
+                except ValueError:
+                    continue
+                backlog.add_metric([agent], _float(beat.get("backlog")))
+                uptime.add_metric([agent], _float(beat.get("uptime_s")))
+        return [up, age, seen, info, backlog, uptime]
+
+    def _board_families(self, boards: list[str], rows: list[list[str | None]]) -> list[Metric]:
+        state_f = _spec_family("farm_board_state")
+        health_f = _spec_family("farm_board_health")
+        health_info = _spec_family("farm_board_health_info")
+        firmware = _spec_family("farm_board_firmware_info")
+        info = _spec_family("farm_board_info")
+        seen = _spec_family("farm_board_last_seen_timestamp_seconds")
+        for board, (owner, raw, last_seen) in zip(boards, rows, strict=True):
+            if not raw:
+                continue
+            try:
+                status = json.loads(raw)
+            except ValueError:
+                continue
+            agent = owner or status.get("agent") or ""
+            ids = [board, agent]
+            state = status.get("state")
+            health = status.get("health")
+            for s in BOARD_STATES:
+                state_f.add_metric([*ids, s], 1.0 if state == s else 0.0)
+            for h in HEALTH_STATES:
+                health_f.add_metric([*ids, h], 1.0 if health == h else 0.0)
+            health_info.add_metric(
+                ids,
+                {"state": label_value(health), "reason": label_value(status.get("health_reason"))},
+            )
+            firmware.add_metric(
+                ids,
+                {
+                    "model": label_value(status.get("model")),
+                    "build": label_value(status.get("build")),
+                },
+            )
+            system = status.get("system") or {}
+            info.add_metric(
+                ids,
+                {
+                    "board_name": label_value(system.get("board_name")),
+                    "processor": label_value(system.get("processor_name")),
+                    "accelerator": label_value(system.get("accelerator")),
+                    "software": label_value(
+                        system.get("inference_framework") or system.get("software_libraries")
+                    ),
+                },
+            )
+            if last_seen:
+                seen.add_metric(ids, _float(last_seen))
+        return [state_f, health_f, health_info, firmware, info, seen]
+
+    def _queue_families(self, counts: list[int], live: Counter[str]) -> list[Metric]:
+        ready = _spec_family("farm_queue_jobs")
+        deferred = _spec_family("farm_queue_deferred_jobs")
+        started = _spec_family("farm_queue_started_jobs")
+        for i, (name, *_) in enumerate(self._queues):
+            ready.add_metric([name], float(counts[3 * i]))
+            deferred.add_metric([name], float(counts[3 * i + 1]))
+            started.add_metric([name], float(counts[3 * i + 2]))
+        runs = _spec_family("farm_runs")
+        for state in LIVE_RUN_STATES:
+            runs.add_metric([state], float(live[state]))
+        finished = _spec_family("farm_runs_finished_total")
+        for labels, n in sorted(self._finished.items()):
+            finished.add_metric(list(labels), float(n))
+        failures = _spec_family("farm_run_failures_total")
+        for labels, n in sorted(self._failures.items()):
+            failures.add_metric(list(labels), float(n))
+        return [ready, deferred, started, runs, finished, failures]
+
+    def _sweep_families(self, submitted: int) -> list[Metric]:
+        by_label: dict[str, list[_Sweep]] = {}
+        for sweep in self._sweeps.values():
+            by_label.setdefault(sweep.label, []).append(sweep)
+        total = _spec_family("farm_sweeps_submitted_total")
+        total.add_metric([], float(submitted))
+        running_f = _spec_family("farm_sweeps_running")
+        runs_f = _spec_family("farm_sweep_runs")
+        done_f = _spec_family("farm_sweep_runs_done")
+        ratio_f = _spec_family("farm_sweep_progress_ratio")
+        start_f = _spec_family("farm_sweep_start_timestamp_seconds")
+        for label, sweeps in sorted(by_label.items()):
+            running = [s for s in sweeps if not s.closed]
+            shown = running or [max(sweeps, key=lambda s: s.created)]
+            planned = sum(s.total for s in shown)
+            done = sum(s.total if s.closed else s.done for s in shown)
+            running_f.add_metric([label], float(len(running)))
+            runs_f.add_metric([label], float(planned))
+            done_f.add_metric([label], float(done))
+            ratio_f.add_metric([label], done / planned if planned else 1.0)
+            start_f.add_metric([label], min(s.created for s in shown))
+        return [total, running_f, runs_f, done_f, ratio_f, start_f]
+
+    def _scale(self, benchmark: str) -> float | None:
+        """What turns the summary's quality numbers into fractions: 1/100 for top-1 (percent),
+        1 for AUC; None for an unknown benchmark."""
+        if benchmark not in self._quality_scale:
+            try:
+                metric = get_benchmark(benchmark).metric
+            except BenchmarkError:
+                self._quality_scale[benchmark] = None
+            else:
+                self._quality_scale[benchmark] = 0.01 if metric == "top1" else 1.0
+        return self._quality_scale[benchmark]
+
+    def _result_families(self) -> list[Metric]:
+        names = (
+            "farm_result_throughput_inferences_per_second",
+            "farm_result_latency_seconds",
+            "farm_result_inference_latency_seconds",
+            "farm_result_early_stopping_latency_seconds",
+            "farm_result_top1_accuracy_ratio",
+            "farm_result_auc_ratio",
+            "farm_result_quality_target_ratio",
+            "farm_result_quality_target_met",
+            "farm_result_energy_per_inference_joules",
+            "farm_result_valid",
+            "farm_result_samples",
+            "farm_result_timestamp_seconds",
+        )
+        f = {name: _spec_family(name) for name in names}
+
+        def put(name: str, labels: list[str], value: Any, scale: float = 1.0) -> None:
+            if isinstance(value, bool):
+                value = float(value)
+            if isinstance(value, int | float) and math.isfinite(value):
+                f[name].add_metric(labels, float(value) * scale)
+
+        for (board, bench, mode), result in sorted(self._latest.items()):
+            s = result.summary
+            labels = [board, bench, mode]
+            put("farm_result_throughput_inferences_per_second", labels, s.get("throughput_ips"))
+            put("farm_result_latency_seconds", labels, s.get("latency_ms"), 1e-3)
+            for quantile, key in (("0.5", "p50_us"), ("0.9", "p90_us"), ("0.99", "p99_us")):
+                put("farm_result_inference_latency_seconds", [*labels, quantile], s.get(key), 1e-6)
+            put(
+                "farm_result_early_stopping_latency_seconds",
+                [*labels, "0.9"],
+                s.get("p90_early_stop_us"),
+                1e-6,
+            )
+            scale = self._scale(bench)
+            if scale is not None:
+                put("farm_result_top1_accuracy_ratio", labels, s.get("top1"), 0.01)
+                put("farm_result_auc_ratio", labels, s.get("auc"))
+                put("farm_result_quality_target_ratio", labels, s.get("target"), scale)
+            put("farm_result_quality_target_met", labels, s.get("target_met"))
+            put("farm_result_energy_per_inference_joules", labels, s.get("energy_uj"), 1e-6)
+            put("farm_result_valid", labels, bool(s.get("valid")))
+            put("farm_result_samples", labels, s.get("samples"))
+            put("farm_result_timestamp_seconds", labels, result.finished_at)
+        return list(f.values())
+
+
+def make_registry(client: redis.Redis, **options: Any) -> tuple[CollectorRegistry, FarmCollector]:
+    """A registry holding only the farm collector (no process or platform metrics)."""
+    registry = CollectorRegistry(auto_describe=False)
+    collector = FarmCollector(client, **options)
+    registry.register(collector)  # type: ignore[arg-type]
+    return registry, collector
+
+
+def main(settings: Settings, *, addr: str = DEFAULT_ADDR, port: int = EXPORTER_PORT) -> int:
+    """``farm controller exporter``: serve ``/metrics`` until SIGINT or SIGTERM."""
+    client = redis.Redis.from_url(
+        settings.redis_url, decode_responses=True, socket_timeout=10, socket_connect_timeout=5
+    )
+    registry, _ = make_registry(client)
+    try:
+        server, _thread = start_http_server(port, addr, registry=registry)
+    except OSError as exc:
+        log.error("event=exporter_bind_failed addr=%s port=%d error=%r", addr, port, str(exc))
+        return 2
+    log.info(
+        "event=exporter_serving addr=%s port=%d redis=%s",
+        addr,
+        server.server_port,
+        settings.redis_url,
+    )
+    stop = threading.Event()
+    previous = {
+        sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        stop.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        server.shutdown()
+        server.server_close()
+        client.close()
+    log.info("event=exporter_stopped")
+    return 0

@@ -1,0 +1,591 @@
+"""The farm's Prometheus metrics: every name, type, help text and label set in one place, shared
+by the exporter (``controller.exporter``, read from Redis at scrape time) and the ingest
+processes (their live counters and the per-inference latency histogram).
+
+Conventions (a test checks them on the exporter's output): every name starts with ``farm_``;
+values are in base units (``_seconds``, ``_joules``, ``_ratio`` for fractions in [0, 1]); a
+counter's samples end in ``_total``; metadata is a constant 1 in an ``_info`` metric; labels
+come from a small, bounded set (:data:`LABELS`): never a run id, a sweep id or a sample seq.
+A failure's free-text reason is folded into a short category (:func:`failure_category`), a
+board's health reason is shortened and kept only in ``farm_board_health_info``.
+
+Ingest serves its counters under ``farm_ingest_process_*`` (this process since it started);
+the exporter serves the totals over every ingest process, kept in Redis, under
+``farm_ingest_*``: a query never adds the two up by accident.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+log = logging.getLogger("controller.metrics")
+
+#: Every label name a farm metric may carry. ``kind`` is an ingest message kind (six values),
+#: ``queue`` an RQ queue (three), ``quantile`` a latency percentile; ``label`` a sweep's label
+#: (``nightly``: what a lab names its sweeps, not an id); the ``*_info`` metrics carry their
+#: metadata (``software``, ``model``, ...), one series per board or agent.
+LABELS = frozenset(
+    {
+        "agent",
+        "board",
+        "benchmark",
+        "mode",
+        "state",
+        "reason",
+        "kind",
+        "queue",
+        "quantile",
+        "label",
+        "le",
+    }
+)
+#: Labels only ``*_info`` metrics carry (their values describe one board or agent).
+INFO_LABELS = frozenset(
+    {"software", "protocol", "model", "build", "board_name", "processor", "accelerator"}
+)
+#: Longest label value the exporter emits (a health reason, a processor name...).
+MAX_LABEL_VALUE = 120
+
+#: Default ports: the exporter, and the one deploy/ gives the first ingest process
+#: (``--metrics-port``; off unless given).
+EXPORTER_PORT = 9108
+INGEST_PORT = 9109
+DEFAULT_ADDR = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One metric family: its name as exposed (counters with ``_total``, info metrics with
+    ``_info``), its type, help text and label names."""
+
+    name: str
+    type: str  # gauge | counter | histogram | info
+    help: str
+    labels: tuple[str, ...] = ()
+
+    @property
+    def family(self) -> str:
+        """The family name prometheus_client builds it under (without ``_total``/``_info``)."""
+        if self.type == "counter":
+            return self.name.removesuffix("_total")
+        if self.type == "info":
+            return self.name.removesuffix("_info")
+        return self.name
+
+
+def _specs(*specs: MetricSpec) -> dict[str, MetricSpec]:
+    return {s.name: s for s in specs}
+
+
+_B = ("board", "agent")
+_R = ("board", "benchmark", "mode")
+
+#: What ``farm controller exporter`` serves, read from Redis at scrape time.
+EXPORTER: Mapping[str, MetricSpec] = _specs(
+    MetricSpec("farm_exporter_redis_up", "gauge", "1 if the last scrape could read Redis."),
+    MetricSpec(
+        "farm_exporter_scrape_duration_seconds", "gauge", "Time this scrape spent reading Redis."
+    ),
+    # agents
+    MetricSpec("farm_agent_up", "gauge", "1 if the agent's last status is online.", ("agent",)),
+    MetricSpec(
+        "farm_agent_heartbeat_age_seconds",
+        "gauge",
+        "Seconds since the agent was last heard from (heartbeat or status).",
+        ("agent",),
+    ),
+    MetricSpec(
+        "farm_agent_last_seen_timestamp_seconds",
+        "gauge",
+        "When the agent was last heard from (unix time).",
+        ("agent",),
+    ),
+    MetricSpec(
+        "farm_agent_info",
+        "info",
+        "The agent's software version and protocol.",
+        ("agent", "software", "protocol"),
+    ),
+    MetricSpec(
+        "farm_agent_journal_backlog_messages",
+        "gauge",
+        "Messages the agent journalled and the broker has not acknowledged (last heartbeat).",
+        ("agent",),
+    ),
+    MetricSpec(
+        "farm_agent_uptime_seconds", "gauge", "The agent's uptime (last heartbeat).", ("agent",)
+    ),
+    # boards
+    MetricSpec(
+        "farm_board_state",
+        "gauge",
+        "1 for the board's current state (idle, busy, flashing, offline), 0 for the others.",
+        (*_B, "state"),
+    ),
+    MetricSpec(
+        "farm_board_health",
+        "gauge",
+        "1 for the board's current health (good, unknown, bad), 0 for the others.",
+        (*_B, "state"),
+    ),
+    MetricSpec(
+        "farm_board_health_info",
+        "info",
+        "The board's health and its reason (shortened).",
+        (*_B, "state", "reason"),
+    ),
+    MetricSpec(
+        "farm_board_firmware_info",
+        "info",
+        "The firmware the board holds: model and build (performance or energy).",
+        (*_B, "model", "build"),
+    ),
+    MetricSpec(
+        "farm_board_info",
+        "info",
+        "The board's system description (for the results table).",
+        (*_B, "board_name", "processor", "accelerator", "software"),
+    ),
+    MetricSpec(
+        "farm_board_last_seen_timestamp_seconds",
+        "gauge",
+        "When the board's status last changed or was confirmed (unix time).",
+        _B,
+    ),
+    # queues and runs
+    MetricSpec("farm_queue_jobs", "gauge", "Run jobs ready in the RQ queue.", ("queue",)),
+    MetricSpec(
+        "farm_queue_deferred_jobs",
+        "gauge",
+        "Run jobs waiting for the board's previous run (RQ deferred registry).",
+        ("queue",),
+    ),
+    MetricSpec("farm_queue_started_jobs", "gauge", "Run jobs a worker is executing.", ("queue",)),
+    MetricSpec(
+        "farm_runs",
+        "gauge",
+        "Unfinished runs by state (queued, dispatched, running).",
+        ("state",),
+    ),
+    MetricSpec(
+        "farm_runs_finished_total",
+        "counter",
+        "Runs that ended, by outcome (completed, failed, cancelled).",
+        (*_R, "state"),
+    ),
+    MetricSpec(
+        "farm_run_failures_total",
+        "counter",
+        "Failed runs by the category of their last reason.",
+        ("board", "reason"),
+    ),
+    # sweeps
+    MetricSpec("farm_sweeps_submitted_total", "counter", "Sweeps ever submitted."),
+    MetricSpec(
+        "farm_sweeps_running",
+        "gauge",
+        "Sweeps of this label still running.",
+        ("label",),
+    ),
+    MetricSpec(
+        "farm_sweep_runs",
+        "gauge",
+        "Runs planned: the running sweeps of this label, else its latest sweep.",
+        ("label",),
+    ),
+    MetricSpec(
+        "farm_sweep_runs_done",
+        "gauge",
+        "Runs ended (any outcome): the running sweeps of this label, else its latest sweep.",
+        ("label",),
+    ),
+    MetricSpec(
+        "farm_sweep_progress_ratio",
+        "gauge",
+        "farm_sweep_runs_done / farm_sweep_runs.",
+        ("label",),
+    ),
+    MetricSpec(
+        "farm_sweep_start_timestamp_seconds",
+        "gauge",
+        "When the oldest running sweep of this label (else its latest) was submitted.",
+        ("label",),
+    ),
+    # the latest completed run's results per board x benchmark x mode
+    MetricSpec(
+        "farm_result_throughput_inferences_per_second",
+        "gauge",
+        "Performance mode: median throughput, as the official runner computes it.",
+        _R,
+    ),
+    MetricSpec(
+        "farm_result_latency_seconds",
+        "gauge",
+        "Performance mode: the published latency, 1 / median throughput.",
+        _R,
+    ),
+    MetricSpec(
+        "farm_result_inference_latency_seconds",
+        "gauge",
+        "Latency mode (supplemental): per-inference latency percentiles (LoadGen rules).",
+        (*_R, "quantile"),
+    ),
+    MetricSpec(
+        "farm_result_early_stopping_latency_seconds",
+        "gauge",
+        "Latency mode (supplemental): LoadGen's early-stopping estimate of the percentile.",
+        (*_R, "quantile"),
+    ),
+    MetricSpec(
+        "farm_result_top1_accuracy_ratio",
+        "gauge",
+        "Accuracy mode (classifiers): top-1 as the checker reads it, as a fraction.",
+        _R,
+    ),
+    MetricSpec(
+        "farm_result_auc_ratio",
+        "gauge",
+        "Accuracy mode (anomaly detection): ROC AUC as the checker reads it.",
+        _R,
+    ),
+    MetricSpec(
+        "farm_result_quality_target_ratio",
+        "gauge",
+        "Accuracy mode: the closed-division target (top-1 fraction or AUC).",
+        _R,
+    ),
+    MetricSpec(
+        "farm_result_quality_target_met",
+        "gauge",
+        "Accuracy mode: 1 if the result meets its target as the checker decides, else 0.",
+        _R,
+    ),
+    MetricSpec(
+        "farm_result_energy_per_inference_joules",
+        "gauge",
+        "Energy mode: median energy per inference.",
+        _R,
+    ),
+    MetricSpec(
+        "farm_result_valid",
+        "gauge",
+        "1 if the run's result could go into a submission (official rules), else 0.",
+        _R,
+    ),
+    MetricSpec("farm_result_samples", "gauge", "Samples the run was scored from.", _R),
+    MetricSpec("farm_result_timestamp_seconds", "gauge", "When the run finished (unix time).", _R),
+    # ingest totals over every process (Redis)
+    MetricSpec(
+        "farm_ingest_accepted_total",
+        "counter",
+        "Messages stored, by kind, by every ingest process.",
+        ("kind",),
+    ),
+    MetricSpec(
+        "farm_ingest_rejected_total",
+        "counter",
+        "Messages rejected, by reason, by every ingest process.",
+        ("reason",),
+    ),
+    MetricSpec("farm_ingest_samples_total", "counter", "Samples stored (new ones)."),
+    MetricSpec(
+        "farm_ingest_duplicate_samples_total",
+        "counter",
+        "Samples received again with the same value (a resend: nothing changed).",
+    ),
+    MetricSpec(
+        "farm_ingest_conflicting_samples_total",
+        "counter",
+        "Samples received again with another value (the first one was kept).",
+    ),
+    MetricSpec(
+        "farm_ingest_cleared_total",
+        "counter",
+        "Retained statuses cleared (an empty retained message), by kind.",
+        ("kind",),
+    ),
+    MetricSpec(
+        "farm_ingest_agents_refused_total",
+        "counter",
+        "Agents refused for speaking another protocol version.",
+    ),
+    MetricSpec(
+        "farm_ingest_other_total",
+        "counter",
+        "Any other ingest counter, by its name.",
+        ("reason",),
+    ),
+)
+
+#: What an ingest process serves (``farm controller ingest --metrics-port``): this process only.
+INGEST: Mapping[str, MetricSpec] = _specs(
+    MetricSpec(
+        "farm_inference_latency_seconds",
+        "histogram",
+        "Per-inference DUT-timed latency of every single-inference sample stored (accuracy "
+        "and latency modes), live.",
+        ("board", "benchmark"),
+    ),
+    MetricSpec(
+        "farm_ingest_process_messages_total", "counter", "Messages handled by this process."
+    ),
+    MetricSpec(
+        "farm_ingest_process_accepted_total",
+        "counter",
+        "Messages stored by this process, by kind.",
+        ("kind",),
+    ),
+    MetricSpec(
+        "farm_ingest_process_rejected_total",
+        "counter",
+        "Messages this process rejected, by reason.",
+        ("reason",),
+    ),
+    MetricSpec("farm_ingest_process_samples_total", "counter", "Samples this process stored."),
+    MetricSpec(
+        "farm_ingest_process_duplicate_samples_total",
+        "counter",
+        "Samples this process received again with the same value.",
+    ),
+    MetricSpec(
+        "farm_ingest_process_conflicting_samples_total",
+        "counter",
+        "Samples this process received again with another value.",
+    ),
+    MetricSpec(
+        "farm_ingest_process_cleared_total",
+        "counter",
+        "Retained statuses cleared, by kind.",
+        ("kind",),
+    ),
+    MetricSpec(
+        "farm_ingest_process_agents_refused_total",
+        "counter",
+        "Agents this process refused (protocol version).",
+    ),
+    MetricSpec(
+        "farm_ingest_process_redis_retries_total",
+        "counter",
+        "Messages retried because Redis was unavailable.",
+    ),
+    MetricSpec(
+        "farm_ingest_process_qos0_dropped_total",
+        "counter",
+        "QoS 0 messages (heartbeats) dropped because the local queue was full.",
+    ),
+    MetricSpec(
+        "farm_ingest_process_other_total",
+        "counter",
+        "Any other counter of this process, by its name.",
+        ("reason",),
+    ),
+    MetricSpec(
+        "farm_ingest_process_queued_messages",
+        "gauge",
+        "Messages received and not yet handled.",
+    ),
+)
+
+#: Per-inference latency buckets (s): 1-2-5 steps from 100 µs (ad01 on a fast core) to 5 s.
+LATENCY_BUCKETS = (
+    0.0001,
+    0.0002,
+    0.0005,
+    0.001,
+    0.002,
+    0.005,
+    0.01,
+    0.02,
+    0.05,
+    0.1,
+    0.2,
+    0.5,
+    1.0,
+    2.0,
+    5.0,
+)
+
+# -- failure reasons -> bounded categories -----------------------------------------------------
+
+#: (category, pattern) tried in order on a failed run's last reason (controller.jobs and the
+#: reaper write them; an agent's error arrives as ``<kind>: <reason>``).
+FAILURE_CATEGORIES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
+    (name, re.compile(pattern))
+    for name, pattern in (
+        ("cancelled", r"^cancelled"),
+        ("attempts_exhausted", r"^gave up after"),
+        ("lease_busy", r"is leased by another run"),
+        ("lease_lost", r"lease was lost"),
+        ("worker_lost", r"worker running it was lost"),
+        ("agent_rejected", r"the agent rejected the run"),
+        ("agent_offline", r"went offline during the run"),
+        ("agent_restarted", r"agent restarted during the run"),
+        ("timeout", r"^no result within"),
+        ("samples_missing", r"samples never arrived"),
+        ("digest_mismatch", r"do not match the agent's digest"),
+        ("scoring", r"^cannot score the run"),
+        ("broker_unavailable", r"^broker "),
+        ("device_error", r"^device: "),
+        ("input_error", r"^input: "),
+        ("infrastructure_error", r"^infrastructure: "),
+    )
+)
+
+
+def failure_category(reason: str | None) -> str:
+    """A failure's reason as one of a few categories (``other`` when none matches)."""
+    if not reason:
+        return "unknown"
+    for name, pattern in FAILURE_CATEGORIES:
+        if pattern.search(reason):
+            return name
+    return "other"
+
+
+def label_value(value: Any) -> str:
+    """A label value from free text: one line, at most :data:`MAX_LABEL_VALUE` characters."""
+    text = "" if value is None else " ".join(str(value).split())
+    return text if len(text) <= MAX_LABEL_VALUE else text[: MAX_LABEL_VALUE - 1] + "…"
+
+
+# -- ingest counters ---------------------------------------------------------------------------
+
+#: Message-kind counter suffixes (``controller.ingest.LABELS`` values).
+_KINDS = ("agent_status", "heartbeat", "command_ack", "board_status", "sample_batch", "run_event")
+
+
+def ingest_counter_families(counters: Mapping[str, int], prefix: str) -> list[Metric]:
+    """Ingest's counter names (``accepted_<kind>``, ``rejected_<reason>``, ``accepted_samples``
+    ...) as metric families named ``<prefix>_...`` (``farm_ingest`` for the totals in Redis,
+    ``farm_ingest_process`` for one process's own)."""
+    specs = EXPORTER if prefix == "farm_ingest" else INGEST
+
+    def family(suffix: str) -> CounterMetricFamily:
+        spec = specs[f"{prefix}_{suffix}_total"]
+        return CounterMetricFamily(spec.family, spec.help, labels=spec.labels)
+
+    accepted = family("accepted")
+    rejected = family("rejected")
+    cleared = family("cleared")
+    other = family("other")
+    plain = {
+        "accepted_samples": family("samples"),
+        "duplicate_samples": family("duplicate_samples"),
+        "conflicting_samples": family("conflicting_samples"),
+        "refused_agents": family("agents_refused"),
+    }
+    if prefix == "farm_ingest_process":
+        plain["redis_retries"] = family("redis_retries")
+        plain["dropped_qos0"] = family("qos0_dropped")
+        plain["handled"] = family("messages")
+    for kind in _KINDS:  # every kind present, so rates are 0 rather than absent
+        accepted.add_metric([kind], float(counters.get(f"accepted_{kind}", 0)))
+    for name, value in sorted(counters.items()):
+        if name in plain:
+            continue
+        if name.startswith("accepted_") and name.removeprefix("accepted_") in _KINDS:
+            continue
+        if name.startswith("rejected_"):
+            rejected.add_metric([name.removeprefix("rejected_")], float(value))
+        elif name.startswith("cleared_"):
+            cleared.add_metric([name.removeprefix("cleared_")], float(value))
+        else:
+            other.add_metric([label_value(name)], float(value))
+    for name, fam in plain.items():
+        fam.add_metric([], float(counters.get(name, 0)))
+    if not rejected.samples:
+        rejected.add_metric(["none"], 0.0)  # so `rate(...)` has a series to work on
+    return [accepted, rejected, cleared, other, *plain.values()]
+
+
+# -- the ingest process's own /metrics ---------------------------------------------------------
+
+
+class _IngestCollector:
+    """Ingest's live :class:`collections.Counter` and queue size, read at scrape time."""
+
+    def __init__(self, counters: Mapping[str, int], queued: Callable[[], int]) -> None:
+        self.counters = counters
+        self.queued = queued
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        snapshot: dict[str, int] = {}
+        for _ in range(5):  # the event loop thread may add a key meanwhile
+            with contextlib.suppress(RuntimeError):
+                snapshot = dict(self.counters)
+                break
+        yield from ingest_counter_families(snapshot, "farm_ingest_process")
+        spec = INGEST["farm_ingest_process_queued_messages"]
+        queued = GaugeMetricFamily(spec.name, spec.help)
+        queued.add_metric([], float(self.queued()))
+        yield queued
+
+
+class IngestMetrics:
+    """An ingest process's metrics: its counters (read live from ``counters``) and the
+    per-inference latency histogram by board and benchmark, in a registry of their own."""
+
+    def __init__(self, counters: Mapping[str, int], queued: Callable[[], int]) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        spec = INGEST["farm_inference_latency_seconds"]
+        self.latency = Histogram(
+            spec.name,
+            spec.help,
+            labelnames=spec.labels,
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.registry.register(_IngestCollector(counters, queued))  # type: ignore[arg-type]
+        self._children: dict[tuple[str, str], Any] = {}
+        self._server: Any = None
+        self._lock = threading.Lock()
+
+    def observe_samples(
+        self, board: str | None, benchmark: str | None, records: Iterable[Mapping[str, Any]]
+    ) -> int:
+        """Observe the per-inference latency of every single-inference record (``count`` 1
+        and a ``latency_us``): accuracy and latency samples. A performance or energy window
+        holds a mean over many inferences, which is not one inference's latency. Returns
+        how many were observed."""
+        if not board or not benchmark:
+            return 0
+        key = (board, benchmark)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.latency.labels(board=board, benchmark=benchmark)
+        observed = 0
+        for record in records:
+            latency_us = record.get("latency_us")
+            if latency_us is None or (record.get("count") or 1) != 1:
+                continue
+            child.observe(latency_us / 1e6)
+            observed += 1
+        return observed
+
+    def serve(self, port: int, addr: str = DEFAULT_ADDR) -> int:
+        """Serve ``/metrics`` on ``addr:port`` from a thread (answers while the event loop
+        is busy); returns the port (useful with port 0)."""
+        with self._lock:
+            if self._server is None:
+                self._server, _ = start_http_server(port, addr, registry=self.registry)
+            return int(self._server.server_port)
+
+    def close(self) -> None:
+        """Stop serving."""
+        with self._lock:
+            if self._server is not None:
+                self._server.shutdown()
+                self._server.server_close()
+                self._server = None
