@@ -2,8 +2,8 @@
 
 A custom collector (:class:`FarmCollector`) reads Redis at scrape time, so any number of RQ
 workers and ingest processes write state without the multiprocess pitfalls of
-prometheus-client (../shared/PLATFORM.md): nothing is counted inside a job. Every metric is
-declared in :mod:`controller.metrics`.
+prometheus-client (one metrics file per forked work-horse): nothing is counted inside a job.
+Every metric is declared in :mod:`controller.metrics`.
 
 **What a scrape reads** (three pipelined round trips): the agents' and boards' hashes, the
 ingest counters, the RQ queue lengths, the sweep index, and the runs of the sweeps still

@@ -1,5 +1,5 @@
 """Scoring: every number of an MLPerf Tiny run, computed exactly as the official runner,
-checker and final report compute it (../shared/MEASUREMENT.md), plus supplemental LoadGen
+checker and final report compute it, plus supplemental LoadGen
 latency statistics.
 
 Pure functions and frozen results: no I/O, no asyncio; ``farm run`` next to one board and

@@ -3,7 +3,7 @@ records, through the same ``RunFolder`` / ``farm.scoring`` code as ``farm run``.
 
 Every expected number below is worked out by hand in the test (window times chosen so the
 throughputs are exact, power traces of exactly representable values, latencies whose sorted
-order is known), from the rules of ../shared/MEASUREMENT.md; the checker's patterns are
+order is known), from the official tools' rules; the checker's patterns are
 written from its §2.1 paraphrase. The equivalence tests feed the same samples to
 ``RunFolder.create`` + ``add_sample`` + ``finish`` (what ``farm run`` does, with a
 synthesized dataset loaded from disk) and compare the files.
