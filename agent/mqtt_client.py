@@ -14,13 +14,17 @@ from farm.messages import AgentStatus, agent_status_topic
 PENDING_CALLS_THRESHOLD = 1000
 
 
-def offline_will(agent: str) -> aiomqtt.Will:
-    """The last will: the retained agent status turns ``offline`` when the agent dies."""
-    payload = AgentStatus(agent=agent, state="offline", reason="connection lost").dumps()
+def offline_will(agent: str, started: float | None = None) -> aiomqtt.Will:
+    """The last will: the retained agent status turns ``offline`` when the agent dies.
+    ``started`` (the agent process's start) lets a receiver tell this process's statuses from
+    a previous one's."""
+    payload = AgentStatus(
+        agent=agent, state="offline", reason="connection lost", started=started
+    ).dumps()
     return aiomqtt.Will(agent_status_topic(agent), payload, qos=1, retain=True)
 
 
-def make_client(broker: BrokerConfig, agent: str, *, window: int) -> aiomqtt.Client:
+def make_client(broker: BrokerConfig, agent: str, *, window: int, started: float) -> aiomqtt.Client:
     """A client for ``agent`` with a persistent session (commands sent while it was away are
     delivered when it returns) and its last will."""
     username, password = broker.credentials()
@@ -40,7 +44,7 @@ def make_client(broker: BrokerConfig, agent: str, *, window: int) -> aiomqtt.Cli
         password=password,
         identifier=f"farm-agent-{agent}",
         clean_session=False,
-        will=offline_will(agent),
+        will=offline_will(agent, started),
         keepalive=broker.keepalive_s,
         tls_context=tls_context,
         max_inflight_messages=window,

@@ -168,7 +168,9 @@ class AgentService:
             connected_at: float | None = None
             try:
                 if client is None:
-                    client = make_client(self.config.broker, self.agent, window=WINDOW)
+                    client = make_client(
+                        self.config.broker, self.agent, window=WINDOW, started=self.started
+                    )
                 async with client:
                     connected_at = loop.time()
                     self.counters["connects"] += 1
@@ -211,7 +213,9 @@ class AgentService:
             await self._serve_connection(client)
         except asyncio.CancelledError:
             # A clean disconnect sends no will: say offline ourselves.
-            status = AgentStatus(agent=self.agent, state="offline", reason="agent stopped")
+            status = AgentStatus(
+                agent=self.agent, state="offline", reason="agent stopped", started=self.started
+            )
             with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
                 async with asyncio.timeout(OFFLINE_TIMEOUT_S):
                     await client.publish(

@@ -95,6 +95,7 @@ class DemoFarm:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.share = True
         self.metrics_url: str | None = None
+        self.started = time.time()
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -275,12 +276,18 @@ class DemoFarm:
         self.metrics_url = f"http://127.0.0.1:{port}/metrics"
 
     def _boards_ready(self) -> bool:
+        # Statuses retained from an earlier demo on the same broker say idle too: only this
+        # demo's count (newer than its start, from an agent that is online now).
+        if self.redis.hget(keys.agent("demo"), "state") != "online":
+            return False
         for board in self.board_ids:
             raw = self.redis.hget(keys.board(board), "status")
             if not raw:
                 return False
             status = json.loads(raw)
-            if status["state"] != "idle" or status["health"] != "good":
+            if status["time"] < self.started or status["state"] != "idle":
+                return False
+            if status["health"] != "good":
                 return False
         return True
 

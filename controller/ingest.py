@@ -688,6 +688,15 @@ class Ingest:
     async def _agent_status(
         self, topic: Topic, status: AgentStatus, text: str, retained: bool
     ) -> None:
+        stored = await self.redis.hget(keys.agent(topic.agent), "status")
+        if stored and status.started is not None:
+            # A status of an earlier run of the agent (a retained one, or one a persistent
+            # session kept) must not overwrite the running agent's: e.g. its old "offline".
+            previous = json.loads(stored).get("started")
+            if previous is not None and status.started < previous:
+                raise Rejected(
+                    "stale_agent_status", f"agent {topic.agent}: status of an earlier start"
+                )
         pipe = self.redis.pipeline(transaction=False)
         pipe.hset(
             keys.agent(topic.agent),
@@ -750,6 +759,9 @@ class Ingest:
         assert topic.board is not None
         board_key = keys.board(topic.board)
         owner, stored = await self.redis.hmget(board_key, ["agent", "status"])
+        if stored and owner == topic.agent and json.loads(stored).get("time", 0) > status.time:
+            # Statuses replayed from a persistent session may arrive after newer ones.
+            raise Rejected("stale_board_status", f"board {topic.board}: an older status")
         if owner and owner != topic.agent:
             owner_state = await self.redis.hget(keys.agent(owner), "state")
             if owner_state == "online":

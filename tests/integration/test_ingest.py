@@ -625,6 +625,25 @@ async def _equals(value: Awaitable[object], expected: object) -> bool:
     return await value == expected
 
 
+async def test_an_earlier_agent_starts_statuses_do_not_overwrite_the_running_one(
+    ingest: Ingest, db: aioredis.Redis, pub: aiomqtt.Client
+) -> None:
+    # The running agent (started at t=200) is online; its previous run's "offline" (started
+    # at t=100), replayed late from a persistent session, changes nothing. Its own will
+    # (same start) does.
+    online = AgentStatus(agent="lab5", state="online", started=200.0, time=250.0)
+    stale = AgentStatus(agent="lab5", state="offline", started=100.0, time=180.0)
+    will = AgentStatus(agent="lab5", state="offline", reason="connection lost", started=200.0)
+    await pub.publish(agent_status_topic("lab5"), online.dumps(), qos=1)
+    await counted(ingest, accepted_agent_status=1)
+    await pub.publish(agent_status_topic("lab5"), stale.dumps(), qos=1)
+    await counted(ingest, accepted_agent_status=1, rejected_stale_agent_status=1)
+    assert await db.hget(keys.agent("lab5"), "state") == "online"
+    await pub.publish(agent_status_topic("lab5"), will.dumps(), qos=1)
+    await counted(ingest, accepted_agent_status=2, rejected_stale_agent_status=1)
+    assert await db.hget(keys.agent("lab5"), "state") == "offline"
+
+
 async def test_an_agent_of_another_protocol_is_refused(
     ingest: Ingest, db: aioredis.Redis, pub: aiomqtt.Client, broker: Mosquitto
 ) -> None:
