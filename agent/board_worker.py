@@ -355,6 +355,7 @@ class BoardWorker:
         job = queued.job
         assert isinstance(job, RunCommand)
         self.state, self.run_id = "busy", job.run
+        self._progress = None  # a cancelled run's last progress must not leak into this one
         self._publish_status()
         # The journal has held the run since it was accepted (service), so a restart reports
         # even a run that never started.

@@ -20,6 +20,7 @@ import asyncio
 import json
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,7 +95,8 @@ class RunJob:
         self.settings = settings
         self.run_id = run_id
         self.lease: Lease | None = None
-        self._renewed = 0.0
+        self._stop = threading.Event()
+        self._lost = threading.Event()
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -114,6 +116,10 @@ class RunJob:
         if self.lease is None:
             return self._finish("failed", f"board {run['board']} is leased by another run")
         self.client.sadd(keys.RUNS_ACTIVE, self.run_id)
+        # Renewed from a thread, so scoring a large run (seconds of numpy and file writing)
+        # never looks like a dead worker to the reaper.
+        renewer = threading.Thread(target=self._keep_lease, name="lease", daemon=True)
+        renewer.start()
         try:
             while True:
                 attempts = int(get_run(self.client, self.run_id).get("attempts") or 0) + 1
@@ -135,8 +141,20 @@ class RunJob:
                     outcome.reason,
                 )
         finally:
+            self._stop.set()
+            renewer.join(5)
             self.client.srem(keys.RUNS_ACTIVE, self.run_id)
             self.lease.release()
+
+    def _keep_lease(self) -> None:
+        assert self.lease is not None
+        while not self._stop.wait(self.lease.ttl_s / 3):
+            try:
+                if not self.lease.renew():
+                    self._lost.set()
+                    return
+            except redis.RedisError as exc:  # the next renewal may get through
+                log.warning("event=lease_renew_failed run=%s error=%r", self.run_id, str(exc))
 
     def _take_lease(self, board: str) -> Lease | None:
         # A lease left by a worker that died expires within one TTL: wait that long.
@@ -225,6 +243,8 @@ class RunJob:
             if not self._renew(now):
                 return Outcome("retry", "the board's lease was lost (a worker stalled)")
             current = get_run(self.client, self.run_id)
+            if current.get("state") in keys.TERMINAL:
+                return Outcome(current["state"], current.get("reason") or None)
             final = final_event(self.client, self.run_id)
             if final is not None:
                 return self._on_final(current, final, stored)
@@ -312,11 +332,8 @@ class RunJob:
     # -- helpers --------------------------------------------------------------------------------
 
     def _renew(self, now: float) -> bool:
-        assert self.lease is not None
-        if now - self._renewed < self.lease.ttl_s / 3:
-            return True
-        self._renewed = now
-        return self.lease.renew()
+        """False once the lease was lost (the renewer thread found it taken or gone)."""
+        return not self._lost.is_set()
 
     def _rejection(self, agent: str, command_id: str) -> str | None:
         for raw in self.client.lrange(keys.agent_acks(agent), -50, -1):

@@ -21,6 +21,7 @@ from rq.registry import StartedJobRegistry
 
 from controller import keys
 from controller.store import LEASE_TTL_S, fail_reason, get_run, set_run
+from controller.sweeps import QUEUE_ORDER
 
 log = logging.getLogger("controller.reaper")
 
@@ -48,7 +49,8 @@ def reap(client: redis.Redis, rq_client: redis.Redis) -> list[str]:
         fail_reason(client, run_id, "the worker running it was lost (its lease expired)")
         _expire_job(rq_client, run.get("job", ""))
         state = _job_state(rq_client, run.get("job", ""))
-        set_run(client, run_id, state="queued" if state == "retry" else "failed")
+        if client.hget(keys.run(run_id), "state") not in keys.TERMINAL:
+            set_run(client, run_id, state="queued" if state == "retry" else "failed")
         log.warning("event=run_reaped run=%s board=%s rq=%s", run_id, run["board"], state)
     return reaped
 
@@ -77,6 +79,14 @@ def _job_state(rq_client: redis.Redis, job_id: str) -> str:
     return "retry" if status in ("queued", "scheduled", "deferred") else str(status)
 
 
+def release_ready(rq_client: redis.Redis) -> None:
+    """Enqueue jobs whose dependencies are met but that RQ left in its ready registry (it
+    skips a job that changed while it enqueued it, and its own recovery runs every 10 min):
+    a board's next run must not wait minutes behind a finished one."""
+    for name in QUEUE_ORDER:
+        Queue(name, connection=rq_client).ready_job_registry.cleanup()
+
+
 class ReaperThread(threading.Thread):
     """Runs :func:`reap` every ``INTERVAL_S`` beside an RQ worker (a daemon thread: it
     only reads and nudges Redis)."""
@@ -92,5 +102,6 @@ class ReaperThread(threading.Thread):
         while not self.stopped.wait(INTERVAL_S):
             try:
                 reap(self.client, self.rq_client)
+                release_ready(self.rq_client)
             except redis.RedisError as exc:
                 log.warning("event=reaper_redis_error error=%r", str(exc))
