@@ -9,30 +9,31 @@ A whole simulated farm, every part real: a private Mosquitto
 one query a second keeps the simulator and agent light), the ``farm agent`` serving them (the
 agent.yaml ``farm sim`` writes), and one ``farm controller ingest``.
 
-For each N in ``--counts`` (ascending), RQ workers (``farm controller worker``) are added
-until there are N — one per concurrently running board, which is how the design scales — and
-once they have registered, a bare idle worker's RSS is read (the median over the N, 3 s
-later): the reference. Then ``farm submit --benchmark kws --mode latency --boards <8
-boards> --options {"min_queries": 1, "min_duration_s": 3600, "latency_inputs": 1}``, eight
-boards at a time (``--step``), each group once the previous one runs (one agent starting 64
-runs at once on this 2-core VM missed its health checks' deadlines): N runs that stay in
-flight together. Once all N are ``running`` in Redis and every worker has its work-horse,
-the controller's processes are read five times, 1 s apart (each read checks the N runs still
-run and there are N work-horses):
+For each N in ``--counts`` (ascending), one ``farm controller worker --processes N`` (the
+previous N's is stopped first): a supervisor that imports the job and scoring code, freezes it
+and forks N RQ workers — one per concurrently running board. Once they have registered and
+idled 3 s, the pool is read once: the idle reference (its PSS ÷ N, and a bare RQ worker's
+RSS). Then ``farm submit --benchmark kws --mode latency --boards <8 boards> --options
+{"min_queries": 1, "min_duration_s": 3600, "latency_inputs": 1}``, eight boards at a time
+(``--step``), each group once the previous one runs (one agent starting 64 runs at once on
+this 2-core VM missed its health checks' deadlines): N runs that stay in flight together. Once
+all N are ``running`` in Redis and N workers are busy with them, the controller's processes
+are read five times, 1 s apart (each read checks the N runs still run and N workers are busy;
+the workers are RQ ``SimpleWorker`` instances, which run a job in their own process):
 
-* ingest; every RQ worker parent; their children: the work-horses (RQ forks one per job; it
-  calls ``setpgrp``, so a horse is the child that leads its own process group) and RQ's
-  scheduler process (forked by the one worker holding the scheduler lock);
-* RSS (``VmRSS``: counts the pages a horse shares with its parent in both), PSS (shared pages
-  divided among the processes sharing them: what the processes cost together) and USS
-  (private pages), from ``/proc/PID/smaps_rollup``;
+* ingest; the supervisor; the RQ workers (its children); their children (RQ's scheduler
+  process, forked by the one worker holding the scheduler lock);
+* RSS (``VmRSS``: counts every page shared by the forked processes once per process), PSS
+  (shared pages divided among the processes sharing them: what the processes cost together,
+  the figure to compare with the aim) and USS (private pages), from
+  ``/proc/PID/smaps_rollup``;
 * and their CPU over the five reads (``/proc/PID/stat``), per second of wall time.
 
 Per running board = the sum over those processes ÷ N (median of the five reads); ratio =
-that RSS ÷ the idle worker's RSS. Then ``farm cancel`` ends the sweep (reads go on until
-every run is cancelled and its horse gone: "peak" is the highest sum seen, cancel included).
-Latency-mode scoring imports neither numpy nor scikit-learn, so a completed run would not add
-to the peak; accuracy scoring would (once per run, in its horse, for a second or two).
+that PSS ÷ the idle pool's PSS per worker. Then ``farm cancel`` ends the sweep (reads go on until
+every run is cancelled and its worker idle: "peak" is the highest sum seen, cancel included).
+numpy and scikit-learn are in the supervisor's shared pages (``--preload-scoring``, the
+default), so scoring imports nothing in a worker.
 """
 
 from __future__ import annotations
@@ -91,15 +92,10 @@ def process_table() -> dict[int, tuple[int, int]]:
     return table
 
 
-def worker_children(pids: Iterable[int]) -> tuple[list[int], list[int]]:
-    """The children of the RQ workers ``pids``: (work-horses, others). RQ's work-horse calls
-    setpgrp, so it leads its own process group; RQ's scheduler process does not."""
+def worker_children(pids: Iterable[int]) -> list[int]:
+    """The children of the RQ workers ``pids`` (RQ's scheduler process)."""
     wanted = set(pids)
-    horses, others = [], []
-    for pid, (ppid, pgrp) in process_table().items():
-        if ppid in wanted:
-            (horses if pgrp == pid else others).append(pid)
-    return horses, others
+    return [pid for pid, (ppid, _) in process_table().items() if ppid in wanted]
 
 
 def proc_cpu_s(pid: int) -> float:
@@ -142,7 +138,7 @@ async def wait_until(predicate: Callable[[], Any], within: float, what: str) -> 
 
 async def end(proc: Proc, grace_s: float) -> None:
     """SIGTERM, then after ``grace_s`` SIGKILL the process and all its descendants (an RQ
-    worker's warm shutdown would wait for its job; its horse leads its own group)."""
+    worker's warm shutdown would wait for its job)."""
     process = proc.process
     if process is None or process.returncode is not None:
         return
@@ -156,7 +152,7 @@ async def end(proc: Proc, grace_s: float) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         await process.wait()
-    for pid in below:  # a horse that outlived its worker
+    for pid in below:  # a worker that outlived its supervisor
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
 
@@ -216,23 +212,43 @@ class Farm:
         )
         await self.ingest.start()
 
-    async def add_workers(self, count: int) -> list[Proc]:
-        started = []
-        for _ in range(count):
-            i = len(self.workers)
-            worker = Proc(
-                ["--log-level", "info", "controller", "worker", "--name", f"bench-w{i}"],
-                self.dir / f"worker{i}.log",
-                env=self.env,
-            )
-            self.workers.append(worker)
-            await worker.start()
-            started.append(worker)
-        return started
+    async def add_workers(self, count: int) -> Proc:
+        """One more ``farm controller worker`` forking ``count`` RQ workers."""
+        i = len(self.workers)
+        worker = Proc(
+            ["--log-level", "info", "controller", "worker", "--processes", str(count),
+             "--name", f"bench-w{i}"],
+            self.dir / f"worker{i}.log",
+            env=self.env,
+        )  # fmt: skip
+        self.workers.append(worker)
+        await worker.start()
+        return worker
+
+    async def stop_workers(self) -> None:
+        """Stop every ``farm controller worker`` (their runs must have ended)."""
+        await asyncio.gather(*(end(w, 20) for w in self.workers))
+        self.workers.clear()
+
+    def busy_workers(self) -> int:
+        """RQ workers of the newest ``farm controller worker`` running a job."""
+        prefix = f"rq:worker:bench-w{len(self.workers) - 1}-"
+        names = [k for k in self.client.smembers("rq:workers") if k.startswith(prefix)]
+        with self.client.pipeline() as pipe:
+            for name in names:
+                pipe.hget(name, "state")
+            return sum(1 for state in pipe.execute() if state == "busy")
+
+    def rq_workers(self) -> list[int]:
+        """The RQ worker processes: the children of the ``farm controller worker`` processes."""
+        pools = {w.process.pid for w in self.workers if w.process is not None}
+        return [pid for pid, (ppid, _) in process_table().items() if ppid in pools]
 
     def workers_registered(self) -> int:
-        """RQ workers that registered with Redis (they are then waiting for jobs)."""
-        return sum(1 for _ in self.client.smembers("rq:workers"))
+        """RQ workers of the newest ``farm controller worker`` that registered with Redis
+        (they are then waiting for jobs); a stopped one's may linger in the set a while."""
+        prefix = f"rq:worker:bench-w{len(self.workers) - 1}-"
+        return sum(1 for key in self.client.smembers("rq:workers") if key.startswith(prefix))
 
     async def boards_ready(self, boards: list[str], within: float) -> None:
         def ready() -> bool:
@@ -302,24 +318,24 @@ class Reading:
     """One read of the controller's processes (KiB)."""
 
     ingest: dict[str, int]
+    supervisors: list[dict[str, int]]
     parents: list[dict[str, int]]
-    horses: list[dict[str, int]]
     others: list[dict[str, int]]
     """Other children of the workers (RQ's scheduler process)."""
 
     def total(self, kind: str) -> int:
-        procs = [self.ingest, *self.parents, *self.horses, *self.others]
+        procs = [self.ingest, *self.supervisors, *self.parents, *self.others]
         return sum(p[kind] for p in procs)
 
 
 def read_controller(farm: Farm) -> Reading:
     assert farm.ingest is not None and farm.ingest.process is not None
-    pids = [w.process.pid for w in farm.workers if w.process is not None]
-    horses, others = worker_children(pids)
+    pids = farm.rq_workers()
+    others = worker_children(pids)
     return Reading(
         mem_kib(farm.ingest.process.pid),
+        [mem_kib(w.process.pid) for w in farm.workers if w.process is not None],
         [mem_kib(pid) for pid in pids],
-        [mem_kib(pid) for pid in horses],
         [mem_kib(pid) for pid in others],
     )
 
@@ -328,10 +344,12 @@ def read_controller(farm: Farm) -> Reading:
 class Phase:
     n: int
     idle_worker_rss: float
-    """KiB, median over the idle workers."""
+    """KiB, median over the idle RQ workers."""
+    idle_pss: float
+    """KiB, the idle pool's PSS (supervisor, workers, scheduler child) ÷ N."""
     readings: list[Reading]
     cpu: dict[str, float]
-    """CPU seconds per second of wall time over the reads: ingest, parents, horses."""
+    """CPU seconds per second of wall time over the reads: ingest, supervisor, workers."""
     peak: dict[str, int]
     states: dict[str, int]
     load: str
@@ -345,31 +363,36 @@ class Phase:
         """Median over the reads of the mean of one kind of process."""
         values = []
         for r in self.readings:
-            procs = {"ingest": [r.ingest], "parent": r.parents, "horse": r.horses}[part]
+            procs = {
+                "ingest": [r.ingest],
+                "supervisor": r.supervisors,
+                "parent": r.parents,
+            }[part]
             values.append(statistics.mean(p[kind] for p in procs))
         return statistics.median(values) / 1024
 
 
 def controller_cpu(farm: Farm) -> dict[str, float]:
-    """CPU seconds so far of ingest, the worker parents and their live work-horses."""
+    """CPU seconds so far of ingest, the supervisors and the RQ workers."""
     assert farm.ingest is not None and farm.ingest.process is not None
-    pids = [w.process.pid for w in farm.workers if w.process is not None]
-    horses, _ = worker_children(pids)
+    pids = farm.rq_workers()
     return {
         "ingest": proc_cpu_s(farm.ingest.process.pid),
+        "supervisor": sum(proc_cpu_s(w.process.pid) for w in farm.workers if w.process),
         "parents": sum(proc_cpu_s(pid) for pid in pids),
-        "horses": sum(proc_cpu_s(pid) for pid in horses),
     }
 
 
 async def phase(farm: Farm, n: int, boards: list[str], args: argparse.Namespace) -> Phase:
     """N workers, one latency run on each of N boards, the controller's memory while they run."""
     t0 = time.monotonic()
-    if len(farm.workers) < n:
-        await farm.add_workers(n - len(farm.workers))
+    await farm.stop_workers()
+    await farm.add_workers(n)
     await wait_until(lambda: farm.workers_registered() >= n, 300, f"{n} RQ workers registered")
     await asyncio.sleep(3)
-    idle = statistics.median(mem_kib(w.process.pid)["rss"] for w in farm.workers if w.process)
+    idle_reading = read_controller(farm)
+    idle = statistics.median(p["rss"] for p in idle_reading.parents)
+    idle_pss = (idle_reading.total("pss") - idle_reading.ingest["pss"]) / n
     setup_s = time.monotonic() - t0
     # Long enough for any start-up skew; the runs are cancelled after the reads.
     options = json.dumps({"min_queries": 1, "min_duration_s": 3600, "latency_inputs": 1})
@@ -383,8 +406,8 @@ async def phase(farm: Farm, n: int, boards: list[str], args: argparse.Namespace)
         if ended:
             reasons = {r: farm.client.hget(f"farm:run:{r}", "reason") for r in ended}
             raise RuntimeError(f"runs ended before the reads: {reasons}")
-        horses, _ = worker_children(w.process.pid for w in farm.workers if w.process)
-        return all(s == "running" for s in states.values()) and len(horses) == expected
+        busy = farm.busy_workers()
+        return all(s == "running" for s in states.values()) and busy == expected
 
     # Started a group at a time: one agent starting 64 runs at once on 2 busy cores misses
     # its health checks' wire-model deadlines; all N are in flight together all the same.
@@ -425,14 +448,14 @@ async def phase(farm: Farm, n: int, boards: list[str], args: argparse.Namespace)
             peak[k] = max(peak[k], reading.total(k))
         states = farm.run_states(runs).values()
         return all(s in ("completed", "failed", "cancelled") for s in states) and not (
-            reading.horses
+            farm.busy_workers()
         )
 
     await wait_until(ended, 120 + n, "the runs to end after the cancel")
     states: dict[str, int] = {}
     for s in farm.run_states(runs).values():
         states[s] = states.get(s, 0) + 1
-    return Phase(n, idle, readings, cpu, peak, states, load, setup_s, wait_s)
+    return Phase(n, idle, idle_pss, readings, cpu, peak, states, load, setup_s, wait_s)
 
 
 def report(phases: list[Phase], args: argparse.Namespace) -> None:
@@ -440,26 +463,27 @@ def report(phases: list[Phase], args: argparse.Namespace) -> None:
         f"\nkws01 latency runs (latency_inputs 1, cancelled after the reads), boards' "
         f"inference {args.median_s:g} s; MiB; the aim: <= 40 MiB per running board"
     )
-    head = ("N", "RSS/board", "÷ idle worker RSS", "PSS/board", "USS/board", "idle worker RSS",
-            "ingest RSS", "parent RSS (mean)", "horse RSS / PSS / USS (mean)", "peak RSS/board",
+    head = ("N", "PSS/board", "÷ idle pool PSS/worker", "USS/board", "RSS/board (sum)",
+            "idle pool PSS/worker", "idle RQ worker RSS", "supervisor RSS / PSS",
+            "RQ worker RSS / PSS / USS (mean)", "ingest PSS",
             "peak PSS/board", "runs", "load avg")  # fmt: skip
     print("| " + " | ".join(head) + " |")
     print("|" + "|".join("---" for _ in head) + "|")
     for p in phases:
-        idle = p.idle_worker_rss / 1024
-        rss = p.per_board_mib("rss")
+        pss = p.per_board_mib("pss")
+        idle_pss = p.idle_pss / 1024
         cells = (
             str(p.n),
-            f"**{rss:.1f}**",
-            f"{rss / idle:.2f}",
-            f"**{p.per_board_mib('pss'):.1f}**",
+            f"**{pss:.1f}**",
+            f"{pss / idle_pss:.2f}",
             f"{p.per_board_mib('uss'):.1f}",
-            f"{idle:.1f}",
-            f"{p.part_mib('ingest', 'rss'):.1f}",
-            f"{p.part_mib('parent', 'rss'):.1f}",
-            f"{p.part_mib('horse', 'rss'):.1f} / {p.part_mib('horse', 'pss'):.1f} / "
-            f"{p.part_mib('horse', 'uss'):.1f}",
-            f"{p.peak['rss'] / p.n / 1024:.1f}",
+            f"{p.per_board_mib('rss'):.1f}",
+            f"{idle_pss:.1f}",
+            f"{p.idle_worker_rss / 1024:.1f}",
+            f"{p.part_mib('supervisor', 'rss'):.1f} / {p.part_mib('supervisor', 'pss'):.1f}",
+            f"{p.part_mib('parent', 'rss'):.1f} / {p.part_mib('parent', 'pss'):.1f} / "
+            f"{p.part_mib('parent', 'uss'):.1f}",
+            f"{p.part_mib('ingest', 'pss'):.1f}",
             f"{p.peak['pss'] / p.n / 1024:.1f}",
             ", ".join(f"{v} {k}" for k, v in sorted(p.states.items())),
             p.load,
@@ -472,9 +496,9 @@ def report(phases: list[Phase], args: argparse.Namespace) -> None:
             f"N={p.n}: workers up and idle after {p.setup_s:.0f} s; all N runs running "
             f"{p.wait_s:.0f} s after the first submit; other worker children (RQ scheduler): "
             f"{others:g}; controller CPU while the N runs were followed (cores): ingest "
-            f"{cpu['ingest']:.3f}, worker parents {cpu['parents']:.3f} "
-            f"({cpu['parents'] / p.n * 1000:.1f} ms/s each), work-horses {cpu['horses']:.3f} "
-            f"({cpu['horses'] / p.n * 1000:.1f} ms/s each)"
+            f"{cpu['ingest']:.3f}, supervisor {cpu['supervisor']:.3f}, RQ workers "
+            f"{cpu['parents']:.3f} "
+            f"({cpu['parents'] / p.n * 1000:.1f} ms/s each)"
         )
 
 
@@ -500,8 +524,8 @@ async def amain(args: argparse.Namespace) -> int:
                 phases.append(await phase(farm, n, boards, args))
                 p = phases[-1]
                 print(
-                    f"  N={n}: {p.per_board_mib('rss'):.1f} MiB RSS, "
-                    f"{p.per_board_mib('pss'):.1f} MiB PSS per running board; "
+                    f"  N={n}: {p.per_board_mib('pss'):.1f} MiB PSS per running board "
+                    f"({p.per_board_mib('rss'):.1f} MiB RSS summed); "
                     f"{time.monotonic() - started:.0f} s",
                     file=sys.stderr,
                     flush=True,

@@ -9,8 +9,8 @@ The farm (``bench/controller_memory.Farm``; every part real): a private Mosquitt
 database ``--redis`` (FLUSHED), one ``farm sim`` with 16 boards — four of each model (kws01,
 vww01, ic01, ad01), board i's simulated inference ``--latencies[i // 4]`` (spread 0, so the
 simulator's compute is exactly that), datasets of ``--rows`` rows — and the ``farm agent``
-serving them, one ``farm controller ingest`` and 16 ``farm controller worker`` (one per
-board).
+serving them, one ``farm controller ingest`` and one ``farm controller worker --processes 16``
+(an RQ worker per board).
 
 The sweep: ``farm submit --benchmark kws,ic --mode performance,accuracy,latency --boards all
 --options OPTIONS``: six runs per board, 96 in all — two models, three modes; the kws01 and
@@ -287,7 +287,8 @@ def cpu_snapshot(farm: Farm) -> dict[str, float]:
         "sim": pids(farm.sims),
         "agent": pids(farm.agents),
         "ingest": pids([farm.ingest] if farm.ingest else []),
-        "workers": pids(farm.workers),
+        # The supervisor and its RQ workers (which run the jobs themselves).
+        "workers": pids(farm.workers) + farm.rq_workers(),
         "mosquitto": [farm.broker.process.pid],
     }
     return {

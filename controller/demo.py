@@ -244,10 +244,15 @@ class DemoFarm:
         ]
         self._farm_cli("agent", "agent", "--config", str(sim_dir / "agent.yaml"))
         self._farm_cli("ingest", "controller", "ingest", *([] if self.share else ["--no-share"]))
-        for i in range(self.boards):
-            self._farm_cli(
-                f"worker{i}", "controller", "worker", "--name", f"demo-{os.getpid()}-{i}"
-            )
+        self._farm_cli(
+            "worker",
+            "controller",
+            "worker",
+            "--processes",
+            str(self.boards),
+            "--name",
+            f"demo-{os.getpid()}",
+        )
         self._exporter()
         self._wait(self._boards_ready, 120, "the boards' first health checks")
 

@@ -1,8 +1,9 @@
 """The RQ job that owns one run: lease the board, dispatch the run to its agent, follow it,
 check it is complete, score it and write its artifacts.
 
-A job is synchronous (RQ forks a work-horse per job): it publishes commands with paho and
-follows the run through what ingest stores in Redis, polling a few times a second. Every
+A job is synchronous (an RQ worker runs it itself, :mod:`controller.worker_pool`): it
+publishes commands with paho and follows the run through what ingest stores in Redis,
+polling a few times a second. Every
 wait is bounded: the run's deadline comes from the wire-time model (``controller.estimate``)
 and is stretched by the agent's own ETA as it reports progress; an agent that goes offline
 has a grace period; samples still in flight after ``done`` (resent after a reconnect) have a
@@ -37,7 +38,6 @@ from controller.store import (
     Lease,
     connect,
     fail_reason,
-    final_event,
     get_run,
     ranges,
     sample_seqs,
@@ -65,6 +65,8 @@ AGENT_GRACE_S = float(os.environ.get("FARM_AGENT_GRACE_S", "30"))
 COMPLETENESS_GRACE_S = 15.0
 #: How long a cancelled run may take to say ``cancelled``.
 CANCEL_GRACE_S = 30.0
+#: The agent's latest command acks looked at for a rejection of the run's command.
+ACKS_SCANNED = 50
 #: Pause before dispatching again when the broker could not take a command.
 BROKER_RETRY_S = 5.0
 
@@ -120,6 +122,7 @@ class RunJob:
         # never looks like a dead worker to the reaper.
         renewer = threading.Thread(target=self._keep_lease, name="lease", daemon=True)
         renewer.start()
+        interrupted = False
         try:
             while True:
                 attempts = int(get_run(self.client, self.run_id).get("attempts") or 0) + 1
@@ -140,10 +143,17 @@ class RunJob:
                     attempts,
                     outcome.reason,
                 )
+        except (SystemExit, KeyboardInterrupt):
+            # RQ's cold shutdown raises SystemExit in the job (the worker runs it itself): the
+            # run is left as a killed worker leaves it, still active, and the board given
+            # back at once, so the reaper hands the job to RQ again without waiting a TTL.
+            interrupted = True
+            raise
         finally:
             self._stop.set()
             renewer.join(5)
-            self.client.srem(keys.RUNS_ACTIVE, self.run_id)
+            if not interrupted:
+                self.client.srem(keys.RUNS_ACTIVE, self.run_id)
             self.lease.release()
 
     def _keep_lease(self) -> None:
@@ -240,24 +250,30 @@ class RunJob:
         while True:
             time.sleep(POLL_S)
             now = time.monotonic()
-            if not self._renew(now):
+            if self._lost.is_set():
                 return Outcome("retry", "the board's lease was lost (a worker stalled)")
-            current = get_run(self.client, self.run_id)
+            # One round trip per poll: N boards' jobs poll at once.
+            with self.client.pipeline(transaction=False) as pipe:
+                pipe.hgetall(keys.run(self.run_id))
+                pipe.hget(keys.agent(run["agent"]), "state")
+                pipe.lrange(keys.agent_acks(run["agent"]), -ACKS_SCANNED, -1)
+                current, agent_state, acks = pipe.execute()
             if current.get("state") in keys.TERMINAL:
                 return Outcome(current["state"], current.get("reason") or None)
-            final = final_event(self.client, self.run_id)
-            if final is not None:
-                return self._on_final(current, final, stored)
-            rejected = self._rejection(run["agent"], command.id)
-            if rejected is not None:
-                return Outcome("failed", f"the agent rejected the run: {rejected}")
+            if current.get("final"):
+                return self._on_final(current, json.loads(current["final"]), stored)
+            # An agent refuses a run before starting it: once it runs, no ack can say so.
+            if current.get("state") == "dispatched":
+                rejected = _rejection(acks, command.id)
+                if rejected is not None:
+                    return Outcome("failed", f"the agent rejected the run: {rejected}")
             if current.get("cancel") == "1" and cancel_sent is None:
                 cancel = CancelCommand(id=f"{command.id}-cancel", type="cancel", run=self.run_id)
                 self._publish(command_topic(run["agent"]), cancel.dumps())
                 cancel_sent = now
             if cancel_sent is not None and now - cancel_sent > CANCEL_GRACE_S:
                 return Outcome("cancelled", "cancelled (the agent did not confirm)")
-            if self.client.hget(keys.agent(run["agent"]), "state") != "online":
+            if agent_state != "online":
                 offline_since = offline_since or now
                 if now - offline_since > AGENT_GRACE_S:
                     return Outcome("failed", f"agent {run['agent']} went offline during the run")
@@ -303,7 +319,6 @@ class RunJob:
             if time.monotonic() > give_up:
                 have = self.client.hlen(keys.run_samples(self.run_id))
                 return f"{expected - have} of {expected} samples never arrived"
-            self._renew(time.monotonic())
             time.sleep(POLL_S)
         records = samples(self.client, self.run_id)
         produced = [r for seq, r in records.items() if seq not in stored]
@@ -331,17 +346,6 @@ class RunJob:
 
     # -- helpers --------------------------------------------------------------------------------
 
-    def _renew(self, now: float) -> bool:
-        """False once the lease was lost (the renewer thread found it taken or gone)."""
-        return not self._lost.is_set()
-
-    def _rejection(self, agent: str, command_id: str) -> str | None:
-        for raw in self.client.lrange(keys.agent_acks(agent), -50, -1):
-            ack = json.loads(raw)
-            if ack.get("command") == command_id and ack.get("outcome") == "rejected":
-                return ack.get("reason") or "rejected"
-        return None
-
     def _publish(self, topic: str, payload: bytes) -> None:
         """Publish one command at QoS 1 (``BrokerUnavailable`` if the broker cannot take it)."""
         host, port = self.settings.broker_host_port
@@ -358,3 +362,12 @@ class RunJob:
             asyncio.run(send())
         except (aiomqtt.MqttError, OSError) as exc:
             raise BrokerUnavailable(f"broker {self.settings.broker_url}: {exc}") from None
+
+
+def _rejection(acks: list[str], command_id: str) -> str | None:
+    """The reason the agent gave for rejecting ``command_id``, if its acks hold one."""
+    for raw in acks:
+        ack = json.loads(raw)
+        if ack.get("command") == command_id and ack.get("outcome") == "rejected":
+            return ack.get("reason") or "rejected"
+    return None

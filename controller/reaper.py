@@ -11,7 +11,6 @@ already stored where the mode allows — or fails it and releases the board's ne
 from __future__ import annotations
 
 import logging
-import threading
 import time
 
 import redis
@@ -87,21 +86,21 @@ def release_ready(rq_client: redis.Redis) -> None:
         Queue(name, connection=rq_client).ready_job_registry.cleanup()
 
 
-class ReaperThread(threading.Thread):
-    """Runs :func:`reap` every ``INTERVAL_S`` beside an RQ worker (a daemon thread: it
-    only reads and nudges Redis)."""
+class Reaper:
+    """The reaper of one host: :meth:`tick` every ``INTERVAL_S`` (from the worker pool's
+    supervisor, :mod:`controller.worker_pool`)."""
 
     def __init__(self, url: str) -> None:
-        super().__init__(name="farm-reaper", daemon=True)
         self.client = redis.Redis.from_url(url, decode_responses=True)
         self.rq_client = redis.Redis.from_url(url)
-        self.stopped = threading.Event()
 
-    def run(self) -> None:
-        """Reap until stopped; a Redis hiccup is logged and retried."""
-        while not self.stopped.wait(INTERVAL_S):
-            try:
-                reap(self.client, self.rq_client)
-                release_ready(self.rq_client)
-            except redis.RedisError as exc:
-                log.warning("event=reaper_redis_error error=%r", str(exc))
+    def tick(self) -> list[str]:
+        """One pass of :func:`reap` and :func:`release_ready`; a Redis hiccup is logged (the
+        next tick tries again). The runs reaped."""
+        try:
+            reaped = reap(self.client, self.rq_client)
+            release_ready(self.rq_client)
+        except redis.RedisError as exc:
+            log.warning("event=reaper_redis_error error=%r", str(exc))
+            return []
+        return reaped

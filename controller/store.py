@@ -1,6 +1,6 @@
 """Reading and writing the controller's state in Redis (layout: :mod:`controller.keys`).
 
-Synchronous redis-py: the callers are RQ jobs (synchronous by nature), the reaper thread and
+Synchronous redis-py: the callers are RQ jobs (synchronous by nature), the reaper and
 the client commands. Ingest, the one asyncio process, writes its own keys.
 """
 
@@ -132,17 +132,6 @@ def ranges(seqs: list[int]) -> list[tuple[int, int]]:
         else:
             found.append((seq, seq + 1))
     return found
-
-
-def final_event(client: redis.Redis, run_id: str) -> dict[str, Any] | None:
-    """The run's final event (done, error, cancelled, interrupted) as ingest stored it."""
-    raw = client.hget(keys.run(run_id), "final")
-    return json.loads(raw) if raw else None
-
-
-def agent_state(client: redis.Redis, agent_id: str) -> str | None:
-    """``online`` / ``offline`` / ``refused`` as the agent last said (None: never seen)."""
-    return client.hget(keys.agent(agent_id), "state")
 
 
 def board_status(client: redis.Redis, board_id: str) -> dict[str, Any] | None:

@@ -73,30 +73,40 @@ def worker(
     redis: RedisOpt = None,
     broker: BrokerOpt = None,
     results: ResultsOpt = None,
+    processes: Annotated[
+        int,
+        typer.Option(
+            "--processes",
+            "-n",
+            min=1,
+            max=1024,
+            help="RQ workers to fork: one per board that should run at the same time",
+        ),
+    ] = 1,
     burst: Annotated[bool, typer.Option(help="Exit when the queues are empty")] = False,
-    name: Annotated[str | None, typer.Option(help="Worker name (default: RQ's)")] = None,
+    name: Annotated[
+        str | None, typer.Option(help="Worker names: NAME-0, NAME-1, ... (default: RQ's)")
+    ] = None,
+    preload_scoring: Annotated[
+        bool,
+        typer.Option(
+            help="Import numpy and scikit-learn once, before forking (shared by every worker)"
+        ),
+    ] = True,
 ) -> None:
-    """An RQ worker executing run jobs (with the lease reaper beside it)."""
+    """RQ workers executing run jobs, forked from one process that runs the lease reaper."""
     settings = _settings(redis, broker, results)
     _redis(settings)  # one clear line if Redis is not there
-    from redis import Redis
-    from rq import Worker
-
-    from controller.reaper import ReaperThread
     from controller.sweeps import QUEUE_ORDER
+    from controller.worker_pool import WorkerPool, preload
 
     # The forked work-horses read the locations from the environment.
     os.environ["FARM_REDIS_URL"] = settings.redis_url
     os.environ["FARM_MQTT_URL"] = settings.broker_url
     os.environ["FARM_RESULTS_DIR"] = str(settings.results)
-    reaper = ReaperThread(settings.redis_url)
-    reaper.start()
-    connection = Redis.from_url(settings.redis_url)
-    rq_worker = Worker(list(QUEUE_ORDER), connection=connection, name=name)
-    try:
-        rq_worker.work(burst=burst, with_scheduler=True)
-    finally:
-        reaper.stopped.set()
+    preload(scoring=preload_scoring)
+    pool = WorkerPool(settings.redis_url, list(QUEUE_ORDER), processes, name=name, burst=burst)
+    raise typer.Exit(pool.run())
 
 
 @controller_app.command()

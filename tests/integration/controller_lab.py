@@ -83,16 +83,24 @@ class ControllerLab:
         await self.add_workers(workers)
 
     async def add_workers(self, count: int) -> None:
-        """Start ``count`` more RQ worker processes."""
-        for _ in range(count):
-            i = len(self.workers)
-            worker = Proc(
-                ["--log-level", "info", "controller", "worker", "--name", f"w{i}-{os.getpid()}"],
-                self.dir / f"worker{i}.log",
-                env=self.env,
-            )
-            await worker.start()
-            self.workers.append(worker)
+        """Start one more ``farm controller worker`` with ``count`` RQ worker processes."""
+        i = len(self.workers)
+        worker = Proc(
+            [
+                "--log-level",
+                "info",
+                "controller",
+                "worker",
+                "--processes",
+                str(count),
+                "--name",
+                f"w{i}-{os.getpid()}",
+            ],
+            self.dir / f"worker{i}.log",
+            env=self.env,
+        )
+        await worker.start()
+        self.workers.append(worker)
 
     async def boards_ready(self, boards: list[str], within: float = 60) -> None:
         """Wait until ingest knows every board, checked and idle."""

@@ -4,8 +4,10 @@ Every process is real (Mosquitto, Redis, RQ worker processes, agents, simulators
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
+import os
 import signal
 import statistics
 from collections.abc import AsyncIterator
@@ -17,7 +19,7 @@ from rq.job import Job
 
 from farm.wire import wire_time
 from tests.integration.controller_lab import REDIS_URL, ControllerLab, start_controller_lab
-from tests.integration.farm_procs import wait_until
+from tests.integration.farm_procs import descendants, wait_until
 
 #: Short windows: the numbers are exact whatever the window length.
 QUICK = json.dumps({"min_window_s": 0.5, "calibration_s": 0.2})
@@ -134,7 +136,8 @@ async def test_unknown_names_and_empty_matches_are_explained(lab: ControllerLab)
     assert code == 2 and "redis://127.0.0.1:1/0" in errs and "Traceback" not in errs
 
 
-async def test_a_killed_worker_is_noticed_and_the_run_resumes(lab: ControllerLab) -> None:
+async def accuracy_run_under_way(lab: ControllerLab) -> str:
+    """One worker running a 60-sample kws01 accuracy run with at least 15 samples stored."""
     await lab.add_agent(
         "pi-a", "- {id: kws-1, model: kws01, latency: {median_s: 0.002}}\n", dataset_limit=60
     )
@@ -145,9 +148,12 @@ async def test_a_killed_worker_is_noticed_and_the_run_resumes(lab: ControllerLab
     await wait_until(
         lambda: lab.redis.hlen(f"farm:run:{run_id}:samples") >= 15, 60, "samples stored"
     )
-    await lab.workers[0].kill_tree()
-    stored_before = lab.redis.hlen(f"farm:run:{run_id}:samples")
-    await lab.add_workers(1)
+    return run_id
+
+
+async def resumed_run(lab: ControllerLab, run_id: str, stored_before: int) -> dict[str, str]:
+    """Wait for the run to end; check it completed on a later dispatch that ran only what was
+    missing (the agent skipped what was stored); its hash."""
     await wait_until(
         lambda: lab.redis.hget(f"farm:run:{run_id}", "state") in ("completed", "failed"),
         120,
@@ -155,13 +161,61 @@ async def test_a_killed_worker_is_noticed_and_the_run_resumes(lab: ControllerLab
     )
     run = lab.redis.hgetall(f"farm:run:{run_id}")
     assert run["state"] == "completed", run
-    assert "worker" in run["reasons"]
-    summary = json.loads(run["summary"])
-    assert summary["samples"] == 60
-    # The second dispatch ran only what was missing: the agent skipped what was stored.
-    assert int(run["attempts"]) >= 2
+    assert int(run["attempts"]) >= 2 and json.loads(run["summary"])["samples"] == 60
     done = json.loads(run["final"])
     assert done["skipped"] >= stored_before and done["count"] + done["skipped"] == 60
+    return run
+
+
+async def test_a_killed_worker_is_noticed_and_the_run_resumes(lab: ControllerLab) -> None:
+    run_id = await accuracy_run_under_way(lab)
+    await lab.workers[0].kill_tree()
+    stored_before = lab.redis.hlen(f"farm:run:{run_id}:samples")
+    await lab.add_workers(1)
+    run = await resumed_run(lab, run_id, stored_before)
+    assert "worker" in run["reasons"]
+
+
+async def test_a_pool_restarts_a_killed_worker_and_its_reaper_resumes_the_run(
+    lab: ControllerLab,
+) -> None:
+    """The worker dies, the process that forked it stays: it forks a new worker and its own
+    reaper hands the run back, with nobody else's help."""
+    run_id = await accuracy_run_under_way(lab)
+    pool = lab.workers[0].process
+    assert pool is not None
+    below = descendants(pool.pid)
+    assert below  # the worker (and RQ's scheduler process)
+    for pid in below:
+        os.kill(pid, signal.SIGKILL)
+    stored_before = lab.redis.hlen(f"farm:run:{run_id}:samples")
+    run = await resumed_run(lab, run_id, stored_before)
+    assert "its lease expired" in run["reasons"]
+    assert pool.returncode is None  # the same supervisor all along
+    log = lab.workers[0].output()
+    assert "event=worker_died" in log and "event=run_reaped" in log
+    assert set(descendants(pool.pid)).isdisjoint(below)
+
+
+async def test_a_cold_shutdown_mid_run_leaves_the_run_to_the_next_worker(
+    lab: ControllerLab,
+) -> None:
+    """Two SIGTERMs (RQ's cold shutdown) while a run goes on: the job is interrupted inside
+    the worker, the run is neither lost nor marked failed, and a worker started afterwards
+    finishes it from the samples already stored."""
+    run_id = await accuracy_run_under_way(lab)
+    pool = lab.workers[0]
+    assert pool.process is not None
+    pool.process.send_signal(signal.SIGTERM)  # warm: the job would go on
+    await asyncio.sleep(1.5)  # RQ ignores a second signal within 1 s
+    stored_before = lab.redis.hlen(f"farm:run:{run_id}:samples")
+    assert await pool.signal(signal.SIGTERM) == 0
+    assert "cold shut down" in pool.output()
+    run = lab.redis.hgetall(f"farm:run:{run_id}")
+    assert run["state"] not in ("completed", "failed", "cancelled"), run
+    assert lab.redis.sismember("farm:runs:active", run_id)  # still the reaper's to see
+    await lab.add_workers(1)
+    await resumed_run(lab, run_id, stored_before)
 
 
 async def test_an_agent_lost_mid_run_fails_its_run_and_the_others_finish(

@@ -111,6 +111,9 @@ def test_compose_has_the_server_side_services() -> None:
         assert env["FARM_MQTT_URL"].startswith("mqtt://farm-controller:")
         assert env["FARM_MQTT_URL"].endswith("@mosquitto:1883")
     assert "replicas" in services["worker"]["deploy"]
+    # One worker process forks FARM_WORKERS RQ workers (controller/worker_pool.py).
+    worker = services["worker"]["command"]
+    assert worker[worker.index("--processes") + 1] == "${FARM_WORKERS:-2}"
     ingest = services["ingest"]["command"]
     assert "--no-share" in ingest and "--client-id" in ingest  # README: why one ingest
     assert "./prometheus:/etc/prometheus:ro" in services["prometheus"]["volumes"]
@@ -180,7 +183,9 @@ def farm_command_lines() -> list[tuple[str, list[str]]]:
     for name, service in compose()["services"].items():
         command = service.get("command")
         if isinstance(command, list) and command[0] == "farm":
-            found.append((f"docker-compose.yml:{name}", [str(a) for a in command[1:]]))
+            # Compose substitutes ${NAME:-default}: the default, as with no .env.
+            argv = [re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", str(a)) for a in command[1:]]
+            found.append((f"docker-compose.yml:{name}", argv))
     for path in units():
         for line in values(path, "Service", "ExecStart"):
             argv = shlex.split(line)
@@ -188,6 +193,7 @@ def farm_command_lines() -> list[tuple[str, list[str]]]:
                 substituted = [
                     a.replace("${FARM_LOG_LEVEL}", "info")
                     .replace("${FARM_AGENT_CONFIG}", "/etc/tinyfarm/agent.yaml")
+                    .replace("${FARM_WORKERS}", "4")
                     .replace("%H", "host")
                     for a in argv[1:]
                 ]
@@ -286,7 +292,11 @@ def test_units_have_the_required_settings() -> None:
     assert "dialout" in values(agent, "Service", "SupplementaryGroups")[0].split()
     assert {"char-ttyACM rw", "char-ttyUSB rw"} <= set(values(agent, "Service", "DeviceAllow"))
     assert values(agent, "Service", "ReadWritePaths") == ["/var/lib/tinyfarm"]
-    assert values(SYSTEMD / "tinyfarm-worker@.service", "Service", "ReadWritePaths")
+    worker = SYSTEMD / "tinyfarm-worker@.service"
+    assert values(worker, "Service", "ReadWritePaths")
+    # The env file may override the default number of workers the one process forks.
+    assert values(worker, "Service", "Environment") == ["FARM_WORKERS=4"]
+    assert values(worker, "Service", "ExecStart")[0].endswith("--processes ${FARM_WORKERS}")
     timer = SYSTEMD / "tinyfarm-nightly.timer"
     assert values(timer, "Timer", "OnCalendar") == ["*-*-* 01:00:00"]
 

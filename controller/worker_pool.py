@@ -1,0 +1,236 @@
+"""``farm controller worker``: one supervising process, N forked RQ workers, one reaper.
+
+Every board that runs at once needs an RQ worker (a run job holds its worker for the whole
+run). Started as separate programs, each worker pays for its own interpreter, redis-py, rq,
+pydantic, aiomqtt and the job code (~50 MiB each), RQ's default worker forks a work-horse
+per job on top (~45 MiB more), and each horse imports numpy and scikit-learn again when it
+scores a run (seconds of CPU, when a sweep's accuracy runs all end together). Here the
+supervisor imports all of that once, freezes the objects (``gc.freeze``: the collector then
+never writes to those pages, so they stay shared copy-on-write) and forks the workers: a
+running board costs only the pages its worker writes.
+
+The workers are RQ ``SimpleWorker`` instances, which run a job in their own process instead of
+forking a horse for it: a horse writes ~10 MiB of pages it shares with its worker (CPython's
+reference counts dirty every page whose objects the job touches), measured 43 against
+34 MiB per running board at 8 boards (bench/README.md (b)). What the horse gave, isolation
+of one job, matters less here: a run job crashing its worker is a worker lost, which the
+supervisor restarts and the reaper recovers from like any killed worker; a job's memory goes
+back to the worker's allocator for the next job.
+
+The supervisor also runs the lease reaper (:mod:`controller.reaper`) every
+``reaper.INTERVAL_S``: one per host rather than one per worker, so watching the active runs
+costs the same at 64 boards as at 8.
+
+Why not RQ's own ``WorkerPool``: its supervision loop joins each child with a 0.1 s timeout in
+turn (6.4 s per pass at 64 workers, which would delay the reaper as much), and it names workers
+with random ids; the supervisor here is a ``waitpid`` loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import importlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from types import FrameType
+
+log = logging.getLogger("controller.worker_pool")
+
+#: A worker that dies sooner than this after its start is restarted after a growing delay
+#: (a crash loop, e.g. Redis refusing connections, must not fork as fast as it can).
+STABLE_S = 10.0
+#: How long the supervisor sleeps between looks at its children (and the reaper's clock).
+TICK_S = 0.5
+#: What dispatching and following a run imports (aiomqtt, redis-py, rq, pydantic, farm.messages).
+JOB_MODULES = ("controller.jobs", "controller.reaper", "rq")
+#: What scoring a run imports (``farm.scoring.accuracy.roc_auc`` imports the last two late).
+SCORING_MODULES = ("controller.results", "numpy", "sklearn.metrics")
+#: Linux's ``PR_SET_PDEATHSIG``: a worker gets SIGTERM (a warm shutdown) if the supervisor dies.
+_PR_SET_PDEATHSIG = 1
+
+
+def preload(scoring: bool = True) -> None:
+    """Import what run jobs use, so the forked workers share it; then freeze it.
+
+    ``scoring`` also imports numpy and scikit-learn (the scoring of accuracy runs), with their
+    BLAS pools limited to one thread: scores are small vectors, and N workers share the cores.
+    """
+    modules = list(JOB_MODULES)
+    if scoring:
+        for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(name, "1")
+        modules += SCORING_MODULES
+    for module in modules:
+        importlib.import_module(module)
+    gc.collect()
+    gc.freeze()
+
+
+@dataclass
+class _Slot:
+    """One worker position: its current process and how its restarts are going."""
+
+    index: int
+    pid: int = 0
+    started: float = 0.0
+    generation: int = 0
+    failures: int = 0
+    restart_at: float | None = None
+    exit_codes: list[int] = field(default_factory=list)
+
+
+class WorkerPool:
+    """Fork ``processes`` RQ workers on ``queues`` of ``redis_url`` and keep them running.
+
+    ``name``: workers are named ``<name>-<i>`` (``<name>-<i>.<generation>`` after a restart:
+    RQ refuses a name a dead worker may still hold for a while); RQ's random names without it.
+    ``burst``: workers exit when the queues are empty, and the pool when they all have."""
+
+    def __init__(
+        self,
+        redis_url: str,
+        queues: Sequence[str],
+        processes: int = 1,
+        *,
+        name: str | None = None,
+        burst: bool = False,
+    ) -> None:
+        if processes < 1:
+            raise ValueError("a worker pool needs at least one process")
+        self.redis_url = redis_url
+        self.queues = list(queues)
+        self.name = name
+        self.burst = burst
+        self.slots = [_Slot(i) for i in range(processes)]
+        self._stopping: int | None = None
+
+    # -- supervisor -----------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Supervise until every worker has exited (SIGTERM/SIGINT: a warm shutdown of all,
+        a second one a cold one); the exit status (non-zero if a worker failed in burst)."""
+        previous = {
+            sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
+        }
+        try:
+            for slot in self.slots:
+                self._spawn(slot)
+            log.info(
+                "event=worker_pool_started pid=%d processes=%d queues=%s",
+                os.getpid(),
+                len(self.slots),
+                ",".join(self.queues),
+            )
+            self._supervise()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        codes = [code for slot in self.slots for code in slot.exit_codes]
+        log.info("event=worker_pool_stopped exit_codes=%s", codes)
+        return 1 if self.burst and any(codes) else 0
+
+    def _supervise(self) -> None:
+        from controller.reaper import INTERVAL_S, Reaper
+
+        reaper = Reaper(self.redis_url)
+        next_reap = time.monotonic() + INTERVAL_S
+        while any(slot.pid for slot in self.slots) or self._restarts_pending():
+            self._collect()
+            now = time.monotonic()
+            for slot in self.slots:
+                if slot.restart_at is not None and now >= slot.restart_at:
+                    self._spawn(slot)
+            if self._stopping is None and now >= next_reap:
+                reaper.tick()
+                next_reap = now + INTERVAL_S
+            time.sleep(TICK_S)
+
+    def _restarts_pending(self) -> bool:
+        return self._stopping is None and any(s.restart_at is not None for s in self.slots)
+
+    def _collect(self) -> None:
+        """Reap exited workers; schedule their restart unless stopping or in burst mode."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            slot = next((s for s in self.slots if s.pid == pid), None)
+            if slot is None:
+                continue
+            code = os.waitstatus_to_exitcode(status)
+            slot.pid = 0
+            slot.exit_codes.append(code)
+            lived = time.monotonic() - slot.started
+            if self._stopping is not None or (self.burst and code == 0):
+                log.info("event=worker_exited slot=%d pid=%d code=%d", slot.index, pid, code)
+                continue
+            slot.failures = 0 if lived >= STABLE_S else slot.failures + 1
+            delay = min(60.0, 0.5 * 2**slot.failures) if slot.failures else 0.0
+            slot.restart_at = time.monotonic() + delay
+            log.warning(
+                "event=worker_died slot=%d pid=%d code=%d lived_s=%.1f restart_in_s=%.1f",
+                slot.index,
+                pid,
+                code,
+                lived,
+                delay,
+            )
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        # The first signal asks every worker for a warm shutdown (the job in progress ends
+        # first); a second one is passed on too, and RQ makes that a cold one.
+        self._stopping = signum
+        for slot in self.slots:
+            slot.restart_at = None
+            if slot.pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(slot.pid, signum)
+
+    # -- workers --------------------------------------------------------------------------------
+
+    def _spawn(self, slot: _Slot) -> None:
+        slot.restart_at = None
+        name = None
+        if self.name:
+            name = f"{self.name}-{slot.index}"
+            if slot.generation:
+                name += f".{slot.generation}"
+        slot.generation += 1
+        parent = os.getpid()
+        pid = os.fork()
+        if pid:
+            slot.pid, slot.started = pid, time.monotonic()
+            return
+        code = 1
+        try:
+            code = self._worker(name, parent)
+        except BaseException:
+            log.exception("event=worker_crashed slot=%d", slot.index)
+        finally:
+            logging.shutdown()
+            os._exit(code)
+
+    def _worker(self, name: str | None, parent: int) -> int:
+        """The body of a forked worker: its own Redis connection and RQ's work loop."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_DFL)  # RQ installs its own in work()
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:
+            return 0  # the supervisor died before the line above took effect
+        from redis import Redis
+        from rq import SimpleWorker
+
+        connection = Redis.from_url(self.redis_url)
+        worker = SimpleWorker(self.queues, connection=connection, name=name)
+        worker.work(burst=self.burst, with_scheduler=True)
+        return 0
