@@ -141,6 +141,12 @@ class BoardAccess:
                 return identity
             except Exception as exc:  # the next baud may be the right one
                 problems.append(f"{baud} baud: {exc}")
+                log.info(
+                    "event=identify_no_answer board=%s baud=%d error=%r",
+                    self.cfg.id,
+                    baud,
+                    str(exc),
+                )
             finally:
                 await link.close()
         raise BoardUnavailable("; ".join(problems))
@@ -212,6 +218,11 @@ class BoardAccess:
         )
         await self.wait_for_ports()
         seconds = loop.time() - started
+        # The new image talks at its model's default rate, not the old one's: tried first,
+        # the old rate would cost the next check a whole resync timeout (ad01 runs at 921600,
+        # the others at 115200).
+        known = MODELS.get(model)
+        self.last_baud = known.default_baud if known is not None else None
         log.info(
             "event=flashed board=%s model=%s build=%s s=%.2f", self.cfg.id, model, build, seconds
         )

@@ -258,6 +258,24 @@ async def test_a_run_for_another_model_flashes_the_board_first(two_boards: Lab) 
     assert (await lab.idle("ic-b"))["model"] == "ic01"
 
 
+async def test_after_a_flash_the_board_is_asked_at_the_new_images_rate(tmp_path: Path) -> None:
+    """ad01 firmware talks at 921600 baud, kws01 at 115200: after flashing kws01 the check
+    must not first try the rate the old image used (a whole resync timeout lost per flash)."""
+    lab = await start_lab(tmp_path, f"- {{id: ad-a, model: ad01, latency: {json.dumps(FAST)}}}\n")
+    try:
+        assert (await lab.idle("ad-a"))["model"] == "ad01"
+        await lab.run("r-to-kws", "ad-a", "kws01", "accuracy", options={"limit": 2})
+        done = await lab.finished("r-to-kws", within=60)
+        assert done["event"] == "done", done
+        assert lab.observer.event("r-to-kws", "started")["model"] == "kws01"
+        log = lab.agent.output()
+        after_flash = log[log.index("event=flashed board=ad-a model=kws01") :]
+        assert "event=health_check_passed board=ad-a model=kws01" in after_flash
+        assert "event=identify_no_answer" not in after_flash, after_flash[:2000]
+    finally:
+        await stop_lab(lab)
+
+
 async def test_broker_restart_mid_run_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     lab = await start_lab(tmp_path, f"- {{id: kws-a, model: kws01, latency: {json.dumps(FAST)}}}\n")
     try:
