@@ -17,9 +17,8 @@ of one job, matters less here: a run job crashing its worker is a worker lost, w
 supervisor restarts and the reaper recovers from like any killed worker; a job's memory goes
 back to the worker's allocator for the next job.
 
-The supervisor also runs the lease reaper (:mod:`controller.reaper`) every
-``reaper.INTERVAL_S``: one per host rather than one per worker, so watching the active runs
-costs the same at 64 boards as at 8.
+The supervisor also runs the lease reaper (:mod:`controller.reaper`): one per host rather than
+one per worker, so watching the active runs costs the same at 64 boards as at 8.
 
 Why not RQ's own ``WorkerPool``: its supervision loop joins each child with a 0.1 s timeout in
 turn (6.4 s per pass at 64 workers, which would delay the reaper as much), and it names workers
@@ -45,7 +44,7 @@ log = logging.getLogger("controller.worker_pool")
 #: A worker that dies sooner than this after its start is restarted after a growing delay
 #: (a crash loop, e.g. Redis refusing connections, must not fork as fast as it can).
 STABLE_S = 10.0
-#: How long the supervisor sleeps between looks at its children (and the reaper's clock).
+#: How long the supervisor sleeps between looks at its children (and reaper ticks).
 TICK_S = 0.5
 #: What dispatching and following a run imports (aiomqtt, redis-py, rq, pydantic, farm.messages).
 JOB_MODULES = ("controller.jobs", "controller.reaper", "rq")
@@ -136,19 +135,17 @@ class WorkerPool:
         return 1 if self.burst and any(codes) else 0
 
     def _supervise(self) -> None:
-        from controller.reaper import INTERVAL_S, Reaper
+        from controller.reaper import Reaper
 
         reaper = Reaper(self.redis_url)
-        next_reap = time.monotonic() + INTERVAL_S
         while any(slot.pid for slot in self.slots) or self._restarts_pending():
             self._collect()
             now = time.monotonic()
             for slot in self.slots:
                 if slot.restart_at is not None and now >= slot.restart_at:
                     self._spawn(slot)
-            if self._stopping is None and now >= next_reap:
+            if self._stopping is None:
                 reaper.tick()
-                next_reap = now + INTERVAL_S
             time.sleep(TICK_S)
 
     def _restarts_pending(self) -> bool:
