@@ -129,6 +129,14 @@ def ingest(
     metrics_addr: Annotated[
         str, typer.Option(help="Address the metrics port listens on")
     ] = "127.0.0.1",
+    concurrency: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=1000,
+            help="Messages handled at once (one run's, and one agent's, stay in order)",
+        ),
+    ] = 16,
 ) -> None:
     """Store what the agents publish (samples, events, statuses) in Redis."""
     settings = _settings(redis, broker, None)
@@ -144,6 +152,7 @@ def ingest(
                 client_id=client_id,
                 metrics_port=metrics_port,
                 metrics_addr=metrics_addr,
+                concurrency=concurrency,
             )
         )
     )

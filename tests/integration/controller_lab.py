@@ -77,7 +77,10 @@ class ControllerLab:
     async def start_controller(self, workers: int = 2) -> None:
         """Ingest and ``workers`` RQ workers."""
         self.ingest = Proc(
-            ["--log-level", "info", "controller", "ingest"], self.dir / "ingest.log", env=self.env
+            # Fewer messages at once than the default: the option reaches the process.
+            ["--log-level", "info", "controller", "ingest", "--concurrency", "4"],
+            self.dir / "ingest.log",
+            env=self.env,
         )
         await self.ingest.start()
         await self.add_workers(workers)

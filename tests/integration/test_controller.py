@@ -59,6 +59,7 @@ async def test_submit_ic_on_every_board_gives_the_ground_truth(lab: ControllerLa
         "--json",
     )
     submitted = json.loads(out)
+    assert lab.ingest is not None and "concurrency=4" in lab.ingest.output()
     # The kws board holds other firmware and has an ic01 image: it is flashed, not skipped.
     assert len(submitted["runs"]) == 6 and submitted["skipped"] == []
     _, out, _ = await lab.farm("show", submitted["sweep"], "--json")

@@ -85,13 +85,17 @@ async def serving(
     client_id: str | None = None,
     share: bool = True,
     forget: bool = True,
+    broker_url: str | None = None,
+    make: Callable[..., Ingest] = Ingest,
 ) -> AsyncIterator[Ingest]:
     """An Ingest task, subscribed; cancelled at the end (and its broker session removed, so
-    it does not collect the later tests' messages, unless ``forget`` is false)."""
-    settings = Settings(redis_url, broker.url, Path("/nonexistent"))
+    it does not collect the later tests' messages, unless ``forget`` is false).
+    ``broker_url``: where ingest connects (a :class:`Tap` in front of ``broker``); ``make``:
+    the class (or a factory taking Ingest's arguments)."""
+    settings = Settings(redis_url, broker_url or broker.url, Path("/nonexistent"))
     client_id = client_id or f"test-ingest-{uuid.uuid4().hex[:8]}"
     group = group or f"g{uuid.uuid4().hex[:8]}"
-    ingest = Ingest(settings, group=group, share=share, client_id=client_id)
+    ingest = make(settings, group=group, share=share, client_id=client_id)
     task = asyncio.get_running_loop().create_task(ingest.run())
     try:
         await asyncio.wait_for(ingest.subscribed.wait(), 10)
@@ -392,6 +396,202 @@ async def test_rejections_are_counted_and_ingest_keeps_serving(
     for run in ("run-none", "run-lab2", "run-b2", "run-done"):
         assert await db.hlen(keys.run_samples(run)) == 0
     assert not await db.exists(keys.run("run-none"))
+
+
+# -- several messages at once ------------------------------------------------------------------
+
+
+class Tap:
+    """A TCP relay between ingest and the broker that records, in wire order, the packet ids
+    of the QoS 1 PUBLISHes the broker sends and of the PUBACKs ingest sends back (MQTT 3.1.1
+    framing), forwarding every byte unchanged."""
+
+    def __init__(self, broker: Mosquitto) -> None:
+        self.broker = broker
+        self.publishes: list[tuple[int, str]] = []
+        """(packet id, topic) of each QoS 1 PUBLISH, as the broker sent them."""
+        self.pubacks: list[int] = []
+        """Packet id of each PUBACK, as ingest sent them."""
+        self.url = ""
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> Tap:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        self.url = f"mqtt://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.broker.port)
+        try:
+            await asyncio.gather(
+                self._pipe(reader, up_writer, self._from_ingest),
+                self._pipe(up_reader, writer, self._from_broker),
+            )
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            for w in (writer, up_writer):
+                w.close()
+
+    @staticmethod
+    async def _pipe(
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        packet: Callable[[int, int, bytes], None],
+    ) -> None:
+        buffer = bytearray()
+        while data := await reader.read(65536):
+            buffer += data
+            while True:  # every complete packet in the buffer
+                length, multiplier, i = 0, 1, 1
+                while i < len(buffer) and i <= 4:
+                    length += (buffer[i] & 0x7F) * multiplier
+                    multiplier *= 128
+                    i += 1
+                    if not buffer[i - 1] & 0x80:
+                        break
+                else:
+                    break
+                if len(buffer) < i + length:
+                    break
+                packet(buffer[0] >> 4, buffer[0] & 0x0F, bytes(buffer[i : i + length]))
+                del buffer[: i + length]
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    def _from_broker(self, kind: int, flags: int, body: bytes) -> None:
+        if kind == 3 and (flags >> 1) & 3 == 1:
+            size = int.from_bytes(body[:2], "big")
+            pid = int.from_bytes(body[2 + size : 4 + size], "big")
+            self.publishes.append((pid, body[2 : 2 + size].decode()))
+
+    def _from_ingest(self, kind: int, flags: int, body: bytes) -> None:
+        if kind == 4:
+            self.pubacks.append(int.from_bytes(body[:2], "big"))
+
+
+class GatedIngest(Ingest):
+    """The real Ingest, except that handling a payload listed in :attr:`gates` first waits
+    for its event: a message made slow on purpose, so that the ones behind it finish first."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.gates: dict[bytes, asyncio.Event] = {}
+        self.waiting: set[bytes] = set()
+
+    async def handle(self, topic_name: str, payload: bytes, *, retained: bool = False) -> None:
+        gate = self.gates.get(payload)
+        if gate is not None:
+            self.waiting.add(payload)
+            await gate.wait()
+            self.waiting.discard(payload)
+        await super().handle(topic_name, payload, retained=retained)
+
+
+async def test_messages_overlap_but_acks_and_each_runs_order_do_not(
+    broker: Mosquitto, db: aioredis.Redis, pub: aiomqtt.Client
+) -> None:
+    """A slow message of run A: the other runs' messages behind it are stored meanwhile (they
+    overlap), A's next message is not (a run's messages keep their order), and no PUBACK
+    leaves before A's, which goes first (PUBACKs in the order of the PUBLISHes)."""
+    for run in ("run-a", "run-b", "run-c"):
+        await dispatch(db, run)
+    records = agent_records(samples(100))
+    a_first = agent_batch("run-a", records[:50])
+    # Seq 5 again with another value: whichever of A's messages is handled first keeps it.
+    a_second = agent_batch("run-a", [dict(records[5], results=[0.5, 0.5]), *records[50:]])
+    others = [
+        (samples_topic(AGENT, BOARD, run), agent_batch(run, records[i : i + 20]))
+        for i in range(0, 100, 20)
+        for run in ("run-b", "run-c")
+    ]
+    a_topic = samples_topic(AGENT, BOARD, "run-a")
+    async with Tap(broker) as tap, serving(broker, broker_url=tap.url, make=GatedIngest) as ing:
+        assert isinstance(ing, GatedIngest)
+        gate = ing.gates[a_first] = asyncio.Event()
+        await pub.publish(a_topic, a_first, qos=1)
+        await eventually(lambda: a_first in ing.waiting, "A's first message in hand")
+        await publish_all(pub, [(a_topic, a_second), *others])
+        await counted(ing, accepted_samples=200, accepted_sample_batch=10)
+        for run in ("run-b", "run-c"):
+            assert await db.hlen(keys.run_samples(run)) == 100
+        assert await db.hlen(keys.run_samples("run-a")) == 0  # A's second one waits
+        await asyncio.sleep(0.3)  # the PUBACKs of what is stored would be on the wire by now
+        assert tap.pubacks == []
+        assert len(tap.publishes) == 12
+
+        gate.set()
+        await counted(ing, accepted_samples=300, accepted_sample_batch=12, conflicting_samples=1)
+        await eventually(lambda: len(tap.pubacks) == 12, "every PUBACK")
+        assert tap.pubacks == [pid for pid, _ in tap.publishes]
+        assert tap.publishes[0][1] == a_topic
+    stored = await db.hgetall(keys.run_samples("run-a"))
+    assert len(stored) == 100
+    assert json.loads(stored["5"])["results"] == records[5]["results"]  # the first one's
+    assert await db.hget(keys.run("run-a"), "done") == "100"
+
+
+async def test_duplicates_and_conflicts_are_told_apart_across_runs_at_once(
+    ingest: Ingest, db: aioredis.Redis, pub: aiomqtt.Client
+) -> None:
+    """Four runs' batches interleaved (handled concurrently): replays (byte-equal), the same
+    samples through the model (equal JSON, other bytes: 1.0 for 1) and changed values, each
+    counted once as what it is, and the first value of every seq kept."""
+    runs = [f"run-mix{i}" for i in range(4)]
+    for run in runs:
+        await dispatch(db, run)
+    records = agent_records(samples(120))
+    model = [json.loads(SampleRecord.model_validate(r).model_dump_json()) for r in records[100:]]
+    assert any(isinstance(r["latency_us"], float) for r in model)
+    changed = [dict(r, label=r["label"] + 1) for r in records[:3]]
+
+    def batches(run: str) -> list[bytes]:
+        return [
+            agent_batch(run, records[:60]),
+            agent_batch(run, records[40:100]),  # 20 replayed
+            agent_batch(run, records[100:]),
+            agent_batch(run, model),  # 20 equal by value, not by bytes
+            agent_batch(run, [*changed, records[3]]),  # 3 conflicts, 1 replayed
+        ]
+
+    # Interleaved run by run, as an agent's outbox sends its boards' batches.
+    messages = [
+        (samples_topic(AGENT, BOARD, run), batch)
+        for group in zip(*(batches(run) for run in runs), strict=True)
+        for run, batch in zip(runs, group, strict=True)
+    ]
+    await publish_all(pub, messages)
+    await counted(
+        ingest,
+        accepted_samples=4 * 120,
+        accepted_sample_batch=4 * 5,
+        duplicate_samples=4 * (20 + 20 + 1),
+        conflicting_samples=4 * 3,
+    )
+    counters = await db.hgetall(keys.INGEST_COUNTERS)
+    assert counters["accepted_samples"] == str(4 * 120)
+    assert counters["duplicate_samples"] == str(4 * 41)
+    assert counters["conflicting_samples"] == str(4 * 3)
+    for run in runs:
+        stored = await db.hgetall(keys.run_samples(run))
+        assert len(stored) == 120
+        assert await db.hget(keys.run(run), "done") == "120"
+        assert [json.loads(stored[str(s)])["label"] for s in range(3)] == [
+            r["label"] for r in records[:3]
+        ]
+        assert sample_digest(json.loads(v) for v in stored.values()) == sample_digest(records)
 
 
 # -- run events ---------------------------------------------------------------------------------
@@ -808,6 +1008,50 @@ async def test_a_redis_outage_loses_nothing_even_if_ingest_stops_during_it(
         db = aioredis.Redis.from_url(server.url, decode_responses=True)
         assert await db.hlen(keys.run_samples(run)) == 60
         assert await db.hget(keys.run(run), "done") == "60"
+    finally:
+        await db.aclose()
+        await server.stop()
+
+
+async def test_messages_in_hand_during_a_redis_outage_are_acked_only_once_stored(
+    broker: Mosquitto, pub: aiomqtt.Client, tmp_path: Path
+) -> None:
+    """Several runs' messages arrive while Redis is down: handled concurrently, retried, none
+    acknowledged; once Redis is back every one is stored, and only then acknowledged, in the
+    order received."""
+    server = PrivateRedis(tmp_path)
+    await server.start()
+    db = aioredis.Redis.from_url(server.url, decode_responses=True)
+    runs = [f"run-out{i}" for i in range(3)]
+    records = agent_records(samples(40))
+    try:
+        for run in runs:
+            await dispatch(db, run)
+        async with (
+            Tap(broker) as tap,
+            serving(broker, redis_url=server.url, broker_url=tap.url) as running,
+        ):
+            await server.stop()
+            await publish_all(
+                pub,
+                [
+                    (samples_topic(AGENT, BOARD, run), agent_batch(run, records[i : i + 20]))
+                    for i in (0, 20)
+                    for run in runs
+                ],
+            )
+            await eventually(lambda: len(tap.publishes) == 6, "the six messages delivered")
+            await eventually(lambda: running.counters["redis_retries"] >= 6, "retries")
+            assert tap.pubacks == []
+            await server.start()
+            await counted(running, accepted_samples=120, accepted_sample_batch=6)
+            await eventually(lambda: len(tap.pubacks) == 6, "the PUBACKs")
+            assert tap.pubacks == [pid for pid, _ in tap.publishes]
+            assert running.counters["rejected_internal"] == 0
+        await db.aclose()  # its connection died with the server
+        db = aioredis.Redis.from_url(server.url, decode_responses=True)
+        for run in runs:
+            assert await db.hlen(keys.run_samples(run)) == 40
     finally:
         await db.aclose()
         await server.stop()
