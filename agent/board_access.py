@@ -218,9 +218,10 @@ class BoardAccess:
         )
         await self.wait_for_ports()
         seconds = loop.time() - started
-        # The new image talks at its model's default rate, not the old one's: tried first,
-        # the old rate would cost the next check a whole resync timeout (ad01 runs at 921600,
-        # the others at 115200).
+        # The new image talks at its model's default rate, not the old one's: tried before
+        # it (after a rate the board's config sets, an operator's override), the old rate
+        # would cost the next check a whole resync timeout (ad01 runs at 921600, the others
+        # at 115200).
         known = MODELS.get(model)
         self.last_baud = known.default_baud if known is not None else None
         log.info(

@@ -150,7 +150,7 @@ class DemoFarm:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGKILL)
                 process.wait(5)
-            # An RQ work-horse lives in its own process group: make sure none is left.
+            # Whatever a service left in its process group: make sure none is left.
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(process.pid, signal.SIGKILL)
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import aiomqtt
 import redis
+from rq.timeouts import JobTimeoutException
 
 from controller import keys
 from controller.estimate import estimate_run_s
@@ -143,6 +144,11 @@ class RunJob:
                     attempts,
                     outcome.reason,
                 )
+        except JobTimeoutException:
+            # RQ's backstop ran out (SIGALRM inside the job): the run ends here, failed, and
+            # the agent stops it; otherwise RQ would retry a run the board is still running.
+            self._cancel_at_agent("rq-timeout")
+            return self._finish("failed", "RQ's job timeout ran out before the run ended")
         except (SystemExit, KeyboardInterrupt):
             # RQ's cold shutdown raises SystemExit in the job (the worker runs it itself): the
             # run is left as a killed worker leaves it, still active, and the board given
@@ -345,6 +351,17 @@ class RunJob:
         return Outcome("completed")
 
     # -- helpers --------------------------------------------------------------------------------
+
+    def _cancel_at_agent(self, why: str) -> None:
+        """Tell the run's agent to stop it, if the broker takes the command (best effort)."""
+        run = get_run(self.client, self.run_id)
+        if not run.get("agent"):
+            return
+        cancel = CancelCommand(id=f"{self.run_id}-{why}", type="cancel", run=self.run_id)
+        try:
+            self._publish(command_topic(run["agent"]), cancel.dumps())
+        except BrokerUnavailable as exc:
+            log.warning("event=cancel_not_sent run=%s error=%r", self.run_id, str(exc))
 
     def _publish(self, topic: str, payload: bytes) -> None:
         """Publish one command at QoS 1 (``BrokerUnavailable`` if the broker cannot take it)."""

@@ -17,6 +17,7 @@ import redis
 from rq import Queue
 from rq.job import Job
 from rq.registry import StartedJobRegistry
+from rq.utils import now as rq_now
 
 from controller import keys
 from controller.store import LEASE_TTL_S, fail_reason, get_run, set_run
@@ -42,6 +43,8 @@ def reap(client: redis.Redis, rq_client: redis.Redis) -> list[str]:
         dispatched = float(run.get("dispatched_at") or 0)
         if time.time() - dispatched < LEASE_TTL_S:
             continue
+        if _executing_soon(rq_client, run.get("job", "")):
+            continue
         if not client.srem(keys.RUNS_ACTIVE, run_id):
             continue  # another reaper got there first
         reaped.append(run_id)
@@ -54,13 +57,32 @@ def reap(client: redis.Redis, rq_client: redis.Redis) -> list[str]:
     return reaped
 
 
+def _executing_soon(rq_client: redis.Redis, job_id: str) -> bool:
+    """Whether RQ itself has the run's job in hand: waiting to run again (RQ's own retry, e.g.
+    after a cold shutdown interrupted it), or started so recently that it may still be taking
+    the lease. Expiring such a job would start a second execution of the run beside it."""
+    try:
+        job = Job.fetch(job_id, connection=rq_client)
+    except Exception:
+        return False
+    status = job.get_status()
+    if status in ("queued", "scheduled", "deferred"):
+        return True
+    started = job.started_at
+    return (
+        status == "started"
+        and started is not None
+        and (rq_now() - started).total_seconds() < LEASE_TTL_S
+    )
+
+
 def _expire_job(rq_client: redis.Redis, job_id: str) -> None:
     try:
         job = Job.fetch(job_id, connection=rq_client)
     except Exception:
         return
     if job.get_status() != "started":
-        return  # RQ already handled it (a work-horse death its worker saw)
+        return  # RQ already handled it
     registry = StartedJobRegistry(queue=Queue(job.origin, connection=rq_client))
     for member in rq_client.zrange(registry.key, 0, -1):
         text = member.decode() if isinstance(member, bytes) else member
@@ -107,4 +129,7 @@ class Reaper:
             return reap(self.client, self.rq_client)
         except redis.RedisError as exc:
             log.warning("event=reaper_redis_error error=%r", str(exc))
+            return []
+        except Exception:  # a bug here must not take the workers' supervisor down
+            log.exception("event=reaper_failed")
             return []

@@ -270,7 +270,8 @@ def _enqueue(
     spec: SweepSpec,
 ) -> None:
     """Queue the run's job behind the board's previous one."""
-    from controller.jobs import execute_run  # the job function; imported late (RQ pickles a path)
+    # The job function; imported late (RQ pickles a path).
+    from controller.jobs import MAX_ATTEMPTS, execute_run
 
     tail_key = keys.board_tail(run.board)
     tail = client.get(tail_key)
@@ -288,8 +289,10 @@ def _enqueue(
         run_id,
         job_id=f"run-{run_id}",
         depends_on=depends,
-        # RQ's own limit is only the backstop: the job times the run from the wire model.
-        job_timeout=int(estimate * 4 + 1800),
+        # RQ's own limit is only the backstop, twice the job's own deadlines: each dispatch
+        # is timed from the wire model (2 x the estimate, longer while the agent's ETA says
+        # so), up to MAX_ATTEMPTS of them; a job that runs out all the same fails its run.
+        job_timeout=int(estimate * 4 * MAX_ATTEMPTS + 1800),
         retry=Retry(max=JOB_RETRIES),
         result_ttl=7 * 86400,
         failure_ttl=7 * 86400,

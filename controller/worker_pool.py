@@ -50,6 +50,8 @@ TICK_S = 0.5
 JOB_MODULES = ("controller.jobs", "controller.reaper", "rq")
 #: What scoring a run imports (``farm.scoring.accuracy.roc_auc`` imports the last two late).
 SCORING_MODULES = ("controller.results", "numpy", "sklearn.metrics")
+#: The signals that stop the pool (and, passed on, each worker).
+_STOPS = frozenset({signal.SIGTERM, signal.SIGINT})
 #: Linux's ``PR_SET_PDEATHSIG``: a worker gets SIGTERM (a warm shutdown) if the supervisor dies.
 _PR_SET_PDEATHSIG = 1
 
@@ -114,9 +116,7 @@ class WorkerPool:
     def run(self) -> int:
         """Supervise until every worker has exited (SIGTERM/SIGINT: a warm shutdown of all,
         a second one a cold one); the exit status (non-zero if a worker failed in burst)."""
-        previous = {
-            sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
-        }
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in _STOPS}
         try:
             for slot in self.slots:
                 self._spawn(slot)
@@ -196,31 +196,54 @@ class WorkerPool:
 
     def _spawn(self, slot: _Slot) -> None:
         slot.restart_at = None
+        if self._stopping is not None:
+            return
         name = None
         if self.name:
             name = f"{self.name}-{slot.index}"
             if slot.generation:
                 name += f".{slot.generation}"
-        slot.generation += 1
         parent = os.getpid()
-        pid = os.fork()
+        # A stop signal waits until both sides know who they are: the supervisor the child's
+        # pid (to pass the stop on), the child its own handlers (not the supervisor's).
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOPS)
+            slot.failures += 1
+            delay = min(60.0, 0.5 * 2**slot.failures)
+            slot.restart_at = time.monotonic() + delay
+            log.error(
+                "event=worker_fork_failed slot=%d error=%r retry_in_s=%.1f",
+                slot.index,
+                str(exc),
+                delay,
+            )
+            return
         if pid:
             slot.pid, slot.started = pid, time.monotonic()
+            slot.generation += 1
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOPS)
             return
         code = 1
         try:
+            for sig in _STOPS:
+                signal.signal(sig, signal.SIG_DFL)  # RQ installs its own in work()
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOPS)
             code = self._worker(name, parent)
         except BaseException:
             log.exception("event=worker_crashed slot=%d", slot.index)
         finally:
-            logging.shutdown()
-            os._exit(code)
+            # Never back into the supervisor's loop, whatever a late signal raises here.
+            try:
+                logging.shutdown()
+            finally:
+                os._exit(code)
 
     def _worker(self, name: str | None, parent: int) -> int:
         """The body of a forked worker: its own Redis connection and RQ's work loop."""
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, signal.SIG_DFL)  # RQ installs its own in work()
-        with contextlib.suppress(OSError, AttributeError):
+        with contextlib.suppress(OSError, AttributeError):  # Linux only
             ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
         if os.getppid() != parent:
             return 0  # the supervisor died before the line above took effect

@@ -100,7 +100,7 @@ def worker(
     from controller.sweeps import QUEUE_ORDER
     from controller.worker_pool import WorkerPool, preload
 
-    # The forked work-horses read the locations from the environment.
+    # The forked workers' jobs read the locations from the environment.
     os.environ["FARM_REDIS_URL"] = settings.redis_url
     os.environ["FARM_MQTT_URL"] = settings.broker_url
     os.environ["FARM_RESULTS_DIR"] = str(settings.results)

@@ -75,7 +75,7 @@ class ControllerLab:
         self.agents[agent] = proc
 
     async def start_controller(self, workers: int = 2) -> None:
-        """Ingest and ``workers`` RQ workers."""
+        """Ingest and ``workers`` RQ workers (none: :meth:`add_workers` later)."""
         self.ingest = Proc(
             # Fewer messages at once than the default: the option reaches the process.
             ["--log-level", "info", "controller", "ingest", "--concurrency", "4"],
@@ -83,7 +83,8 @@ class ControllerLab:
             env=self.env,
         )
         await self.ingest.start()
-        await self.add_workers(workers)
+        if workers:
+            await self.add_workers(workers)
 
     async def add_workers(self, count: int) -> None:
         """Start one more ``farm controller worker`` with ``count`` RQ worker processes."""

@@ -17,6 +17,7 @@ import pytest
 import redis
 from rq.job import Job
 
+from farm.sim.config import DEFAULT_MEDIAN_S, DEFAULT_QUALITY
 from farm.wire import wire_time
 from tests.integration.controller_lab import REDIS_URL, ControllerLab, start_controller_lab
 from tests.integration.farm_procs import descendants, wait_until
@@ -28,6 +29,41 @@ IC_BOARDS = """\
 - {id: ic-1, model: ic01, quality: 0.7, latency: {median_s: 0.004, spread: 0}}
 - {id: ic-2, model: ic01, quality: 0.9, latency: {median_s: 0.006, spread: 0}}
 """
+#: Another agent's: one more ic01 board, and a kws01 board that gets flashed with ic01 (then
+#: it runs at the simulator's ic01 defaults: 40 ms, quality 0.87, and still spread 0).
+MIXED_BOARDS = """\
+- {id: kws-3, model: kws01, latency: {median_s: 0.002, spread: 0}}
+- {id: ic-4, model: ic01, quality: 0.8, latency: {median_s: 0.005, spread: 0}}
+"""
+#: Each board's ground truth for ic01 on a 10-file dataset: inference s, top-1 % (a board of
+#: quality q answers round(q * n) of n files right).
+IC_TRUTH = {
+    "ic-1": (0.004, 70.0),
+    "ic-2": (0.006, 90.0),
+    "kws-3": (DEFAULT_MEDIAN_S["ic01"], round(DEFAULT_QUALITY["ic01"] * 10) * 10.0),
+    "ic-4": (0.005, 80.0),
+}
+
+
+def interleaved_commands(transcript: Path) -> list[float]:
+    """When the host sent the DUT anything while a command of its was still unanswered (every
+    reply ends with ``m-ready``): two runs at once on one board would interleave so."""
+    found: list[float] = []
+    waiting, replied = False, ""
+    for line in transcript.read_text().splitlines():
+        record = json.loads(line)
+        data = bytes.fromhex(record["hex"]).decode("latin-1")
+        if record["dir"] == "rx":
+            for char in data:
+                if waiting:
+                    found.append(record["t"])
+                waiting = waiting or char == "%"
+            replied = ""
+        else:
+            replied = (replied + data)[-16:]
+            if replied.endswith("m-ready\r\n"):
+                waiting = False
+    return found
 
 
 @pytest.fixture
@@ -41,9 +77,9 @@ async def lab(tmp_path: Path) -> AsyncIterator[ControllerLab]:
 
 async def test_submit_ic_on_every_board_gives_the_ground_truth(lab: ControllerLab) -> None:
     await lab.add_agent("pi-a", IC_BOARDS)
-    await lab.add_agent("pi-b", "- {id: kws-3, model: kws01, latency: {median_s: 0.002}}\n")
-    await lab.start_controller(workers=2)
-    await lab.boards_ready(["ic-1", "ic-2", "kws-3"])
+    await lab.add_agent("pi-b", MIXED_BOARDS)
+    await lab.start_controller(workers=4)
+    await lab.boards_ready(list(IC_TRUTH))
 
     _, out, _ = await lab.farm(
         "submit",
@@ -61,26 +97,24 @@ async def test_submit_ic_on_every_board_gives_the_ground_truth(lab: ControllerLa
     submitted = json.loads(out)
     assert lab.ingest is not None and "concurrency=4" in lab.ingest.output()
     # The kws board holds other firmware and has an ic01 image: it is flashed, not skipped.
-    assert len(submitted["runs"]) == 6 and submitted["skipped"] == []
+    assert len(submitted["runs"]) == 8 and submitted["skipped"] == []
     _, out, _ = await lab.farm("show", submitted["sweep"], "--json")
     report = json.loads(out)
     runs = {(r["board"], r["mode"]): r for r in report["runs"]}
     assert all(r["state"] == "completed" for r in runs.values()), runs
-    # Accuracy: a simulated board with quality q answers round(q * n) of n files right.
-    # (in percent, as the official runner prints it)
-    assert runs[("ic-1", "accuracy")]["summary"]["top1"] == pytest.approx(70.0)
-    assert runs[("ic-2", "accuracy")]["summary"]["top1"] == pytest.approx(90.0)
-    # Performance: a fixed 4 ms / 6 ms inference. As on the reference port, each window also
-    # holds the print of its first lap line (its wire time at 115200 baud), so window k's
-    # throughput is N / (N * t + print_k): the median over the five must match exactly.
-    for board, per_s in (("ic-1", 0.004), ("ic-2", 0.006)):
+    for board, (per_s, top1) in IC_TRUTH.items():
+        # Accuracy, in percent as the official runner prints it.
+        assert runs[(board, "accuracy")]["summary"]["top1"] == pytest.approx(top1), board
+        # Performance: a fixed inference time. As on the reference port, each window also
+        # holds the print of its first lap line (its wire time at 115200 baud), so window k's
+        # throughput is N / (N * t + print_k): the median over the five must match exactly.
         summary = runs[(board, "performance")]["summary"]
         lines = (Path(summary["artifacts"]) / "samples.jsonl").read_text().splitlines()
         expected = []
         for record in map(json.loads, lines):
             printing = round(wire_time(len(f"m-lap-us-{record['start_us']}\r\n"), 115200) * 1e6)
             elapsed_us = record["count"] * round(per_s * 1e6) + printing
-            assert record["elapsed_us"] == elapsed_us
+            assert record["elapsed_us"] == elapsed_us, board
             expected.append(record["count"] / (elapsed_us / 1e6))
         assert summary["throughput_ips"] == pytest.approx(statistics.median(expected), rel=1e-9)
         assert summary["latency_ms"] == pytest.approx(1000 / statistics.median(expected))
@@ -92,8 +126,15 @@ async def test_submit_ic_on_every_board_gives_the_ground_truth(lab: ControllerLa
     _, table, _ = await lab.farm("show", submitted["sweep"])
     assert "70.0% (85.0%) BELOW" in table and "90.0% (85.0%) ok" in table
 
-    # Never two runs at once on one board: each board's runs follow one another.
-    for board in ("ic-1", "ic-2", "kws-3"):
+    # Never two runs at once on one board, seen by the boards themselves: every command on a
+    # DUT's line waited for the reply to the one before.
+    for agent, board in [("pi-a", "ic-1"), ("pi-a", "ic-2"), ("pi-b", "kws-3"), ("pi-b", "ic-4")]:
+        transcript = lab.dir / f"sim-{agent}" / board / "dut.transcript.jsonl"
+        text = transcript.read_text()
+        assert "infer 1 0%" in text and "db load" in text  # the runs went through it
+        assert interleaved_commands(transcript) == [], board
+    # Each board's runs follow one another in Redis too.
+    for board in IC_TRUTH:
         spans = sorted(
             (
                 float(lab.redis.hget(f"farm:run:{r['id']}", "dispatched_at")),
@@ -106,7 +147,7 @@ async def test_submit_ic_on_every_board_gives_the_ground_truth(lab: ControllerLa
     # ... and the chain, not the lease, kept them apart: no worker picked up a board's next
     # job before its previous one ended (a worker waiting on a lease would show overlap).
     rq_client = redis.Redis.from_url(REDIS_URL)
-    for board in ("ic-1", "ic-2", "kws-3"):
+    for board in IC_TRUTH:
         jobs = sorted(
             (
                 Job.fetch(f"run-{r['id']}", connection=rq_client)
@@ -119,7 +160,7 @@ async def test_submit_ic_on_every_board_gives_the_ground_truth(lab: ControllerLa
     # farm status shows the boards and the queues.
     _, out, _ = await lab.farm("status", "--json")
     status = json.loads(out)
-    assert set(status["boards"]) == {"ic-1", "ic-2", "kws-3"}
+    assert set(status["boards"]) == set(IC_TRUTH)
     assert status["boards"]["kws-3"]["model"] == "ic01"  # it was flashed
 
 
@@ -217,6 +258,47 @@ async def test_a_cold_shutdown_mid_run_leaves_the_run_to_the_next_worker(
     assert lab.redis.sismember("farm:runs:active", run_id)  # still the reaper's to see
     await lab.add_workers(1)
     await resumed_run(lab, run_id, stored_before)
+
+
+async def test_a_run_that_outlasts_rqs_job_timeout_fails_and_is_stopped(
+    lab: ControllerLab,
+) -> None:
+    """RQ's job timeout is a backstop (SIGALRM inside the job): when it runs out the run
+    fails with that reason, the board is told to stop, and RQ does not start it again."""
+    await lab.add_agent("pi-a", "- {id: kws-1, model: kws01, latency: {median_s: 0.002}}\n")
+    await lab.start_controller(workers=0)
+    await lab.boards_ready(["kws-1"])
+    options = json.dumps({"min_queries": 1, "min_duration_s": 3600})
+    _, out, _ = await lab.farm(
+        "submit", "--benchmark", "kws", "--mode", "latency", "--options", options, "--json"
+    )
+    run_id = json.loads(out)["runs"][0]
+    # Queued with RQ's timeout sized for an hour's run; cut it to 3 s before a worker runs it.
+    assert lab.redis.hset(f"rq:job:run-{run_id}", "timeout", 3) == 0
+    await lab.add_workers(1)
+    await wait_until(
+        lambda: lab.redis.hget(f"farm:run:{run_id}", "state") in ("completed", "failed"),
+        60,
+        "the run ends",
+    )
+    run = lab.redis.hgetall(f"farm:run:{run_id}")
+    assert run["state"] == "failed" and "job timeout" in run["reason"], run
+    # The agent took the cancel (its `cancelled` event comes after the run closed: rejected).
+    await wait_until(lambda: cancel_acked(lab, f"{run_id}-rq-timeout"), 30, "the cancel's ack")
+    await lab.boards_ready(["kws-1"])
+    await asyncio.sleep(3)  # RQ would have retried at once
+    assert lab.redis.hget(f"farm:run:{run_id}", "attempts") == "1"
+    assert Job.fetch(f"run-{run_id}", connection=redis.Redis.from_url(REDIS_URL)).is_finished
+
+
+def cancel_acked(lab: ControllerLab, command_id: str) -> bool:
+    """Whether an agent acknowledged the command ``command_id`` as done."""
+    for agent in lab.agents:
+        for raw in lab.redis.lrange(f"farm:agent:{agent}:acks", 0, -1):
+            ack = json.loads(raw)
+            if ack.get("command") == command_id and ack.get("outcome") == "done":
+                return True
+    return False
 
 
 async def test_an_agent_lost_mid_run_fails_its_run_and_the_others_finish(
