@@ -44,7 +44,10 @@ persistence until its member subscribes again, and messages published in that ga
 ingest (a plain subscription, ``share=False``, is restored and queues them).
 
 Redis writes are idempotent, so a message handled twice (redelivered after a crash between
-storing and acknowledging) changes no data; only counters may count it twice (as duplicates).
+storing and acknowledging, or a store retried after its reply was lost) changes no data;
+only counters may count it twice: ``accepted_sample_batch`` again and its samples as
+duplicates (and the latency histogram, which sees only newly stored samples, then misses
+them).
 
 Completion is not decided here: the worker compares the stored samples with the agent's
 ``done`` (count and digest).
@@ -507,7 +510,7 @@ class _InOrder:
         self,
         limit: int,
         handle: Callable[[aiomqtt.Message], Awaitable[None]],
-        ack: Callable[[aiomqtt.Message], None],
+        ack: Callable[[int, int], None],
     ) -> None:
         self._slots = asyncio.Semaphore(limit)
         self._handle = handle
@@ -515,7 +518,8 @@ class _InOrder:
         self._tails: dict[str, asyncio.Task[None]] = {}
         """Key -> the task of its latest message (the next one of the key waits for it)."""
         self._unacked: deque[list[Any]] = deque()
-        """``[message, handled]`` of every QoS 1 message not acknowledged yet, as received."""
+        """``[mid, qos, handled]`` of every QoS 1 message not acknowledged yet, as received
+        (not the message: a handled payload of megabytes must not wait for the acks)."""
         self._tasks: set[asyncio.Task[None]] = set()
         self._open = True
 
@@ -525,7 +529,7 @@ class _InOrder:
         await self._slots.acquire()
         entry = None
         if message.qos > 0:
-            entry = [message, False]
+            entry = [message.mid, message.qos, False]
             self._unacked.append(entry)
         previous = self._tails.get(key)
         task = asyncio.get_running_loop().create_task(self._run(key, previous, message, entry))
@@ -551,11 +555,11 @@ class _InOrder:
                 # rejected_internal: one message must not hold back every acknowledgement.
                 log.exception("event=message_failed topic=%r", str(message.topic)[:200])
             if entry is not None:
-                entry[1] = True
-                while self._unacked and self._unacked[0][1]:
-                    handled = self._unacked.popleft()[0]
+                entry[2] = True
+                while self._unacked and self._unacked[0][2]:
+                    mid, qos, _ = self._unacked.popleft()
                     if self._open:
-                        self._ack(handled)
+                        self._ack(mid, qos)
         finally:
             self._slots.release()
             if self._tails.get(key) is asyncio.current_task():
@@ -581,13 +585,18 @@ class _InOrder:
 
 
 def _order_key(topic_name: str) -> str:
-    """What a message must keep its order within: its run (samples and events of one run),
-    else its agent (statuses, heartbeats, command acks), else its topic (rejected anyway)."""
+    """What a message must keep its order within: its run (samples and events of one run);
+    every agent's and board's status together (a board's status is judged against other
+    agents' states and statuses: a board moving to another agent must see the old one's
+    offline first); else its agent (heartbeats, command acks), else its topic (rejected
+    anyway)."""
     topic = parse_topic(topic_name)
     if topic is None:
         return f"topic:{topic_name}"
     if topic.run is not None:
         return f"run:{topic.run}"
+    if topic.kind in ("status", "board_status"):
+        return "statuses"
     return f"agent:{topic.agent}"
 
 
@@ -754,13 +763,13 @@ class Ingest:
         if dropped:
             log.info("event=queue_discarded messages=%d why=broker_resends_unacked", dropped)
 
-    def _ack(self, message: aiomqtt.Message) -> None:
-        if self._paho is None or message.qos == 0:
+    def _ack(self, mid: int, qos: int) -> None:
+        if self._paho is None or qos == 0:
             return
-        rc = self._paho.ack(message.mid, message.qos)
+        rc = self._paho.ack(mid, qos)
         if rc != 0:
             # Connection gone: the broker resends the message on the next connection.
-            log.debug("event=ack_failed mid=%d rc=%s", message.mid, rc)
+            log.debug("event=ack_failed mid=%d rc=%s", mid, rc)
 
     # -- one message ----------------------------------------------------------------------------
 
