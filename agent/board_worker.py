@@ -517,7 +517,9 @@ class BoardWorker:
     def _baud(self, job: RunCommand, identity: Identity) -> int | None:
         if job.mode == "energy":
             return self.cfg.baud.energy
-        return self.cfg.baud.performance or identity.baud
+        # The rate the DUT answered this run's health check at: a configured rate describes
+        # the board's own firmware, and a flashed image of another model may talk at another.
+        return identity.baud or self.cfg.baud.performance
 
     def _runner(
         self, job: RunCommand, request: RunRequest, bench: Benchmark, inputs: list[Any]

@@ -276,6 +276,26 @@ async def test_after_a_flash_the_board_is_asked_at_the_new_images_rate(tmp_path:
         await stop_lab(lab)
 
 
+async def test_a_board_configured_fast_runs_a_flashed_model_at_its_rate(tmp_path: Path) -> None:
+    """A board whose config sets 921600 baud for its own firmware (as `farm demo --quick`
+    does) is flashed with a model whose image talks at 115200: the run must use the rate the
+    board answered the health check at, not the configured one."""
+    lab = await start_lab(
+        tmp_path, f"- {{id: kws-q, model: kws01, baud: 921600, latency: {json.dumps(FAST)}}}\n"
+    )
+    try:
+        assert (await lab.idle("kws-q"))["model"] == "kws01"
+        await lab.run("r-vww", "kws-q", "vww01", "accuracy", options={"limit": 2})
+        done = await lab.finished("r-vww", within=60)
+        assert done["event"] == "done", done
+        assert lab.observer.event("r-vww", "started")["model"] == "vww01"
+        # And back: its own firmware at the configured rate again.
+        await lab.run("r-kws", "kws-q", "kws01", "accuracy", options={"limit": 2})
+        assert (await lab.finished("r-kws", within=60))["event"] == "done"
+    finally:
+        await stop_lab(lab)
+
+
 async def test_broker_restart_mid_run_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     lab = await start_lab(tmp_path, f"- {{id: kws-a, model: kws01, latency: {json.dumps(FAST)}}}\n")
     try:
