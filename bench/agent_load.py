@@ -57,7 +57,6 @@ import inspect
 import json
 import os
 import random
-import signal
 import socket
 import statistics
 import sys
@@ -73,6 +72,7 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
+from harness import run_bench
 from serial_link import _SPEEDS, commands_for, floor_run, open_raw
 
 from agent.config import BrokerConfig
@@ -1071,9 +1071,6 @@ def report_ceiling(rows: list[CeilingRow]) -> None:
 
 
 async def amain(args: argparse.Namespace) -> int:
-    task = asyncio.current_task()
-    assert task is not None
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     load0 = os.getloadavg()
     fleet_res = None
     ceiling_rows = None
@@ -1180,12 +1177,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.boards < 1 or args.samples < 1:
         parser.error("--boards and --samples must be positive")
-    try:
-        return asyncio.run(amain(args))
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        # Ctrl-C or SIGTERM: every process started was stopped on the way out.
-        print("interrupted", file=sys.stderr)
-        return 130
+    return run_bench(amain(args))
 
 
 if __name__ == "__main__":

@@ -72,6 +72,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.integratio
 import aiomqtt
 import redis
 import redis.asyncio as aioredis
+from harness import run_bench
 
 from agent.outbox import WINDOW
 from controller import keys
@@ -593,9 +594,6 @@ def report(passes: list[Pass], inproc: dict[str, Any], args: argparse.Namespace)
 
 
 async def amain(args: argparse.Namespace) -> int:
-    task = asyncio.current_task()
-    assert task is not None
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     load0 = os.getloadavg()
     started = time.monotonic()
     client = redis.Redis.from_url(args.redis, decode_responses=True)
@@ -682,11 +680,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if min(args.runs, args.agents, args.batches, args.repeat) < 1 or args.agents > args.runs:
         parser.error("--runs, --agents, --batches, --repeat must be >= 1 and agents <= runs")
-    try:
-        return asyncio.run(amain(args))
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        print("interrupted", file=sys.stderr)
-        return 130
+    return run_bench(amain(args))
 
 
 if __name__ == "__main__":

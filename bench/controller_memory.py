@@ -49,16 +49,22 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.integration.farm_procs
 
 import redis
+from harness import run_bench
 
-from tests.integration.farm_procs import Mosquitto, Proc, descendants
+from tests.integration.farm_procs import (
+    Mosquitto,
+    Proc,
+    boards_idle_and_healthy,
+    descendants,
+    wait_until,
+)
 
 DEFAULT_REDIS = "redis://127.0.0.1:6379/11"
 HZ = os.sysconf("SC_CLK_TCK")
@@ -123,17 +129,6 @@ def boards_yaml(boards: Iterable[tuple[str, str, float]]) -> str:
             f"  - {{id: {board}, model: {model}, latency: {{median_s: {median_s}, spread: 0}}}}"
         )
     return "\n".join(lines) + "\n"
-
-
-async def wait_until(predicate: Callable[[], Any], within: float, what: str) -> Any:
-    give_up = time.monotonic() + within
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > give_up:
-            raise RuntimeError(f"timed out after {within:.0f} s waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 async def end(proc: Proc, grace_s: float) -> None:
@@ -251,17 +246,11 @@ class Farm:
         return sum(1 for key in self.client.smembers("rq:workers") if key.startswith(prefix))
 
     async def boards_ready(self, boards: list[str], within: float) -> None:
-        def ready() -> bool:
-            for board in boards:
-                raw = self.client.hget(f"farm:board:{board}", "status")
-                if not raw:
-                    return False
-                status = json.loads(raw)
-                if status["state"] != "idle" or status["health"] != "good":
-                    return False
-            return True
-
-        await wait_until(ready, within, f"{len(boards)} boards idle and healthy")
+        await wait_until(
+            lambda: boards_idle_and_healthy(self.client, boards),
+            within,
+            f"{len(boards)} boards idle and healthy",
+        )
 
     async def farm(self, *args: str) -> str:
         """A client command (``farm ARGS``); its stdout, or an error with its stderr."""
@@ -503,9 +492,6 @@ def report(phases: list[Phase], args: argparse.Namespace) -> None:
 
 
 async def amain(args: argparse.Namespace) -> int:
-    task = asyncio.current_task()
-    assert task is not None
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     load0 = loadavg()
     started = time.monotonic()
     total = max(args.counts)
@@ -555,11 +541,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if min(args.counts) < 1:
         parser.error("--counts must be positive")
-    try:
-        return asyncio.run(amain(args))
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        print("interrupted: everything started was stopped", file=sys.stderr)
-        return 130
+    return run_bench(amain(args))
 
 
 if __name__ == "__main__":

@@ -56,7 +56,6 @@ import asyncio
 import itertools
 import json
 import os
-import signal
 import statistics
 import sys
 import tempfile
@@ -68,6 +67,7 @@ from pathlib import Path
 from typing import Any
 
 from controller_memory import DEFAULT_REDIS, Farm, boards_yaml, leftovers, loadavg, wait_until
+from harness import run_bench
 from serial_link import commands_for
 
 from farm.catalog import get_benchmark
@@ -511,9 +511,6 @@ def report(result: dict[str, Any]) -> None:
 
 
 async def amain(args: argparse.Namespace) -> int:
-    task = asyncio.current_task()
-    assert task is not None
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     started = time.monotonic()
     if args.workdir:
         args.workdir.mkdir(parents=True, exist_ok=True)
@@ -543,11 +540,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--redis", default=DEFAULT_REDIS, help="Redis DB to use (FLUSHED)")
     args = parser.parse_args(argv)
-    try:
-        return asyncio.run(amain(args))
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        print("interrupted: everything started was stopped", file=sys.stderr)
-        return 130
+    return run_bench(amain(args))
 
 
 if __name__ == "__main__":

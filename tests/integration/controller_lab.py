@@ -5,7 +5,6 @@ RQ worker processes (`farm controller worker`), and the client commands."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import sys
 import textwrap
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import redis
 
-from tests.integration.farm_procs import Mosquitto, Proc, wait_until
+from tests.integration.farm_procs import Mosquitto, Proc, boards_idle_and_healthy, wait_until
 
 #: The controller tests' Redis database (flushed by each lab).
 REDIS_URL = "redis://127.0.0.1:6379/13"
@@ -108,18 +107,11 @@ class ControllerLab:
 
     async def boards_ready(self, boards: list[str], within: float = 60) -> None:
         """Wait until ingest knows every board, checked and idle."""
-
-        def ready() -> bool:
-            for board in boards:
-                raw = self.redis.hget(f"farm:board:{board}", "status")
-                if not raw:
-                    return False
-                status = json.loads(raw)
-                if status["state"] != "idle" or status["health"] != "good":
-                    return False
-            return True
-
-        await wait_until(ready, within, f"boards {boards} idle and healthy")
+        await wait_until(
+            lambda: boards_idle_and_healthy(self.redis, boards),
+            within,
+            f"boards {boards} idle and healthy",
+        )
 
     async def farm(self, *args: str, check: bool = True) -> tuple[int, str, str]:
         """Run a client command (``farm ARGS``); return (status, stdout, stderr)."""

@@ -45,6 +45,19 @@ async def wait_until(predicate: Callable[[], object], within: float, what: str) 
         await asyncio.sleep(0.05)
 
 
+def boards_idle_and_healthy(client: Any, boards: list[str]) -> bool:
+    """Whether ingest has stored every board's status, and each says idle with good health
+    (``client``: a redis-py client decoding responses)."""
+    for board in boards:
+        raw = client.hget(f"farm:board:{board}", "status")
+        if not raw:
+            return False
+        status = json.loads(raw)
+        if status["state"] != "idle" or status["health"] != "good":
+            return False
+    return True
+
+
 class Mosquitto:
     """A mosquitto on its own port with persistence (sessions and queued QoS 1 messages
     survive a restart, as in a real deployment) and raised queue limits (PLATFORM.md)."""
