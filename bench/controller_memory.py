@@ -63,6 +63,7 @@ from tests.integration.farm_procs import (
     Proc,
     boards_idle_and_healthy,
     descendants,
+    farm_command,
     wait_until,
 )
 
@@ -254,19 +255,10 @@ class Farm:
 
     async def farm(self, *args: str) -> str:
         """A client command (``farm ARGS``); its stdout, or an error with its stderr."""
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "farm.cli",
-            *args,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env={**os.environ, **self.env, "COLUMNS": "300"},
-        )
-        out, errs = await asyncio.wait_for(process.communicate(), 300)
-        if process.returncode:
-            raise RuntimeError(f"farm {' '.join(args)} exited {process.returncode}: {errs!r}")
-        return out.decode()
+        code, out, errs = await farm_command(args, self.env, 300)
+        if code:
+            raise RuntimeError(f"farm {' '.join(args)} exited {code}: {errs!r}")
+        return out
 
     def run_states(self, runs: Iterable[str]) -> dict[str, str]:
         with self.client.pipeline() as pipe:

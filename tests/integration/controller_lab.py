@@ -4,16 +4,20 @@ RQ worker processes (`farm controller worker`), and the client commands."""
 
 from __future__ import annotations
 
-import asyncio
 import os
-import sys
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
 
-from tests.integration.farm_procs import Mosquitto, Proc, boards_idle_and_healthy, wait_until
+from tests.integration.farm_procs import (
+    Mosquitto,
+    Proc,
+    boards_idle_and_healthy,
+    farm_command,
+    wait_until,
+)
 
 #: The controller tests' Redis database (flushed by each lab).
 REDIS_URL = "redis://127.0.0.1:6379/13"
@@ -115,23 +119,10 @@ class ControllerLab:
 
     async def farm(self, *args: str, check: bool = True) -> tuple[int, str, str]:
         """Run a client command (``farm ARGS``); return (status, stdout, stderr)."""
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "farm.cli",
-            *args,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            # Wide enough that rich does not wrap the results table.
-            env={**os.environ, **self.env, "COLUMNS": "300"},
-        )
-        out, errs = await asyncio.wait_for(process.communicate(), 600)
-        code = process.returncode or 0
+        code, out, errs = await farm_command(args, self.env, 600)
         if check and code != 0:
-            raise AssertionError(
-                f"farm {' '.join(args)} exited {code}:\n{errs.decode()}\n{self.logs()}"
-            )
-        return code, out.decode(), errs.decode()
+            raise AssertionError(f"farm {' '.join(args)} exited {code}:\n{errs}\n{self.logs()}")
+        return code, out, errs
 
     def logs(self) -> str:
         """The tail of every process log, for a failing assertion."""

@@ -45,6 +45,30 @@ async def wait_until(predicate: Callable[[], object], within: float, what: str) 
         await asyncio.sleep(0.05)
 
 
+async def farm_command(
+    args: list[str] | tuple[str, ...], env: dict[str, str], within: float
+) -> tuple[int, str, str]:
+    """Run a client command (``python -m farm.cli ARGS``) with ``env`` over the environment,
+    wide enough that rich does not wrap a table; (status, stdout, stderr)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "farm.cli",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **env, "COLUMNS": "300"},
+    )
+    try:
+        async with asyncio.timeout(within):
+            out, errs = await process.communicate()
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise
+    return process.returncode or 0, out.decode(), errs.decode()
+
+
 def boards_idle_and_healthy(client: Any, boards: list[str]) -> bool:
     """Whether ingest has stored every board's status, and each says idle with good health
     (``client``: a redis-py client decoding responses)."""

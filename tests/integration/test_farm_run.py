@@ -52,6 +52,7 @@ from farm.sim.latency import ComputeRecord
 from farm.sim.server import SimBoard, SimFarm
 from farm.sim.transcript import read_transcript
 from farm.synthetic import AD_BLOCK, ad_score, decode_input, encode_input, simulated_output
+from tests.integration.farm_procs import farm_command
 
 # -- the official checker's patterns (MEASUREMENT.md §2.1, paraphrase turned into regexes) ---
 
@@ -1018,25 +1019,7 @@ async def test_energy_ad01_subset_with_limit(sim: SimFactory, tmp_path: Path) ->
 async def farm_cli(*args: str, limit_s: float = 60) -> tuple[int, str, str]:
     """``python -m farm.cli ARGS`` as a subprocess, while this event loop keeps the
     simulated boards running."""
-    env = {**os.environ, "COLUMNS": "300", "NO_COLOR": "1", "TERM": "dumb"}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "farm.cli",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-    )
-    try:
-        async with asyncio.timeout(limit_s):
-            out, err = await proc.communicate()
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    return await farm_command(args, {"NO_COLOR": "1", "TERM": "dumb"}, limit_s)
 
 
 def received(sim_dir: Path, board_id: str) -> bytes:
