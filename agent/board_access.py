@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,11 +19,12 @@ from agent.dut_client import DirectChannel, DutClient
 from agent.interface_client import InterfaceClient
 from agent.lpm01a_client import Lpm01aClient
 from agent.serial_link import SerialLink
+from farm.logs import get_logger
 from farm.models import ENERGY_BAUD, MODELS
 from farm.protocol.interface import HOST_BAUD as INTERFACE_BAUD
 from farm.protocol.lpm01a import HOST_BAUD as MONITOR_BAUD
 
-log = logging.getLogger("agent.board_access")
+log = get_logger("agent.board_access")
 
 #: An ST-LINK re-enumerates in 1-3 s after a reset or a flash; allow a slow USB hub too.
 REENUMERATION_S = 10.0
@@ -141,12 +141,7 @@ class BoardAccess:
                 return identity
             except Exception as exc:  # the next baud may be the right one
                 problems.append(f"{baud} baud: {exc}")
-                log.info(
-                    "event=identify_no_answer board=%s baud=%d error=%r",
-                    self.cfg.id,
-                    baud,
-                    str(exc),
-                )
+                log.info("identify_no_answer", board=self.cfg.id, baud=baud, error=str(exc))
             finally:
                 await link.close()
         raise BoardUnavailable("; ".join(problems))
@@ -195,7 +190,7 @@ class BoardAccess:
             await self._command(method.command, ports, POWER_COMMAND_TIMEOUT_S, "power-cycle")
             done = f"command {method.command.split()[0]}"
         await self.wait_for_ports()
-        log.info("event=power_cycled board=%s how=%r", self.cfg.id, done)
+        log.info("power_cycled", board=self.cfg.id, how=done)
         return done
 
     def image(self, model: str, build: str) -> Path | None:
@@ -224,9 +219,7 @@ class BoardAccess:
         # at 115200).
         known = MODELS.get(model)
         self.last_baud = known.default_baud if known is not None else None
-        log.info(
-            "event=flashed board=%s model=%s build=%s s=%.2f", self.cfg.id, model, build, seconds
-        )
+        log.info("flashed", board=self.cfg.id, model=model, build=build, s=seconds)
         return seconds
 
     async def _command(

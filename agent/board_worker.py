@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from agent.outbox import Outbox, SampleBatcher
 from agent.runner import Runner, RunSettings
 from agent.serial_link import SerialLinkError
 from farm.catalog import Benchmark
+from farm.logs import get_logger
 from farm.messages import (
     Accepted,
     BoardStatus,
@@ -49,7 +49,7 @@ from farm.messages import (
     run_events_topic,
 )
 
-log = logging.getLogger("agent.board_worker")
+log = get_logger("agent.board_worker")
 
 Job = RunCommand | FlashCommand | PowerCycleCommand | HealthCheckCommand
 #: Progress events at most this often (samples themselves stream continuously).
@@ -196,7 +196,7 @@ class BoardWorker:
                 await self._cancelled_late(queued)
             except Exception as exc:
                 # A bug must cost one job, never the agent and its other boards.
-                log.exception("event=job_crashed board=%s", self.id)
+                log.exception("job_crashed", board=self.id)
                 self.last_error = f"internal error: {type(exc).__name__}: {exc}"
                 self.health.failed(self.last_error)
                 await self._crashed(queued, self.last_error)
@@ -286,17 +286,17 @@ class BoardWorker:
                 self.state = "offline"
             (self.health.check_failed if explicit else self.health.failed)(reason)
             self.last_error = reason
-            log.warning("event=health_check_failed board=%s reason=%r", self.id, reason)
+            log.warning("health_check_failed", board=self.id, reason=reason)
             self._publish_status()
             return None
         if self.state == "offline":
             self.state = "idle"
         self.health.passed()
         log.info(
-            "event=health_check_passed board=%s model=%s build=%s",
-            self.id,
-            self.identity.model,
-            self.identity.build,
+            "health_check_passed",
+            board=self.id,
+            model=self.identity.model,
+            build=self.identity.build,
         )
         self._publish_status()
         return self.identity
@@ -461,9 +461,7 @@ class BoardWorker:
         self.last_error = reason
         if health:
             self.health.failed(reason)
-        log.warning(
-            "event=run_failed board=%s run=%s kind=%s reason=%r", self.id, job.run, kind, reason
-        )
+        log.warning("run_failed", board=self.id, run=job.run, kind=kind, reason=reason)
         await self._event(
             job, Failed, kind=kind, reason=reason, count=tally.count, last_seq=tally.last
         )
@@ -594,7 +592,7 @@ class BoardWorker:
                 await dut.resync()
                 return dut
             except Exception as resync_exc:  # the next remedy is a power cycle
-                log.warning("event=resync_failed board=%s error=%r", self.id, str(resync_exc))
+                log.warning("resync_failed", board=self.id, error=str(resync_exc))
         if links is not None:
             await links.close()
             self._links = None

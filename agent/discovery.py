@@ -11,7 +11,6 @@ next to the USB devices, so the same config and the same code serve both.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 from collections.abc import Sequence
@@ -21,9 +20,10 @@ from pathlib import Path
 import yaml
 
 from agent.config import BoardConfig, Match, Role
+from farm.logs import get_logger
 from farm.sim.config import DUT_USB, INTERFACE_USB, MONITOR_USB
 
-log = logging.getLogger("agent.discovery")
+log = get_logger("agent.discovery")
 
 BY_ID = Path("/dev/serial/by-id")
 
@@ -176,7 +176,7 @@ def sim_ports(boards_json: Path) -> list[PortInfo]:
                 if entry is None:
                     continue
                 if not os.path.exists(entry["path"]):
-                    log.info("event=sim_device_absent board=%s role=%s", board["id"], role)
+                    log.info("sim_device_absent", board=board["id"], role=role)
                     continue
                 usb = entry["usb"]
                 ports.append(

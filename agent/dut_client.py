@@ -4,7 +4,6 @@ interface board's passthrough), with every wait bounded by the wire-time model."
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -12,11 +11,12 @@ from typing import Protocol, TypeVar
 
 from agent.errors import DeviceCommandError, DeviceReset, DeviceTimeout, GarbledReply, ResyncFailed
 from agent.serial_link import SerialLink
+from farm.logs import get_logger
 from farm.models import ModelSpec, results_well_formed
 from farm.protocol import dut
 from farm.wire import WireModel
 
-log = logging.getLogger("agent.dut_client")
+log = get_logger("agent.dut_client")
 
 #: Bytes per ``db`` chunk on a direct link: 62 hex digits, a 65-character command, as the
 #: official runner sends (38 would still fit the 80-character buffer).
@@ -136,7 +136,7 @@ class DirectChannel:
             if stale:
                 # Output nobody asked for (a boot banner, a late line): not part of this reply.
                 self.host.feed(stale)
-                log.info("event=unsolicited port=%s bytes=%d", self.port, len(stale))
+                log.info("unsolicited", port=self.port, bytes=len(stale))
             loop = asyncio.get_running_loop()
             done: asyncio.Future[dut.Reply] = loop.create_future()
             pending = iter(commands)

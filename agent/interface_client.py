@@ -13,13 +13,13 @@ from a real reply except by its content, so the repair is :meth:`InterfaceClient
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 from collections.abc import Callable, Sequence
 
 from agent.dut_client import DutClient, drain_until_idle
 from agent.errors import DeviceTimeout, GarbledReply, ResyncFailed
 from agent.serial_link import SerialLink
+from farm.logs import get_logger
 from farm.models import ModelSpec
 from farm.protocol import dut
 from farm.protocol.interface import (
@@ -38,7 +38,7 @@ from farm.protocol.interface import (
 )
 from farm.wire import WireModel
 
-log = logging.getLogger("agent.interface_client")
+log = get_logger("agent.interface_client")
 
 #: Bytes per ``db`` chunk through the board: 52 hex digits, as the official runner sends.
 PASSTHROUGH_CHUNK = 26
@@ -176,7 +176,7 @@ class InterfaceClient:
             except InterfaceDesyncError as exc:
                 self.host.reset()
                 raise InterfaceDesync(f"{self.port}: {exc}; resync the link", exc.line) from exc
-            log.info("event=interface_unwedged port=%s", self.port)
+            log.info("interface_unwedged", port=self.port)
 
     async def _exchange(
         self, command: str, dut_command: str | None, deadline_s: float
@@ -186,7 +186,7 @@ class InterfaceClient:
             if stale:
                 # Output nobody asked for (the late end of an abandoned reply): not part of
                 # this one. Fed so that a wedged board's final m-ready is noticed.
-                log.info("event=unsolicited port=%s bytes=%d", self.port, len(stale))
+                log.info("unsolicited", port=self.port, bytes=len(stale))
                 try:
                     self.host.feed(stale)
                 except InterfaceDesyncError:
@@ -195,12 +195,7 @@ class InterfaceClient:
                 data = self.host.send(command)
             else:
                 data = self.host.send_passthrough(dut_command)
-            log.debug(
-                "event=interface_send port=%s command=%r timeout_s=%.3f",
-                self.port,
-                command,
-                deadline_s,
-            )
+            log.debug("interface_send", port=self.port, command=command, timeout_s=deadline_s)
             self.link.write(data)
             received = 0
             garbled = False
@@ -254,12 +249,7 @@ class InterfaceClient:
         if echoed != baud:
             raise GarbledReply(f"{self.port}: setbaud {baud} answered {reply.events!r}")
         self.dut_baud = effective_baud(baud)
-        log.info(
-            "event=interface_setbaud port=%s baud=%d reset_s=%.3f",
-            self.port,
-            self.dut_baud,
-            self.reset_s,
-        )
+        log.info("interface_setbaud", port=self.port, baud=self.dut_baud, reset_s=self.reset_s)
         await asyncio.sleep(self.reset_s)
         self.link.discard_input()
         self.host.reset()
@@ -270,7 +260,7 @@ class InterfaceClient:
             except DeviceTimeout:
                 if attempt == _VERIFY_ATTEMPTS:
                     raise
-                log.info("event=interface_reset_slow port=%s attempt=%d", self.port, attempt)
+                log.info("interface_reset_slow", port=self.port, attempt=attempt)
 
     async def resync(self) -> None:
         """Bring board and DUT link back to a known state: drain, ``setbaud`` to the current
@@ -303,7 +293,7 @@ class InterfaceClient:
                 ) from exc
             events = [dut.classify(line) for line in reply.dut_lines]
             if any(isinstance(e, dut.Name) for e in events):
-                log.info("event=interface_resynced port=%s", self.port)
+                log.info("interface_resynced", port=self.port)
                 return
             last = GarbledReply(f"{self.port}: 'dut name' answered {reply.dut_lines!r}")
         raise ResyncFailed(f"{self.port}: DUT reply to 'name' after resync: {last}")
@@ -349,7 +339,7 @@ class PassthroughChannel:
             self.needs_resync = True
             raise
         if reply.wedged:
-            log.warning("event=interface_wedged port=%s command=%r", self.port, command)
+            log.warning("interface_wedged", port=self.port, command=command)
         return dut.Reply(command, tuple(dut.classify(line) for line in reply.dut_lines))
 
     async def exchange_each(

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -43,7 +42,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-log = logging.getLogger("agent.journal")
+from farm.logs import get_logger
+
+log = get_logger("agent.journal")
 
 SCHEMA_VERSION = 1
 
@@ -427,13 +428,12 @@ class Journal:
         journal._backlog_bytes = opened.backlog_bytes
         journal._newest_pending = opened.newest_pending
         log.info(
-            "event=journal_open path=%s backlog_count=%d backlog_bytes=%d runs_in_flight=%d "
-            "file_bytes=%d",
-            path,
-            opened.backlog_count,
-            opened.backlog_bytes,
-            opened.runs_in_flight,
-            journal.file_bytes(),
+            "journal_open",
+            path=path,
+            backlog_count=opened.backlog_count,
+            backlog_bytes=opened.backlog_bytes,
+            runs_in_flight=opened.runs_in_flight,
+            file_bytes=journal.file_bytes(),
         )
         journal._update_space()
         return journal
@@ -454,10 +454,10 @@ class Journal:
         if sizes is not None:
             self._log_compaction(*sizes)
         log.info(
-            "event=journal_close path=%s backlog_count=%d backlog_bytes=%d",
-            self.path,
-            self._backlog_count,
-            self._backlog_bytes,
+            "journal_close",
+            path=self.path,
+            backlog_count=self._backlog_count,
+            backlog_bytes=self._backlog_bytes,
         )
 
     # -- outbox -------------------------------------------------------------------------------
@@ -632,25 +632,20 @@ class Journal:
         if full and self._space.is_set():
             self._space.clear()
             log.warning(
-                "event=journal_full path=%s backlog_count=%d backlog_bytes=%d max_bytes=%d",
-                self.path,
-                self._backlog_count,
-                self._backlog_bytes,
-                self.max_bytes,
+                "journal_full",
+                path=self.path,
+                backlog_count=self._backlog_count,
+                backlog_bytes=self._backlog_bytes,
+                max_bytes=self.max_bytes,
             )
         elif not full and not self._space.is_set():
             self._space.set()
             log.info(
-                "event=journal_space path=%s backlog_count=%d backlog_bytes=%d",
-                self.path,
-                self._backlog_count,
-                self._backlog_bytes,
+                "journal_space",
+                path=self.path,
+                backlog_count=self._backlog_count,
+                backlog_bytes=self._backlog_bytes,
             )
 
     def _log_compaction(self, before: int, after: int) -> None:
-        log.info(
-            "event=journal_compact path=%s bytes_before=%d bytes_after=%d",
-            self.path,
-            before,
-            after,
-        )
+        log.info("journal_compact", path=self.path, bytes_before=before, bytes_after=after)

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import math
 from dataclasses import dataclass
 from types import TracebackType
 
 from agent.errors import DeviceCommandError, DeviceTimeout, GarbledReply
 from agent.serial_link import LinkLost, SerialLink
+from farm.logs import get_logger
 from farm.protocol.errors import LocalProtocolError, RemoteProtocolError
 from farm.protocol.lines import text
 from farm.protocol.lpm01a import (
@@ -48,7 +48,7 @@ from farm.protocol.lpm01a import (
 )
 from farm.wire import WireModel
 
-log = logging.getLogger("agent.lpm01a_client")
+log = get_logger("agent.lpm01a_client")
 
 #: What the stream yields: data lines, and the end of an acquisition.
 StreamItem = Samples | TimeStamp | Event | AcquisitionCompleted
@@ -286,10 +286,10 @@ class Lpm01aClient:
                 self._pending = None
         if reply.stray:
             log.info(
-                "event=lpm01a_stray port=%s command=%r lines=%r",
-                self.port,
-                command,
-                [text(e.line) for e in reply.stray],
+                "lpm01a_stray",
+                port=self.port,
+                command=command,
+                lines=[text(e.line) for e in reply.stray],
             )
         if not reply.ok:
             raise DeviceCommandError(self.port, command, _error_text(reply))
@@ -440,12 +440,12 @@ class Lpm01aClient:
                     self._route(event)
                 self._settle()
         except LinkLost as exc:
-            log.warning("event=lpm01a_link_lost port=%s error=%s", self.port, exc)
+            log.warning("lpm01a_link_lost", port=self.port, error=exc)
             self._shutdown(exc)
         except Exception as exc:
             # A bug must not leave commands waiting on a reader that is gone: fail them now,
             # loudly, with the cause.
-            log.exception("event=lpm01a_reader_failed port=%s", self.port)
+            log.exception("lpm01a_reader_failed", port=self.port)
             self._shutdown(LinkLost(self.port, f"reader failed: {type(exc).__name__}: {exc}"))
 
     def _route(self, event: LpmEvent) -> None:
@@ -453,24 +453,21 @@ class Lpm01aClient:
             try:
                 self._capture.add(event)
             except RemoteProtocolError as exc:
-                log.warning("event=lpm01a_event_gap port=%s error=%s", self.port, exc)
+                log.warning("lpm01a_event_gap", port=self.port, error=exc)
                 self._capture_error = self._capture_error or exc
             if isinstance(event, Event):
                 self._window_events += 1
                 self._event_arrived.set()
             for view in list(self._streams):
                 if not view._put(event):
-                    log.warning("event=lpm01a_stream_overflow port=%s", self.port)
+                    log.warning("lpm01a_stream_overflow", port=self.port)
                     self._unsubscribe(view)
             if not isinstance(event, AcquisitionCompleted):
                 return
         if isinstance(event, Malformed):
             self._malformed += 1
             log.warning(
-                "event=lpm01a_malformed port=%s reason=%s line=%r",
-                self.port,
-                event.reason,
-                event.line[:80],
+                "lpm01a_malformed", port=self.port, reason=event.reason, line=event.line[:80]
             )
         self._message_bytes += len(event.line) + 1
 
@@ -482,7 +479,7 @@ class Lpm01aClient:
             if future is not None and not future.done():
                 future.set_result(reply)
             else:
-                log.info("event=lpm01a_late_reply port=%s command=%r", self.port, reply.command)
+                log.info("lpm01a_late_reply", port=self.port, command=reply.command)
         if self._host.state is LpmState.AWAIT_DETAIL:
             if self._detail_timer is None:
                 loop = asyncio.get_running_loop()

@@ -5,7 +5,6 @@ the benchmark and mode, the dataset (every file and size), and the model the DUT
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,12 +16,13 @@ from agent.runner import Mode, Progress, Runner, RunSettings
 from agent.serial_link import SerialLink
 from farm.catalog import Benchmark, BenchmarkError, get_benchmark
 from farm.datasets import Dataset, DatasetError, InferenceInput, load_dataset
+from farm.logs import get_logger
 from farm.models import ENERGY_BAUD
 from farm.protocol.interface import HOST_BAUD as INTERFACE_BAUD
 from farm.protocol.lpm01a import HOST_BAUD as MONITOR_BAUD
 from farm.run_output import RunFolder
 
-log = logging.getLogger("agent.one_board")
+log = get_logger("agent.one_board")
 
 
 class RunInputError(Exception):

@@ -15,15 +15,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 from typing import Any
 
 import aiomqtt
 
 from agent.journal import Journal, OutboxEntry
+from farm.logs import get_logger
 from farm.messages import SCHEMA, samples_topic
 
-log = logging.getLogger("agent.outbox")
+log = get_logger("agent.outbox")
 
 #: Publishes in flight per connection: enough to fill the round trip; more costs aiomqtt
 #: per-publish overhead (PLATFORM.md: 50 concurrent beat 500).

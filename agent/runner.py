@@ -9,7 +9,6 @@ publishes them over MQTT).
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -20,12 +19,13 @@ from agent.dut_client import DutClient, InferResult
 from agent.errors import DeviceCommandError, DeviceTimeout
 from agent.lpm01a_client import Lpm01aClient, window_energy
 from agent.serial_link import SerialLinkError
+from farm.logs import get_logger
 from farm.protocol import dut as dut_proto
 from farm.protocol.errors import RemoteProtocolError
 from farm.sample import Sample
 from farm.wire import wire_time
 
-log = logging.getLogger("agent.runner")
+log = get_logger("agent.runner")
 
 Mode = Literal["performance", "accuracy", "energy", "latency"]
 MODES: tuple[Mode, ...] = ("performance", "accuracy", "energy", "latency")
@@ -206,7 +206,7 @@ class Runner:
             per = max(elapsed, 1) / n / 1e6
             n = min(n * 10, max(n + 1, math.ceil(self.settings.calibration_s / per)))
         self.info.count = size_count(n / (elapsed / 1e6), self.settings)
-        log.info("event=calibrated n=%d elapsed_us=%d count=%d", n, elapsed, self.info.count)
+        log.info("calibrated", n=n, elapsed_us=elapsed, count=self.info.count)
         return self.info.count
 
     async def _energy(self) -> AsyncIterator[Sample]:
@@ -315,10 +315,7 @@ class Runner:
                 if self.recover is None or failures > self.settings.retries:
                     raise
                 log.warning(
-                    "event=step_failed attempt=%d error=%s detail=%r",
-                    failures,
-                    type(exc).__name__,
-                    str(exc),
+                    "step_failed", attempt=failures, error=type(exc).__name__, detail=str(exc)
                 )
                 self._loaded = None
                 self.recoveries += 1

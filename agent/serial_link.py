@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import logging
 from collections.abc import Callable
 
 import serial
 import serial_asyncio_fast
 
+from farm.logs import get_logger
 from farm.wire import WireModel
 
-log = logging.getLogger("agent.serial_link")
+log = get_logger("agent.serial_link")
 
 
 class SerialLinkError(Exception):
@@ -111,7 +111,7 @@ class SerialLink:
         except (FileNotFoundError, OSError) as exc:
             raise _classify_open_error(self.port, exc) from exc
         self._transport = transport
-        log.info("event=serial_open port=%s baud=%d", self.port, self.baud)
+        log.info("serial_open", port=self.port, baud=self.baud)
 
     @property
     def is_open(self) -> bool:
@@ -192,8 +192,8 @@ class SerialLink:
             async with asyncio.timeout(WireModel(self.baud).margin_s):
                 await self._inbox.closed_event.wait()
         except TimeoutError:
-            log.warning("event=serial_close_slow port=%s", self.port)
-        log.info("event=serial_close port=%s", self.port)
+            log.warning("serial_close_slow", port=self.port)
+        log.info("serial_close", port=self.port)
 
 
 def _classify_open_error(port: str, exc: BaseException) -> SerialLinkError:

@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import functools
 import json
-import logging
 import signal
 import time
 from collections import Counter
@@ -34,6 +33,7 @@ from agent.mqtt_client import make_client
 from agent.outbox import WINDOW, Outbox
 from farm.backoff import Backoff
 from farm.catalog import BenchmarkError, get_benchmark
+from farm.logs import get_logger
 from farm.messages import (
     COMMAND_TYPES,
     COMMANDS,
@@ -57,7 +57,7 @@ from farm.messages import (
     run_events_topic,
 )
 
-log = logging.getLogger("agent.service")
+log = get_logger("agent.service")
 
 #: The agent's own entry among the retained statuses (board ids cannot start with "_").
 AGENT_KEY = "_agent"
@@ -118,11 +118,11 @@ class AgentService:
                     ack=self._ack,
                 )
             log.info(
-                "event=agent_started agent=%s boards=%d journal=%s backlog=%d",
-                self.agent,
-                len(self.workers),
-                journal_path,
-                self.journal.backlog_count,
+                "agent_started",
+                agent=self.agent,
+                boards=len(self.workers),
+                journal=journal_path,
+                backlog=self.journal.backlog_count,
             )
             async with asyncio.TaskGroup() as group:
                 for worker in self.workers.values():
@@ -130,7 +130,7 @@ class AgentService:
                 group.create_task(self._connection_loop(), name="mqtt")
         finally:
             await self.journal.close()
-            log.info("event=agent_stopped agent=%s", self.agent)
+            log.info("agent_stopped", agent=self.agent)
 
     async def _report_interrupted(self) -> None:
         """Runs the journal still holds were in flight when the agent last stopped."""
@@ -149,12 +149,7 @@ class AgentService:
             )
             await self.journal.run_finished(run.run)
             self.counters["runs_interrupted"] += 1
-            log.warning(
-                "event=run_interrupted run=%s board=%s last_seq=%s",
-                run.run,
-                run.board,
-                run.last_seq,
-            )
+            log.warning("run_interrupted", run=run.run, board=run.board, last_seq=run.last_seq)
 
     # -- MQTT -----------------------------------------------------------------------------------
 
@@ -174,7 +169,7 @@ class AgentService:
                 async with client:
                     connected_at = loop.time()
                     self.counters["connects"] += 1
-                    log.info("event=mqtt_connected broker=%s", self.config.broker.url)
+                    log.info("mqtt_connected", broker=self.config.broker.url)
                     await self._connected(client)
             except Exception as exc:
                 current = asyncio.current_task()
@@ -191,11 +186,11 @@ class AgentService:
                 delay = backoff.next_delay()
                 leaf = _leaf(exc)
                 log.warning(
-                    "event=mqtt_disconnected error=%r kind=%s retry_in_s=%.2f backlog=%d",
-                    str(leaf),
-                    type(leaf).__name__,
-                    delay,
-                    self.journal.backlog_count if self.journal else -1,
+                    "mqtt_disconnected",
+                    error=str(leaf),
+                    kind=type(leaf).__name__,
+                    retry_in_s=delay,
+                    backlog=self.journal.backlog_count if self.journal else -1,
                 )
                 await asyncio.sleep(delay)
 
@@ -295,7 +290,7 @@ class AgentService:
         self.counters[f"commands_rejected_{reason}"] += 1
         command_id = data.get("id") if isinstance(data, dict) else None
         kind = data.get("type") if isinstance(data, dict) else None
-        log.warning("event=command_rejected reason=%s id=%r detail=%r", reason, command_id, detail)
+        log.warning("command_rejected", reason=reason, id=command_id, detail=detail)
         await self._ack(
             CommandAck(
                 agent=self.agent,
@@ -312,7 +307,7 @@ class AgentService:
         try:
             await self._handle_command(payload)
         except Exception as exc:
-            log.exception("event=command_crashed")
+            log.exception("command_crashed")
             await self._reject("internal", f"{type(exc).__name__}: {exc}")
 
     async def _handle_command(self, payload: bytes) -> None:
@@ -364,7 +359,7 @@ class AgentService:
         assert self.journal is not None
         if isinstance(command, RefuseCommand):
             self.refused = command.reason
-            log.error("event=refused_by_controller reason=%r", command.reason)
+            log.error("refused_by_controller", reason=command.reason)
             await self.journal.record_command(command.id, "done")
             await self._ack(self._ack_for(command, "done"))
             await self._publish_agent_status()

@@ -23,7 +23,6 @@ Concurrent scrapes are serialised (one lock). When Redis cannot be read, the scr
 from __future__ import annotations
 
 import json
-import logging
 import math
 import signal
 import threading
@@ -56,8 +55,9 @@ from controller.metrics import (
 from controller.settings import Settings
 from controller.sweeps import QUEUE_ORDER
 from farm.catalog import BenchmarkError, get_benchmark
+from farm.logs import get_logger
 
-log = logging.getLogger("controller.exporter")
+log = get_logger("controller.exporter")
 
 BOARD_STATES = ("idle", "busy", "flashing", "offline")
 HEALTH_STATES = ("good", "unknown", "bad")
@@ -166,7 +166,7 @@ class FarmCollector:
                 families = self._read()
                 up = 1.0
             except (redis.RedisError, OSError) as exc:
-                log.warning("event=exporter_redis_error error=%r", str(exc))
+                log.warning("exporter_redis_error", error=str(exc))
                 families, up = [], 0.0
             self.last_duration_s = time.perf_counter() - started
         yield from families
@@ -481,14 +481,9 @@ def main(settings: Settings, *, addr: str = DEFAULT_ADDR, port: int = EXPORTER_P
     try:
         server, _thread = start_http_server(port, addr, registry=registry)
     except OSError as exc:
-        log.error("event=exporter_bind_failed addr=%s port=%d error=%r", addr, port, str(exc))
+        log.error("exporter_bind_failed", addr=addr, port=port, error=str(exc))
         return 2
-    log.info(
-        "event=exporter_serving addr=%s port=%d redis=%s",
-        addr,
-        server.server_port,
-        settings.redis_url,
-    )
+    log.info("exporter_serving", addr=addr, port=server.server_port, redis=settings.redis_url)
     stop = threading.Event()
     previous = {
         sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)
@@ -501,5 +496,5 @@ def main(settings: Settings, *, addr: str = DEFAULT_ADDR, port: int = EXPORTER_P
         server.shutdown()
         server.server_close()
         client.close()
-    log.info("event=exporter_stopped")
+    log.info("exporter_stopped")
     return 0

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
 import threading
 import time
@@ -46,6 +45,7 @@ from controller.store import (
     set_run,
 )
 from farm.catalog import get_benchmark
+from farm.logs import get_logger
 from farm.messages import (
     CancelCommand,
     Done,
@@ -55,7 +55,7 @@ from farm.messages import (
     sample_digest,
 )
 
-log = logging.getLogger("controller.jobs")
+log = get_logger("controller.jobs")
 
 POLL_S = 0.25
 MAX_ATTEMPTS = 3
@@ -107,7 +107,7 @@ class RunJob:
         """Lease, dispatch (again while retries are left), finish; always release."""
         run = get_run(self.client, self.run_id)
         if not run:
-            log.error("event=unknown_run run=%s", self.run_id)
+            log.error("unknown_run", run=self.run_id)
             return "unknown"
         if run["state"] in keys.TERMINAL:
             return run["state"]
@@ -138,12 +138,7 @@ class RunJob:
                 fail_reason(self.client, self.run_id, outcome.reason or "retry")
                 if attempts >= MAX_ATTEMPTS:
                     return self._finish("failed", f"{outcome.reason} (after {attempts} attempts)")
-                log.warning(
-                    "event=run_retry run=%s attempt=%d reason=%r",
-                    self.run_id,
-                    attempts,
-                    outcome.reason,
-                )
+                log.warning("run_retry", run=self.run_id, attempt=attempts, reason=outcome.reason)
         except JobTimeoutException:
             # RQ's backstop ran out (SIGALRM inside the job): the run ends here, failed, and
             # the agent stops it; otherwise RQ would retry a run the board is still running.
@@ -170,7 +165,7 @@ class RunJob:
                     self._lost.set()
                     return
             except redis.RedisError as exc:  # the next renewal may get through
-                log.warning("event=lease_renew_failed run=%s error=%r", self.run_id, str(exc))
+                log.warning("lease_renew_failed", run=self.run_id, error=str(exc))
 
     def _take_lease(self, board: str) -> Lease | None:
         # A lease left by a worker that died expires within one TTL: wait that long.
@@ -185,7 +180,7 @@ class RunJob:
         if reason is not None and state != "completed":
             fail_reason(self.client, self.run_id, reason)
         set_run(self.client, self.run_id, state=state, finished_at=time.time())
-        log.info("event=run_finished run=%s state=%s reason=%r", self.run_id, state, reason)
+        log.info("run_finished", run=self.run_id, state=state, reason=reason)
         self._close_sweep()
         return state
 
@@ -237,12 +232,12 @@ class RunJob:
         )
         estimate = estimate_run_s(bench, run["mode"], options)  # type: ignore[arg-type]
         log.info(
-            "event=run_dispatched run=%s board=%s attempt=%d stored=%d estimate_s=%.0f",
-            self.run_id,
-            run["board"],
-            attempt,
-            sum(b - a for a, b in stored),
-            estimate,
+            "run_dispatched",
+            run=self.run_id,
+            board=run["board"],
+            attempt=attempt,
+            stored=sum((b - a for a, b in stored)),
+            estimate_s=estimate,
         )
         return self._follow(run, command, estimate, {s for a, b in stored for s in range(a, b)})
 
@@ -361,7 +356,7 @@ class RunJob:
         try:
             self._publish(command_topic(run["agent"]), cancel.dumps())
         except BrokerUnavailable as exc:
-            log.warning("event=cancel_not_sent run=%s error=%r", self.run_id, str(exc))
+            log.warning("cancel_not_sent", run=self.run_id, error=str(exc))
 
     def _publish(self, topic: str, payload: bytes) -> None:
         """Publish one command at QoS 1 (``BrokerUnavailable`` if the broker cannot take it)."""

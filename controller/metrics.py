@@ -17,7 +17,6 @@ the exporter serves the totals over every ingest process, kept in Redis, under
 from __future__ import annotations
 
 import contextlib
-import logging
 import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -27,7 +26,9 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-log = logging.getLogger("controller.metrics")
+from farm.logs import get_logger
+
+log = get_logger("controller.metrics")
 
 #: Every label name a farm metric may carry. ``kind`` is an ingest message kind (six values),
 #: ``queue`` an RQ queue (three), ``quantile`` a latency percentile; ``label`` a sweep's label

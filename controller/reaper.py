@@ -10,7 +10,6 @@ already stored where the mode allows — or fails it and releases the board's ne
 
 from __future__ import annotations
 
-import logging
 import time
 
 import redis
@@ -22,8 +21,9 @@ from rq.utils import now as rq_now
 from controller import keys
 from controller.store import LEASE_TTL_S, fail_reason, get_run, set_run
 from controller.sweeps import QUEUE_ORDER
+from farm.logs import get_logger
 
-log = logging.getLogger("controller.reaper")
+log = get_logger("controller.reaper")
 
 #: How often the reaper looks.
 INTERVAL_S = 2.0
@@ -53,7 +53,7 @@ def reap(client: redis.Redis, rq_client: redis.Redis) -> list[str]:
         state = _job_state(rq_client, run.get("job", ""))
         if client.hget(keys.run(run_id), "state") not in keys.TERMINAL:
             set_run(client, run_id, state="queued" if state == "retry" else "failed")
-        log.warning("event=run_reaped run=%s board=%s rq=%s", run_id, run["board"], state)
+        log.warning("run_reaped", run=run_id, board=run["board"], rq=state)
     return reaped
 
 
@@ -128,8 +128,8 @@ class Reaper:
             self._next_reap = time.monotonic() + INTERVAL_S
             return reap(self.client, self.rq_client)
         except redis.RedisError as exc:
-            log.warning("event=reaper_redis_error error=%r", str(exc))
+            log.warning("reaper_redis_error", error=str(exc))
             return []
         except Exception:  # a bug here must not take the workers' supervisor down
-            log.exception("event=reaper_failed")
+            log.exception("reaper_failed")
             return []

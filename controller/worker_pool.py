@@ -39,7 +39,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 
-log = logging.getLogger("controller.worker_pool")
+from farm.logs import get_logger
+
+log = get_logger("controller.worker_pool")
 
 #: A worker that dies sooner than this after its start is restarted after a growing delay
 #: (a crash loop, e.g. Redis refusing connections, must not fork as fast as it can).
@@ -121,17 +123,17 @@ class WorkerPool:
             for slot in self.slots:
                 self._spawn(slot)
             log.info(
-                "event=worker_pool_started pid=%d processes=%d queues=%s",
-                os.getpid(),
-                len(self.slots),
-                ",".join(self.queues),
+                "worker_pool_started",
+                pid=os.getpid(),
+                processes=len(self.slots),
+                queues=",".join(self.queues),
             )
             self._supervise()
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         codes = [code for slot in self.slots for code in slot.exit_codes]
-        log.info("event=worker_pool_stopped exit_codes=%s", codes)
+        log.info("worker_pool_stopped", exit_codes=codes)
         return 1 if self.burst and any(codes) else 0
 
     def _supervise(self) -> None:
@@ -168,18 +170,18 @@ class WorkerPool:
             slot.exit_codes.append(code)
             lived = time.monotonic() - slot.started
             if self._stopping is not None or (self.burst and code == 0):
-                log.info("event=worker_exited slot=%d pid=%d code=%d", slot.index, pid, code)
+                log.info("worker_exited", slot=slot.index, pid=pid, code=code)
                 continue
             slot.failures = 0 if lived >= STABLE_S else slot.failures + 1
             delay = min(60.0, 0.5 * 2**slot.failures) if slot.failures else 0.0
             slot.restart_at = time.monotonic() + delay
             log.warning(
-                "event=worker_died slot=%d pid=%d code=%d lived_s=%.1f restart_in_s=%.1f",
-                slot.index,
-                pid,
-                code,
-                lived,
-                delay,
+                "worker_died",
+                slot=slot.index,
+                pid=pid,
+                code=code,
+                lived_s=lived,
+                restart_in_s=delay,
             )
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
@@ -214,12 +216,7 @@ class WorkerPool:
             slot.failures += 1
             delay = min(60.0, 0.5 * 2**slot.failures)
             slot.restart_at = time.monotonic() + delay
-            log.error(
-                "event=worker_fork_failed slot=%d error=%r retry_in_s=%.1f",
-                slot.index,
-                str(exc),
-                delay,
-            )
+            log.error("worker_fork_failed", slot=slot.index, error=str(exc), retry_in_s=delay)
             return
         if pid:
             slot.pid, slot.started = pid, time.monotonic()
@@ -233,7 +230,7 @@ class WorkerPool:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOPS)
             code = self._worker(name, parent)
         except BaseException:
-            log.exception("event=worker_crashed slot=%d", slot.index)
+            log.exception("worker_crashed", slot=slot.index)
         finally:
             # Never back into the supervisor's loop, whatever a late signal raises here.
             try:

@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import os
 import shlex
 import shutil
@@ -45,9 +44,10 @@ from typing import Annotated, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from farm.logs import get_logger
 from farm.sim.firmware import FirmwareImageError, FlashRefused, read_image
 
-log = logging.getLogger("farm.sim.control")
+log = get_logger("farm.sim.control")
 
 #: A request is a few hundred bytes; the bound leaves room for a PATH_MAX image path.
 MAX_REQUEST_BYTES = 16 * 1024
@@ -157,7 +157,7 @@ class ControlServer:
             await self._remove_files(None)
             raise
         self._path = path
-        log.info("event=control_listening path=%s", path)
+        log.info("control_listening", path=path)
 
     async def stop(self) -> None:
         """Stop listening, cancel every connection (and the flash or power cycle it runs),
@@ -174,7 +174,7 @@ class ControlServer:
         path, self._path = self._path, None
         if path is not None:
             await self._remove_files(path)
-            log.info("event=control_stopped path=%s", path)
+            log.info("control_stopped", path=path)
 
     async def _remove_files(self, path: Path | None) -> None:
         temp_dir, self._temp_dir = self._temp_dir, None
@@ -213,7 +213,7 @@ class ControlServer:
                     continue
                 await _send(writer, await self.handle(line))
         except ConnectionError as exc:
-            log.info("event=control_client_gone error=%r", exc)
+            log.info("control_client_gone", error=exc)
         finally:
             writer.close()
             with contextlib.suppress(ConnectionError):
@@ -230,10 +230,10 @@ class ControlServer:
             boards = [board.status() for board in self.boards.values()]
             return {"ok": True, "op": "status", "boards": boards}
         except (RequestError, FirmwareImageError, FlashRefused) as exc:
-            log.info("event=control_refused error=%r", str(exc))
+            log.info("control_refused", error=str(exc))
             return _error(str(exc))
         except Exception as exc:
-            log.exception("event=control_failed")
+            log.exception("control_failed")
             return _error(f"internal error: {type(exc).__name__}: {exc}")
 
     def _board(self, board_id: str) -> ControlledBoard:
@@ -258,12 +258,12 @@ class ControlServer:
         seconds = loop.time() - started
         await self.on_change()
         log.info(
-            "event=control_flashed board=%s model=%s build=%s image=%s seconds=%.3f",
-            request.board,
-            model,
-            build,
-            image,
-            seconds,
+            "control_flashed",
+            board=request.board,
+            model=model,
+            build=build,
+            image=image,
+            seconds=seconds,
         )
         return {
             "ok": True,
@@ -283,11 +283,11 @@ class ControlServer:
         seconds = loop.time() - started
         status = board.status()
         log.info(
-            "event=control_power_cycled board=%s off_s=%.3f boots=%s seconds=%.3f",
-            request.board,
-            off_s,
-            status["boots"],
-            seconds,
+            "control_power_cycled",
+            board=request.board,
+            off_s=off_s,
+            boots=status["boots"],
+            seconds=seconds,
         )
         return {
             "ok": True,
@@ -350,7 +350,7 @@ def socket_path(preferred: Path) -> tuple[Path, Path | None]:
         directory = Path(tempfile.mkdtemp(prefix="tinyfarm-", dir=base))
         path = directory / "control.sock"
         if len(os.fsencode(path)) <= MAX_SOCKET_PATH_BYTES:
-            log.info("event=control_path_fallback preferred=%s path=%s", preferred, path)
+            log.info("control_path_fallback", preferred=preferred, path=path)
             return path, directory
         directory.rmdir()
     raise OSError(f"no socket path short enough for AF_UNIX instead of {preferred}")

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import random
 from collections import deque
 from dataclasses import dataclass, field
 
+from farm.logs import get_logger
 from farm.models import ModelSpec
 from farm.protocol import dut_firmware as fw
 from farm.sim.faults import FaultPlan
@@ -21,7 +21,7 @@ from farm.sim.uart import Uart
 from farm.synthetic import simulated_output
 from farm.wire import wire_time
 
-log = logging.getLogger("farm.sim.dut")
+log = get_logger("farm.sim.dut")
 
 #: Ground-truth records a simulated DUT keeps (a full ad01 accuracy run is 48,608).
 RECORDS_KEPT = 100_000
@@ -149,7 +149,7 @@ class SimDut:
         self.boots += 1
         self.counter.restart(loop.time())
         self.uart.clear_input()
-        log.info("event=dut_boot board=%s build=%s boots=%d", self.board, self.build, self.boots)
+        log.info("dut_boot", board=self.board, build=self.build, boots=self.boots)
         await self._execute(self.firmware.boot(), frozenset())
         self.uart.clear_input()  # the firmware did not read its UART while it booted
         self.ready.set()
@@ -220,7 +220,7 @@ class SimDut:
                 case fw.EnableParser():
                     self.firmware.parser_enabled = True
                 case fw.Overflow(position):
-                    log.warning("event=dut_overflow board=%s position=%d", self.board, position)
+                    log.warning("dut_overflow", board=self.board, position=position)
         self.counter.settle(cursor, loop.time())
 
     def _line_noise(self, data: bytes) -> bytes:

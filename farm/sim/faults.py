@@ -8,14 +8,15 @@ Each fault is switchable per board and fires on a schedule: on commands whose ve
 
 from __future__ import annotations
 
-import logging
 import random
 from dataclasses import dataclass, field
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-log = logging.getLogger("farm.sim.faults")
+from farm.logs import get_logger
+
+log = get_logger("farm.sim.faults")
 
 FaultKind = Literal[
     "hang",  # stop responding until power-cycled or reset
@@ -120,9 +121,7 @@ class FaultPlan:
             armed.fired += 1
             fired.add(spec.kind)
             self.injected.append((spec.kind, command))
-            log.info(
-                "event=fault_injected board=%s kind=%s command=%r", self.board, spec.kind, command
-            )
+            log.info("fault_injected", board=self.board, kind=spec.kind, command=command)
         return fired
 
     def spec(self, kind: str) -> FaultSpec:

@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import random
 from collections.abc import Mapping
 
+from farm.logs import get_logger
 from farm.protocol.interface import (
     DEFAULT_DUT_BAUD,
     FirmwareAction,
@@ -47,7 +47,7 @@ from farm.sim.pacing import PortClosedError, framing_noise
 from farm.sim.uart import Uart
 from farm.sim.wire_pair import WireEnd
 
-log = logging.getLogger("farm.sim.interface")
+log = get_logger("farm.sim.interface")
 
 #: Capacity of each RX queue (host and DUT side) of the reference firmware.
 QUEUE_BYTES = 100
@@ -171,7 +171,7 @@ class SimInterface:
     async def _run(self, down_s: float) -> None:
         if down_s > 0:
             self.resets += 1
-            log.info("event=interface_reset board=%s down_s=%.3f", self.board, down_s)
+            log.info("interface_reset", board=self.board, down_s=down_s)
             await asyncio.sleep(down_s)
         # The UARTs were off during the reset: whatever reached them is gone.
         self._host.clear_input()
@@ -185,11 +185,11 @@ class SimInterface:
             self._dut_rx(), name=f"interface-rx-{self.board}"
         )
         self.ready.set()
-        log.info("event=interface_boot board=%s dut_baud=%d", self.board, self.dut_baud)
+        log.info("interface_boot", board=self.board, dut_baud=self.dut_baud)
         try:
             await self._cli()
         except PortClosedError:
-            log.info("event=interface_port_closed board=%s", self.board)
+            log.info("interface_port_closed", board=self.board)
 
     def _new_firmware(self) -> InterfaceFirmware:
         return InterfaceFirmware(
@@ -213,7 +213,7 @@ class SimInterface:
             fired = self.faults.draw(command)
             if "hang" in fired:
                 self._hung = True
-                log.warning("event=interface_hang board=%s command=%r", self.board, command)
+                log.warning("interface_hang", board=self.board, command=command)
                 continue
             if "reset" in fired:
                 self.reset()
@@ -227,7 +227,7 @@ class SimInterface:
                 busy_from, loop.time(), self.queue_bytes - len(pending)
             )
             if dropped:
-                log.warning("event=interface_host_overrun board=%s dropped=%d", self.board, dropped)
+                log.warning("interface_host_overrun", board=self.board, dropped=dropped)
 
     async def _perform(self, actions: list[FirmwareAction]) -> bool:
         """Carry out firmware actions; True if the board reset (the caller must return)."""
@@ -241,11 +241,11 @@ class SimInterface:
                         return True
                 case SetBaud(baud, stored):
                     self.stored_baud = stored
-                    log.info("event=interface_setbaud board=%s baud=%d", self.board, baud)
+                    log.info("interface_setbaud", board=self.board, baud=baud)
                     self.reset()
                     return True
                 case Hang(reason):
-                    log.warning("event=interface_hang board=%s reason=%r", self.board, reason)
+                    log.warning("interface_hang", board=self.board, reason=reason)
                 case Play(file):
                     # The CLI thread blocks for the whole wav.
                     seconds = FLASH_WAV_S if file is None else self.files.get(file, 0.0)
@@ -293,11 +293,7 @@ class SimInterface:
                 room = max(self.queue_bytes - len(self._dut_queue), 0)
                 if len(data) > room:
                     self.dropped_dut_bytes += len(data) - room
-                    log.info(
-                        "event=interface_dut_overrun board=%s dropped=%d",
-                        self.board,
-                        len(data) - room,
-                    )
+                    log.info("interface_dut_overrun", board=self.board, dropped=len(data) - room)
                 self._dut_queue += data[:room]
                 self._dut_arrived.set()
         except PortClosedError:

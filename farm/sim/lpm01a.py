@@ -34,10 +34,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections import deque
 from collections.abc import Callable
 
+from farm.logs import get_logger
 from farm.protocol.lines import LineFramer, text
 from farm.protocol.lpm01a import (
     ACQUISITION_COMPLETED_LINE,
@@ -59,7 +59,7 @@ from farm.sim.pacing import PortClosedError
 from farm.sim.power import GpioLine, PowerModel, PowerRail
 from farm.sim.uart import Uart
 
-log = logging.getLogger("farm.sim.lpm01a")
+log = get_logger("farm.sim.lpm01a")
 
 #: Interval between stream bursts: a few samples per write at 1 kHz, so the event loop is not
 #: woken per sample and a host still sees data within ~10 ms of its period.
@@ -172,7 +172,7 @@ class SimLpm01a:
                             restarted = True
                             break
         except PortClosedError:
-            log.info("event=lpm01a_port_closed board=%s", self.board)
+            log.info("lpm01a_port_closed", board=self.board)
 
     async def _command(self, line: bytes) -> bool:
         """Run one command line; True if the shell restarted (``psrst``)."""
@@ -182,13 +182,13 @@ class SimLpm01a:
         fired = self.faults.draw(command)
         if "hang" in fired:
             self._hung = True
-            log.warning("event=lpm01a_hang board=%s command=%r", self.board, command)
+            log.warning("lpm01a_hang", board=self.board, command=command)
             return False
         actions = self.firmware.feed(line + b"\n")
         if "ack_lost" in fired:
             kept = [a for a in actions if not (isinstance(a, Write) and a.data.startswith(_ACK))]
             if len(kept) != len(actions):
-                log.info("event=lpm01a_ack_dropped board=%s command=%r", self.board, command)
+                log.info("lpm01a_ack_dropped", board=self.board, command=command)
             actions = kept
         return await self._perform(actions)
 
@@ -213,7 +213,7 @@ class SimLpm01a:
         return False
 
     def _switch(self, t: float, on: bool) -> None:
-        log.info("event=lpm01a_power board=%s on=%s", self.board, on)
+        log.info("lpm01a_power", board=self.board, on=on)
         if self._rail is not None:
             self._rail.switch(t, on)
 
@@ -230,7 +230,7 @@ class SimLpm01a:
     async def _psrst(self) -> None:
         await self._stop_stream()
         disconnect = getattr(self._host, "disconnect", None)
-        log.info("event=lpm01a_psrst board=%s down_s=%.3f", self.board, self.psrst_down_s)
+        log.info("lpm01a_psrst", board=self.board, down_s=self.psrst_down_s)
         if disconnect is not None:
             await disconnect(self.psrst_down_s)
         self.firmware = self._new_firmware()
@@ -256,13 +256,13 @@ class SimLpm01a:
         self._streaming = True
         limit = None if fw.acqtime_s is None else max(1, int(fw.acqtime_s * freq_hz))
         if fw.format != "ascii_dec":
-            log.warning("event=lpm01a_format_unsupported board=%s format=%s", self.board, fw.format)
+            log.warning("lpm01a_format_unsupported", board=self.board, format=fw.format)
         log.info(
-            "event=lpm01a_acquisition_start board=%s freq_hz=%d output=%s limit=%s",
-            self.board,
-            freq_hz,
-            fw.output,
-            limit,
+            "lpm01a_acquisition_start",
+            board=self.board,
+            freq_hz=freq_hz,
+            output=fw.output,
+            limit=limit,
         )
         self._stream_task = loop.create_task(
             self._stream(t0, freq_hz, limit, fw.output, fw.voltage_mv / 1000),
@@ -278,10 +278,10 @@ class SimLpm01a:
         # sample line in half.
         await task
         log.info(
-            "event=lpm01a_acquisition_stop board=%s samples=%d events=%d",
-            self.board,
-            self.samples_sent,
-            self.events_sent,
+            "lpm01a_acquisition_stop",
+            board=self.board,
+            samples=self.samples_sent,
+            events=self.events_sent,
         )
 
     async def _stream(
@@ -342,4 +342,4 @@ class SimLpm01a:
             if isinstance(action, PowerSwitch):
                 self._switch(loop.time(), action.on)
         await self._host.write(ACQUISITION_COMPLETED_LINE)
-        log.info("event=lpm01a_acquisition_done board=%s samples=%d", self.board, self.samples_sent)
+        log.info("lpm01a_acquisition_done", board=self.board, samples=self.samples_sent)

@@ -13,17 +13,17 @@ import asyncio
 import contextlib
 import errno
 import fcntl
-import logging
 import os
 import struct
 import sys
 import termios
 from pathlib import Path
 
+from farm.logs import get_logger
 from farm.sim.pacing import PortClosedError, RxBuffer, TxPacer
 from farm.sim.transcript import Transcript
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 _READ_SIZE = 65536
 
@@ -189,7 +189,7 @@ class PtyPort:
         self._closed = True
         self._rx.close()
         await self._close_pty()
-        log.info("event=pty_closed path=%s", self._link)
+        log.info("pty_closed", path=self._link)
 
     async def __aenter__(self) -> PtyPort:
         await self.start()
@@ -222,7 +222,7 @@ class PtyPort:
             raise RuntimeError(f"port {self._link} is already disconnected")
         self._rx.clear()
         await self._close_pty()
-        log.info("event=pty_unplugged path=%s down_s=%.3f", self._link, down_s)
+        log.info("pty_unplugged", path=self._link, down_s=down_s)
         try:
             await asyncio.sleep(down_s)
         finally:
@@ -245,7 +245,7 @@ class PtyPort:
                 if (cflag & _CBAUD) == _BOTHER or ospeed:
                     return ospeed or ispeed
             except OSError as e:
-                log.debug("event=tcgets2_failed path=%s errno=%s", self._link, e.errno)
+                log.debug("tcgets2_failed", path=self._link, errno=e.errno)
         try:
             attrs = termios.tcgetattr(fd)
         except termios.error:
@@ -274,7 +274,7 @@ class PtyPort:
             return
         self._loop.add_reader(master, self._on_readable)
         self._connected.set()
-        log.info("event=pty_open path=%s tty=%s baud=%d", self._link, name, self._baud)
+        log.info("pty_open", path=self._link, tty=name, baud=self._baud)
 
     async def _close_pty(self) -> None:
         self._connected.clear()
@@ -327,7 +327,7 @@ class PtyPort:
                     raise
                 # Only happens with no slave fd open, which the kept fd prevents; stop
                 # listening rather than spin on a permanently readable fd.
-                log.error("event=pty_master_eio path=%s", self._link)
+                log.error("pty_master_eio", path=self._link)
                 self._loop.remove_reader(self._master)
                 break
             if not chunk:
@@ -359,7 +359,7 @@ class PtyPort:
             except OSError as e:
                 if e.errno != errno.EIO:
                     raise
-                log.warning("event=pty_write_eio path=%s dropped=%d", self._link, len(view))
+                log.warning("pty_write_eio", path=self._link, dropped=len(view))
                 return
             view = view[n:]
 

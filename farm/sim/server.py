@@ -29,13 +29,13 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import ValidationError
 
+from farm.logs import get_logger
 from farm.models import MODELS
 from farm.sim.config import (
     DUT_USB,
@@ -58,7 +58,7 @@ from farm.sim.pty_port import PtyPort
 from farm.sim.transcript import Transcript
 from farm.sim.wire_pair import WireEnd, wire_pair
 
-log = logging.getLogger("farm.sim.server")
+log = get_logger("farm.sim.server")
 
 #: How long past its configured boot time a flashed or power-cycled DUT may take to print
 #: its banner (a 9600-baud banner, a loaded machine) before the operation stops waiting.
@@ -253,12 +253,12 @@ class SimBoard:
                 )
             previous = self.dut
             log.info(
-                "event=flash_start board=%s model=%s build=%s from_model=%s from_build=%s",
-                self.config.id,
-                model,
-                build,
-                self.settings.model,
-                self.settings.firmware,
+                "flash_start",
+                board=self.config.id,
+                model=model,
+                build=build,
+                from_model=self.settings.model,
+                from_build=self.settings.firmware,
             )
             await self._halt()
             await asyncio.sleep(write_s)
@@ -272,7 +272,7 @@ class SimBoard:
         vanishes and the DUT reboots (which ends a hang). Returns once it has booted, or at
         once if the monitor keeps the target unpowered."""
         async with self._lock:
-            log.info("event=power_cycle_start board=%s off_s=%.3f", self.config.id, off_s)
+            log.info("power_cycle_start", board=self.config.id, off_s=off_s)
             await self._halt()
             await self._replug(off_s)
             await self._boot()
@@ -299,7 +299,7 @@ class SimBoard:
         except TimeoutError:
             # The monitor cut the rail during the boot: the caller finds out on its next
             # command, exactly as with a real board.
-            log.warning("event=dut_not_booted board=%s", self.config.id)
+            log.warning("dut_not_booted", board=self.config.id)
 
     def status(self) -> dict[str, object]:
         """What this board runs now (the control server's ``status`` entry)."""
@@ -386,12 +386,7 @@ class SimFarm:
                 await board.stop()
             raise
         await self._write_boards_json()
-        log.info(
-            "event=sim_started boards=%d out=%s control=%s",
-            len(self.boards),
-            self.out,
-            self.control.path,
-        )
+        log.info("sim_started", boards=len(self.boards), out=self.out, control=self.control.path)
 
     async def stop(self) -> None:
         """Stop the control socket (cancelling any flash or power cycle in progress), every
@@ -402,7 +397,7 @@ class SimFarm:
                 await board.stop()
         with contextlib.suppress(FileNotFoundError):
             self.boards_json.unlink()
-        log.info("event=sim_stopped out=%s", self.out)
+        log.info("sim_stopped", out=self.out)
 
     async def _write_boards_json(self) -> None:
         async with self._json_lock:

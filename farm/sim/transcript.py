@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import queue
 import threading
 import time
@@ -22,7 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-log = logging.getLogger(__name__)
+from farm.logs import get_logger
+
+log = get_logger(__name__)
 
 Direction = Literal["rx", "tx"]
 
@@ -124,7 +125,7 @@ class Transcript:
                     self._file.write("".join(batch))
                     self._file.flush()
         except Exception:
-            log.exception("event=transcript_write_failed path=%s", self.path)
+            log.exception("transcript_write_failed", path=self.path)
         finally:
             self._file.close()
 

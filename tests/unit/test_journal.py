@@ -283,7 +283,9 @@ async def test_compaction_gives_the_space_back(
     with caplog.at_level(logging.INFO, logger="agent.journal"):
         await journal.ack(ids)  # frees more than COMPACT_AFTER_BYTES: compacts by itself
     assert journal.file_bytes() < 10**6
-    assert any("event=journal_compact" in r.getMessage() for r in caplog.records)
+    assert any(
+        isinstance(r.msg, dict) and r.msg.get("event") == "journal_compact" for r in caplog.records
+    )
 
     # An explicit compaction of an already compact file is harmless.
     await journal.compact()
