@@ -139,8 +139,8 @@ def parse_index(text: str, source: str) -> list[Row]:
             if not file:
                 problems.append(f"{where}: empty file name")
                 continue
-            extra = (numbers[2], numbers[3]) if len(numbers) == 4 else (None, None)
-            rows.append(Row(len(rows), file, numbers[0], numbers[1], *extra, lineno, fields))
+            size, stride = (numbers[2], numbers[3]) if len(numbers) == 4 else (None, None)
+            rows.append(Row(len(rows), file, numbers[0], numbers[1], size, stride, lineno, fields))
     if problems:
         raise _error(problems)
     return rows

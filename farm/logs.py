@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
 from typing import Any, Literal
 
 import structlog
@@ -45,7 +46,7 @@ def get_logger(name: str) -> structlog.stdlib.BoundLogger:
     return logger
 
 
-def _stringify(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+def _stringify(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Exceptions and other objects become their ``repr`` so JSON keeps their type and text."""
     for key, value in event.items():
         if isinstance(value, BaseException):

@@ -80,7 +80,12 @@ class RunFolder:
 
     @classmethod
     def create(
-        cls, out: Path, bench: Benchmark, mode: str, settings: Any, identity: dict | None = None
+        cls,
+        out: Path,
+        bench: Benchmark,
+        mode: str,
+        settings: Any,
+        identity: dict[str, Any] | None = None,
     ) -> RunFolder:
         """A fresh folder under ``out`` named by the start time (``-2``, ``-3``... if taken:
         results.txt is appended to by the official tools, so a folder is never reused)."""
@@ -103,7 +108,12 @@ class RunFolder:
 
     @classmethod
     def at(
-        cls, path: Path, bench: Benchmark, mode: str, settings: Any, identity: dict | None = None
+        cls,
+        path: Path,
+        bench: Benchmark,
+        mode: str,
+        settings: Any,
+        identity: dict[str, Any] | None = None,
     ) -> RunFolder:
         """A folder at exactly ``path`` (the controller chooses
         ``results/<sweep>/<board>/<benchmark>/<mode>``), otherwise as :meth:`create`: marked
@@ -120,7 +130,7 @@ class RunFolder:
         return folder
 
     @staticmethod
-    def check_resumable(path: Path, identity: dict) -> None:
+    def check_resumable(path: Path, identity: dict[str, Any]) -> None:
         """Refuse to continue a folder that is complete or was another run (benchmark, mode,
         dataset, ``--alt`` or ``--limit`` differ): its samples would be scored as this one's."""
         if not (path / INCOMPLETE).exists():
@@ -237,7 +247,9 @@ class RunFolder:
         now = stamp()
         return [f"{now} {PREFIX}{body}" for body in bodies]
 
-    def _element(self, sample: Sample, dataset: DatasetLike, extra: dict[str, Any]) -> dict:
+    def _element(
+        self, sample: Sample, dataset: DatasetLike, extra: dict[str, Any]
+    ) -> dict[str, Any]:
         row = dataset.rows[sample.index]
         truth = row.truth()
         windows = None
@@ -255,7 +267,9 @@ class RunFolder:
         infer.update(extra)
         return {**truth, "total_length": windows, "infer": infer, "mode": self._letter}
 
-    def _performance(self, info: RunInfoLike, dataset: DatasetLike) -> tuple[list[str], list]:
+    def _performance(
+        self, info: RunInfoLike, dataset: DatasetLike
+    ) -> tuple[list[str], list[dict[str, Any]]]:
         windows = [scoring.perf_window(s.count, s.start_us, s.end_us) for s in self.samples]
         result = scoring.score_performance(windows, loop_seconds=info.loop_wall_s)
         self.result = result
@@ -278,7 +292,9 @@ class RunFolder:
             elements.append({"error": f"error {result.error}", "mode": "p"})
         return self._prefixed(bodies), elements
 
-    def _accuracy(self, info: RunInfoLike, dataset: DatasetLike) -> tuple[list[str], list]:
+    def _accuracy(
+        self, info: RunInfoLike, dataset: DatasetLike
+    ) -> tuple[list[str], list[dict[str, Any]]]:
         rows = dataset.rows
         result = scoring.score_accuracy(
             (rows[s.index].file, s.label, s.results) for s in self.samples
@@ -289,7 +305,9 @@ class RunFolder:
         elements = [self._element(s, dataset, {}) for s in self.samples]
         return self._prefixed(result.lines()), elements
 
-    def _energy(self, info: RunInfoLike, dataset: DatasetLike) -> tuple[list[str], list]:
+    def _energy(
+        self, info: RunInfoLike, dataset: DatasetLike
+    ) -> tuple[list[str], list[dict[str, Any]]]:
         windows = [
             scoring.energy_window(s.power_samples, s.power_events, s.count, trial=i)
             for i, s in enumerate(self.samples)
@@ -316,7 +334,9 @@ class RunFolder:
             )
         return result.lines(), elements
 
-    def _latency(self, info: RunInfoLike, dataset: DatasetLike) -> tuple[list[str], list]:
+    def _latency(
+        self, info: RunInfoLike, dataset: DatasetLike
+    ) -> tuple[list[str], list[dict[str, Any]]]:
         latencies = [round(s.latency_us) for s in self.samples if s.latency_us is not None]
         summary = scoring.latency_summary(
             latencies,

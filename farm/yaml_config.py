@@ -17,6 +17,7 @@ from typing import Annotated, TypeVar
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ValidationError, ValidationInfo
+from pydantic_core import ErrorDetails
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -94,7 +95,7 @@ def load_yaml_model(path: str | Path, model: type[M]) -> M:
         ) from None
 
 
-def _describe(node: yaml.Node, err: dict) -> tuple[int | None, str]:
+def _describe(node: yaml.Node, err: ErrorDetails) -> tuple[int | None, str]:
     """The line an error points at, and ``field: message``."""
     loc: Loc = tuple(err["loc"])
     message = err["msg"]

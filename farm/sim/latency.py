@@ -34,7 +34,7 @@ class LatencyModel:
             t *= self.tail_factor
         return max(1, round(t * 1e6))
 
-    def sample_window(self, count: int) -> array:
+    def sample_window(self, count: int) -> array[int]:
         """``count`` inference times in µs."""
         return array("q", (self.sample_us() for _ in range(count)))
 
@@ -45,7 +45,7 @@ class ComputeRecord:
 
     phase: str
     count: int
-    times_us: array
+    times_us: array[int]
     """Every simulated inference time, in order."""
     start_lap_us: int | None = None
     """Counter value printed as the first lap (performance build)."""

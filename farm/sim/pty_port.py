@@ -243,7 +243,8 @@ class PtyPort:
                 raw = fcntl.ioctl(fd, _TCGETS2, bytes(_TERMIOS2.size))
                 _i, _o, cflag, _l, _line, _cc, ispeed, ospeed = _TERMIOS2.unpack(raw)
                 if (cflag & _CBAUD) == _BOTHER or ospeed:
-                    return ospeed or ispeed
+                    baud: int = ospeed or ispeed
+                    return baud
             except OSError as e:
                 log.debug("tcgets2_failed", path=self._link, errno=e.errno)
         try:

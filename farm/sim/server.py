@@ -30,6 +30,7 @@ import contextlib
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -420,7 +421,7 @@ class SimFarm:
             await asyncio.Event().wait()
 
 
-def _replace_json(path: Path, document: dict[str, object]) -> None:
+def _replace_json(path: Path, document: Mapping[str, object]) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(document, indent=2) + "\n")
     # rename(2) is atomic: a reader sees the old document or the new one, never half of one.
