@@ -52,6 +52,15 @@ TICK_S = 0.5
 JOB_MODULES = ("controller.jobs", "controller.reaper", "rq")
 #: What scoring a run imports (``farm.scoring.accuracy.roc_auc`` imports the last two late).
 SCORING_MODULES = ("controller.results", "numpy", "sklearn.metrics")
+#: After the first stop signal, a worker still running a job gets a cold shutdown: its run goes
+#: on at the agent and the next worker takes it up from the stored samples (a warm one would
+#: wait for the whole run to end, minutes or hours).
+HANDBACK_S = 3.0
+#: After the first stop signal, whatever is left of a worker (its process group: RQ's scheduler
+#: process too) is killed; the run is then the reaper's, as after a crash.
+KILL_S = 8.0
+#: RQ's pubsub thread reads with this timeout (RQ's own 60 s is how long a stop could wait).
+PUBSUB_READ_S = 1.0
 #: The signals that stop the pool (and, passed on, each worker).
 _STOPS = frozenset({signal.SIGTERM, signal.SIGINT})
 #: Linux's ``PR_SET_PDEATHSIG``: a worker gets SIGTERM (a warm shutdown) if the supervisor dies.
@@ -85,6 +94,8 @@ class _Slot:
     generation: int = 0
     failures: int = 0
     restart_at: float | None = None
+    #: How far a stop went with this worker: 0 warm, 1 cold, 2 killed.
+    escalation: int = 0
     exit_codes: list[int] = field(default_factory=list)
 
 
@@ -112,6 +123,7 @@ class WorkerPool:
         self.burst = burst
         self.slots = [_Slot(i) for i in range(processes)]
         self._stopping: int | None = None
+        self._stop_at = 0.0
 
     # -- supervisor -----------------------------------------------------------------------------
 
@@ -148,6 +160,8 @@ class WorkerPool:
                     self._spawn(slot)
             if self._stopping is None:
                 reaper.tick()
+            else:
+                self._escalate(now - self._stop_at)
             time.sleep(TICK_S)
 
     def _restarts_pending(self) -> bool:
@@ -184,9 +198,27 @@ class WorkerPool:
                 restart_in_s=delay,
             )
 
+    def _escalate(self, waited: float) -> None:
+        """Bound a stop: a cold shutdown after ``HANDBACK_S``, SIGKILL after ``KILL_S``."""
+        for slot in self.slots:
+            if not slot.pid:
+                continue
+            if waited >= KILL_S and slot.escalation < 2:
+                slot.escalation = 2
+                log.warning("worker_killed", slot=slot.index, pid=slot.pid, waited_s=waited)
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(slot.pid, signal.SIGKILL)
+            elif waited >= HANDBACK_S and slot.escalation < 1:
+                slot.escalation = 1
+                log.info("worker_cold_shutdown", slot=slot.index, pid=slot.pid)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(slot.pid, signal.SIGTERM)
+
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        # The first signal asks every worker for a warm shutdown (the job in progress ends
-        # first); a second one is passed on too, and RQ makes that a cold one.
+        # The first signal asks every worker for a warm shutdown (an idle one exits at once);
+        # _escalate bounds the rest. A second signal is passed on too: RQ makes it a cold one.
+        if self._stopping is None:
+            self._stop_at = time.monotonic()
         self._stopping = signum
         for slot in self.slots:
             slot.restart_at = None
@@ -219,14 +251,22 @@ class WorkerPool:
             log.error("worker_fork_failed", slot=slot.index, error=str(exc), retry_in_s=delay)
             return
         if pid:
-            slot.pid, slot.started = pid, time.monotonic()
+            # Its own process group (set on both sides, whichever runs first): a stop can
+            # then kill the worker with RQ's scheduler process, and a terminal's Ctrl-C
+            # reaches only the supervisor, which passes it on once.
+            with contextlib.suppress(OSError):
+                os.setpgid(pid, pid)
+            slot.pid, slot.started, slot.escalation = pid, time.monotonic(), 0
             slot.generation += 1
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOPS)
             return
         code = 1
         try:
+            with contextlib.suppress(OSError):
+                os.setpgid(0, 0)
             for sig in _STOPS:
-                signal.signal(sig, signal.SIG_DFL)  # RQ installs its own in work()
+                # Until RQ installs its own handlers in work(), a stop is only noted.
+                signal.signal(sig, _note_early_stop)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOPS)
             code = self._worker(name, parent)
         except BaseException:
@@ -245,9 +285,50 @@ class WorkerPool:
         if os.getppid() != parent:
             return 0  # the supervisor died before the line above took effect
         from redis import Redis
-        from rq import SimpleWorker
 
         connection = Redis.from_url(self.redis_url)
-        worker = SimpleWorker(self.queues, connection=connection, name=name)
+        worker = _worker_class()(self.queues, connection=connection, name=name)
         worker.work(burst=self.burst, with_scheduler=True)
         return 0
+
+
+#: Stop signals a forked worker received before RQ's handlers were in place.
+_early_stops: list[int] = []
+
+
+def _note_early_stop(signum: int, frame: FrameType | None) -> None:
+    _early_stops.append(signum)
+
+
+def _worker_class() -> type:
+    """RQ's ``SimpleWorker``, stoppable at any moment and promptly.
+
+    RQ registers a worker before it installs its signal handlers: a stop in between killed it
+    with the default action and left its registration behind. Here such a stop is noted and
+    handed to RQ as a warm shutdown as soon as its handlers are in place.
+
+    Also, RQ 3.0 reads its pubsub channel (stop and kill commands) with a 60 s timeout and, on exit,
+    sends UNSUBSCRIBE before stopping that thread; when the reply wakes the thread first, it
+    goes back to a 60 s read, and redis-py 6+ joins it without a bound: an idle worker took a
+    minute to stop and ``--burst`` hung after "done, quitting". A 1 s read bounds that join.
+    Both use RQ internals (pinned in pyproject.toml); remove them once RQ installs its handlers
+    before registering and stops the thread before unsubscribing.
+    """
+    from rq import SimpleWorker
+
+    class Worker(SimpleWorker):
+        def _install_signal_handlers(self) -> None:
+            super()._install_signal_handlers()
+            if _early_stops:
+                self._stop_requested = True  # RQ's loop checks it before each dequeue
+
+        def subscribe(self) -> None:
+            self.pubsub = self.connection.pubsub()
+            self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
+            self.pubsub_thread = self.pubsub.run_in_thread(
+                sleep_time=PUBSUB_READ_S,
+                daemon=True,
+                exception_handler=self._pubsub_exception_handler,
+            )
+
+    return Worker

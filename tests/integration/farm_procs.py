@@ -247,6 +247,11 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def alive(pids: list[int]) -> list[int]:
+    """Those of ``pids`` that are still processes."""
+    return [pid for pid in pids if os.path.exists(f"/proc/{pid}")]
+
+
 class Proc:
     """A `farm ...` subprocess with its output in a log file."""
 
@@ -268,14 +273,23 @@ class Proc:
                 stdout=out,
                 stderr=out,
                 env=env,
+                # Its own process group: whatever it leaves behind can be killed with it.
+                start_new_session=True,
             )
 
-    async def signal(self, sig: int) -> int:
-        """Send ``sig`` and wait for the exit status."""
+    async def signal(self, sig: int, within: float = 30) -> int:
+        """Send ``sig`` and wait for the exit status; past ``within`` seconds, kill the
+        process and everything below it, then raise ``TimeoutError``."""
         assert self.process is not None
+        process = self.process
         with contextlib.suppress(ProcessLookupError):
-            self.process.send_signal(sig)
-        code = await asyncio.wait_for(self.process.wait(), 30)
+            process.send_signal(sig)
+        try:
+            code = await asyncio.wait_for(process.wait(), within)
+        except TimeoutError:
+            await self.kill_tree()
+            raise
+        self._kill_group(process.pid)
         self.process = None
         return code
 
@@ -287,11 +301,25 @@ class Proc:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         await asyncio.wait_for(self.process.wait(), 30)
+        self._kill_group(self.process.pid)
         self.process = None
 
+    @staticmethod
+    def _kill_group(pgid: int) -> None:
+        """SIGKILL whatever is left in the process's group (a child it did not wait for)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+
     async def stop(self) -> None:
-        """SIGTERM, if still running."""
-        if self.process is not None and self.process.returncode is None:
+        """Teardown: SIGTERM, if still running; a process that does not exit in 30 s is
+        killed with everything below it (a test's own assertions judge how it stopped)."""
+        if self.process is None:
+            return
+        if self.process.returncode is not None:
+            self._kill_group(self.process.pid)
+            self.process = None
+            return
+        with contextlib.suppress(TimeoutError):
             await self.signal(signal.SIGTERM)
 
     def output(self) -> str:

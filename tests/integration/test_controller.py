@@ -20,7 +20,7 @@ from rq.job import Job
 from farm.sim.config import DEFAULT_MEDIAN_S, DEFAULT_QUALITY
 from farm.wire import wire_time
 from tests.integration.controller_lab import REDIS_URL, ControllerLab, start_controller_lab
-from tests.integration.farm_procs import descendants, wait_until
+from tests.integration.farm_procs import alive, descendants, wait_until
 
 #: Short windows: the numbers are exact whatever the window length.
 QUICK = json.dumps({"min_window_s": 0.5, "calibration_s": 0.2})
@@ -239,20 +239,23 @@ async def test_a_pool_restarts_a_killed_worker_and_its_reaper_resumes_the_run(
     assert set(descendants(pool.pid)).isdisjoint(below)
 
 
-async def test_a_cold_shutdown_mid_run_leaves_the_run_to_the_next_worker(
+async def test_a_stop_mid_run_hands_the_run_to_the_next_worker(
     lab: ControllerLab,
 ) -> None:
-    """Two SIGTERMs (RQ's cold shutdown) while a run goes on: the job is interrupted inside
-    the worker, the run is neither lost nor marked failed, and a worker started afterwards
-    finishes it from the samples already stored."""
+    """One SIGTERM while a run goes on: the supervisor does not wait for the run (a warm
+    shutdown would) but turns it into RQ's cold shutdown after HANDBACK_S; the job is
+    interrupted inside the worker, the run is neither lost nor marked failed, and a worker
+    started afterwards finishes it from the samples already stored."""
     run_id = await accuracy_run_under_way(lab)
     pool = lab.workers[0]
     assert pool.process is not None
-    pool.process.send_signal(signal.SIGTERM)  # warm: the job would go on
-    await asyncio.sleep(1.5)  # RQ ignores a second signal within 1 s
-    stored_before = lab.redis.hlen(f"farm:run:{run_id}:samples")
+    below = descendants(pool.process.pid)
     assert await pool.signal(signal.SIGTERM) == 0
-    assert "cold shut down" in pool.output()
+    stored_before = lab.redis.hlen(f"farm:run:{run_id}:samples")
+    log = pool.output()
+    assert "event=worker_cold_shutdown" in log and "cold shut down" in log
+    assert "event=worker_killed" not in log  # the cold shutdown sufficed
+    assert not alive(below)
     run = lab.redis.hgetall(f"farm:run:{run_id}")
     assert run["state"] not in ("completed", "failed", "cancelled"), run
     assert lab.redis.sismember("farm:runs:active", run_id)  # still the reaper's to see

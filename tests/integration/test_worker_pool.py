@@ -1,0 +1,61 @@
+"""`farm controller worker` stops promptly and completely: idle workers on the first SIGTERM,
+``--burst`` when the queues are empty, and nothing of the pool outlives it. (A stop during a
+run is in test_controller.py: it needs boards.)"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from rq import Worker
+
+from tests.integration.farm_procs import Proc, alive, descendants, farm_command, wait_until
+
+#: A database of its own: other tests' workers and queues are not in it.
+REDIS_URL = "redis://127.0.0.1:6379/12"
+
+
+@pytest.fixture
+def db() -> Iterator[redis.Redis]:
+    connection = redis.Redis.from_url(REDIS_URL)
+    connection.flushdb()
+    yield connection
+    connection.flushdb()
+
+
+async def test_an_idle_pool_stops_on_the_first_sigterm_and_leaves_nothing(
+    tmp_path: Path, db: redis.Redis
+) -> None:
+    pool = Proc(
+        ["--log-level", "info", "controller", "worker", "--processes", "3", "--name", "idle"],
+        tmp_path / "pool.log",
+        env={"FARM_REDIS_URL": REDIS_URL},
+    )
+    await pool.start()
+    try:
+        await wait_until(lambda: len(Worker.all(connection=db)) == 3, 60, "3 RQ workers")
+        assert pool.process is not None
+        below = descendants(pool.process.pid)
+        assert len(below) >= 3  # the workers (and the scheduler process one of them forks)
+        assert await pool.signal(signal.SIGTERM) == 0
+    finally:
+        await pool.stop()
+    log = pool.output()
+    # Warm shutdown sufficed: no worker needed the cold shutdown or the kill.
+    assert "event=worker_cold_shutdown" not in log and "event=worker_killed" not in log
+    assert log.count("event=worker_exited") == 3
+    assert not alive(below)
+    assert Worker.all(connection=db) == []  # each unregistered itself
+
+
+async def test_burst_exits_when_the_queues_are_empty(db: redis.Redis) -> None:
+    code, _out, errs = await farm_command(
+        ["--log-level", "info", "controller", "worker", "--burst", "--processes", "2"],
+        {"FARM_REDIS_URL": REDIS_URL},
+        120,
+    )
+    assert code == 0, errs
+    assert errs.count("event=worker_exited") == 2 and "event=worker_pool_stopped" in errs
