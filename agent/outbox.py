@@ -19,7 +19,8 @@ from typing import Any
 
 import aiomqtt
 
-from agent.journal import Journal, OutboxEntry
+from agent.journal import Journal
+from agent.journal_store import OutboxEntry
 from farm.logs import get_logger
 from farm.messages import SCHEMA, samples_topic
 

@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from agent.journal import Journal, JournalError, entry_bytes
+from agent.journal import Journal
+from agent.journal_store import JournalError, entry_bytes
 
 
 @pytest.fixture
