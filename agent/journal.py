@@ -188,7 +188,8 @@ class Journal:
     async def ack(self, ids: Iterable[int]) -> None:
         """Delete acknowledged messages (unknown or already deleted ids are ignored), waking
         :meth:`wait_for_space` once below ``max_bytes``. Compacts the file once
-        :data:`agent.journal_store.COMPACT_AFTER_BYTES` have been freed since the last compaction."""
+        :data:`agent.journal_store.COMPACT_AFTER_BYTES` have been freed since the last
+        compaction."""
         id_list = list(ids)
         if not id_list:
             return
