@@ -18,6 +18,14 @@ from farm.scoring.accuracy import (
     score_accuracy,
     top1_percent,
 )
+from farm.scoring.early_stopping import (
+    EarlyStopping,
+    LoadGenMinPassingFinder,
+    early_stopping,
+    early_stopping_odds,
+    min_passing_queries,
+    regularized_incomplete_beta,
+)
 from farm.scoring.energy import (
     EnergyEventError,
     EnergyResult,
@@ -28,20 +36,14 @@ from farm.scoring.energy import (
 from farm.scoring.loadgen import (
     PERCENTILES,
     SUPPLEMENTAL_NOTE,
-    EarlyStopping,
     LatencySummary,
-    LoadGenMinPassingFinder,
-    early_stopping,
-    early_stopping_odds,
     latency_json,
     latency_lines,
     latency_summary,
     loadgen_percentile,
     loadgen_summary_text,
-    min_passing_queries,
     percentile_index,
     percentile_label,
-    regularized_incomplete_beta,
     us_to_ns,
 )
 from farm.scoring.performance import (
