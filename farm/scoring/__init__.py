@@ -18,7 +18,7 @@ from farm.scoring.accuracy import (
     score_accuracy,
     top1_percent,
 )
-from farm.scoring.early_stopping import (
+from farm.scoring.early_stop import (
     EarlyStopping,
     LoadGenMinPassingFinder,
     early_stopping,

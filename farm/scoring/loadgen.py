@@ -5,7 +5,7 @@ Units: the DUT times each query in microseconds; LoadGen counts nanoseconds. We 
 ``ns = us x 1000`` on integers, so every statistic is an exact integer number of ns (the mean
 is truncated by integer division, as LoadGen does).
 
-The early-stopping estimate lives in :mod:`farm.scoring.early_stopping`.
+The early-stopping estimate lives in :mod:`farm.scoring.early_stop`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from farm.scoring.early_stopping import TARGET_PERCENTILE, EarlyStopping, early_stopping
+from farm.scoring.early_stop import TARGET_PERCENTILE, EarlyStopping, early_stopping
 
 PERCENTILES: tuple[float, ...] = (0.5, 0.9, 0.95, 0.97, 0.99, 0.999)
 MULTI_STREAM_PERCENTILE = 0.99

@@ -82,7 +82,7 @@ def test_h_table_independently_from_scipy_and_loadgens_series() -> None:
     assert [smallest_h(t, 0.9, loadgen_series_odds) for t in (1, 2, 3)] == H_P90[:3]
     finder_series = LoadGenMinPassingFinder()
     # Same bounded search with LoadGen's series in place of ours, for t = 1..40.
-    import farm.scoring.early_stopping as lg
+    import farm.scoring.early_stop as lg
 
     original = lg.early_stopping_odds
     try:
