@@ -1,6 +1,6 @@
 """A simulated STM32H573I-DK "enhanced interface" board (PROTOCOLS.md §3.1-3.3, §7).
 
-The board's CLI (:class:`farm.protocol.interface.InterfaceFirmware`) runs behind the host's
+The board's CLI (:class:`farm.protocol.interface_firmware.InterfaceFirmware`) runs behind the host's
 pty at 115200 baud; its DUT-side UART is one end of a :func:`farm.sim.wire_pair.wire_pair`
 whose other end is the DUT's energy-build UART. What the simulator adds to the sans-IO model:
 
@@ -28,8 +28,8 @@ import random
 from collections.abc import Mapping
 
 from farm.logs import get_logger
-from farm.protocol.interface import (
-    DEFAULT_DUT_BAUD,
+from farm.protocol.interface import DEFAULT_DUT_BAUD, effective_baud
+from farm.protocol.interface_firmware import (
     FirmwareAction,
     Hang,
     InterfaceFirmware,
@@ -40,7 +40,6 @@ from farm.protocol.interface import (
     SetBaud,
     Write,
     ZeroTimer,
-    effective_baud,
 )
 from farm.sim.faults import FaultPlan
 from farm.sim.pacing import PortClosedError, framing_noise

@@ -1,4 +1,4 @@
-"""Unit tests of farm.protocol.interface against the exact strings of PROTOCOLS.md §3."""
+"""Unit tests of farm.protocol.interface and interface_firmware against the exact strings."""
 
 from __future__ import annotations
 
@@ -10,34 +10,36 @@ import pytest
 from farm.protocol.errors import LocalProtocolError, RemoteProtocolError
 from farm.protocol.interface import (
     DUT_CMD_MAX,
-    PLAY_ERROR,
     SWW_DUT_CMD_MAX,
     BaudIs,
     BaudSet,
     BoardName,
     CommandMatch,
     DutLine,
-    Hang,
     HostState,
     InterfaceDesyncError,
-    InterfaceFirmware,
     InterfaceHost,
     InterfaceReply,
-    Passthrough,
     PassthroughAck,
-    PassthroughDone,
-    PassthroughForwarder,
-    Play,
     Ready,
-    SetBaud,
     Unknown,
-    Write,
-    ZeroTimer,
     classify_line,
     effective_baud,
     encode_command,
     encode_passthrough,
     match_command,
+)
+from farm.protocol.interface_firmware import (
+    PLAY_ERROR,
+    Hang,
+    InterfaceFirmware,
+    Passthrough,
+    PassthroughDone,
+    PassthroughForwarder,
+    Play,
+    SetBaud,
+    Write,
+    ZeroTimer,
 )
 
 READY = b"m-ready\r\n"
