@@ -1,4 +1,4 @@
-"""Unit tests of farm.protocol.lpm01a against the strings of PROTOCOLS.md §4.1."""
+"""Unit tests of farm.protocol.lpm01a and lpm01a_firmware against the PowerShield's strings."""
 
 from __future__ import annotations
 
@@ -20,29 +20,31 @@ from farm.protocol.lpm01a import (
     Error,
     ErrorDetail,
     Event,
-    Lpm01aFirmware,
     Lpm01aHost,
     LpmReply,
     LpmState,
     Malformed,
-    PowerSwitch,
-    Reset,
     Samples,
-    StartAcquisition,
-    StopAcquisition,
-    TargetReset,
     TimeStamp,
     Unknown,
-    Write,
     classify_line,
     encode_command,
-    format_event,
-    format_sample,
-    format_timestamp,
     parse_number,
     power_on_commands,
     setup_commands,
     teardown_commands,
+)
+from farm.protocol.lpm01a_firmware import (
+    Lpm01aFirmware,
+    PowerSwitch,
+    Reset,
+    StartAcquisition,
+    StopAcquisition,
+    TargetReset,
+    Write,
+    format_event,
+    format_sample,
+    format_timestamp,
 )
 
 
