@@ -230,7 +230,7 @@ def _results(body: str) -> tuple[float, ...] | None:
     return tuple(values)
 
 
-def classify(line: bytes) -> DutEvent:
+def classify_line(line: bytes) -> DutEvent:
     """Turn one framed line into its event. Never raises, whatever the bytes."""
     if line.endswith(_READY):
         prefix = line[: -len(_READY)]
@@ -265,7 +265,7 @@ def classify(line: bytes) -> DutEvent:
 
 
 @dataclass(frozen=True, slots=True)
-class Reply:
+class DutReply:
     """Everything the DUT printed for one command, up to and including ``m-ready``."""
 
     command: str
@@ -323,7 +323,7 @@ def elapsed_us(start: int, end: int) -> int:
     return (end - start) % LAP_MODULUS
 
 
-class State(Enum):
+class DutState(Enum):
     """Whether a command is outstanding on the link."""
 
     IDLE = "idle"
@@ -341,14 +341,14 @@ class DutHost:
 
     def __init__(self) -> None:
         self._framer = LineFramer()
-        self._state = State.IDLE
+        self._state = DutState.IDLE
         self._command = ""
         self._events: list[DutEvent] = []
-        self._replies: deque[Reply] = deque()
+        self._replies: deque[DutReply] = deque()
         self.unsolicited: list[DutEvent] = []
 
     @property
-    def state(self) -> State:
+    def state(self) -> DutState:
         """``IDLE`` or ``AWAITING_REPLY``."""
         return self._state
 
@@ -364,32 +364,32 @@ class DutHost:
         read its UART while it executes, so a second command would be lost) or if the command
         itself is invalid (see :func:`encode_command`).
         """
-        if self._state is not State.IDLE:
+        if self._state is not DutState.IDLE:
             raise LocalProtocolError(
                 f"cannot send {command!r}: the reply to {self._command!r} is still outstanding"
             )
         data = encode_command(command)
-        self._state = State.AWAITING_REPLY
+        self._state = DutState.AWAITING_REPLY
         self._command = command
         self._events = []
         return data
 
     def feed(self, data: bytes) -> list[DutEvent]:
         """Process received bytes; return the events of every line they complete."""
-        events = [classify(line) for line in self._framer.feed(data)]
+        events = [classify_line(line) for line in self._framer.feed(data)]
         for event in events:
-            if self._state is State.IDLE:
+            if self._state is DutState.IDLE:
                 self.unsolicited.append(event)
                 continue
             self._events.append(event)
             if isinstance(event, Ready):
-                self._replies.append(Reply(self._command, tuple(self._events)))
-                self._state = State.IDLE
+                self._replies.append(DutReply(self._command, tuple(self._events)))
+                self._state = DutState.IDLE
                 self._command = ""
                 self._events = []
         return events
 
-    def next_reply(self) -> Reply | None:
+    def next_reply(self) -> DutReply | None:
         """The oldest completed reply not yet taken, or ``None``."""
         return self._replies.popleft() if self._replies else None
 
@@ -398,7 +398,7 @@ class DutHost:
         partial line and reply, return to ``IDLE``, and return what had arrived."""
         partial = tuple(self._events)
         self._framer.reset()
-        self._state = State.IDLE
+        self._state = DutState.IDLE
         self._command = ""
         self._events = []
         self._replies.clear()

@@ -249,7 +249,7 @@ def classify_line(line: bytes) -> InterfaceEvent:
 # --------------------------------------------------------------------------------------------
 
 
-class HostState(Enum):
+class InterfaceState(Enum):
     """Where :class:`InterfaceHost` is in an exchange."""
 
     IDLE = "idle"
@@ -308,7 +308,7 @@ class InterfaceHost:
     def __init__(self, dut_cmd_max: int = DUT_CMD_MAX) -> None:
         self._framer = LineFramer()
         self._dut_cmd_max = dut_cmd_max
-        self._state = HostState.IDLE
+        self._state = InterfaceState.IDLE
         self._command: str | None = None
         self._dut_command: str | None = None
         self._events: list[InterfaceEvent] = []
@@ -316,7 +316,7 @@ class InterfaceHost:
         self._replies: list[InterfaceReply] = []
 
     @property
-    def state(self) -> HostState:
+    def state(self) -> InterfaceState:
         """Current protocol state."""
         return self._state
 
@@ -328,7 +328,7 @@ class InterfaceHost:
     @property
     def wedged(self) -> bool:
         """True while the board is stuck in a passthrough after a merged ``m-ready``."""
-        return self._state is HostState.WEDGED
+        return self._state is InterfaceState.WEDGED
 
     def send(self, command: str) -> bytes:
         """Start a board command; return the bytes to write.
@@ -344,14 +344,14 @@ class InterfaceHost:
             return self.send_passthrough(match.args)
         self._check_can_send()
         data = encode_command(command)
-        self._begin(command, None, HostState.AWAIT_READY)
+        self._begin(command, None, InterfaceState.AWAIT_READY)
         return data
 
     def send_passthrough(self, dut_command: str) -> bytes:
         """Start a DUT command relayed by the board; return the bytes to write."""
         self._check_can_send()
         data = encode_passthrough(dut_command, self._dut_cmd_max)
-        self._begin(f"dut {dut_command}", dut_command, HostState.AWAIT_ACK)
+        self._begin(f"dut {dut_command}", dut_command, InterfaceState.AWAIT_ACK)
         return data
 
     def feed(self, data: bytes) -> list[InterfaceEvent]:
@@ -387,23 +387,23 @@ class InterfaceHost:
         """
         self._framer.reset()
         self._clear()
-        self._state = HostState.IDLE
+        self._state = InterfaceState.IDLE
 
     # -- internals ---------------------------------------------------------------------------
 
     def _check_can_send(self) -> None:
-        if self._state is HostState.IDLE:
+        if self._state is InterfaceState.IDLE:
             return
-        if self._state is HostState.WEDGED:
+        if self._state is InterfaceState.WEDGED:
             raise LocalProtocolError(
                 "the board is wedged waiting for an exact DUT m-ready "
                 "(bare-LF merge); reset the DUT, then call reset()"
             )
-        if self._state is HostState.ERROR:
+        if self._state is InterfaceState.ERROR:
             raise LocalProtocolError("the link is desynchronised; resync and call reset()")
         raise LocalProtocolError(f"a reply to {self._command!r} is still outstanding")
 
-    def _begin(self, command: str, dut_command: str | None, state: HostState) -> None:
+    def _begin(self, command: str, dut_command: str | None, state: InterfaceState) -> None:
         self._clear()
         self._command = command
         self._dut_command = dut_command
@@ -417,7 +417,7 @@ class InterfaceHost:
 
     def _enter_error(self) -> None:
         self._clear()
-        self._state = HostState.ERROR
+        self._state = InterfaceState.ERROR
 
     def _complete(self, wedged: bool = False) -> None:
         assert self._command is not None
@@ -431,23 +431,23 @@ class InterfaceHost:
             )
         )
         self._clear()
-        self._state = HostState.WEDGED if wedged else HostState.IDLE
+        self._state = InterfaceState.WEDGED if wedged else InterfaceState.IDLE
 
     def _advance(self, event: InterfaceEvent, line: bytes) -> InterfaceEvent:
         """Feed one classified line to the state machine; return the event as reported
         (a bare line inside a DUT reply is re-classified as a merged DutLine)."""
         state = self._state
-        if state in (HostState.IDLE, HostState.ERROR):
+        if state in (InterfaceState.IDLE, InterfaceState.ERROR):
             # Unsolicited output: reported, not assembled. A late reply to an abandoned
             # command lands here; the caller decides whether to resync.
             return event
-        if state is HostState.WEDGED:
+        if state is InterfaceState.WEDGED:
             if isinstance(event, DutLine) and event.payload == READY.encode():
-                self._state = HostState.IDLE  # the board's stuck task finally finished
+                self._state = InterfaceState.IDLE  # the board's stuck task finally finished
             return event
         if not is_clean(line):
             raise _Desync(f"garbage from the board while awaiting {self._command!r}: {line!r}")
-        if state is HostState.AWAIT_READY:
+        if state is InterfaceState.AWAIT_READY:
             if isinstance(event, PassthroughAck | DutLine):
                 raise _Desync(
                     f"passthrough output {line!r} during board command "
@@ -457,7 +457,7 @@ class InterfaceHost:
             if isinstance(event, Ready):
                 self._complete()
             return event
-        if state is HostState.AWAIT_ACK:
+        if state is InterfaceState.AWAIT_ACK:
             if not isinstance(event, PassthroughAck):
                 raise _Desync(f"expected m-dut-passthrough({self._dut_command}), got {line!r}")
             if event.command != self._dut_command:
@@ -466,15 +466,15 @@ class InterfaceHost:
                     "sent: stale or desynchronised reply"
                 )
             self._events.append(event)
-            self._state = HostState.AWAIT_ACK_READY
+            self._state = InterfaceState.AWAIT_ACK_READY
             return event
-        if state is HostState.AWAIT_ACK_READY:
+        if state is InterfaceState.AWAIT_ACK_READY:
             if not (isinstance(event, Ready) and event.prefix == ""):
                 raise _Desync(f"expected the ack's m-ready, got {line!r}")
             self._events.append(event)
-            self._state = HostState.DUT
+            self._state = InterfaceState.DUT
             return event
-        # HostState.DUT
+        # InterfaceState.DUT
         if not isinstance(event, DutLine):
             if not self._dut_lines:
                 raise _Desync(f"expected a [dut]: line, got {line!r}")

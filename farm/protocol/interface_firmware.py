@@ -88,7 +88,7 @@ class ZeroTimer:
     """Zero TIM2, the board's 10 µs detection/duty-cycle clock."""
 
 
-FirmwareAction = Write | Passthrough | PassthroughDone | SetBaud | Hang | Play | ZeroTimer
+InterfaceAction = Write | Passthrough | PassthroughDone | SetBaud | Hang | Play | ZeroTimer
 
 
 def _stoi(arg: str) -> int | None:
@@ -103,9 +103,9 @@ def _stoi(arg: str) -> int | None:
     return value
 
 
-def _coalesce(actions: list[FirmwareAction]) -> list[FirmwareAction]:
+def _coalesce(actions: list[InterfaceAction]) -> list[InterfaceAction]:
     """Merge adjacent writes: the firmware prints them back to back."""
-    out: list[FirmwareAction] = []
+    out: list[InterfaceAction] = []
     for action in actions:
         if isinstance(action, Write) and out and isinstance(out[-1], Write):
             out[-1] = Write(out[-1].data + action.data)
@@ -162,12 +162,12 @@ class InterfaceFirmware:
         """True after a reset or a hang: nothing more is processed."""
         return self._halted
 
-    def feed(self, data: bytes) -> list[FirmwareAction]:
+    def feed(self, data: bytes) -> list[InterfaceAction]:
         """Add bytes from the host; return the actions of every command they complete."""
         self._buf += data
         return self._run()
 
-    def passthrough_done(self) -> list[FirmwareAction]:
+    def passthrough_done(self) -> list[InterfaceAction]:
         """The passthrough task finished; process commands queued meanwhile."""
         self._busy = False
         return self._run()
@@ -192,8 +192,8 @@ class InterfaceFirmware:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _run(self) -> list[FirmwareAction]:
-        actions: list[FirmwareAction] = []
+    def _run(self) -> list[InterfaceAction]:
+        actions: list[InterfaceAction] = []
         while not (self._busy or self._halted):
             end = self._buf.find(TERMINATOR)
             if end < 0:
@@ -203,17 +203,17 @@ class InterfaceFirmware:
             actions += self._execute(command)
         return _coalesce(actions)
 
-    def _execute(self, command: str) -> list[FirmwareAction]:
+    def _execute(self, command: str) -> list[InterfaceAction]:
         match = match_command(command)
         if match.silent:
             return []
         if match.name is None:
             return [Write(READY_LINE)]
         handler = getattr(self, f"_cmd_{match.name}")
-        result: list[FirmwareAction] = handler(match.args)
+        result: list[InterfaceAction] = handler(match.args)
         return result
 
-    def _cmd_dut(self, args: str | None) -> list[FirmwareAction]:
+    def _cmd_dut(self, args: str | None) -> list[InterfaceAction]:
         if args is None:
             # Exact "dut": an empty passthrough. The board would still ack and queue it.
             args = ""
@@ -224,20 +224,20 @@ class InterfaceFirmware:
         self._busy = True
         return [ack, Passthrough(args)]
 
-    def _cmd_name(self, args: str | None) -> list[FirmwareAction]:
+    def _cmd_name(self, args: str | None) -> list[InterfaceAction]:
         return [Write(f"{BOARD_NAME}\r\n".encode() + READY_LINE)]
 
-    def _cmd_ls(self, args: str | None) -> list[FirmwareAction]:
+    def _cmd_ls(self, args: str | None) -> list[InterfaceAction]:
         if not self.sd_card:
             self._halted = True
             return [Hang("no SD card: ls runs on the SD task, which never runs")]
         listing = "".join(f"{name}\r\n" for name in self.files)
         return [Write(listing.encode("latin-1") + READY_LINE)]
 
-    def _cmd_play(self, args: str | None) -> list[FirmwareAction]:
+    def _cmd_play(self, args: str | None) -> list[InterfaceAction]:
         if args is None:
             return [Play(None), Write(READY_LINE)]
-        actions: list[FirmwareAction] = [Write(f"Attempting to play {args}\n".encode("latin-1"))]
+        actions: list[InterfaceAction] = [Write(f"Attempting to play {args}\n".encode("latin-1"))]
         if self.sd_card and args in self.files:
             actions += [Play(args), Write(b"succeeded.\n")]
         else:
@@ -245,7 +245,7 @@ class InterfaceFirmware:
         actions.append(Write(READY_LINE))
         return actions
 
-    def _cmd_setbaud(self, args: str | None) -> list[FirmwareAction]:
+    def _cmd_setbaud(self, args: str | None) -> list[InterfaceAction]:
         value = _stoi(args or "")
         self._halted = True
         if value is None:
@@ -256,20 +256,20 @@ class InterfaceFirmware:
             SetBaud(effective_baud(stored), stored),
         ]
 
-    def _cmd_checkbaud(self, args: str | None) -> list[FirmwareAction]:
+    def _cmd_checkbaud(self, args: str | None) -> list[InterfaceAction]:
         return [Write(f"baud is: {self.dut_baud}\n".encode() + READY_LINE)]
 
-    def _cmd_record_detections(self, args: str | None) -> list[FirmwareAction]:
+    def _cmd_record_detections(self, args: str | None) -> list[InterfaceAction]:
         self.detections.clear()
         self.duty_starts.clear()
         self.duty_stops.clear()
         return [ZeroTimer(), Write(b"Now recording detections\r\n" + READY_LINE)]
 
-    def _cmd_print_detections(self, args: str | None) -> list[FirmwareAction]:
+    def _cmd_print_detections(self, args: str | None) -> list[InterfaceAction]:
         body = "".join(f"{ms},\r\n" for ms in self.detections)
         return [Write(f"Detection Timestamps (ms)\r\n{body}".encode() + READY_LINE)]
 
-    def _cmd_print_dutycycle(self, args: str | None) -> list[FirmwareAction]:
+    def _cmd_print_dutycycle(self, args: str | None) -> list[InterfaceAction]:
         def values(log: list[int]) -> str:
             return "".join(f"{v}, " + ("\r\n" if i % 8 == 7 else "") for i, v in enumerate(log))
 

@@ -236,7 +236,7 @@ class Unknown:
     line: bytes
 
 
-LpmEvent = (
+Lpm01aEvent = (
     Ack
     | Error
     | ErrorDetail
@@ -292,7 +292,7 @@ def _split_echo(rest: str, command: str | None) -> tuple[str, str | None] | None
     return None
 
 
-def classify_line(line: bytes, command: str | None = None) -> LpmEvent:
+def classify_line(line: bytes, command: str | None = None) -> Lpm01aEvent:
     """Classify one framed line (LF removed, CR/NUL dropped); never fails.
 
     ``command`` is the outstanding command, used to split an ack's echo from its value.
@@ -334,7 +334,7 @@ def classify_line(line: bytes, command: str | None = None) -> LpmEvent:
 # --------------------------------------------------------------------------------------------
 
 
-class LpmState(Enum):
+class Lpm01aState(Enum):
     """Where :class:`Lpm01aHost` is in a command exchange."""
 
     IDLE = "idle"
@@ -344,7 +344,7 @@ class LpmState(Enum):
 
 
 @dataclass(frozen=True, slots=True)
-class LpmReply:
+class Lpm01aReply:
     """One completed command.
 
     ``ok``: acked (for ``stop``: acked and ``Acquisition completed`` seen). ``value``: text
@@ -357,8 +357,8 @@ class LpmReply:
     ok: bool
     value: str | None = None
     error_detail: str | None = None
-    events: tuple[LpmEvent, ...] = ()
-    stray: tuple[LpmEvent, ...] = ()
+    events: tuple[Lpm01aEvent, ...] = ()
+    stray: tuple[Lpm01aEvent, ...] = ()
 
 
 class Lpm01aHost:
@@ -375,16 +375,16 @@ class Lpm01aHost:
     def __init__(self, *, error_detail: bool = True) -> None:
         self._framer = LineFramer()
         self._expect_detail = error_detail
-        self._state = LpmState.IDLE
+        self._state = Lpm01aState.IDLE
         self._command: str | None = None
-        self._events: list[LpmEvent] = []
-        self._stray: list[LpmEvent] = []
+        self._events: list[Lpm01aEvent] = []
+        self._stray: list[Lpm01aEvent] = []
         self._value: str | None = None
         self._completed_seen = False
-        self._replies: list[LpmReply] = []
+        self._replies: list[Lpm01aReply] = []
 
     @property
-    def state(self) -> LpmState:
+    def state(self) -> Lpm01aState:
         """Current protocol state."""
         return self._state
 
@@ -399,17 +399,17 @@ class Lpm01aHost:
         Raises LocalProtocolError while a reply is outstanding. A pending wait for an
         ``Error detail`` line is given up (the reply completes without it).
         """
-        if self._state is LpmState.AWAIT_DETAIL:
+        if self._state is Lpm01aState.AWAIT_DETAIL:
             self.flush()
-        if self._state is not LpmState.IDLE:
+        if self._state is not Lpm01aState.IDLE:
             raise LocalProtocolError(f"a reply to {self._command!r} is still outstanding")
         data = encode_command(command)
         self._begin(command)
         return data
 
-    def feed(self, data: bytes) -> list[LpmEvent]:
+    def feed(self, data: bytes) -> list[Lpm01aEvent]:
         """Add received bytes; return the events of every line they complete."""
-        events: list[LpmEvent] = []
+        events: list[Lpm01aEvent] = []
         for line in self._framer.feed(data):
             event = classify_line(line, self._command)
             events.append(event)
@@ -419,10 +419,10 @@ class Lpm01aHost:
 
     def flush(self) -> None:
         """Give up waiting for an ``Error detail`` line (the caller's idle timeout)."""
-        if self._state is LpmState.AWAIT_DETAIL:
+        if self._state is Lpm01aState.AWAIT_DETAIL:
             self._complete(ok=False)
 
-    def take_replies(self) -> list[LpmReply]:
+    def take_replies(self) -> list[Lpm01aReply]:
         """Return the replies completed since the last call, oldest first."""
         replies, self._replies = self._replies, []
         return replies
@@ -442,7 +442,7 @@ class Lpm01aHost:
 
     def _begin(self, command: str | None) -> None:
         self._command = command
-        self._state = LpmState.IDLE if command is None else LpmState.AWAIT_ACK
+        self._state = Lpm01aState.IDLE if command is None else Lpm01aState.AWAIT_ACK
         self._events = []
         self._stray = []
         self._value = None
@@ -451,17 +451,17 @@ class Lpm01aHost:
     def _complete(self, ok: bool, detail: str | None = None) -> None:
         assert self._command is not None
         self._replies.append(
-            LpmReply(
+            Lpm01aReply(
                 self._command, ok, self._value, detail, tuple(self._events), tuple(self._stray)
             )
         )
         self._begin(None)
 
-    def _advance(self, event: LpmEvent) -> None:
+    def _advance(self, event: Lpm01aEvent) -> None:
         state = self._state
-        if state is LpmState.IDLE:
+        if state is Lpm01aState.IDLE:
             return
-        if state is LpmState.AWAIT_DETAIL:
+        if state is Lpm01aState.AWAIT_DETAIL:
             if isinstance(event, ErrorDetail):
                 self._events.append(event)
                 self._complete(ok=False, detail=event.text)
@@ -469,19 +469,19 @@ class Lpm01aHost:
                 self._complete(ok=False)  # no detail line: this one is unsolicited
             return
         mine = getattr(event, "command", None) == self._command
-        if state is LpmState.AWAIT_ACK:
+        if state is Lpm01aState.AWAIT_ACK:
             if isinstance(event, Ack) and mine:
                 self._events.append(event)
                 self._value = event.value
                 if self._command == "stop" and not self._completed_seen:
-                    self._state = LpmState.AWAIT_COMPLETED
+                    self._state = Lpm01aState.AWAIT_COMPLETED
                 else:
                     self._complete(ok=True)
                 return
             if isinstance(event, Error) and mine:
                 self._events.append(event)
                 if self._expect_detail:
-                    self._state = LpmState.AWAIT_DETAIL
+                    self._state = Lpm01aState.AWAIT_DETAIL
                 else:
                     self._complete(ok=False)
                 return
@@ -492,7 +492,7 @@ class Lpm01aHost:
                 return
             self._stray.append(event)
             return
-        # LpmState.AWAIT_COMPLETED
+        # Lpm01aState.AWAIT_COMPLETED
         if isinstance(event, AcquisitionCompleted):
             self._events.append(event)
             self._complete(ok=True)
@@ -542,7 +542,7 @@ class EnergyCapture:
         """Samples recorded since the last drain."""
         return len(self._samples)
 
-    def add(self, event: LpmEvent) -> None:
+    def add(self, event: Lpm01aEvent) -> None:
         """Record one event; anything but stream data is ignored."""
         if isinstance(event, Samples):
             self._samples.extend(event.values)
@@ -561,7 +561,7 @@ class EnergyCapture:
                     f"event numbers not consecutive: got {event.number}, expected {expected}"
                 )
 
-    def extend(self, events: Iterable[LpmEvent]) -> None:
+    def extend(self, events: Iterable[Lpm01aEvent]) -> None:
         """Record every event in order; a numbering gap is raised after all are recorded."""
         first_error: RemoteProtocolError | None = None
         for event in events:

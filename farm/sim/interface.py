@@ -30,8 +30,8 @@ from collections.abc import Mapping
 from farm.logs import get_logger
 from farm.protocol.interface import DEFAULT_DUT_BAUD, effective_baud
 from farm.protocol.interface_firmware import (
-    FirmwareAction,
     Hang,
+    InterfaceAction,
     InterfaceFirmware,
     Passthrough,
     PassthroughDone,
@@ -228,7 +228,7 @@ class SimInterface:
             if dropped:
                 log.warning("interface_host_overrun", board=self.board, dropped=dropped)
 
-    async def _perform(self, actions: list[FirmwareAction]) -> bool:
+    async def _perform(self, actions: list[InterfaceAction]) -> bool:
         """Carry out firmware actions; True if the board reset (the caller must return)."""
         for action in actions:
             match action:

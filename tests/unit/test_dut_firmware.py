@@ -18,7 +18,7 @@ def firmware(model: str = "kws01", build: fw.Build = "performance", outputs=None
     return f
 
 
-def written(actions: list[fw.Action]) -> bytes:
+def written(actions: list[fw.DutAction]) -> bytes:
     """What the firmware printed (laps shown with a dummy counter of 0)."""
     out = b""
     for a in actions:

@@ -16,10 +16,10 @@ from farm.protocol.interface import (
     BoardName,
     CommandMatch,
     DutLine,
-    HostState,
     InterfaceDesyncError,
     InterfaceHost,
     InterfaceReply,
+    InterfaceState,
     PassthroughAck,
     Ready,
     Unknown,
@@ -363,7 +363,7 @@ def test_host_reads_print_dutycycle_quirk() -> None:
     host.feed(board.host_write(host.send("print_dutycycle")))
     (reply,) = host.take_replies()
     assert reply.events[-1] == Ready("123, 456, ", b"123, 456, m-ready")
-    assert host.state is HostState.IDLE
+    assert host.state is InterfaceState.IDLE
 
 
 def test_host_reads_empty_dutycycle_with_bare_ready() -> None:
@@ -468,7 +468,7 @@ def test_host_example_exchange(chunk: int) -> None:
         for i in range(0, len(wire), chunk):
             host.feed(wire[i : i + chunk])
         replies += host.take_replies()
-        assert host.state is HostState.IDLE
+        assert host.state is InterfaceState.IDLE
     name, load, chunk_reply, infer = replies
     assert name.command == "name" and not name.passthrough
     assert name.events == (
@@ -541,7 +541,7 @@ def test_host_refuses_bare_dut_and_over_long_passthrough() -> None:
         host.send("dut")
     with pytest.raises(LocalProtocolError, match="81"):
         host.send("dut " + "x" * 81)
-    assert host.state is HostState.IDLE
+    assert host.state is InterfaceState.IDLE
 
 
 def test_host_wedge_on_merged_m_ready() -> None:
@@ -568,7 +568,7 @@ def test_host_wedge_on_merged_m_ready() -> None:
         b"m-init-done",
         b"m-ready",
     ]
-    assert host.state is HostState.IDLE
+    assert host.state is InterfaceState.IDLE
     assert host.take_replies() == []
     host.send("name")
 
@@ -581,7 +581,7 @@ def test_host_ack_for_another_command_is_a_desync() -> None:
     assert isinstance(info.value, RemoteProtocolError)
     assert info.value.line == b"m-dut-passthrough(db load 490)"
     assert len(info.value.events) == 3  # everything received is still reported
-    assert host.state is HostState.ERROR
+    assert host.state is InterfaceState.ERROR
     with pytest.raises(LocalProtocolError, match="reset"):
         host.send("name")
     # In ERROR state lines are still classified, never raised.

@@ -21,8 +21,8 @@ from farm.protocol.lpm01a import (
     ErrorDetail,
     Event,
     Lpm01aHost,
-    LpmReply,
-    LpmState,
+    Lpm01aReply,
+    Lpm01aState,
     Malformed,
     Samples,
     TimeStamp,
@@ -53,7 +53,7 @@ def written(actions: list) -> bytes:
     return b"".join(a.data for a in actions if isinstance(a, Write))
 
 
-def exchange(host: Lpm01aHost, fw: Lpm01aFirmware, command: str) -> LpmReply:
+def exchange(host: Lpm01aHost, fw: Lpm01aFirmware, command: str) -> Lpm01aReply:
     """Send one command through the firmware and return the host's completed reply."""
     actions = fw.feed(host.send(command))
     host.feed(written(actions))
@@ -280,7 +280,7 @@ def test_host_error_without_detail_line() -> None:
     fw = Lpm01aFirmware(error_detail=False)
     host = Lpm01aHost()
     host.feed(written(fw.feed(host.send("volt 1800m"))))  # no htc: error
-    assert host.state is LpmState.AWAIT_DETAIL
+    assert host.state is Lpm01aState.AWAIT_DETAIL
     assert host.take_replies() == []
     # Data lines do not end the wait ...
     host.feed(b"1234-08\r\n")
@@ -322,7 +322,7 @@ def test_host_stop_waits_for_acquisition_completed() -> None:
     for command in ("freq 1k", "start"):
         exchange(host, fw, command)
     host.feed(written(fw.feed(host.send("stop"))))
-    assert host.state is LpmState.AWAIT_COMPLETED
+    assert host.state is Lpm01aState.AWAIT_COMPLETED
     assert host.take_replies() == []
     host.feed(b"1234-08\r\n" + ACQUISITION_COMPLETED_LINE)
     (reply,) = host.take_replies()
@@ -398,7 +398,7 @@ def test_host_reset() -> None:
     host.send("htc")
     host.feed(b"PowerShield > ac")
     host.reset()
-    assert host.outstanding is None and host.state is LpmState.IDLE
+    assert host.outstanding is None and host.state is Lpm01aState.IDLE
     host.send("htc")
     host.feed(b"PowerShield > ack htc\r\n")
     assert host.take_replies()[0].command == "htc"
@@ -409,7 +409,7 @@ def test_host_abandon_keeps_the_line_in_flight() -> None:
     host.send("volt 1800m")
     host.feed(b"12")
     host.abandon()
-    assert host.outstanding is None and host.state is LpmState.IDLE
+    assert host.outstanding is None and host.state is Lpm01aState.IDLE
     events = host.feed(b"34-08\r\nPowerShield > ack volt 1800m\r\n")
     assert events[0] == Samples((1234e-08,), b"1234-08")
     assert host.take_replies() == []  # the late ack is ignored
