@@ -30,10 +30,10 @@ from farm.protocol.lpm01a import (
     PROMPT,
     START,
     AcquisitionCompleted,
+    EdgeEvent,
     EnergyCapture,
     EnergyWindow,
     Error,
-    Event,
     Lpm01aEvent,
     Lpm01aHost,
     Lpm01aReply,
@@ -51,7 +51,7 @@ from farm.wire import WireModel
 log = get_logger("agent.lpm01a_client")
 
 #: What the stream yields: data lines, and the end of an acquisition.
-StreamItem = Samples | TimeStamp | Event | AcquisitionCompleted
+StreamItem = Samples | TimeStamp | EdgeEvent | AcquisitionCompleted
 #: Longest value an ack carries (``powershield``: "PowerShield present" + a 24-digit UID) plus
 #: an ``Error detail`` line: bounds a reply for the wire-time model.
 _REPLY_EXTRA = 128
@@ -455,7 +455,7 @@ class Lpm01aClient:
             except RemoteProtocolError as exc:
                 log.warning("lpm01a_event_gap", port=self.port, error=exc)
                 self._capture_error = self._capture_error or exc
-            if isinstance(event, Event):
+            if isinstance(event, EdgeEvent):
                 self._window_events += 1
                 self._event_arrived.set()
             for view in list(self._streams):

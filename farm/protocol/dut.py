@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from farm.protocol.errors import LocalProtocolError
+from farm.protocol.events import Event
 from farm.protocol.lines import LineFramer, is_clean, text
 
 #: The firmware's command buffer (``EE_CMD_SIZE``); longer commands are silently truncated.
@@ -50,10 +51,8 @@ def encode_command(command: str) -> bytes:
 
 
 @dataclass(frozen=True, slots=True)
-class DutEvent:
+class DutEvent(Event):
     """One line from the DUT. ``line`` is the raw line (CR and NUL removed, no LF)."""
-
-    line: bytes
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,7 @@ from enum import Enum
 
 from farm.protocol.dut import MAX_COMMAND_CHARS
 from farm.protocol.errors import LocalProtocolError, RemoteProtocolError
+from farm.protocol.events import Event
 from farm.protocol.lines import LineFramer, is_clean, text
 
 #: Every host command ends with this byte; nothing else terminates a command.
@@ -163,31 +164,33 @@ def encode_passthrough(dut_command: str, max_len: int = DUT_CMD_MAX) -> bytes:
 
 
 @dataclass(frozen=True, slots=True)
-class BoardName:
+class InterfaceEvent(Event):
+    """One line from the board (``line``: as framed, no LF, CR dropped)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BoardName(InterfaceEvent):
     """The board's ``name`` line."""
 
     text: str
-    line: bytes
 
 
 @dataclass(frozen=True, slots=True)
-class PassthroughAck:
+class PassthroughAck(InterfaceEvent):
     """``m-dut-passthrough(<command>)``: the board accepted a DUT command."""
 
     command: str
-    line: bytes
 
 
 @dataclass(frozen=True, slots=True)
-class Ready:
+class Ready(InterfaceEvent):
     """A line ending in ``m-ready``; ``prefix`` holds text before it (print_dutycycle quirk)."""
 
     prefix: str
-    line: bytes
 
 
 @dataclass(frozen=True, slots=True)
-class DutLine:
+class DutLine(InterfaceEvent):
     """One DUT line relayed by the board.
 
     ``payload`` is the DUT's line with the ``[dut]: `` prefix removed; ``line`` is the raw
@@ -196,51 +199,43 @@ class DutLine:
     """
 
     payload: bytes
-    line: bytes
     merged: bool = False
 
 
 @dataclass(frozen=True, slots=True)
-class BaudSet:
+class BaudSet(InterfaceEvent):
     """``set baud to: N``: the board stored a new DUT baud and is about to reset."""
 
     baud: int
-    line: bytes
 
 
 @dataclass(frozen=True, slots=True)
-class BaudIs:
+class BaudIs(InterfaceEvent):
     """``baud is: N``: the current DUT-side baud."""
 
     baud: int
-    line: bytes
 
 
 @dataclass(frozen=True, slots=True)
-class Unknown:
+class Unknown(InterfaceEvent):
     """Any other line (``ls`` file names, detection lists, garbage)."""
-
-    line: bytes
-
-
-InterfaceEvent = BoardName | PassthroughAck | Ready | DutLine | BaudSet | BaudIs | Unknown
 
 
 def classify_line(line: bytes) -> InterfaceEvent:
     """Classify one framed line (no LF, CR dropped) from the board; never fails."""
     if line.startswith(DUT_PREFIX):
-        return DutLine(line[len(DUT_PREFIX) :], line)
+        return DutLine(line, payload=line[len(DUT_PREFIX) :])
     s = text(line)
     if s.startswith(PASSTHROUGH_PREFIX) and s.endswith(")"):
-        return PassthroughAck(s[len(PASSTHROUGH_PREFIX) : -1], line)
+        return PassthroughAck(line, s[len(PASSTHROUGH_PREFIX) : -1])
     if s.endswith(READY):
-        return Ready(s[: -len(READY)], line)
+        return Ready(line, s[: -len(READY)])
     if s == BOARD_NAME:
-        return BoardName(s, line)
+        return BoardName(line, s)
     if m := _BAUD_SET_RE.fullmatch(s):
-        return BaudSet(int(m.group(1)), line)
+        return BaudSet(line, int(m.group(1)))
     if m := _BAUD_IS_RE.fullmatch(s):
-        return BaudIs(int(m.group(1)), line)
+        return BaudIs(line, int(m.group(1)))
     return Unknown(line)
 
 
@@ -480,7 +475,7 @@ class InterfaceHost:
                 raise _Desync(f"expected a [dut]: line, got {line!r}")
             # Without the board's prefix this can only be the tail of a DUT line that ended
             # in a bare LF: the board forwarded both as one line.
-            event = DutLine(line, line, merged=True)
+            event = DutLine(line, payload=line, merged=True)
         self._events.append(event)
         self._dut_lines.append(event.payload)
         if event.payload == READY.encode():

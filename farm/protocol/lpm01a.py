@@ -24,6 +24,7 @@ from decimal import Decimal, InvalidOperation
 from enum import Enum
 
 from farm.protocol.errors import LocalProtocolError, RemoteProtocolError
+from farm.protocol.events import Event
 from farm.protocol.lines import LineFramer, is_clean, text
 
 PROMPT = "PowerShield > "
@@ -146,33 +147,35 @@ def parse_number(s: str) -> Decimal | None:
 
 
 @dataclass(frozen=True, slots=True)
-class Ack:
+class Lpm01aEvent(Event):
+    """One line from the PowerShield (``line``: as framed, no LF, CR and NUL dropped)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ack(Lpm01aEvent):
     """``ack <command> [<value>]``. ``value`` is split off only when the outstanding command
     is known; otherwise ``command`` holds everything after ``ack``."""
 
     command: str
     value: str | None
-    line: bytes
 
 
 @dataclass(frozen=True, slots=True)
-class Error:
+class Error(Lpm01aEvent):
     """``error <command>``: the shell rejected a command."""
 
     command: str
-    line: bytes
 
 
 @dataclass(frozen=True, slots=True)
-class ErrorDetail:
+class ErrorDetail(Lpm01aEvent):
     """``Error detail: <text>`` following an error."""
 
     text: str
-    line: bytes
 
 
 @dataclass(frozen=True, slots=True)
-class Samples:
+class Samples(Lpm01aEvent):
     """One stream line of samples (joules per period with ``output energy``).
 
     ``junk``: text before or after the values added NaN samples, as the runner does.
@@ -181,20 +184,18 @@ class Samples:
     """
 
     values: tuple[float, ...]
-    line: bytes
     junk: bool = False
     wide: bool = False
 
 
 @dataclass(frozen=True, slots=True)
-class TimeStamp:
+class TimeStamp(Lpm01aEvent):
     """``TimeStamp: SSSs MMMms, buff BB%``; ``mark`` is the character after the colon and
     ``trailing`` any text after ``%`` (ignored by the runner)."""
 
     seconds: int
     millis: int
     buff: int
-    line: bytes
     mark: str = " "
     trailing: str = ""
 
@@ -205,50 +206,33 @@ class TimeStamp:
 
 
 @dataclass(frozen=True, slots=True)
-class Event:
+class EdgeEvent(Lpm01aEvent):
     """``event <n> ris``: an edge on D7 at this point of the sample stream."""
 
     number: int
     edge: str
-    line: bytes
 
 
 @dataclass(frozen=True, slots=True)
-class AcquisitionCompleted:
+class AcquisitionCompleted(Lpm01aEvent):
     """A line containing ``Acquisition completed``."""
 
-    line: bytes
-
 
 @dataclass(frozen=True, slots=True)
-class Malformed:
+class Malformed(Lpm01aEvent):
     """A line that is broken: a TimeStamp the runner's regex rejects, or bytes outside
     printable ASCII."""
 
-    line: bytes
     reason: str
 
 
 @dataclass(frozen=True, slots=True)
-class Unknown:
+class Unknown(Lpm01aEvent):
     """Any other message line."""
 
-    line: bytes
 
-
-Lpm01aEvent = (
-    Ack
-    | Error
-    | ErrorDetail
-    | Samples
-    | TimeStamp
-    | Event
-    | AcquisitionCompleted
-    | Malformed
-    | Unknown
-)
 #: Events of the acquisition stream (never part of a command reply).
-DATA_EVENTS = (Samples, TimeStamp, Event)
+DATA_EVENTS = (Samples, TimeStamp, EdgeEvent)
 
 
 def _strip_prompt(s: str) -> str:
@@ -302,28 +286,28 @@ def classify_line(line: bytes, command: str | None = None) -> Lpm01aEvent:
     if s.startswith("TimeStamp"):
         if m := _TIMESTAMP_RE.match(s):
             return TimeStamp(
-                int(m.group(2)), int(m.group(3)), int(m.group(4)), line, m.group(1), s[m.end() :]
+                line, int(m.group(2)), int(m.group(3)), int(m.group(4)), m.group(1), s[m.end() :]
             )
         return Malformed(line, "TimeStamp line does not match the runner's pattern")
     if (parsed := parse_samples(s)) is not None:
-        return Samples(parsed[0], line, junk=parsed[1])
+        return Samples(line, parsed[0], junk=parsed[1])
     if m := _WIDE_SAMPLE_RE.fullmatch(s):
-        return Samples((_sample_value(m.group(1), m.group(2)),), line, wide=True)
+        return Samples(line, (_sample_value(m.group(1), m.group(2)),), wide=True)
     if m := _EVENT_RE.match(s):
-        return Event(int(m.group(1)), m.group(2), line)
+        return EdgeEvent(line, int(m.group(1)), m.group(2))
     if not is_clean(line):
         return Malformed(line, "bytes outside printable ASCII")
     s = s.strip()
     if s == "ack" or s.startswith("ack "):
         rest = s[4:]
         split = _split_echo(rest, command)
-        return Ack(*split, line) if split else Ack(rest, None, line)
+        return Ack(line, *split) if split else Ack(line, rest, None)
     if s == "error" or s.startswith("error "):
         rest = s[6:]
         split = _split_echo(rest, command)
-        return Error(split[0] if split else rest, line)
+        return Error(line, split[0] if split else rest)
     if s.startswith("Error detail"):
-        return ErrorDetail(s[len("Error detail") :].lstrip(":").strip(), line)
+        return ErrorDetail(line, s[len("Error detail") :].lstrip(":").strip())
     if ACQUISITION_COMPLETED in s:
         return AcquisitionCompleted(line)
     return Unknown(line)
@@ -552,7 +536,7 @@ class EnergyCapture:
             # The next acquisition numbers its events and its samples from 0 again.
             self._last_event = None
             self._first_sample = -len(self._samples)
-        elif isinstance(event, Event):
+        elif isinstance(event, EdgeEvent):
             self._events.append((event.number, len(self._samples)))
             expected = None if self._last_event is None else self._last_event + 1
             self._last_event = event.number

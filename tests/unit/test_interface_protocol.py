@@ -172,23 +172,23 @@ def test_effective_baud(stored: int, baud: int) -> None:
     [
         (
             b"tinyML Enhanced Interface Board",
-            BoardName("tinyML Enhanced Interface Board", b"tinyML Enhanced Interface Board"),
+            BoardName(b"tinyML Enhanced Interface Board", "tinyML Enhanced Interface Board"),
         ),
         (
             b"m-dut-passthrough(db load 490)",
-            PassthroughAck("db load 490", b"m-dut-passthrough(db load 490)"),
+            PassthroughAck(b"m-dut-passthrough(db load 490)", "db load 490"),
         ),
-        (b"m-dut-passthrough(f(x))", PassthroughAck("f(x)", b"m-dut-passthrough(f(x))")),
-        (b"m-ready", Ready("", b"m-ready")),
-        (b"123, 456, m-ready", Ready("123, 456, ", b"123, 456, m-ready")),
-        (b"[dut]: m-ready", DutLine(b"m-ready", b"[dut]: m-ready")),
+        (b"m-dut-passthrough(f(x))", PassthroughAck(b"m-dut-passthrough(f(x))", "f(x)")),
+        (b"m-ready", Ready(b"m-ready", "")),
+        (b"123, 456, m-ready", Ready(b"123, 456, m-ready", "123, 456, ")),
+        (b"[dut]: m-ready", DutLine(b"[dut]: m-ready", b"m-ready")),
         (
             b"[dut]: m-[Expecting 490 bytes]",
-            DutLine(b"m-[Expecting 490 bytes]", b"[dut]: m-[Expecting 490 bytes]"),
+            DutLine(b"[dut]: m-[Expecting 490 bytes]", b"m-[Expecting 490 bytes]"),
         ),
-        (b"[dut]: ", DutLine(b"", b"[dut]: ")),
-        (b"set baud to: 115200", BaudSet(115200, b"set baud to: 115200")),
-        (b"baud is: 9600", BaudIs(9600, b"baud is: 9600")),
+        (b"[dut]: ", DutLine(b"[dut]: ", b"")),
+        (b"set baud to: 115200", BaudSet(b"set baud to: 115200", 115200)),
+        (b"baud is: 9600", BaudIs(b"baud is: 9600", 9600)),
         (b"baud is: fast", Unknown(b"baud is: fast")),
         (b"Detection Timestamps (ms)", Unknown(b"Detection Timestamps (ms)")),
         (b"\xff\xfe", Unknown(b"\xff\xfe")),
@@ -362,7 +362,7 @@ def test_host_reads_print_dutycycle_quirk() -> None:
     host = InterfaceHost()
     host.feed(board.host_write(host.send("print_dutycycle")))
     (reply,) = host.take_replies()
-    assert reply.events[-1] == Ready("123, 456, ", b"123, 456, m-ready")
+    assert reply.events[-1] == Ready(b"123, 456, m-ready", "123, 456, ")
     assert host.state is InterfaceState.IDLE
 
 
@@ -370,7 +370,7 @@ def test_host_reads_empty_dutycycle_with_bare_ready() -> None:
     board, host = FakeBoard({}), InterfaceHost()
     host.feed(board.host_write(host.send("print_dutycycle")))
     (reply,) = host.take_replies()
-    assert reply.events[-1] == Ready("", b"m-ready")
+    assert reply.events[-1] == Ready(b"m-ready", "")
 
 
 # --------------------------------------------------------------------------------------------
@@ -472,8 +472,8 @@ def test_host_example_exchange(chunk: int) -> None:
     name, load, chunk_reply, infer = replies
     assert name.command == "name" and not name.passthrough
     assert name.events == (
-        BoardName("tinyML Enhanced Interface Board", b"tinyML Enhanced Interface Board"),
-        Ready("", b"m-ready"),
+        BoardName(b"tinyML Enhanced Interface Board", "tinyML Enhanced Interface Board"),
+        Ready(b"m-ready", ""),
     )
     assert load.dut_command == "db load 490"
     assert load.dut_lines == (b"m-[Expecting 490 bytes]", b"m-ready")
@@ -506,11 +506,11 @@ def test_host_against_firmware_and_forwarder() -> None:
     host.feed(board.host_write(host.send("checkbaud")))
     name, dut_name, load, baud = host.take_replies()
     assert name.events[0] == BoardName(
-        "tinyML Enhanced Interface Board", b"tinyML Enhanced Interface Board"
+        b"tinyML Enhanced Interface Board", "tinyML Enhanced Interface Board"
     )
     assert dut_name.dut_lines == (b"m-name-dut-[unspecified]", b"m-ready")
     assert load.dut_lines == (b"m-[Expecting 490 bytes]", b"m-ready")
-    assert baud.events[0] == BaudIs(9600, b"baud is: 9600")
+    assert baud.events[0] == BaudIs(b"baud is: 9600", 9600)
     assert board.to_dut == [b"name%", b"db load 490%"]
 
 
@@ -518,7 +518,7 @@ def test_host_setbaud_reply() -> None:
     board, host = FakeBoard({}), InterfaceHost()
     host.feed(board.host_write(host.send("setbaud 115200")))
     (reply,) = host.take_replies()
-    assert reply.events == (BaudSet(115200, b"set baud to: 115200"), Ready("", b"m-ready"))
+    assert reply.events == (BaudSet(b"set baud to: 115200", 115200), Ready(b"m-ready", ""))
 
 
 def test_host_refuses_second_command_while_outstanding() -> None:
@@ -585,7 +585,7 @@ def test_host_ack_for_another_command_is_a_desync() -> None:
     with pytest.raises(LocalProtocolError, match="reset"):
         host.send("name")
     # In ERROR state lines are still classified, never raised.
-    assert host.feed(b"m-ready\r\n") == [Ready("", b"m-ready")]
+    assert host.feed(b"m-ready\r\n") == [Ready(b"m-ready", "")]
     host.reset()
     host.send("name")
 
@@ -614,8 +614,8 @@ def test_host_unsolicited_lines_in_idle_are_reported_not_raised() -> None:
     host = InterfaceHost()
     events = host.feed(b"[dut]: m-ready\r\nm-ready\r\n\xff\xfe\r\n")
     assert events == [
-        DutLine(b"m-ready", b"[dut]: m-ready"),
-        Ready("", b"m-ready"),
+        DutLine(b"[dut]: m-ready", b"m-ready"),
+        Ready(b"m-ready", ""),
         Unknown(b"\xff\xfe"),
     ]
     assert host.take_replies() == []
@@ -630,7 +630,7 @@ def test_host_reset_drops_partial_line_and_outstanding_command() -> None:
     host.send("checkbaud")
     host.feed(b"baud is: 9600\nm-ready\r\n")
     (reply,) = host.take_replies()
-    assert reply.events[0] == BaudIs(9600, b"baud is: 9600")
+    assert reply.events[0] == BaudIs(b"baud is: 9600", 9600)
 
 
 # --------------------------------------------------------------------------------------------
