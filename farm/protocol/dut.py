@@ -335,7 +335,7 @@ class DutHost:
     ``send`` returns the bytes to write; ``feed`` takes received bytes and returns one event
     per completed line; a reply is complete when its ``m-ready`` line arrives and is then
     available from :meth:`next_reply`. Lines that arrive with no command outstanding (a boot
-    banner after a reset, noise) are returned as events too and kept in ``unsolicited``.
+    banner after a reset, noise) are returned as events too, and belong to no reply.
     """
 
     def __init__(self) -> None:
@@ -344,7 +344,6 @@ class DutHost:
         self._command = ""
         self._events: list[DutEvent] = []
         self._replies: deque[DutReply] = deque()
-        self.unsolicited: list[DutEvent] = []
 
     @property
     def state(self) -> DutState:
@@ -378,7 +377,8 @@ class DutHost:
         events = [classify_line(line) for line in self._framer.feed(data)]
         for event in events:
             if self._state is DutState.IDLE:
-                self.unsolicited.append(event)
+                # Unsolicited: only the returned events report it (the caller logs it); kept
+                # here it would grow without bound on a DUT that prints while nobody asks.
                 continue
             self._events.append(event)
             if isinstance(event, Ready):
