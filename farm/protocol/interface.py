@@ -11,13 +11,14 @@ docs/protocols.md.
 Nothing in this module does I/O or looks at a clock: callers feed bytes in and get typed,
 immutable events back.
 
-Remote-problem policy (host side): a reply that cannot belong to the command we sent (a
-passthrough ack naming another command, passthrough output during a board command, a line
-with bytes outside printable ASCII, a malformed two-line ack) raises
-:class:`InterfaceDesyncError`, a :class:`~farm.protocol.errors.RemoteProtocolError`. The host
-then refuses to send until :meth:`InterfaceHost.reset` is called after a resync, because every
-later reply would be attributed to the wrong command. The *bare-LF wedge* (§3.2 point 3) is not
-an error: the reply completes with ``wedged=True`` and the host refuses new commands until the
+Remote-problem policy: a reply that cannot belong to the command we sent (a passthrough ack
+naming another command, passthrough output during a board command, a line with bytes outside
+printable ASCII, a malformed two-line ack) raises :class:`InterfaceDesyncError`, a
+:class:`~farm.protocol.errors.RemoteProtocolError`. The host then refuses to send until
+:meth:`InterfaceHost.reset` is called after a resync, because every later reply would be
+attributed to the wrong command. The *bare-LF wedge* is not an error: when a DUT line ends in a
+bare LF the board merges it with the next one, so it may never see the DUT's exact ``m-ready``;
+the reply then completes with ``wedged=True`` and the host refuses new commands until the
 board's task finishes (an unsolicited ``[dut]: m-ready``) or the caller resets.
 """
 
@@ -40,9 +41,9 @@ READY = "m-ready"
 READY_LINE = b"m-ready\r\n"
 DUT_PREFIX = b"[dut]: "
 PASSTHROUGH_PREFIX = "m-dut-passthrough("
-#: The DUT stores at most this many command characters and silently truncates the rest (§2.2).
+#: The DUT stores at most this many command characters and silently truncates the rest.
 DUT_CMD_MAX = MAX_COMMAND_CHARS
-#: The sww DUT variant's larger command buffer (§2.8).
+#: The sww DUT variant's larger command buffer.
 SWW_DUT_CMD_MAX = 1028
 DEFAULT_DUT_BAUD = 9600
 MAX_DUT_BAUD = 2_000_000
@@ -84,7 +85,7 @@ class CommandMatch:
 
 
 def match_command(command: str) -> CommandMatch:
-    """Apply the firmware's matching rule (§3.1) to a command buffer without its ``%``."""
+    """Apply the firmware's matching rule to a command buffer without its ``%``."""
     for entry in COMMANDS:
         if not command.startswith(entry):
             continue
@@ -263,7 +264,7 @@ class InterfaceReply:
     ``command`` is the board command as sent (without ``%``); ``dut_command`` is set for a
     passthrough and ``dut_lines`` then holds the DUT's lines (prefix removed) in order,
     including the final ``m-ready``. ``wedged`` reports that the reply ended on a merged
-    ``m-ready`` (§3.2 point 3): the board itself is still waiting for the DUT.
+    ``m-ready`` (the bare-LF wedge): the board itself is still waiting for the DUT.
     """
 
     command: str

@@ -287,7 +287,7 @@ class InterfaceFirmware:
 
 
 class PassthroughForwarder:
-    """The board's SD-task loop relaying DUT output to the host (§3.2 point 2–4).
+    """The board's SD-task loop relaying DUT output to the host.
 
     DUT bytes accumulate whether or not a passthrough is active (the board's RX queue keeps
     them: the simulator models its 100-byte drop-on-full limit). While active, every

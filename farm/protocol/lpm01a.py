@@ -79,7 +79,7 @@ def _check_voltage(voltage_mv: int) -> None:
 
 
 def setup_commands(voltage_mv: int) -> list[str]:
-    """The runner's LPM session setup, in order (§4.1 'Runner LPM session')."""
+    """The runner's LPM session setup, in order."""
     _check_voltage(voltage_mv)
     return [
         "htc",
