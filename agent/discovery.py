@@ -21,7 +21,7 @@ import yaml
 
 from agent.config import BoardConfig, Match, Role
 from farm.logs import get_logger
-from farm.sim.config import DUT_USB, INTERFACE_USB, MONITOR_USB
+from farm.usb_ids import DUT_USB, INTERFACE_USB, MONITOR_USB
 
 log = get_logger("agent.discovery")
 

@@ -40,7 +40,7 @@ class DutChannel(Protocol):
 
     async def exchange(
         self, command: str, *, reply_bytes: int, compute_s: float = 0.0
-    ) -> dut.Reply:
+    ) -> dut.DutReply:
         """Send one DUT command; return its complete reply (up to ``m-ready``)."""
         ...
 
@@ -50,8 +50,8 @@ class DutChannel(Protocol):
         *,
         reply_bytes: int,
         compute_s: float = 0.0,
-        check: Callable[[dut.Reply], object] | None = None,
-    ) -> dut.Reply:
+        check: Callable[[dut.DutReply], object] | None = None,
+    ) -> dut.DutReply:
         """Send ``commands`` in turn, each after the previous reply passed ``check``;
         return the last reply."""
         ...
@@ -61,7 +61,7 @@ class DutChannel(Protocol):
         ...
 
 
-def check_reply(port: str, reply: dut.Reply) -> dut.Reply:
+def check_reply(port: str, reply: dut.DutReply) -> dut.DutReply:
     """Raise on a reply that cannot be trusted or that reports an error."""
     if reply.reset_seen:
         raise DeviceReset(f"{port}: the DUT rebooted during {reply.command!r}")
@@ -110,7 +110,7 @@ class DirectChannel:
 
     async def exchange(
         self, command: str, *, reply_bytes: int, compute_s: float = 0.0
-    ) -> dut.Reply:
+    ) -> dut.DutReply:
         """Send ``command``; wait at most the modelled time for its reply."""
         return await self.exchange_each([command], reply_bytes=reply_bytes, compute_s=compute_s)
 
@@ -120,8 +120,8 @@ class DirectChannel:
         *,
         reply_bytes: int,
         compute_s: float = 0.0,
-        check: Callable[[dut.Reply], object] | None = None,
-    ) -> dut.Reply:
+        check: Callable[[dut.DutReply], object] | None = None,
+    ) -> dut.DutReply:
         """Send ``commands`` one after the other, each only once the previous reply is
         complete and has passed ``check``; return the last reply.
 
@@ -138,7 +138,7 @@ class DirectChannel:
                 self.host.feed(stale)
                 log.info("unsolicited", port=self.port, bytes=len(stale))
             loop = asyncio.get_running_loop()
-            done: asyncio.Future[dut.Reply] = loop.create_future()
+            done: asyncio.Future[dut.DutReply] = loop.create_future()
             pending = iter(commands)
             current = _Outstanding()
 
@@ -284,7 +284,7 @@ class InferResult:
     """DUT µs between the first and the last lap, across a 32-bit wrap; ``None`` on the
     energy build (its timestamps are pin pulses the energy monitor sees)."""
     results: tuple[float, ...]
-    reply: dut.Reply
+    reply: dut.DutReply
 
 
 class DutClient:
@@ -320,7 +320,7 @@ class DutClient:
         """Result vector length the reply-size model assumes."""
         return self.model.outputs if self.model else 12
 
-    async def command(self, command: str, compute_s: float = 0.0) -> dut.Reply:
+    async def command(self, command: str, compute_s: float = 0.0) -> dut.DutReply:
         """Any command; the reply is checked (errors, garbage, reset raise). After a timeout
         the channel is resynced first."""
         if self.channel.needs_resync:
@@ -424,7 +424,7 @@ class DutClient:
 E = TypeVar("E", bound=dut.DutEvent)
 
 
-def _one(port: str, reply: dut.Reply, kind: type[E]) -> E:
+def _one(port: str, reply: dut.DutReply, kind: type[E]) -> E:
     found = reply.of(kind)
     if not found:
         raise GarbledReply(f"{port}: reply to {reply.command!r} lacks a {kind.__name__} line")

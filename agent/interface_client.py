@@ -291,7 +291,7 @@ class InterfaceClient:
                 raise ResyncFailed(
                     f"{self.port}: DUT did not answer 'dut name' after a resync: {exc}"
                 ) from exc
-            events = [dut.classify(line) for line in reply.dut_lines]
+            events = [dut.classify_line(line) for line in reply.dut_lines]
             if any(isinstance(e, dut.Name) for e in events):
                 log.info("interface_resynced", port=self.port)
                 return
@@ -324,13 +324,13 @@ class PassthroughChannel:
 
     async def exchange(
         self, command: str, *, reply_bytes: int, compute_s: float = 0.0
-    ) -> dut.Reply:
+    ) -> dut.DutReply:
         """Send one DUT command through the board; return the DUT's reply, each line
         classified as on a direct link."""
         async with self._lock:
             return await self._exchange(command, reply_bytes, compute_s)
 
-    async def _exchange(self, command: str, reply_bytes: int, compute_s: float) -> dut.Reply:
+    async def _exchange(self, command: str, reply_bytes: int, compute_s: float) -> dut.DutReply:
         try:
             reply = await self.client.passthrough(
                 command, reply_bytes=reply_bytes, compute_s=compute_s
@@ -340,7 +340,7 @@ class PassthroughChannel:
             raise
         if reply.wedged:
             log.warning("interface_wedged", port=self.port, command=command)
-        return dut.Reply(command, tuple(dut.classify(line) for line in reply.dut_lines))
+        return dut.DutReply(command, tuple(dut.classify_line(line) for line in reply.dut_lines))
 
     async def exchange_each(
         self,
@@ -348,13 +348,13 @@ class PassthroughChannel:
         *,
         reply_bytes: int,
         compute_s: float = 0.0,
-        check: Callable[[dut.Reply], object] | None = None,
-    ) -> dut.Reply:
+        check: Callable[[dut.DutReply], object] | None = None,
+    ) -> dut.DutReply:
         """Send ``commands`` in turn, each after the previous reply passed ``check``.
 
         One task-level exchange per command is cheap next to the board's own latency (it
         relays at 9600 baud and answers each command with a two-line ack first)."""
-        reply: dut.Reply | None = None
+        reply: dut.DutReply | None = None
         async with self._lock:
             for command in commands:
                 reply = await self._exchange(command, reply_bytes, compute_s)

@@ -30,14 +30,14 @@ from farm.protocol.lpm01a import (
     PROMPT,
     START,
     AcquisitionCompleted,
+    EdgeEvent,
     EnergyCapture,
     EnergyWindow,
     Error,
-    Event,
+    Lpm01aEvent,
     Lpm01aHost,
-    LpmEvent,
-    LpmReply,
-    LpmState,
+    Lpm01aReply,
+    Lpm01aState,
     Malformed,
     Samples,
     TimeStamp,
@@ -51,7 +51,7 @@ from farm.wire import WireModel
 log = get_logger("agent.lpm01a_client")
 
 #: What the stream yields: data lines, and the end of an acquisition.
-StreamItem = Samples | TimeStamp | Event | AcquisitionCompleted
+StreamItem = Samples | TimeStamp | EdgeEvent | AcquisitionCompleted
 #: Longest value an ack carries (``powershield``: "PowerShield present" + a 24-digit UID) plus
 #: an ``Error detail`` line: bounds a reply for the wire-time model.
 _REPLY_EXTRA = 128
@@ -198,7 +198,7 @@ class Lpm01aClient:
         self._host = Lpm01aHost()
         self._lock = asyncio.Lock()
         self._reader: asyncio.Task[None] | None = None
-        self._pending: asyncio.Future[LpmReply] | None = None
+        self._pending: asyncio.Future[Lpm01aReply] | None = None
         self._detail_timer: asyncio.TimerHandle | None = None
         self._capture = EnergyCapture()
         self._capture_error: RemoteProtocolError | None = None
@@ -253,7 +253,7 @@ class Lpm01aClient:
         sent = len(command) + 2
         return self.wire.timeout(sent, reply_bytes + STREAM_ALLOWANCE) + self.detail_wait_s
 
-    async def command(self, command: str, *, reply_bytes: int | None = None) -> LpmReply:
+    async def command(self, command: str, *, reply_bytes: int | None = None) -> Lpm01aReply:
         """Send one shell command and wait for its ack (for ``stop``: and ``Acquisition
         completed``). Raises DeviceCommandError with the device's ``Error detail`` text (or
         its ``error`` line) on a rejection, DeviceTimeout if no ack comes in time."""
@@ -264,7 +264,7 @@ class Lpm01aClient:
             loop = asyncio.get_running_loop()
             data = self._host.send(command)
             deadline = self.timeout_for(command, reply_bytes)
-            future: asyncio.Future[LpmReply] = loop.create_future()
+            future: asyncio.Future[Lpm01aReply] = loop.create_future()
             self._pending = future
             before, malformed = self._message_bytes, self._malformed
             self.link.write(data)
@@ -448,14 +448,14 @@ class Lpm01aClient:
             log.exception("lpm01a_reader_failed", port=self.port)
             self._shutdown(LinkLost(self.port, f"reader failed: {type(exc).__name__}: {exc}"))
 
-    def _route(self, event: LpmEvent) -> None:
+    def _route(self, event: Lpm01aEvent) -> None:
         if isinstance(event, StreamItem):
             try:
                 self._capture.add(event)
             except RemoteProtocolError as exc:
                 log.warning("lpm01a_event_gap", port=self.port, error=exc)
                 self._capture_error = self._capture_error or exc
-            if isinstance(event, Event):
+            if isinstance(event, EdgeEvent):
                 self._window_events += 1
                 self._event_arrived.set()
             for view in list(self._streams):
@@ -480,7 +480,7 @@ class Lpm01aClient:
                 future.set_result(reply)
             else:
                 log.info("lpm01a_late_reply", port=self.port, command=reply.command)
-        if self._host.state is LpmState.AWAIT_DETAIL:
+        if self._host.state is Lpm01aState.AWAIT_DETAIL:
             if self._detail_timer is None:
                 loop = asyncio.get_running_loop()
                 self._detail_timer = loop.call_later(self.detail_wait_s, self._detail_timeout)
@@ -510,7 +510,7 @@ class Lpm01aClient:
         self._streams.clear()
 
 
-def _error_text(reply: LpmReply) -> str:
+def _error_text(reply: Lpm01aReply) -> str:
     if reply.error_detail is not None:
         return reply.error_detail
     errors = [text(e.line) for e in reply.events if isinstance(e, Error)]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from farm.protocol.errors import LocalProtocolError
+from farm.protocol.events import Event
 from farm.protocol.lines import LineFramer, is_clean, text
 
 #: The firmware's command buffer (``EE_CMD_SIZE``); longer commands are silently truncated.
@@ -50,10 +51,8 @@ def encode_command(command: str) -> bytes:
 
 
 @dataclass(frozen=True, slots=True)
-class DutEvent:
+class DutEvent(Event):
     """One line from the DUT. ``line`` is the raw line (CR and NUL removed, no LF)."""
-
-    line: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,7 +229,7 @@ def _results(body: str) -> tuple[float, ...] | None:
     return tuple(values)
 
 
-def classify(line: bytes) -> DutEvent:
+def classify_line(line: bytes) -> DutEvent:
     """Turn one framed line into its event. Never raises, whatever the bytes."""
     if line.endswith(_READY):
         prefix = line[: -len(_READY)]
@@ -265,7 +264,7 @@ def classify(line: bytes) -> DutEvent:
 
 
 @dataclass(frozen=True, slots=True)
-class Reply:
+class DutReply:
     """Everything the DUT printed for one command, up to and including ``m-ready``."""
 
     command: str
@@ -323,7 +322,7 @@ def elapsed_us(start: int, end: int) -> int:
     return (end - start) % LAP_MODULUS
 
 
-class State(Enum):
+class DutState(Enum):
     """Whether a command is outstanding on the link."""
 
     IDLE = "idle"
@@ -336,19 +335,18 @@ class DutHost:
     ``send`` returns the bytes to write; ``feed`` takes received bytes and returns one event
     per completed line; a reply is complete when its ``m-ready`` line arrives and is then
     available from :meth:`next_reply`. Lines that arrive with no command outstanding (a boot
-    banner after a reset, noise) are returned as events too and kept in ``unsolicited``.
+    banner after a reset, noise) are returned as events too, and belong to no reply.
     """
 
     def __init__(self) -> None:
         self._framer = LineFramer()
-        self._state = State.IDLE
+        self._state = DutState.IDLE
         self._command = ""
         self._events: list[DutEvent] = []
-        self._replies: deque[Reply] = deque()
-        self.unsolicited: list[DutEvent] = []
+        self._replies: deque[DutReply] = deque()
 
     @property
-    def state(self) -> State:
+    def state(self) -> DutState:
         """``IDLE`` or ``AWAITING_REPLY``."""
         return self._state
 
@@ -364,32 +362,33 @@ class DutHost:
         read its UART while it executes, so a second command would be lost) or if the command
         itself is invalid (see :func:`encode_command`).
         """
-        if self._state is not State.IDLE:
+        if self._state is not DutState.IDLE:
             raise LocalProtocolError(
                 f"cannot send {command!r}: the reply to {self._command!r} is still outstanding"
             )
         data = encode_command(command)
-        self._state = State.AWAITING_REPLY
+        self._state = DutState.AWAITING_REPLY
         self._command = command
         self._events = []
         return data
 
     def feed(self, data: bytes) -> list[DutEvent]:
         """Process received bytes; return the events of every line they complete."""
-        events = [classify(line) for line in self._framer.feed(data)]
+        events = [classify_line(line) for line in self._framer.feed(data)]
         for event in events:
-            if self._state is State.IDLE:
-                self.unsolicited.append(event)
+            if self._state is DutState.IDLE:
+                # Unsolicited: only the returned events report it (the caller logs it); kept
+                # here it would grow without bound on a DUT that prints while nobody asks.
                 continue
             self._events.append(event)
             if isinstance(event, Ready):
-                self._replies.append(Reply(self._command, tuple(self._events)))
-                self._state = State.IDLE
+                self._replies.append(DutReply(self._command, tuple(self._events)))
+                self._state = DutState.IDLE
                 self._command = ""
                 self._events = []
         return events
 
-    def next_reply(self) -> Reply | None:
+    def next_reply(self) -> DutReply | None:
         """The oldest completed reply not yet taken, or ``None``."""
         return self._replies.popleft() if self._replies else None
 
@@ -398,7 +397,7 @@ class DutHost:
         partial line and reply, return to ``IDLE``, and return what had arrived."""
         partial = tuple(self._events)
         self._framer.reset()
-        self._state = State.IDLE
+        self._state = DutState.IDLE
         self._command = ""
         self._events = []
         self._replies.clear()

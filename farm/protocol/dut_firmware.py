@@ -79,7 +79,7 @@ class Overflow:
     position: int
 
 
-Action = Write | Compute | Lap | Pulse | EnableParser | Overflow
+DutAction = Write | Compute | Lap | Pulse | EnableParser | Overflow
 
 
 def format_lap(counter_us: int) -> bytes:
@@ -142,13 +142,13 @@ class DutFirmware:
 
     # -- boot ------------------------------------------------------------------------------
 
-    def boot(self) -> list[Action]:
+    def boot(self) -> list[DutAction]:
         """Power-on or reset: state is lost; the banner of §2.3 follows.
 
         The parser stays disabled until the simulator executes :class:`EnableParser`.
         """
         self._reset_state()
-        stamp: Action = Lap() if self.build == "performance" else Pulse()
+        stamp: DutAction = Lap() if self.build == "performance" else Pulse()
         return [
             _line(f"m-timestamp-mode-{self.build}"),
             stamp,
@@ -160,9 +160,9 @@ class DutFirmware:
 
     # -- input -----------------------------------------------------------------------------
 
-    def receive(self, data: bytes) -> list[Action]:
+    def receive(self, data: bytes) -> list[DutAction]:
         """Take bytes from the UART; return the actions of every command they complete."""
-        actions: list[Action] = []
+        actions: list[DutAction] = []
         for byte in data:
             if byte != 0x25:  # '%'
                 # Past 80 characters every byte overwrites index 80, which '%' then zeroes:
@@ -182,11 +182,11 @@ class DutFirmware:
             actions += self.execute(raw.decode("latin-1"))
         return actions
 
-    def execute(self, command: str) -> list[Action]:
+    def execute(self, command: str) -> list[DutAction]:
         """Run one complete command (without its ``%``); the reply ends with ``m-ready``."""
         self.last_command = command
         tokens = [t for t in command.split(" ") if t]  # strtok on single spaces
-        out: list[Action] = []
+        out: list[DutAction] = []
         if not tokens:
             out.append(_line("e-[Unknown command: (null)]"))
         else:
@@ -208,19 +208,19 @@ class DutFirmware:
 
     # -- commands --------------------------------------------------------------------------
 
-    def _name(self, _args: list[str]) -> list[Action]:
+    def _name(self, _args: list[str]) -> list[DutAction]:
         return [_line(f"m-name-dut-[{self.vendor}]")]
 
-    def _profile(self, _args: list[str]) -> list[Action]:
+    def _profile(self, _args: list[str]) -> list[DutAction]:
         return [_line(f"m-profile-[{PROFILE}]"), _line(f"m-model-[{self.model.id}]")]
 
-    def _help(self, _args: list[str]) -> list[Action]:
+    def _help(self, _args: list[str]) -> list[DutAction]:
         return [_line(s) for s in HELP_LINES]
 
-    def _timestamp(self, _args: list[str]) -> list[Action]:
+    def _timestamp(self, _args: list[str]) -> list[DutAction]:
         return [Lap() if self.build == "performance" else Pulse()]
 
-    def _db_command(self, args: list[str]) -> list[Action]:
+    def _db_command(self, args: list[str]) -> list[DutAction]:
         if not args:
             return [_line("e-[Command 'db' requires a subcommand]")]
         sub = args[0]
@@ -241,10 +241,10 @@ class DutFirmware:
             return self._db_print()
         return self._db_hex(sub)
 
-    def _db_hex(self, digits: str) -> list[Action]:
+    def _db_hex(self, digits: str) -> list[DutAction]:
         if len(digits) % 2:
             return [_line("e-[Insufficent number of hex digits]")]
-        out: list[Action] = []
+        out: list[DutAction] = []
         for i in range(0, len(digits), 2):
             pair = digits[i : i + 2]
             if not all(c in "0123456789abcdefABCDEF" for c in pair):
@@ -260,9 +260,9 @@ class DutFirmware:
                 return out  # surplus digits of this chunk are ignored
         return out
 
-    def _db_print(self) -> list[Action]:
+    def _db_print(self) -> list[DutAction]:
         size = min(self._db_size, len(self._db))
-        out: list[Action] = []
+        out: list[DutAction] = []
         for i in range(0, size, 8):
             chunk = self._db[i : min(i + 8, size)]
             out.append(_line("m-buffer-" + "-".join(f"{b:02x}" for b in chunk)))
@@ -270,14 +270,14 @@ class DutFirmware:
             out.append(_line(""))
         return out
 
-    def _infer(self, args: list[str]) -> list[Action]:
+    def _infer(self, args: list[str]) -> list[DutAction]:
         count = _atoi(args[0]) if args else 1
         warmup = _atoi(args[1]) if len(args) > 1 else 10
         if count <= 0:
             return [_line("e-[Inference iterations must be >0]")]
         if warmup < 0:
             return [_line("e-[Inference warmup must be >=0]")]
-        out: list[Action] = []
+        out: list[DutAction] = []
         elements = self._db_pos // self.model.element_bytes
         if elements != self.model.input_elements:
             # LF only; the reference port then runs on the previous tensor.
@@ -285,7 +285,7 @@ class DutFirmware:
             out.append(Write(message.encode()))
         else:
             self._tensor = bytes(self._db[: self.model.input_bytes])
-        stamp: Action = Lap() if self.build == "performance" else Pulse()
+        stamp: DutAction = Lap() if self.build == "performance" else Pulse()
         self._results = tuple(self.infer_fn(self._tensor))
         out += [
             _line(f"m-warmup-start-{warmup}"),
@@ -300,5 +300,5 @@ class DutFirmware:
         ]
         return out
 
-    def _print_results(self, _args: list[str]) -> list[Action]:
+    def _print_results(self, _args: list[str]) -> list[DutAction]:
         return [_line(f"m-results-[{format_results(self.model.result_format, self._results)}]")]

@@ -1,11 +1,11 @@
-"""Sans-IO protocol of the ST LPM01A PowerShield energy monitor (PROTOCOLS.md §4.1).
+"""The ST LPM01A PowerShield energy monitor's serial protocol, host side, sans-IO.
 
-Host side: :func:`encode_command`, :func:`classify_line`, :class:`Lpm01aHost` (one outstanding
-command, data lines passed through while commands are exchanged), :class:`EnergyCapture` (the
+:func:`encode_command`, :func:`classify_line`, :class:`Lpm01aHost` (one outstanding command,
+data lines passed through while commands are exchanged), :class:`EnergyCapture` (the
 sample/event bookkeeping of the energy computation) and the official runner's command
-sequences. Device side, for the simulator: :class:`Lpm01aFirmware` (command shell with the
-§4.1 grammar and state) and the stream formatters :func:`format_sample`,
-:func:`format_timestamp`, :func:`format_event`.
+sequences. What the PowerShield's firmware shares with the host lives here too (the prompt,
+:func:`parse_number`); the shell itself and the stream formatters, for the simulator, are
+:mod:`farm.protocol.lpm01a_firmware`. The wire format is described in docs/protocols.md.
 
 Remote-problem policy (host side): the command path never raises. Acks carry the command text,
 so a reply cannot be misattributed; lines that belong to no command (stale acks, the
@@ -24,6 +24,7 @@ from decimal import Decimal, InvalidOperation
 from enum import Enum
 
 from farm.protocol.errors import LocalProtocolError, RemoteProtocolError
+from farm.protocol.events import Event
 from farm.protocol.lines import LineFramer, is_clean, text
 
 PROMPT = "PowerShield > "
@@ -78,7 +79,7 @@ def _check_voltage(voltage_mv: int) -> None:
 
 
 def setup_commands(voltage_mv: int) -> list[str]:
-    """The runner's LPM session setup, in order (§4.1 'Runner LPM session')."""
+    """The runner's LPM session setup, in order."""
     _check_voltage(voltage_mv)
     return [
         "htc",
@@ -116,38 +117,65 @@ def teardown_commands() -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------
+# Shell numbers (the host reads back the ``freq`` it set; the firmware parses arguments)
+# --------------------------------------------------------------------------------------------
+
+_NUMBER_RE = re.compile(r"(\d+)(?:([numk])|([+-])(\d{1,2}))?")
+_SUFFIX = {"n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"), "k": Decimal(1000)}
+
+
+def parse_number(s: str) -> Decimal | None:
+    """A shell number: digits with an optional ``n u m k`` suffix or a ``-xx``/``+xx``
+    power of ten (``2m`` = ``2-3``). None if malformed."""
+    m = _NUMBER_RE.fullmatch(s)
+    if m is None:
+        return None
+    try:
+        value = Decimal(m.group(1))
+        if m.group(2):
+            return value * _SUFFIX[m.group(2)]
+        if m.group(3):
+            return value.scaleb(int(m.group(3) + m.group(4)))
+    except InvalidOperation:
+        return None
+    return value
+
+
+# --------------------------------------------------------------------------------------------
 # Host side: events
 # --------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
-class Ack:
+class Lpm01aEvent(Event):
+    """One line from the PowerShield (``line``: as framed, no LF, CR and NUL dropped)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ack(Lpm01aEvent):
     """``ack <command> [<value>]``. ``value`` is split off only when the outstanding command
     is known; otherwise ``command`` holds everything after ``ack``."""
 
     command: str
     value: str | None
-    line: bytes
 
 
 @dataclass(frozen=True, slots=True)
-class Error:
+class Error(Lpm01aEvent):
     """``error <command>``: the shell rejected a command."""
 
     command: str
-    line: bytes
 
 
 @dataclass(frozen=True, slots=True)
-class ErrorDetail:
+class ErrorDetail(Lpm01aEvent):
     """``Error detail: <text>`` following an error."""
 
     text: str
-    line: bytes
 
 
 @dataclass(frozen=True, slots=True)
-class Samples:
+class Samples(Lpm01aEvent):
     """One stream line of samples (joules per period with ``output energy``).
 
     ``junk``: text before or after the values added NaN samples, as the runner does.
@@ -156,20 +184,18 @@ class Samples:
     """
 
     values: tuple[float, ...]
-    line: bytes
     junk: bool = False
     wide: bool = False
 
 
 @dataclass(frozen=True, slots=True)
-class TimeStamp:
+class TimeStamp(Lpm01aEvent):
     """``TimeStamp: SSSs MMMms, buff BB%``; ``mark`` is the character after the colon and
     ``trailing`` any text after ``%`` (ignored by the runner)."""
 
     seconds: int
     millis: int
     buff: int
-    line: bytes
     mark: str = " "
     trailing: str = ""
 
@@ -180,50 +206,33 @@ class TimeStamp:
 
 
 @dataclass(frozen=True, slots=True)
-class Event:
+class EdgeEvent(Lpm01aEvent):
     """``event <n> ris``: an edge on D7 at this point of the sample stream."""
 
     number: int
     edge: str
-    line: bytes
 
 
 @dataclass(frozen=True, slots=True)
-class AcquisitionCompleted:
+class AcquisitionCompleted(Lpm01aEvent):
     """A line containing ``Acquisition completed``."""
 
-    line: bytes
-
 
 @dataclass(frozen=True, slots=True)
-class Malformed:
+class Malformed(Lpm01aEvent):
     """A line that is broken: a TimeStamp the runner's regex rejects, or bytes outside
     printable ASCII."""
 
-    line: bytes
     reason: str
 
 
 @dataclass(frozen=True, slots=True)
-class Unknown:
+class Unknown(Lpm01aEvent):
     """Any other message line."""
 
-    line: bytes
 
-
-LpmEvent = (
-    Ack
-    | Error
-    | ErrorDetail
-    | Samples
-    | TimeStamp
-    | Event
-    | AcquisitionCompleted
-    | Malformed
-    | Unknown
-)
 #: Events of the acquisition stream (never part of a command reply).
-DATA_EVENTS = (Samples, TimeStamp, Event)
+DATA_EVENTS = (Samples, TimeStamp, EdgeEvent)
 
 
 def _strip_prompt(s: str) -> str:
@@ -267,7 +276,7 @@ def _split_echo(rest: str, command: str | None) -> tuple[str, str | None] | None
     return None
 
 
-def classify_line(line: bytes, command: str | None = None) -> LpmEvent:
+def classify_line(line: bytes, command: str | None = None) -> Lpm01aEvent:
     """Classify one framed line (LF removed, CR/NUL dropped); never fails.
 
     ``command`` is the outstanding command, used to split an ack's echo from its value.
@@ -277,28 +286,28 @@ def classify_line(line: bytes, command: str | None = None) -> LpmEvent:
     if s.startswith("TimeStamp"):
         if m := _TIMESTAMP_RE.match(s):
             return TimeStamp(
-                int(m.group(2)), int(m.group(3)), int(m.group(4)), line, m.group(1), s[m.end() :]
+                line, int(m.group(2)), int(m.group(3)), int(m.group(4)), m.group(1), s[m.end() :]
             )
         return Malformed(line, "TimeStamp line does not match the runner's pattern")
     if (parsed := parse_samples(s)) is not None:
-        return Samples(parsed[0], line, junk=parsed[1])
+        return Samples(line, parsed[0], junk=parsed[1])
     if m := _WIDE_SAMPLE_RE.fullmatch(s):
-        return Samples((_sample_value(m.group(1), m.group(2)),), line, wide=True)
+        return Samples(line, (_sample_value(m.group(1), m.group(2)),), wide=True)
     if m := _EVENT_RE.match(s):
-        return Event(int(m.group(1)), m.group(2), line)
+        return EdgeEvent(line, int(m.group(1)), m.group(2))
     if not is_clean(line):
         return Malformed(line, "bytes outside printable ASCII")
     s = s.strip()
     if s == "ack" or s.startswith("ack "):
         rest = s[4:]
         split = _split_echo(rest, command)
-        return Ack(*split, line) if split else Ack(rest, None, line)
+        return Ack(line, *split) if split else Ack(line, rest, None)
     if s == "error" or s.startswith("error "):
         rest = s[6:]
         split = _split_echo(rest, command)
-        return Error(split[0] if split else rest, line)
+        return Error(line, split[0] if split else rest)
     if s.startswith("Error detail"):
-        return ErrorDetail(s[len("Error detail") :].lstrip(":").strip(), line)
+        return ErrorDetail(line, s[len("Error detail") :].lstrip(":").strip())
     if ACQUISITION_COMPLETED in s:
         return AcquisitionCompleted(line)
     return Unknown(line)
@@ -309,7 +318,7 @@ def classify_line(line: bytes, command: str | None = None) -> LpmEvent:
 # --------------------------------------------------------------------------------------------
 
 
-class LpmState(Enum):
+class Lpm01aState(Enum):
     """Where :class:`Lpm01aHost` is in a command exchange."""
 
     IDLE = "idle"
@@ -319,7 +328,7 @@ class LpmState(Enum):
 
 
 @dataclass(frozen=True, slots=True)
-class LpmReply:
+class Lpm01aReply:
     """One completed command.
 
     ``ok``: acked (for ``stop``: acked and ``Acquisition completed`` seen). ``value``: text
@@ -332,8 +341,8 @@ class LpmReply:
     ok: bool
     value: str | None = None
     error_detail: str | None = None
-    events: tuple[LpmEvent, ...] = ()
-    stray: tuple[LpmEvent, ...] = ()
+    events: tuple[Lpm01aEvent, ...] = ()
+    stray: tuple[Lpm01aEvent, ...] = ()
 
 
 class Lpm01aHost:
@@ -350,16 +359,16 @@ class Lpm01aHost:
     def __init__(self, *, error_detail: bool = True) -> None:
         self._framer = LineFramer()
         self._expect_detail = error_detail
-        self._state = LpmState.IDLE
+        self._state = Lpm01aState.IDLE
         self._command: str | None = None
-        self._events: list[LpmEvent] = []
-        self._stray: list[LpmEvent] = []
+        self._events: list[Lpm01aEvent] = []
+        self._stray: list[Lpm01aEvent] = []
         self._value: str | None = None
         self._completed_seen = False
-        self._replies: list[LpmReply] = []
+        self._replies: list[Lpm01aReply] = []
 
     @property
-    def state(self) -> LpmState:
+    def state(self) -> Lpm01aState:
         """Current protocol state."""
         return self._state
 
@@ -374,17 +383,17 @@ class Lpm01aHost:
         Raises LocalProtocolError while a reply is outstanding. A pending wait for an
         ``Error detail`` line is given up (the reply completes without it).
         """
-        if self._state is LpmState.AWAIT_DETAIL:
+        if self._state is Lpm01aState.AWAIT_DETAIL:
             self.flush()
-        if self._state is not LpmState.IDLE:
+        if self._state is not Lpm01aState.IDLE:
             raise LocalProtocolError(f"a reply to {self._command!r} is still outstanding")
         data = encode_command(command)
         self._begin(command)
         return data
 
-    def feed(self, data: bytes) -> list[LpmEvent]:
+    def feed(self, data: bytes) -> list[Lpm01aEvent]:
         """Add received bytes; return the events of every line they complete."""
-        events: list[LpmEvent] = []
+        events: list[Lpm01aEvent] = []
         for line in self._framer.feed(data):
             event = classify_line(line, self._command)
             events.append(event)
@@ -394,10 +403,10 @@ class Lpm01aHost:
 
     def flush(self) -> None:
         """Give up waiting for an ``Error detail`` line (the caller's idle timeout)."""
-        if self._state is LpmState.AWAIT_DETAIL:
+        if self._state is Lpm01aState.AWAIT_DETAIL:
             self._complete(ok=False)
 
-    def take_replies(self) -> list[LpmReply]:
+    def take_replies(self) -> list[Lpm01aReply]:
         """Return the replies completed since the last call, oldest first."""
         replies, self._replies = self._replies, []
         return replies
@@ -417,7 +426,7 @@ class Lpm01aHost:
 
     def _begin(self, command: str | None) -> None:
         self._command = command
-        self._state = LpmState.IDLE if command is None else LpmState.AWAIT_ACK
+        self._state = Lpm01aState.IDLE if command is None else Lpm01aState.AWAIT_ACK
         self._events = []
         self._stray = []
         self._value = None
@@ -426,17 +435,17 @@ class Lpm01aHost:
     def _complete(self, ok: bool, detail: str | None = None) -> None:
         assert self._command is not None
         self._replies.append(
-            LpmReply(
+            Lpm01aReply(
                 self._command, ok, self._value, detail, tuple(self._events), tuple(self._stray)
             )
         )
         self._begin(None)
 
-    def _advance(self, event: LpmEvent) -> None:
+    def _advance(self, event: Lpm01aEvent) -> None:
         state = self._state
-        if state is LpmState.IDLE:
+        if state is Lpm01aState.IDLE:
             return
-        if state is LpmState.AWAIT_DETAIL:
+        if state is Lpm01aState.AWAIT_DETAIL:
             if isinstance(event, ErrorDetail):
                 self._events.append(event)
                 self._complete(ok=False, detail=event.text)
@@ -444,19 +453,19 @@ class Lpm01aHost:
                 self._complete(ok=False)  # no detail line: this one is unsolicited
             return
         mine = getattr(event, "command", None) == self._command
-        if state is LpmState.AWAIT_ACK:
+        if state is Lpm01aState.AWAIT_ACK:
             if isinstance(event, Ack) and mine:
                 self._events.append(event)
                 self._value = event.value
                 if self._command == "stop" and not self._completed_seen:
-                    self._state = LpmState.AWAIT_COMPLETED
+                    self._state = Lpm01aState.AWAIT_COMPLETED
                 else:
                     self._complete(ok=True)
                 return
             if isinstance(event, Error) and mine:
                 self._events.append(event)
                 if self._expect_detail:
-                    self._state = LpmState.AWAIT_DETAIL
+                    self._state = Lpm01aState.AWAIT_DETAIL
                 else:
                     self._complete(ok=False)
                 return
@@ -467,7 +476,7 @@ class Lpm01aHost:
                 return
             self._stray.append(event)
             return
-        # LpmState.AWAIT_COMPLETED
+        # Lpm01aState.AWAIT_COMPLETED
         if isinstance(event, AcquisitionCompleted):
             self._events.append(event)
             self._complete(ok=True)
@@ -517,7 +526,7 @@ class EnergyCapture:
         """Samples recorded since the last drain."""
         return len(self._samples)
 
-    def add(self, event: LpmEvent) -> None:
+    def add(self, event: Lpm01aEvent) -> None:
         """Record one event; anything but stream data is ignored."""
         if isinstance(event, Samples):
             self._samples.extend(event.values)
@@ -527,7 +536,7 @@ class EnergyCapture:
             # The next acquisition numbers its events and its samples from 0 again.
             self._last_event = None
             self._first_sample = -len(self._samples)
-        elif isinstance(event, Event):
+        elif isinstance(event, EdgeEvent):
             self._events.append((event.number, len(self._samples)))
             expected = None if self._last_event is None else self._last_event + 1
             self._last_event = event.number
@@ -536,7 +545,7 @@ class EnergyCapture:
                     f"event numbers not consecutive: got {event.number}, expected {expected}"
                 )
 
-    def extend(self, events: Iterable[LpmEvent]) -> None:
+    def extend(self, events: Iterable[Lpm01aEvent]) -> None:
         """Record every event in order; a numbering gap is raised after all are recorded."""
         first_error: RemoteProtocolError | None = None
         for event in events:
@@ -557,460 +566,3 @@ class EnergyCapture:
         self._events = []
         self._timestamps = []
         return window
-
-
-# --------------------------------------------------------------------------------------------
-# Device side: stream formatting
-# --------------------------------------------------------------------------------------------
-
-
-def format_sample(joules: float, digits: int = 4) -> bytes:
-    """One ascii_dec sample line: ``DDDD±EE\\r\\n`` with value = mantissa × 10^±EE.
-
-    The mantissa is the value's first ``digits`` significant digits, correctly rounded from
-    the binary float (ties to even, Python's ``e`` formatting). Zero and values too small for
-    a two-digit exponent give ``0000+00``. ``digits=5`` produces the wide variant some dumps
-    show. Raises ValueError for negative, NaN, infinite or too-large values.
-    """
-    if not math.isfinite(joules) or joules < 0:
-        raise ValueError(f"cannot format sample {joules!r}")
-    if digits not in (4, 5):
-        raise ValueError(f"mantissa digits must be 4 or 5, got {digits}")
-    zero = f"{'0' * digits}+00\r\n".encode()
-    if joules == 0:
-        return zero
-    mant, exp = f"{joules:.{digits - 1}e}".split("e")
-    exponent = int(exp) - (digits - 1)
-    if exponent < -99:
-        return zero
-    if exponent > 99:
-        raise ValueError(f"sample {joules!r} needs an exponent beyond ±99")
-    return f"{mant.replace('.', '')}{exponent:+03d}\r\n".encode()
-
-
-def format_timestamp(ms_since_start: int, buff_percent: int) -> bytes:
-    """``TimeStamp: SSSs MMMms, buff BB%\\r\\n``; seconds wrap at 1000 (3-digit field)."""
-    if ms_since_start < 0:
-        raise ValueError(f"negative time {ms_since_start}")
-    if not 0 <= buff_percent <= 99:
-        raise ValueError(f"buff must be 0..99, got {buff_percent}")
-    seconds = (ms_since_start // 1000) % 1000
-    millis = ms_since_start % 1000
-    return f"TimeStamp: {seconds:03d}s {millis:03d}ms, buff {buff_percent:02d}%\r\n".encode()
-
-
-def format_event(n: int, edge: str = "ris") -> bytes:
-    """``event <n> ris\\r\\n`` (the runner only recognises ``ris``)."""
-    return f"event {n} {edge}\r\n".encode()
-
-
-# --------------------------------------------------------------------------------------------
-# Device side: firmware
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Write:
-    """Bytes the PowerShield sends to the host."""
-
-    data: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class PowerSwitch:
-    """Connect (True) or disconnect (False) the target's supply."""
-
-    on: bool
-
-
-@dataclass(frozen=True, slots=True)
-class TargetReset:
-    """Cut the target's supply for ``seconds``, then restore it."""
-
-    seconds: float
-
-
-@dataclass(frozen=True, slots=True)
-class StartAcquisition:
-    """Begin streaming at ``freq_hz`` samples per second."""
-
-    freq_hz: int
-
-
-@dataclass(frozen=True, slots=True)
-class StopAcquisition:
-    """Stop streaming; the simulator then writes :data:`ACQUISITION_COMPLETED_LINE`."""
-
-
-@dataclass(frozen=True, slots=True)
-class Reset:
-    """``psrst``: hardware reset, the USB device re-enumerates."""
-
-
-Lpm01aAction = Write | PowerSwitch | TargetReset | StartAcquisition | StopAcquisition | Reset
-# What a command handler returns: the ack's value (or None) and the actions after the ack.
-_Result = tuple[str | None, list[Lpm01aAction]]
-
-_NUMBER_RE = re.compile(r"(\d+)(?:([numk])|([+-])(\d{1,2}))?")
-_SUFFIX = {"n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"), "k": Decimal(1000)}
-FREQUENCIES_HZ = (
-    100_000,
-    50_000,
-    20_000,
-    10_000,
-    5_000,
-    2_000,
-    1_000,
-    500,
-    200,
-    100,
-    50,
-    20,
-    10,
-    5,
-    2,
-    1,
-)
-#: Commands that work without ``htc`` (our choice: identification and diagnostics).
-STANDALONE_COMMANDS = frozenset(
-    {"htc", "hrc", "help", "echo", "powershield", "version", "status", "range", "psrst"}
-)
-#: Commands refused while an acquisition runs (they change the measurement set-up).
-_CONFIG_COMMANDS = frozenset(
-    {
-        "volt",
-        "freq",
-        "acqtime",
-        "acqmode",
-        "funcmode",
-        "output",
-        "format",
-        "trigsrc",
-        "trigdelay",
-        "currthres",
-        "eventsrc",
-        "calib",
-        "autotest",
-        "start",
-    }
-)
-
-
-def parse_number(s: str) -> Decimal | None:
-    """A shell number: digits with an optional ``n u m k`` suffix or a ``-xx``/``+xx``
-    power of ten (``2m`` = ``2-3``). None if malformed."""
-    m = _NUMBER_RE.fullmatch(s)
-    if m is None:
-        return None
-    try:
-        value = Decimal(m.group(1))
-        if m.group(2):
-            return value * _SUFFIX[m.group(2)]
-        if m.group(3):
-            return value.scaleb(int(m.group(3) + m.group(4)))
-    except InvalidOperation:
-        return None
-    return value
-
-
-class _Reject(Exception):
-    """Internal: the command is answered with ``error`` and this detail."""
-
-
-def _number_in(arg: str, low: str, high: str, *, zero_ok: bool = False) -> Decimal:
-    value = parse_number(arg)
-    if value is None:
-        raise _Reject(f"invalid number '{arg}'")
-    if zero_ok and value == 0:
-        return value
-    if not Decimal(low) <= value <= Decimal(high):
-        raise _Reject(f"value '{arg}' out of range [{low}; {high}]")
-    return value
-
-
-def _choice(arg: str, options: Iterable[str]) -> str:
-    options = tuple(options)
-    if arg not in options:
-        raise _Reject(f"argument '{arg}' not among {{{', '.join(options)}}}")
-    return arg
-
-
-def _nargs(args: list[str], low: int, high: int | None = None) -> None:
-    high = low if high is None else high
-    if not low <= len(args) <= high:
-        raise _Reject("wrong number of arguments")
-
-
-class Lpm01aFirmware:
-    """The PowerShield command shell, sans-IO, for the simulator.
-
-    Commands are framed on LF (CR and NUL dropped) and answered ``PowerShield > ack
-    <command as sent>[ <value>]\\r\\n`` or ``PowerShield > error <command as sent>\\r\\n`` plus,
-    when ``error_detail`` is on, ``PowerShield > Error detail: <reason>\\r\\n``.
-
-    Choices on unverified points: without ``htc`` only :data:`STANDALONE_COMMANDS` work;
-    set-up commands are refused while an acquisition runs; ``stop`` without a running
-    acquisition is an error; ``psrst`` is acked before :class:`Reset`; empty lines get no
-    reply; ``old_firmware`` rejects ``pwr off`` and ``eventsrc``; value layouts of
-    ``version``, ``powershield``, ``range``, ``status`` and ``temp`` are placeholders.
-    """
-
-    def __init__(
-        self,
-        *,
-        error_detail: bool = True,
-        old_firmware: bool = False,
-        version: str = "1.0.6",
-        uid: str = "0123456789ABCDEF01234567",
-        temperature_c: float = 28.0,
-    ) -> None:
-        self.error_detail = error_detail
-        self.old_firmware = old_firmware
-        self.version = version
-        self.uid = uid
-        self.temperature_c = temperature_c
-        self.host_control = False
-        self.powered = False
-        self.pwr_mode = "auto"
-        self.pwrend = "on"
-        self.voltage_mv = 3300
-        self.freq_hz = 100
-        self.acqtime_s: Decimal | None = Decimal(10)  # None: infinite
-        self.output = "current"
-        self.format = "ascii_dec"
-        self.trigsrc = "sw"
-        self.trigdelay_s = Decimal("0.001")
-        self.eventsrc: tuple[str, str] | None = None
-        self.running = False
-        self.lcd = ["", ""]
-        self._framer = LineFramer()
-        self._halted = False
-
-    def feed(self, data: bytes) -> list[Lpm01aAction]:
-        """Add bytes from the host; return the actions of every command they complete."""
-        actions: list[Lpm01aAction] = []
-        for line in self._framer.feed(data):
-            if self._halted:
-                break
-            if line:
-                actions += self._execute(text(line))
-        return actions
-
-    def acquisition_finished(self) -> list[Lpm01aAction]:
-        """A finite ``acqtime`` ran out: the simulator stops and reports completion."""
-        if not self.running:
-            return []
-        self.running = False
-        return [StopAcquisition(), *self._after_acquisition()]
-
-    # -- internals ---------------------------------------------------------------------------
-
-    def _execute(self, command: str) -> list[Lpm01aAction]:
-        words = command.split(" ")
-        name, args = words[0], words[1:]
-        handler = getattr(self, f"_cmd_{name}", None)
-        try:
-            if handler is None:
-                raise _Reject("unknown command")
-            if not self.host_control and name not in STANDALONE_COMMANDS:
-                raise _Reject("host control required (send htc first)")
-            # Reading the voltage is harmless mid-acquisition; changing the set-up is not.
-            if self.running and name in _CONFIG_COMMANDS and args != ["get"]:
-                raise _Reject("acquisition in progress")
-            value, actions = handler(command, args)
-        except _Reject as exc:
-            return [Write(self._error(command, str(exc)))]
-        ack = f"{PROMPT}ack {command}" + (f" {value}" if value is not None else "") + "\r\n"
-        return [Write(ack.encode("latin-1")), *actions]
-
-    def _error(self, command: str, reason: str) -> bytes:
-        out = f"{PROMPT}error {command}\r\n"
-        if self.error_detail:
-            out += f"{PROMPT}Error detail: {reason}\r\n"
-        return out.encode("latin-1")
-
-    def _after_acquisition(self) -> list[Lpm01aAction]:
-        if self.pwr_mode == "auto" and self.pwrend == "off" and self.powered:
-            self.powered = False
-            return [PowerSwitch(False)]
-        return []
-
-    def _cmd_help(self, command: str, args: list[str]) -> _Result:
-        return None, []
-
-    def _cmd_echo(self, command: str, args: list[str]) -> _Result:
-        _nargs(args, 1, 10_000)
-        return None, []
-
-    def _cmd_powershield(self, command: str, args: list[str]) -> _Result:
-        _nargs(args, 0)
-        return f"PowerShield present {self.uid}", []
-
-    def _cmd_version(self, command: str, args: list[str]) -> _Result:
-        _nargs(args, 0)
-        return self.version, []
-
-    def _cmd_range(self, command: str, args: list[str]) -> _Result:
-        _nargs(args, 0)
-        return "2n 200m", []
-
-    def _cmd_status(self, command: str, args: list[str]) -> _Result:
-        _nargs(args, 0)
-        return "ok", []
-
-    def _cmd_htc(self, command: str, args: list[str]) -> _Result:
-        _nargs(args, 0)
-        self.host_control = True
-        return None, []
-
-    def _cmd_hrc(self, command: str, args: list[str]) -> _Result:
-        _nargs(args, 0)
-        self.host_control = False
-        return None, []
-
-    def _cmd_psrst(self, command: str, args: list[str]) -> _Result:
-        _nargs(args, 0)
-        self._halted = True
-        return None, [Reset()]
-
-    def _cmd_lcd(self, command: str, args: list[str]) -> _Result:
-        m = re.fullmatch(r'lcd ([12]) "([^"]*)"', command)
-        if m is None:
-            raise _Reject('expected lcd <1|2> "<text>"')
-        if len(m.group(2)) > 16:
-            raise _Reject("LCD text longer than 16 characters")
-        self.lcd[int(m.group(1)) - 1] = m.group(2)
-        return None, []
-
-    def _cmd_volt(self, command: str, args: list[str]) -> _Result:
-        _nargs(args, 1)
-        if args[0] == "get":
-            return f"{self.voltage_mv:04d}-03", []
-        value = _number_in(args[0], "1.8", "3.3")
-        self.voltage_mv = int(value * 1000)
-        return None, []
-
-    def _cmd_freq(self, command: str, args: list[str]) -> _Result:
-        _nargs(args, 1)
-        value = parse_number(args[0])
-        if value is None or value not in FREQUENCIES_HZ:
-            raise _Reject(f"frequency '{args[0]}' not supported")
-        self.freq_hz = int(value)
-        return None, []
-
-    def _cmd_acqtime(self, command: str, args: list[str]) -> _Result:
-        _nargs(args, 1)
-        if args[0] == "inf":
-            self.acqtime_s = None
-        else:
-            value = _number_in(args[0], "100e-6", "100", zero_ok=True)
-            self.acqtime_s = None if value == 0 else value
-        return None, []
-
-    def _cmd_acqmode(self, command: str, args: list[str]) -> _Result:
-        _nargs(args, 1)
-        _choice(args[0], ("dyn", "stat"))
-        return None, []
-
-    def _cmd_funcmode(self, command: str, args: list[str]) -> _Result:
-        _nargs(args, 1)
-        _choice(args[0], ("optim", "high"))
-        return None, []
-
-    def _cmd_output(self, command: str, args: list[str]) -> _Result:
-        _nargs(args, 1)
-        self.output = _choice(args[0], ("current", "energy"))
-        return None, []
-
-    def _cmd_format(self, command: str, args: list[str]) -> _Result:
-        _nargs(args, 1)
-        self.format = _choice(args[0], ("ascii_dec", "bin_hexa"))
-        return None, []
-
-    def _cmd_trigsrc(self, command: str, args: list[str]) -> _Result:
-        _nargs(args, 1)
-        self.trigsrc = _choice(args[0], ("sw", "d7"))
-        return None, []
-
-    def _cmd_trigdelay(self, command: str, args: list[str]) -> _Result:
-        _nargs(args, 1)
-        self.trigdelay_s = _number_in(args[0], "0", "30")
-        return None, []
-
-    def _cmd_currthres(self, command: str, args: list[str]) -> _Result:
-        _nargs(args, 1)
-        _number_in(args[0], "100e-9", "50e-3", zero_ok=True)
-        return None, []
-
-    def _cmd_eventsrc(self, command: str, args: list[str]) -> _Result:
-        if self.old_firmware:
-            raise _Reject("unknown command")
-        _nargs(args, 2)
-        _choice(args[0], ("d7",))
-        self.eventsrc = (args[0], _choice(args[1], ("fal", "ris")))
-        return None, []
-
-    def _cmd_pwr(self, command: str, args: list[str]) -> _Result:
-        _nargs(args, 1, 2)
-        mode = _choice(args[0], ("auto", "on", "off", "get"))
-        if len(args) == 2:
-            _choice(args[1], ("nostatus", "status"))
-        if mode == "get":
-            return ("on" if self.powered else "off"), []
-        if mode == "off" and self.old_firmware:
-            raise _Reject("pwr off not supported by this firmware")
-        self.pwr_mode = mode
-        if mode == "auto":
-            return None, []
-        self.powered = mode == "on"
-        return None, [PowerSwitch(self.powered)]
-
-    def _cmd_pwrend(self, command: str, args: list[str]) -> _Result:
-        _nargs(args, 1)
-        self.pwrend = _choice(args[0], ("on", "off"))
-        return None, []
-
-    def _cmd_targrst(self, command: str, args: list[str]) -> _Result:
-        _nargs(args, 1)
-        value = _number_in(args[0], "10e-3", "1", zero_ok=True)
-        if value == 0:
-            # '0' leaves the target powered down.
-            self.powered = False
-            return None, [PowerSwitch(False)]
-        self.powered = True
-        return None, [TargetReset(float(value))]
-
-    def _cmd_temp(self, command: str, args: list[str]) -> _Result:
-        _nargs(args, 0, 1)
-        unit = _choice(args[0], ("degc", "degf")) if args else "degc"
-        value = self.temperature_c if unit == "degc" else self.temperature_c * 9 / 5 + 32
-        return f"{value:.1f}", []
-
-    def _cmd_autotest(self, command: str, args: list[str]) -> _Result:
-        _nargs(args, 0, 2)
-        if args:
-            _choice(args[0], ("start", "status"))
-        if len(args) == 2:
-            _choice(args[1], ("stat_all", "stat_min"))
-        return None, []
-
-    def _cmd_calib(self, command: str, args: list[str]) -> _Result:
-        _nargs(args, 0)
-        return None, []
-
-    def _cmd_start(self, command: str, args: list[str]) -> _Result:
-        _nargs(args, 0)
-        actions: list[Lpm01aAction] = []
-        if self.pwr_mode == "auto" and not self.powered:
-            self.powered = True
-            actions.append(PowerSwitch(True))
-        self.running = True
-        actions.append(StartAcquisition(self.freq_hz))
-        return None, actions
-
-    def _cmd_stop(self, command: str, args: list[str]) -> _Result:
-        _nargs(args, 0)
-        if not self.running:
-            raise _Reject("no acquisition in progress")
-        self.running = False
-        return None, [StopAcquisition(), *self._after_acquisition()]

@@ -23,10 +23,6 @@ DEFAULT_MEDIAN_S = {"kws01": 0.005, "vww01": 0.030, "ic01": 0.040, "ic02": 0.060
 #: Default quality: top-1 accuracy for classifiers, AUC for ad01 (above the closed targets).
 DEFAULT_QUALITY = {"kws01": 0.91, "vww01": 0.82, "ic01": 0.87, "ic02": 0.92, "ad01": 0.87}
 
-# USB identities of the real devices (PROTOCOLS.md §8), so discovery code sees the same.
-DUT_USB = ("0483", "374B")  # ST-LINK/V2-1 VCP of a NUCLEO board
-INTERFACE_USB = ("0483", "374E")  # STLINK-V3 VCP of the STM32H573I-DK
-MONITOR_USB = ("0483", "5740")  # LPM01A PowerShield
 INTERFACE_BAUD = interface.HOST_BAUD
 MONITOR_BAUD = lpm01a.HOST_BAUD
 

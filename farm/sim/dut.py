@@ -191,7 +191,7 @@ class SimDut:
             pending = bytearray(rest[: self.rx_fifo])
             self.uart.drop_received_between(busy_from, loop.time(), self.rx_fifo - len(pending))
 
-    async def _execute(self, actions: list[fw.Action], fired: frozenset[str] | set[str]) -> None:
+    async def _execute(self, actions: list[fw.DutAction], fired: frozenset[str] | set[str]) -> None:
         loop = asyncio.get_running_loop()
         if "no_ready" in fired and actions and actions[-1] == fw.Write(b"m-ready\r\n"):
             actions = actions[:-1]

@@ -1,6 +1,6 @@
 """A simulated STM32H573I-DK "enhanced interface" board (PROTOCOLS.md §3.1-3.3, §7).
 
-The board's CLI (:class:`farm.protocol.interface.InterfaceFirmware`) runs behind the host's
+The board's CLI (:class:`farm.protocol.interface_firmware.InterfaceFirmware`) runs behind the host's
 pty at 115200 baud; its DUT-side UART is one end of a :func:`farm.sim.wire_pair.wire_pair`
 whose other end is the DUT's energy-build UART. What the simulator adds to the sans-IO model:
 
@@ -28,10 +28,10 @@ import random
 from collections.abc import Mapping
 
 from farm.logs import get_logger
-from farm.protocol.interface import (
-    DEFAULT_DUT_BAUD,
-    FirmwareAction,
+from farm.protocol.interface import DEFAULT_DUT_BAUD, effective_baud
+from farm.protocol.interface_firmware import (
     Hang,
+    InterfaceAction,
     InterfaceFirmware,
     Passthrough,
     PassthroughDone,
@@ -40,7 +40,6 @@ from farm.protocol.interface import (
     SetBaud,
     Write,
     ZeroTimer,
-    effective_baud,
 )
 from farm.sim.faults import FaultPlan
 from farm.sim.pacing import PortClosedError, framing_noise
@@ -229,7 +228,7 @@ class SimInterface:
             if dropped:
                 log.warning("interface_host_overrun", board=self.board, dropped=dropped)
 
-    async def _perform(self, actions: list[FirmwareAction]) -> bool:
+    async def _perform(self, actions: list[InterfaceAction]) -> bool:
         """Carry out firmware actions; True if the board reset (the caller must return)."""
         for action in actions:
             match action:

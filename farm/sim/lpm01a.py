@@ -1,6 +1,6 @@
 """A simulated ST LPM01A PowerShield energy monitor (PROTOCOLS.md §4.1, §5, §7).
 
-The command shell is :class:`farm.protocol.lpm01a.Lpm01aFirmware` behind the host's pty;
+The command shell is :class:`farm.protocol.lpm01a_firmware.Lpm01aFirmware` behind the host's pty;
 the simulator gives its actions their physical effect:
 
 * ``pwr on|off`` switches the DUT's :class:`~farm.sim.power.PowerRail` (the DUT listens: off
@@ -10,7 +10,7 @@ the simulator gives its actions their physical effect:
   ``[t0 + k/f, t0 + (k+1)/f]`` (``t0`` = when the acquisition started, event-loop clock) and
   its value is :meth:`PowerModel.energy_between` over that interval (J per period with
   ``output energy``, mean current in A with ``output current``), formatted with
-  :func:`~farm.protocol.lpm01a.format_sample`. A sample is never sent before its period has
+  :func:`~farm.protocol.lpm01a_firmware.format_sample`. A sample is never sent before its period has
   ended; samples go out in bursts every ``burst_s`` (10 ms by default, like a USB CDC device
   flushing its buffer);
 * a ``TimeStamp`` line after every ``f`` samples (every 1000 at the runner's 1 kHz), stating
@@ -39,9 +39,8 @@ from collections.abc import Callable
 
 from farm.logs import get_logger
 from farm.protocol.lines import LineFramer, text
-from farm.protocol.lpm01a import (
-    ACQUISITION_COMPLETED_LINE,
-    PROMPT,
+from farm.protocol.lpm01a import ACQUISITION_COMPLETED_LINE, PROMPT
+from farm.protocol.lpm01a_firmware import (
     Lpm01aAction,
     Lpm01aFirmware,
     PowerSwitch,

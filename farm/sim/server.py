@@ -38,15 +38,7 @@ from pydantic import ValidationError
 
 from farm.logs import get_logger
 from farm.models import MODELS
-from farm.sim.config import (
-    DUT_USB,
-    INTERFACE_BAUD,
-    INTERFACE_USB,
-    MONITOR_BAUD,
-    MONITOR_USB,
-    BoardConfig,
-    SimConfig,
-)
+from farm.sim.config import INTERFACE_BAUD, MONITOR_BAUD, BoardConfig, SimConfig
 from farm.sim.control import ControlServer
 from farm.sim.dut import DutCounter, SimDut
 from farm.sim.faults import FaultPlan
@@ -58,6 +50,7 @@ from farm.sim.power import GpioLine, PowerModel, PowerRail
 from farm.sim.pty_port import PtyPort
 from farm.sim.transcript import Transcript
 from farm.sim.wire_pair import WireEnd, wire_pair
+from farm.usb_ids import DUT_USB, INTERFACE_USB, MONITOR_USB
 
 log = get_logger("farm.sim.server")
 

@@ -130,7 +130,7 @@ async def test_example_exchange_with_a_performance_build(rig: RigFactory) -> Non
     assert await client.name() == "tinyML Enhanced Interface Board"
 
     reply = await client.passthrough("db load 490", reply_bytes=80)
-    assert reply.events[0] == PassthroughAck("db load 490", b"m-dut-passthrough(db load 490)")
+    assert reply.events[0] == PassthroughAck(b"m-dut-passthrough(db load 490)", "db load 490")
     assert isinstance(reply.events[1], Ready) and reply.events[1].line == b"m-ready"
     assert [e.line for e in reply.events[2:]] == [
         b"[dut]: m-[Expecting 490 bytes]",

@@ -18,7 +18,7 @@ def firmware(model: str = "kws01", build: fw.Build = "performance", outputs=None
     return f
 
 
-def written(actions: list[fw.Action]) -> bytes:
+def written(actions: list[fw.DutAction]) -> bytes:
     """What the firmware printed (laps shown with a dummy counter of 0)."""
     out = b""
     for a in actions:
@@ -291,10 +291,11 @@ def test_host_parser_reads_every_firmware_reply() -> None:
     ]  # fmt: skip
     for cmd in script:
         host.send(cmd)
-        host.feed(run(f, cmd.encode() + b"%"))
+        events = host.feed(run(f, cmd.encode() + b"%"))
         reply = host.next_reply()
         assert reply is not None, cmd
+        # Every line the firmware printed belongs to the reply: none arrived after m-ready.
+        assert list(reply.events) == events, cmd
         assert not reply.garbage, cmd
         if cmd != "help":
             assert not reply.of(dut.Unknown), (cmd, reply.lines)
-    assert len(host.unsolicited) == 0

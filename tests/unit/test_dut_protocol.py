@@ -91,7 +91,7 @@ def test_encode_refuses_what_the_firmware_would_mangle(bad: str) -> None:
     ],
 )
 def test_classify_every_line_kind(line: bytes, expected: dut.DutEvent) -> None:
-    assert dut.classify(line) == expected
+    assert dut.classify_line(line) == expected
 
 
 @pytest.mark.parametrize(
@@ -110,13 +110,13 @@ def test_classify_every_line_kind(line: bytes, expected: dut.DutEvent) -> None:
     ],
 )
 def test_results_ignore_empty_fields(line: bytes, values: tuple[float, ...]) -> None:
-    event = dut.classify(line)
+    event = dut.classify_line(line)
     assert isinstance(event, dut.Results)
     assert event.values == pytest.approx(values)
 
 
 def test_results_with_non_numbers_stay_unknown() -> None:
-    assert isinstance(dut.classify(b"m-results-[0.1,abc]"), dut.Unknown)
+    assert isinstance(dut.classify_line(b"m-results-[0.1,abc]"), dut.Unknown)
 
 
 @pytest.mark.parametrize(
@@ -124,17 +124,17 @@ def test_results_with_non_numbers_stay_unknown() -> None:
     [b"\xff\xfe\x80m-name", b"m-lap-us-12\x8034", b"\x00\x01\x02", bytes(range(0x80, 0x100))],
 )
 def test_bytes_from_noise_are_garbage_never_an_exception(line: bytes) -> None:
-    assert isinstance(dut.classify(line), dut.Garbage)
+    assert isinstance(dut.classify_line(line), dut.Garbage)
 
 
 def test_ready_with_noise_glued_in_front_is_garbage_not_end_of_reply() -> None:
-    assert isinstance(dut.classify(b"\xc3\xa5m-ready"), dut.Garbage)
+    assert isinstance(dut.classify_line(b"\xc3\xa5m-ready"), dut.Garbage)
 
 
 def test_every_possible_byte_pair_classifies() -> None:
     for a in range(256):
         for b in (0x00, 0x0D, 0x41, 0x80, 0xFF):
-            dut.classify(bytes([a, b]))
+            dut.classify_line(bytes([a, b]))
 
 
 # --- framing and replies ----------------------------------------------------------------------
@@ -152,7 +152,7 @@ def test_reply_assembly_of_infer_across_arbitrary_chunking() -> None:
             host.feed(stream[i : i + size])
         reply = host.next_reply()
         assert reply is not None
-        assert host.state is dut.State.IDLE
+        assert host.state is dut.DutState.IDLE
         assert reply.command == "infer 70 10"
         assert reply.laps == [67410227, 67565820]
         assert reply.results == (0.0, 0.992)
@@ -183,7 +183,12 @@ def test_unsolicited_banner_is_kept_apart() -> None:
     )
     assert [type(e) for e in events] == [dut.TimestampMode, dut.Lap, dut.InitDone, dut.Ready]
     assert host.next_reply() is None
-    assert len(host.unsolicited) == 4
+    # The banner's m-ready completed nothing, and none of it leaks into the next reply.
+    host.send("name")
+    host.feed(b"m-name-dut-[x]\r\nm-ready\r\n")
+    reply = host.next_reply()
+    assert reply is not None
+    assert reply.lines == (b"m-name-dut-[x]", b"m-ready")
 
 
 def test_reset_inside_reply_is_flagged() -> None:
@@ -202,7 +207,7 @@ def test_abandon_forgets_partial_line_and_reply() -> None:
     host.feed(b"m-warmup-start-0\r\nm-warm")
     partial = host.abandon()
     assert [type(e) for e in partial] == [dut.WarmupStart]
-    assert host.state is dut.State.IDLE
+    assert host.state is dut.DutState.IDLE
     host.send("name")
     host.feed(b"up-done\r\nm-name-dut-[x]\r\nm-ready\r\n")
     reply = host.next_reply()

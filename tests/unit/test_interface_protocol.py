@@ -1,4 +1,4 @@
-"""Unit tests of farm.protocol.interface against the exact strings of PROTOCOLS.md §3."""
+"""Unit tests of farm.protocol.interface and interface_firmware against the exact strings."""
 
 from __future__ import annotations
 
@@ -10,34 +10,36 @@ import pytest
 from farm.protocol.errors import LocalProtocolError, RemoteProtocolError
 from farm.protocol.interface import (
     DUT_CMD_MAX,
-    PLAY_ERROR,
     SWW_DUT_CMD_MAX,
     BaudIs,
     BaudSet,
     BoardName,
     CommandMatch,
     DutLine,
-    Hang,
-    HostState,
     InterfaceDesyncError,
-    InterfaceFirmware,
     InterfaceHost,
     InterfaceReply,
-    Passthrough,
+    InterfaceState,
     PassthroughAck,
-    PassthroughDone,
-    PassthroughForwarder,
-    Play,
     Ready,
-    SetBaud,
     Unknown,
-    Write,
-    ZeroTimer,
     classify_line,
     effective_baud,
     encode_command,
     encode_passthrough,
     match_command,
+)
+from farm.protocol.interface_firmware import (
+    PLAY_ERROR,
+    Hang,
+    InterfaceFirmware,
+    Passthrough,
+    PassthroughDone,
+    PassthroughForwarder,
+    Play,
+    SetBaud,
+    Write,
+    ZeroTimer,
 )
 
 READY = b"m-ready\r\n"
@@ -170,23 +172,23 @@ def test_effective_baud(stored: int, baud: int) -> None:
     [
         (
             b"tinyML Enhanced Interface Board",
-            BoardName("tinyML Enhanced Interface Board", b"tinyML Enhanced Interface Board"),
+            BoardName(b"tinyML Enhanced Interface Board", "tinyML Enhanced Interface Board"),
         ),
         (
             b"m-dut-passthrough(db load 490)",
-            PassthroughAck("db load 490", b"m-dut-passthrough(db load 490)"),
+            PassthroughAck(b"m-dut-passthrough(db load 490)", "db load 490"),
         ),
-        (b"m-dut-passthrough(f(x))", PassthroughAck("f(x)", b"m-dut-passthrough(f(x))")),
-        (b"m-ready", Ready("", b"m-ready")),
-        (b"123, 456, m-ready", Ready("123, 456, ", b"123, 456, m-ready")),
-        (b"[dut]: m-ready", DutLine(b"m-ready", b"[dut]: m-ready")),
+        (b"m-dut-passthrough(f(x))", PassthroughAck(b"m-dut-passthrough(f(x))", "f(x)")),
+        (b"m-ready", Ready(b"m-ready", "")),
+        (b"123, 456, m-ready", Ready(b"123, 456, m-ready", "123, 456, ")),
+        (b"[dut]: m-ready", DutLine(b"[dut]: m-ready", b"m-ready")),
         (
             b"[dut]: m-[Expecting 490 bytes]",
-            DutLine(b"m-[Expecting 490 bytes]", b"[dut]: m-[Expecting 490 bytes]"),
+            DutLine(b"[dut]: m-[Expecting 490 bytes]", b"m-[Expecting 490 bytes]"),
         ),
-        (b"[dut]: ", DutLine(b"", b"[dut]: ")),
-        (b"set baud to: 115200", BaudSet(115200, b"set baud to: 115200")),
-        (b"baud is: 9600", BaudIs(9600, b"baud is: 9600")),
+        (b"[dut]: ", DutLine(b"[dut]: ", b"")),
+        (b"set baud to: 115200", BaudSet(b"set baud to: 115200", 115200)),
+        (b"baud is: 9600", BaudIs(b"baud is: 9600", 9600)),
         (b"baud is: fast", Unknown(b"baud is: fast")),
         (b"Detection Timestamps (ms)", Unknown(b"Detection Timestamps (ms)")),
         (b"\xff\xfe", Unknown(b"\xff\xfe")),
@@ -360,15 +362,15 @@ def test_host_reads_print_dutycycle_quirk() -> None:
     host = InterfaceHost()
     host.feed(board.host_write(host.send("print_dutycycle")))
     (reply,) = host.take_replies()
-    assert reply.events[-1] == Ready("123, 456, ", b"123, 456, m-ready")
-    assert host.state is HostState.IDLE
+    assert reply.events[-1] == Ready(b"123, 456, m-ready", "123, 456, ")
+    assert host.state is InterfaceState.IDLE
 
 
 def test_host_reads_empty_dutycycle_with_bare_ready() -> None:
     board, host = FakeBoard({}), InterfaceHost()
     host.feed(board.host_write(host.send("print_dutycycle")))
     (reply,) = host.take_replies()
-    assert reply.events[-1] == Ready("", b"m-ready")
+    assert reply.events[-1] == Ready(b"m-ready", "")
 
 
 # --------------------------------------------------------------------------------------------
@@ -466,12 +468,12 @@ def test_host_example_exchange(chunk: int) -> None:
         for i in range(0, len(wire), chunk):
             host.feed(wire[i : i + chunk])
         replies += host.take_replies()
-        assert host.state is HostState.IDLE
+        assert host.state is InterfaceState.IDLE
     name, load, chunk_reply, infer = replies
     assert name.command == "name" and not name.passthrough
     assert name.events == (
-        BoardName("tinyML Enhanced Interface Board", b"tinyML Enhanced Interface Board"),
-        Ready("", b"m-ready"),
+        BoardName(b"tinyML Enhanced Interface Board", "tinyML Enhanced Interface Board"),
+        Ready(b"m-ready", ""),
     )
     assert load.dut_command == "db load 490"
     assert load.dut_lines == (b"m-[Expecting 490 bytes]", b"m-ready")
@@ -504,11 +506,11 @@ def test_host_against_firmware_and_forwarder() -> None:
     host.feed(board.host_write(host.send("checkbaud")))
     name, dut_name, load, baud = host.take_replies()
     assert name.events[0] == BoardName(
-        "tinyML Enhanced Interface Board", b"tinyML Enhanced Interface Board"
+        b"tinyML Enhanced Interface Board", "tinyML Enhanced Interface Board"
     )
     assert dut_name.dut_lines == (b"m-name-dut-[unspecified]", b"m-ready")
     assert load.dut_lines == (b"m-[Expecting 490 bytes]", b"m-ready")
-    assert baud.events[0] == BaudIs(9600, b"baud is: 9600")
+    assert baud.events[0] == BaudIs(b"baud is: 9600", 9600)
     assert board.to_dut == [b"name%", b"db load 490%"]
 
 
@@ -516,7 +518,7 @@ def test_host_setbaud_reply() -> None:
     board, host = FakeBoard({}), InterfaceHost()
     host.feed(board.host_write(host.send("setbaud 115200")))
     (reply,) = host.take_replies()
-    assert reply.events == (BaudSet(115200, b"set baud to: 115200"), Ready("", b"m-ready"))
+    assert reply.events == (BaudSet(b"set baud to: 115200", 115200), Ready(b"m-ready", ""))
 
 
 def test_host_refuses_second_command_while_outstanding() -> None:
@@ -539,7 +541,7 @@ def test_host_refuses_bare_dut_and_over_long_passthrough() -> None:
         host.send("dut")
     with pytest.raises(LocalProtocolError, match="81"):
         host.send("dut " + "x" * 81)
-    assert host.state is HostState.IDLE
+    assert host.state is InterfaceState.IDLE
 
 
 def test_host_wedge_on_merged_m_ready() -> None:
@@ -566,7 +568,7 @@ def test_host_wedge_on_merged_m_ready() -> None:
         b"m-init-done",
         b"m-ready",
     ]
-    assert host.state is HostState.IDLE
+    assert host.state is InterfaceState.IDLE
     assert host.take_replies() == []
     host.send("name")
 
@@ -579,11 +581,11 @@ def test_host_ack_for_another_command_is_a_desync() -> None:
     assert isinstance(info.value, RemoteProtocolError)
     assert info.value.line == b"m-dut-passthrough(db load 490)"
     assert len(info.value.events) == 3  # everything received is still reported
-    assert host.state is HostState.ERROR
+    assert host.state is InterfaceState.ERROR
     with pytest.raises(LocalProtocolError, match="reset"):
         host.send("name")
     # In ERROR state lines are still classified, never raised.
-    assert host.feed(b"m-ready\r\n") == [Ready("", b"m-ready")]
+    assert host.feed(b"m-ready\r\n") == [Ready(b"m-ready", "")]
     host.reset()
     host.send("name")
 
@@ -612,8 +614,8 @@ def test_host_unsolicited_lines_in_idle_are_reported_not_raised() -> None:
     host = InterfaceHost()
     events = host.feed(b"[dut]: m-ready\r\nm-ready\r\n\xff\xfe\r\n")
     assert events == [
-        DutLine(b"m-ready", b"[dut]: m-ready"),
-        Ready("", b"m-ready"),
+        DutLine(b"[dut]: m-ready", b"m-ready"),
+        Ready(b"m-ready", ""),
         Unknown(b"\xff\xfe"),
     ]
     assert host.take_replies() == []
@@ -628,7 +630,7 @@ def test_host_reset_drops_partial_line_and_outstanding_command() -> None:
     host.send("checkbaud")
     host.feed(b"baud is: 9600\nm-ready\r\n")
     (reply,) = host.take_replies()
-    assert reply.events[0] == BaudIs(9600, b"baud is: 9600")
+    assert reply.events[0] == BaudIs(b"baud is: 9600", 9600)
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Unit tests of farm.protocol.lpm01a against the strings of PROTOCOLS.md §4.1."""
+"""Unit tests of farm.protocol.lpm01a and lpm01a_firmware against the PowerShield's strings."""
 
 from __future__ import annotations
 
@@ -16,33 +16,35 @@ from farm.protocol.lpm01a import (
     START,
     Ack,
     AcquisitionCompleted,
+    EdgeEvent,
     EnergyCapture,
     Error,
     ErrorDetail,
-    Event,
-    Lpm01aFirmware,
     Lpm01aHost,
-    LpmReply,
-    LpmState,
+    Lpm01aReply,
+    Lpm01aState,
     Malformed,
-    PowerSwitch,
-    Reset,
     Samples,
-    StartAcquisition,
-    StopAcquisition,
-    TargetReset,
     TimeStamp,
     Unknown,
-    Write,
     classify_line,
     encode_command,
-    format_event,
-    format_sample,
-    format_timestamp,
     parse_number,
     power_on_commands,
     setup_commands,
     teardown_commands,
+)
+from farm.protocol.lpm01a_firmware import (
+    Lpm01aFirmware,
+    PowerSwitch,
+    Reset,
+    StartAcquisition,
+    StopAcquisition,
+    TargetReset,
+    Write,
+    format_event,
+    format_sample,
+    format_timestamp,
 )
 
 
@@ -51,7 +53,7 @@ def written(actions: list) -> bytes:
     return b"".join(a.data for a in actions if isinstance(a, Write))
 
 
-def exchange(host: Lpm01aHost, fw: Lpm01aFirmware, command: str) -> LpmReply:
+def exchange(host: Lpm01aHost, fw: Lpm01aFirmware, command: str) -> Lpm01aReply:
     """Send one command through the firmware and return the host's completed reply."""
     actions = fw.feed(host.send(command))
     host.feed(written(actions))
@@ -140,20 +142,20 @@ def test_whole_runner_session_against_firmware() -> None:
 
 
 def test_classify_ack_error_detail() -> None:
-    assert classify_line(b"PowerShield > ack htc") == Ack("htc", None, b"PowerShield > ack htc")
+    assert classify_line(b"PowerShield > ack htc") == Ack(b"PowerShield > ack htc", "htc", None)
     assert classify_line(b"ack volt get 3292-03", "volt get") == Ack(
-        "volt get", "3292-03", b"ack volt get 3292-03"
+        b"ack volt get 3292-03", "volt get", "3292-03"
     )
     # Without the outstanding command the echo and value cannot be told apart.
     assert classify_line(b"ack volt get 3292-03") == Ack(
-        "volt get 3292-03", None, b"ack volt get 3292-03"
+        b"ack volt get 3292-03", "volt get 3292-03", None
     )
     assert classify_line(b"PowerShield > ack temp degc 28.0", "temp degc").value == "28.0"
     assert classify_line(b"PowerShield > error pwr off", "pwr off") == Error(
-        "pwr off", b"PowerShield > error pwr off"
+        b"PowerShield > error pwr off", "pwr off"
     )
     assert classify_line(b"PowerShield > Error detail: bad arg") == ErrorDetail(
-        "bad arg", b"PowerShield > Error detail: bad arg"
+        b"PowerShield > Error detail: bad arg", "bad arg"
     )
     assert classify_line(b"PowerShield > Acquisition completed") == AcquisitionCompleted(
         b"PowerShield > Acquisition completed"
@@ -165,7 +167,7 @@ def test_classify_ack_error_detail() -> None:
 def test_ack_of_a_command_that_is_a_prefix_is_not_confused() -> None:
     # 'pwr on' outstanding, ack of 'pwr on' with no value vs 'pwr' outstanding.
     assert classify_line(b"ack pwr on", "pwr on").value is None
-    assert classify_line(b"ack pwr onx", "pwr on") == Ack("pwr onx", None, b"ack pwr onx")
+    assert classify_line(b"ack pwr onx", "pwr on") == Ack(b"ack pwr onx", "pwr onx", None)
 
 
 @pytest.mark.parametrize(
@@ -202,7 +204,7 @@ def test_samples_with_trailing_junk_add_nan(line: bytes, n_values: int) -> None:
 
 def test_five_digit_mantissa_is_accepted_and_flagged() -> None:
     event = classify_line(b"33930-08")
-    assert event == Samples((float("33930e-08"),), b"33930-08", wide=True)
+    assert event == Samples(b"33930-08", (float("33930e-08"),), wide=True)
 
 
 @pytest.mark.parametrize("line", [b"123-08", b"12345", b"abcd-08", b"-1234-08"])
@@ -212,7 +214,7 @@ def test_non_samples(line: bytes) -> None:
 
 def test_timestamp_valid() -> None:
     ts = classify_line(b"TimeStamp: 012s 345ms, buff 07%")
-    assert ts == TimeStamp(12, 345, 7, b"TimeStamp: 012s 345ms, buff 07%")
+    assert ts == TimeStamp(b"TimeStamp: 012s 345ms, buff 07%", 12, 345, 7)
     assert ts.ms == 12_345
     assert classify_line(b"TimeStamp:>999s 000ms, buff 99%").mark == ">"
     assert classify_line(b"TimeStamp:<000s 001ms, buff 00%").millis == 1
@@ -243,9 +245,9 @@ def test_timestamp_followed_by_nul_frames_cleanly() -> None:
 
 
 def test_events() -> None:
-    assert classify_line(b"event 0 ris") == Event(0, "ris", b"event 0 ris")
+    assert classify_line(b"event 0 ris") == EdgeEvent(b"event 0 ris", 0, "ris")
     assert classify_line(b"event 12 ris").number == 12
-    assert classify_line(b"event 3 fal") == Event(3, "fal", b"event 3 fal")
+    assert classify_line(b"event 3 fal") == EdgeEvent(b"event 3 fal", 3, "fal")
     assert isinstance(classify_line(b"event x ris"), Unknown)
 
 
@@ -263,7 +265,7 @@ def test_host_ack_round_trip_with_value() -> None:
     exchange(host, fw, "volt 1800m")
     reply = exchange(host, fw, "volt get")
     assert reply.ok and reply.value == "1800-03"
-    assert reply.events == (Ack("volt get", "1800-03", b"PowerShield > ack volt get 1800-03"),)
+    assert reply.events == (Ack(b"PowerShield > ack volt get 1800-03", "volt get", "1800-03"),)
 
 
 def test_host_error_with_detail_round_trip() -> None:
@@ -278,7 +280,7 @@ def test_host_error_without_detail_line() -> None:
     fw = Lpm01aFirmware(error_detail=False)
     host = Lpm01aHost()
     host.feed(written(fw.feed(host.send("volt 1800m"))))  # no htc: error
-    assert host.state is LpmState.AWAIT_DETAIL
+    assert host.state is Lpm01aState.AWAIT_DETAIL
     assert host.take_replies() == []
     # Data lines do not end the wait ...
     host.feed(b"1234-08\r\n")
@@ -320,7 +322,7 @@ def test_host_stop_waits_for_acquisition_completed() -> None:
     for command in ("freq 1k", "start"):
         exchange(host, fw, command)
     host.feed(written(fw.feed(host.send("stop"))))
-    assert host.state is LpmState.AWAIT_COMPLETED
+    assert host.state is Lpm01aState.AWAIT_COMPLETED
     assert host.take_replies() == []
     host.feed(b"1234-08\r\n" + ACQUISITION_COMPLETED_LINE)
     (reply,) = host.take_replies()
@@ -350,7 +352,7 @@ def test_host_data_lines_pass_through_while_a_command_is_outstanding() -> None:
         b"1234-08\r\nevent 0 ris\r\nTimeStamp: 001s 000ms, buff 01%\r\n"
         b"PowerShield > ack pwr off\r\n1235-08\r\n"
     )
-    assert [type(e) for e in events] == [Samples, Event, TimeStamp, Ack, Samples]
+    assert [type(e) for e in events] == [Samples, EdgeEvent, TimeStamp, Ack, Samples]
     (reply,) = host.take_replies()
     assert reply.ok and reply.stray == ()
 
@@ -396,7 +398,7 @@ def test_host_reset() -> None:
     host.send("htc")
     host.feed(b"PowerShield > ac")
     host.reset()
-    assert host.outstanding is None and host.state is LpmState.IDLE
+    assert host.outstanding is None and host.state is Lpm01aState.IDLE
     host.send("htc")
     host.feed(b"PowerShield > ack htc\r\n")
     assert host.take_replies()[0].command == "htc"
@@ -407,9 +409,9 @@ def test_host_abandon_keeps_the_line_in_flight() -> None:
     host.send("volt 1800m")
     host.feed(b"12")
     host.abandon()
-    assert host.outstanding is None and host.state is LpmState.IDLE
+    assert host.outstanding is None and host.state is Lpm01aState.IDLE
     events = host.feed(b"34-08\r\nPowerShield > ack volt 1800m\r\n")
-    assert events[0] == Samples((1234e-08,), b"1234-08")
+    assert events[0] == Samples(b"1234-08", (1234e-08,))
     assert host.take_replies() == []  # the late ack is ignored
 
 
@@ -802,7 +804,7 @@ def test_format_timestamp() -> None:
 
 def test_format_event() -> None:
     assert format_event(3) == b"event 3 ris\r\n"
-    assert classify_line(format_event(17)[:-2]) == Event(17, "ris", b"event 17 ris")
+    assert classify_line(format_event(17)[:-2]) == EdgeEvent(b"event 17 ris", 17, "ris")
 
 
 # --------------------------------------------------------------------------------------------

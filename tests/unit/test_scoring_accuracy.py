@@ -15,7 +15,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from farm.models import format_results
-from farm.protocol.dut import Results, classify
+from farm.protocol.dut import Results, classify_line
 from farm.scoring import (
     ad_thresholds,
     ad_top1_quirk,
@@ -62,7 +62,7 @@ def runner_reference(samples: list[Sample]) -> tuple[float, float]:
 
 def dut_vector(fmt: str, values: list[float]) -> tuple[float, ...]:
     # Through the reference firmware's printing and our protocol parser, as a run sees it.
-    event = classify(f"m-results-[{format_results(fmt, values)}]".encode())  # type: ignore[arg-type]
+    event = classify_line(f"m-results-[{format_results(fmt, values)}]".encode())  # type: ignore[arg-type]
     assert isinstance(event, Results)
     return event.values
 
@@ -175,7 +175,7 @@ def test_argmax_ties_go_to_the_lowest_index() -> None:
 
 def test_vww_trailing_comma_and_auc_on_column_1() -> None:
     line = b"m-results-[0.250,0.750,]"  # the reference VWW port's trailing comma
-    event = classify(line)
+    event = classify_line(line)
     assert isinstance(event, Results) and event.values == (0.25, 0.75)
     samples: list[Sample] = [
         ("a.bin", 1, event.values),
