@@ -1,0 +1,30 @@
+"""``farm controller ingest``: the agents' MQTT messages into Redis (see
+:mod:`controller.ingest.service`)."""
+
+from controller.ingest.service import (
+    _CLOSED_STATES,
+    _STORE_SAMPLES,
+    Ingest,
+    Rejected,
+    _order_key,
+    _record_schema,
+    _storable,
+    encode_records,
+    main,
+    parse_sample_batch,
+    split_records,
+)
+
+__all__ = [
+    "_CLOSED_STATES",
+    "_STORE_SAMPLES",
+    "Ingest",
+    "Rejected",
+    "_order_key",
+    "_record_schema",
+    "_storable",
+    "encode_records",
+    "main",
+    "parse_sample_batch",
+    "split_records",
+]
