@@ -58,7 +58,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import operator
 import random
 import re
@@ -85,6 +84,7 @@ from controller import keys
 from controller.metrics import DEFAULT_ADDR, IngestMetrics
 from controller.settings import Settings
 from farm.backoff import Backoff
+from farm.logs import get_logger
 from farm.messages import (
     ID_PATTERN,
     MAX_RUN_SAMPLES,
@@ -101,7 +101,7 @@ from farm.messages import (
     parse_topic,
 )
 
-log = logging.getLogger("controller.ingest")
+log = get_logger("controller.ingest.service")
 
 #: Larger payloads are rejected unread (an energy window's power trace is the largest
 #: legitimate message: a few MiB).
@@ -553,7 +553,7 @@ class _InOrder:
                 # ``_process`` counts and logs what goes wrong in handling; this is a bug
                 # around it. Acknowledged all the same, as ``_process`` does after a
                 # rejected_internal: one message must not hold back every acknowledgement.
-                log.exception("event=message_failed topic=%r", str(message.topic)[:200])
+                log.exception("message_failed", topic=str(message.topic)[:200])
             if entry is not None:
                 entry[2] = True
                 while self._unacked and self._unacked[0][2]:
@@ -685,29 +685,22 @@ class Ingest:
                         self.subscribed.set()
                         host, port = self.settings.broker_host_port
                         log.info(
-                            "event=ingest_subscribed broker=%s:%d client_id=%s filter=%s "
-                            "manual_ack=%s concurrency=%d",
-                            host,
-                            port,
-                            self.client_id,
-                            self.topic_filter,
-                            self._paho is not None,
-                            self.concurrency,
+                            "ingest_subscribed",
+                            broker=f"{host}:{port}",
+                            client_id=self.client_id,
+                            filter=self.topic_filter,
+                            manual_ack=self._paho is not None,
+                            concurrency=self.concurrency,
                         )
                         await self._serve(client)
                 except aiomqtt.MqttError as exc:
                     self.subscribed.clear()
                     delay = backoff.next_delay()
-                    log.warning(
-                        "event=broker_unavailable error=%r retry_in_s=%.1f", str(exc), delay
-                    )
+                    log.warning("broker_unavailable", error=str(exc), retry_in_s=round(delay, 1))
                     await asyncio.sleep(delay)
         finally:
             self.subscribed.clear()
-            log.info(
-                "event=ingest_stopped counters=%s",
-                json.dumps(dict(self.counters), separators=(",", ":")),
-            )
+            log.info("ingest_stopped", counters=dict(self.counters))
             if self._owns_redis and self._redis is not None:
                 await self._redis.aclose()
                 self._redis = self._store = None
@@ -748,7 +741,7 @@ class Ingest:
             paho.manual_ack_set(True)
             self._paho = paho
         else:
-            log.warning("event=manual_ack_unavailable effect=messages_acked_on_receipt")
+            log.warning("manual_ack_unavailable", effect="messages_acked_on_receipt")
         return client
 
     def _drain(self) -> None:
@@ -761,7 +754,7 @@ class Ingest:
                 break
             dropped += 1
         if dropped:
-            log.info("event=queue_discarded messages=%d why=broker_resends_unacked", dropped)
+            log.info("queue_discarded", messages=dropped, why="broker_resends_unacked")
 
     def _ack(self, mid: int, qos: int) -> None:
         if self._paho is None or qos == 0:
@@ -769,7 +762,7 @@ class Ingest:
         rc = self._paho.ack(mid, qos)
         if rc != 0:
             # Connection gone: the broker resends the message on the next connection.
-            log.debug("event=ack_failed mid=%d rc=%s", mid, rc)
+            log.debug("ack_failed", mid=mid, rc=rc)
 
     # -- one message ----------------------------------------------------------------------------
 
@@ -794,20 +787,18 @@ class Ingest:
                 self.counters["redis_retries"] += 1
                 if (skipped := self._throttle.allow("redis_unavailable")) is not None:
                     log.warning(
-                        "event=redis_unavailable error=%r topic=%r retry_in_s=%.2f suppressed=%d",
-                        str(exc),
-                        topic[:200],
-                        delay,
-                        skipped,
+                        "redis_unavailable",
+                        error=str(exc),
+                        topic=topic[:200],
+                        retry_in_s=round(delay, 2),
+                        suppressed=skipped,
                     )
                 await asyncio.sleep(delay)
             except Exception:
                 self.counters["rejected_internal"] += 1
                 if (skipped := self._throttle.allow("internal")) is not None:
                     log.exception(
-                        "event=message_rejected reason=internal topic=%r suppressed=%d",
-                        topic[:200],
-                        skipped,
+                        "message_rejected", reason="internal", topic=topic[:200], suppressed=skipped
                     )
                 with contextlib.suppress(Exception):
                     await self.redis.hincrby(keys.INGEST_COUNTERS, "rejected_internal", 1)
@@ -823,11 +814,11 @@ class Ingest:
             await self._commit(None, {f"rejected_{rejected.reason}": 1})
             if (skipped := self._throttle.allow(rejected.reason)) is not None:
                 log.warning(
-                    "event=message_rejected reason=%s topic=%r detail=%r suppressed=%d",
-                    rejected.reason,
-                    topic_name[:200],
-                    rejected.detail[:500],
-                    skipped,
+                    "message_rejected",
+                    reason=rejected.reason,
+                    topic=topic_name[:200],
+                    detail=rejected.detail[:500],
+                    suppressed=skipped,
                 )
 
     async def _dispatch(self, topic_name: str, payload: bytes, retained: bool) -> None:
@@ -960,13 +951,13 @@ class Ingest:
             conflicts += 1
             if (skipped := self._throttle.allow("conflicting_sample")) is not None:
                 log.warning(
-                    "event=conflicting_sample run=%s seq=%d agent=%s board=%s kept=first "
-                    "suppressed=%d",
-                    topic.run,
-                    json.loads(value)["seq"],
-                    topic.agent,
-                    topic.board,
-                    skipped,
+                    "conflicting_sample",
+                    run=topic.run,
+                    seq=json.loads(value)["seq"],
+                    agent=topic.agent,
+                    board=topic.board,
+                    kept="first",
+                    suppressed=skipped,
                 )
         await self._commit(
             None, {"duplicate_samples": duplicates, "conflicting_samples": conflicts}
@@ -1001,7 +992,7 @@ class Ingest:
                     await asyncio.sleep(random.uniform(0, 0.005))
                     continue
                 if updates.get("state") == "running":
-                    log.info("event=run_started run=%s agent=%s", topic.run, topic.agent)
+                    log.info("run_started", run=topic.run, agent=topic.agent)
                 return
         raise RuntimeError(f"run {topic.run} changed {WATCH_ATTEMPTS} times during an update")
 
@@ -1067,7 +1058,7 @@ class Ingest:
         pipe.sadd(keys.AGENTS, topic.agent)
         await self._commit(pipe, {"accepted_agent_status": 1})
         if status.state != "online":
-            log.info("event=agent_state agent=%s state=%s", topic.agent, status.state)
+            log.info("agent_state", agent=topic.agent, state=status.state)
             return
         if status.protocol != PROTOCOL_VERSION:
             await self._refuse(topic.agent, status.protocol, repr(status.started or status.time))
@@ -1097,11 +1088,11 @@ class Ingest:
             )
         except aiomqtt.MqttError as exc:
             # Not marked: the agent's next online status tries again.
-            log.warning("event=refuse_failed agent=%s error=%r", agent, str(exc))
+            log.warning("refuse_failed", agent=agent, error=str(exc))
             return
         self._refused[agent] = connection
         await self._commit(None, {"refused_agents": 1})
-        log.warning("event=agent_refused agent=%s reason=%r command=%s", agent, reason, command.id)
+        log.warning("agent_refused", agent=agent, reason=reason, command=command.id)
 
     async def _heartbeat(self, topic: Topic, text: str) -> None:
         pipe = self.redis.pipeline(transaction=False)
@@ -1131,12 +1122,7 @@ class Ingest:
                     "stale_board_status",
                     f"board {topic.board}: agent {topic.agent}'s status is older than {owner}'s",
                 )
-            log.info(
-                "event=board_moved board=%s from_agent=%s to_agent=%s",
-                topic.board,
-                owner,
-                topic.agent,
-            )
+            log.info("board_moved", board=topic.board, from_agent=owner, to_agent=topic.agent)
         pipe = self.redis.pipeline(transaction=False)
         pipe.hset(
             board_key,
@@ -1184,15 +1170,15 @@ async def main(
             concurrency=concurrency,
         )
     except ValueError as exc:
-        log.error("event=ingest_config_error error=%r", str(exc))
+        log.error("ingest_config_error", error=str(exc))
         return 2
     if metrics_port is not None:
         try:
             port = ingest.metrics.serve(metrics_port, metrics_addr)
         except OSError as exc:
-            log.error("event=ingest_metrics_bind_failed port=%d error=%r", metrics_port, str(exc))
+            log.error("ingest_metrics_bind_failed", port=metrics_port, error=str(exc))
             return 2
-        log.info("event=ingest_metrics_serving addr=%s port=%d", metrics_addr, port)
+        log.info("ingest_metrics_serving", addr=metrics_addr, port=port)
     loop = asyncio.get_running_loop()
     task = loop.create_task(ingest.run(), name="ingest")
     handled: list[signal.Signals] = []
