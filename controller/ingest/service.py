@@ -81,6 +81,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
 from controller import keys
+from controller.ingest.acks import QOS0_QUEUE_LIMIT, IncomingQueue, ManualAcks
 from controller.ingest.ordering import InOrder, order_key
 from controller.metrics import DEFAULT_ADDR, IngestMetrics
 from controller.settings import Settings
@@ -107,9 +108,6 @@ log = get_logger("controller.ingest.service")
 #: Larger payloads are rejected unread (an energy window's power trace is the largest
 #: legitimate message: a few MiB).
 MAX_PAYLOAD_BYTES = 8 * 1024 * 1024
-#: QoS 0 messages (heartbeats) waiting beyond this are dropped; QoS 1 ones are bounded by the
-#: broker's in-flight window, since ingest acknowledges only what it has stored.
-QOS0_QUEUE_LIMIT = 10_000
 #: Run events after which the agent sends nothing more for that execution of the run.
 FINAL_EVENTS = frozenset({"done", "error", "cancelled", "interrupted"})
 #: Attempts at an optimistic (WATCH) update of a run hash that other writers keep changing.
@@ -409,23 +407,6 @@ def subscription(group: str, share: bool) -> str:
     return f"$share/{group}/farm/v1/agent/#"
 
 
-class _IncomingQueue(asyncio.Queue[aiomqtt.Message]):
-    """aiomqtt's receive queue: unbounded for QoS 1 and 2 (the broker's in-flight window bounds
-    those, since ingest acknowledges late; dropping one would leave it unacknowledged until the
-    next reconnect), capped for QoS 0, which nobody resends anyway."""
-
-    def __init__(self, qos0_limit: int, counters: Counter[str]) -> None:
-        super().__init__()
-        self.qos0_limit = qos0_limit
-        self.counters = counters
-
-    def put_nowait(self, item: aiomqtt.Message) -> None:
-        if item.qos == 0 and self.qsize() >= self.qos0_limit:
-            self.counters["dropped_qos0"] += 1
-            return
-        super().put_nowait(item)
-
-
 class _Throttle:
     """At most one log line per key per interval; the next one says how many were skipped."""
 
@@ -532,10 +513,8 @@ class Ingest:
         """Set while connected and subscribed."""
         self._redis = redis
         self._owns_redis = redis is None
-        self._queue = _IncomingQueue(qos0_queue_limit, self.counters)
+        self._queue = IncomingQueue(qos0_queue_limit, self.counters)
         self._client: aiomqtt.Client | None = None
-        self._paho: Any = None
-        """aiomqtt's paho client, once it acknowledges manually."""
         self._refused: dict[str, str] = {}
         """Agent -> the connection (its ``started``) already refused: one refuse each."""
         self._throttle = _Throttle()
@@ -567,10 +546,11 @@ class Ingest:
                 retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
             )
         client = self._client = self._make_client()
+        acks = ManualAcks(client)
         backoff = Backoff(base_s=0.5, cap_s=30.0)
         try:
             while True:
-                self._drain()
+                self._queue.discard()
                 try:
                     async with client:
                         await client.subscribe(self.topic_filter, qos=1)
@@ -582,10 +562,10 @@ class Ingest:
                             broker=f"{host}:{port}",
                             client_id=self.client_id,
                             filter=self.topic_filter,
-                            manual_ack=self._paho is not None,
+                            manual_ack=acks.enabled,
                             concurrency=self.concurrency,
                         )
-                        await self._serve(client)
+                        await self._serve(client, acks)
                 except aiomqtt.MqttError as exc:
                     self.subscribed.clear()
                     delay = backoff.next_delay()
@@ -598,10 +578,10 @@ class Ingest:
                 await self._redis.aclose()
                 self._redis = self._store = None
 
-    async def _serve(self, client: aiomqtt.Client) -> None:
+    async def _serve(self, client: aiomqtt.Client, acks: ManualAcks) -> None:
         """Hand every message of this connection to an :class:`InOrder` until the connection
         is lost (``MqttError``) or the task cancelled."""
-        in_order = InOrder(self.concurrency, self._process, self._ack)
+        in_order = InOrder(self.concurrency, self._process, acks.ack)
         try:
             async for message in client.messages:
                 await in_order.submit(order_key(str(message.topic)), message)
@@ -614,7 +594,7 @@ class Ingest:
         tls = None
         if urlsplit(self.settings.broker_url).scheme == "mqtts":
             tls = ssl.create_default_context()
-        client = aiomqtt.Client(
+        return aiomqtt.Client(
             host,
             port,
             username=username,
@@ -627,35 +607,6 @@ class Ingest:
             # aiomqtt calls this with maxsize=...: one queue, kept across reconnects.
             queue_type=lambda maxsize=0: self._queue,  # type: ignore[arg-type]
         )
-        # aiomqtt has no option for it, but its paho client has: acknowledge after storing
-        # (module docstring). Without it (another aiomqtt) paho acknowledges on receipt.
-        paho = getattr(client, "_client", None)
-        if paho is not None and hasattr(paho, "manual_ack_set") and hasattr(paho, "ack"):
-            paho.manual_ack_set(True)
-            self._paho = paho
-        else:
-            log.warning("manual_ack_unavailable", effect="messages_acked_on_receipt")
-        return client
-
-    def _drain(self) -> None:
-        """Forget messages of a lost connection: unacknowledged, they come again."""
-        dropped = 0
-        while True:
-            try:
-                self._queue.get_nowait()
-            except asyncio.QueueEmpty:
-                break
-            dropped += 1
-        if dropped:
-            log.info("queue_discarded", messages=dropped, why="broker_resends_unacked")
-
-    def _ack(self, mid: int, qos: int) -> None:
-        if self._paho is None or qos == 0:
-            return
-        rc = self._paho.ack(mid, qos)
-        if rc != 0:
-            # Connection gone: the broker resends the message on the next connection.
-            log.debug("ack_failed", mid=mid, rc=rc)
 
     # -- one message ----------------------------------------------------------------------------
 
