@@ -83,6 +83,7 @@ from redis.backoff import ExponentialBackoff
 from controller import keys
 from controller.ingest.acks import QOS0_QUEUE_LIMIT, IncomingQueue, ManualAcks
 from controller.ingest.ordering import InOrder, order_key
+from controller.ingest.throttle import Throttle
 from controller.metrics import DEFAULT_ADDR, IngestMetrics
 from controller.settings import Settings
 from farm.backoff import Backoff
@@ -407,24 +408,6 @@ def subscription(group: str, share: bool) -> str:
     return f"$share/{group}/farm/v1/agent/#"
 
 
-class _Throttle:
-    """At most one log line per key per interval; the next one says how many were skipped."""
-
-    def __init__(self, interval_s: float = 1.0) -> None:
-        self.interval_s = interval_s
-        self._state: dict[str, tuple[float, int]] = {}
-
-    def allow(self, key: str) -> int | None:
-        """The number of lines suppressed since the last one, or ``None`` to stay quiet."""
-        now = time.monotonic()
-        last, suppressed = self._state.get(key, (float("-inf"), 0))
-        if now - last >= self.interval_s:
-            self._state[key] = (now, 0)
-            return suppressed
-        self._state[key] = (last, suppressed + 1)
-        return None
-
-
 def _validation_summary(exc: ValidationError, limit: int = 3) -> str:
     """The first few pydantic errors as ``loc: msg`` (never the input: it may be huge)."""
     parts = [
@@ -517,7 +500,7 @@ class Ingest:
         self._client: aiomqtt.Client | None = None
         self._refused: dict[str, str] = {}
         """Agent -> the connection (its ``started``) already refused: one refuse each."""
-        self._throttle = _Throttle()
+        self._throttle = Throttle()
         self._store: Any = None
         """The registered ``_STORE_SAMPLES`` script (needs the Redis client)."""
         self.metrics = IngestMetrics(self.counters, self._queue.qsize)
