@@ -36,11 +36,11 @@ Redis's (``INFO cpu``: the whole server, other users' commands included); then, 
 process with no broker, ``Ingest.handle`` called on the same payloads one after the other
 (what one ingest process does with a core to itself: one message at a time, so none of the
 overlap the MQTT path has) and the median time per batch of each of its steps, done the way
-``Ingest._dispatch``/``_samples`` do them: ``validate`` (``parse_sample_batch``: the payload
-parsed and validated in one pass, to storable records), ``encode`` (``encode_records``: the
-batch's stored JSON, and the seqs), ``store`` (the one Lua script: the run's acceptance, the
-HSETNX of every record, ``done`` and the counters; Redis's time included), ``observe`` (the
-latency histogram).
+ingest's handlers do them: ``validate`` (``controller.ingest.parse.parse_sample_batch``: the
+payload parsed and validated in one pass, to storable records), ``encode``
+(``controller.ingest.store.encode_records``: the batch's stored JSON, and the seqs), ``store``
+(the one Lua script: the run's acceptance, the HSETNX of every record, ``done`` and the
+counters; Redis's time included), ``observe`` (the latency histogram).
 
 ``--ingest-procs 2`` runs two ingest processes in the shared subscription group (the way
 the design scales ingest), for comparison.
@@ -76,13 +76,9 @@ from harness import run_bench
 
 from agent.outbox import WINDOW
 from controller import keys
-from controller.ingest import (
-    _CLOSED_STATES,
-    _STORE_SAMPLES,
-    Ingest,
-    encode_records,
-    parse_sample_batch,
-)
+from controller.ingest import Ingest
+from controller.ingest.parse import parse_sample_batch
+from controller.ingest.store import CLOSED_STATES, STORE_SAMPLES, encode_records
 from controller.settings import Settings
 from farm.messages import SCHEMA, samples_topic
 from farm.models import MODELS
@@ -477,7 +473,7 @@ async def handle_only(url: str, runs: int, agents: int, batches: int) -> dict[st
         for spec in specs:
             client.unlink(keys.run_samples(spec.run))
         # The steps of one batch, each timed over every payload (median ms).
-        script = aclient.register_script(_STORE_SAMPLES)
+        script = aclient.register_script(STORE_SAMPLES)
         steps: dict[str, list[float]] = {"validate": [], "encode": [], "store": [], "observe": []}
 
         def timed(name: str, fn: Callable[[], Any]) -> Any:
@@ -497,7 +493,7 @@ async def handle_only(url: str, runs: int, agents: int, batches: int) -> dict[st
             run_keys = [keys.run(batch["run"]), keys.run_samples(batch["run"]), counters]
             t = time.perf_counter()
             reply = await script(
-                keys=run_keys, args=[batch["agent"], batch["board"], _CLOSED_STATES, seqs, body]
+                keys=run_keys, args=[batch["agent"], batch["board"], CLOSED_STATES, seqs, body]
             )
             steps["store"].append(time.perf_counter() - t)
             assert reply[0] == 1 and not reply[3] and not reply[4], "not stored as new"

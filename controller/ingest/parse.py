@@ -75,9 +75,6 @@ def validate(kind: str, payload: bytes) -> Any:
 
 #: Numeric constraints a float field may carry (copied to the integer alternative).
 _BOUNDS = ("ge", "gt", "le", "lt")
-#: Core schema types a stored record may contain: no text, no nested objects (see
-#: ``_STORE_SAMPLES`` on splitting).
-_RECORD_TYPES = frozenset({"int", "float", "bool", "nullable", "list", "tuple", "union"})
 #: Keys of a model field that :func:`_storable` mirrors (or that do not change validation).
 _FIELD_KEYS = frozenset({"type", "schema", "metadata", "validation_alias", "serialization_alias"})
 
@@ -165,34 +162,11 @@ def _storable(schema: dict[str, Any]) -> dict[str, Any]:
     raise TypeError(f"core schema {kind!r}: not mirrored for storing")
 
 
-def _record_schema(batch: dict[str, Any]) -> dict[str, Any]:
-    """The record schema inside a storable batch schema, checked to hold no text and no
-    nested objects (``_STORE_SAMPLES`` splits the records on ``},{``)."""
-    record = batch["fields"]["samples"]["schema"]["items_schema"]
-
-    def check(node: Any) -> None:
-        if isinstance(node, list):
-            for item in node:
-                check(item)
-        elif isinstance(node, dict):
-            if "type" in node and node["type"] not in _RECORD_TYPES | {"default"}:
-                raise TypeError(f"a sample record holds {node['type']!r}: cannot be split")
-            for value in node.values():
-                check(value)
-
-    for name, field in record["fields"].items():
-        if "validation_alias" in field:
-            raise TypeError(f"record field {name!r} has an alias: stored keys would differ")
-        check(field["schema"])
-    return record
-
-
-_BATCH_SCHEMA = _storable(SampleBatch.__pydantic_core_schema__)
-_record_schema(_BATCH_SCHEMA)
+BATCH_SCHEMA = _storable(SampleBatch.__pydantic_core_schema__)
 #: ``SampleBatch`` (strict) in one pass over the payload, to storable dicts: the same JSON is
 #: accepted, except a number beyond a double's range in a float field (``1e400``), which the
 #: model reads as infinity.
-_STORABLE_BATCH = SchemaValidator(_BATCH_SCHEMA)
+_STORABLE_BATCH = SchemaValidator(BATCH_SCHEMA)
 
 
 def parse_sample_batch(payload: bytes) -> dict[str, Any]:
