@@ -65,12 +65,11 @@ The modules, one job each:
 * :mod:`~controller.ingest.throttle`: log throttling.
 """
 
-from controller.ingest.parse import Rejected, _storable, parse_sample_batch
+from controller.ingest.parse import Rejected, parse_sample_batch
 from controller.ingest.service import Ingest, main
 from controller.ingest.store import (
     CLOSED_STATES,
     STORE_SAMPLES,
-    _record_schema,
     encode_records,
     split_records,
 )
@@ -80,8 +79,6 @@ __all__ = [
     "STORE_SAMPLES",
     "Ingest",
     "Rejected",
-    "_record_schema",
-    "_storable",
     "encode_records",
     "main",
     "parse_sample_batch",

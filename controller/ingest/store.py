@@ -12,11 +12,11 @@ import pydantic_core
 
 from controller import keys
 from controller.ingest.ledger import Ledger
-from controller.ingest.parse import BATCH_SCHEMA, Rejected, acceptance
+from controller.ingest.parse import Rejected, acceptance
 from controller.ingest.throttle import Throttle
 from controller.metrics import IngestMetrics
 from farm.logs import get_logger
-from farm.messages import MAX_RUN_SAMPLES, Topic
+from farm.messages import MAX_RUN_SAMPLES, SAMPLE_BATCH, Topic
 
 log = get_logger("controller.ingest.store")
 
@@ -38,7 +38,7 @@ log = get_logger("controller.ingest.store")
 #: other a conflict) and counts itself. Positions are 1-based.
 #:
 #: The records are split on ``},{``: a record holds numbers, booleans, nulls and arrays only
-#: (:func:`_record_schema` refuses a schema with text or nested objects), so those three
+#: (:func:`check_splittable` refuses a schema with text or nested objects), so those three
 #: characters occur only between two records.
 #:
 #: One script rather than HMGET + script + pipeline: each round trip costs ingest ~0.3 ms of
@@ -111,10 +111,10 @@ def split_records(body: bytes) -> list[str]:
 _RECORD_TYPES = frozenset({"int", "float", "bool", "nullable", "list", "tuple", "union"})
 
 
-def _record_schema(batch: dict[str, Any]) -> dict[str, Any]:
-    """The record schema inside a storable batch schema, checked to hold no text and no
-    nested objects (:data:`STORE_SAMPLES` splits the records on ``},{``)."""
-    record = batch["fields"]["samples"]["schema"]["items_schema"]
+def check_splittable(record: dict[str, Any]) -> None:
+    """Raise ``TypeError`` unless ``record`` (the core schema a sample record is decoded with:
+    ``farm.messages.SampleBatchSchema.record_schema``) holds no text and no nested objects
+    (:data:`STORE_SAMPLES` splits the records on ``},{``) and no aliases."""
 
     def check(node: Any) -> None:
         if isinstance(node, list):
@@ -130,10 +130,9 @@ def _record_schema(batch: dict[str, Any]) -> dict[str, Any]:
         if "validation_alias" in field:
             raise TypeError(f"record field {name!r} has an alias: stored keys would differ")
         check(field["schema"])
-    return record
 
 
-_record_schema(BATCH_SCHEMA)
+check_splittable(SAMPLE_BATCH.record_schema)
 
 
 class SampleStore:
