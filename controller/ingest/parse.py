@@ -41,8 +41,9 @@ LABELS: Mapping[str, str] = {
     "run_events": "run_event",
 }
 
-#: Strict validation: a string is not an int here. The stored samples are the payload's own
-#: JSON values (see :func:`parse_sample_batch`), so lax coercion would let ``"5"`` through as a seq.
+#: Strict validation: a string is not an int here. What is stored is the payload's own text
+#: (and for samples its own JSON values), so lax coercion would let ``"5"`` through as an int
+#: that every later reader of the stored text sees as a string.
 _VALIDATORS: Mapping[str, Callable[[bytes], Any]] = {
     "status": lambda p: AgentStatus.model_validate_json(p, strict=True),
     "heartbeat": lambda p: Heartbeat.model_validate_json(p, strict=True),

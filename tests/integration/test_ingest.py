@@ -285,10 +285,10 @@ async def test_stored_samples_give_the_agents_digest(
         )
         for w in range(5)
     ]
-    # The agent's tally: the digest over to_record() in production order.
+    # The agent's tally: the digest over its records in production order.
     digest = SampleDigest()
     for sample in accuracy + energy:
-        digest.update(sample.to_record())
+        digest.update(SAMPLE_BATCH.record(sample))
     records = agent_records(accuracy + energy)
     # Batches as the agent cuts them: at most 64 samples, an energy window alone.
     batches = [records[i : i + 64] for i in range(0, 150, 64)] + [[r] for r in records[150:]]
