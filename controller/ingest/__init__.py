@@ -65,18 +65,12 @@ The modules, one job each:
 * :mod:`~controller.ingest.throttle`: log throttling.
 """
 
+# What other code imported from the single module this package replaces.
 from controller.ingest.parse import Rejected, parse_sample_batch
 from controller.ingest.service import Ingest, main
-from controller.ingest.store import (
-    CLOSED_STATES,
-    STORE_SAMPLES,
-    encode_records,
-    split_records,
-)
+from controller.ingest.store import encode_records, split_records
 
 __all__ = [
-    "CLOSED_STATES",
-    "STORE_SAMPLES",
     "Ingest",
     "Rejected",
     "encode_records",
