@@ -31,6 +31,7 @@ from agent.serial_link import SerialLinkError
 from farm.catalog import Benchmark
 from farm.logs import get_logger
 from farm.messages import (
+    SAMPLE_BATCH,
     Accepted,
     BoardStatus,
     Cancelled,
@@ -396,11 +397,8 @@ class BoardWorker:
                 dataset=str(dataset.folder),
             )
             async for sample in runner.run():
-                record = sample.to_record()
+                record = SAMPLE_BATCH.record(sample)
                 tally.add(record)
-                if sample.power_samples:
-                    record["power_samples"] = list(sample.power_samples)
-                    record["power_events"] = [list(e) for e in sample.power_events]
                 await batcher.add(record)
                 if self._progress is not None:
                     event, self._progress = self._progress, None

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from typing import Any
 
 import aiomqtt
@@ -22,7 +21,7 @@ import aiomqtt
 from agent.journal import Journal
 from agent.journal_store import OutboxEntry
 from farm.logs import get_logger
-from farm.messages import SCHEMA, samples_topic
+from farm.messages import SAMPLE_BATCH, samples_topic
 
 log = get_logger("agent.outbox")
 
@@ -87,7 +86,8 @@ class Outbox:
 
 
 class SampleBatcher:
-    """One run's samples, grouped into ``SampleBatch`` messages (see the module docstring).
+    """One run's samples, grouped into ``SampleBatch`` messages (``SAMPLE_BATCH.encode``; see
+    the module docstring).
 
     Owns one flusher task; :meth:`close` flushes what is left and stops it."""
 
@@ -133,18 +133,7 @@ class SampleBatcher:
                 return
             records, self._pending = self._pending, []
             self._has_data.clear()
-            # A ``SampleBatch`` (the receiver validates it); built as plain JSON because
-            # validating every record here would double the agent's CPU per sample.
-            payload = json.dumps(
-                {
-                    "schema": SCHEMA,
-                    "agent": self.agent,
-                    "board": self.board,
-                    "run": self.run,
-                    "samples": records,
-                },
-                separators=(",", ":"),
-            ).encode()
+            payload = SAMPLE_BATCH.encode(self.agent, self.board, self.run, records)
             await self.outbox.put(self.topic, payload, run=self.run, last_seq=records[-1]["seq"])
             self.published += len(records)
 

@@ -35,7 +35,7 @@ the *steady window*: from 1 s after the last board's first sample reached the ob
 
 **ceiling**: in this process, no serial: ``agent.journal.Journal`` (a temp file) +
 ``agent.outbox.Outbox`` + ``SampleBatcher``, publishing through ``agent.mqtt_client.make_client``
-to a private Mosquitto; K synthetic kws01 sample records (``farm.sample.Sample(...).to_record()``,
+to a private Mosquitto; K synthetic kws01 sample records (``SAMPLE_BATCH.record(Sample(...))``,
 12 results, lap and latency fields) are fed through the batcher as fast as it takes them, with
 ``outbox.pump(client)`` as a task. A subscriber in a separate process (so it does not share
 this event loop) counts the samples received. samples/s = K ÷ (first enqueue → last sample
@@ -79,7 +79,14 @@ from agent.config import BrokerConfig
 from agent.journal import Journal
 from agent.mqtt_client import make_client
 from agent.outbox import PUBACK_TIMEOUT_S, WINDOW, Outbox, SampleBatcher
-from farm.messages import SCHEMA, command_topic, parse_topic, sample_digest, samples_topic
+from farm.messages import (
+    SAMPLE_BATCH,
+    SCHEMA,
+    command_topic,
+    parse_topic,
+    sample_digest,
+    samples_topic,
+)
 from farm.models import MODELS, format_results
 from farm.protocol.dut import encode_command
 from farm.protocol.dut_firmware import format_lap
@@ -771,14 +778,13 @@ def synthetic_records(count: int) -> list[dict[str, Any]]:
             elapsed_us=end - start,
             latency_us=float(latency),
         )
-        records.append(sample.to_record())
+        records.append(SAMPLE_BATCH.record(sample))
     return records
 
 
 def one_record_payload(record: dict[str, Any]) -> bytes:
-    """What ``SampleBatcher.flush`` builds for a batch of one."""
-    batch = {"schema": SCHEMA, "agent": AGENT, "board": BOARD, "run": RUN, "samples": [record]}
-    return json.dumps(batch, separators=(",", ":")).encode()
+    """What ``SampleBatcher.flush`` encodes for a batch of one."""
+    return SAMPLE_BATCH.encode(AGENT, BOARD, RUN, [record])
 
 
 @dataclass

@@ -6,10 +6,11 @@ publish -> subscribe rate of the same payloads, measured in the same run.
 
 Payloads: ``--runs`` runs (one per simulated board, the models cycling kws01, vww01, ic01,
 ad01; ``--agents`` agents share the boards), each ``--batches`` ``SampleBatch`` messages of
-200 accuracy samples — the agent's default batch — built exactly as
-``agent.outbox.SampleBatcher.flush`` builds them (compact JSON of ``farm.sample.Sample
-.to_record()`` records: seq, index, label, the model's result vector with the firmware's
-digits, the two laps, elapsed and per-inference latency). A publisher process (one aiomqtt
+200 accuracy samples — the agent's default batch — built exactly as the agent builds them
+(``farm.messages.SAMPLE_BATCH``: its ``record`` of each ``farm.sample.Sample`` and its
+``encode``, as ``agent.outbox.SampleBatcher.flush`` does; records of seq, index, label, the
+model's result vector with the firmware's digits, the two laps, elapsed and per-inference
+latency). A publisher process (one aiomqtt
 client per agent, QoS 1, ``agent.outbox.WINDOW`` publishes in flight per client, each agent's
 runs interleaved batch by batch as its outbox would send them) publishes them to a private
 Mosquitto (``tests/integration/farm_procs.Mosquitto``: persistence on, ``max_inflight_messages
@@ -36,11 +37,11 @@ Redis's (``INFO cpu``: the whole server, other users' commands included); then, 
 process with no broker, ``Ingest.handle`` called on the same payloads one after the other
 (what one ingest process does with a core to itself: one message at a time, so none of the
 overlap the MQTT path has) and the median time per batch of each of its steps, done the way
-``Ingest._dispatch``/``_samples`` do them: ``validate`` (``parse_sample_batch``: the payload
-parsed and validated in one pass, to storable records), ``encode`` (``encode_records``: the
-batch's stored JSON, and the seqs), ``store`` (the one Lua script: the run's acceptance, the
-HSETNX of every record, ``done`` and the counters; Redis's time included), ``observe`` (the
-latency histogram).
+ingest's handlers do them: ``validate`` (``controller.ingest.parse.parse_sample_batch``: the
+payload parsed and validated in one pass, to storable records), ``encode``
+(``controller.ingest.store.encode_records``: the batch's stored JSON, and the seqs), ``store``
+(the one Lua script: the run's acceptance, the HSETNX of every record, ``done`` and the
+counters; Redis's time included), ``observe`` (the latency histogram).
 
 ``--ingest-procs 2`` runs two ingest processes in the shared subscription group (the way
 the design scales ingest), for comparison.
@@ -76,15 +77,11 @@ from harness import run_bench
 
 from agent.outbox import WINDOW
 from controller import keys
-from controller.ingest import (
-    _CLOSED_STATES,
-    _STORE_SAMPLES,
-    Ingest,
-    encode_records,
-    parse_sample_batch,
-)
+from controller.ingest import Ingest
+from controller.ingest.parse import parse_sample_batch
+from controller.ingest.store import CLOSED_STATES, STORE_SAMPLES, encode_records
 from controller.settings import Settings
-from farm.messages import SCHEMA, samples_topic
+from farm.messages import SAMPLE_BATCH, samples_topic
 from farm.models import MODELS
 from farm.sample import Sample
 from tests.integration.farm_procs import Mosquitto, Proc
@@ -129,7 +126,8 @@ def _result_vector(rng: random.Random, model: str, label: int) -> tuple[float, .
 
 
 def records_for(model: str, count: int, seed: int) -> list[dict[str, Any]]:
-    """``count`` accuracy samples of ``model`` as the runner makes them (``to_record``)."""
+    """``count`` accuracy samples of ``model`` as the agent publishes them
+    (``SAMPLE_BATCH.record``)."""
     rng = random.Random(seed)
     latency_us = round(MODELS[model].reference_latency_s * 1e6)
     clock = 1_000_000
@@ -152,24 +150,17 @@ def records_for(model: str, count: int, seed: int) -> list[dict[str, Any]]:
             elapsed_us=end - start,
             latency_us=float(end - start),
         )
-        out.append(sample.to_record())
+        out.append(SAMPLE_BATCH.record(sample))
     return out
 
 
 def batch_payloads(spec: RunSpec, batches: int, seed: int) -> list[bytes]:
-    """The run's ``SampleBatch`` payloads, built as ``SampleBatcher.flush`` builds them."""
+    """The run's ``SampleBatch`` payloads, encoded as ``SampleBatcher.flush`` encodes them."""
     records = records_for(spec.model, batches * BATCH, seed)
-    out = []
-    for b in range(batches):
-        batch = {
-            "schema": SCHEMA,
-            "agent": spec.agent,
-            "board": spec.board,
-            "run": spec.run,
-            "samples": records[b * BATCH : (b + 1) * BATCH],
-        }
-        out.append(json.dumps(batch, separators=(",", ":")).encode())
-    return out
+    return [
+        SAMPLE_BATCH.encode(spec.agent, spec.board, spec.run, records[b * BATCH : (b + 1) * BATCH])
+        for b in range(batches)
+    ]
 
 
 def topic_for(spec: RunSpec, prefix: str) -> str:
@@ -477,7 +468,7 @@ async def handle_only(url: str, runs: int, agents: int, batches: int) -> dict[st
         for spec in specs:
             client.unlink(keys.run_samples(spec.run))
         # The steps of one batch, each timed over every payload (median ms).
-        script = aclient.register_script(_STORE_SAMPLES)
+        script = aclient.register_script(STORE_SAMPLES)
         steps: dict[str, list[float]] = {"validate": [], "encode": [], "store": [], "observe": []}
 
         def timed(name: str, fn: Callable[[], Any]) -> Any:
@@ -497,7 +488,7 @@ async def handle_only(url: str, runs: int, agents: int, batches: int) -> dict[st
             run_keys = [keys.run(batch["run"]), keys.run_samples(batch["run"]), counters]
             t = time.perf_counter()
             reply = await script(
-                keys=run_keys, args=[batch["agent"], batch["board"], _CLOSED_STATES, seqs, body]
+                keys=run_keys, args=[batch["agent"], batch["board"], CLOSED_STATES, seqs, body]
             )
             steps["store"].append(time.perf_counter() - t)
             assert reply[0] == 1 and not reply[3] and not reply[4], "not stored as new"

@@ -32,6 +32,10 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+from pydantic_core import SchemaValidator
+
+from farm.sample import Sample
+from farm.storable import storable_schema
 
 SCHEMA = "farm/v1"
 PREFIX = "farm/v1"
@@ -318,8 +322,8 @@ class CommandAck(Message):
 
 
 class SampleRecord(BaseModel):
-    """One sample as published (``farm.sample.Sample.to_record`` plus, in energy mode, the
-    window's power trace)."""
+    """One sample as published (built by :meth:`SampleBatchSchema.record`: the sample's
+    ``farm.sample.Sample.to_record`` plus, in energy mode, the window's power trace)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -353,6 +357,53 @@ class SampleBatch(Message):
     board: Id
     run: Id
     samples: list[SampleRecord] = Field(min_length=1)
+
+
+class SampleBatchSchema:
+    """A sample batch on the wire, one description for both ends: :attr:`model`
+    (``SampleBatch``, whose samples are ``SampleRecord`` objects) says what is valid; the agent
+    builds each record with :meth:`record` and a batch's payload with :meth:`encode`; the
+    controller validates and decodes a payload with :meth:`decode`, in one pass, to plain
+    dicts of the payload's own values (see :func:`farm.storable.storable_schema`)."""
+
+    def __init__(self, model: type[BaseModel]) -> None:
+        self.model = model
+        """The pydantic model of a batch (its ``samples`` field holds the records)."""
+        schema = storable_schema(model.__pydantic_core_schema__)
+        self.record_schema: dict[str, Any] = schema["fields"]["samples"]["schema"]["items_schema"]
+        """The core schema :meth:`decode` validates each record with (a typed dict)."""
+        self._validator = SchemaValidator(schema)
+
+    @staticmethod
+    def record(sample: Sample) -> dict[str, Any]:
+        """The record the agent publishes for ``sample``: its samples.jsonl object
+        (``Sample.to_record``) plus, in energy mode, the window's power trace."""
+        record = sample.to_record()
+        if sample.power_samples:
+            record["power_samples"] = list(sample.power_samples)
+            record["power_events"] = [list(e) for e in sample.power_events]
+        return record
+
+    @staticmethod
+    def encode(agent: str, board: str, run: str, records: list[dict[str, Any]]) -> bytes:
+        """The payload of a batch of records (from :meth:`record`): compact JSON, not
+        validated here (the receiver validates it; validating every record on the agent too
+        would double its CPU per sample)."""
+        body = {"schema": SCHEMA, "agent": agent, "board": board, "run": run, "samples": records}
+        return json.dumps(body, separators=(",", ":")).encode()
+
+    def decode(self, payload: bytes) -> dict[str, Any]:
+        """``payload`` validated strictly, as :attr:`model` would, to plain dicts: ``schema_``,
+        ``agent``, ``board``, ``run`` and ``samples``, each record with sorted keys, every
+        null-default field stated, and the payload's own numbers (an integer stays one).
+        Raises ``pydantic.ValidationError`` for what the model refuses and also for a number
+        beyond a double's range in a float field (``1e400``, which the model reads as
+        infinity and JSON cannot hold)."""
+        return self._validator.validate_json(payload, strict=True)
+
+
+#: The sample batch of this protocol version.
+SAMPLE_BATCH = SampleBatchSchema(SampleBatch)
 
 
 class RunInfoRecord(BaseModel):

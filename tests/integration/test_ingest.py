@@ -24,7 +24,7 @@ from controller.settings import Settings
 from farm.messages import (
     COMMANDS,
     PROTOCOL_VERSION,
-    SCHEMA,
+    SAMPLE_BATCH,
     Accepted,
     AgentStatus,
     BoardStatus,
@@ -195,22 +195,13 @@ def samples(count: int, start: int = 0) -> list[Sample]:
 
 
 def agent_records(items: list[Sample]) -> list[dict[str, Any]]:
-    """What the agent publishes per sample (``BoardWorker``): ``to_record()``, plus the power
-    trace in energy mode."""
-    records = []
-    for sample in items:
-        record = sample.to_record()
-        if sample.power_samples:
-            record["power_samples"] = list(sample.power_samples)
-            record["power_events"] = [list(e) for e in sample.power_events]
-        records.append(record)
-    return records
+    """What the agent publishes per sample (``BoardWorker``: ``SAMPLE_BATCH.record``)."""
+    return [SAMPLE_BATCH.record(sample) for sample in items]
 
 
 def agent_batch(run: str, records: list[dict[str, Any]], *, agent: str = AGENT) -> bytes:
-    """A batch built the way the agent's ``SampleBatcher`` builds it (plain JSON)."""
-    body = {"schema": SCHEMA, "agent": agent, "board": BOARD, "run": run, "samples": records}
-    return json.dumps(body, separators=(",", ":")).encode()
+    """A batch encoded as the agent's ``SampleBatcher`` encodes it (``SAMPLE_BATCH.encode``)."""
+    return SAMPLE_BATCH.encode(agent, BOARD, run, records)
 
 
 async def publish_all(client: aiomqtt.Client, messages: list[tuple[str, bytes]]) -> None:
@@ -294,10 +285,10 @@ async def test_stored_samples_give_the_agents_digest(
         )
         for w in range(5)
     ]
-    # The agent's tally: the digest over to_record() in production order.
+    # The agent's tally: the digest over its records in production order.
     digest = SampleDigest()
     for sample in accuracy + energy:
-        digest.update(sample.to_record())
+        digest.update(SAMPLE_BATCH.record(sample))
     records = agent_records(accuracy + energy)
     # Batches as the agent cuts them: at most 64 samples, an energy window alone.
     batches = [records[i : i + 64] for i in range(0, 150, 64)] + [[r] for r in records[150:]]

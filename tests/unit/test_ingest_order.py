@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from controller.ingest import _order_key
+from controller.ingest.ordering import order_key
 from farm.messages import (
     agent_status_topic,
     board_status_topic,
@@ -17,10 +17,10 @@ def test_what_keeps_its_order_when_messages_overlap() -> None:
     from a dead agent to another is judged against the old agent's state); heartbeats and
     command acks only per agent."""
     samples, events = samples_topic("pi-a", "b-1", "r-1"), run_events_topic("pi-a", "b-1", "r-1")
-    assert _order_key(samples) == _order_key(events) == "run:r-1"
+    assert order_key(samples) == order_key(events) == "run:r-1"
     assert (
-        _order_key(agent_status_topic("pi-a"))
-        == _order_key(agent_status_topic("pi-b"))
-        == _order_key(board_status_topic("pi-b", "b-1"))
+        order_key(agent_status_topic("pi-a"))
+        == order_key(agent_status_topic("pi-b"))
+        == order_key(board_status_topic("pi-b", "b-1"))
     )
-    assert _order_key(heartbeat_topic("pi-a")) != _order_key(heartbeat_topic("pi-b"))
+    assert order_key(heartbeat_topic("pi-a")) != order_key(heartbeat_topic("pi-b"))

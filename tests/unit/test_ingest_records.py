@@ -1,9 +1,10 @@
-"""Ingest's one-pass sample-batch parsing (``controller.ingest.parse_sample_batch``) and stored
-encoding (``encode_records``) against the path they replace: ``pydantic_core.from_json`` plus
-strict ``SampleBatch`` validation, and each record stored as its own JSON values with every
-null-default field stated (``json.dumps`` with sorted keys). Both must accept and reject the
-same payloads for the same reasons, and store the same values, of the same JSON types (an
-integer sent for a float field stays an integer, or the agent's digest would not match)."""
+"""Ingest's one-pass sample-batch parsing (``controller.ingest.parse.parse_sample_batch``, by
+``farm.messages.SAMPLE_BATCH``) and stored encoding (``controller.ingest.store.encode_records``)
+against the path they replace: ``pydantic_core.from_json`` plus strict ``SampleBatch``
+validation, and each record stored as its own JSON values with every null-default field
+stated (``json.dumps`` with sorted keys). Both must accept and reject the same payloads for
+the same reasons, and store the same values, of the same JSON types (an integer sent for a
+float field stays an integer, or the agent's digest would not match)."""
 
 from __future__ import annotations
 
@@ -17,15 +18,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from controller.ingest import (
-    Rejected,
-    _record_schema,
-    _storable,
-    encode_records,
-    parse_sample_batch,
-    split_records,
-)
-from farm.messages import SCHEMA, SampleBatch, SampleRecord, sample_digest
+from controller.ingest.parse import Rejected, parse_sample_batch
+from controller.ingest.store import check_splittable, encode_records, split_records
+from farm.messages import SCHEMA, SampleBatch, SampleBatchSchema, SampleRecord, sample_digest
+from farm.storable import storable_schema
 
 NULLS = {name for name, field in SampleRecord.model_fields.items() if field.default is None}
 
@@ -287,7 +283,7 @@ def test_a_schema_that_cannot_be_mirrored_is_refused() -> None:
 
     for model in (WithDict, Stripping):
         with pytest.raises(TypeError):
-            _storable(model.__pydantic_core_schema__)
+            storable_schema(model.__pydantic_core_schema__)
 
     class TextRecord(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -298,4 +294,4 @@ def test_a_schema_that_cannot_be_mirrored_is_refused() -> None:
         samples: list[TextRecord]
 
     with pytest.raises(TypeError, match="cannot be split"):
-        _record_schema(_storable(TextBatch.__pydantic_core_schema__))
+        check_splittable(SampleBatchSchema(TextBatch).record_schema)

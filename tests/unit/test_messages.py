@@ -14,6 +14,7 @@ from farm.backoff import Backoff
 from farm.messages import (
     COMMANDS,
     RUN_EVENTS,
+    SAMPLE_BATCH,
     Accepted,
     AgentStatus,
     BoardStatus,
@@ -26,7 +27,9 @@ from farm.messages import (
     LogEvent,
     ProgressEvent,
     RunCommand,
+    SampleBatch,
     SampleDigest,
+    SampleRecord,
     Started,
     Topic,
     canonical,
@@ -134,6 +137,43 @@ def test_sample_digest_is_order_free_and_sensitive_to_every_value() -> None:
     traced = [{**r, "power_samples": [1.0], "subset": True} for r in records]
     assert sample_digest(traced) == sample_digest(records)
     assert canonical({"b": 1, "a": None, "c": [1.5]}) == b'{"b":1,"c":[1.5]}'
+
+
+def test_one_sample_batch_schema_builds_encodes_and_decodes_both_ends() -> None:
+    """What the agent builds and encodes (``SAMPLE_BATCH.record``/``encode``) is a valid
+    ``SampleBatch``, in the wire format of a hand-written compact JSON batch, and ingest's
+    decode gives back the same values (an integer stays an integer, the nulls stated)."""
+    plain = Sample(
+        seq=0, index=7, segment=None, window=None, label=2, results=(0.25, 1), elapsed_us=250
+    )
+    energy = Sample(
+        seq=1,
+        index=8,
+        segment=None,
+        window=0,
+        label=1,
+        results=(0.5,),
+        energy_j=0.0123,
+        power_samples=(0.01, 0.0125),
+        power_events=((0, 1), (2, 0)),
+    )
+    records = [SAMPLE_BATCH.record(plain), SAMPLE_BATCH.record(energy)]
+    assert "power_samples" not in records[0]
+    assert records[1]["power_samples"] == [0.01, 0.0125]
+    assert records[1]["power_events"] == [[0, 1], [2, 0]]
+    payload = SAMPLE_BATCH.encode("pi1", "b1", "r1", records)
+    body = {"schema": "farm/v1", "agent": "pi1", "board": "b1", "run": "r1", "samples": records}
+    assert payload == json.dumps(body, separators=(",", ":")).encode()
+    batch = SampleBatch.model_validate_json(payload, strict=True)
+    assert [s.seq for s in batch.samples] == [0, 1]
+    decoded = SAMPLE_BATCH.decode(payload)
+    assert (decoded["agent"], decoded["board"], decoded["run"]) == ("pi1", "b1", "r1")
+    nulls = {k for k, f in SampleRecord.model_fields.items() if f.default is None}
+    for got, sent in zip(decoded["samples"], records, strict=True):
+        # As JSON text, which tells 1 from 1.0 (``==`` does not) and a tuple from nothing.
+        assert json.dumps(got) == json.dumps({**dict.fromkeys(nulls), **sent}, sort_keys=True)
+    with pytest.raises(ValidationError):
+        SAMPLE_BATCH.decode(payload.replace(b'"label":2', b'"label":"2"'))
 
 
 def test_health_follows_lava() -> None:

@@ -1,0 +1,103 @@
+"""A run's events (accepted ... done): kept in the run's event list, and moving the run hash
+(``dispatched`` -> ``running``, progress, the final event) without overwriting what a worker
+writes meanwhile."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+from typing import Any
+
+import redis.exceptions as redis_errors
+
+from controller import keys
+from controller.ingest.ledger import Ledger
+from controller.ingest.parse import acceptance
+from farm.logs import get_logger
+from farm.messages import Topic
+
+log = get_logger("controller.ingest.run_events")
+
+#: Run events after which the agent sends nothing more for that execution of the run.
+FINAL_EVENTS = frozenset({"done", "error", "cancelled", "interrupted"})
+#: Attempts at an optimistic (WATCH) update of a run hash that other writers keep changing.
+WATCH_ATTEMPTS = 50
+
+
+class RunEvents:
+    """The run events' handler: :meth:`store` one event through ``ledger``."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+
+    async def store(self, topic: Topic, event: Any, text: str) -> None:
+        """Append ``event`` (its payload ``text``) to the run's events and apply it to the run
+        hash, if the run accepts it (:func:`controller.ingest.parse.acceptance`)."""
+        assert topic.run is not None
+        run_key = keys.run(topic.run)
+        events_key = keys.run_events(topic.run)
+        # Optimistic transaction: the state change (dispatched -> running) and the `final`
+        # field must not overwrite what a worker writes meanwhile.
+        async with self.ledger.redis.pipeline(transaction=True) as pipe:
+            for _ in range(WATCH_ATTEMPTS):
+                try:
+                    await pipe.watch(run_key)
+                    agent, board, state, final = await pipe.hmget(
+                        run_key, ["agent", "board", "state", "final"]
+                    )
+                    acceptance(topic, agent, board, state)
+                    updates = event_updates(event, state, final, text)
+                    pipe.multi()
+                    pipe.rpush(events_key, text)
+                    # Newest kept; the final event also lives in the run's `final` field.
+                    pipe.ltrim(events_key, -keys.EVENTS_KEPT, -1)
+                    if updates:
+                        pipe.hset(run_key, mapping=updates)
+                    await self.ledger.commit(pipe, {"accepted_run_event": 1})
+                except redis_errors.WatchError:
+                    # A busy run (samples update `done`): try again a moment later.
+                    await asyncio.sleep(random.uniform(0, 0.005))
+                    continue
+                if updates.get("state") == "running":
+                    log.info("run_started", run=topic.run, agent=topic.agent)
+                return
+        raise RuntimeError(f"run {topic.run} changed {WATCH_ATTEMPTS} times during an update")
+
+
+def event_updates(
+    event: Any, state: str | None, final: str | None, text: str
+) -> dict[str, str | int | float]:
+    """The run-hash fields an event sets (given the run's state and stored final event)."""
+    updates: dict[str, str | int | float] = {}
+    live = state in ("dispatched", "running")
+    if event.event == "started" and live:
+        if state == "dispatched":
+            updates["state"] = "running"
+        updates["started_at"] = event.time
+        if event.total is not None:
+            updates["total"] = event.total
+        if event.eta_s is not None:
+            updates["eta_s"] = event.eta_s
+    elif event.event == "progress" and live:
+        updates["progress"] = event.done
+        if event.total is not None:
+            updates["total"] = event.total
+        if event.eta_s is not None:
+            updates["eta_s"] = event.eta_s
+    elif event.event in FINAL_EVENTS and event.time >= _event_time(final):
+        # The latest one wins: a resent older `done` must not hide a newer `interrupted`.
+        updates["final"] = text
+    return updates
+
+
+def _event_time(text: str | None) -> float:
+    """The ``time`` of a stored event (JSON), or -inf when there is none to compare with."""
+    if not text:
+        return float("-inf")
+    with contextlib.suppress(ValueError, TypeError, AttributeError):
+        value = json.loads(text).get("time")
+        if isinstance(value, int | float):
+            return float(value)
+    return float("-inf")
