@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from farm.agent_cli import agent_app
 from farm.broker_cli import broker_app
 from farm.catalog import get_dataset_spec
+from farm.cli_common import console, err, fail
 from farm.controller_cli import CLIENT_COMMANDS, controller_app
 from farm.dataset_cli import dataset_app
 from farm.datasets import INDEX, official_index
@@ -52,14 +52,7 @@ app.add_typer(controller_app, name="controller")
 app.add_typer(broker_app, name="broker")
 for _command in CLIENT_COMMANDS:
     app.command()(_command)
-console = Console()
-err = Console(stderr=True)
 log = logging.getLogger("farm.cli")
-
-
-def _fail(message: str) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(2)
 
 
 @app.callback()
@@ -69,7 +62,7 @@ def main(
 ) -> None:
     """Global options."""
     if log_format not in ("kv", "json"):
-        raise _fail(f"--log-format must be kv or json, not {log_format!r}")
+        raise fail(f"--log-format must be kv or json, not {log_format!r}")
     fmt: LogFormat = "json" if log_format == "json" else "kv"
     setup_logging(log_level, fmt)
 
@@ -116,7 +109,7 @@ def sim(
     try:
         cfg = _sim_config(config, boards, models, energy, seed)
     except ConfigError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     setup = None if check else _agent_setup(agent_id, broker, dataset_limit)
     try:
         status = asyncio.run(_run_sim(cfg, out, transcripts, check, setup))
@@ -154,14 +147,12 @@ def _agent_setup(agent_id: str, broker: str, dataset_limit: int | None) -> _Agen
     from agent.config import ID_PATTERN, BrokerConfig  # pydantic only: no agent extra needed
 
     if not re.fullmatch(ID_PATTERN, agent_id):
-        raise _fail(
-            f"--agent-id {agent_id!r}: letters, digits, '_', '.', '-' (an MQTT topic level)"
-        )
+        raise fail(f"--agent-id {agent_id!r}: letters, digits, '_', '.', '-' (an MQTT topic level)")
     try:
         BrokerConfig(url=broker)
     except ValidationError as exc:
         reasons = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
-        raise _fail(f"--broker: {reasons}") from None
+        raise fail(f"--broker: {reasons}") from None
     return _AgentSetup(agent_id, broker, dataset_limit)
 
 
@@ -415,7 +406,7 @@ def run(
         from agent.one_board import RunInputError, RunRequest, run_one_board
         from agent.runner import RunSettings
     except ImportError as exc:
-        raise _fail(f"farm run needs the agent and scoring extras: {exc}") from None
+        raise fail(f"farm run needs the agent and scoring extras: {exc}") from None
     if sim_board is not None:
         port, baud, interface, monitor = _sim_ports(sim_board, mode, port, baud, interface, monitor)
     settings = RunSettings(
@@ -442,7 +433,7 @@ def run(
     try:
         folder = asyncio.run(_run_with_progress(request, run_one_board))
     except RunInputError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     except KeyboardInterrupt:
         err.print(
             "interrupted (a run folder, if one was made, is marked INCOMPLETE)", highlight=False
@@ -496,18 +487,18 @@ def _sim_ports(
     """Fill the ports from ``BOARDS_JSON:ID`` (a `farm sim` board)."""
     path, _, board_id = spec.rpartition(":")
     if not path or not board_id:
-        raise _fail(f"--sim-board takes BOARDS_JSON:ID, not {spec!r}")
+        raise fail(f"--sim-board takes BOARDS_JSON:ID, not {spec!r}")
     try:
         boards = json.loads(Path(path).read_text())["boards"]
     except (OSError, ValueError, KeyError) as exc:
-        raise _fail(f"{path}: cannot read the boards file: {exc}") from None
+        raise fail(f"{path}: cannot read the boards file: {exc}") from None
     board = next((b for b in boards if b["id"] == board_id), None)
     if board is None:
         known = ", ".join(b["id"] for b in boards)
-        raise _fail(f"{path}: no board {board_id!r} (boards: {known})")
+        raise fail(f"{path}: no board {board_id!r} (boards: {known})")
     if mode == "energy":
         if not board.get("interface") or not board.get("monitor"):
-            raise _fail(f"board {board_id} has no interface board and energy monitor")
+            raise fail(f"board {board_id} has no interface board and energy monitor")
         return (
             port,
             baud,
