@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from farm.agent_cli import agent_app
 from farm.broker_cli import broker_app
 from farm.catalog import get_dataset_spec
 from farm.cli_common import console, err, fail
@@ -46,12 +45,20 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(dataset_app, name="dataset")
-app.add_typer(agent_app, name="agent")
 app.add_typer(simctl_app, name="simctl")
 app.add_typer(controller_app, name="controller")
 app.add_typer(broker_app, name="broker")
 for _command in CLIENT_COMMANDS:
     app.command()(_command)
+
+
+def _add_layer_commands() -> None:
+    from agent.cli import agent_app
+
+    app.add_typer(agent_app, name="agent")
+
+
+_add_layer_commands()
 log = logging.getLogger("farm.cli")
 
 
