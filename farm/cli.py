@@ -15,7 +15,7 @@ import re
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -36,8 +36,6 @@ from farm.simctl_cli import simctl_app
 
 if TYPE_CHECKING:  # the agent is imported only inside the commands that need it
     from agent.config import AgentConfig
-    from agent.one_board import RunRequest
-    from farm.run_output import RunFolder
 
 app = typer.Typer(
     help="tinyfarm: run MLPerf Tiny on a farm of microcontroller boards.",
@@ -53,9 +51,9 @@ for _command in CLIENT_COMMANDS:
 
 
 def _add_layer_commands() -> None:
-    from agent.cli import agent_app
+    from agent.cli import register as register_agent
 
-    app.add_typer(agent_app, name="agent")
+    register_agent(app)
 
 
 _add_layer_commands()
@@ -359,160 +357,6 @@ async def _check_boards(boards: list[dict]) -> int:
         )
     console.print(table)
     return 0 if all(r.ok for r in results) else 1
-
-
-@app.command()
-def run(
-    benchmark: Annotated[
-        str, typer.Option(help="kws01, vww01, ic01, ic02, ad01 (or kws, vww, ic, ic2, ad)")
-    ],
-    mode: Annotated[
-        str, typer.Option(help="performance, accuracy, energy or latency (supplemental)")
-    ],
-    dataset: Annotated[
-        Path, typer.Option(envvar="FARM_DATASETS", help="Dataset root: <root>/<id>/y_labels.csv")
-    ],
-    port: Annotated[
-        str | None, typer.Option(help="The DUT's serial port (performance, accuracy, latency)")
-    ] = None,
-    out: Annotated[Path, typer.Option(help="Where run folders are created")] = Path("sessions"),
-    baud: Annotated[
-        int | None, typer.Option(help="DUT baud (default: the benchmark's reference baud)")
-    ] = None,
-    interface: Annotated[
-        str | None, typer.Option(help="Energy mode: the interface board's port")
-    ] = None,
-    monitor: Annotated[str | None, typer.Option(help="Energy mode: the LPM01A's port")] = None,
-    limit: Annotated[
-        int | None, typer.Option(min=1, help="Only the first N samples (not valid for submission)")
-    ] = None,
-    min_queries: Annotated[
-        int, typer.Option(min=1, help="Latency mode: minimum query count")
-    ] = 1024,
-    min_duration: Annotated[
-        float, typer.Option(min=0, help="Latency mode: minimum duration, s")
-    ] = 60.0,
-    sim_board: Annotated[
-        str | None, typer.Option(help="BOARDS_JSON:ID: ports of a simulated board")
-    ] = None,
-    alt: Annotated[bool, typer.Option(help="ad01: use the smaller y_labels_alt.csv set")] = False,
-    resume: Annotated[
-        Path | None, typer.Option(help="Accuracy: continue the interrupted run in this folder")
-    ] = None,
-    min_window_s: Annotated[float, typer.Option(hidden=True)] = 10.0,
-    max_window_s: Annotated[float, typer.Option(hidden=True)] = 30.0,
-    calibration_s: Annotated[float, typer.Option(hidden=True)] = 0.5,
-) -> None:
-    """Run one benchmark mode on one board and write the official output files.
-
-    Everything is checked before any input is sent: the benchmark and mode, every dataset file
-    and its size, and the model the DUT reports. Ctrl-C leaves the run folder consistent and
-    marked INCOMPLETE.
-    """
-    try:
-        from agent.one_board import RunInputError, RunRequest, run_one_board
-        from agent.runner import RunSettings
-    except ImportError as exc:
-        raise fail(f"farm run needs the agent and scoring extras: {exc}") from None
-    if sim_board is not None:
-        port, baud, interface, monitor = _sim_ports(sim_board, mode, port, baud, interface, monitor)
-    settings = RunSettings(
-        min_window_s=min_window_s,
-        max_window_s=max_window_s,
-        calibration_s=calibration_s,
-        min_queries=min_queries,
-        min_duration_s=min_duration,
-        limit=limit,
-    )
-    request = RunRequest(
-        benchmark=benchmark,
-        mode=mode,  # type: ignore[arg-type] - validated by prepare()
-        dataset=dataset,
-        out=out,
-        port=port,
-        baud=baud,
-        interface=interface,
-        monitor=monitor,
-        settings=settings,
-        alt=alt,
-        resume=resume,
-    )
-    try:
-        folder = asyncio.run(_run_with_progress(request, run_one_board))
-    except RunInputError as exc:
-        raise fail(str(exc)) from None
-    except KeyboardInterrupt:
-        err.print(
-            "interrupted (a run folder, if one was made, is marked INCOMPLETE)", highlight=False
-        )
-        raise typer.Exit(130) from None
-    except Exception as exc:
-        err.print(
-            f"[bold red]run failed:[/] {type(exc).__name__}: {exc}", highlight=False, soft_wrap=True
-        )
-        raise typer.Exit(1) from None
-    results = (folder.path / "results.txt").read_text()
-    console.print(results.rstrip(), highlight=False, soft_wrap=True)
-    for problem in folder.problems:
-        err.print(f"[yellow]warning:[/] {problem}", highlight=False, soft_wrap=True)
-    console.print(f"run folder: {folder.path}", highlight=False, soft_wrap=True)
-
-
-async def _run_with_progress(
-    request: RunRequest, run_one_board: Callable[..., Awaitable[RunFolder]]
-) -> RunFolder:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[eta]}"),
-    )
-    with Progress(*columns, console=err, transient=False) as bar:
-        task = bar.add_task(f"{request.benchmark} {request.mode}", total=None, eta="")
-
-        def started(folder: RunFolder, total: int | None) -> None:
-            bar.update(task, total=total)
-            bar.console.print(f"run folder: {folder.path}", highlight=False, soft_wrap=True)
-
-        def progress(done: int, total: int | None, eta: float | None) -> None:
-            text = "" if eta is None else f"ETA {eta:,.0f} s (wire model)"
-            bar.update(task, completed=done, total=total, eta=text)
-
-        return await run_one_board(request, progress=progress, on_start=started)
-
-
-def _sim_ports(
-    spec: str,
-    mode: str,
-    port: str | None,
-    baud: int | None,
-    interface: str | None,
-    monitor: str | None,
-) -> tuple[str | None, int | None, str | None, str | None]:
-    """Fill the ports from ``BOARDS_JSON:ID`` (a `farm sim` board)."""
-    path, _, board_id = spec.rpartition(":")
-    if not path or not board_id:
-        raise fail(f"--sim-board takes BOARDS_JSON:ID, not {spec!r}")
-    try:
-        boards = json.loads(Path(path).read_text())["boards"]
-    except (OSError, ValueError, KeyError) as exc:
-        raise fail(f"{path}: cannot read the boards file: {exc}") from None
-    board = next((b for b in boards if b["id"] == board_id), None)
-    if board is None:
-        known = ", ".join(b["id"] for b in boards)
-        raise fail(f"{path}: no board {board_id!r} (boards: {known})")
-    if mode == "energy":
-        if not board.get("interface") or not board.get("monitor"):
-            raise fail(f"board {board_id} has no interface board and energy monitor")
-        return (
-            port,
-            baud,
-            interface or board["interface"]["path"],
-            monitor or board["monitor"]["path"],
-        )
-    return port or board["dut"]["path"], baud or board["dut"]["baud"], interface, monitor
 
 
 if __name__ == "__main__":
