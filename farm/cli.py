@@ -26,7 +26,6 @@ from rich.table import Table
 from farm.broker_cli import broker_app
 from farm.catalog import get_dataset_spec
 from farm.cli_common import console, err, fail
-from farm.controller_cli import CLIENT_COMMANDS, controller_app
 from farm.dataset_cli import dataset_app
 from farm.datasets import INDEX, official_index
 from farm.logs import LogFormat, setup_logging
@@ -44,16 +43,17 @@ app = typer.Typer(
 )
 app.add_typer(dataset_app, name="dataset")
 app.add_typer(simctl_app, name="simctl")
-app.add_typer(controller_app, name="controller")
 app.add_typer(broker_app, name="broker")
-for _command in CLIENT_COMMANDS:
-    app.command()(_command)
 
 
 def _add_layer_commands() -> None:
     from agent.cli import register as register_agent
+    from controller.cli import CLIENT_COMMANDS, controller_app
 
     register_agent(app)
+    app.add_typer(controller_app, name="controller")
+    for command in CLIENT_COMMANDS:
+        app.command()(command)
 
 
 _add_layer_commands()
