@@ -48,12 +48,10 @@ app.add_typer(broker_app, name="broker")
 
 def _add_layer_commands() -> None:
     from agent.cli import register as register_agent
-    from controller.cli import CLIENT_COMMANDS, controller_app
+    from controller.cli import register as register_controller
 
     register_agent(app)
-    app.add_typer(controller_app, name="controller")
-    for command in CLIENT_COMMANDS:
-        app.command()(command)
+    register_controller(app)
 
 
 _add_layer_commands()
