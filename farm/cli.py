@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from farm.broker_cli import broker_app
 from farm.catalog import get_dataset_spec
 from farm.cli_common import console, err, fail
 from farm.dataset_cli import dataset_app
@@ -43,15 +42,16 @@ app = typer.Typer(
 )
 app.add_typer(dataset_app, name="dataset")
 app.add_typer(simctl_app, name="simctl")
-app.add_typer(broker_app, name="broker")
 
 
 def _add_layer_commands() -> None:
     from agent.cli import register as register_agent
+    from controller.broker_admin import broker_app
     from controller.cli import register as register_controller
 
     register_agent(app)
     register_controller(app)
+    app.add_typer(broker_app, name="broker")
 
 
 _add_layer_commands()
