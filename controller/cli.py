@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
+from controller.broker_cli import broker_app
 from farm.cli_common import console, err, fail, needs_extra
 
 if TYPE_CHECKING:
@@ -507,3 +508,4 @@ def register(app: typer.Typer) -> None:
     for command in (submit, status, sweeps, show, cancel, demo):
         app.command()(command)
     app.add_typer(controller_app, name="controller")
+    app.add_typer(broker_app, name="broker")

@@ -46,12 +46,10 @@ app.add_typer(simctl_app, name="simctl")
 
 def _add_layer_commands() -> None:
     from agent.cli import register as register_agent
-    from controller.broker_admin import broker_app
     from controller.cli import register as register_controller
 
     register_agent(app)
     register_controller(app)
-    app.add_typer(broker_app, name="broker")
 
 
 _add_layer_commands()

@@ -27,13 +27,13 @@ from controller.broker_admin import (
     BrokerFiles,
     add_agent,
     add_controller,
-    broker_app,
     check_password,
     hash_password,
     mapped_agents,
     read_users,
     remove_agent,
 )
+from controller.broker_cli import broker_app
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
