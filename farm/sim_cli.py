@@ -1,19 +1,15 @@
-"""The ``farm`` command line.
-
-The CLI lives in ``farm`` so every install has it; commands that need the agent or the
-controller import them inside the command, so a Pi with only the agent extra (or a server
-with only the controller extra) never imports what it did not install.
+"""``farm sim``: simulated boards on pseudo-terminals (registered in ``farm.cli``), with what
+an agent needs to serve them (``OUT/agent.yaml`` and stand-in datasets), or ``--check``'s
+scripted exchange with each board.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
 import re
 import signal
-import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -25,50 +21,17 @@ from rich.table import Table
 
 from farm.catalog import get_dataset_spec
 from farm.cli_common import console, err, fail
-from farm.dataset_cli import dataset_app
 from farm.datasets import INDEX, official_index
-from farm.logs import LogFormat, setup_logging
+from farm.logs import get_logger
 from farm.models import MODELS
 from farm.sim.config import ConfigError, SimConfig, generated_config, load_config
-from farm.simctl_cli import simctl_app
 
-if TYPE_CHECKING:  # the agent is imported only inside the commands that need it
+if TYPE_CHECKING:  # the agent is imported only inside the command
     from agent.config import AgentConfig
 
-app = typer.Typer(
-    help="tinyfarm: run MLPerf Tiny on a farm of microcontroller boards.",
-    no_args_is_help=True,
-    add_completion=False,
-)
-app.add_typer(dataset_app, name="dataset")
-app.add_typer(simctl_app, name="simctl")
+log = get_logger("farm.sim_cli")
 
 
-def _add_layer_commands() -> None:
-    from agent.cli import register as register_agent
-    from controller.cli import register as register_controller
-
-    register_agent(app)
-    register_controller(app)
-
-
-_add_layer_commands()
-log = logging.getLogger("farm.cli")
-
-
-@app.callback()
-def main(
-    log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "warning",
-    log_format: Annotated[str, typer.Option(help="kv (key=value) or json")] = "kv",
-) -> None:
-    """Global options."""
-    if log_format not in ("kv", "json"):
-        raise fail(f"--log-format must be kv or json, not {log_format!r}")
-    fmt: LogFormat = "json" if log_format == "json" else "kv"
-    setup_logging(log_level, fmt)
-
-
-@app.command()
 def sim(
     out: Annotated[Path, typer.Option(help="Directory for the pty symlinks and boards.json")],
     boards: Annotated[
@@ -207,7 +170,7 @@ def _write_datasets(root: Path, models: Iterable[str], limit: int | None) -> Non
     wanted = sorted({get_dataset_spec(m).id for m in models})
     missing = [d for d in wanted if not _dataset_complete(root, d, limit)]
     if not missing:
-        log.info("event=datasets_present root=%s datasets=%s", root, ",".join(wanted))
+        log.info("datasets_present", root=str(root), datasets=",".join(wanted))
         return
     err.print(
         f"writing the {', '.join(missing)} dataset(s) to {root}"
@@ -218,12 +181,12 @@ def _write_datasets(root: Path, models: Iterable[str], limit: int | None) -> Non
     started = time.perf_counter()
     results = synthesize(root, missing, limit=limit)
     log.info(
-        "event=datasets_written root=%s datasets=%s files=%d bytes=%d seconds=%.2f",
-        root,
-        ",".join(missing),
-        sum(r.files for r in results),
-        sum(r.bytes for r in results),
-        time.perf_counter() - started,
+        "datasets_written",
+        root=str(root),
+        datasets=",".join(missing),
+        files=sum(r.files for r in results),
+        bytes=sum(r.bytes for r in results),
+        seconds=round(time.perf_counter() - started, 2),
     )
 
 
@@ -353,7 +316,3 @@ async def _check_boards(boards: list[dict]) -> int:
         )
     console.print(table)
     return 0 if all(r.ok for r in results) else 1
-
-
-if __name__ == "__main__":
-    sys.exit(app())
