@@ -1,6 +1,9 @@
 """``farm sim``: simulated boards on pseudo-terminals (registered in ``farm.cli``), with what
 an agent needs to serve them (``OUT/agent.yaml`` and stand-in datasets), or ``--check``'s
 scripted exchange with each board.
+
+The agent config and the probe are the agent layer's, reached through
+:func:`farm.sim_agent.load_support` (an entry point), so this module imports no agent code.
 """
 
 from __future__ import annotations
@@ -8,13 +11,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import signal
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -24,10 +26,9 @@ from farm.cli_common import console, err, fail
 from farm.datasets import INDEX, official_index
 from farm.logs import get_logger
 from farm.models import MODELS
-from farm.sim.config import ConfigError, SimConfig, generated_config, load_config
-
-if TYPE_CHECKING:  # the agent is imported only inside the command
-    from agent.config import AgentConfig
+from farm.sim.config import SimConfig, generated_config, load_config
+from farm.sim_agent import SimAgentSetup, SimAgentSupport, SimBoardSetup, load_support
+from farm.yaml_config import ConfigError
 
 log = get_logger("farm.sim_cli")
 
@@ -102,22 +103,22 @@ class _AgentSetup:
     agent_id: str
     broker: str
     dataset_limit: int | None
+    support: SimAgentSupport | None
+    """The agent layer's part: the agent config (none without the agent layer)."""
 
 
 def _agent_setup(agent_id: str, broker: str, dataset_limit: int | None) -> _AgentSetup:
     """Check the agent options before any board starts."""
-    from pydantic import ValidationError
-
-    from agent.config import ID_PATTERN, BrokerConfig  # pydantic only: no agent extra needed
-
-    if not re.fullmatch(ID_PATTERN, agent_id):
-        raise fail(f"--agent-id {agent_id!r}: letters, digits, '_', '.', '-' (an MQTT topic level)")
     try:
-        BrokerConfig(url=broker)
-    except ValidationError as exc:
-        reasons = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
-        raise fail(f"--broker: {reasons}") from None
-    return _AgentSetup(agent_id, broker, dataset_limit)
+        support = load_support()
+    except ImportError as exc:
+        err.print(f"[yellow]warning:[/] no agent.yaml: {exc}", highlight=False, soft_wrap=True)
+        return _AgentSetup(agent_id, broker, dataset_limit, None)
+    try:
+        support.check_options(agent_id, broker)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    return _AgentSetup(agent_id, broker, dataset_limit, support)
 
 
 async def _run_sim(
@@ -144,8 +145,9 @@ async def _run_sim(
         if check:
             return await _check_boards(document["boards"])
         agent_yaml = sim_farm.out / "agent.yaml"
-        if setup is not None:
-            _write_agent_yaml(agent_yaml, _sim_agent_config(document, cfg, sim_farm.out, setup))
+        if setup is not None and setup.support is not None:
+            agent_setup = _sim_agent_setup(document, cfg, sim_farm.out, setup)
+            _write_agent_yaml(agent_yaml, setup.support, agent_setup)
             console.print(f"agent config: {agent_yaml}", highlight=False, soft_wrap=True)
             console.print(
                 f"serve these boards with: farm agent --config {agent_yaml}",
@@ -203,22 +205,11 @@ def _dataset_complete(root: Path, dataset: str, limit: int | None) -> bool:
     return limit is not None and present == "".join(full.splitlines(keepends=True)[:limit])
 
 
-def _sim_agent_config(document: dict, cfg: SimConfig, out: Path, setup: _AgentSetup) -> AgentConfig:
-    """An agent config serving every board of a running ``farm sim``: devices matched by
-    the serial numbers of boards.json, flashing and power cycles through its control
-    socket."""
-    from agent.config import (
-        AgentConfig,
-        BaudConfig,
-        BrokerConfig,
-        DeviceConfig,
-        FirmwareConfig,
-        Match,
-        MonitorConfig,
-        PowerCycleConfig,
-        SystemDescription,
-    )
-    from agent.config import BoardConfig as AgentBoard
+def _sim_agent_setup(
+    document: dict[str, Any], cfg: SimConfig, out: Path, setup: _AgentSetup
+) -> SimAgentSetup:
+    """What an agent serving every board of a running ``farm sim`` needs: the boards' serial
+    numbers from boards.json, flashing and power cycles through its control socket."""
     from farm.sim.control import flash_command, power_cycle_command
     from farm.sim.firmware import image_path
 
@@ -228,55 +219,40 @@ def _sim_agent_config(document: dict, cfg: SimConfig, out: Path, setup: _AgentSe
     for entry in document["boards"]:
         wired = entry["interface"] is not None and entry["monitor"] is not None
         builds = ("performance", "energy") if wired else ("performance",)
-        board = AgentBoard(
-            id=entry["id"],
-            dut=DeviceConfig(match=Match(serial=entry["dut"]["usb"]["serial"])),
-            interface=DeviceConfig(match=Match(serial=entry["interface"]["usb"]["serial"]))
-            if wired
-            else None,
-            monitor=MonitorConfig(match=Match(serial=entry["monitor"]["usb"]["serial"]))
-            if wired
-            else None,
-            firmware=FirmwareConfig(
+        boards.append(
+            SimBoardSetup(
+                id=entry["id"],
+                model=entry["model"],
+                dut_serial=entry["dut"]["usb"]["serial"],
+                interface_serial=entry["interface"]["usb"]["serial"] if wired else None,
+                monitor_serial=entry["monitor"]["usb"]["serial"] if wired else None,
                 images={m: {b: image_path(out, m, b) for b in builds} for m in MODELS},
-                flash=flash_command(control),
-            ),
-            power_cycle=PowerCycleConfig(method="monitor")
-            if wired
-            else PowerCycleConfig(method="command", command=power_cycle_command(control)),
-            tags={"sim": "true", "model": entry["model"]},
-            system=SystemDescription(
-                status="rdi", board_name=f"tinyfarm simulated board ({entry['model']})"
-            ),
+                baud=configured[entry["id"]].baud,
+            )
         )
-        baud = configured[entry["id"]].baud
-        if baud is not None:
-            # The configured model's performance build runs at it (a config's `baud`).
-            board.baud = BaudConfig(performance=baud)
-        boards.append(board)
-    return AgentConfig(
-        agent=setup.agent_id,
-        broker=BrokerConfig(url=setup.broker),
+    return SimAgentSetup(
+        agent_id=setup.agent_id,
+        broker=setup.broker,
         datasets=out / "datasets",
         journal=out / "agent-journal.sqlite",
-        sim_boards=[out / "boards.json"],
-        boards=boards,
+        boards_json=out / "boards.json",
+        flash=flash_command(control),
+        power_cycle=power_cycle_command(control),
+        boards=tuple(boards),
     )
 
 
-def _write_agent_yaml(path: Path, config: AgentConfig) -> None:
-    from agent.config import dump_agent_config
-
+def _write_agent_yaml(path: Path, support: SimAgentSupport, setup: SimAgentSetup) -> None:
     header = (
         "Written by `farm sim` for the simulated boards it serves; removed when it stops.\n"
         f"Serve them with: farm agent --config {path}"
     )
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(dump_agent_config(config, header))
+    tmp.write_text(support.config_yaml(setup, header))
     os.replace(tmp, path)  # whoever waits for the file never reads half of it
 
 
-def _print_boards(boards: list[dict], path: Path) -> None:
+def _print_boards(boards: list[dict[str, Any]], path: Path) -> None:
     table = Table(title=f"simulated boards ({path})")
     for column in ("board", "model", "firmware", "DUT port", "baud", "interface", "monitor"):
         table.add_column(column, overflow="fold")
@@ -293,9 +269,9 @@ def _print_boards(boards: list[dict], path: Path) -> None:
     console.print(table)
 
 
-async def _check_boards(boards: list[dict]) -> int:
+async def _check_boards(boards: list[dict[str, Any]]) -> int:
     try:
-        from agent.probe import probe  # needs the agent extra
+        probe = load_support().prober()
     except ImportError as exc:
         err.print(f"[red]--check needs the agent extra (pip install 'tinyfarm[agent]'): {exc}")
         return 2
