@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from farm.catalog import get_dataset_spec
@@ -273,7 +274,8 @@ async def _check_boards(boards: list[dict[str, Any]]) -> int:
     try:
         probe = load_support().prober()
     except ImportError as exc:
-        err.print(f"[red]--check needs the agent extra (pip install 'tinyfarm[agent]'): {exc}")
+        hint = f"--check needs the agent extra (pip install 'tinyfarm[agent]'): {exc}"
+        err.print(escape(hint), style="red", highlight=False, soft_wrap=True)
         return 2
     results = await asyncio.gather(*(probe(b) for b in boards))
     table = Table(title="scripted exchange: name, profile, db load, infer (energy: LPM01A window)")
