@@ -1,65 +1,62 @@
-"""The ``farm`` command line.
+"""The ``farm`` command line: the global options and the core's commands (``farm sim``,
+``farm dataset``, ``farm simctl``); the layers above add theirs as plugins.
 
-The CLI lives in ``farm`` so every install has it; commands that need the agent or the
-controller import them inside the command, so a Pi with only the agent extra (or a server
-with only the controller extra) never imports what it did not install.
+A plugin is an entry point of the ``tinyfarm.cli`` group naming a ``register(app)`` function
+(``agent.cli:register``, ``controller.cli:register``), so the core names no layer above it.
+A plugin that cannot be imported is left out, and the core's commands still work; the layers'
+own modules import what their extra installs only inside their commands, so a Pi with only
+the agent extra lists every command and a controller command there says which extra it needs.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
-import logging
-import os
-import re
-import signal
 import sys
-import time
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from collections.abc import Iterable
+from importlib.metadata import EntryPoint, entry_points
+from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from farm.agent_cli import agent_app
-from farm.broker_cli import broker_app
-from farm.catalog import get_dataset_spec
-from farm.controller_cli import CLIENT_COMMANDS, controller_app
+from farm.cli_common import fail
 from farm.dataset_cli import dataset_app
-from farm.datasets import INDEX, official_index
-from farm.logs import LogFormat, setup_logging
-from farm.models import MODELS
-from farm.sim.config import ConfigError, SimConfig, generated_config, load_config
+from farm.logs import LogFormat, get_logger, setup_logging
+from farm.sim_cli import sim
 from farm.simctl_cli import simctl_app
 
-if TYPE_CHECKING:  # the agent is imported only inside the commands that need it
-    from agent.config import AgentConfig
-    from agent.one_board import RunRequest
-    from farm.run_output import RunFolder
+PLUGIN_GROUP = "tinyfarm.cli"
 
 app = typer.Typer(
     help="tinyfarm: run MLPerf Tiny on a farm of microcontroller boards.",
     no_args_is_help=True,
     add_completion=False,
 )
+app.command()(sim)
 app.add_typer(dataset_app, name="dataset")
-app.add_typer(agent_app, name="agent")
 app.add_typer(simctl_app, name="simctl")
-app.add_typer(controller_app, name="controller")
-app.add_typer(broker_app, name="broker")
-for _command in CLIENT_COMMANDS:
-    app.command()(_command)
-console = Console()
-err = Console(stderr=True)
-log = logging.getLogger("farm.cli")
+log = get_logger("farm.cli")
 
 
-def _fail(message: str) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(2)
+def add_plugins(app: typer.Typer, plugins: Iterable[EntryPoint]) -> dict[str, ImportError]:
+    """Let every plugin register its commands on ``app``, in name order (a stable ``--help``);
+    returns the plugins left out because they could not be imported, with the error."""
+    skipped: dict[str, ImportError] = {}
+    for plugin in sorted(plugins, key=lambda p: p.name):
+        try:
+            register = plugin.load()
+        except ImportError as exc:
+            skipped[plugin.name] = exc
+            continue
+        register(app)
+    if skipped:
+        # Logging is set up only once a command runs; `farm --help` is where one looks when
+        # a command is missing.
+        app.info.epilog = "Left out (cannot be imported): " + "; ".join(
+            f"{name} commands ({exc})" for name, exc in skipped.items()
+        )
+    return skipped
+
+
+_skipped = add_plugins(app, entry_points(group=PLUGIN_GROUP))
 
 
 @app.callback()
@@ -69,452 +66,11 @@ def main(
 ) -> None:
     """Global options."""
     if log_format not in ("kv", "json"):
-        raise _fail(f"--log-format must be kv or json, not {log_format!r}")
+        raise fail(f"--log-format must be kv or json, not {log_format!r}")
     fmt: LogFormat = "json" if log_format == "json" else "kv"
     setup_logging(log_level, fmt)
-
-
-@app.command()
-def sim(
-    out: Annotated[Path, typer.Option(help="Directory for the pty symlinks and boards.json")],
-    boards: Annotated[
-        int | None, typer.Option(min=1, help="Number of boards (cycles the four models)")
-    ] = None,
-    models: Annotated[
-        str | None,
-        typer.Option(help="Comma-separated models, one board each (kws01,vww01,ic01,ad01)"),
-    ] = None,
-    energy: Annotated[
-        int, typer.Option(min=0, help="How many boards get an interface board and an LPM01A")
-    ] = 0,
-    config: Annotated[
-        Path | None, typer.Option(help="YAML board config (overrides --boards/--models/--energy)")
-    ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of every random choice (latency, faults)")] = 0,
-    transcripts: Annotated[
-        bool, typer.Option(help="Record every byte both ways per device")
-    ] = False,
-    check: Annotated[
-        bool, typer.Option(help="Run a short scripted exchange with each board, print it, exit")
-    ] = False,
-    agent_id: Annotated[str, typer.Option(help="Agent id in the OUT/agent.yaml written")] = "sim",
-    broker: Annotated[
-        str, typer.Option(envvar="FARM_MQTT_URL", help="MQTT broker url in OUT/agent.yaml")
-    ] = "mqtt://127.0.0.1:1883",
-    dataset_limit: Annotated[
-        int | None,
-        typer.Option(min=1, help="Synthesize only the first N rows of each dataset (tests)"),
-    ] = None,
-) -> None:
-    """Start simulated boards on pseudo-terminals and write OUT/boards.json.
-
-    Also writes what an agent needs to serve them: OUT/agent.yaml (run `farm agent --config
-    OUT/agent.yaml`) and the stand-in datasets in OUT/datasets (kept across runs; only a
-    missing or incomplete one is written). Runs until interrupted (Ctrl-C), then removes its
-    ptys, symlinks, boards.json and agent.yaml.
-    """
-    try:
-        cfg = _sim_config(config, boards, models, energy, seed)
-    except ConfigError as exc:
-        raise _fail(str(exc)) from None
-    setup = None if check else _agent_setup(agent_id, broker, dataset_limit)
-    try:
-        status = asyncio.run(_run_sim(cfg, out, transcripts, check, setup))
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        status = 0
-    raise typer.Exit(status)
-
-
-def _sim_config(
-    config: Path | None, boards: int | None, models: str | None, energy: int, seed: int
-) -> SimConfig:
-    if config is not None:
-        return load_config(config)
-    listed = [m.strip() for m in models.split(",") if m.strip()] if models else None
-    count = boards if boards is not None else (None if listed else 4)
-    total = count if count is not None else len(listed or [])
-    if energy > total:
-        raise ConfigError(f"--energy {energy} is more than the {total} boards")
-    return generated_config(count, listed, energy, seed)
-
-
-@dataclass(frozen=True, slots=True)
-class _AgentSetup:
-    """What `farm sim` writes for an agent besides boards.json."""
-
-    agent_id: str
-    broker: str
-    dataset_limit: int | None
-
-
-def _agent_setup(agent_id: str, broker: str, dataset_limit: int | None) -> _AgentSetup:
-    """Check the agent options before any board starts."""
-    from pydantic import ValidationError
-
-    from agent.config import ID_PATTERN, BrokerConfig  # pydantic only: no agent extra needed
-
-    if not re.fullmatch(ID_PATTERN, agent_id):
-        raise _fail(
-            f"--agent-id {agent_id!r}: letters, digits, '_', '.', '-' (an MQTT topic level)"
-        )
-    try:
-        BrokerConfig(url=broker)
-    except ValidationError as exc:
-        reasons = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
-        raise _fail(f"--broker: {reasons}") from None
-    return _AgentSetup(agent_id, broker, dataset_limit)
-
-
-async def _run_sim(
-    cfg: SimConfig, out: Path, transcripts: bool, check: bool, setup: _AgentSetup | None
-) -> int:
-    from farm.sim.server import SimFarm  # keeps `farm --help` light
-
-    # SIGTERM (systemd, CI, kill) must clean up like Ctrl-C: cancel, so `async with` exits.
-    task = asyncio.current_task()
-    assert task is not None
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-    sim_farm = SimFarm(cfg, out, transcripts=transcripts)
-    if setup is not None:
-        # Before the boards start: synthesis is CPU-bound and would stall their serial
-        # timing; every board can be flashed with every model, so each needs its dataset.
-        try:
-            _write_datasets(sim_farm.out / "datasets", MODELS, setup.dataset_limit)
-        except OSError as exc:
-            err.print(f"[bold red]error:[/] cannot write the datasets: {exc}", highlight=False)
-            return 2
-    async with sim_farm:
-        document = json.loads(sim_farm.boards_json.read_text())
-        _print_boards(document["boards"], sim_farm.boards_json)
-        if check:
-            return await _check_boards(document["boards"])
-        agent_yaml = sim_farm.out / "agent.yaml"
-        if setup is not None:
-            _write_agent_yaml(agent_yaml, _sim_agent_config(document, cfg, sim_farm.out, setup))
-            console.print(f"agent config: {agent_yaml}", highlight=False, soft_wrap=True)
-            console.print(
-                f"serve these boards with: farm agent --config {agent_yaml}",
-                highlight=False,
-                soft_wrap=True,
-            )
-        err.print("simulated boards running; Ctrl-C to stop", highlight=False)
-        try:
-            await asyncio.Event().wait()
-        finally:
-            # Like boards.json, it describes running boards (their control socket).
-            agent_yaml.unlink(missing_ok=True)
-    return 0
-
-
-def _write_datasets(root: Path, models: Iterable[str], limit: int | None) -> None:
-    """Synthesize the datasets of ``models`` under ``root``, except those an earlier run
-    already wrote completely (their index is written last, so its presence means every
-    file is there)."""
-    from farm.dataset_synth import synthesize
-
-    wanted = sorted({get_dataset_spec(m).id for m in models})
-    missing = [d for d in wanted if not _dataset_complete(root, d, limit)]
-    if not missing:
-        log.info("event=datasets_present root=%s datasets=%s", root, ",".join(wanted))
-        return
-    err.print(
-        f"writing the {', '.join(missing)} dataset(s) to {root}"
-        + (f" (first {limit} rows)" if limit else ""),
-        highlight=False,
-        soft_wrap=True,
-    )
-    started = time.perf_counter()
-    results = synthesize(root, missing, limit=limit)
-    log.info(
-        "event=datasets_written root=%s datasets=%s files=%d bytes=%d seconds=%.2f",
-        root,
-        ",".join(missing),
-        sum(r.files for r in results),
-        sum(r.bytes for r in results),
-        time.perf_counter() - started,
-    )
-
-
-def _dataset_complete(root: Path, dataset: str, limit: int | None) -> bool:
-    """Whether ``root/dataset`` holds the full official set, or at least the first
-    ``limit`` rows when a subset is asked for."""
-    try:
-        present = (root / dataset / INDEX).read_text()
-    except OSError:
-        return False
-    full = official_index(dataset)
-    if present == full:
-        return True
-    return limit is not None and present == "".join(full.splitlines(keepends=True)[:limit])
-
-
-def _sim_agent_config(document: dict, cfg: SimConfig, out: Path, setup: _AgentSetup) -> AgentConfig:
-    """An agent config serving every board of a running ``farm sim``: devices matched by
-    the serial numbers of boards.json, flashing and power cycles through its control
-    socket."""
-    from agent.config import (
-        AgentConfig,
-        BaudConfig,
-        BrokerConfig,
-        DeviceConfig,
-        FirmwareConfig,
-        Match,
-        MonitorConfig,
-        PowerCycleConfig,
-        SystemDescription,
-    )
-    from agent.config import BoardConfig as AgentBoard
-    from farm.sim.control import flash_command, power_cycle_command
-    from farm.sim.firmware import image_path
-
-    control = Path(document["control"])
-    configured = {b.id: b for b in cfg.boards}
-    boards = []
-    for entry in document["boards"]:
-        wired = entry["interface"] is not None and entry["monitor"] is not None
-        builds = ("performance", "energy") if wired else ("performance",)
-        board = AgentBoard(
-            id=entry["id"],
-            dut=DeviceConfig(match=Match(serial=entry["dut"]["usb"]["serial"])),
-            interface=DeviceConfig(match=Match(serial=entry["interface"]["usb"]["serial"]))
-            if wired
-            else None,
-            monitor=MonitorConfig(match=Match(serial=entry["monitor"]["usb"]["serial"]))
-            if wired
-            else None,
-            firmware=FirmwareConfig(
-                images={m: {b: image_path(out, m, b) for b in builds} for m in MODELS},
-                flash=flash_command(control),
-            ),
-            power_cycle=PowerCycleConfig(method="monitor")
-            if wired
-            else PowerCycleConfig(method="command", command=power_cycle_command(control)),
-            tags={"sim": "true", "model": entry["model"]},
-            system=SystemDescription(
-                status="rdi", board_name=f"tinyfarm simulated board ({entry['model']})"
-            ),
-        )
-        baud = configured[entry["id"]].baud
-        if baud is not None:
-            # The configured model's performance build runs at it (a config's `baud`).
-            board.baud = BaudConfig(performance=baud)
-        boards.append(board)
-    return AgentConfig(
-        agent=setup.agent_id,
-        broker=BrokerConfig(url=setup.broker),
-        datasets=out / "datasets",
-        journal=out / "agent-journal.sqlite",
-        sim_boards=[out / "boards.json"],
-        boards=boards,
-    )
-
-
-def _write_agent_yaml(path: Path, config: AgentConfig) -> None:
-    from agent.config import dump_agent_config
-
-    header = (
-        "Written by `farm sim` for the simulated boards it serves; removed when it stops.\n"
-        f"Serve them with: farm agent --config {path}"
-    )
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(dump_agent_config(config, header))
-    os.replace(tmp, path)  # whoever waits for the file never reads half of it
-
-
-def _print_boards(boards: list[dict], path: Path) -> None:
-    table = Table(title=f"simulated boards ({path})")
-    for column in ("board", "model", "firmware", "DUT port", "baud", "interface", "monitor"):
-        table.add_column(column, overflow="fold")
-    for b in boards:
-        table.add_row(
-            b["id"],
-            b["model"],
-            b["firmware"],
-            b["dut"]["path"],
-            str(b["dut"]["baud"]),
-            b["interface"]["path"] if b["interface"] else "-",
-            b["monitor"]["path"] if b["monitor"] else "-",
-        )
-    console.print(table)
-
-
-async def _check_boards(boards: list[dict]) -> int:
-    try:
-        from agent.probe import probe  # needs the agent extra
-    except ImportError as exc:
-        err.print(f"[red]--check needs the agent extra (pip install 'tinyfarm[agent]'): {exc}")
-        return 2
-    results = await asyncio.gather(*(probe(b) for b in boards))
-    table = Table(title="scripted exchange: name, profile, db load, infer (energy: LPM01A window)")
-    for column in ("board", "ok", "model", "load s", "infer µs", "µJ/inf", "results / error"):
-        table.add_column(column, overflow="fold")
-    for r in results:
-        detail = ", ".join(f"{v:.3f}" for v in r.results) if r.ok else r.error
-        table.add_row(
-            r.board,
-            "yes" if r.ok else "[red]NO",
-            r.model,
-            f"{r.load_s:.2f}",
-            "-" if r.elapsed_us is None else str(r.elapsed_us),
-            "-" if r.energy_uj is None else f"{r.energy_uj:.1f}",
-            detail,
-        )
-    console.print(table)
-    return 0 if all(r.ok for r in results) else 1
-
-
-@app.command()
-def run(
-    benchmark: Annotated[
-        str, typer.Option(help="kws01, vww01, ic01, ic02, ad01 (or kws, vww, ic, ic2, ad)")
-    ],
-    mode: Annotated[
-        str, typer.Option(help="performance, accuracy, energy or latency (supplemental)")
-    ],
-    dataset: Annotated[
-        Path, typer.Option(envvar="FARM_DATASETS", help="Dataset root: <root>/<id>/y_labels.csv")
-    ],
-    port: Annotated[
-        str | None, typer.Option(help="The DUT's serial port (performance, accuracy, latency)")
-    ] = None,
-    out: Annotated[Path, typer.Option(help="Where run folders are created")] = Path("sessions"),
-    baud: Annotated[
-        int | None, typer.Option(help="DUT baud (default: the benchmark's reference baud)")
-    ] = None,
-    interface: Annotated[
-        str | None, typer.Option(help="Energy mode: the interface board's port")
-    ] = None,
-    monitor: Annotated[str | None, typer.Option(help="Energy mode: the LPM01A's port")] = None,
-    limit: Annotated[
-        int | None, typer.Option(min=1, help="Only the first N samples (not valid for submission)")
-    ] = None,
-    min_queries: Annotated[
-        int, typer.Option(min=1, help="Latency mode: minimum query count")
-    ] = 1024,
-    min_duration: Annotated[
-        float, typer.Option(min=0, help="Latency mode: minimum duration, s")
-    ] = 60.0,
-    sim_board: Annotated[
-        str | None, typer.Option(help="BOARDS_JSON:ID: ports of a simulated board")
-    ] = None,
-    alt: Annotated[bool, typer.Option(help="ad01: use the smaller y_labels_alt.csv set")] = False,
-    resume: Annotated[
-        Path | None, typer.Option(help="Accuracy: continue the interrupted run in this folder")
-    ] = None,
-    min_window_s: Annotated[float, typer.Option(hidden=True)] = 10.0,
-    max_window_s: Annotated[float, typer.Option(hidden=True)] = 30.0,
-    calibration_s: Annotated[float, typer.Option(hidden=True)] = 0.5,
-) -> None:
-    """Run one benchmark mode on one board and write the official output files.
-
-    Everything is checked before any input is sent: the benchmark and mode, every dataset file
-    and its size, and the model the DUT reports. Ctrl-C leaves the run folder consistent and
-    marked INCOMPLETE.
-    """
-    try:
-        from agent.one_board import RunInputError, RunRequest, run_one_board
-        from agent.runner import RunSettings
-    except ImportError as exc:
-        raise _fail(f"farm run needs the agent and scoring extras: {exc}") from None
-    if sim_board is not None:
-        port, baud, interface, monitor = _sim_ports(sim_board, mode, port, baud, interface, monitor)
-    settings = RunSettings(
-        min_window_s=min_window_s,
-        max_window_s=max_window_s,
-        calibration_s=calibration_s,
-        min_queries=min_queries,
-        min_duration_s=min_duration,
-        limit=limit,
-    )
-    request = RunRequest(
-        benchmark=benchmark,
-        mode=mode,  # type: ignore[arg-type] - validated by prepare()
-        dataset=dataset,
-        out=out,
-        port=port,
-        baud=baud,
-        interface=interface,
-        monitor=monitor,
-        settings=settings,
-        alt=alt,
-        resume=resume,
-    )
-    try:
-        folder = asyncio.run(_run_with_progress(request, run_one_board))
-    except RunInputError as exc:
-        raise _fail(str(exc)) from None
-    except KeyboardInterrupt:
-        err.print(
-            "interrupted (a run folder, if one was made, is marked INCOMPLETE)", highlight=False
-        )
-        raise typer.Exit(130) from None
-    except Exception as exc:
-        err.print(
-            f"[bold red]run failed:[/] {type(exc).__name__}: {exc}", highlight=False, soft_wrap=True
-        )
-        raise typer.Exit(1) from None
-    results = (folder.path / "results.txt").read_text()
-    console.print(results.rstrip(), highlight=False, soft_wrap=True)
-    for problem in folder.problems:
-        err.print(f"[yellow]warning:[/] {problem}", highlight=False, soft_wrap=True)
-    console.print(f"run folder: {folder.path}", highlight=False, soft_wrap=True)
-
-
-async def _run_with_progress(
-    request: RunRequest, run_one_board: Callable[..., Awaitable[RunFolder]]
-) -> RunFolder:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[eta]}"),
-    )
-    with Progress(*columns, console=err, transient=False) as bar:
-        task = bar.add_task(f"{request.benchmark} {request.mode}", total=None, eta="")
-
-        def started(folder: RunFolder, total: int | None) -> None:
-            bar.update(task, total=total)
-            bar.console.print(f"run folder: {folder.path}", highlight=False, soft_wrap=True)
-
-        def progress(done: int, total: int | None, eta: float | None) -> None:
-            text = "" if eta is None else f"ETA {eta:,.0f} s (wire model)"
-            bar.update(task, completed=done, total=total, eta=text)
-
-        return await run_one_board(request, progress=progress, on_start=started)
-
-
-def _sim_ports(
-    spec: str,
-    mode: str,
-    port: str | None,
-    baud: int | None,
-    interface: str | None,
-    monitor: str | None,
-) -> tuple[str | None, int | None, str | None, str | None]:
-    """Fill the ports from ``BOARDS_JSON:ID`` (a `farm sim` board)."""
-    path, _, board_id = spec.rpartition(":")
-    if not path or not board_id:
-        raise _fail(f"--sim-board takes BOARDS_JSON:ID, not {spec!r}")
-    try:
-        boards = json.loads(Path(path).read_text())["boards"]
-    except (OSError, ValueError, KeyError) as exc:
-        raise _fail(f"{path}: cannot read the boards file: {exc}") from None
-    board = next((b for b in boards if b["id"] == board_id), None)
-    if board is None:
-        known = ", ".join(b["id"] for b in boards)
-        raise _fail(f"{path}: no board {board_id!r} (boards: {known})")
-    if mode == "energy":
-        if not board.get("interface") or not board.get("monitor"):
-            raise _fail(f"board {board_id} has no interface board and energy monitor")
-        return (
-            port,
-            baud,
-            interface or board["interface"]["path"],
-            monitor or board["monitor"]["path"],
-        )
-    return port or board["dut"]["path"], baud or board["dut"]["baud"], interface, monitor
+    for name, exc in _skipped.items():
+        log.info("cli_plugin_skipped", plugin=name, error=exc)
 
 
 if __name__ == "__main__":

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from farm.catalog import BenchmarkError
+from farm.cli_common import console, err, fail
 from farm.dataset_synth import DEFAULT_DATASETS, synthesize
 
 dataset_app = typer.Typer(
@@ -18,8 +18,6 @@ dataset_app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-console = Console()
-err = Console(stderr=True)
 
 
 SYNTH_HELP = "\n\n".join(
@@ -56,17 +54,14 @@ def synth(
     """Write a stand-in dataset under ``out`` (see ``SYNTH_HELP``)."""
     names = [m.strip() for m in models.split(",") if m.strip()]
     if not names:
-        err.print("[bold red]error:[/] --models is empty", highlight=False)
-        raise typer.Exit(2)
+        raise fail("--models is empty")
     started = time.perf_counter()
     try:
         results = synthesize(out, names, alt=alt, limit=limit)
     except BenchmarkError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
+        raise fail(str(exc)) from None
     except OSError as exc:
-        err.print(f"[bold red]error:[/] cannot write {out}: {exc}", highlight=False)
-        raise typer.Exit(2) from None
+        raise fail(f"cannot write {out}: {exc}") from None
     elapsed = time.perf_counter() - started
 
     table = Table(title=f"stand-in dataset in {out} ({elapsed:.1f} s)")

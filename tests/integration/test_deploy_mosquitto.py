@@ -33,7 +33,7 @@ import aiomqtt
 import pytest
 from typer.testing import CliRunner
 
-from farm.broker_cli import broker_app
+from controller.broker_cli import broker_app
 from tests.integration.farm_procs import free_port, wait_until
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"

@@ -21,19 +21,19 @@ import typer.main
 import yaml
 from typer.testing import CliRunner
 
-from farm import broker_cli
-from farm.broker_cli import (
+from controller import broker_admin
+from controller.broker_admin import (
     BrokerFileError,
     BrokerFiles,
     add_agent,
     add_controller,
-    broker_app,
     check_password,
     hash_password,
     mapped_agents,
     read_users,
     remove_agent,
 )
+from controller.broker_cli import broker_app
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -455,7 +455,7 @@ def test_add_controller_needs_the_acls_user_block(files: BrokerFiles) -> None:
 
 
 def test_a_new_password_file_is_private(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(broker_cli, "_default_owner", lambda: None)
+    monkeypatch.setattr(broker_admin, "_default_owner", lambda: None)
     shutil.copy(SHIPPED_ACL, tmp_path / "acl")
     runner = CliRunner()
     secret = tmp_path / "pi.password"

@@ -1,10 +1,11 @@
-"""The controller's commands: ``farm controller worker|ingest`` (processes) and the client
-commands ``farm submit``, ``farm status``, ``farm sweeps``, ``farm show`` and ``farm cancel``.
+"""The controller's commands: ``farm controller worker|ingest|exporter`` (processes) and the
+client commands ``farm submit``, ``farm status``, ``farm sweeps``, ``farm show``, ``farm cancel``
+and ``farm demo``; ``controller.broker_cli`` adds ``farm broker``.
 
 Every command finds Redis, the broker and the results directory through ``--redis``,
 ``--broker``, ``--results`` or ``FARM_REDIS_URL``, ``FARM_MQTT_URL``, ``FARM_RESULTS_DIR``.
-The controller package is imported inside the commands, so ``farm --help`` stays light and a
-Pi without the controller extra never imports it.
+What needs the controller extra is imported inside the commands, so ``farm --help`` stays light
+and a Pi without the extra still lists them, each saying which extra it needs.
 """
 
 from __future__ import annotations
@@ -12,15 +13,16 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
+
+from controller.broker_cli import broker_app
+from farm.cli_common import console, err, fail, needs_extra
 
 if TYPE_CHECKING:
     from controller.settings import Settings
@@ -30,9 +32,6 @@ controller_app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-console = Console()
-err = Console(stderr=True)
-
 RedisOpt = Annotated[str | None, typer.Option("--redis", help="Redis URL (FARM_REDIS_URL)")]
 BrokerOpt = Annotated[str | None, typer.Option("--broker", help="MQTT URL (FARM_MQTT_URL)")]
 ResultsOpt = Annotated[
@@ -41,18 +40,15 @@ ResultsOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output")]
 
 
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(code)
-
-
 def _settings(redis: str | None, broker: str | None, results: Path | None) -> Settings:
+    """Where Redis, the broker and the results are; exits 2 without the controller extra."""
+    from controller.settings import Settings
+
     try:
-        from controller.settings import Settings
-    except ImportError as exc:  # pragma: no cover - depends on the install
-        raise _fail(
-            f"this command needs the controller extra (pip install 'tinyfarm[controller]'): {exc}"
-        ) from None
+        # Every command reaches Redis: its client stands for the whole extra.
+        import controller.store  # noqa: F401
+    except ImportError as exc:
+        raise needs_extra("controller", exc) from None
     return Settings.resolve(redis, broker, results)
 
 
@@ -62,7 +58,7 @@ def _redis(settings: Settings) -> Any:
     try:
         return connect(settings.redis_url)
     except StoreError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
 
 
 # -- processes ---------------------------------------------------------------------------------
@@ -216,20 +212,20 @@ def submit(
     from farm.messages import RunOptions
 
     if suite not in (None, "full"):
-        raise _fail(f"--suite takes 'full', not {suite!r}")
+        raise fail(f"--suite takes 'full', not {suite!r}")
     if benchmark is None and suite is None:
-        raise _fail("give --benchmark NAME[,NAME] or --suite full")
+        raise fail("give --benchmark NAME[,NAME] or --suite full")
     modes = list(MODES) if suite == "full" else [m.strip() for m in mode.split(",") if m.strip()]
     bad = [m for m in modes if m not in MODES]
     if bad:
-        raise _fail(f"unknown mode(s) {', '.join(bad)} (valid: {', '.join(MODES)})")
+        raise fail(f"unknown mode(s) {', '.join(bad)} (valid: {', '.join(MODES)})")
     if priority not in QUEUES:
-        raise _fail(f"--priority takes {', '.join(QUEUES)}, not {priority!r}")
+        raise fail(f"--priority takes {', '.join(QUEUES)}, not {priority!r}")
     tag_map: dict[str, str] = {}
     for tag in tags or []:
         key, sep, value = tag.partition("=")
         if not sep:
-            raise _fail(f"--tags takes key=value, not {tag!r}")
+            raise fail(f"--tags takes key=value, not {tag!r}")
         tag_map[key] = value
     try:
         benches = expand_benchmarks(
@@ -248,7 +244,7 @@ def submit(
         client = _redis(settings)
         sweep_id, run_ids, skipped = submit_sweep(client, spec)
     except (SweepError, ValueError) as exc:  # ValueError: --options that do not validate
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     if json_out:
         print(
             json.dumps(
@@ -405,7 +401,7 @@ def show(
 
     report = sweep_report(client, sweep_id)
     if report is None:
-        raise _fail(f"no sweep {sweep_id!r} (see farm sweeps)")
+        raise fail(f"no sweep {sweep_id!r} (see farm sweeps)")
     if json_out:
         print(json.dumps(report))
         return
@@ -425,7 +421,7 @@ def cancel(
 
     cancelled = cancel_runs(client, target)
     if cancelled is None:
-        raise _fail(f"no sweep or run {target!r}")
+        raise fail(f"no sweep or run {target!r}")
     if json_out:
         print(json.dumps({"cancelled": cancelled}))
     else:
@@ -499,14 +495,17 @@ def demo(
             if not keep:
                 farm.stop()
     except DemoError as exc:
-        raise _fail(str(exc), 1) from None
+        raise fail(str(exc), 1) from None
     except KeyboardInterrupt:
         err.print("interrupted: everything the demo started is stopped", highlight=False)
         raise typer.Exit(130) from None
     raise typer.Exit(code)
 
 
-CLIENT_COMMANDS = (submit, status, sweeps, show, cancel, demo)
-
-if __name__ == "__main__":
-    sys.exit(controller_app())
+def register(app: typer.Typer) -> None:
+    """Add the controller's commands to the ``farm`` command line (the ``tinyfarm.cli`` entry
+    point ``controller``)."""
+    for command in (submit, status, sweeps, show, cancel, demo):
+        app.command()(command)
+    app.add_typer(controller_app, name="controller")
+    app.add_typer(broker_app, name="broker")

@@ -1,13 +1,11 @@
-"""``farm broker``: the Mosquitto users of a farm — agents and the controller — in the broker's
-password file and ACL (``deploy/mosquitto/``).
+"""The Mosquitto users of a farm — agents and the controller — in the broker's password file
+and ACL (``deploy/mosquitto/``): what ``farm broker`` (:mod:`controller.broker_cli`) does.
 
-``farm broker add-agent lab-pi-03 --dir deploy/mosquitto`` adds the MQTT user ``lab-pi-03``
-with a generated password (printed once on stdout, or written to ``--secret-out`` for the
-Pi's ``password_file``). The shipped ACL confines every agent whose user name is its agent id
-with two ``pattern`` lines (``%u``), so such an agent needs no ACL line of its own; an agent
-whose user name differs (``--user agent-lab-pi-03``) gets a marked block of its own in the
-ACL, which ``remove-agent`` takes out again. ``add-controller`` adds the user the controller's
-processes share (``farm-controller``, which the ACL names).
+An agent whose MQTT user name is its agent id needs no ACL line of its own: the shipped ACL
+confines every such agent with two ``pattern`` lines (``%u``). An agent whose user name differs
+gets a marked block of its own in the ACL, which :func:`remove_agent` takes out again.
+:func:`add_controller` adds a user the ACL names (``farm-controller``, shared by the
+controller's processes).
 
 Passwords are stored the way ``mosquitto_passwd`` of Mosquitto 2.0 stores them
 (``$7$<iterations>$<salt>$<PBKDF2-SHA512>``, base64), computed here with :mod:`hashlib`, so a
@@ -23,28 +21,15 @@ import hashlib
 import os
 import re
 import secrets
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
-
-import typer
-from rich.console import Console
 
 from farm.messages import ID_PATTERN
-
-broker_app = typer.Typer(
-    help="Mosquitto users: add or remove an agent, add the controller's user.",
-    no_args_is_help=True,
-    add_completion=False,
-)
-err = Console(stderr=True)
 
 CONTROLLER_USER = "farm-controller"
 RESERVED = frozenset({CONTROLLER_USER, "farm-admin"})
 """User names the shipped ACL gives other rights: never an agent's."""
-DEFAULT_DIR = Path("/etc/mosquitto/tinyfarm")
 DEFAULT_ITERATIONS = 10_000
 """PBKDF2 rounds: about 10 ms of the broker's time per connection. Mosquitto 2.0's own
 mosquitto_passwd uses 101; the generated passwords (192 random bits) need no stretching at
@@ -52,42 +37,6 @@ all, a password given on stdin may."""
 SALT_BYTES = 12  # as mosquitto_passwd
 USER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 """An MQTT user name: an id without ':' (the password file's separator)."""
-RELOAD_HINT = (
-    "reload the broker to apply: docker compose kill -s HUP mosquitto "
-    "(or: systemctl reload mosquitto)"
-)
-
-DirOpt = Annotated[
-    Path,
-    typer.Option(
-        "--dir",
-        envvar="FARM_MOSQUITTO_DIR",
-        help="Mosquitto config directory holding `passwd` and `acl` (FARM_MOSQUITTO_DIR)",
-    ),
-]
-PasswordStdinOpt = Annotated[
-    bool,
-    typer.Option("--password-stdin", help="Read the password from stdin instead of generating one"),
-]
-SecretOutOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--secret-out",
-        help="Write the password to this file (mode 0600) instead of printing it",
-    ),
-]
-ForceOpt = Annotated[bool, typer.Option("--force", help="Replace the user's password if it exists")]
-OwnerOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--owner",
-        help="USER[:GROUP] owning a password file created now (default: the broker's user "
-        "`mosquitto` if it exists here; use 1883:1883 for the eclipse-mosquitto container)",
-    ),
-]
-IterationsOpt = Annotated[
-    int, typer.Option("--iterations", min=1, help="PBKDF2-SHA512 rounds of the stored hash")
-]
 
 
 class BrokerFileError(Exception):
@@ -190,7 +139,8 @@ def acl_users(acl_text: str) -> set[str]:
 # -- files ------------------------------------------------------------------------------------
 
 
-def _parse_owner(owner: str) -> tuple[int, int]:
+def parse_owner(owner: str) -> tuple[int, int]:
+    """``USER[:GROUP]`` (names or numeric ids) as ``(uid, gid)``."""
     import grp
     import pwd
 
@@ -396,143 +346,3 @@ def add_controller(
             f"user {user!r} already exists in {files.passwd} (--force gives it a new password)"
         )
     files.set_password(user, hash_password(password, iterations=iterations), owner=owner)
-
-
-# -- the commands -----------------------------------------------------------------------------
-
-
-def _fail(message: str) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(2)
-
-
-def _password(from_stdin: bool) -> tuple[str, bool]:
-    """The password and whether it was generated."""
-    if not from_stdin:
-        return secrets.token_urlsafe(24), True
-    password = sys.stdin.readline().rstrip("\r\n")
-    if not password:
-        raise _fail("no password on stdin")
-    return password, False
-
-
-def _hand_out(password: str, generated: bool, secret_out: Path | None) -> None:
-    if secret_out is not None:
-        fd = os.open(secret_out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(password + "\n")
-        os.chmod(secret_out, 0o600)
-        err.print(f"password written to {secret_out} (mode 0600)", highlight=False)
-    elif generated:
-        print(password)  # only the password on stdout: PW=$(farm broker add-agent ...)
-
-
-@broker_app.command("add-agent")
-def add_agent_command(
-    agent: Annotated[str, typer.Argument(help="The agent id (agent: in its agent.yaml)")],
-    user: Annotated[
-        str | None,
-        typer.Option(help="MQTT user name, if not the agent id (adds an ACL block)"),
-    ] = None,
-    directory: DirOpt = DEFAULT_DIR,
-    password_stdin: PasswordStdinOpt = False,
-    secret_out: SecretOutOpt = None,
-    force: ForceOpt = False,
-    owner: OwnerOpt = None,
-    iterations: IterationsOpt = DEFAULT_ITERATIONS,
-) -> None:
-    """Add an agent's MQTT user (password file, and the ACL if its user name is not its id).
-
-    The generated password is printed on stdout (or written to --secret-out): put it in the
-    Pi's broker.password_file. Reload the broker afterwards.
-    """
-    password, generated = _password(password_stdin)
-    try:
-        name = add_agent(
-            BrokerFiles(directory),
-            agent,
-            password,
-            user=user,
-            force=force,
-            iterations=iterations,
-            owner=_parse_owner(owner) if owner else None,
-        )
-    except (BrokerFileError, OSError) as exc:
-        raise _fail(str(exc)) from None
-    _hand_out(password, generated, secret_out)
-    err.print(
-        f"agent {agent}: MQTT user {name} may write farm/v1/agent/{agent}/# and read "
-        f"farm/v1/cmd/{agent}; {RELOAD_HINT}",
-        highlight=False,
-        soft_wrap=True,
-    )
-
-
-@broker_app.command("remove-agent")
-def remove_agent_command(
-    agent: Annotated[str, typer.Argument(help="The agent id")],
-    directory: DirOpt = DEFAULT_DIR,
-) -> None:
-    """Remove an agent's MQTT user (and its ACL block).
-
-    Reload the broker afterwards. The agent's retained statuses stay on the broker until
-    cleared (deploy/README.md: the farm-admin user).
-    """
-    try:
-        name = remove_agent(BrokerFiles(directory), agent)
-    except (BrokerFileError, OSError) as exc:
-        raise _fail(str(exc)) from None
-    err.print(f"agent {agent}: MQTT user {name} removed; {RELOAD_HINT}", highlight=False)
-
-
-@broker_app.command("add-controller")
-def add_controller_command(
-    user: Annotated[
-        str, typer.Option(help="The user the ACL names (farm-controller; farm-admin)")
-    ] = CONTROLLER_USER,
-    directory: DirOpt = DEFAULT_DIR,
-    password_stdin: PasswordStdinOpt = False,
-    secret_out: SecretOutOpt = None,
-    force: ForceOpt = False,
-    owner: OwnerOpt = None,
-    iterations: IterationsOpt = DEFAULT_ITERATIONS,
-) -> None:
-    """Add the user the controller's processes share (FARM_MQTT_URL=mqtt://USER:PASSWORD@...)."""
-    password, generated = _password(password_stdin)
-    try:
-        add_controller(
-            BrokerFiles(directory),
-            password,
-            user=user,
-            force=force,
-            iterations=iterations,
-            owner=_parse_owner(owner) if owner else None,
-        )
-    except (BrokerFileError, OSError) as exc:
-        raise _fail(str(exc)) from None
-    _hand_out(password, generated, secret_out)
-    err.print(f"user {user} added; {RELOAD_HINT}", highlight=False)
-
-
-@broker_app.command("list")
-def list_command(directory: DirOpt = DEFAULT_DIR) -> None:
-    """The broker's users and what the ACL lets each do."""
-    files = BrokerFiles(directory)
-    try:
-        acl_text = files.acl_text()
-    except BrokerFileError as exc:
-        raise _fail(str(exc)) from None
-    by_user = {u: a for a, u in mapped_agents(acl_text).items()}
-    named = acl_users(acl_text)
-    for user in sorted(read_users(files.passwd)):
-        if user in by_user:
-            role = f"agent {by_user[user]}"
-        elif user in named:
-            role = "controller/operator (ACL user block)"
-        else:
-            role = f"agent {user}"
-        print(f"{user}\t{role}")
-
-
-if __name__ == "__main__":
-    sys.exit(broker_app())
