@@ -345,8 +345,9 @@ class PowerCycleConfig(_Strict):
 
 
 class SystemDescription(_Strict):
-    """The board's part of a submission's ``systems/<system_desc>.json`` (MEASUREMENT.md
-    §3.3); ``model_dump(by_alias=True, exclude_none=True)`` gives the official keys.
+    """The board's part of a submission's ``systems/<system_desc>.json``
+    (docs/measurement.md#system-description); ``model_dump(by_alias=True,
+    exclude_none=True)`` gives the official keys.
 
     The checker requires only ``Status``; the other fields fill the results table and the
     final report (empty when missing).

@@ -148,10 +148,10 @@ class InterfaceClient:
         (``reply.dut_lines``, prefix removed).
 
         If the previous passthrough left the board wedged (a DUT line ending in a bare LF
-        merged with its ``m-ready``, §3.2 point 3), the board reads no command until the DUT
-        prints another CRLF line ending in an exact ``m-ready``: this waits (bounded) for
-        that, then raises :class:`InterfaceWedged`. Not even ``setbaud`` gets through; a DUT
-        power cycle does (its banner ends the board's wait).
+        merged with its ``m-ready``, docs/protocols.md#interface-quirks), the board reads no
+        command until the DUT prints another CRLF line ending in an exact ``m-ready``: this
+        waits (bounded) for that, then raises :class:`InterfaceWedged`. Not even ``setbaud``
+        gets through; a DUT power cycle does (its banner ends the board's wait).
         """
         if self.host.wedged:
             await self._await_unwedged()

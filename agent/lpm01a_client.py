@@ -64,8 +64,9 @@ _END = object()
 
 @dataclass(frozen=True, slots=True)
 class EnergyResult:
-    """One energy window as the official runner computes it (MEASUREMENT.md §1.5): the
-    samples between the last two events, half-open."""
+    """One energy window as the official runner computes it
+    (docs/measurement.md#energy-per-inference): the samples between the last two events,
+    half-open."""
 
     energy_j: float
     seconds: float

@@ -26,7 +26,7 @@ from farm.messages import SAMPLE_BATCH, samples_topic
 log = get_logger("agent.outbox")
 
 #: Publishes in flight per connection: enough to fill the round trip; more costs aiomqtt
-#: per-publish overhead (PLATFORM.md: 50 concurrent beat 500).
+#: per-publish overhead (50 concurrent beat 500: docs/architecture.md#platform-notes).
 WINDOW = 32
 #: How long a publish may wait for its PUBACK before the connection is deemed broken.
 PUBACK_TIMEOUT_S = 15.0

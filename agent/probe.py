@@ -62,7 +62,7 @@ async def probe_direct(board: dict[str, Any]) -> ProbeResult:
 
 #: Inferences in the probe's energy window: enough for a window of many 1 ms samples.
 ENERGY_PROBE_COUNT = 20
-#: The reference DUT supply for the four models (MEASUREMENT.md §1.2).
+#: The reference DUT supply for the four models (docs/measurement.md#benchmarks).
 SUPPLY_MV = 1800
 
 

@@ -1,6 +1,6 @@
 """The one-board runner: a benchmark mode executed on one DUT, one sample per parsed result.
 
-This is the official MLCommons runner's job for one board (MEASUREMENT.md §1), with two
+This is the official MLCommons runner's job for one board (docs/measurement.md), with two
 additions: performance windows are sized per board (10-30 s each, from a calibration), and a
 supplemental latency mode times single inferences LoadGen-style. Samples are yielded the
 moment each reply is parsed, so a caller can stream them (``farm run`` writes them, the agent

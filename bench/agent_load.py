@@ -173,8 +173,8 @@ class Child:
 
 
 class Broker:
-    """A Mosquitto of the bench's own, configured like the integration tests' (PLATFORM.md
-    queue limits)."""
+    """A Mosquitto of the bench's own, configured like the integration tests' (raised queue
+    limits: docs/architecture.md#platform-notes)."""
 
     def __init__(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)

@@ -44,7 +44,7 @@ payload parsed and validated in one pass, to storable records), ``encode``
 counters; Redis's time included), ``observe`` (the latency histogram).
 
 ``--ingest-procs 2`` runs two ingest processes in the shared subscription group (the way
-the design scales ingest), for comparison.
+ingest scales out), for comparison.
 
 Before the passes, one small pass of each path is run and discarded (connections, the Lua
 script's first load). Uses and FLUSHes the Redis database given (default 11).

@@ -1,5 +1,6 @@
 """How long a run should take, from the wire-time model: what a run job's timeout and the
-sweep's queue estimates are built on (DESIGN.md §6: timeouts from the model, not constants).
+sweep's queue estimates are built on (timeouts from the model, not constants:
+docs/protocols.md#wire-time-model).
 
 The estimate assumes the reference board's per-inference time (the slow NUCLEO-L4R5ZI), so
 it is an upper bound for faster boards; the job tightens it once the agent reports its own

@@ -1,11 +1,12 @@
 """Finds runs whose worker died and hands them back to RQ at once.
 
 RQ notices a SIGKILLed worker's job only when registry maintenance runs after the job's
-entry expires (PLATFORM.md: ~90 s at best, minutes by default). A run job renews its board
-lease every few seconds, so a run that is active while its lease has expired lost its
-worker: the reaper expires exactly that job's entry in RQ's started registry and lets RQ's
-own clean-up handle it, which retries the job (``Retry``) — the run resumes from the samples
-already stored where the mode allows — or fails it and releases the board's next job.
+entry expires (~90 s at best, minutes by default: docs/architecture.md#platform-notes). A
+run job renews its board lease every few seconds, so a run that is active while its lease has
+expired lost its worker: the reaper expires exactly that job's entry in RQ's started registry
+and lets RQ's own clean-up handle it, which retries the job (``Retry``) — the run resumes from
+the samples already stored where the mode allows — or fails it and releases the board's next
+job.
 """
 
 from __future__ import annotations

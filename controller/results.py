@@ -21,7 +21,7 @@ sample whose row or label does not fit that index cannot be scored and is refuse
 The folder is built next to its final path and moved into place when complete, so a reader
 never sees half a folder and a repeated call (a retried job) replaces the previous folder
 instead of appending to its results.txt (which the official checker would then misread,
-MEASUREMENT.md §6.14). Pure code: no Redis, no MQTT.
+docs/measurement.md#run-folder). Pure code: no Redis, no MQTT.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ class RunSummary:
     - ``latency_ms``: performance; the published latency ``1000 / throughput_ips``.
     - ``top1``: accuracy of a classifier (kws, vww, ic, ic2); in **percent**, the value the
       official checker reads from results.txt: the ``Top 1% = 91.3`` line, printed with one
-      decimal (MEASUREMENT.md §1.4, §2.1, §6.13); e.g. 180 of 200 files right -> 90.0.
+      decimal (docs/measurement.md#accuracy-targets); e.g. 180 of 200 files right -> 90.0.
     - ``auc``: accuracy of ad01; the ROC AUC over per-file mean scores as the checker reads
       it (``AUC = 0.929``, three decimals). (ad's "Top 1%" line is not top-1: ``top1`` is
       null for ad01; classifiers' AUC is in results.txt but not here.)
@@ -160,8 +160,8 @@ def finish_run(
     stored sample record, in any order; ``info`` the ``done`` event's runner info; ``folder``
     the run's folder (``results/<sweep>/<board>/<benchmark>/<mode>``), created, or replaced
     if it exists. ``windows_per_file`` (ad01) overrides what the samples tell (accuracy
-    mode: the highest window + 1) or, where they cannot tell, the 196 windows of the
-    102,400-byte files MEASUREMENT.md §1.4 derives; it only fills results.json's
+    mode: the highest window + 1) or, where they cannot tell, the 196 windows of the assumed
+    102,400-byte files (docs/measurement.md#datasets); it only fills results.json's
     ``total_length`` and the completeness check of an accuracy run.
 
     Raises :class:`ResultsError` (nothing written) when the run cannot be scored.
@@ -259,8 +259,8 @@ def stored_samples(records: Sequence[Mapping[str, Any]]) -> list[Sample]:
 
 def _nan_for_null(record: Mapping[str, Any]) -> Mapping[str, Any]:
     """NaN where a vector holds null: JSON has no NaN, and pydantic's ``model_dump_json``
-    writes an unparsable power sample (NaN, MEASUREMENT.md §1.5) or a ``nan`` result as
-    null. Scored as NaN, as the official runner would."""
+    writes an unparsable power sample (NaN, docs/measurement.md#energy-validity) or a
+    ``nan`` result as null. Scored as NaN, as the official runner would."""
     fixed = {
         key: [math.nan if v is None else v for v in record[key]]
         for key in ("results", "power_samples")
@@ -310,7 +310,7 @@ def official_index(
         else:
             windows = spec.synth_windows
             origin = (
-                f"assumed: {spec.synth_file_bytes}-byte files (MEASUREMENT.md §1.4); "
+                f"assumed: {spec.synth_file_bytes}-byte files (docs/measurement.md#datasets); "
                 "the stored samples do not tell"
             )
     return OfficialIndex(rows, windows, source, origin)

@@ -2,7 +2,8 @@
 
 Per benchmark: its dataset (folder, class names, counts, file sizes), the firmware model facts
 (``farm.models``), the metric and closed-division quality target per MLPerf Tiny version
-(MEASUREMENT.md §3.4), the official runner's script per mode (§1.2), reference baud rates,
+(docs/measurement.md#accuracy-targets), the official runner's script per mode
+(docs/measurement.md#benchmarks), reference baud rates,
 supply voltage and the submission checker's directory name. Where the farm deliberately does
 something else than the shipped runner (ic02's performance loop count), the benchmark lists
 the deviation so every run can record it.
@@ -54,7 +55,7 @@ class DatasetSpec:
     of windows (the same number in every file)."""
     synth_file_bytes: int
     """Size of the files ``farm dataset synth`` writes (ad01: 200 frames x 128 x 4 B, an
-    assumption: the real binaries are not public, MEASUREMENT.md §1.4)."""
+    assumption: the real binaries are not public, docs/measurement.md#datasets)."""
     window_bytes: int | None = None
     """ad01: bytes per window (the index's ``bytes_to_send``); ``None`` otherwise."""
     stride: int | None = None
@@ -89,7 +90,7 @@ class Script:
     """Loop count K; ``None`` means one iteration per row (ad01: per window of every row)."""
     iterations: int
     """``N`` of ``infer N W``: the reference-board default; the runner sizes it per board in
-    performance and energy mode (MEASUREMENT.md §1.2)."""
+    performance and energy mode (docs/measurement.md#window-sizing)."""
     warmups: int
     """``W`` of ``infer N W``."""
     reset_s: int | None = None

@@ -220,7 +220,7 @@ def load_dataset(root: Path | str, benchmark: Benchmark | str, *, alt: bool = Fa
     its problems: the folder and the index exist; every row is well formed (``file:line``);
     class counts, labels and (ad01) window fields fit the benchmark; every named file exists;
     every file has the model's input size (ad01: at least one window, and the same window
-    count in every file, which the official runner assumes, MEASUREMENT.md §6.12). An
+    count in every file, which the official runner assumes: docs/measurement.md#datasets). An
     unknown benchmark name raises ``farm.catalog.BenchmarkError``.
     """
     bench = benchmark if isinstance(benchmark, Benchmark) else get_benchmark(benchmark)
@@ -343,7 +343,7 @@ def _check_files(rows: list[Row], bench: Benchmark, index_path: Path) -> int | N
             f"ragged {bench.dataset_id} files in {folder}: {len(ragged)} files differ from "
             f"the first, {first.file}, which has {n_first} windows ({sizes[first.file]} B); "
             "the official runner assumes every file has as many windows as the first "
-            "(MEASUREMENT.md §6.12)",
+            "(see docs/measurement.md#datasets)",
         )
     return n_first
 

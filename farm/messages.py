@@ -17,9 +17,9 @@ Topics (QoS 1 unless said otherwise):
 ``farm/v1/cmd/{agent}``                                        controller -> agent
 =============================================================  ==========================
 
-The agent-level ``events`` topic is an addition to the design's topic table: a command that
-cannot be tied to a board or a run (malformed JSON, an unknown board) still needs an answer
-that a controller and an operator can see.
+The agent-level ``events`` topic exists because a command that cannot be tied to a board or a
+run (malformed JSON, an unknown board) still needs an answer that a controller and an operator
+can see (docs/architecture.md#mqtt-topics-and-messages).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """What a DUT's benchmark firmware knows about each model: input size, output vector, and
-how the reference port prints its results (PROTOCOLS.md §2.4, §2.7).
+how the reference port prints its results (docs/protocols.md#dut-results-lines).
 
 The benchmark catalogue (datasets, modes, scripts, targets) builds on these facts; the
 protocol layer and the simulators need only this much.
@@ -23,7 +23,8 @@ class ModelSpec:
     input_bytes: int
     """Bytes one inference's input occupies on the wire (ad01: one 2,560-byte window)."""
     max_db_input: int
-    """The firmware's ``MAX_DB_INPUT_SIZE``; ``db load`` beyond it is refused (§2.5)."""
+    """The firmware's ``MAX_DB_INPUT_SIZE``; ``db load`` beyond it is refused
+    (docs/protocols.md#dut-errors)."""
     element_bytes: int
     """Size of one input element: the ``Input db has K elemented`` message counts elements."""
     outputs: int
@@ -54,7 +55,8 @@ MODELS: dict[str, ModelSpec] = {
     )
 }
 
-#: Energy-mode firmware talks to the interface board at this baud for every model (§1).
+#: Energy-mode firmware talks to the interface board at this baud for every model
+#: (docs/protocols.md#bench-topology).
 ENERGY_BAUD = 9600
 
 

@@ -1,4 +1,5 @@
-"""A run's folder and the files in it, in the official runner's formats (MEASUREMENT.md §2).
+"""A run's folder and the files in it, in the official runner's formats
+(docs/measurement.md#output-files).
 
 ``RunFolder.create`` makes a fresh folder (``<out>/<YYYYMMDD_HHMMSS>``, as the official
 runner's sessions) and marks it incomplete at once, so a run that dies any way at all leaves

@@ -1,4 +1,4 @@
-"""The DUT's serial protocol, host side (PROTOCOLS.md §2), sans-IO.
+"""The DUT's serial protocol, host side (docs/protocols.md#dut), sans-IO.
 
 :class:`DutHost` is fed the bytes the DUT sends and returns one typed event per line; it
 assembles replies up to the ``m-ready`` line. :func:`encode_command` checks a command before

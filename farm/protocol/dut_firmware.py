@@ -1,4 +1,4 @@
-"""The DUT firmware's side of the serial protocol (PROTOCOLS.md §2.2-2.6), sans-IO.
+"""The DUT firmware's side of the serial protocol (docs/protocols.md#dut), sans-IO.
 
 This is the reference port's command handler as a state machine, for the simulator: fed the
 bytes the host sends, it returns the actions the firmware performs (print text, compute
@@ -143,7 +143,7 @@ class DutFirmware:
     # -- boot ------------------------------------------------------------------------------
 
     def boot(self) -> list[DutAction]:
-        """Power-on or reset: state is lost; the banner of §2.3 follows.
+        """Power-on or reset: state is lost; the boot banner follows (docs/protocols.md#dut-boot).
 
         The parser stays disabled until the simulator executes :class:`EnableParser`.
         """

@@ -1,5 +1,5 @@
 """Accuracy mode: normalisation, per-file grouping, top-1, AUC and the AD "Top 1%" quirk
-(MEASUREMENT.md §1.4, §6.9-6.12, §6.19).
+(docs/measurement.md#accuracy-mode).
 
 Top-1 and the AD quirk need only the standard library; the AUC imports numpy and
 scikit-learn when it is asked for (``pip install tinyfarm[scoring]``).

@@ -1,5 +1,5 @@
 """Energy mode: energy per inference between the last two GPIO events, and the median the
-checker reads (MEASUREMENT.md §1.5, §6.17)."""
+checker reads (docs/measurement.md#energy-mode)."""
 
 from __future__ import annotations
 

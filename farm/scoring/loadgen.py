@@ -1,5 +1,6 @@
 """LoadGen SingleStream latency statistics: floor-index percentiles and the early-stopping
-estimate (MEASUREMENT.md §5.2-5.3, §6.26). Supplemental: MLPerf Tiny does not use LoadGen.
+estimate (docs/measurement.md#latency-mode-supplemental). Supplemental: MLPerf Tiny does not
+use LoadGen.
 
 Units: the DUT times each query in microseconds; LoadGen counts nanoseconds. We convert with
 ``ns = us x 1000`` on integers, so every statistic is an exact integer number of ns (the mean
@@ -264,7 +265,7 @@ def loadgen_summary_text(summary: LatencySummary, *, sut_name: str) -> str:
         f"SUT name : {sut_name}",
         "Scenario : SingleStream",
         "Mode     : PerformanceOnly",
-        # MEASUREMENT.md §5.4: LoadGen HEAD prints DoubleToString(p * 100, 1), "90.0th"
+        # LoadGen HEAD prints DoubleToString(p * 100, 1), "90.0th"
         # (older LoadGen releases printed "90th").
         f"{TARGET_PERCENTILE * 100:.1f}th percentile latency (ns) : {summary.p90_ns}",
         f"Result is : {'VALID' if summary.valid else 'INVALID'}",

@@ -1,5 +1,5 @@
 """Performance mode: per-window throughput from the DUT's laps, the median the checker reads,
-and the validity rules (MEASUREMENT.md §1.3, §6.2-6.6)."""
+and the validity rules (docs/measurement.md#performance-mode)."""
 
 from __future__ import annotations
 

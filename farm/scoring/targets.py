@@ -1,5 +1,5 @@
-"""Closed-division quality targets per MLPerf Tiny checker version (MEASUREMENT.md §3.4) and
-the checker's rule that the PRINTED, rounded value is compared (§6.13)."""
+"""Closed-division quality targets per MLPerf Tiny checker version and the checker's rule that
+the PRINTED, rounded value is compared (docs/measurement.md#accuracy-targets)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A simulated STM32H573I-DK "enhanced interface" board (PROTOCOLS.md §3.1-3.3, §7).
+"""A simulated STM32H573I-DK "enhanced interface" board (docs/protocols.md#interface-board).
 
 The board's CLI (:class:`farm.protocol.interface_firmware.InterfaceFirmware`) runs behind the host's
 pty at 115200 baud; its DUT-side UART is one end of a :func:`farm.sim.wire_pair.wire_pair`
@@ -6,7 +6,8 @@ whose other end is the DUT's energy-build UART. What the simulator adds to the s
 
 * the DUT RX queue: 100 bytes, filled by the UART ISR whether or not a passthrough is reading,
   **drop on full**. Whatever the DUT prints while nobody reads (its boot banner after a power
-  cycle) is what the next ``dut`` command forwards: the off-by-one desync of §3.2 point 4;
+  cycle) is what the next ``dut`` command forwards: the off-by-one desync of
+  docs/protocols.md#interface-quirks;
 * the passthrough task: ``<cmd>%`` to the DUT, then every CRLF line back to the host with the
   ``[dut]: `` prefix until a line exactly ``m-ready``, with no timeout anywhere (a DUT that
   never answers leaves the board stuck, as on hardware);
@@ -50,7 +51,8 @@ log = get_logger("farm.sim.interface")
 
 #: Capacity of each RX queue (host and DUT side) of the reference firmware.
 QUEUE_BYTES = 100
-#: How long the MCU reset after ``setbaud`` keeps the board deaf (PROTOCOLS.md §7: ~0.5-2 s).
+#: How long the MCU reset after ``setbaud`` keeps the board deaf (about 0.5-2 s on hardware;
+#: docs/protocols.md#interface-setbaud).
 DEFAULT_RESET_S = 0.5
 #: ``play`` without a file: 180 KB of 16-bit stereo at 16 kHz from internal flash.
 FLASH_WAV_S = 180_000 / (2 * 2 * 16_000)

@@ -1,4 +1,4 @@
-"""A simulated ST LPM01A PowerShield energy monitor (PROTOCOLS.md §4.1, §5, §7).
+"""A simulated ST LPM01A PowerShield energy monitor (docs/protocols.md#lpm01a).
 
 The command shell is :class:`farm.protocol.lpm01a_firmware.Lpm01aFirmware` behind the host's pty;
 the simulator gives its actions their physical effect:

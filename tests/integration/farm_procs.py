@@ -84,7 +84,8 @@ def boards_idle_and_healthy(client: Any, boards: list[str]) -> bool:
 
 class Mosquitto:
     """A mosquitto on its own port with persistence (sessions and queued QoS 1 messages
-    survive a restart, as in a real deployment) and raised queue limits (PLATFORM.md)."""
+    survive a restart, as in a real deployment) and raised queue limits
+    (docs/architecture.md#platform-notes)."""
 
     def __init__(self, directory: Path, *, extra: str = "") -> None:
         self.dir = directory

@@ -276,7 +276,8 @@ def shipped_options() -> dict[str, list[str]]:
 
 def test_the_shipped_config_raises_the_queue_limits_and_requires_passwords() -> None:
     options = shipped_options()
-    # PLATFORM: the default 1000 drops QoS 1 messages silently under load.
+    # The default 1000 drops QoS 1 messages silently under load
+    # (docs/architecture.md#platform-notes).
     assert int(options["max_queued_messages"][0]) >= 100_000
     assert int(options["max_inflight_messages"][0]) >= 20
     assert options["allow_anonymous"] == ["false"]

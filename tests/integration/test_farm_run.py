@@ -1,6 +1,6 @@
 """``farm run`` end to end: simulated boards on real ptys, the real runner, the real output
 files; no mocks. Every printed number is checked against what the simulator's ground truth
-implies (ISSUE 3 §5-§6):
+implies:
 
 - performance: each window's DUT time is the simulated DUT's own record
   (``ComputeRecord.window_us``), throughput ``N / elapsed``, the median the 3rd sorted value;
@@ -9,8 +9,9 @@ implies (ISSUE 3 §5-§6):
 - latency: LoadGen percentiles of the simulator's own inference times;
 - energy: the power model's energy over the event-bracketed, sample-aligned interval.
 
-The official checker's patterns are written here from MEASUREMENT.md §2.1 (match from the line
-start, a mandatory space before the keyword, ``[0-9.]+`` captures, the last matching line wins).
+The official checker's patterns are written here from docs/measurement.md#official-results-lines
+(match from the line start, a mandatory space before the keyword, ``[0-9.]+`` captures, the last
+matching line wins).
 
 Most runs call ``run_one_board`` in the test's event loop with the simulator in the same loop
 (direct access to the ground truth); a few go through ``python -m farm.cli run`` as a
@@ -54,7 +55,7 @@ from farm.sim.transcript import read_transcript
 from farm.synthetic import AD_BLOCK, ad_score, decode_input, encode_input, simulated_output
 from tests.integration.farm_procs import farm_command
 
-# -- the official checker's patterns (MEASUREMENT.md §2.1, paraphrase turned into regexes) ---
+# -- the official checker's patterns (docs/measurement.md#official-results-lines, as regexes) --
 
 #: perf: from the line start, anything, a SPACE, "Median throughput is", whitespace, number,
 #: space, "inf./sec.".
@@ -73,7 +74,7 @@ SUBSET_NOTE = "NOT VALID FOR SUBMISSION"
 
 #: Every samples.jsonl line has these (farm/run_output.py docstring).
 SAMPLE_FIELDS = {"seq", "index", "segment", "window", "label", "latency_us", "results"}
-#: results.json truth-row fields and infer fields (MEASUREMENT.md §2.2).
+#: results.json truth-row fields and infer fields (docs/measurement.md#official-results-json).
 TRUTH_FIELDS = {"file", "classes", "class", "bytes_to_send", "stride", "total_length"}
 INFER_FIELDS = {
     "start_time",
@@ -295,7 +296,7 @@ def write_ad01_two_windows(root: Path, per_class: int) -> dict[str, tuple[int, f
 
 def printed_vector(model: str, values: list[float]) -> list[float]:
     """The result vector as the DUT prints it and the host parses it (empty fields
-    ignored, MEASUREMENT.md §6.19)."""
+    ignored, docs/protocols.md#dut-results-lines)."""
     text = format_results(MODELS[model].result_format, values)
     return [float(f) for f in text.split(",") if f]
 
@@ -318,7 +319,8 @@ def read_samples(folder: Path, *, subset: bool) -> list[dict]:
 def check_results_json(
     folder: Path, mode: str, dataset_id: str, *, windows_per_file: int | None = None
 ) -> list[dict]:
-    """results.json element fields per MEASUREMENT.md §2.2; returns the inference elements."""
+    """results.json element fields per docs/measurement.md#official-results-json; returns the
+    inference elements."""
     elements = json.loads((folder / "results.json").read_text())
     assert isinstance(elements, list)
     inference = [e for e in elements if "infer" in e]
@@ -643,7 +645,8 @@ async def test_accuracy_kws01_subset_with_limit(sim: SimFactory, tmp_path: Path)
 
 
 def top1_quirk(scores: list[float], labels: list[int]) -> float:
-    """The official runner's AD "Top 1%" (MEASUREMENT.md §1.4), written from the text."""
+    """The official runner's AD "Top 1%" (docs/measurement.md#anomaly-detection), written from
+    the text."""
     s = np.array(scores)
     y = np.array(labels)
     best = 0.0
@@ -822,7 +825,7 @@ async def test_latency_percentiles_from_the_simulated_inference_times(
         assert scoring.loadgen_percentile(ns, p) == v
     estimate = scoring.early_stopping(n, 0.9, ns).estimate_ns
     assert estimate is not None
-    if n == 100:  # MEASUREMENT.md §5.3: N = 100 -> t = 3, the estimate is sorted[97]
+    if n == 100:  # docs/measurement.md#early-stopping: N = 100 -> t = 3, the estimate is sorted[97]
         assert estimate == ns[97]
     mean = sum(ns) // n
 
@@ -862,10 +865,10 @@ async def test_latency_percentiles_from_the_simulated_inference_times(
 async def test_latency_run_ended_by_the_minimum_duration_is_valid(
     sim: SimFactory, tmp_path: Path
 ) -> None:
-    """LoadGen takes the minimum duration at the issue time of the last query (MEASUREMENT.md
-    §5.1): when the duration, not the query count, ends the run (64 queries of ~30 ms at
-    115200 baud take ~2 s), the last query must be issued at or after it, so the run is
-    VALID."""
+    """LoadGen takes the minimum duration at the issue time of the last query
+    (docs/measurement.md#latency-queries): when the duration, not the query count, ends the run
+    (64 queries of ~30 ms at 115200 baud take ~2 s), the last query must be issued at or after
+    it, so the run is VALID."""
     s = await sim(board("b", "kws01", median_s=0.002))
     synth_dataset(tmp_path / "ds", "kws01", limit=5)
     settings = RunSettings(min_queries=64, min_duration_s=3.0, latency_inputs=1)

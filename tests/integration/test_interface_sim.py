@@ -124,7 +124,8 @@ async def rig(tmp_path: Path) -> AsyncIterator[RigFactory]:
 
 
 async def test_example_exchange_with_a_performance_build(rig: RigFactory) -> None:
-    """PROTOCOLS.md §3.2's example, byte for byte, including the full-size kws01 load."""
+    """The example of docs/protocols.md#interface-passthrough, byte for byte, including the
+    full-size kws01 load."""
     r = await rig("performance", "kws01")
     client = r.client
     assert await client.name() == "tinyML Enhanced Interface Board"

@@ -1,5 +1,6 @@
-"""The benchmark catalogue matches MEASUREMENT.md §1.2 (scripts, bauds, voltage), §3.4
-(targets per version) and §4 (classes, sizes); lookups accept ids and aliases."""
+"""The benchmark catalogue matches docs/measurement.md#benchmarks (scripts, bauds, voltage),
+docs/measurement.md#accuracy-targets (targets per version) and docs/measurement.md#datasets
+(classes, sizes); lookups accept ids and aliases."""
 
 from __future__ import annotations
 
@@ -58,7 +59,7 @@ def test_unknown_benchmark_lists_the_known_ones() -> None:
     )
 
 
-# MEASUREMENT.md §3.4: closed-division targets; ic02 only from v1.4.
+# docs/measurement.md#accuracy-targets: closed-division targets; ic02 only from v1.4.
 TARGETS = {
     "kws01": ("top1", 90.0),
     "vww01": ("top1", 80.0),
@@ -87,7 +88,8 @@ def test_ic02_exists_only_from_v1_4() -> None:
 
 
 def test_targets_compare_the_printed_rounded_value() -> None:
-    # MEASUREMENT.md §6.13: 89.95 prints as "90.0" and passes kws; 0.8495 prints "0.850".
+    # docs/measurement.md#accuracy-targets: 89.95 prints as "90.0" and passes kws; 0.8495
+    # prints "0.850".
     kws = check_accuracy_target("kws01", 89.95)
     assert kws.printed == "90.0" and kws.passed
     assert not check_accuracy_target("kws01", 89.94).passed
@@ -99,7 +101,7 @@ def test_targets_compare_the_printed_rounded_value() -> None:
     assert ad_target.describe() == "AUC >= 0.85 (v1.4)"
 
 
-# MEASUREMENT.md §1.2: (loop, N, W, reset) per mode; loop None = every row / window.
+# docs/measurement.md#benchmarks: (loop, N, W, reset) per mode; loop None = every row / window.
 SCRIPTS = {
     "kws01": {"performance": (5, 70, 10), "accuracy": (None, 1, 0), "energy": (5, 70, 10)},
     "vww01": {"performance": (5, 20, 5), "accuracy": (None, 1, 0), "energy": (5, 20, 5)},

@@ -3,8 +3,8 @@ records, through the same ``RunFolder`` / ``farm.scoring`` code as ``farm run``.
 
 Every expected number below is worked out by hand in the test (window times chosen so the
 throughputs are exact, power traces of exactly representable values, latencies whose sorted
-order is known), from the official tools' rules; the checker's patterns are
-written from its §2.1 paraphrase. The equivalence tests feed the same samples to
+order is known), from the official tools' rules; the checker's patterns are written from
+docs/measurement.md#official-results-lines. The equivalence tests feed the same samples to
 ``RunFolder.create`` + ``add_sample`` + ``finish`` (what ``farm run`` does, with a
 synthesized dataset loaded from disk) and compare the files.
 """
@@ -30,7 +30,7 @@ from farm.messages import RunInfoRecord
 from farm.run_output import INCOMPLETE, RunFolder
 from farm.sample import Sample
 
-# -- the official checker's patterns (MEASUREMENT.md §2.1) -------------------------------------
+# -- the official checker's patterns (docs/measurement.md#official-results-lines) --------------
 
 PERF_MEDIAN = re.compile(r"^.* Median throughput is\s+([0-9.]+) inf\./sec\.")
 TOP1 = re.compile(r"^.* Top[- ]1%?\s*[:=] ([0-9.]+)")
@@ -57,7 +57,7 @@ SUMMARY_KEYS = {
     "artifacts",
 }
 
-#: kws01 rows 1-5 (MEASUREMENT.md §4): the label is the number in the file name.
+#: kws01 rows 1-5 (docs/measurement.md#datasets): the label is the number in the file name.
 KWS_FIRST_FIVE = [
     ("tst_000000_Stop_7.bin", 7),
     ("tst_000001_Left_2.bin", 2),
@@ -413,7 +413,7 @@ def test_ad01_auc_over_per_file_means(tmp_path: Path) -> None:
     rows = official_rows("ad01")
     normal = [r.index for r in rows if r.label == 0]
     anomaly = [r.index for r in rows if r.label == 1]
-    assert (len(normal), len(anomaly)) == (140, 108)  # MEASUREMENT.md §4
+    assert (len(normal), len(anomaly)) == (140, 108)  # docs/measurement.md#datasets
     # Per-file means: 130 normal files 0.1, the last 10 normal files 0.9, anomalies 0.5.
     # AUC = P(anomaly score > normal score) = 130 x 108 / (140 x 108) = 13/14 = 0.92857...,
     # printed 0.929; ad's target is 0.85.
@@ -439,7 +439,7 @@ def test_ad01_alt_index_below_target(tmp_path: Path) -> None:
     rows = official_rows("ad01", alt=True)
     normal = [r.index for r in rows if r.label == 0]
     anomaly = [r.index for r in rows if r.label == 1]
-    assert (len(normal), len(anomaly)) == (36, 36)  # y_labels_alt.csv, MEASUREMENT.md §4
+    assert (len(normal), len(anomaly)) == (36, 36)  # y_labels_alt.csv, docs/measurement.md#datasets
     # 30 normal files 0.2, 6 normal files 0.8, anomalies 0.6:
     # AUC = 30 x 36 / (36 x 36) = 0.8333..., printed 0.833 < 0.85.
     score = {i: 0.2 for i in normal[:30]} | {i: 0.8 for i in normal[30:]}
@@ -483,7 +483,8 @@ def test_latency_loadgen_percentiles(tmp_path: Path) -> None:
     # 100 queries, latencies 1000, 1010, ..., 1990 µs, issued in a shuffled order, so
     # sorted[i] = 1000 + 10 i. LoadGen: value = sorted[floor(N p)]:
     #   p50 -> sorted[50] = 1500, p90 -> sorted[90] = 1900, p99 -> sorted[99] = 1990.
-    # Early stopping, N = 100 (MEASUREMENT.md §5.3 table): t = 3, estimate sorted[97] = 1970.
+    # Early stopping, N = 100 (docs/measurement.md#early-stopping): t = 3, estimate
+    # sorted[97] = 1970.
     latencies = [1000 + 10 * i for i in range(100)]
     random.Random(7).shuffle(latencies)
     folder = tmp_path / "f"
@@ -618,9 +619,9 @@ def test_energy_short_window_errors_in_log_only(tmp_path: Path) -> None:
 
 
 def test_energy_unparsable_sample_stored_as_null_scores_nan(tmp_path: Path) -> None:
-    # An unparsable monitor sample is NaN (MEASUREMENT.md §1.5); JSON written by pydantic
-    # holds it as null. Inside window 1 it makes that window's energy NaN, so the median is
-    # NaN (numpy's rule): printed "  nan", which the checker's [0-9.]+ cannot capture.
+    # An unparsable monitor sample is NaN (docs/measurement.md#energy-validity); JSON written
+    # by pydantic holds it as null. Inside window 1 it makes that window's energy NaN, so the
+    # median is NaN (numpy's rule): printed "  nan", which the checker's [0-9.]+ cannot capture.
     records = [energy_record(seq, k) for seq, k in enumerate([2, 5, 3, 1, 4])]
     trace = list(records[1]["power_samples"])
     trace[5000] = None
@@ -636,7 +637,7 @@ def test_energy_unparsable_sample_stored_as_null_scores_nan(tmp_path: Path) -> N
 def test_ad01_performance_total_length_is_assumed_and_logged(tmp_path: Path) -> None:
     # Performance samples are each file's first window only: the window count per file is
     # not in them; results.json's total_length takes the 102,400-byte files' 196 windows
-    # ((102400 - 2560) / 512 + 1 = 196, MEASUREMENT.md §1.4) and the log says so.
+    # ((102400 - 2560) / 512 + 1 = 196, docs/measurement.md#datasets) and the log says so.
     records = [
         {**r, "index": i, "label": 0, "segment": 0, "results": [0.5]}
         for i, r in enumerate(perf_records(PERF_WINDOWS))

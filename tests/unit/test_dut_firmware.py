@@ -1,4 +1,5 @@
-"""The DUT firmware model (device side): exact strings and every quirk of PROTOCOLS.md §2."""
+"""The DUT firmware model (device side): exact strings and every quirk of
+docs/protocols.md#dut."""
 
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ def test_commands_completed_during_boot_are_dropped_silently() -> None:
     assert run(f, b"name%") == b"m-name-dut-[unspecified]\r\nm-ready\r\n"
 
 
-# --- commands (§2.4) ------------------------------------------------------------------------
+# --- commands (docs/protocols.md#dut-commands) ----------------------------------------------
 
 
 def test_name_and_profile() -> None:
@@ -154,7 +155,7 @@ def test_db_print_dumps_the_declared_buffer_with_the_extra_blank_line() -> None:
     )
 
 
-# --- errors (§2.5), every row ---------------------------------------------------------------
+# --- errors (docs/protocols.md#dut-errors), every row ---------------------------------------
 
 
 def test_unknown_command() -> None:

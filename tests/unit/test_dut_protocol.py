@@ -35,7 +35,7 @@ def test_encode_refuses_what_the_firmware_would_mangle(bad: str) -> None:
         dut.encode_command(bad)
 
 
-# --- classification: the exact lines of PROTOCOLS.md §2.3-2.6 --------------------------------
+# --- classification: the exact lines of docs/protocols.md#dut ----------------------------------
 
 
 @pytest.mark.parametrize(

@@ -118,7 +118,7 @@ def test_encode_passthrough_refuses_empty_and_bad_characters(bad: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# matching rules (§3.1)
+# matching rules (docs/protocols.md#interface-commands)
 # --------------------------------------------------------------------------------------------
 
 
@@ -374,7 +374,7 @@ def test_host_reads_empty_dutycycle_with_bare_ready() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# passthrough forwarder (§3.2)
+# passthrough forwarder (docs/protocols.md#interface-passthrough)
 # --------------------------------------------------------------------------------------------
 
 
@@ -436,7 +436,8 @@ def test_forwarder_clear() -> None:
 # host state machine
 # --------------------------------------------------------------------------------------------
 
-# The §3.2 example exchange, as bytes on the wire (CRLF restored).
+# The example exchange of docs/protocols.md#interface-passthrough, as bytes on the wire (CRLF
+# restored).
 EXAMPLE = [
     ("name", b"tinyML Enhanced Interface Board\r\nm-ready\r\n"),
     (

@@ -1,5 +1,5 @@
-"""farm.scoring: performance mode, targets and the package contract (MEASUREMENT.md §1.3,
-§3.4, §6.2-6.6, §6.13)."""
+"""farm.scoring: performance mode, targets and the package contract
+(docs/measurement.md#performance-mode, docs/measurement.md#accuracy-targets)."""
 
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ from farm.scoring import (
 )
 from farm.scoring.performance import ERROR_1, ERROR_2, RULE
 
-# The checker's perf pattern (§2.1): from line start, anything, a space, the phrase, >= 1
-# whitespace, the number, " inf./sec.".
+# The checker's perf pattern (docs/measurement.md#official-results-lines): from line start,
+# anything, a space, the phrase, >= 1 whitespace, the number, " inf./sec.".
 CHECKER_PERF = re.compile(r"^.* Median throughput is\s+([0-9.]+) inf\./sec\.")
 
 
@@ -76,8 +76,9 @@ def test_median_of_five_is_the_third_sorted_window() -> None:
 
 
 def test_latency_is_final_report_1000_over_median() -> None:
-    # MEASUREMENT.md §1.3: median 15396.099 inf/s -> 0.064951 ms (a window mean, not a p90).
-    # The document truncates: 1000 / 15396.099 = 0.06495155..., which rounds to 0.064952.
+    # docs/measurement.md#published-latency: median 15396.099 inf/s -> 0.064951 ms (a window
+    # mean, not a p90), quoted truncated: 1000 / 15396.099 = 0.06495155..., which rounds to
+    # 0.064952.
     windows = [perf_window_from_elapsed(15396099, 1_000_000_000)] * 5
     result = score_performance(windows, loop_seconds=5000.0)
     assert result.median_throughput == 15396.099
@@ -191,7 +192,7 @@ def test_zero_elapsed_enters_median_as_zero() -> None:
 
 def test_python_rounds_the_binary_double_when_printing() -> None:
     # 89.95 is stored as 89.9500000000000028..., 89.85 as 89.8499999999999943...; the
-    # %-operator (what the brief and MEASUREMENT.md quote) and the runner's f-string agree.
+    # %-operator (what the official tools' documentation quotes) and the runner's f-string agree.
     assert "%.1f" % 89.95 == "90.0" == f"{89.95:2.1f}"  # noqa: UP031
     assert "%.1f" % 89.85 == "89.8" == f"{89.85:2.1f}"  # noqa: UP031
     assert "%.1f" % 90.05 == "90.0"  # noqa: UP031

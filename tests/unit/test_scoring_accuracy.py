@@ -1,4 +1,4 @@
-"""Accuracy scoring (MEASUREMENT.md §1.4, §6.9-6.12, §6.19): each number equals what the
+"""Accuracy scoring (docs/measurement.md#accuracy-mode): each number equals what the
 official runner computes, checked against an independent numpy/scikit-learn transcription
 of its summary step and against hand-computed examples."""
 

@@ -1,4 +1,4 @@
-"""Energy scoring (MEASUREMENT.md §1.5, §6.17): the window between the last two events, the
+"""Energy scoring (docs/measurement.md#energy-mode): the window between the last two events, the
 runner's time subtraction, numpy's sum and median, and the validity lines."""
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ def samples_with(n: int, value: float = 3.2e-6, seed: int = 0) -> list[float]:
 
 def test_elapsed_is_the_runners_difference_of_times() -> None:
     # The runner divides each index by 1000, then subtracts: 10886 samples print as
-    # 10.886000000000001 (the block in MEASUREMENT.md §2.1); (stop - start)/1000 would be 10.886.
+    # 10.886000000000001 (docs/measurement.md#energy-per-inference); (stop - start)/1000 would
+    # be 10.886.
     samples = samples_with(13000)
     window = energy_window(samples, [(0, 1459), (1, 12345)], 250)
     assert window.elapsed_s == 12345 / 1000 - 1459 / 1000 == 10.886000000000001

@@ -1,4 +1,4 @@
-"""LoadGen SingleStream statistics (MEASUREMENT.md §5.2-5.3, §6.26): floor-index
+"""LoadGen SingleStream statistics (docs/measurement.md#latency-mode-supplemental): floor-index
 percentiles, integer mean, and early stopping reproduced to LoadGen's tables."""
 
 from __future__ import annotations
