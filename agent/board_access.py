@@ -13,7 +13,7 @@ import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.config import BoardConfig, render_command
+from agent.config import BoardConfig, Build, render_command
 from agent.discovery import MatchError, ResolvedBoard, list_ports, resolve_board
 from agent.dut_client import DirectChannel, DutClient
 from agent.interface_client import InterfaceClient
@@ -193,11 +193,11 @@ class BoardAccess:
         log.info("power_cycled", board=self.cfg.id, how=done)
         return done
 
-    def image(self, model: str, build: str) -> Path | None:
+    def image(self, model: str, build: Build) -> Path | None:
         """The configured image for ``model`` and ``build``, if any."""
-        return self.cfg.firmware.images.get(model, {}).get(build)  # type: ignore[call-overload]
+        return self.cfg.firmware.images.get(model, {}).get(build)
 
-    async def flash(self, model: str, build: str) -> float:
+    async def flash(self, model: str, build: Build) -> float:
         """Flash the configured image with the flash command; return the seconds it took.
         Waits for the ports to re-enumerate."""
         image = self.image(model, build)

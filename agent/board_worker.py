@@ -16,10 +16,12 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
+
+from pydantic import BaseModel
 
 from agent.board_access import BoardAccess, BoardUnavailable, CommandFailed, Identity
-from agent.config import BoardConfig
+from agent.config import BoardConfig, Build
 from agent.discovery import MatchError
 from agent.dut_client import DirectChannel, DutClient
 from agent.health import BoardHealth
@@ -33,6 +35,8 @@ from farm.logs import get_logger
 from farm.messages import (
     SAMPLE_BATCH,
     Accepted,
+    AckOutcome,
+    BoardState,
     BoardStatus,
     Cancelled,
     CommandAck,
@@ -103,7 +107,7 @@ class BoardWorker:
         """(samples, seconds): a sample batch leaves when it holds this many or is this old."""
         self.on_status = on_status
         self.ack = ack
-        self.state = "idle"
+        self.state: BoardState = "idle"
         self.identity: Identity | None = None
         self.run_id: str | None = None
         self.last_error: str | None = None
@@ -124,7 +128,7 @@ class BoardWorker:
         return BoardStatus(
             agent=self.agent,
             board=self.id,
-            state=self.state,  # type: ignore[arg-type]
+            state=self.state,
             health=self.health.health,
             health_reason=self.health.reason,
             model=self.identity.model if self.identity else None,
@@ -259,13 +263,15 @@ class BoardWorker:
             detail.update(model=self.identity.model, build=self.identity.build)
         await self._ack(job, "done", None, detail)
 
-    async def _ack(self, job: Job, outcome: str, reason: str | None, detail: dict) -> None:
+    async def _ack(
+        self, job: Job, outcome: AckOutcome, reason: str | None, detail: dict[str, Any]
+    ) -> None:
         await self.ack(
             CommandAck(
                 agent=self.agent,
                 command=job.id,
                 type=job.type,
-                outcome=outcome,  # type: ignore[arg-type]
+                outcome=outcome,
                 reason=reason,
                 board=self.id,
                 detail=detail,
@@ -477,7 +483,7 @@ class BoardWorker:
 
     async def _ensure_firmware(self, job: RunCommand, bench: Benchmark) -> Identity:
         """Health check; flash the benchmark's firmware if the board holds another."""
-        need = "energy" if job.mode == "energy" else "performance"
+        need: Build = "energy" if job.mode == "energy" else "performance"
         if job.mode == "energy" and not self.cfg.energy_capable:
             raise RunRefused(f"board {self.id} has no interface board and energy monitor")
         identity = await self._check(explicit=False)
@@ -623,8 +629,9 @@ class _Tally:
         self.digest.update(record)
 
 
-def _event_name(kind: type) -> str:
-    return kind.model_fields["event"].annotation.__args__[0]  # type: ignore[attr-defined]
+def _event_name(kind: type[BaseModel]) -> str:
+    name: str = get_args(kind.model_fields["event"].annotation)[0]
+    return name
 
 
 def _infrastructure(exc: Exception) -> bool:

@@ -13,7 +13,7 @@ import json
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
 from rich.markup import escape
@@ -22,6 +22,7 @@ from rich.table import Table
 from farm.catalog import get_dataset_spec
 from farm.cli_common import console, err, error, fail, needs_extra
 from farm.datasets import INDEX
+from farm.messages import Mode
 from farm.yaml_config import ConfigError
 
 if TYPE_CHECKING:
@@ -276,7 +277,7 @@ def run(
     )
     request = RunRequest(
         benchmark=benchmark,
-        mode=mode,  # type: ignore[arg-type] - validated by prepare()
+        mode=cast(Mode, mode),  # prepare() refuses an unknown mode, naming the known ones
         dataset=dataset,
         out=out,
         port=port,

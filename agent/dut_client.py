@@ -14,6 +14,7 @@ from agent.serial_link import SerialLink
 from farm.logs import get_logger
 from farm.models import ModelSpec, results_well_formed
 from farm.protocol import dut
+from farm.protocol.lines import text
 from farm.wire import WireModel
 
 log = get_logger("agent.dut_client")
@@ -171,6 +172,8 @@ class DirectChannel:
                 if not done.done():
                     done.set_exception(self.link.lost_error())
 
+            timer: asyncio.TimerHandle | None = None
+
             def on_timer() -> None:
                 nonlocal timer
                 if done.done():
@@ -181,7 +184,6 @@ class DirectChannel:
                     done.set_exception(TimeoutError())
 
             self.link.attach(on_data, on_lost)
-            timer: asyncio.TimerHandle | None = None
             try:
                 if not self.link.is_open:
                     raise self.link.lost_error()
@@ -384,7 +386,7 @@ class DutClient:
             raise GarbledReply(f"{port}: asked for {count} inferences, DUT started {start.count}")
         printed = _one(port, reply, dut.Results)
         if self.model is not None:
-            body = dut.text(printed.line)[len("m-results-[") : -1]
+            body = text(printed.line)[len("m-results-[") : -1]
             if not results_well_formed(self.model.result_format, body, self.model.outputs):
                 raise GarbledReply(f"{port}: malformed results line {printed.line[:60]!r}")
         laps = reply.laps

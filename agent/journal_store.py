@@ -222,7 +222,8 @@ class Store:
     @staticmethod
     def _newest_pending(conn: sqlite3.Connection) -> int:
         # max() of the rowid is one B-tree descent.
-        return conn.execute("SELECT coalesce(max(id), 0) FROM outbox").fetchone()[0]
+        newest: int = conn.execute("SELECT coalesce(max(id), 0) FROM outbox").fetchone()[0]
+        return newest
 
     def enqueue(
         self, items: list[tuple[str, bytes]], run: str | None, last_seq: int | None

@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Literal, Protocol, TypeVar
 
 from agent.dut_client import DutClient, InferResult
@@ -49,11 +50,20 @@ T = TypeVar("T")
 class Input(Protocol):
     """One inference input from a dataset (a file, or one AD window of it)."""
 
-    index: int
-    """Row of ``y_labels.csv`` (0-based)."""
-    segment: int | None
-    """AD window number within the file; ``None`` for the other benchmarks."""
-    label: int
+    @property
+    def index(self) -> int:
+        """Row of ``y_labels.csv`` (0-based)."""
+        ...
+
+    @property
+    def segment(self) -> int | None:
+        """AD window number within the file; ``None`` for the other benchmarks."""
+        ...
+
+    @property
+    def label(self) -> int:
+        """The row's true label."""
+        ...
 
     def read(self) -> bytes:
         """The bytes to download."""
@@ -171,7 +181,7 @@ class Runner:
             if seq in skip:
                 continue
             item = inputs[seq]
-            result = await self._attempt(lambda item=item: self._load_infer(item, 1, 0, True))
+            result = await self._attempt(partial(self._load_infer, item, 1, 0, True))
             yield self._sample(seq, item, None, result)
             self._report(seq + 1, total, 1, 0)
 
@@ -182,7 +192,7 @@ class Runner:
         for seq, item in enumerate(windows):
             started = time.monotonic()
             result = await self._attempt(
-                lambda item=item: self._load_infer(item, count, self.info.warmup, True)
+                partial(self._load_infer, item, count, self.info.warmup, True)
             )
             wall = time.monotonic() - started
             yield self._sample(seq, item, seq, result, wall_s=wall)
@@ -279,9 +289,7 @@ class Runner:
             for item in rotation:
                 for _ in range(per_input):
                     self.info.last_issue_s = time.monotonic() - started
-                    result = await self._attempt(
-                        lambda item=item: self._load_infer(item, 1, 0, False)
-                    )
+                    result = await self._attempt(partial(self._load_infer, item, 1, 0, False))
                     yield self._sample(seq, item, None, result, correct_lap=True)
                     seq += 1
                     self._report(seq, target or expected_total, 1, 0, download=False)

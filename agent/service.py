@@ -22,6 +22,7 @@ import signal
 import time
 from collections import Counter
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 import aiomqtt
 from pydantic import ValidationError
@@ -40,6 +41,7 @@ from farm.messages import (
     MAX_COMMAND_BYTES,
     PROTOCOL_VERSION,
     SCHEMA,
+    AckOutcome,
     AgentStatus,
     BoardStatus,
     CancelCommand,
@@ -365,10 +367,10 @@ class AgentService:
             await self._publish_agent_status()
             return
         if isinstance(command, CancelCommand):
-            for worker in self.workers.values():
-                if await worker.cancel(command.run):
+            for candidate in self.workers.values():
+                if await candidate.cancel(command.run):
                     await self.journal.record_command(command.id, "accepted")
-                    await self._ack(self._ack_for(command, "done", board=worker.id))
+                    await self._ack(self._ack_for(command, "done", board=candidate.id))
                     return
             await self._ack(self._ack_for(command, "failed", reason=f"no run {command.run} here"))
             return
@@ -422,17 +424,17 @@ class AgentService:
     def _ack_for(
         self,
         command: Command,
-        outcome: str,
+        outcome: AckOutcome,
         *,
         board: str | None = None,
         reason: str | None = None,
-        detail: dict | None = None,
+        detail: dict[str, Any] | None = None,
     ) -> CommandAck:
         return CommandAck(
             agent=self.agent,
             command=command.id,
             type=command.type,
-            outcome=outcome,  # type: ignore[arg-type]
+            outcome=outcome,
             reason=reason,
             board=board,
             run=getattr(command, "run", None),

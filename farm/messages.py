@@ -29,7 +29,7 @@ import json
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 from pydantic_core import SchemaValidator
@@ -37,7 +37,7 @@ from pydantic_core import SchemaValidator
 from farm.sample import Sample
 from farm.storable import storable_schema
 
-SCHEMA = "farm/v1"
+SCHEMA: Final = "farm/v1"
 PREFIX = "farm/v1"
 PROTOCOL_VERSION = 1
 """Bumped when a message changes incompatibly; the controller refuses other versions."""
@@ -52,6 +52,7 @@ Mode = Literal["performance", "accuracy", "energy", "latency"]
 Build = Literal["performance", "energy"]
 BoardState = Literal["idle", "busy", "flashing", "offline"]
 Health = Literal["good", "unknown", "bad"]
+AckOutcome = Literal["accepted", "rejected", "duplicate", "done", "failed"]
 
 
 # -- topics -----------------------------------------------------------------------------------
@@ -310,7 +311,7 @@ class CommandAck(Message):
     command: str | None
     """The command id (``None`` when the payload had none that could be read)."""
     type: str | None = None
-    outcome: Literal["accepted", "rejected", "duplicate", "done", "failed"]
+    outcome: AckOutcome
     reason: str | None = None
     board: str | None = None
     run: str | None = None
@@ -399,7 +400,9 @@ class SampleBatchSchema:
         Raises ``pydantic.ValidationError`` for what the model refuses and also for a number
         beyond a double's range in a float field (``1e400``, which the model reads as
         infinity and JSON cannot hold)."""
-        return self._validator.validate_json(payload, strict=True)
+        # The validator's schema is a typed dict (:func:`storable_schema`): it returns a dict.
+        batch: dict[str, Any] = self._validator.validate_json(payload, strict=True)
+        return batch
 
 
 #: The sample batch of this protocol version.

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -54,7 +54,10 @@ class RunInfoLike(Protocol):
 class DatasetLike(Protocol):
     """The dataset the run used (``farm.datasets.Dataset``)."""
 
-    rows: list[Any]
+    @property
+    def rows(self) -> Sequence[Any]:
+        """The index rows, by row number."""
+        ...
 
 
 def stamp(t: float | None = None) -> str:

@@ -12,9 +12,10 @@ for "validate to plain values, keeping the input's numbers" would remove this mo
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from pydantic_core import core_schema
+from pydantic_core import CoreSchema, core_schema
 
 #: Numeric constraints a float field may carry (copied to the integer alternative).
 _BOUNDS = ("ge", "gt", "le", "lt")
@@ -22,7 +23,7 @@ _BOUNDS = ("ge", "gt", "le", "lt")
 _FIELD_KEYS = frozenset({"type", "schema", "metadata", "validation_alias", "serialization_alias"})
 
 
-def storable_schema(schema: dict[str, Any]) -> dict[str, Any]:
+def storable_schema(schema: Mapping[str, Any]) -> CoreSchema:
     """``schema`` (a pydantic core schema of the message contract) turned into one that
     validates the same JSON but returns what a store of the payload's values needs: plain
     dicts with sorted keys and every null-default field stated, and the payload's own numbers

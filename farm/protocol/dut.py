@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import re
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import TypeVar
 
 from farm.protocol.errors import LocalProtocolError
 from farm.protocol.events import Event
@@ -254,13 +256,15 @@ def classify_line(line: bytes) -> DutEvent:
             return kind(line, int(m.group(1)), int(m.group(2)))
         if kind in (Expecting, WarmupStart, InferStart, Lap):
             return kind(line, int(m.group(1)))
-        if m.groups():
+        if kind in (TimestampMode, Name, Profile, Model, DeviceError):
             return kind(line, m.group(1))
         return kind(line)
     return Unknown(line)
 
 
 # --- replies --------------------------------------------------------------------------------
+
+_E = TypeVar("_E", bound=DutEvent)
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,7 +279,7 @@ class DutReply:
         """The raw lines, in order."""
         return tuple(e.line for e in self.events)
 
-    def of(self, kind: type[DutEvent]) -> list:
+    def of(self, kind: type[_E]) -> list[_E]:
         """Every event of one kind, in order."""
         return [e for e in self.events if isinstance(e, kind)]
 
@@ -307,7 +311,7 @@ class DutReply:
         return found[-1].values if found else None
 
 
-def lines_text(events: list[DutEvent] | tuple[DutEvent, ...]) -> str:
+def lines_text(events: Sequence[DutEvent]) -> str:
     """The events' lines as one readable string (for error messages)."""
     return "; ".join(text(e.line) for e in events)
 
