@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -448,6 +449,10 @@ def demo(
     out: Annotated[
         Path | None, typer.Option(help="Working directory (default: a temp dir)")
     ] = None,
+    stop: Annotated[
+        Path | None,
+        typer.Option(help="Stop the demo left running (--keep) in this working directory"),
+    ] = None,
     redis: RedisOpt = None,
     broker: BrokerOpt = None,
     results: ResultsOpt = None,
@@ -456,9 +461,18 @@ def demo(
     """The whole farm on this machine: simulated boards, an agent, ingest and workers; a
     sweep of all four benchmarks; live progress; the results table; a clean shutdown."""
     settings = _settings(redis, broker, results)
-    from controller.demo import DemoError, DemoFarm
+    from controller.demo import DemoError, DemoFarm, stop_left_running
     from controller.report import render, sweep_report
 
+    if stop is not None:
+        try:
+            stopped = stop_left_running(stop)
+        except DemoError as exc:
+            raise fail(str(exc)) from None
+        err.print(f"stopped {len(stopped)} processes of the demo in {stop}", highlight=False)
+        return
+    # SIGTERM (a service manager, `timeout`) stops the demo as Ctrl-C does: in order.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     work = out or Path(tempfile.mkdtemp(prefix="tinyfarm-demo-"))
     if results is None and not os.environ.get("FARM_RESULTS_DIR"):
         settings = type(settings)(settings.redis_url, settings.broker_url, work / "results")
@@ -481,13 +495,13 @@ def demo(
                 where.append(f"metrics: {farm.metrics_url}")
             err.print("; ".join(where), highlight=False, soft_wrap=True)
             if keep:
-                pids = farm.dir / "pids"
-                pids.write_text(" ".join(str(p.pid) for _, p in farm.procs) + "\n")
+                farm.record_pids()
                 err.print(
                     f"left running (--keep): FARM_REDIS_URL={farm.settings.redis_url} "
                     f"FARM_MQTT_URL={farm.settings.broker_url}; scrape "
                     f"{farm.metrics_url or 'the exporter'} with Prometheus and add it to "
-                    f"Grafana (deploy/grafana has the provisioning); stop with: kill $(cat {pids})",
+                    f"Grafana (deploy/grafana has the provisioning); stop with: "
+                    f"farm demo --stop {farm.dir}",
                     highlight=False,
                     soft_wrap=True,
                 )

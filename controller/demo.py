@@ -29,6 +29,7 @@ import redis
 
 from controller import keys
 from controller.settings import Settings
+from controller.stopping import stop_in_order
 from controller.sweeps import SweepSpec, submit
 from farm.messages import RunOptions
 
@@ -51,7 +52,9 @@ QUICK_BAUD = 921600
 MODELS = ("kws01", "vww01", "ic01", "ad01")
 BENCHMARKS = list(MODELS)
 MODES = ["performance", "accuracy", "latency", "energy"]
-STOP_TIMEOUT_S = 15.0
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: Where a demo left running (``--keep``) records its processes for ``farm demo --stop``.
+PIDS_FILE = "pids.json"
 
 
 class DemoError(RuntimeError):
@@ -137,22 +140,23 @@ class DemoFarm:
         }
 
     def stop(self) -> None:
-        """Stop every process, newest first: SIGTERM, then SIGKILL after a grace period."""
-        while self.procs:
-            _, process = self.procs.pop()
-            if process.poll() is not None:
-                continue
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait(5)
-            # Whatever a service left in its process group: make sure none is left.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(process.pid, signal.SIGKILL)
+        """Stop every process in dependency order, bounded (:func:`stop_in_order`); a stop
+        signal meanwhile is ignored, so that a second Ctrl-C cannot leave half of it running."""
+        procs, self.procs = self.procs, []
+        previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in STOP_SIGNALS}
+        try:
+            stop_in_order([(name, process.pid) for name, process in procs])
+            for _, process in procs:
+                process.poll()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def record_pids(self) -> Path:
+        """Write ``DIR/pids.json`` (name and pid of every process) for ``farm demo --stop``."""
+        path = self.dir / PIDS_FILE
+        path.write_text(json.dumps([[name, p.pid] for name, p in self.procs]) + "\n")
+        return path
 
     # -- services -------------------------------------------------------------------------------
 
@@ -322,3 +326,23 @@ class DemoFarm:
         )
         sweep_id, run_ids, _skipped = submit(self.redis, spec)
         return sweep_id, run_ids
+
+
+def stop_left_running(work: Path) -> list[str]:
+    """Stop a demo left running with ``--keep`` from its ``pids.json``; the names stopped.
+
+    Only processes that are still the demo's are signalled: each was started as a session
+    leader, so a pid reused by an unrelated process since is not (its session differs)."""
+    path = work / PIDS_FILE
+    try:
+        recorded = [(str(name), int(pid)) for name, pid in json.loads(path.read_text())]
+    except (OSError, ValueError, TypeError) as exc:
+        raise DemoError(f"{path}: not the pids file of a demo left running ({exc})") from None
+    procs = []
+    for name, pid in recorded:
+        with contextlib.suppress(OSError):
+            if os.getsid(pid) == pid:
+                procs.append((name, pid))
+    stop_in_order(procs)
+    path.unlink()
+    return [name for name, _ in procs]

@@ -249,8 +249,14 @@ def descendants(pid: int) -> list[int]:
 
 
 def alive(pids: list[int]) -> list[int]:
-    """Those of ``pids`` that are still processes."""
-    return [pid for pid in pids if os.path.exists(f"/proc/{pid}")]
+    """Those of ``pids`` that are still running (a zombie has exited: only its parent, or
+    init for an orphan, has yet to collect its status)."""
+    found = []
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                found.append(pid)
+    return found
 
 
 class Proc:
