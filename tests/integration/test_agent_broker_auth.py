@@ -96,7 +96,7 @@ async def test_agent_connects_over_tls_with_a_password_file(tmp_path: Path) -> N
         await send(
             lab.broker.url, AGENT, {"type": "health-check", "id": "hc-tls", "board": "kws-a"}
         )
-        await wait_until(lambda: lab.observer.ack("hc-tls", "done"), 15, "health check over TLS")
+        await wait_until(lambda: lab.observer.ack("hc-tls", "done"), 30, "health check over TLS")
         broker_log = (lab.broker.dir / "mosquitto.log").read_text()
         assert "farm-agent-lab1" in broker_log and "u'pi1'" in broker_log
     finally:

@@ -175,10 +175,10 @@ async def test_commands_are_acknowledged_idempotent_and_validated(two_boards: La
 
     # A health check, then the same command id again: acknowledged as a duplicate, not run.
     await send(url, AGENT, {"id": "hc-1", "type": "health-check", "board": "kws-a"})
-    done = await wait_until(lambda: lab.observer.ack("hc-1", "done"), 15, "health check done")
+    done = await wait_until(lambda: lab.observer.ack("hc-1", "done"), 30, "health check done")
     assert done["detail"]["model"] == "kws01"
     await send(url, AGENT, {"id": "hc-1", "type": "health-check", "board": "kws-a"})
-    await wait_until(lambda: lab.observer.ack("hc-1", "duplicate"), 10, "duplicate ack")
+    await wait_until(lambda: lab.observer.ack("hc-1", "duplicate"), 30, "duplicate ack")
     # A repeated run command id is not run twice either.
     command = await lab.run("r-once", "kws-a", "kws01", "accuracy", options={"limit": 3})
     await lab.finished("r-once")
@@ -194,7 +194,7 @@ async def test_commands_are_acknowledged_idempotent_and_validated(two_boards: La
             "mode": "accuracy",
         },
     )
-    await wait_until(lambda: lab.observer.ack(command, "duplicate"), 10, "duplicate run ack")
+    await wait_until(lambda: lab.observer.ack(command, "duplicate"), 30, "duplicate run ack")
     await asyncio.sleep(0.5)
     assert [e["event"] for e in lab.observer.events["r-once"]].count("started") == 1
 
@@ -339,7 +339,7 @@ async def test_killed_agent_leaves_its_will_and_reports_the_interrupted_run(tmp_
         await wait_until(lambda: len(lab.observer.samples["r-kill"]) > 30, 20, "samples flowing")
         # A second run waits behind the first; the same run id for another board is refused.
         await lab.run("r-queued", "kws-a", "kws01", "accuracy")
-        await wait_until(lambda: lab.observer.event("r-queued", "accepted"), 10, "queued")
+        await wait_until(lambda: lab.observer.event("r-queued", "accepted"), 30, "queued")
         await send(
             lab.broker.url,
             AGENT,
@@ -352,14 +352,14 @@ async def test_killed_agent_leaves_its_will_and_reports_the_interrupted_run(tmp_
                 "mode": "accuracy",
             },
         )
-        await wait_until(lambda: lab.observer.ack("again", "duplicate"), 10, "duplicate run id")
+        await wait_until(lambda: lab.observer.ack("again", "duplicate"), 30, "duplicate run id")
         await lab.agent.signal(signal.SIGKILL)
         offline = await wait_until(
             lambda: (
                 lab.observer.agent_status[AGENT]["state"] == "offline"
                 and lab.observer.agent_status[AGENT]
             ),
-            10,
+            30,
             "the last will",
         )
         assert offline["reason"] == "connection lost"
@@ -376,7 +376,7 @@ async def test_killed_agent_leaves_its_will_and_reports_the_interrupted_run(tmp_
         assert lab.observer.agent_status[AGENT]["state"] == "online"
         # The queued run never started, and is reported too: the controller sends it again.
         queued = await wait_until(
-            lambda: lab.observer.event("r-queued", "interrupted"), 10, "queued"
+            lambda: lab.observer.event("r-queued", "interrupted"), 30, "queued"
         )
         assert queued["last_seq"] is None
         assert "started" not in [e["event"] for e in lab.observer.events["r-queued"]]
@@ -405,7 +405,7 @@ async def test_a_hung_board_fails_the_run_with_a_reason_and_loses_health(tmp_pat
         logs = [e["message"] for e in lab.observer.events["r-hang"] if e["event"] == "log"]
         assert any("recovering" in m for m in logs) and any("power-cycled" in m for m in logs), logs
         status = await wait_until(
-            lambda: lab.board("kws-h")["state"] == "idle" and lab.board("kws-h"), 10, "idle"
+            lambda: lab.board("kws-h")["state"] == "idle" and lab.board("kws-h"), 30, "idle"
         )
         assert status["health"] in ("unknown", "bad") and status["last_error"]
     finally:
@@ -425,12 +425,12 @@ async def test_a_refused_agent_says_so_and_takes_no_runs(two_boards: Lab) -> Non
             lab.observer.agent_status[AGENT]["state"] == "refused"
             and lab.observer.agent_status[AGENT]
         ),
-        10,
+        30,
         "refused status",
     )
     assert status["reason"] == "protocol 1 is not supported"
     await lab.run("r-refused", "kws-a", "kws01", "accuracy")
-    ack = await wait_until(lambda: lab.observer.ack("cmd-r-refused"), 10, "ack")
+    ack = await wait_until(lambda: lab.observer.ack("cmd-r-refused"), 30, "ack")
     assert ack["outcome"] == "rejected" and "refused" in ack["reason"]
     assert "refused_by_controller" in lab.agent.output()
 

@@ -295,7 +295,7 @@ async def test_full_pty_buffer_waits_without_spinning(port: PtyPort) -> None:
         assert not write.done()  # the host is not reading: the device blocks, like printf
         assert cpu < 0.2  # parked on add_writer, not polling
         got = bytearray()
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(30):
             while len(got) < len(data):
                 got += await asyncio.to_thread(s.read, 65536)
             await write
@@ -338,7 +338,7 @@ async def test_wire_pair_paced_both_ways_with_transcript(tmp_path: Path) -> None
     async def recv(end, n: int) -> tuple[bytes, list[tuple[float, int]]]:
         buf = bytearray()
         marks: list[tuple[float, int]] = []
-        async with asyncio.timeout(3):
+        async with asyncio.timeout(30):
             while len(buf) < n:
                 buf += await end.read()
                 marks.append((loop.time(), len(buf)))
