@@ -28,8 +28,10 @@ from urllib.parse import urlsplit
 import redis
 
 from controller import keys
+from controller.estimate import sample_s
 from controller.settings import Settings
 from controller.sweeps import SweepSpec, submit
+from farm.catalog import get_benchmark
 from farm.messages import RunOptions
 
 #: Short runs for ``--quick``: two short windows, few queries (results marked not valid).
@@ -41,17 +43,39 @@ QUICK_OPTIONS = RunOptions(
     min_duration_s=1.5,
     latency_inputs=2,
 )
-QUICK_DATASET_ROWS = 10
-#: Without ``--quick``: the official windows and query counts, on the first 100 rows of each
-#: dataset (the full vww01 set alone takes over an hour at 115200 baud).
-DEMO_DATASET_ROWS = 100
 #: ``--quick`` runs the performance builds' serial links at this baud (a vww01 input takes
 #: 0.6 s instead of 4.8 s at the reference 115200); energy builds stay at their 9600.
 QUICK_BAUD = 921600
+#: What one accuracy run may take on the wire-time model (``controller.estimate``): each
+#: dataset subset is sized to it, so no run dominates the sweep (the full vww01 set alone takes
+#: over an hour at 115200 baud, ad01's 48,608 windows as long).
+QUICK_ACCURACY_S = 10.0
+DEMO_ACCURACY_S = 120.0
+#: Rows per subset at most (``--quick``, without).
+QUICK_MAX_ROWS = 20
+DEMO_MAX_ROWS = 100
+#: ad01 files of the subsets are this many windows long instead of 196: the demo's costliest
+#: inputs are ad01 windows (on a pty each costs about three times its wire time).
+AD_WINDOWS = 4
 MODELS = ("kws01", "vww01", "ic01", "ad01")
 BENCHMARKS = list(MODELS)
 MODES = ["performance", "accuracy", "latency", "energy"]
 STOP_TIMEOUT_S = 15.0
+
+
+def dataset_rows(quick: bool) -> dict[str, int]:
+    """Rows of each dataset subset: as many as fit the accuracy run's budget on the wire-time
+    model (at the demo's baud, ad01 at :data:`AD_WINDOWS` windows a file), at least one per
+    class (the subsets are stratified, so each holds every class and AUC is defined)."""
+    budget, cap = (QUICK_ACCURACY_S, QUICK_MAX_ROWS) if quick else (DEMO_ACCURACY_S, DEMO_MAX_ROWS)
+    rows = {}
+    for model in MODELS:
+        bench = get_benchmark(model)
+        per_row = sample_s(bench, "accuracy", baud=QUICK_BAUD if quick else None)
+        if bench.dataset.window_bytes is not None:
+            per_row *= AD_WINDOWS
+        rows[bench.dataset_id] = max(len(bench.classes), min(cap, int(budget / per_row)))
+    return rows
 
 
 class DemoError(RuntimeError):
@@ -235,8 +259,9 @@ class DemoFarm:
             "--broker",
             self.settings.broker_url,
         ]
-        rows = QUICK_DATASET_ROWS if self.quick else DEMO_DATASET_ROWS
-        args += ["--dataset-limit", str(rows)]
+        rows = dataset_rows(self.quick)
+        args += ["--dataset-limit", ",".join(f"{d}={n}" for d, n in rows.items())]
+        args += ["--dataset-windows", str(AD_WINDOWS)]
         self._farm_cli("sim", *args)
         self._wait(lambda: (sim_dir / "agent.yaml").exists(), 120, "the simulated boards")
         self.board_ids = [
