@@ -376,7 +376,7 @@ def _sweep_eta(runs: list[dict[str, str]]) -> float:
     """Seconds until the sweep ends: per board, the agent's ETA of its running run (else the
     wire-time estimate) plus the estimates of its queued runs; the slowest board's sum."""
     from controller import keys
-    from controller.estimate import SETUP_ALLOWANCE_S, estimate_run_s
+    from controller.estimate import SETUP_ALLOWANCE_S, estimate_run_s, samples_expected
     from farm.catalog import get_benchmark
     from farm.messages import RunOptions
 
@@ -387,12 +387,14 @@ def _sweep_eta(runs: list[dict[str, str]]) -> float:
         if r.get("eta_s"):
             left = float(r["eta_s"])
         else:
+            bench, mode = get_benchmark(r["benchmark"]), r["mode"]
             options = RunOptions.model_validate_json(r.get("options") or "{}")
             # The allowance is for a flash the demo and most sweeps never need.
-            left = (
-                estimate_run_s(get_benchmark(r["benchmark"]), r["mode"], options)  # type: ignore[arg-type]
-                - SETUP_ALLOWANCE_S
-            )
+            left = estimate_run_s(bench, mode, options) - SETUP_ALLOWANCE_S  # type: ignore[arg-type]
+            if r.get("total") and mode == "accuracy":
+                # The agent's dataset may be a subset: scale to the samples it announced.
+                expected = samples_expected(bench, mode, options)  # type: ignore[arg-type]
+                left *= (int(r["total"]) - int(r.get("done") or 0)) / max(expected, 1)
         per_board[r["board"]] = per_board.get(r["board"], 0.0) + left
     return max(per_board.values(), default=0.0)
 

@@ -33,6 +33,7 @@ from controller.settings import Settings
 from controller.sweeps import SweepSpec, submit
 from farm.catalog import get_benchmark
 from farm.messages import RunOptions
+from farm.sim.config import DEFAULT_QUALITY
 
 #: Short runs for ``--quick``: two short windows, few queries (results marked not valid).
 QUICK_OPTIONS = RunOptions(
@@ -74,7 +75,15 @@ def dataset_rows(quick: bool) -> dict[str, int]:
         per_row = sample_s(bench, "accuracy", baud=QUICK_BAUD if quick else None)
         if bench.dataset.window_bytes is not None:
             per_row *= AD_WINDOWS
-        rows[bench.dataset_id] = max(len(bench.classes), min(cap, int(budget / per_row)))
+        n = max(len(bench.classes), min(cap, int(budget / per_row)))
+        if bench.dataset.window_bytes is None:
+            # A board of quality q answers round(q * n) of n right: take the next n whose
+            # top-1 reaches the target the board's quality is above, so the table does not
+            # say BELOW for a rounding of the subset's size.
+            quality, target = DEFAULT_QUALITY[model], bench.target().threshold
+            while n < 2 * cap and 100 * round(quality * n) / n < target:
+                n += 1
+        rows[bench.dataset_id] = n
     return rows
 
 
