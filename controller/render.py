@@ -167,9 +167,10 @@ def emit(
         elif fmt == "markdown":
             sys.stdout.write(("\n" if i else "") + to_markdown(listing))
         else:
-            console.print(table(listing, console.width if console.is_terminal else PLAIN_WIDTH))
+            size = console.width if console.is_terminal else PLAIN_WIDTH
+            console.print(table(listing, size), width=size)
             for note in listing.notes:
-                console.print(escape(note), highlight=False)
+                console.print(escape(note), highlight=False, width=size)
 
 
 def check_format(fmt: str, json_flag: bool) -> str:
