@@ -243,7 +243,7 @@ def run(
         float, typer.Option(min=0, help="Latency mode: minimum duration, s")
     ] = 60.0,
     sim_board: Annotated[
-        str | None, typer.Option(help="BOARDS_JSON:ID: ports of a simulated board")
+        str | None, typer.Option(help="BOARDS_JSON:ID (the ports of a simulated board)")
     ] = None,
     alt: Annotated[bool, typer.Option(help="ad01: use the smaller y_labels_alt.csv set")] = False,
     resume: Annotated[
