@@ -279,10 +279,14 @@ def submit(
         raise typer.Exit(code)
 
 
-def _follow(client: Any, sweep_id: str, *, quiet: bool) -> int:
+def _follow(
+    client: Any, sweep_id: str, *, quiet: bool, samples: dict[str, int] | None = None
+) -> int:
     """Progress until every run of the sweep ended (1 if any failed): on a terminal a live
     table per run; elsewhere a line per run state change and a sweep line (done/total, ETA)
-    every :data:`PLAIN_EVERY_S`. The ETA comes from the wire-time estimate of what is left."""
+    every :data:`PLAIN_EVERY_S`. The ETA comes from the wire-time estimate of what is left
+    (``samples``: an accuracy run's sample count per benchmark where the agents' datasets are
+    known subsets)."""
     from rich.live import Live
 
     from controller import keys
@@ -294,7 +298,7 @@ def _follow(client: Any, sweep_id: str, *, quiet: bool) -> int:
         runs = [
             client.hgetall(keys.run(r)) for r in client.lrange(keys.sweep_runs(sweep_id), 0, -1)
         ]
-        return runs, _sweep_eta(runs)
+        return runs, _sweep_eta(runs, samples or {})
 
     def view(runs: list[dict[str, str]], eta: float) -> Any:
         done = sum(r.get("state") in keys.TERMINAL for r in runs)
@@ -372,7 +376,7 @@ def _follow(client: Any, sweep_id: str, *, quiet: bool) -> int:
 PLAIN_EVERY_S = 10.0
 
 
-def _sweep_eta(runs: list[dict[str, str]]) -> float:
+def _sweep_eta(runs: list[dict[str, str]], samples: dict[str, int]) -> float:
     """Seconds until the sweep ends: per board, the agent's ETA of its running run (else the
     wire-time estimate) plus the estimates of its queued runs; the slowest board's sum."""
     from controller import keys
@@ -391,10 +395,11 @@ def _sweep_eta(runs: list[dict[str, str]]) -> float:
             options = RunOptions.model_validate_json(r.get("options") or "{}")
             # The allowance is for a flash the demo and most sweeps never need.
             left = estimate_run_s(bench, mode, options) - SETUP_ALLOWANCE_S  # type: ignore[arg-type]
-            if r.get("total") and mode == "accuracy":
-                # The agent's dataset may be a subset: scale to the samples it announced.
+            total = r.get("total") or samples.get(bench.id)
+            if total and mode == "accuracy":
+                # The agent's dataset may be a subset: scale to the samples it has.
                 expected = samples_expected(bench, mode, options)  # type: ignore[arg-type]
-                left *= (int(r["total"]) - int(r.get("done") or 0)) / max(expected, 1)
+                left *= (int(total) - int(r.get("done") or 0)) / max(expected, 1)
         per_board[r["board"]] = per_board.get(r["board"], 0.0) + left
     return max(per_board.values(), default=0.0)
 
@@ -621,7 +626,7 @@ def demo(
             for note in farm.notes:
                 err.print(note, highlight=False, soft_wrap=True)
             sweep_id, _ = farm.submit()
-            code = _follow(farm.redis, sweep_id, quiet=json_out)
+            code = _follow(farm.redis, sweep_id, quiet=json_out, samples=farm.accuracy_samples())
             report = sweep_report(farm.redis, sweep_id)
             assert report is not None
             _print_results(report, fmt)
@@ -630,7 +635,8 @@ def demo(
                 where.append(f"metrics: {farm.metrics_url}")
             err.print("; ".join(where), highlight=False, soft_wrap=True)
             err.print(
-                "next: rerun with --keep and open the Grafana dashboards (deploy/grafana); "
+                ("next: " if keep else "next: rerun with --keep and ")
+                + "open the Grafana dashboards (deploy/grafana); "
                 f"`farm show {sweep_id} --format csv` for every run's numbers; the artifacts "
                 "hold each run's results.txt and log.txt",
                 highlight=False,

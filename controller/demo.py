@@ -343,6 +343,14 @@ class DemoFarm:
                 raise DemoError(f"timed out waiting for {what} (logs in {self.dir})")
             time.sleep(0.2)
 
+    def accuracy_samples(self) -> dict[str, int]:
+        """Inputs of an accuracy run per benchmark on the demo's subsets (for the ETA)."""
+        out = {}
+        for dataset, rows in dataset_rows(self.quick).items():
+            bench = get_benchmark(dataset)
+            out[bench.id] = rows * (AD_WINDOWS if bench.dataset.window_bytes else 1)
+        return out
+
     def submit(self) -> tuple[str, list[str]]:
         """The demo sweep: all four benchmarks in performance, accuracy and latency mode (and
         energy where wired), each board on the firmware it holds."""
