@@ -75,6 +75,12 @@ def agent(
         raise fail("give --config FILE to serve the boards, or a command (check, suggest)")
     cfg = _load(config)
     try:
+        # Read once now: a missing password file is a set-up error, not a broker outage to
+        # retry for ever.
+        cfg.broker.credentials()
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
+    try:
         from agent.service import run_agent
     except ImportError as exc:
         raise needs_extra("agent", exc) from None
