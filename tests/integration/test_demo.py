@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from controller.demo import dataset_rows
-from farm.sim.config import DEFAULT_QUALITY
+from controller.demo import QUALITY, dataset_rows
 from tests.integration.controller_lab import REDIS_URL
 
 #: The quick demo's dataset subsets (stratified: every class in each).
@@ -76,7 +75,7 @@ def check_report(report: dict) -> None:
     for run in runs:
         if run["mode"] != "accuracy":
             continue
-        quality = DEFAULT_QUALITY[run["benchmark"]]
+        quality = QUALITY[run["benchmark"]]
         if run["benchmark"] == "ad01":
             assert run["summary"]["auc"] == pytest.approx(quality, abs=0.05)
         else:
