@@ -240,3 +240,13 @@ def test_synth_help_explains_why_there_is_no_accuracy_option() -> None:
     result = CliRunner().invoke(cli(), ["dataset", "synth", "--help"])
     assert result.exit_code == 0
     assert "There is no accuracy option" in " ".join(result.output.split())
+
+
+def test_sim_dataset_limit_takes_one_n_or_one_per_dataset() -> None:
+    from farm.sim_cli import _dataset_limits
+
+    assert _dataset_limits("5") == {"kws01": 5, "vww01": 5, "ic01": 5, "ad01": 5}
+    assert _dataset_limits("kws=20,ad01=8") == {"kws01": 20, "ad01": 8}
+    for bad in ("kws01", "kws01=0", "nope=3"):
+        with pytest.raises(ValueError):
+            _dataset_limits(bad)
