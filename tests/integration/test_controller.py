@@ -184,6 +184,9 @@ async def test_unknown_names_and_empty_matches_are_explained(lab: ControllerLab)
     await lab.boards_ready(["ic-1"])
     code, _, errs = await lab.farm("submit", "--benchmark", "nope", check=False)
     assert code == 2 and "kws01" in errs
+    assert " ".join(errs.split()).count("kws01 (kws)") == 1  # the valid names, once
+    code, _, errs = await lab.farm("submit", "--benchmark", "ic", "--boards", "al", check=False)
+    assert code == 2 and "did you mean 'all'?" in " ".join(errs.split())
     code, _, errs = await lab.farm("submit", "--benchmark", "ic", "--boards", "ic-9", check=False)
     assert code == 2 and "unknown board(s) ic-9" in errs and "ic-1" in errs
     code, _, errs = await lab.farm("submit", "--benchmark", "ic", "--mode", "energy", check=False)
