@@ -472,24 +472,35 @@ def status(redis: RedisOpt = None, fmt: FormatOpt = "table", json_out: JsonOpt =
     emit(fmt, listings, _typed(document), console)
 
 
-def _typed(value: Any) -> Any:
-    """JSON with real types: numbers stored as strings become numbers, JSON strings (a sweep's
-    spec) objects."""
+#: Redis hash fields that hold numbers (everything in a hash is a string).
+NUMERIC_FIELDS = frozenset(
+    {"created", "total", "last_seen", "protocol", "started", "runs", "attempts", "priority"}
+)
+#: Redis hash fields that hold JSON documents.
+JSON_FIELDS = frozenset({"spec", "status", "heartbeat"})
+
+
+def _typed(value: Any, key: str = "") -> Any:
+    """JSON with real types for what Redis holds as strings: the numeric fields as numbers,
+    JSON documents (a sweep's spec, an agent's status) as objects."""
     if isinstance(value, dict):
-        return {k: _typed(v) for k, v in value.items()}
+        return {k: _typed(v, k) for k, v in value.items()}
     if isinstance(value, list):
         return [_typed(v) for v in value]
-    if isinstance(value, str):
-        text = value.strip()
-        if text[:1] in "{[" and text:
-            try:
-                return json.loads(text)
-            except ValueError:
-                return value
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if key in JSON_FIELDS:
         try:
-            return int(text) if text.lstrip("-").isdigit() else float(text)
+            return json.loads(text)
         except ValueError:
             return value
+    if key in NUMERIC_FIELDS:
+        try:
+            number = float(text)
+        except ValueError:
+            return value
+        return int(number) if number.is_integer() and "." not in text else number
     return value
 
 
