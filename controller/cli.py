@@ -376,6 +376,15 @@ def _follow(
 PLAIN_EVERY_S = 10.0
 
 
+def _measured_latency_s(runs: list[dict[str, str]], board: str, benchmark: str) -> float | None:
+    """Seconds per inference of ``board`` from its completed performance run in the sweep."""
+    for r in runs:
+        if (r["board"], r["benchmark"], r["mode"]) == (board, benchmark, "performance"):
+            latency_ms = json.loads(r.get("summary") or "{}").get("latency_ms")
+            return None if latency_ms is None else latency_ms / 1000
+    return None
+
+
 def _sweep_eta(runs: list[dict[str, str]], samples: dict[str, int]) -> float:
     """Seconds until the sweep ends: per board, the agent's ETA of its running run (else the
     wire-time estimate) plus the estimates of its queued runs; the slowest board's sum."""
@@ -395,6 +404,12 @@ def _sweep_eta(runs: list[dict[str, str]], samples: dict[str, int]) -> float:
             options = RunOptions.model_validate_json(r.get("options") or "{}")
             # The allowance is for a flash the demo and most sweeps never need.
             left = estimate_run_s(bench, mode, options) - SETUP_ALLOWANCE_S  # type: ignore[arg-type]
+            measured = _measured_latency_s(runs, r["board"], bench.id)
+            if mode == "latency" and measured is not None:
+                # The board's own inference time from its performance run, not the reference
+                # board's: a fast board's 1,024 queries take seconds, not ten minutes.
+                count = samples_expected(bench, mode, options)  # type: ignore[arg-type]
+                left = max(options.min_duration_s, count * measured)
             total = r.get("total") or samples.get(bench.id)
             if total and mode == "accuracy":
                 # The agent's dataset may be a subset: scale to the samples it has.
