@@ -76,6 +76,12 @@ def agent(
         raise fail("give --config FILE to serve the boards, or a command (check, suggest)")
     cfg = _load(config)
     try:
+        # Read once now: a missing password file is a set-up error, not a broker outage to
+        # retry for ever.
+        cfg.broker.credentials()
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
+    try:
         from agent.service import run_agent
     except ImportError as exc:
         raise needs_extra("agent", exc) from None
@@ -244,7 +250,7 @@ def run(
         float, typer.Option(min=0, help="Latency mode: minimum duration, s")
     ] = 60.0,
     sim_board: Annotated[
-        str | None, typer.Option(help="BOARDS_JSON:ID: ports of a simulated board")
+        str | None, typer.Option(help="BOARDS_JSON:ID (the ports of a simulated board)")
     ] = None,
     alt: Annotated[bool, typer.Option(help="ad01: use the smaller y_labels_alt.csv set")] = False,
     resume: Annotated[
@@ -261,8 +267,9 @@ def run(
     marked INCOMPLETE.
     """
     try:
-        from agent.one_board import RunInputError, RunRequest, run_one_board
+        from agent.one_board import RunInputError, RunRequest, prepare, run_one_board
         from agent.runner import RunSettings
+        from agent.serial_link import PortNotFound
     except ImportError as exc:
         raise fail(f"farm run needs the agent and scoring extras: {exc}") from None
     if sim_board is not None:
@@ -289,9 +296,20 @@ def run(
         resume=resume,
     )
     try:
-        folder = asyncio.run(_run_with_progress(request, run_one_board))
+        # The arguments first: a bad one is one line, not a progress bar and then the line.
+        prepare(request)
     except RunInputError as exc:
         raise fail(str(exc)) from None
+    started: list[RunFolder] = []
+    try:
+        folder = asyncio.run(_run_with_progress(request, run_one_board, started))
+    except RunInputError as exc:
+        raise fail(str(exc)) from None
+    except PortNotFound as exc:
+        if started:
+            err.print(f"[bold red]run failed:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        raise fail(str(exc)) from None  # before any input was sent: a set-up problem
     except KeyboardInterrupt:
         err.print(
             "interrupted (a run folder, if one was made, is marked INCOMPLETE)", highlight=False
@@ -310,8 +328,12 @@ def run(
 
 
 async def _run_with_progress(
-    request: RunRequest, run_one_board: Callable[..., Awaitable[RunFolder]]
+    request: RunRequest,
+    run_one_board: Callable[..., Awaitable[RunFolder]],
+    started_folders: list[RunFolder],
 ) -> RunFolder:
+    """Run with a progress bar; ``started_folders`` gets the run folder once inputs may be
+    sent."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     columns = (
@@ -324,6 +346,7 @@ async def _run_with_progress(
         task = bar.add_task(f"{request.benchmark} {request.mode}", total=None, eta="")
 
         def started(folder: RunFolder, total: int | None) -> None:
+            started_folders.append(folder)
             bar.update(task, total=total)
             bar.console.print(f"run folder: {folder.path}", highlight=False, soft_wrap=True)
 

@@ -64,7 +64,11 @@ def agent_config(setup: SimAgentSetup) -> AgentConfig:
             else PowerCycleConfig(method="command", command=setup.power_cycle),
             tags={"sim": "true", "model": entry.model},
             system=SystemDescription(
-                status="rdi", board_name=f"tinyfarm simulated board ({entry.model})"
+                status="rdi",
+                board_name=f"tinyfarm simulated board ({entry.model})",
+                processor_name="simulated DUT (farm.sim, on the host CPU)",
+                accelerator="none",
+                inference_framework="farm.sim synthetic model",
             ),
         )
         if entry.baud is not None:

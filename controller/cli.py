@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
 
 from controller.broker_cli import broker_app
 from farm.cli_common import console, err, fail, needs_extra
@@ -38,7 +37,19 @@ BrokerOpt = Annotated[str | None, typer.Option("--broker", help="MQTT URL (FARM_
 ResultsOpt = Annotated[
     Path | None, typer.Option("--results", help="Results directory (FARM_RESULTS_DIR)")
 ]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Same as --format json")]
+FormatOpt = Annotated[
+    str, typer.Option("--format", help="table (fits the terminal), csv, json or markdown")
+]
+
+
+def _format(fmt: str, json_flag: bool) -> str:
+    from controller.render import check_format
+
+    try:
+        return check_format(fmt, json_flag)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
 
 
 def _settings(redis: str | None, broker: str | None, results: Path | None) -> Settings:
@@ -260,42 +271,98 @@ def submit(
             )
         console.print(sweep_id, highlight=False)
     if wait:
-        raise typer.Exit(_follow(client, sweep_id, quiet=json_out))
+        from controller.report import sweep_report
+
+        code = _follow(client, sweep_id, quiet=json_out)
+        report = sweep_report(client, sweep_id)
+        if report is not None and not json_out:
+            _print_results(report, "table")
+        raise typer.Exit(code)
 
 
-def _follow(client: Any, sweep_id: str, *, quiet: bool) -> int:
-    """Live progress per board until every run of the sweep ended; 1 if any failed."""
+def _follow(
+    client: Any, sweep_id: str, *, quiet: bool, samples: dict[str, int] | None = None
+) -> int:
+    """Progress until every run of the sweep ended (1 if any failed): on a terminal a live
+    table per run; elsewhere a line per run state change and a sweep line (done/total, ETA)
+    every :data:`PLAIN_EVERY_S`. The ETA comes from the wire-time estimate of what is left
+    (``samples``: an accuracy run's sample count per benchmark where the agents' datasets are
+    known subsets)."""
     from rich.live import Live
 
     from controller import keys
+    from controller.render import Column, Listing, table
 
-    def table() -> tuple[Table, list[dict[str, str]]]:
+    started = time.monotonic()
+
+    def snapshot() -> tuple[list[dict[str, str]], float]:
         runs = [
             client.hgetall(keys.run(r)) for r in client.lrange(keys.sweep_runs(sweep_id), 0, -1)
         ]
-        view = Table(title=f"sweep {sweep_id}")
-        for column in ("board", "run", "benchmark", "mode", "state", "samples", "ETA s"):
-            view.add_column(column)
-        for run in runs:
-            total = run.get("total") or "?"
-            view.add_row(
-                run["board"],
-                run["id"],
-                run["benchmark"],
-                run["mode"],
-                run["state"],
-                f"{run.get('done') or 0}/{total}",
-                run.get("eta_s") or "",
-            )
-        return view, runs
+        return runs, _sweep_eta(runs, samples or {})
 
-    with Live(table()[0], console=err, refresh_per_second=2, transient=quiet) as live:
+    def view(runs: list[dict[str, str]], eta: float) -> Any:
+        done = sum(r.get("state") in keys.TERMINAL for r in runs)
+        rows = [
+            {
+                "board": r["board"],
+                "benchmark": r["benchmark"],
+                "mode": r["mode"],
+                "state": r["state"],
+                "samples": f"{r.get('done') or 0}/{r.get('total') or '?'}",
+                "eta": r.get("eta_s") or None,
+            }
+            for r in runs
+        ]
+        listing = Listing(
+            f"sweep {sweep_id}: {done}/{len(runs)} runs done, about {eta:.0f} s left",
+            [
+                Column("board", "board"),
+                Column("benchmark", "bench"),
+                Column("mode", "mode"),
+                Column("state", "state"),
+                Column("samples", "samples"),
+                Column("eta", "ETA s", rank=1),
+            ],
+            rows,
+        )
+        return table(listing, err.width)
+
+    runs, eta = snapshot()
+    if err.is_terminal:
+        with Live(view(runs, eta), console=err, refresh_per_second=2, transient=quiet) as live:
+            while not all(r.get("state") in keys.TERMINAL for r in runs):
+                time.sleep(0.5)
+                runs, eta = snapshot()
+                live.update(view(runs, eta))
+        err.print()
+    else:
+        states: dict[str, str] = {}
+        last_line = 0.0
         while True:
-            view, runs = table()
-            live.update(view)
-            if all(r.get("state") in keys.TERMINAL for r in runs):
+            for r in runs:
+                if states.get(r["id"]) != r.get("state"):
+                    states[r["id"]] = r.get("state", "?")
+                    err.print(
+                        f"{time.monotonic() - started:6.1f} s  {r['id']} {r['board']} "
+                        f"{r['benchmark']} {r['mode']}: {r.get('state')}",
+                        highlight=False,
+                        soft_wrap=True,
+                    )
+            finished = all(r.get("state") in keys.TERMINAL for r in runs)
+            if finished or time.monotonic() - last_line >= PLAIN_EVERY_S:
+                last_line = time.monotonic()
+                done = sum(r.get("state") in keys.TERMINAL for r in runs)
+                err.print(
+                    f"{last_line - started:6.1f} s  sweep {sweep_id}: {done}/{len(runs)} runs "
+                    f"done, about {eta:.0f} s left",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+            if finished:
                 break
             time.sleep(0.5)
+            runs, eta = snapshot()
     failed = [r for r in runs if r.get("state") != "completed"]
     for run in failed:
         err.print(
@@ -306,14 +373,63 @@ def _follow(client: Any, sweep_id: str, *, quiet: bool) -> int:
     return 1 if failed else 0
 
 
-def status(redis: RedisOpt = None, json_out: JsonOpt = False) -> None:
+#: How often a sweep line is printed when stderr is not a terminal.
+PLAIN_EVERY_S = 10.0
+
+
+def _measured_latency_s(runs: list[dict[str, str]], board: str, benchmark: str) -> float | None:
+    """Seconds per inference of ``board`` from its completed performance run in the sweep."""
+    for r in runs:
+        if (r["board"], r["benchmark"], r["mode"]) == (board, benchmark, "performance"):
+            latency_ms = json.loads(r.get("summary") or "{}").get("latency_ms")
+            return None if latency_ms is None else latency_ms / 1000
+    return None
+
+
+def _sweep_eta(runs: list[dict[str, str]], samples: dict[str, int]) -> float:
+    """Seconds until the sweep ends: per board, the agent's ETA of its running run (else the
+    wire-time estimate) plus the estimates of its queued runs; the slowest board's sum."""
+    from controller import keys
+    from controller.estimate import SETUP_ALLOWANCE_S, estimate_run_s, samples_expected
+    from farm.catalog import get_benchmark
+    from farm.messages import RunOptions
+
+    per_board: dict[str, float] = {}
+    for r in runs:
+        if r.get("state") in keys.TERMINAL:
+            continue
+        if r.get("eta_s"):
+            left = float(r["eta_s"])
+        else:
+            bench, mode = get_benchmark(r["benchmark"]), r["mode"]
+            options = RunOptions.model_validate_json(r.get("options") or "{}")
+            # The allowance is for a flash the demo and most sweeps never need.
+            left = estimate_run_s(bench, mode, options) - SETUP_ALLOWANCE_S  # type: ignore[arg-type]
+            measured = _measured_latency_s(runs, r["board"], bench.id)
+            if mode == "latency" and measured is not None:
+                # The board's own inference time from its performance run, not the reference
+                # board's: a fast board's 1,024 queries take seconds, not ten minutes.
+                count = samples_expected(bench, mode, options)  # type: ignore[arg-type]
+                left = max(options.min_duration_s, count * measured)
+            total = r.get("total") or samples.get(bench.id)
+            if total and mode == "accuracy":
+                # The agent's dataset may be a subset: scale to the samples it has.
+                expected = samples_expected(bench, mode, options)  # type: ignore[arg-type]
+                left *= (int(total) - int(r.get("done") or 0)) / max(expected, 1)
+        per_board[r["board"]] = per_board.get(r["board"], 0.0) + left
+    return max(per_board.values(), default=0.0)
+
+
+def status(redis: RedisOpt = None, fmt: FormatOpt = "table", json_out: JsonOpt = False) -> None:
     """Boards (agent, state, health, firmware, current run, last seen) and queues."""
+    fmt = _format(fmt, json_out)
     settings = _settings(redis, None, None)
     client = _redis(settings)
     from redis import Redis
     from rq import Queue
 
     from controller import keys
+    from controller.render import Column, Listing, emit
     from controller.store import all_boards
     from controller.sweeps import QUEUE_ORDER
 
@@ -321,94 +437,156 @@ def status(redis: RedisOpt = None, json_out: JsonOpt = False) -> None:
     agents = {a: client.hgetall(keys.agent(a)) for a in client.smembers(keys.AGENTS)}
     rq_conn = Redis.from_url(settings.redis_url)
     queues = {name: len(Queue(name, connection=rq_conn)) for name in QUEUE_ORDER}
-    if json_out:
-        print(json.dumps({"boards": boards, "agents": agents, "queues": queues}, default=str))
-        return
-    view = Table(title="boards")
-    for column in ("board", "agent", "state", "health", "firmware", "run", "progress", "last seen"):
-        view.add_column(column, overflow="fold")
     now = time.time()
+    rows = []
     for board_id, s in boards.items():
-        agent_state = agents.get(s.get("agent"), {}).get("state", "?")
         run = s.get("run")
-        progress = ""
+        done = total = None
         if run:
             r = client.hgetall(keys.run(run))
-            progress = f"{r.get('done') or 0}/{r.get('total') or '?'}"
-        health = s.get("health", "?") + (
-            f" ({s['health_reason']})" if s.get("health_reason") else ""
+            done, total = int(r.get("done") or 0), int(r["total"]) if r.get("total") else None
+        rows.append(
+            {
+                "board": board_id,
+                "agent": s.get("agent"),
+                "agent_state": agents.get(s.get("agent"), {}).get("state"),
+                "state": s.get("state"),
+                "health": s.get("health"),
+                "health_reason": s.get("health_reason"),
+                "firmware": f"{s.get('model')} {s.get('build')}" if s.get("model") else None,
+                "run": run,
+                "done": done,
+                "total": total,
+                "last_seen_s": round(now - s["last_seen"], 1) if s.get("last_seen") else None,
+            }
         )
-        view.add_row(
-            board_id,
-            f"{s.get('agent')} ({agent_state})",
-            s.get("state", "?"),
-            health,
-            f"{s.get('model')} {s.get('build')}" if s.get("model") else "-",
-            run or "-",
-            progress,
-            f"{now - s.get('last_seen', now):.0f} s ago",
-        )
-    console.print(view)
-    console.print("queues: " + ", ".join(f"{k} {v}" for k, v in queues.items()), highlight=False)
+    listing = Listing(
+        "boards",
+        [
+            Column("board", "board"),
+            Column("agent", "agent", rank=2),
+            Column("agent_state", "agent state", rank=3),
+            Column("state", "state"),
+            Column("health", "health"),
+            Column("health_reason", "health reason", rank=1),
+            Column("firmware", "firmware", rank=2),
+            Column("run", "run", rank=1),
+            Column("done", "done", rank=1, justify="right"),
+            Column("total", "of", rank=1, justify="right"),
+            Column("last_seen_s", "seen s ago", justify="right"),
+        ],
+        rows,
+        notes=["queues: " + ", ".join(f"{k} {v}" for k, v in queues.items())],
+    )
+    queue_listing = Listing(
+        "queues",
+        [Column("queue", "queue"), Column("jobs", "jobs")],
+        [{"queue": k, "jobs": v} for k, v in queues.items()],
+    )
+    document = {"boards": boards, "agents": agents, "queues": queues}
+    listings = [listing] if fmt == "table" else [listing, queue_listing]
+    emit(fmt, listings, _typed(document), console)
 
 
-def sweeps(redis: RedisOpt = None, json_out: JsonOpt = False) -> None:
+#: Redis hash fields that hold numbers (everything in a hash is a string).
+NUMERIC_FIELDS = frozenset(
+    {"created", "total", "last_seen", "protocol", "started", "runs", "attempts", "priority"}
+)
+#: Redis hash fields that hold JSON documents.
+JSON_FIELDS = frozenset({"spec", "status", "heartbeat"})
+
+
+def _typed(value: Any, key: str = "") -> Any:
+    """JSON with real types for what Redis holds as strings: the numeric fields as numbers,
+    JSON documents (a sweep's spec, an agent's status) as objects."""
+    if isinstance(value, dict):
+        return {k: _typed(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_typed(v) for v in value]
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if key in JSON_FIELDS:
+        try:
+            return json.loads(text)
+        except ValueError:
+            return value
+    if key in NUMERIC_FIELDS:
+        try:
+            number = float(text)
+        except ValueError:
+            return value
+        return int(number) if number.is_integer() and "." not in text else number
+    return value
+
+
+def sweeps(redis: RedisOpt = None, fmt: FormatOpt = "table", json_out: JsonOpt = False) -> None:
     """Every sweep, newest first."""
+    fmt = _format(fmt, json_out)
     client = _redis(_settings(redis, None, None))
     from controller import keys
+    from controller.render import Column, Listing, emit
 
     found = []
     for sweep_id in client.zrevrange(keys.SWEEPS, 0, 99):
-        sweep = client.hgetall(keys.sweep(sweep_id))
+        sweep = _typed(client.hgetall(keys.sweep(sweep_id)))
         runs = client.lrange(keys.sweep_runs(sweep_id), 0, -1)
         states = [client.hget(keys.run(r), "state") for r in runs]
         found.append(
             {
                 **sweep,
+                "id": sweep_id,
+                "label": str(sweep.get("label", "")),
                 "runs": len(runs),
                 "completed": states.count("completed"),
                 "failed": states.count("failed"),
             }
         )
-    if json_out:
-        print(json.dumps(found))
-        return
-    view = Table(title="sweeps")
-    for column in ("sweep", "label", "created", "state", "runs", "completed", "failed"):
-        view.add_column(column)
-    for s in found:
-        created = time.strftime("%Y-%m-%d %H:%M", time.localtime(float(s["created"])))
-        view.add_row(
-            s["id"],
-            s.get("label", ""),
-            created,
-            s.get("state", ""),
-            str(s["runs"]),
-            str(s["completed"]),
-            str(s["failed"]),
-        )
-    console.print(view)
+    listing = Listing(
+        "sweeps",
+        [
+            Column("id", "sweep"),
+            Column("label", "label", rank=1),
+            Column(
+                "created",
+                "created",
+                lambda v: time.strftime("%Y-%m-%d %H:%M", time.localtime(float(v or 0))),
+                rank=2,
+            ),
+            Column("state", "state"),
+            Column("runs", "runs", justify="right"),
+            Column("completed", "completed", justify="right"),
+            Column("failed", "failed", justify="right"),
+        ],
+        found,
+    )
+    emit(fmt, [listing], found, console)
 
 
 def show(
     sweep_id: Annotated[str, typer.Argument(help="The sweep id")],
     redis: RedisOpt = None,
+    fmt: FormatOpt = "table",
     json_out: JsonOpt = False,
 ) -> None:
     """The sweep's results, shaped like the MLPerf Tiny results table, with the supplemental
-    latency percentiles."""
+    latency percentiles and why a result is not valid (csv: one line per run)."""
+    fmt = _format(fmt, json_out)
     client = _redis(_settings(redis, None, None))
     from controller.report import sweep_report
 
     report = sweep_report(client, sweep_id)
     if report is None:
         raise fail(f"no sweep {sweep_id!r} (see farm sweeps)")
-    if json_out:
-        print(json.dumps(report))
-        return
-    from controller.report import render
+    _print_results(report, fmt)
 
-    console.print(render(report))
+
+def _print_results(report: dict[str, Any], fmt: str) -> None:
+    from controller.render import emit
+    from controller.report import results_listings, run_listing
+
+    listings = [run_listing(report)] if fmt == "csv" else results_listings(report)
+    emit(fmt, listings, report, console)
 
 
 def cancel(
@@ -456,13 +634,18 @@ def demo(
     redis: RedisOpt = None,
     broker: BrokerOpt = None,
     results: ResultsOpt = None,
+    fmt: FormatOpt = "table",
     json_out: JsonOpt = False,
 ) -> None:
     """The whole farm on this machine: simulated boards, an agent, ingest and workers; a
-    sweep of all four benchmarks; live progress; the results table; a clean shutdown."""
+    sweep of all four benchmarks on stratified dataset subsets; progress; the results in the
+    shape of the MLPerf Tiny results page; a clean shutdown. ``--quick`` takes about a
+    minute, without it the official windows and query counts take under ten."""
+    fmt = _format(fmt, json_out)
+    json_out = fmt == "json"
     settings = _settings(redis, broker, results)
     from controller.demo import DemoError, DemoFarm, stop_left_running
-    from controller.report import render, sweep_report
+    from controller.report import sweep_report
 
     if stop is not None:
         try:
@@ -483,17 +666,22 @@ def demo(
             for note in farm.notes:
                 err.print(note, highlight=False, soft_wrap=True)
             sweep_id, _ = farm.submit()
-            code = _follow(farm.redis, sweep_id, quiet=json_out)
+            code = _follow(farm.redis, sweep_id, quiet=json_out, samples=farm.accuracy_samples())
             report = sweep_report(farm.redis, sweep_id)
             assert report is not None
-            if json_out:
-                print(json.dumps(report))
-            else:
-                console.print(render(report))
+            _print_results(report, fmt)
             where = [f"artifacts: {farm.settings.results / sweep_id}", f"logs: {farm.dir}"]
             if farm.metrics_url:
                 where.append(f"metrics: {farm.metrics_url}")
             err.print("; ".join(where), highlight=False, soft_wrap=True)
+            err.print(
+                ("next: " if keep else "next: rerun with --keep and ")
+                + "open the Grafana dashboards (deploy/grafana); "
+                f"`farm show {sweep_id} --format csv` for every run's numbers; the artifacts "
+                "hold each run's results.txt and log.txt",
+                highlight=False,
+                soft_wrap=True,
+            )
             if keep:
                 farm.record_pids()
                 err.print(

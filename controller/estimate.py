@@ -34,11 +34,16 @@ def samples_expected(bench: Benchmark, mode: Mode, options: RunOptions) -> int:
     return min(rows * per_row, options.limit or rows * per_row)
 
 
-def sample_s(bench: Benchmark, mode: Mode, *, download: bool = True) -> float:
+def sample_s(
+    bench: Benchmark, mode: Mode, *, download: bool = True, baud: int | None = None
+) -> float:
     """Wire and compute time of one sample at the reference board's speed (one inference;
-    timed windows are added by :func:`estimate_run_s`)."""
+    timed windows are added by :func:`estimate_run_s`); ``baud`` overrides the reference
+    baud of a performance build."""
     model = bench.model
-    baud = ENERGY_BAUD if mode == "energy" else bench.baud("accuracy")
+    if mode == "energy":
+        baud = ENERGY_BAUD
+    baud = baud or bench.baud("accuracy")
     sent = received = 0
     if download:
         chunks = math.ceil(model.input_bytes / 26)  # the smaller (interface) chunk: an upper bound

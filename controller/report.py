@@ -6,7 +6,8 @@
      "runs": [{"id", "board", "agent", "benchmark", "mode", "state", "reason", "attempts",
                "summary": {"throughput_ips", "latency_ms", "top1", "auc", "energy_uj",
                            "p50_us", "p90_us", "p99_us", "p90_early_stop_us", "samples",
-                           "valid", "artifacts", "target", "target_met"} | null}],
+                           "valid", "artifacts", "target", "target_met",
+                           "problems": [why the run is not valid]} | null}],
      "boards": {board: {"board_name", "processor", "accelerator", "software"}}}
 
 ``top1`` is in percent and ``auc`` a fraction, as the official runner prints them (and as
@@ -21,9 +22,9 @@ import json
 from typing import Any
 
 import redis
-from rich.table import Table
 
 from controller import keys
+from controller.render import Column, Listing, number
 from controller.store import board_status, get_run, set_run
 
 SUMMARY_KEYS = (
@@ -41,6 +42,7 @@ SUMMARY_KEYS = (
     "artifacts",
     "target",
     "target_met",
+    "problems",
 )
 
 
@@ -91,81 +93,132 @@ def sweep_report(client: redis.Redis, sweep_id: str) -> dict[str, Any] | None:
     }
 
 
+#: Benchmarks in the order of the MLPerf Tiny results page.
+PAGE_ORDER = ("vww01", "ic01", "kws01", "ad01")
+LEGEND = [
+    "latency: ms per inference, 1000 / median throughput (performance mode); accuracy: top-1 "
+    "(AUC for ad01) against the closed-division target in parentheses; energy: median µJ per "
+    "inference (energy mode).",
+    "* supplemental, not an MLPerf Tiny result: latency mode's per-inference percentiles in µs "
+    "(p50, p90, p99: LoadGen SingleStream) and ES p90, LoadGen's early-stopping estimate of "
+    "p90 (an upper bound at 99% confidence).",
+]
+
+
+def run_listing(report: dict[str, Any]) -> Listing:
+    """One row per run, with its numbers and why it is not valid (``farm show --format
+    csv``)."""
+    rows = []
+    for run in report["runs"]:
+        summary = run["summary"] or {}
+        why = list(summary.get("problems") or [])
+        if run["state"] != "completed":
+            why.insert(0, f"{run['state']}" + (f": {run['reason']}" if run.get("reason") else ""))
+        rows.append(
+            {
+                "run": run["id"],
+                "board": run["board"],
+                "benchmark": run["benchmark"],
+                "mode": run["mode"],
+                "state": run["state"],
+                **{k: summary.get(k) for k in SUMMARY_KEYS if k not in ("problems", "artifacts")},
+                "why_not_valid": "; ".join(why) if summary.get("valid") is not True else "",
+                "artifacts": summary.get("artifacts"),
+            }
+        )
+    keys_ = ["run", "board", "benchmark", "mode", "state", *SUMMARY_KEYS]
+    keys_ = [k for k in keys_ if k not in ("problems", "artifacts")]
+    columns = [Column(k, k) for k in (*keys_, "why_not_valid", "artifacts")]
+    sweep = report["sweep"]
+    return Listing(f"sweep {sweep['id']} runs", columns, rows)
+
+
+def _quality(acc: dict[str, Any]) -> str | None:
+    if not acc:
+        return None
+    met = "" if acc.get("target_met") is None else (" ok" if acc["target_met"] else " BELOW")
+    target = acc.get("target")
+    if acc.get("top1") is not None:  # percent, as the official runner prints it
+        return f"{acc['top1']:.1f}% ({_num(target, '.1f')}%){met}"
+    if acc.get("auc") is not None:
+        return f"AUC {acc['auc']:.3f} ({_num(target, '.2f')}){met}"
+    return None
+
+
 def _num(value: Any, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
-def render(report: dict[str, Any]) -> Table:
-    """One row per board and benchmark: latency (ms = 1000 / median throughput), accuracy or
-    AUC against its target, energy per inference, and the supplemental percentiles."""
+def results_listings(report: dict[str, Any]) -> list[Listing]:
+    """The MLPerf Tiny results page: one row per system and benchmark (latency, accuracy or
+    AUC, energy, the supplemental percentiles, why a result is not valid), then the systems
+    (processor, accelerator, software), with the legend."""
     sweep = report["sweep"]
-    table = Table(title=f"sweep {sweep['id']} {sweep['label']} ({sweep['state']})")
-    for column in (
-        "board",
-        "processor",
-        "accelerator",
-        "software",
-        "benchmark",
-        "latency ms",
-        "accuracy / AUC (target)",
-        "energy µJ",
-        "p50 µs*",
-        "p90 µs*",
-        "p99 µs*",
-        "ES p90 µs*",
-        "notes",
-    ):
-        table.add_column(column, overflow="fold")
-    rows: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+    found: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
     for run in report["runs"]:
-        rows.setdefault((run["board"], run["benchmark"]), {})[run["mode"]] = run
-    for (board, benchmark), modes in sorted(rows.items()):
-        info = report["boards"].get(board, {})
-
+        found.setdefault((run["board"], run["benchmark"]), {})[run["mode"]] = run
+    order = {b: i for i, b in enumerate(PAGE_ORDER)}
+    rows = []
+    for (board, benchmark), modes in sorted(
+        found.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], 99), kv[0][1])
+    ):
         perf, acc, energy, lat = (
             (modes.get(m) or {}).get("summary") or {}
             for m in ("performance", "accuracy", "energy", "latency")
         )
-        quality = "-"
-        if acc:
-            met = (
-                "" if acc.get("target_met") is None else (" ok" if acc["target_met"] else " BELOW")
-            )
-            target = acc.get("target")
-            if acc.get("top1") is not None:  # percent, as the official runner prints it
-                quality = f"{acc['top1']:.1f}% ({_num(target, '.1f')}%){met}"
-            else:
-                quality = f"AUC {_num(acc.get('auc'), '.3f')} ({_num(target, '.2f')}){met}"
         notes = [
             f"{m}: {r['state']}" + (f" ({r['reason']})" if r.get("reason") else "")
             for m, r in modes.items()
             if r["state"] != "completed"
         ]
         notes += [
-            f"{m}: not valid"
+            f"{m} not valid: {'; '.join((r.get('summary') or {}).get('problems') or ['?'])}"
             for m, r in modes.items()
             if (r.get("summary") or {}).get("valid") is False
         ]
-        table.add_row(
-            board,
-            info.get("processor") or "-",
-            info.get("accelerator") or "-",
-            info.get("software") or "-",
-            benchmark,
-            _num(perf.get("latency_ms"), ".3f"),
-            quality,
-            _num(energy.get("energy_uj"), ".1f"),
-            _num(lat.get("p50_us"), ".0f"),
-            _num(lat.get("p90_us"), ".0f"),
-            _num(lat.get("p99_us"), ".0f"),
-            _num(lat.get("p90_early_stop_us"), ".0f"),
-            "; ".join(notes),
+        rows.append(
+            {
+                "system": board,
+                "benchmark": benchmark,
+                "latency_ms": perf.get("latency_ms"),
+                "quality": _quality(acc),
+                "energy_uj": energy.get("energy_uj"),
+                "p50_us": lat.get("p50_us"),
+                "p90_us": lat.get("p90_us"),
+                "p99_us": lat.get("p99_us"),
+                "p90_early_stop_us": lat.get("p90_early_stop_us"),
+                "notes": notes,
+            }
         )
-    table.caption = (
-        "* supplemental: per-inference latency percentiles (LoadGen rules), "
-        "not an MLPerf Tiny result"
+    results = Listing(
+        f"sweep {sweep['id']} {sweep['label']} ({sweep['state']})",
+        [
+            Column("system", "system"),
+            Column("benchmark", "bench"),
+            Column("latency_ms", "latency ms", number(".3f"), justify="right"),
+            Column("quality", "accuracy (target)", rank=0),
+            Column("energy_uj", "energy µJ", number(".1f"), justify="right"),
+            Column("p50_us", "p50 µs*", number(".0f"), rank=2, justify="right"),
+            Column("p90_us", "p90 µs*", number(".0f"), rank=1, justify="right"),
+            Column("p99_us", "p99 µs*", number(".0f"), rank=2, justify="right"),
+            Column("p90_early_stop_us", "ES p90 µs*", number(".0f"), rank=1, justify="right"),
+            Column("notes", "not valid because", lambda v: "; ".join(v) or "-", rank=3),
+        ],
+        rows,
     )
-    return table
+    systems = Listing(
+        "systems",
+        [
+            Column("system", "system"),
+            Column("board_name", "board"),
+            Column("processor", "processor"),
+            Column("accelerator", "accelerator", rank=1),
+            Column("software", "software"),
+        ],
+        [{"system": b, **info} for b, info in sorted(report["boards"].items())],
+        notes=LEGEND,
+    )
+    return [results, systems]
 
 
 def cancel(client: redis.Redis, target: str) -> list[str] | None:

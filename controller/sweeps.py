@@ -9,6 +9,7 @@ Boards that cannot run a benchmark or mode are listed with the reason, never dro
 
 from __future__ import annotations
 
+import difflib
 import json
 import time
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from rq.job import Dependency, Job
 from controller import keys
 from controller.estimate import estimate_run_s
 from controller.store import all_boards, new_id, rq_connection
-from farm.catalog import BENCHMARKS, Benchmark, BenchmarkError, get_benchmark
+from farm.catalog import Benchmark, BenchmarkError, get_benchmark
 from farm.messages import Mode, RunOptions
 
 MODES: tuple[Mode, ...] = ("performance", "accuracy", "energy", "latency")
@@ -104,8 +105,8 @@ def expand_benchmarks(names: list[str], suite: bool) -> list[Benchmark]:
         try:
             bench = get_benchmark(name)
         except BenchmarkError as exc:
-            valid = ", ".join(sorted(BENCHMARKS))
-            raise SweepError(f"{exc} (valid: {valid})") from None
+            # The message already lists the valid names.
+            raise SweepError(str(exc)) from None
         if bench not in found:
             found.append(bench)
     if not found:
@@ -123,7 +124,15 @@ def plan(
         unknown = [b for b in spec.boards if b not in boards]
         if unknown:
             known = ", ".join(sorted(boards)) or "none: is an agent running and connected?"
-            raise SweepError(f"unknown board(s) {', '.join(unknown)} (known: {known})")
+            hints = [
+                f"{b!r}: did you mean {close[0]!r}?"
+                for b in unknown
+                if (close := difflib.get_close_matches(b, ["all", *boards], n=1, cutoff=0.6))
+            ]
+            raise SweepError(
+                f"unknown board(s) {', '.join(unknown)} (known: {known})"
+                + (f"; {'; '.join(hints)}" if hints else "")
+            )
         selected = {b: boards[b] for b in spec.boards}
     else:
         selected = dict(boards)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from farm.catalog import DATASETS, DatasetSpec, get_benchmark, get_dataset_spec
-from farm.datasets import ALT_INDEX, INDEX, Row, official_index, official_rows
+from farm.datasets import ALT_INDEX, INDEX, Row, official_index, official_rows, stratified_rows
 from farm.synthetic import encode_input
 
 DEFAULT_DATASETS: tuple[str, ...] = ("kws01", "vww01", "ic01", "ad01")
@@ -92,15 +92,40 @@ def _unique(files: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(files))
 
 
+def subset_index(
+    dataset: str, limit: int | None, *, alt: bool = False, stratify: bool = False
+) -> tuple[str, list[Row]]:
+    """The text and rows of the index ``synth_dataset`` writes: the official one, or with
+    ``limit`` its first ``limit`` rows, or with ``stratify`` too its
+    :func:`farm.datasets.stratified_rows` (the official lines of the kept rows, round-robin
+    across the classes, so a subset of any size holds every class)."""
+    text = official_index(dataset, alt=alt)
+    rows = official_rows(dataset, alt=alt)
+    if limit is None:
+        return text, rows
+    lines = text.splitlines(keepends=True)  # the official index has no blank lines
+    kept = stratified_rows(rows, limit) if stratify else rows[:limit]
+    return "".join(lines[row.index] for row in kept), kept
+
+
 def synth_dataset(
-    out: Path | str, dataset: str, *, alt: bool = False, limit: int | None = None
+    out: Path | str,
+    dataset: str,
+    *,
+    alt: bool = False,
+    limit: int | None = None,
+    stratify: bool = False,
+    windows: int | None = None,
 ) -> SynthResult:
     """Write the stand-in dataset ``dataset`` (id or benchmark alias; ic02 -> ic01) under
     ``out``: ``out/<id>/y_labels.csv`` as shipped and every file it names.
 
     ``alt`` also writes ad01's ``y_labels_alt.csv`` (its files are a subset of the main
-    set's). ``limit`` keeps only the first ``limit`` rows of each index: a subset for tests,
-    not the official set.
+    set's). ``limit`` keeps ``limit`` rows of each index, the first ones or with
+    ``stratify`` every class's first ones in turn (:func:`subset_index`): a subset for tests
+    and demos, not the official set. ``windows`` (ad01 only) makes every
+    file that many windows long instead of the official 196: an accuracy run over the subset
+    then costs ``windows`` inferences per file.
     """
     spec = get_dataset_spec(dataset)
     if alt and not spec.has_alt:
@@ -111,13 +136,11 @@ def synth_dataset(
 
     indexes: list[tuple[str, str, list[Row]]] = []
     for name, is_alt in ((INDEX, False), (ALT_INDEX, True))[: 2 if alt else 1]:
-        text = official_index(spec.id, alt=is_alt)
-        rows = official_rows(spec.id, alt=is_alt)
-        if limit is not None:
-            # Keep the official bytes of the kept rows (the index has no blank lines).
-            text = "".join(text.splitlines(keepends=True)[:limit])
-            rows = rows[:limit]
+        text, rows = subset_index(spec.id, limit, alt=is_alt, stratify=stratify)
         indexes.append((name, text, rows))
+    file_bytes = spec.synth_file_bytes
+    if windows is not None and spec.window_bytes is not None and spec.stride is not None:
+        file_bytes = spec.window_bytes + (windows - 1) * spec.stride
 
     u = difficulties(spec, [rows for _, _, rows in indexes])
     label_of = {row.file: row.label for _, _, rows in indexes for row in rows}
@@ -127,7 +150,7 @@ def synth_dataset(
             model,
             label_of[file],
             difficulty,
-            file_bytes=spec.synth_file_bytes,
+            file_bytes=file_bytes,
             seed=_seed(spec.id, file),
         )
         (folder / file).write_bytes(data)
@@ -150,10 +173,19 @@ def synthesize(
     datasets: Iterable[str] = DEFAULT_DATASETS,
     *,
     alt: bool = False,
-    limit: int | None = None,
+    limit: int | dict[str, int] | None = None,
+    stratify: bool = False,
+    windows: int | None = None,
 ) -> list[SynthResult]:
     """``synth_dataset`` for each of ``datasets`` (ids or aliases; ic02 shares ic01's
-    folder, written once). Unknown names raise ``BenchmarkError`` before anything is written.
+    folder, written once). ``limit`` is one for all or one per dataset id (a dataset not
+    named is written whole). Unknown names raise ``BenchmarkError`` before anything is
+    written.
     """
     ids = _unique(get_dataset_spec(d).id for d in datasets)
-    return [synth_dataset(out, d, alt=alt, limit=limit) for d in ids if d in DATASETS]
+    limits = limit if isinstance(limit, dict) else dict.fromkeys(ids, limit)
+    return [
+        synth_dataset(out, d, alt=alt, limit=limits.get(d), stratify=stratify, windows=windows)
+        for d in ids
+        if d in DATASETS
+    ]

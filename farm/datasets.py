@@ -18,6 +18,7 @@ Apache-2.0); ``official_index`` returns them.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -45,7 +46,8 @@ class Row:
     """One row of an index file."""
 
     index: int
-    """0-based row number (blank lines not counted): the dataset file index of a sample."""
+    """0-based row number (blank lines not counted): the dataset file index of a sample. In a
+    subset of the official index (``load_dataset``), the row's number in the official one."""
     file: str
     classes: int
     label: int
@@ -161,6 +163,32 @@ def official_rows(dataset: str, *, alt: bool = False) -> list[Row]:
     return parse_index(official_index(spec.id, alt=alt), source)
 
 
+def stratified_rows(rows: Sequence[Row], limit: int) -> list[Row]:
+    """``limit`` rows taken round-robin across the classes, each class's in index order (the
+    first rows of class 0, 1, ... then the second of each...), so any ``limit`` of at least
+    the number of classes holds every class; a class that runs out is skipped."""
+    by_class: dict[int, list[Row]] = {}
+    for row in rows:
+        by_class.setdefault(row.label, []).append(row)
+    queues = [by_class[label] for label in sorted(by_class)]
+    picked: list[Row] = []
+    depth = 0
+    while len(picked) < min(limit, len(rows)):
+        picked += [q[depth] for q in queues if depth < len(q)][: limit - len(picked)]
+        depth += 1
+    return picked
+
+
+def official_numbers(rows: Sequence[Row], dataset: str, *, alt: bool = False) -> list[Row]:
+    """``rows`` renumbered as the official index numbers them when every row is one of its
+    rows, field for field (a subset, in any order); otherwise unchanged. Results then name
+    the same row number whichever subset a board ran, as the controller scores them."""
+    official = {row.fields: row.index for row in official_rows(dataset, alt=alt)}
+    if not all(row.fields in official for row in rows):
+        return list(rows)
+    return [dataclasses.replace(row, index=official[row.fields]) for row in rows]
+
+
 @dataclass(frozen=True, slots=True)
 class Dataset:
     """A validated dataset folder for one benchmark."""
@@ -247,6 +275,7 @@ def load_dataset(root: Path | str, benchmark: Benchmark | str, *, alt: bool = Fa
     if problems:
         raise _error(problems, f"{index_path} does not fit {bench.id}")
     windows_per_file = _check_files(rows, bench, index_path)
+    rows = official_numbers(rows, spec.id, alt=alt)
     return Dataset(bench, folder, index_path, tuple(rows), windows_per_file)
 
 

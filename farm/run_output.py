@@ -60,6 +60,15 @@ class DatasetLike(Protocol):
         ...
 
 
+def _row(dataset: DatasetLike, index: int) -> Any:
+    """The row numbered ``index``: a subset of the official index keeps the official row
+    numbers (``farm.datasets.official_numbers``), so a row's number need not be its place."""
+    rows = dataset.rows
+    if index < len(rows) and rows[index].index == index:
+        return rows[index]
+    return next(row for row in rows if row.index == index)
+
+
 def stamp(t: float | None = None) -> str:
     """The official line prefix's timestamp, ``%m%d.%H%M%S``."""
     return time.strftime("%m%d.%H%M%S", time.localtime(t))
@@ -254,7 +263,7 @@ class RunFolder:
     def _element(
         self, sample: Sample, dataset: DatasetLike, extra: dict[str, Any]
     ) -> dict[str, Any]:
-        row = dataset.rows[sample.index]
+        row = _row(dataset, sample.index)
         truth = row.truth()
         windows = None
         if self.bench.dataset.window_bytes is not None:
@@ -299,9 +308,8 @@ class RunFolder:
     def _accuracy(
         self, info: RunInfoLike, dataset: DatasetLike
     ) -> tuple[list[str], list[dict[str, Any]]]:
-        rows = dataset.rows
         result = scoring.score_accuracy(
-            (rows[s.index].file, s.label, s.results) for s in self.samples
+            (_row(dataset, s.index).file, s.label, s.results) for s in self.samples
         )
         self.result = result
         for problem in result.problems:

@@ -22,7 +22,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from farm.catalog import get_dataset_spec
+from farm.catalog import BenchmarkError, get_dataset_spec
 from farm.cli_common import console, err, fail
 from farm.datasets import INDEX, official_index
 from farm.logs import get_logger
@@ -61,8 +61,15 @@ def sim(
         str, typer.Option(envvar="FARM_MQTT_URL", help="MQTT broker url in OUT/agent.yaml")
     ] = "mqtt://127.0.0.1:1883",
     dataset_limit: Annotated[
+        str | None,
+        typer.Option(
+            help="Synthesize only N rows of each dataset, stratified (every class in any N "
+            "of at least the class count): N for all, or per dataset, e.g. kws01=20,ad01=8"
+        ),
+    ] = None,
+    dataset_windows: Annotated[
         int | None,
-        typer.Option(min=1, help="Synthesize only the first N rows of each dataset (tests)"),
+        typer.Option(min=1, max=196, help="ad01 files this many windows long (default 196)"),
     ] = None,
 ) -> None:
     """Start simulated boards on pseudo-terminals and write OUT/boards.json.
@@ -76,12 +83,35 @@ def sim(
         cfg = _sim_config(config, boards, models, energy, seed)
     except ConfigError as exc:
         raise fail(str(exc)) from None
-    setup = None if check else _agent_setup(agent_id, broker, dataset_limit)
+    try:
+        limits = _dataset_limits(dataset_limit)
+    except ValueError as exc:
+        raise fail(f"--dataset-limit: {exc}") from None
+    setup = None if check else _agent_setup(agent_id, broker, limits, dataset_windows)
     try:
         status = asyncio.run(_run_sim(cfg, out, transcripts, check, setup))
     except (KeyboardInterrupt, asyncio.CancelledError):
         status = 0
     raise typer.Exit(status)
+
+
+def _dataset_limits(text: str | None) -> dict[str, int] | None:
+    """``--dataset-limit``: rows per dataset id (every dataset for a bare N)."""
+    if text is None:
+        return None
+    text = text.strip()
+    if text.isdigit():
+        return dict.fromkeys((get_dataset_spec(m).id for m in MODELS), int(text))
+    limits: dict[str, int] = {}
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        if not sep or not value.strip().isdigit() or int(value) < 1:
+            raise ValueError(f"expected N or ID=N,ID=N with N >= 1, not {part!r}")
+        try:
+            limits[get_dataset_spec(name.strip()).id] = int(value)
+        except BenchmarkError as exc:
+            raise ValueError(str(exc)) from None
+    return limits
 
 
 def _sim_config(
@@ -103,23 +133,26 @@ class _AgentSetup:
 
     agent_id: str
     broker: str
-    dataset_limit: int | None
+    dataset_limits: dict[str, int] | None
+    dataset_windows: int | None
     support: SimAgentSupport | None
     """The agent layer's part: the agent config (none without the agent layer)."""
 
 
-def _agent_setup(agent_id: str, broker: str, dataset_limit: int | None) -> _AgentSetup:
+def _agent_setup(
+    agent_id: str, broker: str, limits: dict[str, int] | None, windows: int | None
+) -> _AgentSetup:
     """Check the agent options before any board starts."""
     try:
         support = load_support()
     except ImportError as exc:
         err.print(f"[yellow]warning:[/] no agent.yaml: {exc}", highlight=False, soft_wrap=True)
-        return _AgentSetup(agent_id, broker, dataset_limit, None)
+        return _AgentSetup(agent_id, broker, limits, windows, None)
     try:
         support.check_options(agent_id, broker)
     except ValueError as exc:
         raise fail(str(exc)) from None
-    return _AgentSetup(agent_id, broker, dataset_limit, support)
+    return _AgentSetup(agent_id, broker, limits, windows, support)
 
 
 async def _run_sim(
@@ -136,7 +169,9 @@ async def _run_sim(
         # Before the boards start: synthesis is CPU-bound and would stall their serial
         # timing; every board can be flashed with every model, so each needs its dataset.
         try:
-            _write_datasets(sim_farm.out / "datasets", MODELS, setup.dataset_limit)
+            _write_datasets(
+                sim_farm.out / "datasets", MODELS, setup.dataset_limits, setup.dataset_windows
+            )
         except OSError as exc:
             err.print(f"[bold red]error:[/] cannot write the datasets: {exc}", highlight=False)
             return 2
@@ -164,25 +199,32 @@ async def _run_sim(
     return 0
 
 
-def _write_datasets(root: Path, models: Iterable[str], limit: int | None) -> None:
+def _write_datasets(
+    root: Path, models: Iterable[str], limits: dict[str, int] | None, windows: int | None
+) -> None:
     """Synthesize the datasets of ``models`` under ``root``, except those an earlier run
     already wrote completely (their index is written last, so its presence means every
     file is there)."""
     from farm.dataset_synth import synthesize
 
+    limits = limits or {}
     wanted = sorted({get_dataset_spec(m).id for m in models})
-    missing = [d for d in wanted if not _dataset_complete(root, d, limit)]
+    missing = [d for d in wanted if not _dataset_complete(root, d, limits.get(d), windows)]
     if not missing:
         log.info("datasets_present", root=str(root), datasets=",".join(wanted))
         return
     err.print(
         f"writing the {', '.join(missing)} dataset(s) to {root}"
-        + (f" (first {limit} rows)" if limit else ""),
+        + (
+            f" (rows: {', '.join(f'{d} {limits[d]}' for d in missing if d in limits)})"
+            if limits
+            else ""
+        ),
         highlight=False,
         soft_wrap=True,
     )
     started = time.perf_counter()
-    results = synthesize(root, missing, limit=limit)
+    results = synthesize(root, missing, limit=limits, stratify=True, windows=windows)
     log.info(
         "datasets_written",
         root=str(root),
@@ -193,17 +235,28 @@ def _write_datasets(root: Path, models: Iterable[str], limit: int | None) -> Non
     )
 
 
-def _dataset_complete(root: Path, dataset: str, limit: int | None) -> bool:
-    """Whether ``root/dataset`` holds the full official set, or at least the first
-    ``limit`` rows when a subset is asked for."""
+def _dataset_complete(root: Path, dataset: str, limit: int | None, windows: int | None) -> bool:
+    """Whether ``root/dataset`` holds the full official set, or the subset of ``limit`` rows
+    asked for, with files of the size asked for (ad01's ``windows``)."""
+    from farm.dataset_synth import subset_index
+
     try:
         present = (root / dataset / INDEX).read_text()
     except OSError:
         return False
-    full = official_index(dataset)
-    if present == full:
+    if present != official_index(dataset) and (
+        limit is None or present != subset_index(dataset, limit, stratify=True)[0]
+    ):
+        return False
+    spec = get_dataset_spec(dataset)
+    if spec.window_bytes is None or spec.stride is None:
         return True
-    return limit is not None and present == "".join(full.splitlines(keepends=True)[:limit])
+    size = spec.window_bytes + ((windows or spec.synth_windows or 1) - 1) * spec.stride
+    first = present.split(",", 1)[0]
+    try:
+        return (root / dataset / first).stat().st_size == size
+    except OSError:
+        return False
 
 
 def _sim_agent_setup(

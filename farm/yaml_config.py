@@ -12,8 +12,9 @@ config file's directory.
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar, get_args
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ValidationError, ValidationInfo
@@ -87,7 +88,9 @@ def load_yaml_model(path: str | Path, model: type[M]) -> M:
     try:
         return model.model_validate(data, context={CONFIG_DIR: path.parent.absolute()})
     except ValidationError as exc:
-        problems = sorted((_describe(node, err) for err in exc.errors()), key=lambda p: p[0] or 0)
+        problems = sorted(
+            (_describe(node, err, model) for err in exc.errors()), key=lambda p: p[0] or 0
+        )
         raise ConfigError(
             "\n".join(
                 f"{path}:{line}: {text}" if line else f"{path}: {text}" for line, text in problems
@@ -95,10 +98,15 @@ def load_yaml_model(path: str | Path, model: type[M]) -> M:
         ) from None
 
 
-def _describe(node: yaml.Node, err: ErrorDetails) -> tuple[int | None, str]:
-    """The line an error points at, and ``field: message``."""
+def _describe(node: yaml.Node, err: ErrorDetails, model: type[BaseModel]) -> tuple[int | None, str]:
+    """The line an error points at, and ``field: message`` (an unknown key: the known key it
+    is closest to, if any)."""
     loc: Loc = tuple(err["loc"])
     message = err["msg"]
+    if err["type"] == "extra_forbidden" and loc and isinstance(loc[-1], str):
+        close = difflib.get_close_matches(loc[-1], _keys_at(model, loc[:-1]), n=1)
+        if close:
+            message += f"; did you mean {close[0]!r}?"
     if err["type"] == "value_error":
         error = err.get("ctx", {}).get("error")
         # Our validators' messages are written for the user; pydantic's prefix adds nothing.
@@ -107,6 +115,34 @@ def _describe(node: yaml.Node, err: ErrorDetails) -> tuple[int | None, str]:
             loc = (*loc, *error.loc)
     field = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
     return _line_of(node, loc), f"{field or '(top level)'}: {message}"
+
+
+def _keys_at(model: type[BaseModel], loc: Loc) -> list[str]:
+    """The keys the model nested at ``loc`` takes (field names and aliases); none where
+    ``loc`` leads to no model."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue  # a list item: the list's model is already ``current``
+        fields = getattr(current, "model_fields", None)
+        if fields is None or part not in fields:
+            return []
+        current = _model_in(fields[part].annotation)
+        if current is None:
+            return []
+    fields = getattr(current, "model_fields", {})
+    return [*fields, *(f.alias for f in fields.values() if f.alias)]
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model an annotation holds (``X``, ``X | None``, ``list[X]``...)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
 
 
 def _line_of(node: yaml.Node | None, loc: Loc) -> int | None:

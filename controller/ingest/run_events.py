@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import random
+import time
 from typing import Any
 
 import redis.exceptions as redis_errors
@@ -55,6 +56,8 @@ class RunEvents:
                     pipe.ltrim(events_key, -keys.EVENTS_KEPT, -1)
                     if updates:
                         pipe.hset(run_key, mapping=updates)
+                    # A board reporting progress is seen, whatever its last status says.
+                    pipe.hset(keys.board(topic.board), "last_seen", time.time())
                     await self.ledger.commit(pipe, {"accepted_run_event": 1})
                 except redis_errors.WatchError:
                     # A busy run (samples update `done`): try again a moment later.

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import operator
+import time
 from typing import Any
 
 import pydantic_core
@@ -24,9 +25,11 @@ log = get_logger("controller.ingest.store")
 #: atomically: a retry after a lost connection finds all of it done or none of it, and a run
 #: closed by a worker between the check and the writes cannot happen).
 #:
-#: KEYS: the run's hash, its samples hash, ``farm:ingest:counters``. ARGV: the topic's agent
-#: and board, the closed run states (space-separated), the seqs (space-separated), and the
-#: records as one compact JSON array (see :func:`encode_records`).
+#: KEYS: the run's hash, its samples hash, ``farm:ingest:counters``, the board's hash. ARGV:
+#: the topic's agent and board, the closed run states (space-separated), the seqs
+#: (space-separated), the records as one compact JSON array (see :func:`encode_records`), and
+#: the time now: the board's ``last_seen`` (a board streaming samples is seen, even if its
+#: last status is minutes old; one HSET in the call ingest makes anyway).
 #:
 #: Unless the run exists, is dispatched to that agent and board and is not closed, nothing is
 #: written and the reply is ``{0, agent, board, state}`` (the run's fields, for
@@ -81,6 +84,7 @@ for i = 1, #seqs do
 end
 local stored = redis.call('HLEN', KEYS[2])
 redis.call('HSET', KEYS[1], 'done', stored)
+redis.call('HSET', KEYS[4], 'last_seen', ARGV[6])
 redis.call('HINCRBY', KEYS[3], 'accepted_sample_batch', 1)
 local new = #seqs - #same - #other / 2
 if new > 0 then redis.call('HINCRBY', KEYS[3], 'accepted_samples', new) end
@@ -161,13 +165,19 @@ class SampleStore:
             # redis-py runs it with EVALSHA and loads it again after a Redis restart.
             self._script = redis.register_script(STORE_SAMPLES)
         reply = await self._script(
-            keys=[keys.run(topic.run), keys.run_samples(topic.run), keys.INGEST_COUNTERS],
+            keys=[
+                keys.run(topic.run),
+                keys.run_samples(topic.run),
+                keys.INGEST_COUNTERS,
+                keys.board(topic.board),
+            ],
             args=[
                 topic.agent,
                 topic.board,
                 CLOSED_STATES,
                 " ".join(map(str, seqs)),
                 body,
+                repr(time.time()),
             ],
         )
         if reply[0] == 0:

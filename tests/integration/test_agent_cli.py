@@ -171,3 +171,20 @@ def test_a_second_sim_keeps_the_datasets_of_the_first(tmp_path: Path) -> None:
     second = start_sim(tmp_path, "--dataset-limit", "3")
     assert "writing the" not in second.stop()
     assert index.stat().st_mtime_ns == written
+
+
+def test_agent_with_a_missing_password_file_exits_2_at_start_up(tmp_path: Path) -> None:
+    config = tmp_path / "agent.yaml"
+    config.write_text(
+        "agent: pi-x\ndatasets: data\nbroker:\n  url: mqtt://farm@127.0.0.1:1883\n"
+        "  password_file: missing.txt\nboards:\n  - id: b1\n    dut:\n"
+        '      match: {serial: "X1"}\n'
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "farm.cli", "agent", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,  # not retried for ever
+    )
+    assert done.returncode == 2, done.stderr
+    assert "cannot read the broker password file" in " ".join(done.stderr.split())

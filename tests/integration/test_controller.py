@@ -5,6 +5,8 @@ Every process is real (Mosquitto, Redis, RQ worker processes, agents, simulators
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import itertools
 import json
 import os
@@ -122,9 +124,18 @@ async def test_submit_ic_on_every_board_gives_the_ground_truth(lab: ControllerLa
         folder = Path(run["summary"]["artifacts"])
         assert (folder / "results.txt").is_file() and (folder / "samples.jsonl").is_file()
         assert folder.parts[-3:] == (run["board"], "ic01", run["mode"])
-    # The table is printed for humans too.
+    # The table is printed for humans too, in 80 columns off a terminal; markdown unwrapped.
     _, table, _ = await lab.farm("show", submitted["sweep"])
-    assert "70.0% (85.0%) BELOW" in table and "90.0% (85.0%) ok" in table
+    assert max(len(line) for line in table.splitlines()) <= 80, table
+    assert "BELOW" in table and "supplemental" in table
+    _, markdown, _ = await lab.farm("show", submitted["sweep"], "--format", "markdown")
+    assert "70.0% (85.0%) BELOW" in markdown and "90.0% (85.0%) ok" in markdown
+    # csv: one row per run, each saying why it is not valid (a 20-row subset).
+    _, text, _ = await lab.farm("show", submitted["sweep"], "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert sorted(r["run"] for r in rows) == sorted(r["id"] for r in report["runs"])
+    for row in rows:
+        assert row["valid"] == "False" and row["why_not_valid"], row
 
     # Never two runs at once on one board, seen by the boards themselves: every command on a
     # DUT's line waited for the reply to the one before.
@@ -161,6 +172,9 @@ async def test_submit_ic_on_every_board_gives_the_ground_truth(lab: ControllerLa
     _, out, _ = await lab.farm("status", "--json")
     status = json.loads(out)
     assert set(status["boards"]) == set(IC_TRUTH)
+    assert all(isinstance(q, int) for q in status["queues"].values())
+    _, out, _ = await lab.farm("sweeps", "--format", "json")
+    assert isinstance(json.loads(out)[0]["spec"], dict)
     assert status["boards"]["kws-3"]["model"] == "ic01"  # it was flashed
 
 
@@ -170,6 +184,9 @@ async def test_unknown_names_and_empty_matches_are_explained(lab: ControllerLab)
     await lab.boards_ready(["ic-1"])
     code, _, errs = await lab.farm("submit", "--benchmark", "nope", check=False)
     assert code == 2 and "kws01" in errs
+    assert " ".join(errs.split()).count("kws01 (kws)") == 1  # the valid names, once
+    code, _, errs = await lab.farm("submit", "--benchmark", "ic", "--boards", "al", check=False)
+    assert code == 2 and "did you mean 'all'?" in " ".join(errs.split())
     code, _, errs = await lab.farm("submit", "--benchmark", "ic", "--boards", "ic-9", check=False)
     assert code == 2 and "unknown board(s) ic-9" in errs and "ic-1" in errs
     code, _, errs = await lab.farm("submit", "--benchmark", "ic", "--mode", "energy", check=False)

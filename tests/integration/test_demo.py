@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import redis
 
-from farm.sim.config import DEFAULT_QUALITY
+from controller.demo import QUALITY, dataset_rows
 from tests.integration.controller_lab import REDIS_URL
 
-#: The quick demo's dataset subset (QUICK_DATASET_ROWS).
-ROWS = 10
+#: The quick demo's dataset subsets (stratified: every class in each).
+ROWS = dataset_rows(quick=True)
 
 
 async def run_demo(
@@ -45,6 +45,13 @@ async def run_demo(
     return process.returncode or 0, stdout.decode(), stderr.decode()
 
 
+def check_progress(stderr: str) -> None:
+    """Off a terminal: a line per run state change and sweep lines with done/total."""
+    assert re.search(r"s  sw-\S+ sim-01-kws01 kws01 performance: completed", stderr), stderr
+    assert re.search(r"sweep sw-\S+: (\d+)/\1 runs done", stderr), stderr
+    assert "farm show" in stderr  # what to do next
+
+
 def leftovers(out: Path) -> list[str]:
     """Processes still running with the demo's folder on their command line."""
     found = []
@@ -68,11 +75,15 @@ def check_report(report: dict) -> None:
     for run in runs:
         if run["mode"] != "accuracy":
             continue
-        quality = DEFAULT_QUALITY[run["benchmark"]]
+        quality = QUALITY[run["benchmark"]]
         if run["benchmark"] == "ad01":
             assert run["summary"]["auc"] == pytest.approx(quality, abs=0.05)
         else:
-            assert run["summary"]["top1"] == pytest.approx(100 * round(quality * ROWS) / ROWS)
+            n = ROWS[run["benchmark"]]
+            # Percent with one decimal, as results.txt prints it.
+            assert run["summary"]["top1"] == pytest.approx(round(100 * round(quality * n) / n, 1))
+        # Defined and at the target the board's quality is above (no rounding artefact).
+        assert run["summary"]["target_met"] is True
     # Energy where wired (the last two boards), latency percentiles where not.
     modes = {(r["board"], r["mode"]) for r in runs}
     assert sum(1 for _, m in modes if m == "energy") == 2
@@ -101,6 +112,7 @@ async def test_demo_with_embedded_services(tmp_path: Path) -> None:
     assert code == 0, stderr[-3000:]
     assert "embedded Valkey" in stderr and "amqtt" in stderr
     check_report(json.loads(stdout))
+    check_progress(stderr)
     assert_clean(out, stderr)
 
 

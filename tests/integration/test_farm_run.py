@@ -1084,6 +1084,8 @@ async def test_bad_input_exits_2_before_anything_is_sent(
     assert code == 2, (stdout, stderr)
     assert "error:" in stderr and message in " ".join(stderr.split()), stderr
     assert "Traceback" not in stderr
+    if case != "other model on the DUT":  # found only by asking the DUT, under the bar
+        assert "━" not in stderr, stderr  # checked before a progress bar is drawn
     assert run_folders(out) == []  # no run folder is created
     b = s["sim-kws"]
     await s.stop()
@@ -1095,6 +1097,18 @@ async def test_bad_input_exits_2_before_anything_is_sent(
         assert b"db " not in sent
     else:
         assert sent == b""  # the port was never even written to
+
+
+async def test_a_port_not_found_exits_2(tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    synth_dataset(root, "kws01", limit=5)
+    code, stdout, stderr = await farm_cli(
+        "run",
+        *("--benchmark", "kws", "--mode", "performance", "--dataset", str(root)),
+        *("--port", str(tmp_path / "ttyNOPE"), "--out", str(tmp_path / "runs")),
+    )
+    assert code == 2, (stdout, stderr)
+    assert "no such serial port" in " ".join(stderr.split()) and "Traceback" not in stderr
 
 
 async def test_bad_input_in_process_raises_run_input_error(sim: SimFactory, tmp_path: Path) -> None:

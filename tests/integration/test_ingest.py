@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import random
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -221,8 +222,11 @@ async def test_samples_are_stored_once_whatever_is_replayed(
     await dispatch(db, run)
     records = agent_records(samples(200))
     topic = samples_topic(AGENT, BOARD, run)
+    before = time.time()
     await pub.publish(topic, agent_batch(run, records), qos=1)
     await counted(ingest, accepted_samples=200, accepted_sample_batch=1)
+    # A board streaming samples is seen now, whatever its last status's age.
+    assert float(await db.hget(keys.board(BOARD), "last_seen")) >= before
     stored = await db.hgetall(keys.run_samples(run))
     assert len(stored) == 200
     assert await db.hget(keys.run(run), "done") == "200"

@@ -268,3 +268,13 @@ def test_deploy_example_validates() -> None:
     assert b.power_cycle.method == "command" and b.firmware.target == "stm32h743zitx"
     assert cfg.broker.use_tls and cfg.broker.password_file is not None
     assert a.dut.match.serial and b.dut.match.serial
+
+
+def test_unknown_keys_get_the_closest_known_one(tmp_path: Path) -> None:
+    path, message = error_of(tmp_path, edited("    supply_voltage: 3.0", "    supply_volts: 3.0"))
+    assert f"{path}:16: boards[0].supply_volts: Extra inputs are not permitted" in message
+    assert "did you mean 'supply_voltage'?" in message
+    _, message = error_of(tmp_path, edited("  tls:\n    ca:", "  tls:\n    caa:"))
+    assert "did you mean 'ca'?" in message
+    _, message = error_of(tmp_path, VALID + "zzzz: 1\n")
+    assert "zzzz: Extra inputs are not permitted" in message and "did you mean" not in message

@@ -4,6 +4,7 @@ configured top-1 (and about its AUC); and the ``farm dataset synth`` command."""
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from typer.testing import CliRunner
 from farm.catalog import DATASETS, get_benchmark
 from farm.dataset_cli import dataset_app
 from farm.dataset_synth import stratified, synth_dataset, synthesize
-from farm.datasets import Dataset, load_dataset, official_index
+from farm.datasets import Dataset, load_dataset, official_index, official_rows, stratified_rows
 from farm.synthetic import decode_input, simulated_output
 
 SIZES = {"kws01": 490, "vww01": 27648, "ic01": 3072, "ad01": 102400}
@@ -126,13 +127,54 @@ def test_simulated_ad_board_reaches_about_its_auc(full: Path, alt: bool, auc: fl
     assert achieved == pytest.approx(auc, abs=0.005)
 
 
-def test_limit_writes_a_prefix_of_the_official_index(tmp_path: Path) -> None:
-    result = synth_dataset(tmp_path, "vww", limit=4)
+def test_limit_writes_a_stratified_subset_of_the_official_index(tmp_path: Path) -> None:
+    result = synth_dataset(tmp_path, "vww", limit=4, stratify=True)
     assert (result.rows, result.alt_rows, result.files, result.bytes) == (4, None, 4, 4 * 27648)
+    official = official_index("vww01").splitlines(keepends=True)
+    text = (tmp_path / "vww01" / "y_labels.csv").read_text()
+    # The official lines of the first two rows of each class, round-robin (vww01's first 500
+    # rows are all class 1, so a prefix would hold one class).
+    assert text == official[500] + official[0] + official[501] + official[1]
+    ds = load_dataset(tmp_path, "vww")
+    # Rows keep their official numbers: results name the row the controller scores.
+    assert [(r.index, r.label) for r in ds.rows] == [(500, 0), (0, 1), (501, 0), (1, 1)]
+    assert_even([u for _, u in us_of(ds).values()])
+
+
+@pytest.mark.parametrize("dataset", sorted(SIZES))
+@pytest.mark.parametrize("limit", [1, 2, 3, 12, 25])
+def test_a_subset_holds_every_class_it_can(tmp_path: Path, dataset: str, limit: int) -> None:
+    classes = len(DATASETS[dataset].classes)
+    rows = stratified_rows(official_rows(dataset), limit)
+    assert len(rows) == limit
+    assert len({r.label for r in rows}) == min(limit, classes)
+    # Any prefix of the subset is stratified too (a run's `limit` takes a prefix).
+    per_class = Counter(r.label for r in rows)
+    assert max(per_class.values()) - min(per_class.values()) <= 1
+
+
+def test_small_ad01_subset_gives_a_defined_auc_near_the_boards(tmp_path: Path) -> None:
+    synth_dataset(tmp_path, "ad01", limit=10, stratify=True, windows=4)
+    ds = load_dataset(tmp_path, "ad01")
+    assert ds.windows_per_file == 4
+    model = get_benchmark("ad01").model
+    scores: dict[str, list[float]] = {}
+    labels = {}
+    for inp in ds.inputs("accuracy"):
+        scores.setdefault(inp.file, []).append(simulated_output(model, inp.read(), 0.87)[0])
+        labels[inp.file] = inp.label
+    means = {f: sum(v) / len(v) for f, v in scores.items()}
+    pos = [means[f] for f in means if labels[f] == 1]
+    neg = [means[f] for f in means if labels[f] == 0]
+    assert len(pos) == len(neg) == 5
+    auc = sum((p > q) + 0.5 * (p == q) for p in pos for q in neg) / (len(pos) * len(neg))
+    assert auc == pytest.approx(0.87, abs=0.02)
+
+
+def test_limit_without_stratify_writes_a_prefix(tmp_path: Path) -> None:
+    synth_dataset(tmp_path, "vww", limit=4)
     text = (tmp_path / "vww01" / "y_labels.csv").read_text()
     assert text == "".join(official_index("vww01").splitlines(keepends=True)[:4])
-    assert len(load_dataset(tmp_path, "vww").rows) == 4
-    assert_even([u for _, u in us_of(load_dataset(tmp_path, "vww")).values()])
 
 
 def test_output_is_reproducible(tmp_path: Path) -> None:
@@ -198,3 +240,13 @@ def test_synth_help_explains_why_there_is_no_accuracy_option() -> None:
     result = CliRunner().invoke(cli(), ["dataset", "synth", "--help"])
     assert result.exit_code == 0
     assert "There is no accuracy option" in " ".join(result.output.split())
+
+
+def test_sim_dataset_limit_takes_one_n_or_one_per_dataset() -> None:
+    from farm.sim_cli import _dataset_limits
+
+    assert _dataset_limits("5") == {"kws01": 5, "vww01": 5, "ic01": 5, "ad01": 5}
+    assert _dataset_limits("kws=20,ad01=8") == {"kws01": 20, "ad01": 8}
+    for bad in ("kws01", "kws01=0", "nope=3"):
+        with pytest.raises(ValueError):
+            _dataset_limits(bad)
