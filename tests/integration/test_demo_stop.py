@@ -51,7 +51,7 @@ async def test_sigterm_mid_sweep_stops_every_process_without_a_traceback(tmp_pat
 async def test_keep_leaves_the_farm_running_until_demo_stop(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     code, _stdout, stderr = await farm_command(
-        ["demo", "--quick", "--embedded", "--json", "--boards", "2", "--keep", "--out", str(out)],
+        ["demo", "--quick", "--embedded", "--json", "--boards", "4", "--keep", "--out", str(out)],
         {},
         600,
     )
