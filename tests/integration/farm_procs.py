@@ -125,22 +125,21 @@ class Mosquitto:
         self.process = None
 
 
-class Observer:
-    """Subscribes to every agent topic and keeps what arrived, keyed as ingest keys it."""
+def host_port(url: str) -> tuple[str, int]:
+    """The host and port of an ``mqtt://HOST:PORT`` URL."""
+    host, port = url.removeprefix("mqtt://").split(":")
+    return host, int(port)
 
-    def __init__(self, url: str) -> None:
-        host, port = url.removeprefix("mqtt://").split(":")
-        self.host, self.port = host, int(port)
-        self.identifier = f"test-observer-{uuid.uuid4().hex[:8]}"
-        self.samples: dict[str, dict[int, list[dict]]] = defaultdict(lambda: defaultdict(list))
-        self.events: dict[str, list[dict]] = defaultdict(list)
-        self.acks: list[dict] = []
-        self.agent_status: dict[str, dict] = {}
-        self.board_status: dict[tuple[str, str], dict] = {}
-        self.heartbeats: list[dict] = []
-        self.status_history: list[dict] = []
-        self._task: asyncio.Task[None] | None = None
+
+class AgentTopics:
+    """A subscription to every agent topic in the background (reconnecting, with a session
+    the broker keeps): each message goes to :meth:`_record`."""
+
+    def __init__(self, url: str, identifier: str) -> None:
+        self.host, self.port = host_port(url)
+        self.identifier = identifier
         self.connected = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Connect (and keep reconnecting) in the background."""
@@ -167,6 +166,23 @@ class Observer:
             except aiomqtt.MqttError:
                 self.connected.clear()
                 await asyncio.sleep(0.2)
+
+    def _record(self, topic: str, payload: bytes) -> None:
+        raise NotImplementedError
+
+
+class Observer(AgentTopics):
+    """Subscribes to every agent topic and keeps what arrived, keyed as ingest keys it."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url, f"test-observer-{uuid.uuid4().hex[:8]}")
+        self.samples: dict[str, dict[int, list[dict]]] = defaultdict(lambda: defaultdict(list))
+        self.events: dict[str, list[dict]] = defaultdict(list)
+        self.acks: list[dict] = []
+        self.agent_status: dict[str, dict] = {}
+        self.board_status: dict[tuple[str, str], dict] = {}
+        self.heartbeats: list[dict] = []
+        self.status_history: list[dict] = []
 
     def _record(self, topic: str, payload: bytes) -> None:
         meaning = parse_topic(topic)
