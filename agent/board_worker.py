@@ -16,20 +16,26 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
-from pydantic import BaseModel
-
-from agent.board_access import BoardAccess, BoardUnavailable, CommandFailed, Identity
+from agent.board_access import BoardAccess, BoardUnavailable, Identity
 from agent.config import BoardConfig, Build
-from agent.discovery import MatchError
 from agent.dut_client import DirectChannel, DutClient
 from agent.health import BoardHealth
 from agent.journal import Journal
 from agent.one_board import Links, RunInputError, RunRequest, connect, expected_samples, prepare
 from agent.outbox import Outbox, SampleBatcher
-from agent.runner import Runner, RunSettings
-from agent.serial_link import SerialLinkError
+from agent.run_bookkeeping import (
+    CheckFailed,
+    ProgressEvents,
+    RunRefused,
+    Tally,
+    event_name,
+    failure_kind,
+    run_info,
+    run_request,
+)
+from agent.runner import Runner
 from farm.catalog import Benchmark
 from farm.logs import get_logger
 from farm.messages import (
@@ -46,10 +52,7 @@ from farm.messages import (
     HealthCheckCommand,
     LogEvent,
     PowerCycleCommand,
-    ProgressEvent,
     RunCommand,
-    RunInfoRecord,
-    SampleDigest,
     Started,
     run_events_topic,
 )
@@ -57,17 +60,6 @@ from farm.messages import (
 log = get_logger("agent.board_worker")
 
 Job = RunCommand | FlashCommand | PowerCycleCommand | HealthCheckCommand
-#: Progress events at most this often (samples themselves stream continuously).
-PROGRESS_EVERY_S = 1.0
-
-
-class RunRefused(Exception):
-    """The run cannot start on this board as it is (wrong firmware and no image, health
-    bad): reported as an ``input`` failure, the board's health is not at fault."""
-
-
-class CheckFailed(Exception):
-    """A health check failed; the board's health already says so (not counted twice)."""
 
 
 @dataclass
@@ -116,7 +108,6 @@ class BoardWorker:
         self._current: _Queued | None = None
         self._task: asyncio.Task[None] | None = None
         self._links: Links | None = None
-        self._progress: ProgressEvent | None = None
 
     # -- status ---------------------------------------------------------------------------------
 
@@ -328,41 +319,16 @@ class BoardWorker:
 
     async def _event(self, job: RunCommand, event_type: type, **fields: Any) -> None:
         event = event_type(
-            agent=self.agent, board=self.id, run=job.run, event=_event_name(event_type), **fields
+            agent=self.agent, board=self.id, run=job.run, event=event_name(event_type), **fields
         )
         await self.outbox.put(
             run_events_topic(self.agent, self.id, job.run), event.dumps(), run=job.run
-        )
-
-    def _request(self, job: RunCommand) -> RunRequest:
-        o = job.options
-        settings = RunSettings(
-            windows=o.windows,
-            min_window_s=o.min_window_s,
-            max_window_s=o.max_window_s,
-            calibration_s=o.calibration_s,
-            min_queries=o.min_queries,
-            min_duration_s=o.min_duration_s,
-            latency_inputs=o.latency_inputs,
-            limit=o.limit,
-            skip_seqs=frozenset(s for a, b in job.stored for s in range(a, b)),
-            retries=0 if job.mode == "energy" else o.retries,
-        )
-        root = self.datasets / job.dataset if job.dataset else self.datasets
-        return RunRequest(
-            benchmark=job.benchmark,
-            mode=job.mode,
-            dataset=root,
-            out=Path("."),  # nothing is written on the agent: the controller keeps the files
-            settings=settings,
-            alt=o.alt,
         )
 
     async def _run(self, queued: _Queued) -> None:
         job = queued.job
         assert isinstance(job, RunCommand)
         self.state, self.run_id = "busy", job.run
-        self._progress = None  # a cancelled run's last progress must not leak into this one
         self._publish_status()
         # The journal has held the run since it was accepted (service), so a restart reports
         # even a run that never started.
@@ -374,9 +340,10 @@ class BoardWorker:
             max_samples=self.batching[0],
             max_delay_s=self.batching[1],
         )
-        tally = _Tally()
+        tally = Tally()
+        progress = ProgressEvents(self.agent, self.id, job.run)
         try:
-            request = self._request(job)
+            request = run_request(job, self.datasets)
             try:
                 # Opens and sizes every dataset file: off the event loop.
                 bench, dataset, inputs = await asyncio.to_thread(prepare, request, ports=False)
@@ -390,7 +357,7 @@ class BoardWorker:
             request.interface, request.monitor = ports.interface, ports.monitor
             request.baud = self._baud(job, identity)
             self._links = await connect(request, bench)
-            runner = self._runner(job, request, bench, inputs)
+            runner = self._runner(job, request, bench, inputs, progress)
             total = expected_samples(request, inputs)
             if total is not None:
                 total -= len(request.settings.skip_seqs)
@@ -406,8 +373,7 @@ class BoardWorker:
                 record = SAMPLE_BATCH.record(sample)
                 tally.add(record)
                 await batcher.add(record)
-                if self._progress is not None:
-                    event, self._progress = self._progress, None
+                if (event := progress.take()) is not None:
                     await self.outbox.put(
                         run_events_topic(self.agent, self.id, job.run), event.dumps(), run=job.run
                     )
@@ -420,13 +386,7 @@ class BoardWorker:
                 first_seq=tally.first,
                 last_seq=tally.last,
                 skipped=len(request.settings.skip_seqs),
-                info=RunInfoRecord(
-                    count=runner.info.count,
-                    warmup=runner.info.warmup,
-                    calibration=runner.info.calibration,
-                    loop_wall_s=runner.info.loop_wall_s,
-                    last_issue_s=runner.info.last_issue_s,
-                ),
+                info=run_info(runner.info),
             )
             queued.reported = True
             self.health.passed()
@@ -446,7 +406,7 @@ class BoardWorker:
             queued.reported = True
         except Exception as exc:
             await batcher.close()
-            kind = "infrastructure" if _infrastructure(exc) else "device"
+            kind = failure_kind(exc)
             reason = str(exc) if isinstance(exc, CheckFailed) else f"{type(exc).__name__}: {exc}"
             # A failed health check has already set the health: not counted twice.
             await self._fail(job, kind, reason, tally, health=not isinstance(exc, CheckFailed))
@@ -460,7 +420,7 @@ class BoardWorker:
                 await self.journal.run_finished(job.run)
 
     async def _fail(
-        self, job: RunCommand, kind: str, reason: str, tally: _Tally, *, health: bool
+        self, job: RunCommand, kind: str, reason: str, tally: Tally, *, health: bool
     ) -> None:
         self.last_error = reason
         if health:
@@ -524,30 +484,17 @@ class BoardWorker:
         return identity.baud or self.cfg.baud.performance
 
     def _runner(
-        self, job: RunCommand, request: RunRequest, bench: Benchmark, inputs: list[Any]
+        self,
+        job: RunCommand,
+        request: RunRequest,
+        bench: Benchmark,
+        inputs: list[Any],
+        progress: ProgressEvents,
     ) -> Runner:
         assert self._links is not None
         mode = "performance" if job.mode == "latency" else job.mode
         script = bench.script(mode)
         n_w = (1, 0) if job.mode in ("accuracy", "latency") else (script.iterations, script.warmups)
-        last_progress = 0.0
-        loop = asyncio.get_running_loop()
-
-        def progress(done: int, total: int | None, eta: float | None) -> None:
-            nonlocal last_progress
-            if loop.time() - last_progress < PROGRESS_EVERY_S and done != total:
-                return
-            last_progress = loop.time()
-            # Published by the run loop after the sample (a callback cannot await).
-            self._progress = ProgressEvent(
-                agent=self.agent,
-                board=self.id,
-                run=job.run,
-                event="progress",
-                done=done,
-                total=total,
-                eta_s=None if eta is None else round(eta, 1),
-            )
 
         runner: Runner
 
@@ -610,32 +557,3 @@ class BoardWorker:
         # Keep what was measured: a fresh client would budget 30 s for its first inference.
         fresh.latency_s, fresh.slowest_s = dut.latency_s, dut.slowest_s
         return fresh
-
-
-class _Tally:
-    """Samples produced by this execution: count, seq range, digest."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.first: int | None = None
-        self.last: int | None = None
-        self.digest = SampleDigest()
-
-    def add(self, record: dict[str, Any]) -> None:
-        self.count += 1
-        if self.first is None:
-            self.first = record["seq"]
-        self.last = record["seq"]
-        self.digest.update(record)
-
-
-def _event_name(kind: type[BaseModel]) -> str:
-    name: str = get_args(kind.model_fields["event"].annotation)[0]
-    return name
-
-
-def _infrastructure(exc: Exception) -> bool:
-    return isinstance(
-        exc,
-        SerialLinkError | BoardUnavailable | MatchError | CommandFailed | CheckFailed | OSError,
-    )

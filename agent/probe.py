@@ -12,7 +12,7 @@ from agent.dut_client import DirectChannel, DutClient
 from agent.interface_client import InterfaceClient
 from agent.lpm01a_client import Lpm01aClient, window_energy
 from agent.serial_link import SerialLink
-from farm.models import ENERGY_BAUD, get_model
+from farm.models import ENERGY_BAUD, ModelSpec, get_model
 from farm.synthetic import encode_input
 
 
@@ -34,6 +34,16 @@ class ProbeResult:
     window_s: float | None = None
 
 
+async def _name_and_load(client: DutClient, model: ModelSpec) -> tuple[str, str, float]:
+    """Ask the DUT its name and model, download one input: (vendor, model, seconds to load)."""
+    vendor = await client.name()
+    _, reported = await client.profile()
+    data = encode_input(model, label=0, u=0.5, file_bytes=model.input_bytes, seed=1)
+    started = time.monotonic()
+    await client.load(data)
+    return vendor, reported, time.monotonic() - started
+
+
 async def probe_direct(board: dict[str, Any]) -> ProbeResult:
     """Probe a board through its DUT port (performance firmware)."""
     path, baud = board["dut"]["path"], int(board["dut"]["baud"])
@@ -43,12 +53,7 @@ async def probe_direct(board: dict[str, Any]) -> ProbeResult:
         link = await SerialLink.open(path, baud)
         client = DutClient(DirectChannel(link), model)
         await client.resync()
-        vendor = await client.name()
-        _, reported = await client.profile()
-        data = encode_input(model, label=0, u=0.5, file_bytes=model.input_bytes, seed=1)
-        started = time.monotonic()
-        await client.load(data)
-        load_s = time.monotonic() - started
+        vendor, reported, load_s = await _name_and_load(client, model)
         result = await client.infer(1, 0)
         return ProbeResult(
             board["id"], path, True, reported, vendor, load_s, result.elapsed_us, result.results
@@ -84,12 +89,7 @@ async def probe_energy(board: dict[str, Any]) -> ProbeResult:
         await lpm.start()
         await interface.resync()  # setbaud: flushes the DUT's boot banner from the board
         client = interface.dut(model)
-        vendor = await client.name()
-        _, reported = await client.profile()
-        data = encode_input(model, label=0, u=0.5, file_bytes=model.input_bytes, seed=1)
-        started = time.monotonic()
-        await client.load(data)
-        load_s = time.monotonic() - started
+        vendor, reported, load_s = await _name_and_load(client, model)
         lpm.drain()  # the download period
         result = await client.infer(ENERGY_PROBE_COUNT, 0)
         energy = window_energy(await lpm.window(events=2), lpm.freq_hz)

@@ -57,7 +57,6 @@ import inspect
 import json
 import os
 import random
-import socket
 import statistics
 import sys
 import tempfile
@@ -65,11 +64,12 @@ import textwrap
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.integration.farm_procs
 
 import aiomqtt
 from harness import run_bench
@@ -92,6 +92,7 @@ from farm.protocol.dut import encode_command
 from farm.protocol.dut_firmware import format_lap
 from farm.sample import Sample
 from farm.wire import wire_time
+from tests.integration.farm_procs import AgentTopics, Mosquitto, host_port, wait_until
 
 AGENT = "bench"
 FLEET_MODELS = ("kws01", "vww01", "ic01", "ad01")
@@ -106,12 +107,6 @@ INFER_FIXED_REPLY = (
 
 
 # --- processes --------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def proc_cpu_s(pid: int) -> float:
@@ -172,65 +167,15 @@ class Child:
         return self.log.read_text(errors="replace") if self.log and self.log.exists() else ""
 
 
-class Broker:
-    """A Mosquitto of the bench's own, configured like the integration tests' (raised queue
-    limits: docs/architecture.md#platform-notes)."""
-
-    def __init__(self, directory: Path) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.url = f"mqtt://127.0.0.1:{self.port}"
-        conf = directory / "mosquitto.conf"
-        conf.write_text(
-            f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous true\n"
-            "persistence true\n"
-            f"persistence_location {directory}/\n"
-            "max_queued_messages 1000000\n"
-            "max_inflight_messages 100\n"
-            "user root\n"
-            f"log_dest file {directory}/mosquitto.log\n"
-        )
-        self.child = Child("mosquitto", ["mosquitto", "-c", str(conf)], directory / "stdout.log")
-
-    async def start(self) -> None:
-        await self.child.start()
-        for _ in range(100):
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port)):
-                return
-            await asyncio.sleep(0.05)
-        raise RuntimeError(f"mosquitto did not start on port {self.port}")
-
-    async def stop(self) -> None:
-        await self.child.stop()
-
-
-async def wait_until(predicate: Callable[[], Any], within: float, what: str) -> Any:
-    loop = asyncio.get_running_loop()
-    give_up = loop.time() + within
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if loop.time() > give_up:
-            raise RuntimeError(f"timed out after {within:g} s waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
-def host_port(url: str) -> tuple[str, int]:
-    host, port = url.removeprefix("mqtt://").split(":")
-    return host, int(port)
-
-
 # --- fleet ------------------------------------------------------------------------------------
 
 
-class FleetObserver:
+class FleetObserver(AgentTopics):
     """Everything the agent publishes, kept as the controller's ingest would key it, with the
     arrival time of every samples message."""
 
     def __init__(self, url: str) -> None:
-        self.host, self.port = host_port(url)
+        super().__init__(url, "bench-observer")
         self.receipts: list[tuple[float, str, int]] = []
         """(monotonic arrival, run, samples in the message)."""
         self.records: dict[str, dict[int, dict]] = defaultdict(dict)
@@ -241,25 +186,6 @@ class FleetObserver:
         self.board_status: dict[str, dict] = {}
         self.agent_state: str | None = None
         self.max_backlog = 0
-        self.connected = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
-        await asyncio.wait_for(self.connected.wait(), 10)
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _run(self) -> None:
-        async with aiomqtt.Client(self.host, self.port, identifier="bench-observer") as client:
-            await client.subscribe("farm/v1/agent/#", qos=1)
-            self.connected.set()
-            async for message in client.messages:
-                self._record(str(message.topic), bytes(message.payload))  # type: ignore[arg-type]
 
     def _record(self, topic: str, payload: bytes) -> None:
         meaning = parse_topic(topic)
@@ -424,7 +350,7 @@ def floor_all(entries: list[dict], queries: int) -> dict[str, float]:
 
 
 async def fleet(args: argparse.Namespace, tmp: Path) -> FleetResult:
-    broker = Broker(tmp / "mqtt-fleet")
+    broker = Mosquitto(tmp / "mqtt-fleet")
     out = tmp / "sim"
     boards = fleet_boards(args.boards)
     lines = ["seed: 3", "boards:"]
@@ -506,7 +432,8 @@ async def fleet(args: argparse.Namespace, tmp: Path) -> FleetResult:
         idle_cpu_pct = 100 * (proc_cpu_s(agent.pid) - c0) / (time.monotonic() - t0)
 
         ticks: list[Tick] = []
-        pids = (agent.pid, sim.pid, broker.child.pid)
+        assert broker.process is not None
+        pids = (agent.pid, sim.pid, broker.process.pid)
 
         async def sample_ticks() -> None:
             while True:
@@ -552,7 +479,7 @@ async def fleet(args: argparse.Namespace, tmp: Path) -> FleetResult:
                 "every run's final event",
             )
             # The done event may overtake the last samples batch on the way: give it time.
-            with contextlib.suppress(RuntimeError):
+            with contextlib.suppress(AssertionError):
                 await wait_until(
                     lambda: all(
                         len(observer.records[r]) >= (observer.final(r) or {}).get("count", 0)
@@ -996,7 +923,7 @@ async def ceiling(args: argparse.Namespace, tmp: Path) -> list[CeilingRow]:
         file=sys.stderr,
         flush=True,
     )
-    broker = Broker(tmp / "mqtt-ceiling")
+    broker = Mosquitto(tmp / "mqtt-ceiling")
     timeout = 300.0
     rows = []
     try:

@@ -14,8 +14,9 @@ from __future__ import annotations
 import os
 import secrets
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 
@@ -39,6 +40,8 @@ broker_app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+
+_T = TypeVar("_T")
 
 DEFAULT_DIR = Path("/etc/mosquitto/tinyfarm")
 RELOAD_HINT = (
@@ -100,6 +103,26 @@ def _hand_out(password: str, generated: bool, secret_out: Path | None) -> None:
         print(password)  # only the password on stdout: PW=$(farm broker add-agent ...)
 
 
+def _add_user(
+    add: Callable[[BrokerFiles, str], _T],
+    directory: Path,
+    password_stdin: bool,
+    secret_out: Path | None,
+) -> _T:
+    """Call ``add(files, password)`` with the password read or generated, then hand it out."""
+    password, generated = _password(password_stdin)
+    try:
+        added = add(BrokerFiles(directory), password)
+    except (BrokerFileError, OSError) as exc:
+        raise fail(str(exc)) from None
+    _hand_out(password, generated, secret_out)
+    return added
+
+
+def _owner(owner: str | None) -> tuple[int, int] | None:
+    return parse_owner(owner) if owner else None
+
+
 @broker_app.command("add-agent")
 def add_agent_command(
     agent: Annotated[str, typer.Argument(help="The agent id (agent: in its agent.yaml)")],
@@ -119,20 +142,20 @@ def add_agent_command(
     The generated password is printed on stdout (or written to --secret-out): put it in the
     Pi's broker.password_file. Reload the broker afterwards.
     """
-    password, generated = _password(password_stdin)
-    try:
-        name = add_agent(
-            BrokerFiles(directory),
+    name = _add_user(
+        lambda files, password: add_agent(
+            files,
             agent,
             password,
             user=user,
             force=force,
             iterations=iterations,
-            owner=parse_owner(owner) if owner else None,
-        )
-    except (BrokerFileError, OSError) as exc:
-        raise fail(str(exc)) from None
-    _hand_out(password, generated, secret_out)
+            owner=_owner(owner),
+        ),
+        directory,
+        password_stdin,
+        secret_out,
+    )
     err.print(
         f"agent {agent}: MQTT user {name} may write farm/v1/agent/{agent}/# and read "
         f"farm/v1/cmd/{agent}; {RELOAD_HINT}",
@@ -171,19 +194,14 @@ def add_controller_command(
     iterations: IterationsOpt = DEFAULT_ITERATIONS,
 ) -> None:
     """Add the user the controller's processes share (FARM_MQTT_URL=mqtt://USER:PASSWORD@...)."""
-    password, generated = _password(password_stdin)
-    try:
-        add_controller(
-            BrokerFiles(directory),
-            password,
-            user=user,
-            force=force,
-            iterations=iterations,
-            owner=parse_owner(owner) if owner else None,
-        )
-    except (BrokerFileError, OSError) as exc:
-        raise fail(str(exc)) from None
-    _hand_out(password, generated, secret_out)
+    _add_user(
+        lambda files, password: add_controller(
+            files, password, user=user, force=force, iterations=iterations, owner=_owner(owner)
+        ),
+        directory,
+        password_stdin,
+        secret_out,
+    )
     err.print(f"user {user} added; {RELOAD_HINT}", highlight=False)
 
 

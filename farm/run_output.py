@@ -112,12 +112,7 @@ class RunFolder:
             except FileExistsError:
                 n += 1
                 path = out / f"{base}-{n}"
-        (path / INCOMPLETE).write_text("run in progress\n")
-        (path / RUN_FILE).write_text(json.dumps(identity or {}, indent=2) + "\n")
-        folder = cls(path, bench, mode, settings)
-        if folder.limit is not None:
-            folder.log(SUBSET_NOTE.format(n=folder.limit))
-        return folder
+        return cls._start(path, bench, mode, settings, identity)
 
     @classmethod
     def at(
@@ -135,6 +130,19 @@ class RunFolder:
         path.mkdir(parents=True, exist_ok=True)
         if any(path.iterdir()):
             raise FileExistsError(f"{path} is not empty: a run folder is never reused")
+        return cls._start(path, bench, mode, settings, identity)
+
+    @classmethod
+    def _start(
+        cls,
+        path: Path,
+        bench: Benchmark,
+        mode: str,
+        settings: Any,
+        identity: dict[str, Any] | None,
+    ) -> RunFolder:
+        """The new folder at ``path`` (an empty directory): marked incomplete at once,
+        ``run.json`` written, a subset run noted."""
         (path / INCOMPLETE).write_text("run in progress\n")
         (path / RUN_FILE).write_text(json.dumps(identity or {}, indent=2) + "\n")
         folder = cls(path, bench, mode, settings)

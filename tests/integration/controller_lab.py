@@ -5,7 +5,6 @@ RQ worker processes (`farm controller worker`), and the client commands."""
 from __future__ import annotations
 
 import os
-import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,8 +13,10 @@ import redis
 from tests.integration.farm_procs import (
     Mosquitto,
     Proc,
+    agent_proc,
     boards_idle_and_healthy,
     farm_command,
+    start_sim,
     wait_until,
 )
 
@@ -47,33 +48,17 @@ class ControllerLab:
 
     async def add_agent(self, agent: str, boards: str, *, dataset_limit: int = 10) -> None:
         """`farm sim` for ``boards`` (YAML list) and its agent ``agent``."""
-        config = self.dir / f"{agent}.yaml"
-        config.write_text("seed: 5\nboards:\n" + textwrap.indent(textwrap.dedent(boards), "  "))
         out = self.dir / f"sim-{agent}"
-        sim = Proc(
-            [
-                "sim",
-                "--out",
-                str(out),
-                "--config",
-                str(config),
-                "--agent-id",
-                agent,
-                "--broker",
-                self.broker.url,
-                "--dataset-limit",
-                str(dataset_limit),
-                "--transcripts",
-            ],
-            self.dir / f"sim-{agent}.log",
+        self.sims[agent] = await start_sim(
+            out,
+            boards,
+            seed=5,
+            agent=agent,
+            broker=self.broker.url,
+            dataset_limit=dataset_limit,
+            extra=("--transcripts",),
         )
-        await sim.start()
-        self.sims[agent] = sim
-        await wait_until(lambda: (out / "agent.yaml").exists(), 60, f"{agent}'s agent.yaml")
-        proc = Proc(
-            ["--log-level", "info", "agent", "--config", str(out / "agent.yaml")],
-            self.dir / f"agent-{agent}.log",
-        )
+        proc = agent_proc(out, self.dir / f"agent-{agent}.log")
         await proc.start()
         self.agents[agent] = proc
 

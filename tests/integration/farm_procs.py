@@ -125,22 +125,21 @@ class Mosquitto:
         self.process = None
 
 
-class Observer:
-    """Subscribes to every agent topic and keeps what arrived, keyed as ingest keys it."""
+def host_port(url: str) -> tuple[str, int]:
+    """The host and port of an ``mqtt://HOST:PORT`` URL."""
+    host, port = url.removeprefix("mqtt://").split(":")
+    return host, int(port)
 
-    def __init__(self, url: str) -> None:
-        host, port = url.removeprefix("mqtt://").split(":")
-        self.host, self.port = host, int(port)
-        self.identifier = f"test-observer-{uuid.uuid4().hex[:8]}"
-        self.samples: dict[str, dict[int, list[dict]]] = defaultdict(lambda: defaultdict(list))
-        self.events: dict[str, list[dict]] = defaultdict(list)
-        self.acks: list[dict] = []
-        self.agent_status: dict[str, dict] = {}
-        self.board_status: dict[tuple[str, str], dict] = {}
-        self.heartbeats: list[dict] = []
-        self.status_history: list[dict] = []
-        self._task: asyncio.Task[None] | None = None
+
+class AgentTopics:
+    """A subscription to every agent topic in the background (reconnecting, with a session
+    the broker keeps): each message goes to :meth:`_record`."""
+
+    def __init__(self, url: str, identifier: str) -> None:
+        self.host, self.port = host_port(url)
+        self.identifier = identifier
         self.connected = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Connect (and keep reconnecting) in the background."""
@@ -167,6 +166,23 @@ class Observer:
             except aiomqtt.MqttError:
                 self.connected.clear()
                 await asyncio.sleep(0.2)
+
+    def _record(self, topic: str, payload: bytes) -> None:
+        raise NotImplementedError
+
+
+class Observer(AgentTopics):
+    """Subscribes to every agent topic and keeps what arrived, keyed as ingest keys it."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url, f"test-observer-{uuid.uuid4().hex[:8]}")
+        self.samples: dict[str, dict[int, list[dict]]] = defaultdict(lambda: defaultdict(list))
+        self.events: dict[str, list[dict]] = defaultdict(list)
+        self.acks: list[dict] = []
+        self.agent_status: dict[str, dict] = {}
+        self.board_status: dict[tuple[str, str], dict] = {}
+        self.heartbeats: list[dict] = []
+        self.status_history: list[dict] = []
 
     def _record(self, topic: str, payload: bytes) -> None:
         meaning = parse_topic(topic)
@@ -397,6 +413,37 @@ class Lab:
         await self.agent.start()
 
 
+async def start_sim(
+    out: Path,
+    boards: str,
+    *,
+    seed: int,
+    agent: str,
+    broker: str,
+    dataset_limit: int,
+    extra: tuple[str, ...] = (),
+) -> Proc:
+    """`farm sim` for ``boards`` (a YAML list) and agent ``agent``, its boards in ``out``
+    (its config and log beside it: ``out``.yaml, ``out``.log), once its agent.yaml is written."""
+    config = out.with_name(f"{out.name}.yaml")
+    config.write_text(f"seed: {seed}\nboards:\n" + textwrap.indent(textwrap.dedent(boards), "  "))
+    args = ["sim", "--out", str(out), "--config", str(config), "--agent-id", agent]
+    args += ["--broker", broker, "--dataset-limit", str(dataset_limit), *extra]
+    sim = Proc(args, out.with_name(f"{out.name}.log"))
+    await sim.start()
+    try:
+        await wait_until(lambda: (out / "agent.yaml").exists(), 60, f"agent.yaml ({sim.log})")
+    except BaseException:
+        await sim.stop()
+        raise
+    return sim
+
+
+def agent_proc(sim_out: Path, log: Path) -> Proc:
+    """`farm agent` (not started yet) with the agent.yaml `farm sim` wrote in ``sim_out``."""
+    return Proc(["--log-level", "info", "agent", "--config", str(sim_out / "agent.yaml")], log)
+
+
 async def start_lab(
     tmp_path: Path,
     boards: str,
@@ -410,35 +457,15 @@ async def start_lab(
     ``agent_config`` may rewrite the generated agent.yaml before the agent starts."""
     broker = Mosquitto(tmp_path / "mqtt", extra=broker_extra)
     await broker.start()
-    config = tmp_path / "boards.yaml"
-    config.write_text("seed: 3\nboards:\n" + textwrap.indent(textwrap.dedent(boards), "  "))
     out = tmp_path / "sim"
-    sim = Proc(
-        [
-            "sim",
-            "--out",
-            str(out),
-            "--config",
-            str(config),
-            "--agent-id",
-            AGENT,
-            "--broker",
-            broker.url,
-            "--dataset-limit",
-            str(dataset_limit),
-        ],
-        tmp_path / "sim.log",
+    sim = await start_sim(
+        out, boards, seed=3, agent=AGENT, broker=broker.url, dataset_limit=dataset_limit
     )
-    await sim.start()
-    await wait_until(lambda: (out / "agent.yaml").exists(), 60, f"agent.yaml ({sim.log})")
     if agent_config is not None:
         agent_config(out / "agent.yaml")
     observer = Observer(broker.url)
     await observer.start()
-    agent = Proc(
-        ["--log-level", "info", "agent", "--config", str(out / "agent.yaml")],
-        tmp_path / "agent.log",
-    )
+    agent = agent_proc(out, tmp_path / "agent.log")
     lab = Lab(tmp_path, broker, sim, agent, observer)
     await lab.start_agent()
     if not online:

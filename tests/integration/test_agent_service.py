@@ -14,6 +14,9 @@ import pytest
 from farm.messages import RUN_EVENTS, SampleBatch, sample_digest
 from tests.integration.farm_procs import AGENT, FAST, Lab, send, start_lab, stop_lab, wait_until
 
+#: One fast kws01 board.
+KWS_A = f"- {{id: kws-a, model: kws01, latency: {json.dumps(FAST)}}}\n"
+
 
 @pytest.fixture
 async def two_boards(tmp_path: Path) -> AsyncIterator[Lab]:
@@ -27,6 +30,21 @@ async def two_boards(tmp_path: Path) -> AsyncIterator[Lab]:
     )
     yield lab
     await stop_lab(lab)
+
+
+async def long_latency_run(
+    lab: Lab, run: str, *, min_queries: int, min_duration_s: float, flowing: int = 30
+) -> None:
+    """Start a latency run on kws-a once it is idle; return once its samples flow."""
+    await lab.idle("kws-a")
+    await lab.run(
+        run,
+        "kws-a",
+        "kws01",
+        "latency",
+        options={"min_queries": min_queries, "min_duration_s": min_duration_s},
+    )
+    await wait_until(lambda: len(lab.observer.samples[run]) > flowing, 20, "samples flowing")
 
 
 def assert_complete(lab: Lab, run: str, total: int) -> dict:
@@ -211,15 +229,7 @@ async def test_commands_are_acknowledged_idempotent_and_validated(two_boards: La
 
 async def test_cancel_stops_a_run_and_leaves_the_board_idle_and_healthy(two_boards: Lab) -> None:
     lab = two_boards
-    await lab.idle("kws-a")
-    await lab.run(
-        "r-long",
-        "kws-a",
-        "kws01",
-        "latency",
-        options={"min_queries": 100000, "min_duration_s": 600},
-    )
-    await wait_until(lambda: len(lab.observer.samples["r-long"]) > 20, 20, "samples flowing")
+    await long_latency_run(lab, "r-long", min_queries=100000, min_duration_s=600, flowing=20)
     await send(lab.broker.url, AGENT, {"type": "cancel", "id": "cancel-1", "run": "r-long"})
     cancelled = await lab.finished("r-long", within=10)
     assert cancelled["event"] == "cancelled"
@@ -297,17 +307,9 @@ async def test_a_board_configured_fast_runs_a_flashed_model_at_its_rate(tmp_path
 
 
 async def test_broker_restart_mid_run_loses_and_duplicates_nothing(tmp_path: Path) -> None:
-    lab = await start_lab(tmp_path, f"- {{id: kws-a, model: kws01, latency: {json.dumps(FAST)}}}\n")
+    lab = await start_lab(tmp_path, KWS_A)
     try:
-        await lab.idle("kws-a")
-        await lab.run(
-            "r-outage",
-            "kws-a",
-            "kws01",
-            "latency",
-            options={"min_queries": 400, "min_duration_s": 6},
-        )
-        await wait_until(lambda: len(lab.observer.samples["r-outage"]) > 30, 20, "samples flowing")
+        await long_latency_run(lab, "r-outage", min_queries=400, min_duration_s=6)
         await lab.broker.stop()
         await asyncio.sleep(2.0)  # the run goes on; its samples wait in the journal
         await lab.broker.start()
@@ -326,17 +328,9 @@ async def test_broker_restart_mid_run_loses_and_duplicates_nothing(tmp_path: Pat
 
 
 async def test_killed_agent_leaves_its_will_and_reports_the_interrupted_run(tmp_path: Path) -> None:
-    lab = await start_lab(tmp_path, f"- {{id: kws-a, model: kws01, latency: {json.dumps(FAST)}}}\n")
+    lab = await start_lab(tmp_path, KWS_A)
     try:
-        await lab.idle("kws-a")
-        await lab.run(
-            "r-kill",
-            "kws-a",
-            "kws01",
-            "latency",
-            options={"min_queries": 100000, "min_duration_s": 600},
-        )
-        await wait_until(lambda: len(lab.observer.samples["r-kill"]) > 30, 20, "samples flowing")
+        await long_latency_run(lab, "r-kill", min_queries=100000, min_duration_s=600)
         # A second run waits behind the first; the same run id for another board is refused.
         await lab.run("r-queued", "kws-a", "kws01", "accuracy")
         await wait_until(lambda: lab.observer.event("r-queued", "accepted"), 30, "queued")

@@ -4,6 +4,8 @@ simulator measures it; the window the events bracket holds exactly the power mod
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from agent.interface_client import InterfaceClient
@@ -12,9 +14,9 @@ from agent.serial_link import SerialLink
 from farm.models import MODELS
 from farm.protocol.interface import HOST_BAUD as INTERFACE_BAUD
 from farm.protocol.lpm01a import HOST_BAUD as MONITOR_BAUD
-from farm.sim.config import BoardConfig, LatencyConfig
 from farm.sim.server import SimBoard
 from farm.synthetic import encode_input
+from tests.integration.sim_boards import energy_board
 
 #: The simulated interface board's reset (0.5 s) plus a margin.
 RESET_S = 0.6
@@ -24,26 +26,32 @@ SETTLE_S = 5.0
 MANTISSA_REL = 5e-4
 
 
-async def test_infer_energy_window_matches_the_power_model(tmp_path: Path) -> None:
-    config = BoardConfig(
-        id="energy-1",
-        model="kws01",
-        energy=True,
-        firmware="energy",
-        latency=LatencyConfig(median_s=0.01),
-    )
-    board = SimBoard(config, directory=tmp_path / "energy-1", seed=1)
+@contextlib.asynccontextmanager
+async def energy_rig(
+    directory: Path, *, median_s: float, seed: int
+) -> AsyncIterator[tuple[SimBoard, Lpm01aClient, InterfaceClient]]:
+    """A started energy board with the agent's clients of its LPM01A and interface board."""
+    board = energy_board(directory, median_s=median_s, seed=seed)
     await board.start()
     links: list[SerialLink] = []
     lpm: Lpm01aClient | None = None
     try:
         assert board.interface_port is not None and board.monitor_port is not None
-        assert board.monitor is not None
         links.append(await SerialLink.open(str(board.monitor_port.path), MONITOR_BAUD))
         links.append(await SerialLink.open(str(board.interface_port.path), INTERFACE_BAUD))
         lpm = Lpm01aClient(links[0])
-        interface = InterfaceClient(links[1], dut_baud=9600, reset_s=RESET_S)
+        yield board, lpm, InterfaceClient(links[1], dut_baud=9600, reset_s=RESET_S)
+    finally:
+        if lpm is not None:
+            await lpm.close()
+        for link in links:
+            await link.close()
+        await board.stop()
 
+
+async def test_infer_energy_window_matches_the_power_model(tmp_path: Path) -> None:
+    async with energy_rig(tmp_path / "energy-1", median_s=0.01, seed=1) as (board, lpm, interface):
+        assert board.monitor is not None
         # The runner's order: monitor set-up (target off), power on, acquisition, then the
         # interface's setbaud (which flushes the DUT's boot banner from the board's queue).
         await lpm.setup(1800)
@@ -82,34 +90,12 @@ async def test_infer_energy_window_matches_the_power_model(tmp_path: Path) -> No
         truth = board.dut.records[-1]
         assert truth.phase == "infer" and truth.count == 20
         assert -0.002 <= energy.seconds - truth.total_us / 1e6 <= 0.02
-    finally:
-        if lpm is not None:
-            await lpm.close()
-        for link in links:
-            await link.close()
-        await board.stop()
 
 
 async def test_consecutive_windows_number_events_without_gaps(tmp_path: Path) -> None:
     """Several ``infer`` windows in one acquisition, drained one by one as the runner does."""
     pairs = 3
-    config = BoardConfig(
-        id="energy-2",
-        model="kws01",
-        energy=True,
-        firmware="energy",
-        latency=LatencyConfig(median_s=0.002),
-    )
-    board = SimBoard(config, directory=tmp_path / "energy-2", seed=2)
-    await board.start()
-    links: list[SerialLink] = []
-    lpm: Lpm01aClient | None = None
-    try:
-        assert board.interface_port is not None and board.monitor_port is not None
-        links.append(await SerialLink.open(str(board.monitor_port.path), MONITOR_BAUD))
-        links.append(await SerialLink.open(str(board.interface_port.path), INTERFACE_BAUD))
-        lpm = Lpm01aClient(links[0])
-        interface = InterfaceClient(links[1], dut_baud=9600, reset_s=RESET_S)
+    async with energy_rig(tmp_path / "energy-2", median_s=0.002, seed=2) as (_, lpm, interface):
         await lpm.setup(1800)
         await lpm.power(True, voltage_mv=1800)
         await lpm.start()
@@ -127,9 +113,3 @@ async def test_consecutive_windows_number_events_without_gaps(tmp_path: Path) ->
             assert energy.seconds >= 50 * 0.002 * 0.8
         assert numbers == list(range(numbers[0], numbers[0] + 2 * pairs))
         await lpm.stop()
-    finally:
-        if lpm is not None:
-            await lpm.close()
-        for link in links:
-            await link.close()
-        await board.stop()

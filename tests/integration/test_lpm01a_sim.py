@@ -14,10 +14,10 @@ from agent.lpm01a_client import Lpm01aClient, StreamItem
 from agent.serial_link import SerialLink
 from farm.protocol.errors import LocalProtocolError
 from farm.protocol.lpm01a import HOST_BAUD, AcquisitionCompleted, Samples, TimeStamp
-from farm.sim.config import BoardConfig, LatencyConfig
 from farm.sim.faults import FaultSpec
 from farm.sim.server import SimBoard
 from tests.integration.deadlines import assert_on_time
+from tests.integration.sim_boards import energy_board
 
 SETTLE_S = 5.0
 
@@ -32,14 +32,7 @@ async def settle(predicate: Callable[[], bool]) -> None:
 
 @pytest.fixture
 async def board(tmp_path: Path) -> AsyncIterator[SimBoard]:
-    config = BoardConfig(
-        id="lpm",
-        model="kws01",
-        energy=True,
-        firmware="energy",
-        latency=LatencyConfig(median_s=0.005),
-    )
-    sim = SimBoard(config, directory=tmp_path / "lpm", seed=1)
+    sim = energy_board(tmp_path / "lpm", median_s=0.005, seed=1)
     await sim.start()
     await asyncio.wait_for(sim.dut.ready.wait(), SETTLE_S)
     yield sim

@@ -148,6 +148,23 @@ def test_relative_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
         ),
         ("kws01: {", "kws02: {", 19, "boards[0].firmware.images.kws02", "unknown model"),
         ("  - id: nucleo-a", "  - id: nucleo/a", 9, "boards[0].id", "should match pattern"),
+        (
+            "    baud: {performance: 9600}\n",
+            "    firmware: {images: {ad01: {energy: e.bin}}}\n",
+            28,
+            "boards[1].firmware.images.ad01.energy",
+            "an energy build needs",
+        ),
+        (
+            "  url: mqtts://farm:secret@broker.lab:8884\n",
+            "  url: mqtts://broker.lab\n  username: farm\n  password: x\n  password_file: pw\n",
+            6,
+            "broker.password_file",
+            "give password or password_file, not both",
+        ),
+        ("mqtts://farm:secret@", "mqtt://farm:secret@", 4, "broker.tls", "TLS settings with an"),
+        ("mqtts://farm:secret@broker.lab:8884", "http://x", 3, "broker.url", "expected mqtt://"),
+        ("    ca: certs/ca.pem", "    cert: c.pem", 4, "broker.tls.key", "needs its key"),
     ],
 )
 def test_errors_name_file_line_and_field(
@@ -179,23 +196,6 @@ def test_power_cycle_through_a_monitor_the_board_does_not_have(tmp_path: Path) -
     assert f"{path}:28: boards[1].power_cycle.method: method 'monitor'" in message
 
 
-def test_energy_image_needs_the_energy_hardware(tmp_path: Path) -> None:
-    text = edited(
-        "    baud: {performance: 9600}\n", "    firmware: {images: {ad01: {energy: e.bin}}}\n"
-    )
-    path, message = error_of(tmp_path, text)
-    assert f"{path}:28: boards[1].firmware.images.ad01.energy: an energy build needs" in message
-
-
-def test_password_and_password_file_both(tmp_path: Path) -> None:
-    text = edited(
-        "  url: mqtts://farm:secret@broker.lab:8884\n",
-        "  url: mqtts://broker.lab\n  username: farm\n  password: x\n  password_file: pw\n",
-    )
-    path, message = error_of(tmp_path, text)
-    assert f"{path}:6: broker.password_file: give password or password_file, not both" in message
-
-
 def test_password_file_is_read_and_named_when_unreadable(tmp_path: Path) -> None:
     text = edited(
         "  url: mqtts://farm:secret@broker.lab:8884\n",
@@ -208,18 +208,6 @@ def test_password_file_is_read_and_named_when_unreadable(tmp_path: Path) -> None
     (tmp_path / "secrets").mkdir()
     (tmp_path / "secrets" / "pw").write_text("s3cret\n")
     assert cfg.broker.credentials() == ("farm", "s3cret")
-
-
-def test_broker_url_and_tls_consistency(tmp_path: Path) -> None:
-    path, message = error_of(tmp_path, edited("mqtts://farm:secret@", "mqtt://farm:secret@"))
-    assert f"{path}:4: broker.tls: TLS settings with an mqtt:// url" in message
-    path, message = error_of(tmp_path, edited("mqtts://farm:secret@broker.lab:8884", "http://x"))
-    assert f"{path}:3: broker.url: expected mqtt://" in message
-
-
-def test_cert_needs_key(tmp_path: Path) -> None:
-    path, message = error_of(tmp_path, edited("    ca: certs/ca.pem", "    cert: c.pem"))
-    assert f"{path}:4: broker.tls.key: a client certificate needs its key" in message
 
 
 def test_yaml_problems(tmp_path: Path) -> None:

@@ -59,6 +59,13 @@ def small(tmp_path: Path, dataset: str = "kws01", limit: int = 6) -> Path:
     return tmp_path
 
 
+def load_error(root: Path, name: str) -> DatasetError:
+    """The error loading dataset ``name`` below ``root`` raises (the test fails if none)."""
+    with pytest.raises(DatasetError) as info:
+        load_dataset(root, name)
+    return info.value
+
+
 # -- the shipped index files ---------------------------------------------------------------
 
 
@@ -188,22 +195,20 @@ def test_malformed_row_gives_file_and_line(tmp_path: Path, line: str, message: s
     lines = index.read_text().splitlines()
     lines[3] = line
     index.write_text("\n".join(lines) + "\n")
-    with pytest.raises(DatasetError) as info:
-        load_dataset(root, "kws01")
-    assert str(info.value) == f"{index}:4: {message}"
+    error = load_error(root, "kws01")
+    assert str(error) == f"{index}:4: {message}"
 
 
 def test_every_malformed_row_is_listed(tmp_path: Path) -> None:
     root = small(tmp_path)
     index = root / "kws01" / "y_labels.csv"
     index.write_text("a,1\nb,12,3\nc\n")
-    with pytest.raises(DatasetError) as info:
-        load_dataset(root, "kws01")
-    assert info.value.problems == (
+    error = load_error(root, "kws01")
+    assert error.problems == (
         f"{index}:1: expected 3 or 5 comma-separated fields, got 2",
         f"{index}:3: expected 3 or 5 comma-separated fields, got 1",
     )
-    assert str(info.value) == "\n".join(info.value.problems)
+    assert str(error) == "\n".join(error.problems)
 
 
 @pytest.mark.parametrize(
@@ -226,10 +231,9 @@ def test_rows_that_do_not_fit_the_benchmark(tmp_path: Path, line: str, message: 
     lines = index.read_text().splitlines()
     lines[3] = line
     index.write_text("\n".join(lines) + "\n")
-    with pytest.raises(DatasetError) as info:
-        load_dataset(root, "kws01")
-    assert str(info.value).startswith(f"{index} does not fit kws01:\n")
-    assert f"{index}:4: {message}" in str(info.value)
+    error = load_error(root, "kws01")
+    assert str(error).startswith(f"{index} does not fit kws01:\n")
+    assert f"{index}:4: {message}" in str(error)
 
 
 @pytest.mark.parametrize(
@@ -247,25 +251,22 @@ def test_ad_rows(tmp_path: Path, row: str, message: str) -> None:
     folder.mkdir()
     (folder / "y_labels.csv").write_text(row + "\n")
     (folder / "f.bin").write_bytes(bytes(102400))
-    with pytest.raises(DatasetError) as info:
-        load_dataset(tmp_path, "ad01")
-    assert f"{folder / 'y_labels.csv'}:1: {message}" in str(info.value)
+    error = load_error(tmp_path, "ad01")
+    assert f"{folder / 'y_labels.csv'}:1: {message}" in str(error)
 
 
 # -- folders and files ---------------------------------------------------------------------
 
 
 def test_root_missing(tmp_path: Path) -> None:
-    with pytest.raises(DatasetError) as info:
-        load_dataset(tmp_path / "nowhere", "kws")
-    assert str(info.value) == f"dataset folder {tmp_path / 'nowhere'} does not exist"
+    error = load_error(tmp_path / "nowhere", "kws")
+    assert str(error) == f"dataset folder {tmp_path / 'nowhere'} does not exist"
 
 
 def test_benchmark_folder_missing(tmp_path: Path) -> None:
     root = small(tmp_path)
-    with pytest.raises(DatasetError) as info:
-        load_dataset(root, "vww")
-    assert str(info.value) == (
+    error = load_error(root, "vww")
+    assert str(error) == (
         f"no vww01 folder in {root} (expected {root}/vww01/y_labels.csv and the files it names)"
     )
     # a dataset folder passed instead of the root: say so
@@ -276,9 +277,8 @@ def test_benchmark_folder_missing(tmp_path: Path) -> None:
 def test_index_missing(tmp_path: Path) -> None:
     root = small(tmp_path)
     (root / "kws01" / "y_labels.csv").unlink()
-    with pytest.raises(DatasetError) as info:
-        load_dataset(root, "kws")
-    assert str(info.value) == f"{root}/kws01/y_labels.csv is missing"
+    error = load_error(root, "kws")
+    assert str(error) == f"{root}/kws01/y_labels.csv is missing"
 
 
 def test_empty_index(tmp_path: Path) -> None:
@@ -301,9 +301,8 @@ def test_named_files_missing(tmp_path: Path) -> None:
     folder = root / "kws01"
     (folder / "tst_000001_Left_2.bin").unlink()
     (folder / "tst_000004_On_5.bin").unlink()
-    with pytest.raises(DatasetError) as info:
-        load_dataset(root, "kws")
-    assert str(info.value) == (
+    error = load_error(root, "kws")
+    assert str(error) == (
         f"2 of the 6 files named in {folder}/y_labels.csv are missing from {folder}:\n"
         "  tst_000001_Left_2.bin (line 2)\n"
         "  tst_000004_On_5.bin (line 5)"
@@ -314,12 +313,11 @@ def test_many_missing_files_are_summarised(tmp_path: Path) -> None:
     root = small(tmp_path, limit=15)
     for f in (root / "kws01").glob("*.bin"):
         f.unlink()
-    with pytest.raises(DatasetError) as info:
-        load_dataset(root, "kws")
-    lines = str(info.value).splitlines()
+    error = load_error(root, "kws")
+    lines = str(error).splitlines()
     assert lines[0].startswith("15 of the 15 files named")
     assert len(lines) == 12 and lines[-1] == "  ... and 5 more"
-    assert len(info.value.problems) == 15
+    assert len(error.problems) == 15
 
 
 @pytest.mark.parametrize(("dataset", "size"), [("kws01", 490), ("vww01", 27648), ("ic01", 3072)])
@@ -328,10 +326,9 @@ def test_file_of_the_wrong_size(tmp_path: Path, dataset: str, size: int) -> None
     folder = root / dataset
     victim = official_rows(dataset)[1].file
     (folder / victim).write_bytes(bytes(size - 1))
-    with pytest.raises(DatasetError) as info:
-        load_dataset(root, dataset)
+    error = load_error(root, dataset)
     model = get_benchmark(dataset).model.id
-    assert str(info.value) == (
+    assert str(error) == (
         f"1 files in {folder} are not {size} B, the {model} input size:\n"
         f"  {victim} is {size - 1} B (line 2)"
     )
@@ -341,9 +338,8 @@ def test_ad_file_smaller_than_a_window(tmp_path: Path) -> None:
     root = small(tmp_path, "ad01", limit=3)
     victim = root / "ad01" / "normal_id_01_00000013_hist_librosa.bin"
     victim.write_bytes(bytes(2559))
-    with pytest.raises(DatasetError) as info:
-        load_dataset(root, "ad01")
-    assert str(info.value) == (
+    error = load_error(root, "ad01")
+    assert str(error) == (
         f"1 files in {root / 'ad01'} are smaller than one 2560-byte window:\n"
         f"  {victim.name} is 2559 B (line 2)"
     )
@@ -353,9 +349,8 @@ def test_ragged_ad_files_are_flagged(tmp_path: Path) -> None:
     root = small(tmp_path, "ad01", limit=3)
     victim = root / "ad01" / "normal_id_01_00000023_hist_librosa.bin"
     victim.write_bytes(victim.read_bytes()[: 102400 - 3 * 512])
-    with pytest.raises(DatasetError) as info:
-        load_dataset(root, "ad01")
-    message = str(info.value)
+    error = load_error(root, "ad01")
+    message = str(error)
     assert message.startswith(f"ragged ad01 files in {root / 'ad01'}: 1 files differ")
     assert "normal_id_01_00000003_hist_librosa.bin, which has 196 windows (102400 B)" in message
     assert "(see docs/measurement.md#datasets)" in message

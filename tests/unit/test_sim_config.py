@@ -100,21 +100,19 @@ def test_generated_boards_cycle_the_models() -> None:
         generated_config(None, ["ic09"], energy=0, seed=0)
 
 
-def test_faults_a_device_cannot_inject_are_refused(tmp_path: Path) -> None:
-    path = write(
-        tmp_path,
-        "boards:\n  - id: a\n    model: kws01\n    energy: true\n"
-        "    faults:\n      - {kind: garbage, device: interface}\n",
-    )
-    with pytest.raises(ConfigError, match="the interface simulator cannot inject 'garbage'"):
-        load_config(path)
-
-
-def test_energy_firmware_cannot_be_unplugged(tmp_path: Path) -> None:
-    path = write(
-        tmp_path,
-        "boards:\n  - id: a\n    model: kws01\n    energy: true\n    firmware: energy\n"
-        "    faults:\n      - {kind: disconnect}\n",
-    )
-    with pytest.raises(ConfigError, match="does not talk on"):
+@pytest.mark.parametrize(
+    ("board", "error"),
+    [
+        # A device that cannot inject a fault:
+        (
+            "faults:\n      - {kind: garbage, device: interface}\n",
+            "the interface simulator cannot inject 'garbage'",
+        ),
+        # The energy firmware does not talk on the DUT port, so it cannot be unplugged from it:
+        ("firmware: energy\n    faults:\n      - {kind: disconnect}\n", "does not talk on"),
+    ],
+)
+def test_faults_the_board_cannot_have_are_refused(tmp_path: Path, board: str, error: str) -> None:
+    path = write(tmp_path, "boards:\n  - id: a\n    model: kws01\n    energy: true\n    " + board)
+    with pytest.raises(ConfigError, match=error):
         load_config(path)
