@@ -82,8 +82,8 @@ from agent.outbox import PUBACK_TIMEOUT_S, WINDOW, Outbox, SampleBatcher
 from farm.messages import (
     SAMPLE_BATCH,
     SCHEMA,
+    Topic,
     command_topic,
-    parse_topic,
     sample_digest,
     samples_topic,
 )
@@ -187,11 +187,7 @@ class FleetObserver(AgentTopics):
         self.agent_state: str | None = None
         self.max_backlog = 0
 
-    def _record(self, topic: str, payload: bytes) -> None:
-        meaning = parse_topic(topic)
-        if meaning is None:
-            return
-        data = json.loads(payload)
+    def _record(self, meaning: Topic, data: Any) -> None:
         if meaning.kind == "samples":
             now = time.monotonic()
             run = meaning.run

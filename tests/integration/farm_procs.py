@@ -15,14 +15,15 @@ import sys
 import textwrap
 import uuid
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiomqtt
+import redis
 
-from farm.messages import SCHEMA, command_topic, parse_topic
+from farm.messages import SCHEMA, Topic, command_topic, parse_topic
 
 
 def free_port() -> int:
@@ -133,7 +134,7 @@ def host_port(url: str) -> tuple[str, int]:
 
 class AgentTopics:
     """A subscription to every agent topic in the background (reconnecting, with a session
-    the broker keeps): each message goes to :meth:`_record`."""
+    the broker keeps): each agent message goes to :meth:`_record`, its topic parsed."""
 
     def __init__(self, url: str, identifier: str) -> None:
         self.host, self.port = host_port(url)
@@ -162,12 +163,14 @@ class AgentTopics:
                     await client.subscribe("farm/v1/agent/#", qos=1)
                     self.connected.set()
                     async for message in client.messages:
-                        self._record(str(message.topic), bytes(message.payload))  # type: ignore[arg-type]
+                        meaning = parse_topic(str(message.topic))
+                        if meaning is not None:
+                            self._record(meaning, json.loads(message.payload))  # type: ignore[arg-type]
             except aiomqtt.MqttError:
                 self.connected.clear()
                 await asyncio.sleep(0.2)
 
-    def _record(self, topic: str, payload: bytes) -> None:
+    def _record(self, meaning: Topic, data: Any) -> None:
         raise NotImplementedError
 
 
@@ -184,11 +187,7 @@ class Observer(AgentTopics):
         self.heartbeats: list[dict] = []
         self.status_history: list[dict] = []
 
-    def _record(self, topic: str, payload: bytes) -> None:
-        meaning = parse_topic(topic)
-        if meaning is None:
-            return
-        data = json.loads(payload)
+    def _record(self, meaning: Topic, data: Any) -> None:
         if meaning.kind == "samples":
             for record in data["samples"]:
                 self.samples[meaning.run][record["seq"]].append(record)  # type: ignore[index]
@@ -262,6 +261,18 @@ def descendants(pid: int) -> list[int]:
             found.append(child)
             todo.append(child)
     return found
+
+
+@contextlib.contextmanager
+def flushed_redis(url: str) -> Iterator[redis.Redis]:
+    """A client of a test's own Redis database, emptied before and after the test."""
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    try:
+        yield client
+    finally:
+        client.flushdb()
+        client.close()
 
 
 def alive(pids: list[int]) -> list[int]:

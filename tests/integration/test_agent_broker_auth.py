@@ -8,12 +8,14 @@ import asyncio
 import json
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from tests.integration.farm_procs import (
     AGENT,
     FAST,
+    Lab,
     free_port,
     send,
     start_lab,
@@ -69,27 +71,36 @@ def tls_listener(tmp_path: Path) -> tuple[int, str, Path, Path]:
     return port, listener, cert, secret
 
 
-async def test_agent_connects_over_tls_with_a_password_file(tmp_path: Path) -> None:
-    tls_port, listener, cert, secret = tls_listener(tmp_path)
+async def start_tls_lab(
+    tmp_path: Path, listener: str, broker: dict[str, object], **options: Any
+) -> Lab:
+    """A lab with one kws board whose agent has ``broker`` as its agent.yaml broker section;
+    the observer and the test's commands use the plain listener."""
 
     def secure(agent_yaml: Path) -> None:
         data = yaml.safe_load(agent_yaml.read_text())
-        data["broker"] = {
-            "url": f"mqtts://127.0.0.1:{tls_port}",
-            "username": "pi1",
-            "password_file": str(secret),
-            "tls": {"ca": str(cert)},
-            "keepalive_s": 5,
-        }
+        data["broker"] = broker
         agent_yaml.write_text(yaml.safe_dump(data))
 
-    # The observer and the test's commands use the plain listener; the agent only TLS.
-    lab = await start_lab(
+    return await start_lab(
         tmp_path,
         f"- {{id: kws-a, model: kws01, latency: {json.dumps(FAST)}}}\n",
         broker_extra=listener,
         agent_config=secure,
+        **options,
     )
+
+
+async def test_agent_connects_over_tls_with_a_password_file(tmp_path: Path) -> None:
+    tls_port, listener, cert, secret = tls_listener(tmp_path)
+    broker = {
+        "url": f"mqtts://127.0.0.1:{tls_port}",
+        "username": "pi1",
+        "password_file": str(secret),
+        "tls": {"ca": str(cert)},
+        "keepalive_s": 5,
+    }
+    lab = await start_tls_lab(tmp_path, listener, broker)
     try:
         assert f"event=mqtt_connected broker=mqtts://127.0.0.1:{tls_port}" in lab.agent.output()
         await lab.idle("kws-a")
@@ -106,23 +117,12 @@ async def test_agent_connects_over_tls_with_a_password_file(tmp_path: Path) -> N
 async def test_a_wrong_password_is_retried_with_backoff_not_fatal(tmp_path: Path) -> None:
     tls_port, listener, cert, secret = tls_listener(tmp_path)
     secret.write_text("wrong\n")
-
-    def secure(agent_yaml: Path) -> None:
-        data = yaml.safe_load(agent_yaml.read_text())
-        data["broker"] = {
-            "url": f"mqtts://pi1@127.0.0.1:{tls_port}",
-            "password_file": str(secret),
-            "tls": {"ca": str(cert)},
-        }
-        agent_yaml.write_text(yaml.safe_dump(data))
-
-    lab = await start_lab(
-        tmp_path,
-        f"- {{id: kws-a, model: kws01, latency: {json.dumps(FAST)}}}\n",
-        broker_extra=listener,
-        agent_config=secure,
-        online=False,
-    )
+    broker = {
+        "url": f"mqtts://pi1@127.0.0.1:{tls_port}",
+        "password_file": str(secret),
+        "tls": {"ca": str(cert)},
+    }
+    lab = await start_tls_lab(tmp_path, listener, broker, online=False)
     try:
         await wait_until(
             lambda: lab.agent.output().count("event=mqtt_disconnected") >= 2, 30, "retries"

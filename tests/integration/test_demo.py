@@ -22,10 +22,11 @@ from tests.integration.controller_lab import REDIS_URL
 ROWS = dataset_rows(quick=True)
 
 
-async def run_demo(
+async def start_demo(
     out: Path, *args: str, env: dict[str, str] | None = None
-) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
+) -> asyncio.subprocess.Process:
+    """``farm demo --quick`` on four boards, with its JSON report on stdout."""
+    return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "farm.cli",
@@ -41,6 +42,12 @@ async def run_demo(
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "COLUMNS": "300", **(env or {})},
     )
+
+
+async def run_demo(
+    out: Path, *args: str, env: dict[str, str] | None = None
+) -> tuple[int, str, str]:
+    process = await start_demo(out, *args, env=env)
     stdout, stderr = await asyncio.wait_for(process.communicate(), 600)
     return process.returncode or 0, stdout.decode(), stderr.decode()
 

@@ -7,26 +7,15 @@ import asyncio
 import json
 import os
 import signal
-import sys
 from pathlib import Path
 
 from tests.integration.farm_procs import alive, descendants, farm_command, wait_until
-from tests.integration.test_demo import leftovers
-
-DEMO = [sys.executable, "-m", "farm.cli", "demo", "--quick", "--embedded", "--json"]
+from tests.integration.test_demo import leftovers, start_demo
 
 
 async def test_sigterm_mid_sweep_stops_every_process_without_a_traceback(tmp_path: Path) -> None:
     out = tmp_path / "demo"
-    process = await asyncio.create_subprocess_exec(
-        *DEMO,
-        "--boards",
-        "4",
-        "--out",
-        str(out),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    process = await start_demo(out, "--embedded")
     try:
         # A performance run calibrating: the sweep is under way on a board.
         await wait_until(

@@ -652,25 +652,18 @@ async def test_run_events_move_the_run_and_keep_the_final_one(
 
     # A started event for a run that is not dispatched changes nothing but the event list;
     # events for a run on another board are rejected.
-    queued = Started(
-        event="started",
-        model="kws01",
-        build="performance",
-        total=5,
-        dataset="x",
-        agent=AGENT,
-        board=BOARD,
-        run="run-queued",
-    )
-    elsewhere = Started(
-        event="started",
-        model="kws01",
-        build="performance",
-        total=5,
-        dataset="x",
-        agent=AGENT,
-        board=BOARD,
-        run="run-elsewhere",
+    queued, elsewhere = (
+        Started(
+            event="started",
+            model="kws01",
+            build="performance",
+            total=5,
+            dataset="x",
+            agent=AGENT,
+            board=BOARD,
+            run=run,
+        )
+        for run in ("run-queued", "run-elsewhere")
     )
     await publish_all(
         pub,

@@ -16,6 +16,7 @@ from rq.utils import now as rq_now
 from controller import keys
 from controller.reaper import Reaper, reap
 from controller.sweeps import QUEUE_ORDER
+from tests.integration.farm_procs import flushed_redis
 
 #: A database of its own: the test flushes it.
 REDIS_URL = "redis://127.0.0.1:6379/9"
@@ -23,11 +24,8 @@ REDIS_URL = "redis://127.0.0.1:6379/9"
 
 @pytest.fixture
 def rq_client() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(REDIS_URL)
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
+    with flushed_redis(REDIS_URL) as client:
+        yield client
 
 
 def test_a_job_rq_left_ready_is_enqueued_at_the_next_tick(rq_client: redis.Redis) -> None:

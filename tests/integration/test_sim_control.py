@@ -133,6 +133,22 @@ async def direct_client(entry: dict, model: str) -> tuple[SerialLink, DutClient]
     return link, DutClient(DirectChannel(link, busy_limit_s=1.0), MODELS[model])
 
 
+async def answers_as_performance_vww01(farm: SimFarm, board_id: str) -> None:
+    """boards.json lists the board as a vww01 performance build at 115200 baud on its own
+    port, and the DUT there says so."""
+    entry = descriptor(farm, board_id)
+    assert (entry["model"], entry["firmware"], entry["dut"]["baud"]) == (
+        "vww01",
+        "performance",
+        115200,
+    )
+    link, client = await direct_client(entry, "vww01")
+    try:
+        assert await client.profile() == ("ULPMark for tinyML Firmware V0.0.1", "vww01")
+    finally:
+        await link.close()
+
+
 async def flash(farm: SimFarm, board_id: str, model: str, build: str) -> tuple[int, str, str]:
     image = image_path(farm.out, model, build)
     return await simctl(
@@ -167,17 +183,7 @@ async def test_flash_reenumerates_the_port_and_boots_the_new_model(
     finally:
         await old_link.close()
 
-    entry = descriptor(farm, "b1")
-    assert (entry["model"], entry["firmware"], entry["dut"]["baud"]) == (
-        "vww01",
-        "performance",
-        115200,
-    )
-    link, client = await direct_client(entry, "vww01")
-    try:
-        assert await client.profile() == ("ULPMark for tinyML Firmware V0.0.1", "vww01")
-    finally:
-        await link.close()
+    await answers_as_performance_vww01(farm, "b1")
     assert b.dut.boots == 2
 
     # Another model at another baud: boards.json says which, and the ground truth still holds.
@@ -326,17 +332,7 @@ async def test_energy_board_flashes_between_builds(sim_farm: FarmFactory) -> Non
         # Energy -> performance: the DUT now talks on its own USB port, at 115200.
         rc, _, err = await flash(farm, "e1", "vww01", "performance")
         assert rc == 0, err
-        entry = descriptor(farm, "e1")
-        assert (entry["model"], entry["firmware"], entry["dut"]["baud"]) == (
-            "vww01",
-            "performance",
-            115200,
-        )
-        link, client = await direct_client(entry, "vww01")
-        try:
-            assert (await client.profile())[1] == "vww01"
-        finally:
-            await link.close()
+        await answers_as_performance_vww01(farm, "e1")
 
         # Performance -> energy: back behind the interface board, at 9600.
         rc, _, err = await flash(farm, "e1", "kws01", "energy")

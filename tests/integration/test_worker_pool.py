@@ -12,7 +12,14 @@ import pytest
 import redis
 from rq import Worker
 
-from tests.integration.farm_procs import Proc, alive, descendants, farm_command, wait_until
+from tests.integration.farm_procs import (
+    Proc,
+    alive,
+    descendants,
+    farm_command,
+    flushed_redis,
+    wait_until,
+)
 
 #: A database of its own: other tests' workers and queues are not in it.
 REDIS_URL = "redis://127.0.0.1:6379/12"
@@ -20,10 +27,8 @@ REDIS_URL = "redis://127.0.0.1:6379/12"
 
 @pytest.fixture
 def db() -> Iterator[redis.Redis]:
-    connection = redis.Redis.from_url(REDIS_URL)
-    connection.flushdb()
-    yield connection
-    connection.flushdb()
+    with flushed_redis(REDIS_URL) as client:
+        yield client
 
 
 async def test_an_idle_pool_stops_on_the_first_sigterm_and_leaves_nothing(

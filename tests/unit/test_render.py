@@ -12,28 +12,13 @@ import pytest
 from rich.console import Console
 
 from controller.render import emit, table
-from controller.report import results_listings, run_listing
+from controller.report import SUMMARY_KEYS, results_listings, run_listing
 
 PROBLEM = "subset: 10 of 1000 rows (not valid for submission)"
 
 
 def summary(**numbers: object) -> dict[str, object]:
-    base: dict[str, object] = dict.fromkeys(
-        (
-            "throughput_ips",
-            "latency_ms",
-            "top1",
-            "auc",
-            "energy_uj",
-            "p50_us",
-            "p90_us",
-            "p99_us",
-            "p90_early_stop_us",
-            "samples",
-            "target",
-            "target_met",
-        )
-    )
+    base: dict[str, object] = dict.fromkeys(SUMMARY_KEYS)
     return {**base, "valid": False, "problems": [PROBLEM], "artifacts": "/r/x", **numbers}
 
 
