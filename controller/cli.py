@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from controller.broker_cli import broker_app
+from controller.progress import follow
 from farm.cli_common import console, err, fail, needs_extra
 
 if TYPE_CHECKING:
@@ -273,151 +274,11 @@ def submit(
     if wait:
         from controller.report import sweep_report
 
-        code = _follow(client, sweep_id, quiet=json_out)
+        code = follow(client, sweep_id, quiet=json_out)
         report = sweep_report(client, sweep_id)
         if report is not None and not json_out:
             _print_results(report, "table")
         raise typer.Exit(code)
-
-
-def _follow(
-    client: Any, sweep_id: str, *, quiet: bool, samples: dict[str, int] | None = None
-) -> int:
-    """Progress until every run of the sweep ended (1 if any failed): on a terminal a live
-    table per run; elsewhere a line per run state change and a sweep line (done/total, ETA)
-    every :data:`PLAIN_EVERY_S`. The ETA comes from the wire-time estimate of what is left
-    (``samples``: an accuracy run's sample count per benchmark where the agents' datasets are
-    known subsets)."""
-    from rich.live import Live
-
-    from controller import keys
-    from controller.render import Column, Listing, table
-
-    started = time.monotonic()
-
-    def snapshot() -> tuple[list[dict[str, str]], float]:
-        runs = [
-            client.hgetall(keys.run(r)) for r in client.lrange(keys.sweep_runs(sweep_id), 0, -1)
-        ]
-        return runs, _sweep_eta(runs, samples or {})
-
-    def view(runs: list[dict[str, str]], eta: float) -> Any:
-        done = sum(r.get("state") in keys.TERMINAL for r in runs)
-        rows = [
-            {
-                "board": r["board"],
-                "benchmark": r["benchmark"],
-                "mode": r["mode"],
-                "state": r["state"],
-                "samples": f"{r.get('done') or 0}/{r.get('total') or '?'}",
-                "eta": r.get("eta_s") or None,
-            }
-            for r in runs
-        ]
-        listing = Listing(
-            f"sweep {sweep_id}: {done}/{len(runs)} runs done, about {eta:.0f} s left",
-            [
-                Column("board", "board"),
-                Column("benchmark", "bench"),
-                Column("mode", "mode"),
-                Column("state", "state"),
-                Column("samples", "samples"),
-                Column("eta", "ETA s", rank=1),
-            ],
-            rows,
-        )
-        return table(listing, err.width)
-
-    runs, eta = snapshot()
-    if err.is_terminal:
-        with Live(view(runs, eta), console=err, refresh_per_second=2, transient=quiet) as live:
-            while not all(r.get("state") in keys.TERMINAL for r in runs):
-                time.sleep(0.5)
-                runs, eta = snapshot()
-                live.update(view(runs, eta))
-        err.print()
-    else:
-        states: dict[str, str] = {}
-        last_line = 0.0
-        while True:
-            for r in runs:
-                if states.get(r["id"]) != r.get("state"):
-                    states[r["id"]] = r.get("state", "?")
-                    err.print(
-                        f"{time.monotonic() - started:6.1f} s  {r['id']} {r['board']} "
-                        f"{r['benchmark']} {r['mode']}: {r.get('state')}",
-                        highlight=False,
-                        soft_wrap=True,
-                    )
-            finished = all(r.get("state") in keys.TERMINAL for r in runs)
-            if finished or time.monotonic() - last_line >= PLAIN_EVERY_S:
-                last_line = time.monotonic()
-                done = sum(r.get("state") in keys.TERMINAL for r in runs)
-                err.print(
-                    f"{last_line - started:6.1f} s  sweep {sweep_id}: {done}/{len(runs)} runs "
-                    f"done, about {eta:.0f} s left",
-                    highlight=False,
-                    soft_wrap=True,
-                )
-            if finished:
-                break
-            time.sleep(0.5)
-            runs, eta = snapshot()
-    failed = [r for r in runs if r.get("state") != "completed"]
-    for run in failed:
-        err.print(
-            f"[red]{run['id']}[/] {run['board']} {run['benchmark']} {run['mode']}: "
-            f"{run['state']}: {run.get('reason')}",
-            highlight=False,
-        )
-    return 1 if failed else 0
-
-
-#: How often a sweep line is printed when stderr is not a terminal.
-PLAIN_EVERY_S = 10.0
-
-
-def _measured_latency_s(runs: list[dict[str, str]], board: str, benchmark: str) -> float | None:
-    """Seconds per inference of ``board`` from its completed performance run in the sweep."""
-    for r in runs:
-        if (r["board"], r["benchmark"], r["mode"]) == (board, benchmark, "performance"):
-            latency_ms = json.loads(r.get("summary") or "{}").get("latency_ms")
-            return None if latency_ms is None else latency_ms / 1000
-    return None
-
-
-def _sweep_eta(runs: list[dict[str, str]], samples: dict[str, int]) -> float:
-    """Seconds until the sweep ends: per board, the agent's ETA of its running run (else the
-    wire-time estimate) plus the estimates of its queued runs; the slowest board's sum."""
-    from controller import keys
-    from controller.estimate import SETUP_ALLOWANCE_S, estimate_run_s, samples_expected
-    from farm.catalog import get_benchmark
-    from farm.messages import RunOptions
-
-    per_board: dict[str, float] = {}
-    for r in runs:
-        if r.get("state") in keys.TERMINAL:
-            continue
-        if r.get("eta_s"):
-            left = float(r["eta_s"])
-        else:
-            bench, mode = get_benchmark(r["benchmark"]), r["mode"]
-            options = RunOptions.model_validate_json(r.get("options") or "{}")
-            # The allowance is for a flash the demo and most sweeps never need.
-            left = estimate_run_s(bench, mode, options) - SETUP_ALLOWANCE_S  # type: ignore[arg-type]
-            measured = _measured_latency_s(runs, r["board"], bench.id)
-            if mode == "latency" and measured is not None:
-                # The board's own inference time from its performance run, not the reference
-                # board's: a fast board's 1,024 queries take seconds, not ten minutes.
-                count = samples_expected(bench, mode, options)  # type: ignore[arg-type]
-                left = max(options.min_duration_s, count * measured)
-            total = r.get("total") or samples.get(bench.id)
-            if total and mode == "accuracy":
-                # The agent's dataset may be a subset: scale to the samples it has.
-                expected = samples_expected(bench, mode, options)  # type: ignore[arg-type]
-                left *= (int(total) - int(r.get("done") or 0)) / max(expected, 1)
-        per_board[r["board"]] = per_board.get(r["board"], 0.0) + left
-    return max(per_board.values(), default=0.0)
 
 
 def status(redis: RedisOpt = None, fmt: FormatOpt = "table", json_out: JsonOpt = False) -> None:
@@ -666,7 +527,7 @@ def demo(
             for note in farm.notes:
                 err.print(note, highlight=False, soft_wrap=True)
             sweep_id, _ = farm.submit()
-            code = _follow(farm.redis, sweep_id, quiet=json_out, samples=farm.accuracy_samples())
+            code = follow(farm.redis, sweep_id, quiet=json_out, samples=farm.accuracy_samples())
             report = sweep_report(farm.redis, sweep_id)
             assert report is not None
             _print_results(report, fmt)
