@@ -1,8 +1,9 @@
 """``farm controller ingest``: the agents' MQTT messages into Redis.
 
-One :class:`Ingest` subscribes to every agent topic (``farm/v1/agent/#``, by default as a
-member of the shared subscription ``$share/farm-ingest/...``, so several ingest processes split
-the stream) with a persistent session, and for every message:
+One :class:`Ingest` subscribes to every agent topic (``farm/v1/agent/#``, a plain subscription
+by default; with ``share``, the non-retained topics as a member of a shared subscription
+``$share/<group>/...``, so several ingest processes split them, and the statuses still
+plainly) with a persistent session, and for every message:
 
 1. parses the topic (:func:`farm.messages.parse_topic`), caps the payload size, parses the
    JSON and validates it, strictly, with the topic's pydantic model (sample batches, most of

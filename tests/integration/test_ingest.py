@@ -83,19 +83,21 @@ async def serving(
     redis_url: str = REDIS_URL,
     group: str | None = None,
     client_id: str | None = None,
-    share: bool = True,
+    share: bool | None = None,
     forget: bool = True,
     broker_url: str | None = None,
     make: Callable[..., Ingest] = Ingest,
 ) -> AsyncIterator[Ingest]:
     """An Ingest task, subscribed; cancelled at the end (and its broker session removed, so
     it does not collect the later tests' messages, unless ``forget`` is false).
-    ``broker_url``: where ingest connects (a :class:`Tap` in front of ``broker``); ``make``:
-    the class (or a factory taking Ingest's arguments)."""
+    ``share``: Ingest's default unless given; ``broker_url``: where ingest connects (a
+    :class:`Tap` in front of ``broker``); ``make``: the class (or a factory taking Ingest's
+    arguments)."""
     settings = Settings(redis_url, broker_url or broker.url, Path("/nonexistent"))
     client_id = client_id or f"test-ingest-{uuid.uuid4().hex[:8]}"
     group = group or f"g{uuid.uuid4().hex[:8]}"
-    ingest = make(settings, group=group, share=share, client_id=client_id)
+    options: dict[str, Any] = {} if share is None else {"share": share}
+    ingest = make(settings, group=group, client_id=client_id, **options)
     task = asyncio.get_running_loop().create_task(ingest.run())
     try:
         await asyncio.wait_for(ingest.subscribed.wait(), 10)
@@ -372,6 +374,9 @@ async def test_rejections_are_counted_and_ingest_keeps_serving(
     await publish_all(pub, [(t, p) for t, p, _ in cases] + noise)
     await pub.publish(topic("run-ok"), agent_batch("run-ok", good), qos=1)
     await eventually(lambda: ingest.counters["accepted_samples"] == 3, "the valid batch")
+    # Messages of other runs and agents are handled alongside, and may finish later.
+    total = len(cases) + len(noise) + 1
+    await eventually(lambda: ingest.counters["handled"] >= total, "every message handled")
     assert await db.hlen(keys.run_samples("run-ok")) == 3
     for name, value in expected.items():
         if name in ("rejected_bad_json", "rejected_invalid_sample_batch"):
@@ -379,7 +384,7 @@ async def test_rejections_are_counted_and_ingest_keeps_serving(
         else:
             assert ingest.counters[name] == value, (name, dict(ingest.counters))
     assert ingest.counters["rejected_internal"] == 0
-    assert ingest.counters["handled"] == len(cases) + len(noise) + 1
+    assert ingest.counters["handled"] == total
     stored_counters = await db.hgetall(keys.INGEST_COUNTERS)
     for name, value in ingest.counters.items():
         if name.startswith(("rejected_", "accepted_")):
@@ -903,7 +908,10 @@ async def test_two_ingest_processes_split_a_shared_subscription(
     records = agent_records(samples(2000))
     topic = samples_topic(AGENT, BOARD, run)
     group = f"g{uuid.uuid4().hex[:8]}"
-    async with serving(broker, group=group) as first, serving(broker, group=group) as second:
+    async with (
+        serving(broker, group=group, share=True) as first,
+        serving(broker, group=group, share=True) as second,
+    ):
         await publish_all(
             pub, [(topic, agent_batch(run, records[i : i + 20])) for i in range(0, 2000, 20)]
         )
@@ -917,6 +925,69 @@ async def test_two_ingest_processes_split_a_shared_subscription(
         assert all(i.counters["duplicate_samples"] == 0 for i in both)
     assert await db.hlen(keys.run_samples(run)) == 2000
     assert await db.hget(keys.INGEST_COUNTERS, "accepted_samples") == "2000"
+
+
+async def test_by_default_each_ingest_has_a_plain_subscription_of_its_own(
+    broker: Mosquitto, db: aioredis.Redis, pub: aiomqtt.Client
+) -> None:
+    """No shared subscription unless asked: two ingest processes left with the defaults (and
+    the same group name) each receive every message, retained statuses included, instead of
+    splitting them (a departed one's session would keep its share queued for days)."""
+    agent = f"ret-{uuid.uuid4().hex[:6]}"
+    online = AgentStatus(agent=agent, state="online", boards=["rb1"], started=10.0)
+    await pub.publish(agent_status_topic(agent), online.dumps(), qos=1, retain=True)
+    run = "run-plain"
+    await dispatch(db, run)
+    records = agent_records(samples(100))
+    topic = samples_topic(AGENT, BOARD, run)
+    try:
+        async with (
+            serving(broker, group="farm-ingest") as first,
+            serving(broker, group="farm-ingest") as second,
+        ):
+            await publish_all(
+                pub, [(topic, agent_batch(run, records[i : i + 10])) for i in range(0, 100, 10)]
+            )
+            for running in (first, second):
+                await eventually(
+                    lambda r=running: r.counters["accepted_sample_batch"] == 10, "every batch"
+                )
+                assert running.counters["accepted_agent_status"] == 1
+        assert await db.hget(keys.agent(agent), "state") == "online"
+    finally:
+        await pub.publish(agent_status_topic(agent), b"", qos=1, retain=True)
+
+
+async def test_a_shared_subscription_splits_samples_but_every_ingest_gets_every_status(
+    broker: Mosquitto, db: aioredis.Redis, pub: aiomqtt.Client
+) -> None:
+    """With ``share``, statuses still come through a plain subscription: a shared one is sent
+    no retained messages (MQTT 5; brokers differ), so an agent online before ingest started
+    would never be known."""
+    group = f"g{uuid.uuid4().hex[:8]}"
+    run = "run-split"
+    await dispatch(db, run)
+    records = agent_records(samples(400))
+    topic = samples_topic(AGENT, BOARD, run)
+    agents = [f"st-{uuid.uuid4().hex[:6]}" for _ in range(6)]
+    async with (
+        serving(broker, group=group, share=True) as first,
+        serving(broker, group=group, share=True) as second,
+    ):
+        statuses = [
+            (agent_status_topic(a), AgentStatus(agent=a, state="online", started=1.0).dumps())
+            for a in agents
+        ]
+        batches = [(topic, agent_batch(run, records[i : i + 10])) for i in range(0, 400, 10)]
+        await publish_all(pub, statuses + batches)
+        both = (first, second)
+        await eventually(
+            lambda: sum(i.counters["accepted_sample_batch"] for i in both) == 40, "40 batches"
+        )
+        for running in both:
+            await counted(running, accepted_agent_status=len(agents))
+            assert 0 < running.counters["accepted_sample_batch"] < 40  # split
+    assert await db.hlen(keys.run_samples(run)) == 400
 
 
 class PrivateRedis:
