@@ -443,8 +443,12 @@ class Started(_RunEvent):
     model: str
     build: str
     total: int | None
+    """Samples this execution will produce (seqs already stored skipped), if known."""
     eta_s: float | None = None
     dataset: str
+    seq_limit: int | None = None
+    """Every seq of the run is below this (``None``: not known in advance, as for a latency
+    run without a limit): ingest refuses samples at or above it."""
 
 
 class ProgressEvent(_RunEvent):

@@ -394,6 +394,46 @@ async def test_rejections_are_counted_and_ingest_keeps_serving(
     assert not await db.exists(keys.run("run-none"))
 
 
+async def test_seqs_at_or_beyond_the_runs_limit_are_refused_and_counted(
+    ingest: Ingest, db: aioredis.Redis, pub: aiomqtt.Client
+) -> None:
+    """The agent's ``started`` says every seq of the run is below ``seq_limit``: a batch with
+    a seq beyond it is refused whole (one bad batch would make the run's stored samples
+    disagree with the agent's ``done`` forever); a run without a limit takes any seq."""
+    run, open_run = "run-limited", "run-unlimited"
+    for name in (run, open_run):
+        await dispatch(db, name)
+    for name, limit in ((run, 10), (open_run, None)):
+        ids = {"agent": AGENT, "board": BOARD, "run": name}
+        started = Started(
+            event="started",
+            model="kws01",
+            build="performance",
+            total=limit,
+            seq_limit=limit,
+            dataset="/data",
+            **ids,
+        )
+        await pub.publish(run_events_topic(AGENT, BOARD, name), started.dumps(), qos=1)
+    await counted(ingest, accepted_run_event=2)
+    records = agent_records(samples(15))
+    await pub.publish(samples_topic(AGENT, BOARD, run), agent_batch(run, records[5:]), qos=1)
+    await counted(ingest, rejected_seq_out_of_range=1)
+    assert await db.hlen(keys.run_samples(run)) == 0
+    assert await db.hget(keys.INGEST_COUNTERS, "rejected_seq_out_of_range") == "1"
+    await publish_all(
+        pub,
+        [
+            (samples_topic(AGENT, BOARD, run), agent_batch(run, records[:10])),
+            (samples_topic(AGENT, BOARD, open_run), agent_batch(open_run, records)),
+        ],
+    )
+    await counted(ingest, accepted_samples=25, rejected_seq_out_of_range=1)
+    assert sorted(map(int, await db.hkeys(keys.run_samples(run)))) == list(range(10))
+    assert await db.hget(keys.run(run), "done") == "10"
+    assert await db.hlen(keys.run_samples(open_run)) == 15
+
+
 # -- several messages at once ------------------------------------------------------------------
 
 
