@@ -751,9 +751,11 @@ class RawAgent:
         self.writer = writer
 
     @classmethod
-    async def connect(cls, port: int, agent: str) -> RawAgent:
+    async def connect(cls, port: int, agent: str, started: float) -> RawAgent:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        will = AgentStatus(agent=agent, state="offline", reason="connection lost").dumps()
+        will = AgentStatus(
+            agent=agent, state="offline", reason="connection lost", started=started
+        ).dumps()
         # Clean session, will flag, will QoS 1, will retain.
         flags = 0x02 | 0x04 | 0x08 | 0x20
         body = (
@@ -782,12 +784,14 @@ class RawAgent:
 async def test_agent_and_board_liveness(
     ingest: Ingest, db: aioredis.Redis, pub: aiomqtt.Client, broker: Mosquitto
 ) -> None:
-    agent = await RawAgent.connect(broker.port, "lab7")
+    agent = await RawAgent.connect(broker.port, "lab7", 1000.0)
     online = AgentStatus(
         agent="lab7", state="online", software="0.1.0", boards=["b7"], started=1000.0
     )
     await agent.publish(agent_status_topic("lab7"), online.dumps(), retain=True)
-    board = BoardStatus(agent="lab7", board="b7", state="idle", health="good", model="kws01")
+    board = BoardStatus(
+        agent="lab7", board="b7", state="idle", health="good", model="kws01", started=1000.0
+    )
     await publish_all(
         pub,
         [
@@ -827,34 +831,114 @@ async def test_agent_and_board_liveness(
     acks = [json.loads(a) for a in await db.lrange(keys.agent_acks("lab7"), 0, -1)]
     assert [(a["command"], a["outcome"]) for a in acks] == [("c1", "rejected")]
 
-    # Another agent claiming b7 while lab7 is online is rejected ...
-    claim = BoardStatus(agent="lab8", board="b7", state="idle", health="good")
-    await pub.publish(board_status_topic("lab8", "b7"), claim.dumps(), qos=1)
-    await counted(ingest, rejected_board_conflict=1)
-    assert await db.hget(keys.board("b7"), "agent") == "lab7"
-
-    # ... lab7 dies: its will marks it offline, and then the board may move.
+    # Its will marks it offline.
     agent.die()
     await eventually(
         lambda: _equals(db.hget(keys.agent("lab7"), "state"), "offline"), "lab7 offline"
     )
-    await pub.publish(board_status_topic("lab8", "b7"), claim.dumps(), qos=1)
-    await counted(ingest, accepted_board_status=2, rejected_board_conflict=1)
-    assert await db.hget(keys.board("b7"), "agent") == "lab8"
-
-    # A status older than lab8's (a dead agent's retained one, replayed to a new ingest)
-    # does not take the board back.
-    stale = BoardStatus(agent="lab9", board="b7", state="idle", health="good", time=1.0)
-    await pub.publish(board_status_topic("lab9", "b7"), stale.dumps(), qos=1)
-    await counted(
-        ingest, accepted_board_status=2, rejected_board_conflict=1, rejected_stale_board_status=1
-    )
-    assert await db.hget(keys.board("b7"), "agent") == "lab8"
 
     # Clear the retained statuses (a cleared status is not an error).
     for topic in (agent_status_topic("lab7"), board_status_topic("lab7", "b7")):
         await pub.publish(topic, b"", qos=1, retain=True)
     await counted(ingest, cleared_agent_status=1, cleared_board_status=1)
+
+
+async def test_a_status_without_the_agents_start_is_refused(
+    ingest: Ingest, db: aioredis.Redis, pub: aiomqtt.Client
+) -> None:
+    """The agent's start (``started``) orders its statuses: one without it (a forged
+    ``offline``) cannot be placed, so it is refused and counted, never stored."""
+    online = AgentStatus(agent="lab4", state="online", boards=["b4"], started=300.0)
+    board = BoardStatus(agent="lab4", board="b4", state="busy", health="good", started=300.0)
+    await publish_all(
+        pub,
+        [
+            (agent_status_topic("lab4"), online.dumps()),
+            (board_status_topic("lab4", "b4"), board.dumps()),
+        ],
+    )
+    await counted(ingest, accepted_agent_status=1, accepted_board_status=1)
+    forged = AgentStatus(agent="lab4", state="offline", reason="forged", time=online.time + 60)
+    forged_board = BoardStatus(agent="lab4", board="b4", state="offline", health="bad")
+    await publish_all(
+        pub,
+        [
+            (agent_status_topic("lab4"), forged.dumps()),
+            (board_status_topic("lab4", "b4"), forged_board.dumps()),
+        ],
+    )
+    await counted(
+        ingest, accepted_agent_status=1, accepted_board_status=1, rejected_missing_generation=2
+    )
+    assert await db.hget(keys.agent("lab4"), "state") == "online"
+    assert json.loads(await db.hget(keys.board("b4"), "status"))["state"] == "busy"
+    assert await db.hget(keys.INGEST_COUNTERS, "rejected_missing_generation") == "2"
+
+
+async def test_a_board_stays_with_its_first_agent_until_released(
+    ingest: Ingest, db: aioredis.Redis, pub: aiomqtt.Client
+) -> None:
+    """A board belongs to the first agent that reports it. Another agent's status for it is
+    refused (``board_conflict``) whether the owner is online or not and whatever its clock
+    says; the owner's later starts keep it; it moves when the owner's own config drops it, or
+    when an operator deletes the board's hash."""
+
+    def board(agent: str, started: float, **fields: Any) -> tuple[str, bytes]:
+        status = BoardStatus(
+            agent=agent, board="b6", state="idle", health="good", started=started, **fields
+        )
+        return board_status_topic(agent, "b6"), status.dumps()
+
+    def agent_status(
+        agent: str, state: str, started: float, boards: list[str]
+    ) -> tuple[str, bytes]:
+        status = AgentStatus(agent=agent, state=state, boards=boards, started=started)  # type: ignore[arg-type]
+        return agent_status_topic(agent), status.dumps()
+
+    async def send(*messages: tuple[str, bytes]) -> None:
+        for topic, payload in messages:  # one by one: their order matters here
+            await pub.publish(topic, payload, qos=1)
+
+    async def owner() -> str | None:
+        return await db.hget(keys.board("b6"), "agent")
+
+    await send(agent_status("lab6", "online", 100.0, ["b6"]), board("lab6", 100.0))
+    await counted(ingest, accepted_agent_status=1, accepted_board_status=1)
+    assert await owner() == "lab6"
+
+    # lab6 online, then offline: lab8's claims fail, even one from the far future.
+    await send(board("lab8", 5.0))
+    await send(agent_status("lab6", "offline", 100.0, []))
+    await send(board("lab8", 9e9, time=9e9))
+    await counted(
+        ingest, accepted_agent_status=2, accepted_board_status=1, rejected_board_conflict=2
+    )
+    assert await owner() == "lab6"
+
+    # lab6 restarts and reports the board again; a status of its earlier start is stale.
+    await send(agent_status("lab6", "online", 200.0, ["b6"]), board("lab6", 200.0, model="m2"))
+    await send(board("lab6", 100.0, model="old"))
+    await counted(
+        ingest,
+        accepted_agent_status=3,
+        accepted_board_status=2,
+        rejected_board_conflict=2,
+        rejected_stale_board_status=1,
+    )
+    assert json.loads(await db.hget(keys.board("b6"), "status"))["model"] == "m2"
+
+    # lab6's config drops the board: lab8 may have it.
+    await send(agent_status("lab6", "online", 300.0, []), board("lab8", 5.0))
+    await counted(ingest, accepted_agent_status=4, accepted_board_status=3)
+    assert await owner() == "lab8"
+
+    # An operator releases it (deletes the board's hash): the next agent to report it has it.
+    await send(board("lab9", 1.0))
+    await counted(ingest, rejected_board_conflict=3)
+    await db.delete(keys.board("b6"))
+    await send(board("lab9", 1.0))
+    await counted(ingest, accepted_board_status=4, rejected_board_conflict=3)
+    assert await owner() == "lab9"
 
 
 async def _equals(value: Awaitable[object], expected: object) -> bool:
