@@ -359,6 +359,8 @@ class BoardWorker:
             self._links = await connect(request, bench)
             runner = self._runner(job, request, bench, inputs, progress)
             total = expected_samples(request, inputs)
+            # A latency run without a limit runs for a duration: its seqs have no bound here.
+            seq_limit = request.settings.limit if request.mode == "latency" else total
             if total is not None:
                 total -= len(request.settings.skip_seqs)
             await self._event(
@@ -367,6 +369,7 @@ class BoardWorker:
                 model=identity.model,
                 build=identity.build,
                 total=total,
+                seq_limit=seq_limit,
                 dataset=str(dataset.folder),
             )
             async for sample in runner.run():

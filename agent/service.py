@@ -250,6 +250,8 @@ class AgentService:
         )
 
     def _board_status(self, status: BoardStatus) -> None:
+        # This process's start: what orders a board's statuses at ingest.
+        status = status.model_copy(update={"started": self.started})
         self._statuses[status.board] = status.dumps()
         self._dirty.add(status.board)
         self._status_changed.set()

@@ -24,7 +24,7 @@ publisher process and fresh run ids:
   aiomqtt subscriber in its own process, subscribed at QoS 1, only counts the messages.
   samples/s = samples ÷ (the publisher's first publish → the subscriber's last message);
 * **ingest**: the payloads go to the real agent topics, a real ``farm controller ingest``
-  process (shared subscription, persistent session, manual acks after storing, Redis DB
+  process (plain subscription, persistent session, manual acks after storing, Redis DB
   ``--redis``) validates and stores them; the runs' hashes were written first (state
   ``running``, dispatched to that agent and board) so every sample is accepted.
   samples/s = samples ÷ (first publish → ``accepted_samples`` in ``farm:ingest:counters``
@@ -596,7 +596,9 @@ async def amain(args: argparse.Namespace) -> int:
         env = {"FARM_REDIS_URL": args.redis, "FARM_MQTT_URL": broker.url}
         ingest = [
             Proc(
-                ["--log-level", "info", "controller", "ingest", "--client-id", f"bench-{i}"],
+                ["--log-level", "info", "controller", "ingest", "--client-id", f"bench-{i}"]
+                # Two processes split the stream only in a shared subscription.
+                + (["--share"] if args.ingest_procs > 1 else []),
                 tmp / f"ingest{i}.log",
                 env=env,
             )

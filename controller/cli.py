@@ -124,8 +124,13 @@ def ingest(
     broker: BrokerOpt = None,
     group: Annotated[str, typer.Option(help="Shared-subscription group")] = "farm-ingest",
     share: Annotated[
-        bool, typer.Option(help="Use a shared subscription (off for brokers without them)")
-    ] = True,
+        bool,
+        typer.Option(
+            help="Share the samples, run events, heartbeats and acks with the other ingest "
+            "processes of --group (statuses are always subscribed plainly); off: one plain "
+            "persistent subscription"
+        ),
+    ] = False,
     client_id: Annotated[
         str | None, typer.Option(help="MQTT client id (persistent session)")
     ] = None,

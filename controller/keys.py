@@ -36,6 +36,8 @@ RUNS_ACTIVE = f"{PREFIX}:runs:active"
 AGENTS = f"{PREFIX}:agents"
 BOARDS = f"{PREFIX}:boards"
 INGEST_COUNTERS = f"{PREFIX}:ingest:counters"
+#: What the RQ workers count (jobs refused: not one of the project's job functions).
+WORKER_COUNTERS = f"{PREFIX}:worker:counters"
 #: Events kept per run (progress events are many; the final ones are what matter).
 EVENTS_KEPT = 500
 #: Command acks kept per agent (the newest): enough for a worker to find the answer to its

@@ -38,7 +38,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import FrameType
+from typing import Any
 
+from controller import keys
 from farm.logs import get_logger
 
 log = get_logger("controller.worker_pool")
@@ -61,6 +63,10 @@ HANDBACK_S = 3.0
 KILL_S = 8.0
 #: RQ's pubsub thread reads with this timeout (RQ's own 60 s is how long a stop could wait).
 PUBSUB_READ_S = 1.0
+#: The only functions a worker runs: the project's job functions (what controller.sweeps
+#: enqueues). Anyone who reaches Redis can enqueue a job, and RQ would run any importable
+#: callable (``os.system`` included) with the worker's rights.
+JOB_FUNCTIONS = frozenset({"controller.jobs.execute_run"})
 #: The signals that stop the pool (and, passed on, each worker).
 _STOPS = frozenset({signal.SIGTERM, signal.SIGINT})
 #: Linux's ``PR_SET_PDEATHSIG``: a worker gets SIGTERM (a warm shutdown) if the supervisor dies.
@@ -292,6 +298,19 @@ class WorkerPool:
         return 0
 
 
+def refusal(job: Any) -> str | None:
+    """Why a worker must not run ``job`` (an RQ job), or ``None``: it is one of
+    :data:`JOB_FUNCTIONS`, called plainly (no instance, callbacks or webhooks: the project's
+    jobs have none, and each would run code or reach out on the job's say-so)."""
+    name = job.func_name
+    if name not in JOB_FUNCTIONS or job.instance is not None:
+        return f"{name} is not a tinyfarm job function"
+    names = (job._success_callback_name, job._failure_callback_name, job._stopped_callback_name)
+    if any(names) or job.webhooks:
+        return f"{name} job with callbacks or webhooks"
+    return None
+
+
 #: Stop signals a forked worker received before RQ's handlers were in place.
 _early_stops: list[int] = []
 
@@ -315,8 +334,26 @@ def _worker_class() -> type:
     before registering and stops the thread before unsubscribing.
     """
     from rq import SimpleWorker
+    from rq.utils import now
 
     class Worker(SimpleWorker):
+        def perform_job(self, job: Any, queue: Any, execution: Any) -> bool:
+            reason = refusal(job)
+            if reason is None:
+                return bool(super().perform_job(job, queue, execution))
+            log.error("job_refused", job=job.id, queue=queue.name, reason=reason)
+            # Failed for good, and nothing of it run: no retry, no callback, no webhook.
+            job.retries_left = 0
+            job._success_callback_name = job._failure_callback_name = None
+            job._stopped_callback_name = None
+            job.webhooks = []
+            job.ended_at = now()
+            self.connection.hincrby(keys.WORKER_COUNTERS, "refused_jobs", 1)
+            self.handle_job_failure(
+                job, queue, exc_string=f"refused: {reason}", execution=execution
+            )
+            return False
+
         def _install_signal_handlers(self) -> None:
             super()._install_signal_handlers()
             if _early_stops:

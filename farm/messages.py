@@ -266,6 +266,8 @@ class AgentStatus(Message):
     software: str | None = None
     boards: list[str] = []
     started: float | None = None
+    """When the agent process started (its clock, read once): grows with every start, so it
+    orders the statuses of successive starts. Ingest refuses a status without it."""
     uptime_s: float | None = None
     reason: str | None = None
     time: float = Field(default_factory=now)
@@ -301,6 +303,8 @@ class BoardStatus(Message):
     """Firmware images the agent can flash: model -> builds."""
     tags: dict[str, str] = {}
     system: dict[str, Any] = {}
+    started: float | None = None
+    """The agent process's start, as in its :class:`AgentStatus`: what orders its statuses."""
     time: float = Field(default_factory=now)
 
 
@@ -443,8 +447,12 @@ class Started(_RunEvent):
     model: str
     build: str
     total: int | None
+    """Samples this execution will produce (seqs already stored skipped), if known."""
     eta_s: float | None = None
     dataset: str
+    seq_limit: int | None = None
+    """Every seq of the run is below this (``None``: not known in advance, as for a latency
+    run without a limit): ingest refuses samples at or above it."""
 
 
 class ProgressEvent(_RunEvent):

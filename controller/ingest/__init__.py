@@ -1,17 +1,20 @@
 """``farm controller ingest``: the agents' MQTT messages into Redis.
 
-One :class:`Ingest` subscribes to every agent topic (``farm/v1/agent/#``, by default as a
-member of the shared subscription ``$share/farm-ingest/...``, so several ingest processes split
-the stream) with a persistent session, and for every message:
+One :class:`Ingest` subscribes to every agent topic (``farm/v1/agent/#``, a plain subscription
+by default; with ``share``, the non-retained topics as a member of a shared subscription
+``$share/<group>/...``, so several ingest processes split them, and the statuses still
+plainly) with a persistent session, and for every message:
 
 1. parses the topic (:func:`farm.messages.parse_topic`), caps the payload size, parses the
    JSON and validates it, strictly, with the topic's pydantic model (sample batches, most of
    the traffic, in one pass that also yields what is stored: :func:`parse_sample_batch`);
    the ids in the message must be the topic's;
 2. accepts samples and run events only for a run dispatched to that agent and board and not
-   closed, and stores samples with ``HSETNX`` keyed by (run, seq): a replay or a duplicate
-   changes nothing, a conflicting value keeps the first one and is counted (a batch is
-   checked, stored and counted by one Lua script: :data:`STORE_SAMPLES`);
+   closed (and samples only with seqs below the run's ``seq_limit``, which the agent's
+   ``started`` gives when it is known), and stores samples with ``HSETNX`` keyed by
+   (run, seq): a replay or a duplicate changes nothing, a conflicting value keeps the first
+   one and is counted (a batch is checked, stored and counted by one Lua script:
+   :data:`STORE_SAMPLES`);
 3. tracks agents and boards (retained statuses, wills, heartbeats) and keeps the agents'
    command acks;
 4. counts every outcome in ``farm:ingest:counters`` (and in :attr:`Ingest.counters`).

@@ -1,8 +1,22 @@
 """Agents and boards: their statuses (retained, replayed, possibly stale), heartbeats and
-command acks into Redis, and an agent of another protocol version refused."""
+command acks into Redis, and an agent of another protocol version refused.
+
+**Which status counts.** An agent's statuses, and its boards', carry ``started``: the agent
+process's start, read once, which grows with every start of that agent. It alone orders them:
+a status of an earlier start than the stored one is stale; within one start the latest to
+arrive wins (the broker keeps a topic's messages in order, and the retained copy sent at
+subscription is the newest). A status without it cannot be placed and is refused
+(``missing_generation``). The ``time`` a status carries orders nothing: it is whatever the
+sender's clock says.
+
+**Who owns a board.** The first agent to report a board owns it. Another agent's status for
+it is refused (``board_conflict``), whether the owner is online or not, until the owner's own
+config drops it (an ``online`` status of the owner whose ``boards`` leave it out) or an
+operator releases it by deleting the board's hash (docs/operations.md#board-ownership)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
@@ -48,15 +62,13 @@ class Agents:
     async def status(self, topic: Topic, status: AgentStatus, text: str, retained: bool) -> None:
         """An agent's status (``text``, the payload, is stored as it came)."""
         redis = self.ledger.redis
+        if status.started is None:
+            raise Rejected("missing_generation", f"agent {topic.agent}: status without started")
         stored = await redis.hget(keys.agent(topic.agent), "status")
-        if stored and status.started is not None:
+        if status.started < _started(stored):
             # A status of an earlier run of the agent (a retained one, or one a persistent
             # session kept) must not overwrite the running agent's: e.g. its old "offline".
-            previous = json.loads(stored).get("started")
-            if previous is not None and status.started < previous:
-                raise Rejected(
-                    "stale_agent_status", f"agent {topic.agent}: status of an earlier start"
-                )
+            raise Rejected("stale_agent_status", f"agent {topic.agent}: status of an earlier start")
         pipe = redis.pipeline(transaction=False)
         pipe.hset(
             keys.agent(topic.agent),
@@ -116,27 +128,20 @@ class Agents:
     async def board_status(
         self, topic: Topic, status: BoardStatus, text: str, retained: bool
     ) -> None:
-        """A board's status, unless the board belongs to another (online or newer) agent."""
+        """A board's status, unless it is of an earlier start of its agent or the board
+        belongs to another agent (see the module docstring)."""
         assert topic.board is not None
+        if status.started is None:
+            raise Rejected("missing_generation", f"board {topic.board}: status without started")
         redis = self.ledger.redis
         board_key = keys.board(topic.board)
         owner, stored = await redis.hmget(board_key, ["agent", "status"])
-        if stored and owner == topic.agent and json.loads(stored).get("time", 0) > status.time:
-            # Statuses replayed from a persistent session may arrive after newer ones.
-            raise Rejected("stale_board_status", f"board {topic.board}: an older status")
+        if owner == topic.agent and status.started < _started(stored):
+            raise Rejected("stale_board_status", f"board {topic.board}: of an earlier start")
         if owner and owner != topic.agent:
-            owner_state = await redis.hget(keys.agent(owner), "state")
-            if owner_state == "online":
-                raise Rejected(
-                    "board_conflict", f"board {topic.board} belongs to online agent {owner}"
-                )
-            # A retained status a dead agent left long ago must not take a board back from
-            # the agent that reported it since (their statuses can arrive in any order).
-            if stored and json.loads(stored).get("time", 0) > status.time:
-                raise Rejected(
-                    "stale_board_status",
-                    f"board {topic.board}: agent {topic.agent}'s status is older than {owner}'s",
-                )
+            owner_status = await redis.hget(keys.agent(owner), "status")
+            if not _gave_up(owner_status, topic.board):
+                raise Rejected("board_conflict", f"board {topic.board} belongs to agent {owner}")
             log.info("board_moved", board=topic.board, from_agent=owner, to_agent=topic.agent)
         pipe = redis.pipeline(transaction=False)
         pipe.hset(
@@ -157,6 +162,28 @@ class Agents:
         pipe.rpush(acks_key, text)
         pipe.ltrim(acks_key, -keys.ACKS_KEPT, -1)
         await self.ledger.commit(pipe, {"accepted_command_ack": 1})
+
+
+def _started(stored: str | None) -> float:
+    """The ``started`` of a stored status (JSON), or -inf when there is none to compare with."""
+    if stored:
+        with contextlib.suppress(ValueError, AttributeError):
+            value = json.loads(stored).get("started")
+            if isinstance(value, int | float):
+                return float(value)
+    return float("-inf")
+
+
+def _gave_up(owner_status: str | None, board: str) -> bool:
+    """Whether the owner's stored status says its config no longer has ``board``: only an
+    ``online`` status lists the agent's boards (its will and ``offline`` list none)."""
+    if not owner_status:
+        return False
+    with contextlib.suppress(ValueError, AttributeError):
+        status = json.loads(owner_status)
+        boards = status.get("boards")
+        return status.get("state") == "online" and isinstance(boards, list) and board not in boards
+    return False
 
 
 def _seen(message_time: float, retained: bool) -> float:

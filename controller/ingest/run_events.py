@@ -83,6 +83,8 @@ def event_updates(
             updates["total"] = event.total
         if event.eta_s is not None:
             updates["eta_s"] = event.eta_s
+        # The store script refuses seqs at or beyond it; empty: no limit for this execution.
+        updates["seq_limit"] = "" if event.seq_limit is None else event.seq_limit
     elif event.event == "progress" and live:
         updates["progress"] = event.done
         if event.total is not None:

@@ -1,4 +1,4 @@
-"""The ingest service: the MQTT connection (persistent session, shared or plain subscription,
+"""The ingest service: the MQTT connection (persistent session, plain or shared subscription,
 reconnection with backoff), every message handed to the in-order executor and retried while
 Redis is unavailable, and :func:`main` (``farm controller ingest``)."""
 
@@ -57,20 +57,36 @@ def default_client_id(instance: int = 0) -> str:
     return f"farm-ingest-{host}-{instance}"
 
 
-def subscription(group: str, share: bool) -> str:
-    """The topic filter: a shared subscription in ``group``, or the plain filter for brokers
-    without shared subscriptions (then run a single ingest process)."""
+#: Every agent topic, in one plain subscription (the default).
+ALL_TOPICS = "farm/v1/agent/#"
+#: The retained status topics: always through a plain subscription. A shared subscription is
+#: sent no retained messages (MQTT 5 says so; some brokers, mosquitto 2.0.11 among them, send
+#: them all the same), so an agent online before ingest subscribed would stay unknown.
+STATUS_TOPICS = ("farm/v1/agent/+/status", "farm/v1/agent/+/board/+/status")
+#: Everything else an agent publishes (nothing of it retained): what a shared subscription
+#: splits among the ingest processes of a group.
+SHAREABLE_TOPICS = (
+    "farm/v1/agent/+/heartbeat",
+    "farm/v1/agent/+/events",
+    "farm/v1/agent/+/board/+/run/#",
+)
+
+
+def subscription(group: str, share: bool) -> tuple[str, ...]:
+    """The topic filters: every agent topic in one plain subscription; or, with ``share``,
+    the statuses plainly and the rest in the shared subscription of ``group``."""
     if not share:
-        return "farm/v1/agent/#"
+        return (ALL_TOPICS,)
     if not group or any(c in group for c in "/+#"):
         raise ValueError(f"invalid shared subscription group {group!r}")
-    return f"$share/{group}/farm/v1/agent/#"
+    return STATUS_TOPICS + tuple(f"$share/{group}/{topic}" for topic in SHAREABLE_TOPICS)
 
 
 class Ingest:
     """The ingest service (see :mod:`controller.ingest`). :meth:`run` serves until cancelled.
 
-    ``group``/``share``: the shared subscription group, or a plain subscription;
+    ``share``/``group``: a shared subscription in ``group`` for all but the statuses (see
+    :func:`subscription`), or (the default) one plain subscription;
     ``client_id`` (default :func:`default_client_id` of ``instance``): the persistent session;
     ``redis``: a client to use instead of one made from ``settings`` (it must decode
     responses); ``max_payload``: larger messages are rejected unread; ``concurrency``: how
@@ -81,7 +97,7 @@ class Ingest:
         settings: Settings,
         *,
         group: str = "farm-ingest",
-        share: bool = True,
+        share: bool = False,
         client_id: str | None = None,
         instance: int = 0,
         redis: aioredis.Redis | None = None,
@@ -96,7 +112,7 @@ class Ingest:
         ):
             raise ValueError("the Redis client must be made with decode_responses=True")
         self.settings = settings
-        self.topic_filter = subscription(group, share)
+        self.topic_filters = subscription(group, share)
         self.client_id = client_id or default_client_id(instance)
         self.concurrency = concurrency
         self.counters: Counter[str] = Counter()
@@ -146,7 +162,7 @@ class Ingest:
                 self._queue.discard()
                 try:
                     async with client:
-                        await client.subscribe(self.topic_filter, qos=1)
+                        await client.subscribe([(f, 1) for f in self.topic_filters])
                         backoff.reset()
                         self.subscribed.set()
                         host, port = self.settings.broker_host_port
@@ -154,7 +170,7 @@ class Ingest:
                             "ingest_subscribed",
                             broker=f"{host}:{port}",
                             client_id=self.client_id,
-                            filter=self.topic_filter,
+                            filters=",".join(self.topic_filters),
                             manual_ack=acks.enabled,
                             concurrency=self.concurrency,
                         )
@@ -259,7 +275,7 @@ async def main(
     settings: Settings,
     *,
     group: str = "farm-ingest",
-    share: bool = True,
+    share: bool = False,
     client_id: str | None = None,
     instance: int = 0,
     metrics_port: int | None = None,

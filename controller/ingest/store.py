@@ -27,12 +27,13 @@ log = get_logger("controller.ingest.store")
 #:
 #: KEYS: the run's hash, its samples hash, ``farm:ingest:counters``, the board's hash. ARGV:
 #: the topic's agent and board, the closed run states (space-separated), the seqs
-#: (space-separated), the records as one compact JSON array (see :func:`encode_records`), and
-#: the time now: the board's ``last_seen`` (a board streaming samples is seen, even if its
-#: last status is minutes old; one HSET in the call ingest makes anyway).
+#: (space-separated), the records as one compact JSON array (see :func:`encode_records`), the
+#: batch's highest seq, and the time now: the board's ``last_seen`` (a board streaming samples
+#: is seen, even if its last status is minutes old; one HSET in the call ingest makes anyway).
 #:
-#: Unless the run exists, is dispatched to that agent and board and is not closed, nothing is
-#: written and the reply is ``{0, agent, board, state}`` (the run's fields, for
+#: Unless the run exists, is dispatched to that agent and board, is not closed and has no
+#: ``seq_limit`` (set from the agent's ``started``) at or below the highest seq, nothing is
+#: written and the reply is ``{0, agent, board, state, seq_limit}`` (the run's fields, for
 #: :func:`acceptance` to name the reason). Otherwise each record is written with ``HSETNX``
 #: (the first value of a seq stays), the run's ``done`` set to the samples stored, the
 #: counters incremented, and the reply is ``{1, stored, benchmark, {positions of byte-equal
@@ -50,10 +51,12 @@ log = get_logger("controller.ingest.store")
 #: keys in three hash slots: on Redis Cluster this needs a hash tag per run and the counters
 #: written apart (the controller's clients are not cluster clients today).
 STORE_SAMPLES = """
-local run = redis.call('HMGET', KEYS[1], 'agent', 'board', 'state', 'benchmark')
+local run = redis.call('HMGET', KEYS[1], 'agent', 'board', 'state', 'benchmark', 'seq_limit')
 local closed = run[3] and string.find(' ' .. ARGV[3] .. ' ', ' ' .. run[3] .. ' ', 1, true)
-if run[1] ~= ARGV[1] or run[2] ~= ARGV[2] or closed then
-  return {0, run[1], run[2], run[3]}
+local limit = tonumber(run[5])
+local beyond = limit and tonumber(ARGV[6]) >= limit
+if run[1] ~= ARGV[1] or run[2] ~= ARGV[2] or closed or beyond then
+  return {0, run[1], run[2], run[3], run[5]}
 end
 local seqs, records = {}, {}
 for seq in string.gmatch(ARGV[4], '[^ ]+') do seqs[#seqs + 1] = seq end
@@ -84,7 +87,7 @@ for i = 1, #seqs do
 end
 local stored = redis.call('HLEN', KEYS[2])
 redis.call('HSET', KEYS[1], 'done', stored)
-redis.call('HSET', KEYS[4], 'last_seen', ARGV[6])
+redis.call('HSET', KEYS[4], 'last_seen', ARGV[7])
 redis.call('HINCRBY', KEYS[3], 'accepted_sample_batch', 1)
 local new = #seqs - #same - #other / 2
 if new > 0 then redis.call('HINCRBY', KEYS[3], 'accepted_samples', new) end
@@ -157,8 +160,9 @@ class SampleStore:
         only when a seq was already stored with other bytes."""
         assert topic.run is not None
         seqs = list(map(_SEQ, records))
-        if max(seqs) >= MAX_RUN_SAMPLES:
-            raise Rejected("seq_out_of_range", f"seq {max(seqs)} >= {MAX_RUN_SAMPLES}")
+        highest = max(seqs)
+        if highest >= MAX_RUN_SAMPLES:
+            raise Rejected("seq_out_of_range", f"seq {highest} >= {MAX_RUN_SAMPLES}")
         body = encode_records(records)
         redis = self.ledger.redis
         if self._script is None or self._script.registered_client is not redis:
@@ -177,12 +181,14 @@ class SampleStore:
                 CLOSED_STATES,
                 " ".join(map(str, seqs)),
                 body,
+                highest,
                 repr(time.time()),
             ],
         )
         if reply[0] == 0:
             acceptance(topic, *reply[1:4])
-            raise RuntimeError(f"run {topic.run}: refused by the store script, not by ingest")
+            # Accepted but for its seqs.
+            raise Rejected("seq_out_of_range", f"seq {highest} >= the run's limit {reply[4]}")
         _, _, benchmark, same, other = reply
         # Redis has counted these (the script did, atomically with the writes).
         new = len(records) - len(same) - len(other) // 2

@@ -84,19 +84,21 @@ async def serving(
     redis_url: str = REDIS_URL,
     group: str | None = None,
     client_id: str | None = None,
-    share: bool = True,
+    share: bool | None = None,
     forget: bool = True,
     broker_url: str | None = None,
     make: Callable[..., Ingest] = Ingest,
 ) -> AsyncIterator[Ingest]:
     """An Ingest task, subscribed; cancelled at the end (and its broker session removed, so
     it does not collect the later tests' messages, unless ``forget`` is false).
-    ``broker_url``: where ingest connects (a :class:`Tap` in front of ``broker``); ``make``:
-    the class (or a factory taking Ingest's arguments)."""
+    ``share``: Ingest's default unless given; ``broker_url``: where ingest connects (a
+    :class:`Tap` in front of ``broker``); ``make``: the class (or a factory taking Ingest's
+    arguments)."""
     settings = Settings(redis_url, broker_url or broker.url, Path("/nonexistent"))
     client_id = client_id or f"test-ingest-{uuid.uuid4().hex[:8]}"
     group = group or f"g{uuid.uuid4().hex[:8]}"
-    ingest = make(settings, group=group, share=share, client_id=client_id)
+    options: dict[str, Any] = {} if share is None else {"share": share}
+    ingest = make(settings, group=group, client_id=client_id, **options)
     task = asyncio.get_running_loop().create_task(ingest.run())
     try:
         await asyncio.wait_for(ingest.subscribed.wait(), 10)
@@ -376,6 +378,9 @@ async def test_rejections_are_counted_and_ingest_keeps_serving(
     await publish_all(pub, [(t, p) for t, p, _ in cases] + noise)
     await pub.publish(topic("run-ok"), agent_batch("run-ok", good), qos=1)
     await eventually(lambda: ingest.counters["accepted_samples"] == 3, "the valid batch")
+    # Messages of other runs and agents are handled alongside, and may finish later.
+    total = len(cases) + len(noise) + 1
+    await eventually(lambda: ingest.counters["handled"] >= total, "every message handled")
     assert await db.hlen(keys.run_samples("run-ok")) == 3
     for name, value in expected.items():
         if name in ("rejected_bad_json", "rejected_invalid_sample_batch"):
@@ -383,7 +388,7 @@ async def test_rejections_are_counted_and_ingest_keeps_serving(
         else:
             assert ingest.counters[name] == value, (name, dict(ingest.counters))
     assert ingest.counters["rejected_internal"] == 0
-    assert ingest.counters["handled"] == len(cases) + len(noise) + 1
+    assert ingest.counters["handled"] == total
     stored_counters = await db.hgetall(keys.INGEST_COUNTERS)
     for name, value in ingest.counters.items():
         if name.startswith(("rejected_", "accepted_")):
@@ -391,6 +396,46 @@ async def test_rejections_are_counted_and_ingest_keeps_serving(
     for run in ("run-none", "run-lab2", "run-b2", "run-done"):
         assert await db.hlen(keys.run_samples(run)) == 0
     assert not await db.exists(keys.run("run-none"))
+
+
+async def test_seqs_at_or_beyond_the_runs_limit_are_refused_and_counted(
+    ingest: Ingest, db: aioredis.Redis, pub: aiomqtt.Client
+) -> None:
+    """The agent's ``started`` says every seq of the run is below ``seq_limit``: a batch with
+    a seq beyond it is refused whole (one bad batch would make the run's stored samples
+    disagree with the agent's ``done`` forever); a run without a limit takes any seq."""
+    run, open_run = "run-limited", "run-unlimited"
+    for name in (run, open_run):
+        await dispatch(db, name)
+    for name, limit in ((run, 10), (open_run, None)):
+        ids = {"agent": AGENT, "board": BOARD, "run": name}
+        started = Started(
+            event="started",
+            model="kws01",
+            build="performance",
+            total=limit,
+            seq_limit=limit,
+            dataset="/data",
+            **ids,
+        )
+        await pub.publish(run_events_topic(AGENT, BOARD, name), started.dumps(), qos=1)
+    await counted(ingest, accepted_run_event=2)
+    records = agent_records(samples(15))
+    await pub.publish(samples_topic(AGENT, BOARD, run), agent_batch(run, records[5:]), qos=1)
+    await counted(ingest, rejected_seq_out_of_range=1)
+    assert await db.hlen(keys.run_samples(run)) == 0
+    assert await db.hget(keys.INGEST_COUNTERS, "rejected_seq_out_of_range") == "1"
+    await publish_all(
+        pub,
+        [
+            (samples_topic(AGENT, BOARD, run), agent_batch(run, records[:10])),
+            (samples_topic(AGENT, BOARD, open_run), agent_batch(open_run, records)),
+        ],
+    )
+    await counted(ingest, accepted_samples=25, rejected_seq_out_of_range=1)
+    assert sorted(map(int, await db.hkeys(keys.run_samples(run)))) == list(range(10))
+    assert await db.hget(keys.run(run), "done") == "10"
+    assert await db.hlen(keys.run_samples(open_run)) == 15
 
 
 # -- several messages at once ------------------------------------------------------------------
@@ -703,9 +748,11 @@ class RawAgent:
         self.writer = writer
 
     @classmethod
-    async def connect(cls, port: int, agent: str) -> RawAgent:
+    async def connect(cls, port: int, agent: str, started: float) -> RawAgent:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        will = AgentStatus(agent=agent, state="offline", reason="connection lost").dumps()
+        will = AgentStatus(
+            agent=agent, state="offline", reason="connection lost", started=started
+        ).dumps()
         # Clean session, will flag, will QoS 1, will retain.
         flags = 0x02 | 0x04 | 0x08 | 0x20
         body = (
@@ -734,12 +781,14 @@ class RawAgent:
 async def test_agent_and_board_liveness(
     ingest: Ingest, db: aioredis.Redis, pub: aiomqtt.Client, broker: Mosquitto
 ) -> None:
-    agent = await RawAgent.connect(broker.port, "lab7")
+    agent = await RawAgent.connect(broker.port, "lab7", 1000.0)
     online = AgentStatus(
         agent="lab7", state="online", software="0.1.0", boards=["b7"], started=1000.0
     )
     await agent.publish(agent_status_topic("lab7"), online.dumps(), retain=True)
-    board = BoardStatus(agent="lab7", board="b7", state="idle", health="good", model="kws01")
+    board = BoardStatus(
+        agent="lab7", board="b7", state="idle", health="good", model="kws01", started=1000.0
+    )
     await publish_all(
         pub,
         [
@@ -779,34 +828,114 @@ async def test_agent_and_board_liveness(
     acks = [json.loads(a) for a in await db.lrange(keys.agent_acks("lab7"), 0, -1)]
     assert [(a["command"], a["outcome"]) for a in acks] == [("c1", "rejected")]
 
-    # Another agent claiming b7 while lab7 is online is rejected ...
-    claim = BoardStatus(agent="lab8", board="b7", state="idle", health="good")
-    await pub.publish(board_status_topic("lab8", "b7"), claim.dumps(), qos=1)
-    await counted(ingest, rejected_board_conflict=1)
-    assert await db.hget(keys.board("b7"), "agent") == "lab7"
-
-    # ... lab7 dies: its will marks it offline, and then the board may move.
+    # Its will marks it offline.
     agent.die()
     await eventually(
         lambda: _equals(db.hget(keys.agent("lab7"), "state"), "offline"), "lab7 offline"
     )
-    await pub.publish(board_status_topic("lab8", "b7"), claim.dumps(), qos=1)
-    await counted(ingest, accepted_board_status=2, rejected_board_conflict=1)
-    assert await db.hget(keys.board("b7"), "agent") == "lab8"
-
-    # A status older than lab8's (a dead agent's retained one, replayed to a new ingest)
-    # does not take the board back.
-    stale = BoardStatus(agent="lab9", board="b7", state="idle", health="good", time=1.0)
-    await pub.publish(board_status_topic("lab9", "b7"), stale.dumps(), qos=1)
-    await counted(
-        ingest, accepted_board_status=2, rejected_board_conflict=1, rejected_stale_board_status=1
-    )
-    assert await db.hget(keys.board("b7"), "agent") == "lab8"
 
     # Clear the retained statuses (a cleared status is not an error).
     for topic in (agent_status_topic("lab7"), board_status_topic("lab7", "b7")):
         await pub.publish(topic, b"", qos=1, retain=True)
     await counted(ingest, cleared_agent_status=1, cleared_board_status=1)
+
+
+async def test_a_status_without_the_agents_start_is_refused(
+    ingest: Ingest, db: aioredis.Redis, pub: aiomqtt.Client
+) -> None:
+    """The agent's start (``started``) orders its statuses: one without it (a forged
+    ``offline``) cannot be placed, so it is refused and counted, never stored."""
+    online = AgentStatus(agent="lab4", state="online", boards=["b4"], started=300.0)
+    board = BoardStatus(agent="lab4", board="b4", state="busy", health="good", started=300.0)
+    await publish_all(
+        pub,
+        [
+            (agent_status_topic("lab4"), online.dumps()),
+            (board_status_topic("lab4", "b4"), board.dumps()),
+        ],
+    )
+    await counted(ingest, accepted_agent_status=1, accepted_board_status=1)
+    forged = AgentStatus(agent="lab4", state="offline", reason="forged", time=online.time + 60)
+    forged_board = BoardStatus(agent="lab4", board="b4", state="offline", health="bad")
+    await publish_all(
+        pub,
+        [
+            (agent_status_topic("lab4"), forged.dumps()),
+            (board_status_topic("lab4", "b4"), forged_board.dumps()),
+        ],
+    )
+    await counted(
+        ingest, accepted_agent_status=1, accepted_board_status=1, rejected_missing_generation=2
+    )
+    assert await db.hget(keys.agent("lab4"), "state") == "online"
+    assert json.loads(await db.hget(keys.board("b4"), "status"))["state"] == "busy"
+    assert await db.hget(keys.INGEST_COUNTERS, "rejected_missing_generation") == "2"
+
+
+async def test_a_board_stays_with_its_first_agent_until_released(
+    ingest: Ingest, db: aioredis.Redis, pub: aiomqtt.Client
+) -> None:
+    """A board belongs to the first agent that reports it. Another agent's status for it is
+    refused (``board_conflict``) whether the owner is online or not and whatever its clock
+    says; the owner's later starts keep it; it moves when the owner's own config drops it, or
+    when an operator deletes the board's hash."""
+
+    def board(agent: str, started: float, **fields: Any) -> tuple[str, bytes]:
+        status = BoardStatus(
+            agent=agent, board="b6", state="idle", health="good", started=started, **fields
+        )
+        return board_status_topic(agent, "b6"), status.dumps()
+
+    def agent_status(
+        agent: str, state: str, started: float, boards: list[str]
+    ) -> tuple[str, bytes]:
+        status = AgentStatus(agent=agent, state=state, boards=boards, started=started)  # type: ignore[arg-type]
+        return agent_status_topic(agent), status.dumps()
+
+    async def send(*messages: tuple[str, bytes]) -> None:
+        for topic, payload in messages:  # one by one: their order matters here
+            await pub.publish(topic, payload, qos=1)
+
+    async def owner() -> str | None:
+        return await db.hget(keys.board("b6"), "agent")
+
+    await send(agent_status("lab6", "online", 100.0, ["b6"]), board("lab6", 100.0))
+    await counted(ingest, accepted_agent_status=1, accepted_board_status=1)
+    assert await owner() == "lab6"
+
+    # lab6 online, then offline: lab8's claims fail, even one from the far future.
+    await send(board("lab8", 5.0))
+    await send(agent_status("lab6", "offline", 100.0, []))
+    await send(board("lab8", 9e9, time=9e9))
+    await counted(
+        ingest, accepted_agent_status=2, accepted_board_status=1, rejected_board_conflict=2
+    )
+    assert await owner() == "lab6"
+
+    # lab6 restarts and reports the board again; a status of its earlier start is stale.
+    await send(agent_status("lab6", "online", 200.0, ["b6"]), board("lab6", 200.0, model="m2"))
+    await send(board("lab6", 100.0, model="old"))
+    await counted(
+        ingest,
+        accepted_agent_status=3,
+        accepted_board_status=2,
+        rejected_board_conflict=2,
+        rejected_stale_board_status=1,
+    )
+    assert json.loads(await db.hget(keys.board("b6"), "status"))["model"] == "m2"
+
+    # lab6's config drops the board: lab8 may have it.
+    await send(agent_status("lab6", "online", 300.0, []), board("lab8", 5.0))
+    await counted(ingest, accepted_agent_status=4, accepted_board_status=3)
+    assert await owner() == "lab8"
+
+    # An operator releases it (deletes the board's hash): the next agent to report it has it.
+    await send(board("lab9", 1.0))
+    await counted(ingest, rejected_board_conflict=3)
+    await db.delete(keys.board("b6"))
+    await send(board("lab9", 1.0))
+    await counted(ingest, accepted_board_status=4, rejected_board_conflict=3)
+    assert await owner() == "lab9"
 
 
 async def _equals(value: Awaitable[object], expected: object) -> bool:
@@ -900,7 +1029,10 @@ async def test_two_ingest_processes_split_a_shared_subscription(
     records = agent_records(samples(2000))
     topic = samples_topic(AGENT, BOARD, run)
     group = f"g{uuid.uuid4().hex[:8]}"
-    async with serving(broker, group=group) as first, serving(broker, group=group) as second:
+    async with (
+        serving(broker, group=group, share=True) as first,
+        serving(broker, group=group, share=True) as second,
+    ):
         await publish_all(
             pub, [(topic, agent_batch(run, records[i : i + 20])) for i in range(0, 2000, 20)]
         )
@@ -914,6 +1046,69 @@ async def test_two_ingest_processes_split_a_shared_subscription(
         assert all(i.counters["duplicate_samples"] == 0 for i in both)
     assert await db.hlen(keys.run_samples(run)) == 2000
     assert await db.hget(keys.INGEST_COUNTERS, "accepted_samples") == "2000"
+
+
+async def test_by_default_each_ingest_has_a_plain_subscription_of_its_own(
+    broker: Mosquitto, db: aioredis.Redis, pub: aiomqtt.Client
+) -> None:
+    """No shared subscription unless asked: two ingest processes left with the defaults (and
+    the same group name) each receive every message, retained statuses included, instead of
+    splitting them (a departed one's session would keep its share queued for days)."""
+    agent = f"ret-{uuid.uuid4().hex[:6]}"
+    online = AgentStatus(agent=agent, state="online", boards=["rb1"], started=10.0)
+    await pub.publish(agent_status_topic(agent), online.dumps(), qos=1, retain=True)
+    run = "run-plain"
+    await dispatch(db, run)
+    records = agent_records(samples(100))
+    topic = samples_topic(AGENT, BOARD, run)
+    try:
+        async with (
+            serving(broker, group="farm-ingest") as first,
+            serving(broker, group="farm-ingest") as second,
+        ):
+            await publish_all(
+                pub, [(topic, agent_batch(run, records[i : i + 10])) for i in range(0, 100, 10)]
+            )
+            for running in (first, second):
+                await eventually(
+                    lambda r=running: r.counters["accepted_sample_batch"] == 10, "every batch"
+                )
+                assert running.counters["accepted_agent_status"] == 1
+        assert await db.hget(keys.agent(agent), "state") == "online"
+    finally:
+        await pub.publish(agent_status_topic(agent), b"", qos=1, retain=True)
+
+
+async def test_a_shared_subscription_splits_samples_but_every_ingest_gets_every_status(
+    broker: Mosquitto, db: aioredis.Redis, pub: aiomqtt.Client
+) -> None:
+    """With ``share``, statuses still come through a plain subscription: a shared one is sent
+    no retained messages (MQTT 5; brokers differ), so an agent online before ingest started
+    would never be known."""
+    group = f"g{uuid.uuid4().hex[:8]}"
+    run = "run-split"
+    await dispatch(db, run)
+    records = agent_records(samples(400))
+    topic = samples_topic(AGENT, BOARD, run)
+    agents = [f"st-{uuid.uuid4().hex[:6]}" for _ in range(6)]
+    async with (
+        serving(broker, group=group, share=True) as first,
+        serving(broker, group=group, share=True) as second,
+    ):
+        statuses = [
+            (agent_status_topic(a), AgentStatus(agent=a, state="online", started=1.0).dumps())
+            for a in agents
+        ]
+        batches = [(topic, agent_batch(run, records[i : i + 10])) for i in range(0, 400, 10)]
+        await publish_all(pub, statuses + batches)
+        both = (first, second)
+        await eventually(
+            lambda: sum(i.counters["accepted_sample_batch"] for i in both) == 40, "40 batches"
+        )
+        for running in both:
+            await counted(running, accepted_agent_status=len(agents))
+            assert 0 < running.counters["accepted_sample_batch"] < 40  # split
+    assert await db.hlen(keys.run_samples(run)) == 400
 
 
 class PrivateRedis:

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 import redis
-from rq import Worker
+from rq import Queue, Retry, Worker
+from rq.job import JobStatus
 
+from controller import keys
 from tests.integration.farm_procs import (
     Proc,
     alive,
@@ -64,3 +66,23 @@ async def test_burst_exits_when_the_queues_are_empty(db: redis.Redis) -> None:
     )
     assert code == 0, errs
     assert errs.count("event=worker_exited") == 2 and "event=worker_pool_stopped" in errs
+
+
+async def test_a_worker_runs_only_tinyfarm_jobs(tmp_path: Path, db: redis.Redis) -> None:
+    """Anyone who reaches Redis can enqueue a job: a worker runs only the project's own job
+    functions, and fails any other job with the reason, running nothing of it."""
+    marker = tmp_path / "owned"
+    job = Queue("farm", connection=db).enqueue("os.system", f"id > {marker}", retry=Retry(max=2))
+    code, _out, errs = await farm_command(
+        ["--log-level", "info", "controller", "worker", "--burst", "--processes", "1"],
+        {"FARM_REDIS_URL": REDIS_URL},
+        120,
+    )
+    assert code == 0, errs
+    assert not marker.exists()
+    assert job.get_status(refresh=True) == JobStatus.FAILED
+    result = job.latest_result()
+    assert result is not None and result.exc_string is not None
+    assert "os.system is not a tinyfarm job function" in result.exc_string
+    assert errs.count("event=job_refused") == 1  # failed for good, not retried
+    assert db.hget(keys.WORKER_COUNTERS, "refused_jobs") == b"1"

@@ -1,0 +1,37 @@
+"""The worker's allow-list names the job functions the controller enqueues, as RQ names them."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import redis
+from rq.job import Callback, Job
+
+from controller.jobs import execute_run
+from controller.worker_pool import JOB_FUNCTIONS, refusal
+
+CONTROLLER = Path(__file__).resolve().parents[2] / "controller"
+
+
+def test_every_enqueued_function_is_allowed_and_nothing_else() -> None:
+    enqueued = {
+        name
+        for path in CONTROLLER.rglob("*.py")
+        for name in re.findall(r"\.enqueue\(\s*(\w+)", path.read_text())
+    }
+    assert enqueued == {"execute_run"}
+    assert {f"{execute_run.__module__}.{execute_run.__qualname__}"} == JOB_FUNCTIONS
+
+
+def test_refusal_names_what_is_wrong() -> None:
+    connection = redis.Redis()  # jobs made, not saved: nothing is sent
+
+    def job(func: object, **options: Any) -> Job:
+        return Job.create(func, args=("r-1",), connection=connection, **options)
+
+    assert refusal(job(execute_run)) is None
+    assert refusal(job("os.system")) == "os.system is not a tinyfarm job function"
+    hooked = job(execute_run, on_failure=Callback("os.system"))
+    assert refusal(hooked) == "controller.jobs.execute_run job with callbacks or webhooks"
