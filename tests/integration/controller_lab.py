@@ -34,6 +34,8 @@ class ControllerLab:
     agents: dict[str, Proc] = field(default_factory=dict)
     workers: list[Proc] = field(default_factory=list)
     ingest: Proc | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+    """More environment for the controller processes (set before starting them)."""
 
     @property
     def env(self) -> dict[str, str]:
@@ -43,6 +45,7 @@ class ControllerLab:
             "FARM_MQTT_URL": self.broker.url,
             "FARM_RESULTS_DIR": str(self.dir / "results"),
             "FARM_AGENT_GRACE_S": "5",
+            **self.extra_env,
         }
 
     async def add_agent(self, agent: str, boards: str, *, dataset_limit: int = 10) -> None:
