@@ -328,7 +328,12 @@ class BoardWorker:
 
     async def _event(self, job: RunCommand, event_type: type, **fields: Any) -> None:
         event = event_type(
-            agent=self.agent, board=self.id, run=job.run, event=_event_name(event_type), **fields
+            agent=self.agent,
+            board=self.id,
+            run=job.run,
+            attempt=job.attempt,
+            event=_event_name(event_type),
+            **fields,
         )
         await self.outbox.put(
             run_events_topic(self.agent, self.id, job.run), event.dumps(), run=job.run
@@ -391,15 +396,13 @@ class BoardWorker:
             request.baud = self._baud(job, identity)
             self._links = await connect(request, bench)
             runner = self._runner(job, request, bench, inputs)
-            total = expected_samples(request, inputs)
-            if total is not None:
-                total -= len(request.settings.skip_seqs)
             await self._event(
                 job,
                 Started,
                 model=identity.model,
                 build=identity.build,
-                total=total,
+                # The run's, not this execution's: a resumed run is still N samples long.
+                total=expected_samples(request, inputs),
                 dataset=str(dataset.folder),
             )
             async for sample in runner.run():
@@ -543,6 +546,7 @@ class BoardWorker:
                 agent=self.agent,
                 board=self.id,
                 run=job.run,
+                attempt=job.attempt,
                 event="progress",
                 done=done,
                 total=total,

@@ -19,8 +19,10 @@ from tests.integration.farm_procs import (
     wait_until,
 )
 
-#: The controller tests' Redis database (flushed by each lab).
-REDIS_URL = "redis://127.0.0.1:6379/13"
+#: The controller tests' Redis database (flushed by each lab; its RQ queues are shared by every
+#: lab using it). ``FARM_TEST_CONTROLLER_REDIS`` picks another, so that two checkouts tested on
+#: one host at once do not flush each other's database or run each other's jobs.
+REDIS_URL = os.environ.get("FARM_TEST_CONTROLLER_REDIS", "redis://127.0.0.1:6379/13")
 
 
 @dataclass
