@@ -319,7 +319,12 @@ class BoardWorker:
 
     async def _event(self, job: RunCommand, event_type: type, **fields: Any) -> None:
         event = event_type(
-            agent=self.agent, board=self.id, run=job.run, event=event_name(event_type), **fields
+            agent=self.agent,
+            board=self.id,
+            run=job.run,
+            attempt=job.attempt,
+            event=event_name(event_type),
+            **fields,
         )
         await self.outbox.put(
             run_events_topic(self.agent, self.id, job.run), event.dumps(), run=job.run
@@ -341,7 +346,7 @@ class BoardWorker:
             max_delay_s=self.batching[1],
         )
         tally = Tally()
-        progress = ProgressEvents(self.agent, self.id, job.run)
+        progress = ProgressEvents(self.agent, self.id, job.run, job.attempt)
         try:
             request = run_request(job, self.datasets)
             try:
@@ -358,11 +363,10 @@ class BoardWorker:
             request.baud = self._baud(job, identity)
             self._links = await connect(request, bench)
             runner = self._runner(job, request, bench, inputs, progress)
+            # The run's, not this execution's: a resumed run is still N samples long.
             total = expected_samples(request, inputs)
             # A latency run without a limit runs for a duration: its seqs have no bound here.
             seq_limit = request.settings.limit if request.mode == "latency" else total
-            if total is not None:
-                total -= len(request.settings.skip_seqs)
             await self._event(
                 job,
                 Started,

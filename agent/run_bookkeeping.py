@@ -74,8 +74,8 @@ class ProgressEvents:
     ``PROGRESS_EVERY_S`` (and the last), for the run loop to publish (a callback cannot await).
     """
 
-    def __init__(self, agent: str, board: str, run: str) -> None:
-        self.agent, self.board, self.run = agent, board, run
+    def __init__(self, agent: str, board: str, run: str, attempt: int | None) -> None:
+        self.agent, self.board, self.run, self.attempt = agent, board, run, attempt
         self._loop = asyncio.get_running_loop()
         self._last = 0.0
         self._pending: ProgressEvent | None = None
@@ -89,6 +89,7 @@ class ProgressEvents:
             agent=self.agent,
             board=self.board,
             run=self.run,
+            attempt=self.attempt,
             event="progress",
             done=done,
             total=total,

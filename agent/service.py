@@ -142,6 +142,7 @@ class AgentService:
                 agent=self.agent,
                 board=run.board,
                 run=run.run,
+                attempt=_attempt(run.command),
                 event="interrupted",
                 last_seq=run.last_seq,
                 reason="the agent restarted during the run",
@@ -471,6 +472,12 @@ def _leaf(exc: BaseException) -> BaseException:
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
     return exc
+
+
+def _attempt(command: dict[str, Any]) -> int | None:
+    """The attempt number of a journalled run command (``None`` when it had none)."""
+    attempt = command.get("attempt")
+    return attempt if isinstance(attempt, int) and not isinstance(attempt, bool) else None
 
 
 def _payload(payload: object) -> bytes:

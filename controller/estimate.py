@@ -3,13 +3,14 @@ sweep's queue estimates are built on (timeouts from the model, not constants:
 docs/protocols.md#wire-time-model).
 
 The estimate assumes the reference board's per-inference time (the slow NUCLEO-L4R5ZI), so
-it is an upper bound for faster boards; the job tightens it once the agent reports its own
-ETA (measured on the board).
+it is an upper bound for faster boards. A run job's deadline is built on it
+(:mod:`controller.deadline`).
 """
 
 from __future__ import annotations
 
 import math
+import os
 
 from farm.catalog import Benchmark
 from farm.messages import Mode, RunOptions
@@ -18,8 +19,9 @@ from farm.protocol import dut as dut_proto
 from farm.wire import wire_time
 
 #: A health check, and a flash if the board holds other firmware (st-flash of a 1 MB image
-#: and the re-enumeration take well under this).
-SETUP_ALLOWANCE_S = 120.0
+#: and the re-enumeration take well under this). ``FARM_SETUP_ALLOWANCE_S`` sets it (a lab
+#: whose boards never need a flash can bound its runs tighter).
+SETUP_ALLOWANCE_S = float(os.environ.get("FARM_SETUP_ALLOWANCE_S", "120"))
 
 
 def samples_expected(bench: Benchmark, mode: Mode, options: RunOptions) -> int:

@@ -4,10 +4,15 @@ check it is complete, score it and write its artifacts.
 A job is synchronous (an RQ worker runs it itself, :mod:`controller.worker_pool`): it
 publishes commands with paho and follows the run through what ingest stores in Redis,
 polling a few times a second. Every
-wait is bounded: the run's deadline comes from the wire-time model (``controller.estimate``)
-and is stretched by the agent's own ETA as it reports progress; an agent that goes offline
-has a grace period; samples still in flight after ``done`` (resent after a reconnect) have a
-grace period too.
+wait is bounded: each dispatch's deadline is fixed from the wire-time model and moved only by
+samples stored (:mod:`controller.deadline`); a dispatch past it is cancelled at the agent and
+dispatched again; an agent that goes offline has a grace period; samples still in flight
+after ``done`` (resent after a reconnect) have a grace period too.
+
+Each dispatch is an attempt, numbered in its run command and echoed by the agent in every
+event of it: a dispatch judges only its own final event, so a late ``done`` of an earlier
+attempt (one a lost worker left running on the board) can never judge or delete a later
+attempt's samples.
 
 Failures record their reason. An ``input`` failure (no such dataset, wrong firmware and no
 image) or a ``device`` failure (the board hung, the agent already retried) fails the run; an
@@ -31,7 +36,8 @@ import redis
 from rq.timeouts import JobTimeoutException
 
 from controller import keys
-from controller.estimate import estimate_run_s
+from controller.deadline import RunDeadline
+from controller.estimate import SETUP_ALLOWANCE_S, estimate_run_s, samples_expected
 from controller.settings import Settings
 from controller.store import (
     LEASE_TTL_S,
@@ -210,7 +216,8 @@ class RunJob:
             stored = ranges(seqs)  # resume: the agent runs only the others
         elif seqs:
             self.client.delete(keys.run_samples(self.run_id))  # a timed run starts over
-        self.client.hdel(keys.run(self.run_id), "final", "total", "eta_s")
+        # The run's total stays: every attempt reports the same one.
+        self.client.hdel(keys.run(self.run_id), "final", "eta_s")
         command = RunCommand(
             id=f"{self.run_id}-a{attempt}",
             type="run",
@@ -221,6 +228,7 @@ class RunJob:
             dataset=run.get("dataset") or None,
             options=options,
             stored=stored,
+            attempt=attempt,
         )
         self._publish(command_topic(run["agent"]), command.dumps())
         set_run(
@@ -231,6 +239,14 @@ class RunJob:
             dispatched_at=time.time(),
         )
         estimate = estimate_run_s(bench, run["mode"], options)  # type: ignore[arg-type]
+        deadline = RunDeadline.at_dispatch(
+            time.monotonic(),
+            estimate,
+            SETUP_ALLOWANCE_S,
+            samples_expected(bench, run["mode"], options),  # type: ignore[arg-type]
+            sum(b - a for a, b in stored),
+        )
+        self._show_deadline(deadline)
         log.info(
             "run_dispatched",
             run=self.run_id,
@@ -238,14 +254,31 @@ class RunJob:
             attempt=attempt,
             stored=sum((b - a for a, b in stored)),
             estimate_s=estimate,
+            deadline_s=round(deadline.at - time.monotonic(), 1),
         )
-        return self._follow(run, command, estimate, {s for a, b in stored for s in range(a, b)})
+        return self._follow(
+            run, command, estimate, deadline, {s for a, b in stored for s in range(a, b)}
+        )
+
+    def _show_deadline(self, deadline: RunDeadline) -> None:
+        """The deadline in the run hash, as Unix time, for an operator."""
+        set_run(
+            self.client,
+            self.run_id,
+            deadline=round(time.time() + deadline.at - time.monotonic(), 3),
+        )
 
     def _follow(
-        self, run: dict[str, str], command: RunCommand, estimate: float, stored: set[int]
+        self,
+        run: dict[str, str],
+        command: RunCommand,
+        estimate: float,
+        deadline: RunDeadline,
+        stored: set[int],
     ) -> Outcome:
         started = time.monotonic()
-        deadline = started + estimate * 2
+        assert command.attempt is not None
+        ignored: int | None = None  # the earlier attempt whose final event was seen
         offline_since: float | None = None
         cancel_sent: float | None = None
         while True:
@@ -258,11 +291,33 @@ class RunJob:
                 pipe.hgetall(keys.run(self.run_id))
                 pipe.hget(keys.agent(run["agent"]), "state")
                 pipe.lrange(keys.agent_acks(run["agent"]), -ACKS_SCANNED, -1)
-                current, agent_state, acks = pipe.execute()
+                pipe.hlen(keys.run_samples(self.run_id))
+                current, agent_state, acks, held = pipe.execute()
             if current.get("state") in keys.TERMINAL:
                 return Outcome(current["state"], current.get("reason") or None)
             if current.get("final"):
-                return self._on_final(current, json.loads(current["final"]), stored)
+                final = json.loads(current["final"])
+                other = final.get("attempt")
+                # An agent that does not echo attempts: its final event is this dispatch's.
+                if other is None or other == command.attempt:
+                    return self._on_final(current, final, stored)
+                if _acked(acks, command.id, "duplicate"):
+                    # The board was still running the earlier attempt, not this one: now
+                    # it is free, dispatch again (resuming from what is stored).
+                    return Outcome(
+                        "retry",
+                        f"attempt {command.attempt} reached the board while it still ran "
+                        f"attempt {other}",
+                    )
+                if ignored != other:
+                    ignored = other
+                    log.info(
+                        "earlier_attempt_final_ignored",
+                        run=self.run_id,
+                        attempt=command.attempt,
+                        final_attempt=other,
+                        event=final.get("event"),
+                    )
             # An agent refuses a run before starting it: once it runs, no ack can say so.
             if current.get("state") == "dispatched":
                 rejected = _rejection(acks, command.id)
@@ -280,16 +335,15 @@ class RunJob:
                     return Outcome("failed", f"agent {run['agent']} went offline during the run")
             else:
                 offline_since = None
-            eta = current.get("eta_s")
-            if eta:
-                # The agent measures the board: its ETA may only push the deadline out.
-                deadline = max(deadline, now + float(eta) * 2 + 60)
-            if now > deadline:
+            if deadline.progress(now, held):
+                self._show_deadline(deadline)
+            if deadline.passed(now):
+                # Stop whatever the board still runs of it; the next dispatch resumes.
                 cancel = CancelCommand(id=f"{command.id}-timeout", type="cancel", run=self.run_id)
                 self._publish(command_topic(run["agent"]), cancel.dumps())
                 waited = now - started
                 return Outcome(
-                    "failed",
+                    "retry",
                     f"no result within {waited:.0f} s (wire-model estimate {estimate:.0f} s)",
                 )
 
@@ -374,6 +428,15 @@ class RunJob:
             asyncio.run(send())
         except (aiomqtt.MqttError, OSError) as exc:
             raise BrokerUnavailable(f"broker {self.settings.broker_url}: {exc}") from None
+
+
+def _acked(acks: list[str], command_id: str, outcome: str) -> bool:
+    """Whether the agent's acks answer ``command_id`` with ``outcome``."""
+    for raw in acks:
+        ack = json.loads(raw)
+        if ack.get("command") == command_id and ack.get("outcome") == outcome:
+            return True
+    return False
 
 
 def _rejection(acks: list[str], command_id: str) -> str | None:

@@ -63,6 +63,7 @@ RUN_FIELDS = (
     "command",  # id of the last run command sent
     "created",
     "dispatched_at",
+    "deadline",  # Unix time the current dispatch is given up at (moved only by samples stored)
     "started_at",
     "finished_at",
     "total",  # samples expected (from the agent's started event)

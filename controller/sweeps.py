@@ -299,8 +299,9 @@ def _enqueue(
         job_id=f"run-{run_id}",
         depends_on=depends,
         # RQ's own limit is only the backstop, twice the job's own deadlines: each dispatch
-        # is timed from the wire model (2 x the estimate, longer while the agent's ETA says
-        # so), up to MAX_ATTEMPTS of them; a job that runs out all the same fails its run.
+        # is timed from the wire model (2 x the estimate, later only as samples are stored:
+        # controller.deadline), up to MAX_ATTEMPTS of them; a job that runs out all the same
+        # fails its run.
         job_timeout=int(estimate * 4 * MAX_ATTEMPTS + 1800),
         retry=Retry(max=JOB_RETRIES),
         result_ttl=7 * 86400,

@@ -150,6 +150,12 @@ def now() -> float:
 MAX_RUN_SAMPLES = 1_000_000
 
 
+#: A run's attempt number, in a run command and every event of that execution. Optional (a
+#: message without one is as valid as before) and left out of the payload when unset, so an
+#: agent driven by an older controller sends what an older ingest reads.
+Attempt = Annotated[int | None, Field(ge=1, le=1000, exclude_if=lambda value: value is None)]
+
+
 class RunOptions(BaseModel):
     """How a run is sized: the official rules by default; tests and ``--quick`` shorten them.
     Every value is bounded: a command must not be able to keep a board busy for ever."""
@@ -188,6 +194,9 @@ class RunCommand(_Command):
     stored: list[tuple[int, int]] = Field([], max_length=10_000)
     """Half-open seq ranges the controller already holds: an accuracy run resumes by
     running only the others."""
+    attempt: Attempt = None
+    """Which dispatch of the run this is (1, 2, ...): the agent echoes it in every event of
+    the run, so the controller judges a final event only against the attempt that sent it."""
 
     @field_validator("stored")
     @classmethod
@@ -429,6 +438,8 @@ class _RunEvent(Message):
     agent: Id
     board: Id
     run: Id
+    attempt: Attempt = None
+    """The run command's ``attempt``, echoed (unset when the command had none)."""
     time: float = Field(default_factory=now)
 
 
@@ -447,7 +458,7 @@ class Started(_RunEvent):
     model: str
     build: str
     total: int | None
-    """Samples this execution will produce (seqs already stored skipped), if known."""
+    """Samples the run has, those the controller already holds (``stored``) included."""
     eta_s: float | None = None
     dataset: str
     seq_limit: int | None = None

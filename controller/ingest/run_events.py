@@ -91,18 +91,25 @@ def event_updates(
             updates["total"] = event.total
         if event.eta_s is not None:
             updates["eta_s"] = event.eta_s
-    elif event.event in FINAL_EVENTS and event.time >= _event_time(final):
-        # The latest one wins: a resent older `done` must not hide a newer `interrupted`.
+    elif event.event in FINAL_EVENTS and (event.attempt or 0, event.time) >= _event_rank(final):
+        # A later attempt's final event is kept over an earlier attempt's, whatever their
+        # clocks; within an attempt the latest wins (a resent older `done` must not hide a
+        # newer `interrupted`). The event text, attempt included, is what the job reads.
         updates["final"] = text
     return updates
 
 
-def _event_time(text: str | None) -> float:
-    """The ``time`` of a stored event (JSON), or -inf when there is none to compare with."""
+def _event_rank(text: str | None) -> tuple[int, float]:
+    """The ``(attempt, time)`` of a stored event (JSON; attempt 0 when it has none), or
+    ``(0, -inf)`` when there is none to compare with."""
+    rank = (0, float("-inf"))
     if not text:
-        return float("-inf")
+        return rank
     with contextlib.suppress(ValueError, TypeError, AttributeError):
-        value = json.loads(text).get("time")
+        stored = json.loads(text)
+        attempt, value = stored.get("attempt"), stored.get("time")
+        if not isinstance(attempt, int) or isinstance(attempt, bool):
+            attempt = 0
         if isinstance(value, int | float):
-            return float(value)
-    return float("-inf")
+            rank = (attempt, float(value))
+    return rank

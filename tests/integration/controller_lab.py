@@ -20,8 +20,10 @@ from tests.integration.farm_procs import (
     wait_until,
 )
 
-#: The controller tests' Redis database (flushed by each lab).
-REDIS_URL = "redis://127.0.0.1:6379/13"
+#: The controller tests' Redis database (flushed by each lab; its RQ queues are shared by every
+#: lab using it). ``FARM_TEST_CONTROLLER_REDIS`` picks another, so that two checkouts tested on
+#: one host at once do not flush each other's database or run each other's jobs.
+REDIS_URL = os.environ.get("FARM_TEST_CONTROLLER_REDIS", "redis://127.0.0.1:6379/13")
 
 
 @dataclass
@@ -35,6 +37,8 @@ class ControllerLab:
     agents: dict[str, Proc] = field(default_factory=dict)
     workers: list[Proc] = field(default_factory=list)
     ingest: Proc | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+    """More environment for the controller processes (set before starting them)."""
 
     @property
     def env(self) -> dict[str, str]:
@@ -44,6 +48,7 @@ class ControllerLab:
             "FARM_MQTT_URL": self.broker.url,
             "FARM_RESULTS_DIR": str(self.dir / "results"),
             "FARM_AGENT_GRACE_S": "5",
+            **self.extra_env,
         }
 
     async def add_agent(self, agent: str, boards: str, *, dataset_limit: int = 10) -> None:

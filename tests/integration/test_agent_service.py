@@ -82,6 +82,8 @@ async def test_runs_stream_every_sample_once_with_a_matching_digest(two_boards: 
     assert all(s["latency_us"] > 0 for s in lat_samples.values())
     # In a normal run nothing arrives twice.
     assert all(len(r) == 1 for r in lab.observer.samples["r-acc"].values())
+    # A command without an attempt number gets events without one (as an older ingest reads).
+    assert all("attempt" not in e for e in lab.observer.events["r-acc"])
 
     # Every message validates against the shared schemas, in order: accepted, started, ...
     for run in ("r-acc", "r-lat"):
@@ -434,9 +436,13 @@ async def test_an_accuracy_run_resumes_without_the_seqs_the_controller_holds(
 ) -> None:
     lab = two_boards
     await lab.idle("kws-a")
-    await lab.run("r-resume", "kws-a", "kws01", "accuracy", stored=[[0, 8], [12, 15]])
+    await lab.run("r-resume", "kws-a", "kws01", "accuracy", stored=[[0, 8], [12, 15]], attempt=2)
     done = await lab.finished("r-resume")
     assert done["event"] == "done", done
+    # The run's total stays the run's (20 samples), not what this attempt has left to run.
+    assert lab.observer.event("r-resume", "started")["total"] == 20
+    # Every event of the run names the attempt it belongs to.
+    assert {e["attempt"] for e in lab.observer.events["r-resume"]} == {2}
     unique = lab.observer.unique_samples("r-resume")
     assert sorted(unique) == [8, 9, 10, 11, *range(15, 20)]
     assert (done["count"], done["skipped"], done["first_seq"], done["last_seq"]) == (9, 11, 8, 19)

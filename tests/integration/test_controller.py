@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import statistics
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -19,10 +20,13 @@ import pytest
 import redis
 from rq.job import Job
 
+from controller.estimate import SETUP_ALLOWANCE_S, estimate_run_s
+from farm.catalog import get_benchmark
+from farm.messages import RunOptions
 from farm.sim.config import DEFAULT_MEDIAN_S, DEFAULT_QUALITY
 from farm.wire import wire_time
 from tests.integration.controller_lab import REDIS_URL, ControllerLab, start_controller_lab
-from tests.integration.farm_procs import alive, descendants, wait_until
+from tests.integration.farm_procs import Observer, alive, descendants, wait_until
 
 #: Short windows: the numbers are exact whatever the window length.
 QUICK = json.dumps({"min_window_s": 0.5, "calibration_s": 0.2})
@@ -380,3 +384,112 @@ async def test_cancel_a_sweep_stops_its_running_and_queued_runs(lab: ControllerL
     assert lab.redis.hget(f"farm:run:{second}", "state") == "cancelled"
     # The agent confirmed: the board is idle and healthy again.
     await lab.boards_ready(["kws-1"])
+
+
+async def test_a_run_whose_final_event_is_lost_is_dispatched_again_at_its_deadline(
+    lab: ControllerLab,
+) -> None:
+    """The broker took the agent's `done` while ingest was down and died before ingest came
+    back (killed, nothing saved since): the agent is online and idle, and no final event will
+    ever come. The run's deadline, fixed at dispatch from the wire-time model and moved only
+    by samples stored, runs out; the run is dispatched again, resumes from the samples stored
+    and completes within a bound derived from the configuration."""
+    setup_s = 5.0
+    lab.extra_env["FARM_SETUP_ALLOWANCE_S"] = str(setup_s)
+    await lab.add_agent(
+        "pi-a", "- {id: kws-1, model: kws01, latency: {median_s: 0.002}}\n", dataset_limit=30
+    )
+    await lab.start_controller(workers=1)
+    await lab.boards_ready(["kws-1"])
+    observer = Observer(lab.broker.url)
+    await observer.start()
+    try:
+        # The controller sizes its estimate from the limit (the agent's 30-file dataset is not
+        # the full one the spec describes).
+        _, out, _ = await lab.farm(
+            "submit", "--benchmark", "kws", "--mode", "accuracy", "--limit", "30", "--json"
+        )
+        run_id = json.loads(out)["runs"][0]
+        await wait_until(
+            lambda: lab.redis.hlen(f"farm:run:{run_id}:samples") >= 10, 60, "samples stored"
+        )
+        # Ingest gone first, so nothing waits in its socket: what the broker took, it holds.
+        assert lab.ingest is not None
+        await lab.ingest.kill_tree()
+        await wait_until(lambda: observer.event(run_id, "done"), 60, "the agent's done")
+        # Once a heartbeat says nothing is left to send, the broker has acknowledged it all.
+        beats = len(observer.heartbeats)
+        await wait_until(
+            lambda: any(h["backlog"] == 0 for h in observer.heartbeats[beats:]), 30, "no backlog"
+        )
+        broker = lab.broker.process
+        assert broker is not None
+        broker.kill()
+        await broker.wait()
+        await lab.broker.start()
+        await lab.ingest.start()
+    finally:
+        await observer.stop()
+    stored_before = lab.redis.hlen(f"farm:run:{run_id}:samples")
+    assert stored_before < 30  # the rest went down with the broker
+
+    # Each dispatch ends by its deadline: twice the estimate (the stored samples only ever
+    # bring it closer), and the second one resumes.
+    estimate = (
+        estimate_run_s(get_benchmark("kws"), "accuracy", RunOptions(limit=30))
+        - SETUP_ALLOWANCE_S
+        + setup_s
+    )
+    created = float(lab.redis.hget(f"farm:run:{run_id}", "created"))
+    bound = 2 * (2 * estimate) + 15  # + taking the lease, scoring, polls
+    await wait_until(
+        lambda: lab.redis.hget(f"farm:run:{run_id}", "state") in ("completed", "failed"),
+        created + bound - time.time(),
+        "the run ends",
+    )
+    run = lab.redis.hgetall(f"farm:run:{run_id}")
+    assert run["state"] == "completed", run
+    assert run["attempts"] == "2" and "no result within" in run["reasons"], run
+    assert json.loads(run["summary"])["samples"] == 30
+    done = json.loads(run["final"])
+    assert done["attempt"] == 2 and done["skipped"] >= stored_before
+    # The resumed attempt ran only what was missing; the run's total is still the run's.
+    assert run["total"] == "30" and run["done"] == "30"
+
+
+async def test_a_late_done_of_an_earlier_attempt_judges_nothing_and_deletes_nothing(
+    lab: ControllerLab,
+) -> None:
+    """The worker dies; the run's next attempt reaches the agent while the board still runs
+    the first one (the agent answers `duplicate`). The first attempt's `done` (all 200
+    samples) then arrives during the second: it is not the second's to judge. The run goes
+    on from what is stored, no sample is deleted or stored twice, and it completes."""
+    await lab.add_agent(
+        "pi-a", "- {id: kws-1, model: kws01, latency: {median_s: 0.1}}\n", dataset_limit=200
+    )
+    await lab.start_controller(workers=1)
+    await lab.boards_ready(["kws-1"])
+    _, out, _ = await lab.farm("submit", "--benchmark", "kws", "--mode", "accuracy", "--json")
+    run_id = json.loads(out)["runs"][0]
+    await wait_until(
+        lambda: lab.redis.hlen(f"farm:run:{run_id}:samples") >= 10, 60, "samples stored"
+    )
+    await lab.workers[0].kill_tree()
+    await lab.add_workers(1)
+    await wait_until(
+        lambda: lab.redis.hget(f"farm:run:{run_id}", "state") in ("completed", "failed"),
+        150,
+        "the run ends",
+    )
+    run = lab.redis.hgetall(f"farm:run:{run_id}")
+    # The scenario: the second attempt reached the board while it still ran the first.
+    acks = [json.loads(a) for a in lab.redis.lrange("farm:agent:pi-a:acks", 0, -1)]
+    assert any(a.get("command") == f"{run_id}-a2" and a["outcome"] == "duplicate" for a in acks), (
+        acks
+    )
+    assert run["state"] == "completed", run
+    assert "digest" not in run["reasons"], run
+    assert json.loads(run["summary"])["samples"] == 200
+    # Every sample was stored once: none deleted and run again.
+    assert lab.redis.hget("farm:ingest:counters", "accepted_samples") == "200"
+    assert run["total"] == "200"
