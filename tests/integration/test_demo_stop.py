@@ -4,11 +4,13 @@ left running with ``--keep``, with the ``farm demo --stop DIR`` it prints."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 from pathlib import Path
 
+from controller.stopping import kill_tree
 from tests.integration.farm_procs import alive, descendants, farm_command, wait_until
 from tests.integration.test_demo import leftovers, start_demo
 
@@ -60,6 +62,14 @@ async def test_keep_leaves_the_farm_running_until_demo_stop(tmp_path: Path) -> N
         code, _, again = await farm_command(["demo", "--stop", str(out)], {}, 60)
         assert code == 2 and "pids.json" in again
     finally:
+        # After a failure: whatever the demo left (valkey retitles itself: its command line
+        # no longer names the folder, so go by the pids the demo recorded).
+        recorded_file = out / "pids.json"
+        if recorded_file.exists():
+            for _name, pid in json.loads(recorded_file.read_text()):
+                with contextlib.suppress(OSError):
+                    if os.getsid(pid) == pid:
+                        kill_tree(pid)
         for cmdline_pid in _pids_with(out):
             os.kill(cmdline_pid, signal.SIGKILL)
 
