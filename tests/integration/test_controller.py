@@ -199,30 +199,40 @@ async def test_unknown_names_and_empty_matches_are_explained(lab: ControllerLab)
     assert code == 2 and "redis://127.0.0.1:1/0" in errs and "Traceback" not in errs
 
 
-async def accuracy_run_under_way(lab: ControllerLab) -> str:
-    """One worker running a 60-sample kws01 accuracy run with at least 15 samples stored."""
+async def accuracy_run_under_way(
+    lab: ControllerLab, samples: int = 60, median_s: float = 0.002, stored: int = 15
+) -> str:
+    """One worker running a kws01 accuracy run over ``samples`` files, at least ``stored`` of
+    them stored."""
     await lab.add_agent(
-        "pi-a", "- {id: kws-1, model: kws01, latency: {median_s: 0.002}}\n", dataset_limit=60
+        "pi-a",
+        f"- {{id: kws-1, model: kws01, latency: {{median_s: {median_s}}}}}\n",
+        dataset_limit=samples,
     )
     await lab.start_controller(workers=1)
     await lab.boards_ready(["kws-1"])
     _, out, _ = await lab.farm("submit", "--benchmark", "kws", "--mode", "accuracy", "--json")
     run_id = json.loads(out)["runs"][0]
     await wait_until(
-        lambda: lab.redis.hlen(f"farm:run:{run_id}:samples") >= 15, 60, "samples stored"
+        lambda: lab.redis.hlen(f"farm:run:{run_id}:samples") >= stored, 60, "samples stored"
     )
     return run_id
+
+
+async def ended(lab: ControllerLab, run_id: str, within: float) -> dict[str, str]:
+    """Wait until the run completed or failed; its hash."""
+    await wait_until(
+        lambda: lab.redis.hget(f"farm:run:{run_id}", "state") in ("completed", "failed"),
+        within,
+        "the run ends",
+    )
+    return lab.redis.hgetall(f"farm:run:{run_id}")
 
 
 async def resumed_run(lab: ControllerLab, run_id: str, stored_before: int) -> dict[str, str]:
     """Wait for the run to end; check it completed on a later dispatch that ran only what was
     missing (the agent skipped what was stored); its hash."""
-    await wait_until(
-        lambda: lab.redis.hget(f"farm:run:{run_id}", "state") in ("completed", "failed"),
-        120,
-        "the run ends",
-    )
-    run = lab.redis.hgetall(f"farm:run:{run_id}")
+    run = await ended(lab, run_id, 120)
     assert run["state"] == "completed", run
     assert int(run["attempts"]) >= 2 and json.loads(run["summary"])["samples"] == 60
     done = json.loads(run["final"])
@@ -300,12 +310,7 @@ async def test_a_run_that_outlasts_rqs_job_timeout_fails_and_is_stopped(
     # Queued with RQ's timeout sized for an hour's run; cut it to 3 s before a worker runs it.
     assert lab.redis.hset(f"rq:job:run-{run_id}", "timeout", 3) == 0
     await lab.add_workers(1)
-    await wait_until(
-        lambda: lab.redis.hget(f"farm:run:{run_id}", "state") in ("completed", "failed"),
-        60,
-        "the run ends",
-    )
-    run = lab.redis.hgetall(f"farm:run:{run_id}")
+    run = await ended(lab, run_id, 60)
     assert run["state"] == "failed" and "job timeout" in run["reason"], run
     # The agent took the cancel (its `cancelled` event comes after the run closed: rejected).
     await wait_until(lambda: cancel_acked(lab, f"{run_id}-rq-timeout"), 30, "the cancel's ack")
@@ -464,24 +469,10 @@ async def test_a_late_done_of_an_earlier_attempt_judges_nothing_and_deletes_noth
     the first one (the agent answers `duplicate`). The first attempt's `done` (all 200
     samples) then arrives during the second: it is not the second's to judge. The run goes
     on from what is stored, no sample is deleted or stored twice, and it completes."""
-    await lab.add_agent(
-        "pi-a", "- {id: kws-1, model: kws01, latency: {median_s: 0.1}}\n", dataset_limit=200
-    )
-    await lab.start_controller(workers=1)
-    await lab.boards_ready(["kws-1"])
-    _, out, _ = await lab.farm("submit", "--benchmark", "kws", "--mode", "accuracy", "--json")
-    run_id = json.loads(out)["runs"][0]
-    await wait_until(
-        lambda: lab.redis.hlen(f"farm:run:{run_id}:samples") >= 10, 60, "samples stored"
-    )
+    run_id = await accuracy_run_under_way(lab, samples=200, median_s=0.1, stored=10)
     await lab.workers[0].kill_tree()
     await lab.add_workers(1)
-    await wait_until(
-        lambda: lab.redis.hget(f"farm:run:{run_id}", "state") in ("completed", "failed"),
-        150,
-        "the run ends",
-    )
-    run = lab.redis.hgetall(f"farm:run:{run_id}")
+    run = await ended(lab, run_id, 150)
     # The scenario: the second attempt reached the board while it still ran the first.
     acks = [json.loads(a) for a in lab.redis.lrange("farm:agent:pi-a:acks", 0, -1)]
     assert any(a.get("command") == f"{run_id}-a2" and a["outcome"] == "duplicate" for a in acks), (
