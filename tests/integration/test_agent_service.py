@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from farm.datasets import load_dataset
 from farm.messages import RUN_EVENTS, SampleBatch, sample_digest
 from tests.integration.farm_procs import AGENT, FAST, Lab, send, start_lab, stop_lab, wait_until
 
@@ -447,8 +448,10 @@ async def test_an_accuracy_run_resumes_without_the_seqs_the_controller_holds(
     assert sorted(unique) == [8, 9, 10, 11, *range(15, 20)]
     assert (done["count"], done["skipped"], done["first_seq"], done["last_seq"]) == (9, 11, 8, 19)
     assert done["digest"] == sample_digest(unique.values())
-    # Each sample is still the dataset row of its seq.
-    assert all(record["index"] == seq for seq, record in unique.items())
+    # Each sample is still the dataset row of its seq (a stratified subset's rows keep their
+    # numbers in the official index).
+    rows = load_dataset(lab.dir / "sim" / "datasets", "kws01").rows
+    assert all(record["index"] == rows[seq].index for seq, record in unique.items())
 
 
 async def test_energy_runs_through_the_monitor_then_a_flash_back_to_performance(
