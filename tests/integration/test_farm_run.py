@@ -598,7 +598,8 @@ async def test_accuracy_equals_the_configured_quality(
 
     samples = read_samples(folder.path, subset=False)
     assert [s_["seq"] for s_ in samples] == list(range(n))
-    assert [s_["index"] for s_ in samples] == list(range(n))
+    # A subset's rows keep their numbers in the official index.
+    assert [s_["index"] for s_ in samples] == [r.index for r in rows]
     assert [s_["label"] for s_ in samples] == [r.label for r in rows]
     assert all(s_["window"] is None and s_["segment"] is None for s_ in samples)
     # One `infer 1 0` per file, no warmup.
@@ -699,8 +700,9 @@ async def test_accuracy_ad01_auc_over_per_file_means(sim: SimFactory, tmp_path: 
     assert bodies(text) == [f"Top 1% = {checker_capture(TOP1, text)}", f"AUC = {auc}"]
 
     samples = read_samples(folder.path, subset=False)
+    official = {row.file: row.index for row in official_rows("ad01")}
     assert [(s_["index"], s_["segment"]) for s_ in samples] == [
-        (i, seg) for i in range(len(files)) for seg in (0, 1)
+        (official[f], seg) for f in files for seg in (0, 1)
     ]
     assert [s_["results"] for s_ in samples] == [[v] for w in window_scores for v in w]
     assert len(infer_records(s["b"])) == 2 * len(files)
