@@ -23,13 +23,12 @@ def follow(
 
     from controller import keys
     from controller.render import Column, Listing, table
+    from controller.store import sweep_runs
 
     started = time.monotonic()
 
     def snapshot() -> tuple[list[dict[str, str]], float]:
-        runs = [
-            client.hgetall(keys.run(r)) for r in client.lrange(keys.sweep_runs(sweep_id), 0, -1)
-        ]
+        runs = [run for _, run in sweep_runs(client, sweep_id)]
         return runs, sweep_eta(runs, samples or {})
 
     def view(runs: list[dict[str, str]], eta: float) -> Any:

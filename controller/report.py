@@ -25,7 +25,7 @@ import redis
 
 from controller import keys
 from controller.render import Column, Listing, number
-from controller.store import board_status, get_run, set_run
+from controller.store import board_status, set_run, sweep_runs
 
 SUMMARY_KEYS = (
     "throughput_ips",
@@ -53,8 +53,7 @@ def sweep_report(client: redis.Redis, sweep_id: str) -> dict[str, Any] | None:
         return None
     runs = []
     boards: dict[str, dict[str, Any]] = {}
-    for run_id in client.lrange(keys.sweep_runs(sweep_id), 0, -1):
-        run = get_run(client, run_id)
+    for run_id, run in sweep_runs(client, sweep_id):
         summary = json.loads(run["summary"]) if run.get("summary") else None
         runs.append(
             {

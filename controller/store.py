@@ -98,6 +98,15 @@ def get_run(client: redis.Redis, run_id: str) -> dict[str, str]:
     return client.hgetall(keys.run(run_id))
 
 
+def sweep_runs(client: redis.Redis, sweep_id: str) -> list[tuple[str, dict[str, str]]]:
+    """Every run of a sweep, in order, with its hash: two round trips however many runs."""
+    run_ids = client.lrange(keys.sweep_runs(sweep_id), 0, -1)
+    pipe = client.pipeline(transaction=False)
+    for run_id in run_ids:
+        pipe.hgetall(keys.run(run_id))
+    return list(zip(run_ids, pipe.execute(), strict=True))
+
+
 def set_run(client: redis.Redis, run_id: str, **fields: Any) -> None:
     """Update run fields (non-strings are stored as JSON)."""
     values = {k: v if isinstance(v, str) else json.dumps(v) for k, v in fields.items()}

@@ -5,6 +5,7 @@ way the controller's ingest will (persistent session, QoS 1)."""
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import json
@@ -132,7 +133,7 @@ def host_port(url: str) -> tuple[str, int]:
     return host, int(port)
 
 
-class AgentTopics:
+class AgentTopics(abc.ABC):
     """A subscription to every agent topic in the background (reconnecting, with a session
     the broker keeps): each agent message goes to :meth:`_record`, its topic parsed."""
 
@@ -170,8 +171,9 @@ class AgentTopics:
                 self.connected.clear()
                 await asyncio.sleep(0.2)
 
+    @abc.abstractmethod
     def _record(self, meaning: Topic, data: Any) -> None:
-        raise NotImplementedError
+        """Keep one agent message (its parsed topic and JSON payload)."""
 
 
 class Observer(AgentTopics):

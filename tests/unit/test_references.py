@@ -9,8 +9,6 @@ import subprocess
 from functools import cache
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[2]
 THIS = Path(__file__).resolve().relative_to(ROOT).as_posix()
 
@@ -24,16 +22,31 @@ FENCE = re.compile(r"^\s*(```|~~~)")
 HEADING = re.compile(r"^#{1,6}\s+(.+?)\s*#*\s*$")
 
 
-def tracked_text_files() -> dict[str, str]:
-    """Every file git tracks that is text, by its path relative to the root."""
+def project_files() -> list[str]:
+    """The files git tracks; outside a git checkout (an unpacked source archive), every file
+    but caches and build output, which then is all the project there is."""
     try:
         listing = subprocess.run(
             ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True
         ).stdout
+        return listing.decode().split("\0")
     except (OSError, subprocess.CalledProcessError):
-        pytest.skip("not a git checkout")
+        skip = {".git", ".venv", "__pycache__", ".pytest_cache", ".ruff_cache", ".mypy_cache"}
+
+        def ours(parts: tuple[str, ...]) -> bool:
+            return not any(p in skip or p == "build" or p.endswith(".egg-info") for p in parts)
+
+        return [
+            p.relative_to(ROOT).as_posix()
+            for p in ROOT.rglob("*")
+            if ours(p.relative_to(ROOT).parts)
+        ]
+
+
+def tracked_text_files() -> dict[str, str]:
+    """Every project file that is text, by its path relative to the root."""
     texts = {}
-    for name in listing.decode().split("\0"):
+    for name in project_files():
         path = ROOT / name
         if not name or not path.is_file():
             continue
