@@ -217,6 +217,11 @@ class Journal:
             await self._new.wait()
         return self._newest_pending
 
+    async def next_generation(self, now: float) -> float:
+        """A start generation greater than any this journal handed out before (see
+        :meth:`agent.journal_store.Store.next_generation`)."""
+        return await self._call(partial(self._store.next_generation, now))
+
     # -- runs in flight -----------------------------------------------------------------------
 
     async def run_started(self, run: str, board: str, command: dict[str, Any]) -> None:

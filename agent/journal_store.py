@@ -20,7 +20,7 @@ from farm.logs import get_logger
 
 log = get_logger("agent.journal")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: Payload bytes acknowledged since the last compaction that trigger the next one. Small
 #: enough that the vacuum's temporary WAL growth stays modest on a nearly full SD card.
@@ -55,6 +55,14 @@ CREATE TABLE commands (
     n INTEGER NOT NULL
 );
 CREATE INDEX commands_by_n ON commands (n);
+"""
+
+# Version 2: the agent's start generation (see Store.next_generation).
+_GENERATION_SCHEMA = """
+CREATE TABLE generation (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    value REAL NOT NULL
+);
 """
 
 _ENTRY_BYTES_SQL = "length(payload) + length(CAST(topic AS BLOB))"
@@ -204,12 +212,28 @@ class Store:
         if mode != "wal":
             raise JournalError(self.path, f"cannot use WAL mode (SQLite kept {mode!r})")
         conn.execute("PRAGMA synchronous = NORMAL")
-        if version == 0:
+        if version < SCHEMA_VERSION:
             with self.transaction():
-                for statement in _SCHEMA.split(";"):
+                # Version 0 is a new file; version 1 lacks only the generation table.
+                schema = (_SCHEMA if version == 0 else "") + _GENERATION_SCHEMA
+                for statement in schema.split(";"):
                     if statement.strip():
                         conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def next_generation(self, now: float) -> float:
+        """This start's generation: ``now``, or one more than the previous start's if the clock
+        says otherwise. Ingest orders an agent's statuses by it, so it must grow even when a Pi
+        without a real-time clock boots with its clock behind and corrects it later."""
+        with self.transaction() as conn:
+            row = conn.execute("SELECT value FROM generation WHERE id = 1").fetchone()
+            generation = now if row is None else max(now, row[0] + 1.0)
+            conn.execute(
+                "INSERT INTO generation (id, value) VALUES (1, ?) "
+                "ON CONFLICT (id) DO UPDATE SET value = excluded.value",
+                (generation,),
+            )
+        return generation
 
     def _state(self) -> Opened:
         conn = self.conn

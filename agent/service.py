@@ -84,7 +84,10 @@ class AgentService:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
         self.agent = config.agent
+        # This start's generation, from the journal once it is open (run()); it orders the
+        # agent's statuses at ingest, so it is not simply the wall clock.
         self.started = time.time()
+        self._monotonic_start = time.monotonic()
         self.counters: Counter[str] = Counter()
         self.refused: str | None = None
         self.journal: Journal | None = None
@@ -103,6 +106,7 @@ class AgentService:
         journal_path = self.config.journal
         assert journal_path is not None  # the config sets the default
         self.journal = await Journal.open(journal_path)
+        self.started = await self.journal.next_generation(time.time())
         self.outbox = Outbox(self.journal)
         try:
             await self._report_interrupted()
@@ -246,7 +250,7 @@ class AgentService:
             software=software_version(),
             boards=[b.id for b in self.config.boards],
             started=self.started,
-            uptime_s=round(time.time() - self.started, 3),
+            uptime_s=round(time.monotonic() - self._monotonic_start, 3),
             reason=self.refused,
         )
 
@@ -275,7 +279,7 @@ class AgentService:
         while True:
             beat = Heartbeat(
                 agent=self.agent,
-                uptime_s=round(time.time() - self.started, 3),
+                uptime_s=round(time.monotonic() - self._monotonic_start, 3),
                 backlog=self.journal.backlog_count,
                 counters={**self.counters, "sent": self.outbox.sent},
             )

@@ -2,7 +2,8 @@
 command acks into Redis, and an agent of another protocol version refused.
 
 **Which status counts.** An agent's statuses, and its boards', carry ``started``: the agent
-process's start, read once, which grows with every start of that agent. It alone orders them:
+process's start generation, kept in its journal, which grows with every start of that agent
+whatever its clock says. It alone orders them:
 a status of an earlier start than the stored one is stale; within one start the latest to
 arrive wins (the broker keeps a topic's messages in order, and the retained copy sent at
 subscription is the newest). A status without it cannot be placed and is refused

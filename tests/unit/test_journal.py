@@ -308,7 +308,42 @@ async def test_file_settings(path: Path) -> None:
     with closing(sqlite3.connect(path)) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         assert conn.execute("PRAGMA auto_vacuum").fetchone() == (2,)  # INCREMENTAL
-        assert conn.execute("PRAGMA user_version").fetchone() == (1,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (2,)
+
+
+async def test_start_generations_grow_even_when_the_clock_goes_back(path: Path) -> None:
+    journal = await Journal.open(path)
+    assert await journal.next_generation(1_800_000_000.0) == 1_800_000_000.0
+    await journal.close()
+
+    # A Pi without a real-time clock boots an hour behind: the next start still comes later.
+    journal = await Journal.open(path)
+    assert await journal.next_generation(1_799_996_400.0) == 1_800_000_001.0
+    await journal.close()
+
+    # Once the clock is right again it leads.
+    journal = await Journal.open(path)
+    assert await journal.next_generation(1_800_007_200.0) == 1_800_007_200.0
+    await journal.close()
+
+
+async def test_a_version_1_journal_is_upgraded_with_its_backlog(path: Path) -> None:
+    journal = await Journal.open(path)
+    ids = await journal.enqueue_many([("t", b"kept"), ("t", b"also kept")])
+    await journal.close()
+    with closing(sqlite3.connect(path)) as conn:
+        conn.execute("DROP TABLE generation")
+        conn.execute("PRAGMA user_version = 1")
+
+    journal = await Journal.open(path)
+    assert [(e.id, e.payload) for e in await journal.pending()] == [
+        (ids[0], b"kept"),
+        (ids[1], b"also kept"),
+    ]
+    assert await journal.next_generation(5.0) == 5.0
+    await journal.close()
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (2,)
 
 
 async def test_a_newer_schema_is_refused_naming_the_file(path: Path) -> None:
