@@ -39,7 +39,7 @@ from farm.storable import storable_schema
 
 SCHEMA: Final = "farm/v1"
 PREFIX = "farm/v1"
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 """Bumped when a message changes incompatibly; the controller refuses other versions."""
 MAX_COMMAND_BYTES = 64 * 1024
 """A command payload larger than this is rejected unread (no command needs more)."""

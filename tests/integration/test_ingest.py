@@ -1000,7 +1000,7 @@ async def test_an_agent_of_another_protocol_is_refused(
                 "schema": "farm/v2",
                 "agent": "new2",
                 "state": "online",
-                "protocol": 2,
+                "protocol": 3,
                 "started": 7.0,
                 "capabilities": ["x"],
             }
@@ -1009,7 +1009,7 @@ async def test_an_agent_of_another_protocol_is_refused(
             await eventually(lambda: len(received) == 2, "the second refuse")
             second = COMMANDS.validate_json(received[1])
             assert isinstance(second, RefuseCommand)
-            assert "agent protocol 2" in second.reason
+            assert "agent protocol 3" in second.reason
             await asyncio.sleep(0.2)
             assert len(received) == 2
         finally:

@@ -32,6 +32,7 @@ from controller.metrics import (
     IngestMetrics,
     failure_category,
 )
+from farm.messages import PROTOCOL_VERSION
 
 REDIS_URL = "redis://127.0.0.1:6379/12"
 ROOT = Path(__file__).resolve().parents[2]
@@ -221,7 +222,10 @@ def test_a_scrape_shows_the_farm_as_redis_holds_it(client: redis.Redis) -> None:
     assert value(s, "farm_agent_heartbeat_age_seconds", agent="pi-a") == pytest.approx(4)
     assert value(s, "farm_agent_heartbeat_age_seconds", agent="pi-b") == pytest.approx(500)
     assert value(s, "farm_agent_journal_backlog_messages", agent="pi-a") == 3
-    assert value(s, "farm_agent_info", agent="pi-a", software="0.1.0", protocol="1") == 1
+    assert (
+        value(s, "farm_agent_info", agent="pi-a", software="0.1.0", protocol=str(PROTOCOL_VERSION))
+        == 1
+    )
     # Boards: one state and one health set to 1, the others 0; the reason on one line.
     assert value(s, "farm_board_state", board="kws-1", agent="pi-a", state="busy") == 1
     assert value(s, "farm_board_state", board="kws-1", agent="pi-a", state="idle") == 0
