@@ -6,6 +6,7 @@ schedule, and ``farm broker``'s password file and ACL handling."""
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import shlex
@@ -19,6 +20,7 @@ from typing import Any
 import pytest
 import typer.main
 import yaml
+from rq import cron as rq_cron
 from typer.testing import CliRunner
 
 from controller import broker_admin
@@ -34,6 +36,9 @@ from controller.broker_admin import (
     remove_agent,
 )
 from controller.broker_cli import broker_app
+from controller.jobs import NIGHTLY, submit_nightly
+from controller.queueing import SERIALIZER
+from controller.worker_pool import JOB_FUNCTIONS
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -198,9 +203,7 @@ def farm_command_lines() -> list[tuple[str, list[str]]]:
                     for a in argv[1:]
                 ]
                 found.append((path.name, substituted))
-    nightly = _rq_cron_jobs()[0].args[0]
-    assert nightly[0] == "farm"
-    found.append(("rq-cron/nightly.py", nightly[1:]))
+    found.append(("controller.jobs.NIGHTLY (rq-cron/nightly.py)", list(NIGHTLY)))
     return found
 
 
@@ -238,7 +241,7 @@ def test_the_nightly_sweep_is_the_same_command_in_both_schedulers() -> None:
     (timer_line,) = values(SYSTEMD / "tinyfarm-nightly.service", "Service", "ExecStart")
     argv = shlex.split(timer_line)
     assert argv[1:] == ["submit", "--suite", "full", "--boards", "all", "--label", "nightly"]
-    assert _rq_cron_jobs()[0].args[0][1:] == argv[1:]
+    assert list(NIGHTLY) == argv[1:]  # what the rq cron job runs
 
 
 # -- rq cron ------------------------------------------------------------------------------------
@@ -252,8 +255,20 @@ def test_rq_cron_enqueues_the_nightly_submit_on_a_controller_queue() -> None:
     (job,) = _rq_cron_jobs()
     assert job.cron == "0 1 * * *"
     assert job.queue_name in QUEUE_ORDER  # a queue the workers listen to
-    assert import_attribute(job.func_name) is subprocess.run  # importable by every worker
-    assert job.kwargs["check"] is True
+    assert import_attribute(job.func_name) is submit_nightly
+    assert job.func_name in JOB_FUNCTIONS  # a worker runs it
+    assert job.args == () and job.kwargs == {}  # the job chooses no command
+
+
+def test_rq_cron_enqueues_a_json_job() -> None:
+    """RQ's cron enqueues with pickle unless told otherwise; the workers read only JSON."""
+    from redis import Redis
+
+    (job,) = _rq_cron_jobs()
+    connection = Redis(port=1)  # never connected: the job is made, not saved
+    enqueued = rq_cron.Queue(job.queue_name, connection=connection).create_job(job.func)
+    assert enqueued.serializer is SERIALIZER
+    assert json.loads(enqueued.data)[0] == "controller.jobs.submit_nightly"
 
 
 # -- systemd ------------------------------------------------------------------------------------
