@@ -5,9 +5,12 @@ cannot read as JSON or that is not the project's, running nothing of it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pickle
 import re
+import subprocess
+import time
 import urllib.request
 import zlib
 from collections.abc import AsyncIterator, Iterator
@@ -15,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import redis
+import yaml
 from rq import Queue
 from rq.job import JobStatus
 
@@ -25,6 +29,7 @@ from tests.integration.farm_procs import Proc, farm_command, free_port, wait_unt
 from tests.integration.redis_server import RedisServer
 
 BOARDS = "- {id: ic-1, model: ic01, quality: 0.7, latency: {median_s: 0.002, spread: 0}}\n"
+COMPOSE = Path(__file__).resolve().parents[2] / "deploy" / "docker-compose.yml"
 QUICK = json.dumps({"min_window_s": 0.5, "calibration_s": 0.2})
 
 
@@ -71,8 +76,9 @@ async def test_the_farm_runs_a_sweep_and_the_exporter_reads_it_as_acl_users(
     _, out, _ = await acl_lab.farm("show", sweep, "--json")
     (run,) = json.loads(out)["runs"]
     assert run["state"] == "completed" and run["summary"]["top1"] == pytest.approx(75.0)
-    code, out, errs = await acl_lab.farm("status", "--json")
-    assert json.loads(out)["boards"][0]["board"] == "ic-1", errs
+    _, out, _ = await acl_lab.farm("status", "--json")
+    status = json.loads(out)
+    assert list(status["boards"]) == ["ic-1"] and status["queues"]["farm"] == 0
 
     port = free_port()
     exporter = Proc(
@@ -207,3 +213,44 @@ async def test_a_daemon_given_a_refused_password_says_so_in_one_line(server: Red
         )
         assert code == 2 and "refused user farm-controller" in errs, errs
         assert "Traceback" not in errs and errs.count("\n") == 1
+
+
+def test_the_compose_redis_starts_with_its_users_and_healthcheck(tmp_path: Path) -> None:
+    """deploy/docker-compose.yml's redis command, run by this host's redis-server with the
+    .env passwords substituted: the users work as the ACL module says, and the healthcheck
+    passes only with the read-only user's password."""
+    service = yaml.safe_load(COMPOSE.read_text())["services"]["redis"]
+    env = {"FARM_REDIS_PASSWORD": "c" * 20, "FARM_REDIS_EXPORTER_PASSWORD": "e" * 20}
+
+    def substitute(text: str) -> str:
+        return re.sub(r"\$\{(\w+)[^}]*\}", lambda m: env[m[1]], text)
+
+    port = free_port()
+    args = [substitute(a) for a in service["command"][1:]]
+    args += ["--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path)]
+    process = subprocess.Popen(["redis-server", *args], stdout=subprocess.DEVNULL)
+    try:
+        url = f"redis://{{}}@127.0.0.1:{port}/0"
+        controller = redis.Redis.from_url(url.format(f"farm-controller:{'c' * 20}"))
+        exporter = redis.Redis.from_url(url.format(f"farm-exporter:{'e' * 20}"))
+        for _ in range(200):
+            with contextlib.suppress(redis.ConnectionError):
+                controller.ping()
+                break
+            time.sleep(0.05)
+        controller.set("farm:x", "1")
+        assert exporter.get("farm:x") == b"1"
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            exporter.set("farm:x", "2")
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            controller.flushall()
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=port).ping()
+        check = service["healthcheck"]["test"][1].replace("redis-cli", f"redis-cli -p {port}")
+        healthy = subprocess.run(["sh", "-c", check], env={"REDISCLI_AUTH": "e" * 20})
+        assert healthy.returncode == 0
+        wrong = subprocess.run(["sh", "-c", check], env={"REDISCLI_AUTH": "c" * 20})
+        assert wrong.returncode != 0
+    finally:
+        process.terminate()
+        process.wait(10)

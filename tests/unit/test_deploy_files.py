@@ -38,6 +38,7 @@ from controller.broker_admin import (
 from controller.broker_cli import broker_app
 from controller.jobs import NIGHTLY, submit_nightly
 from controller.queueing import SERIALIZER
+from controller.redis_acl import PASSWORD_ENV, RULES, user_line
 from controller.worker_pool import JOB_FUNCTIONS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -111,7 +112,11 @@ def test_compose_has_the_server_side_services() -> None:
         service = services[name]
         assert service["build"] == {"context": "..", "dockerfile": "deploy/Dockerfile"}
         env = service["environment"]
-        assert env["FARM_REDIS_URL"] == "redis://redis:6379/0"
+        user = "farm-exporter" if name == "exporter" else "farm-controller"
+        assert redis_url_user(env["FARM_REDIS_URL"]) == user
+        if name == "exporter":
+            assert "FARM_MQTT_URL" not in env  # it reads Redis only
+            continue
         # The controller's user, which the shipped ACL names.
         assert env["FARM_MQTT_URL"].startswith("mqtt://farm-controller:")
         assert env["FARM_MQTT_URL"].endswith("@mosquitto:1883")
@@ -123,6 +128,66 @@ def test_compose_has_the_server_side_services() -> None:
     assert "--no-share" in ingest and "--client-id" in ingest  # README: why one ingest
     assert "./prometheus:/etc/prometheus:ro" in services["prometheus"]["volumes"]
     assert any(v.startswith("./grafana/provisioning:") for v in services["grafana"]["volumes"])
+
+
+def redis_url_user(url: str) -> str:
+    """The user of a Redis URL of the deploy kit, which must carry a password variable."""
+    match = re.fullmatch(r"rediss?://([a-z-]+):\$\{(FARM_REDIS_[A-Z_]*PASSWORD)[^}]*\}@\S+", url)
+    assert match, f"a Redis URL without user and password: {url}"
+    return match[1]
+
+
+def compose_redis_users() -> dict[str, list[str]]:
+    """The users the compose file's redis-server is started with: their ACL rules by name."""
+    users: dict[str, list[str]] = {}
+    words: list[str] | None = None
+    for arg in compose()["services"]["redis"]["command"]:
+        if arg.startswith("--"):
+            words = [] if arg == "--user" else None
+            continue
+        if words is not None:
+            if not words:
+                users[arg] = words
+            words.append(arg)
+    return {user: words[1:] for user, words in users.items()}
+
+
+def test_compose_redis_has_the_acl_users_and_no_open_door() -> None:
+    """The default user is off; each farm user has a password from .env and exactly the
+    rules of controller.redis_acl; the healthcheck authenticates."""
+    users = compose_redis_users()
+    assert users["default"] == ["reset", "off"]
+    assert set(users) == {"default", *RULES}
+    for user, rules in RULES.items():
+        words = users[user]
+        variable = PASSWORD_ENV[user]
+        assert words[:3] == ["reset", "on", f">${{{variable}:?set {variable} in deploy/.env}}"]
+        assert words[3:] == rules.split(), user
+        # the same words as the ACL file farm controller redis-acl writes, after the password
+        assert user_line(user, "x").split()[5:] == rules.split()
+    redis = compose()["services"]["redis"]
+    assert "--user farm-exporter" in redis["healthcheck"]["test"][1]
+    assert redis["environment"]["REDISCLI_AUTH"].startswith("${FARM_REDIS_EXPORTER_PASSWORD")
+
+
+def test_every_redis_url_in_the_kit_carries_a_user() -> None:
+    """No service or env example reaches Redis without a user and password."""
+    found = []
+    for service in compose()["services"].values():
+        env = service.get("environment") or {}
+        if "FARM_REDIS_URL" in env:
+            found.append(env["FARM_REDIS_URL"])
+        command = service.get("command") or []
+        if "--url" in command:  # rq cron
+            found.append(command[command.index("--url") + 1])
+    assert len(found) >= 5  # worker, ingest, exporter, cron (its environment and its --url)
+    for url in found:
+        redis_url_user(url)
+    for example in sorted(SYSTEMD.glob("*.env.example")):
+        for url in re.findall(r"^FARM_REDIS_URL=(\S+)", example.read_text(), re.M):
+            assert re.fullmatch(r"rediss?://farm-(controller|exporter):[^@]+@\S+", url), example
+            found.append(url)
+    assert any("farm-exporter" in url for url in found)
 
 
 def test_compose_paths_exist() -> None:
