@@ -484,7 +484,8 @@ def main(settings: Settings, *, addr: str = DEFAULT_ADDR, port: int = EXPORTER_P
     except OSError as exc:
         log.error("exporter_bind_failed", addr=addr, port=port, error=str(exc))
         return 2
-    log.info("exporter_serving", addr=addr, port=server.server_port, redis=redact(settings.redis_url))
+    where = redact(settings.redis_url)
+    log.info("exporter_serving", addr=addr, port=server.server_port, redis=where)
     stop = threading.Event()
     previous = {
         sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)

@@ -29,9 +29,7 @@ _KEYS = "resetkeys ~farm:* ~rq:* resetchannels &rq:*"
 #: Each user's rules after its password. Later rules win: categories first, then exceptions.
 RULES = {
     "farm-controller": f"{_KEYS} -@all +@all -@dangerous -@admin +info",
-    "farm-exporter": (
-        f"{_KEYS} -@all +@read -@dangerous +ping"
-    ),
+    "farm-exporter": f"{_KEYS} -@all +@read -@dangerous +ping",
 }
 #: What a password may be: long enough to resist guessing, and safe in a URL and an .env
 #: line without quoting (``secrets.token_urlsafe`` makes such).

@@ -206,7 +206,7 @@ async def test_a_daemon_given_a_refused_password_says_so_in_one_line(server: Red
     """A daemon started with a wrong password says so in one line and exits non-zero, for its
     service manager to retry (systemd Restart=on-failure, compose restart: unless-stopped)."""
     for args in (["worker", "--processes", "1"], ["ingest"]):
-        code, out, errs = await farm_command(
+        code, _out, errs = await farm_command(
             ["controller", *args],
             {"FARM_REDIS_URL": server.url(password="wrong-password"), "FARM_MQTT_URL": "x"},
             60,
