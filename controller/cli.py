@@ -11,11 +11,13 @@ and a Pi without the extra still lists them, each saying which extra it needs.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import signal
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -291,18 +293,16 @@ def status(redis: RedisOpt = None, fmt: FormatOpt = "table", json_out: JsonOpt =
     fmt = _format(fmt, json_out)
     settings = _settings(redis, None, None)
     client = _redis(settings)
-    from redis import Redis
-    from rq import Queue
-
     from controller import keys
+    from controller.queueing import queue
     from controller.render import Column, Listing, emit
-    from controller.store import all_boards
+    from controller.store import all_boards, rq_connection
     from controller.sweeps import QUEUE_ORDER
 
     boards = all_boards(client)
     agents = {a: client.hgetall(keys.agent(a)) for a in client.smembers(keys.AGENTS)}
-    rq_conn = Redis.from_url(settings.redis_url)
-    queues = {name: len(Queue(name, connection=rq_conn)) for name in QUEUE_ORDER}
+    rq_conn = rq_connection(client)
+    queues = {name: len(queue(name, rq_conn)) for name in QUEUE_ORDER}
     now = time.time()
     rows = []
     for board_id, s in boards.items():
@@ -570,10 +570,56 @@ def demo(
     raise typer.Exit(code)
 
 
+def _redis_errors(command: Callable[..., None]) -> Callable[..., None]:
+    """``command`` with a Redis refusal or outage met mid-way (a user without a permission it
+    needs, a server gone) reported in one line naming the URL, exit status 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        try:
+            command(*args, **kwargs)
+        except Exception as exc:
+            from redis import RedisError
+
+            from controller.settings import Settings
+            from controller.store import explain
+
+            if not isinstance(exc, RedisError):
+                raise
+            url = Settings.resolve(kwargs.get("redis")).redis_url
+            raise fail(explain(url, exc)) from None
+
+    return wrapper
+
+
+@controller_app.command("redis-acl")
+def redis_acl(
+    out: Annotated[
+        Path, typer.Option("--out", help="The ACL file to write (redis.conf's aclfile)")
+    ],
+) -> None:
+    """Write Redis's ACL file: default user off, farm-controller (read/write) and farm-exporter
+    (read-only) with the passwords in FARM_REDIS_PASSWORD and FARM_REDIS_EXPORTER_PASSWORD."""
+    from controller.redis_acl import AclError, acl_file, passwords_from_env
+
+    try:
+        text = acl_file(passwords_from_env())
+    except AclError as exc:
+        raise fail(str(exc)) from None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".new")
+    # Private from its creation (it holds the password hashes); the rename swaps it in whole.
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    partial.replace(out)
+    console.print(f"wrote {out}: users default (off), farm-controller, farm-exporter")
+
+
 def register(app: typer.Typer) -> None:
     """Add the controller's commands to the ``farm`` command line (the ``tinyfarm.cli`` entry
     point ``controller``)."""
     for command in (submit, status, sweeps, show, cancel, demo):
-        app.command()(command)
+        app.command()(_redis_errors(command))
     app.add_typer(controller_app, name="controller")
     app.add_typer(broker_app, name="broker")

@@ -40,7 +40,6 @@ from prometheus_client.core import (
     InfoMetricFamily,
     Metric,
 )
-from rq import Queue
 from rq.registry import DeferredJobRegistry, StartedJobRegistry
 
 from controller import keys
@@ -52,7 +51,9 @@ from controller.metrics import (
     ingest_counter_families,
     label_value,
 )
+from controller.queueing import queue
 from controller.settings import Settings
+from controller.store import redact
 from controller.sweeps import QUEUE_ORDER
 from farm.catalog import BenchmarkError, get_benchmark
 from farm.logs import get_logger
@@ -138,7 +139,7 @@ class FarmCollector:
         self._queues = [
             (
                 name,
-                Queue(name, connection=client).key,
+                queue(name, client).key,
                 DeferredJobRegistry.key_template.format(name),
                 StartedJobRegistry.key_template.format(name),
             )
@@ -483,7 +484,8 @@ def main(settings: Settings, *, addr: str = DEFAULT_ADDR, port: int = EXPORTER_P
     except OSError as exc:
         log.error("exporter_bind_failed", addr=addr, port=port, error=str(exc))
         return 2
-    log.info("exporter_serving", addr=addr, port=server.server_port, redis=settings.redis_url)
+    where = redact(settings.redis_url)
+    log.info("exporter_serving", addr=addr, port=server.server_port, redis=where)
     stop = threading.Event()
     previous = {
         sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)

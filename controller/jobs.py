@@ -25,6 +25,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -94,6 +96,24 @@ def execute_run(run_id: str) -> str:
     """The RQ entry point: run ``run_id`` to a terminal state; return that state."""
     settings = Settings.resolve()
     return RunJob(connect(settings.redis_url), settings, run_id).execute()
+
+
+#: The nightly sweep's ``farm`` arguments: the same as deploy/systemd/tinyfarm-nightly.service.
+NIGHTLY = ("submit", "--suite", "full", "--boards", "all", "--label", "nightly")
+
+
+def submit_nightly() -> str:
+    """The RQ entry point of the nightly sweep ``rq cron`` schedules (deploy/rq-cron): ``farm
+    submit`` with :data:`NIGHTLY`, fixed here so a job can choose no command of its own; its
+    output (the sweep id). A failed submit fails the job (RQ's failed-job registry)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "farm.cli", *NIGHTLY],
+        check=True,
+        timeout=600,
+        capture_output=True,
+        text=True,
+    )
+    return done.stdout
 
 
 class RunJob:

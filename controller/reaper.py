@@ -14,13 +14,13 @@ from __future__ import annotations
 import time
 
 import redis
-from rq import Queue
-from rq.job import Job
 from rq.registry import StartedJobRegistry
 from rq.utils import now as rq_now
 
 from controller import keys
-from controller.store import LEASE_TTL_S, fail_reason, get_run, set_run
+from controller.ingest.throttle import Throttle
+from controller.queueing import fetch_job, queue
+from controller.store import LEASE_TTL_S, explain, fail_reason, get_run, set_run
 from controller.sweeps import QUEUE_ORDER
 from farm.logs import get_logger
 
@@ -63,7 +63,7 @@ def _executing_soon(rq_client: redis.Redis, job_id: str) -> bool:
     after a cold shutdown interrupted it), or started so recently that it may still be taking
     the lease. Expiring such a job would start a second execution of the run beside it."""
     try:
-        job = Job.fetch(job_id, connection=rq_client)
+        job = fetch_job(job_id, rq_client)
     except Exception:
         return False
     status = job.get_status()
@@ -79,12 +79,12 @@ def _executing_soon(rq_client: redis.Redis, job_id: str) -> bool:
 
 def _expire_job(rq_client: redis.Redis, job_id: str) -> None:
     try:
-        job = Job.fetch(job_id, connection=rq_client)
+        job = fetch_job(job_id, rq_client)
     except Exception:
         return
     if job.get_status() != "started":
         return  # RQ already handled it
-    registry = StartedJobRegistry(queue=Queue(job.origin, connection=rq_client))
+    registry = StartedJobRegistry(queue=queue(job.origin, rq_client))
     for member in rq_client.zrange(registry.key, 0, -1):
         text = member.decode() if isinstance(member, bytes) else member
         if registry.parse_job_id(text) == job_id:
@@ -95,7 +95,7 @@ def _expire_job(rq_client: redis.Redis, job_id: str) -> None:
 
 def _job_state(rq_client: redis.Redis, job_id: str) -> str:
     try:
-        status = Job.fetch(job_id, connection=rq_client).get_status()
+        status = fetch_job(job_id, rq_client).get_status()
     except Exception:
         return "gone"
     return "retry" if status in ("queued", "scheduled", "deferred") else str(status)
@@ -106,7 +106,7 @@ def release_ready(rq_client: redis.Redis) -> None:
     skips a job that changed while it enqueued it, and its own recovery runs every 10 min):
     a board's next run must not wait minutes behind a finished one."""
     for name in QUEUE_ORDER:
-        Queue(name, connection=rq_client).ready_job_registry.cleanup()
+        queue(name, rq_client).ready_job_registry.cleanup()
 
 
 class Reaper:
@@ -114,9 +114,12 @@ class Reaper:
     calls :meth:`tick` every half second."""
 
     def __init__(self, url: str) -> None:
+        self.url = url
         self.client = redis.Redis.from_url(url, decode_responses=True)
         self.rq_client = redis.Redis.from_url(url)
         self._next_reap = time.monotonic() + INTERVAL_S
+        # A Redis that refuses us (a rotated password) would otherwise log at every tick.
+        self._throttle = Throttle(60.0)
 
     def tick(self) -> list[str]:
         """:func:`release_ready` at every tick (a board's next run must not wait for the
@@ -129,7 +132,8 @@ class Reaper:
             self._next_reap = time.monotonic() + INTERVAL_S
             return reap(self.client, self.rq_client)
         except redis.RedisError as exc:
-            log.warning("reaper_redis_error", error=str(exc))
+            if (skipped := self._throttle.allow("redis_error")) is not None:
+                log.warning("reaper_redis_error", error=explain(self.url, exc), skipped=skipped)
             return []
         except Exception:  # a bug here must not take the workers' supervisor down
             log.exception("reaper_failed")

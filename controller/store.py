@@ -11,6 +11,7 @@ import secrets
 import time
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
@@ -35,23 +36,57 @@ return 0
 
 
 class StoreError(Exception):
-    """Redis is unreachable or holds something unexpected; the message names the URL."""
+    """Redis is unreachable, refuses us or holds something unexpected; the message names the
+    URL (its password masked)."""
+
+
+def redact(url: str) -> str:
+    """``url`` with its password masked, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
+def explain(url: str, exc: redis.RedisError) -> str:
+    """One line saying why Redis at ``url`` failed us: no credentials, wrong ones, a command
+    the URL's user may not run, or no server answering."""
+    where = f"Redis at {redact(url)}"
+    user = urlsplit(url).username or "default"
+    if isinstance(exc, redis.AuthenticationError):
+        if urlsplit(url).password is None:
+            return (
+                f"{where} requires a user and password: put them in the URL "
+                f"(redis://USER:PASSWORD@HOST:PORT/DB, rediss:// for TLS)"
+            )
+        return f"{where} refused user {user}: {exc}"
+    if isinstance(exc, redis.exceptions.NoPermissionError):
+        return f"{where}: user {user} is not allowed this: {exc}"
+    return f"{where} is not reachable: {exc}"
 
 
 def connect(url: str) -> redis.Redis:
-    """A client for ``url`` that has answered a PING (``StoreError`` naming the URL if not)."""
+    """A client for ``url`` that has answered a PING (``StoreError`` saying why if not).
+
+    ``url``: ``redis://[USER:PASSWORD@]HOST:PORT/DB``, or ``rediss://`` for TLS with redis-py's
+    options in the query (``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``, ...)."""
     client = redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=3)
     try:
         client.ping()
     except redis.RedisError as exc:
-        raise StoreError(f"Redis at {url} is not reachable: {exc}") from None
+        raise StoreError(explain(url, exc)) from None
     return client
 
 
 def rq_connection(client: redis.Redis) -> redis.Redis:
-    """The same server for RQ, which needs raw bytes (its job data is not UTF-8 text)."""
-    kwargs = {**client.connection_pool.connection_kwargs, "decode_responses": False}
-    return redis.Redis(connection_pool=redis.ConnectionPool(**kwargs))
+    """The same server, user and TLS for RQ, which needs raw bytes (not decoded replies)."""
+    pool = client.connection_pool
+    kwargs = {**pool.connection_kwargs, "decode_responses": False}
+    # The class carries the URL's scheme: SSLConnection for rediss://.
+    return redis.Redis(
+        connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
+    )
 
 
 def new_id(prefix: str) -> str:

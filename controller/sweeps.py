@@ -13,18 +13,22 @@ import difflib
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
-from rq import Queue, Retry
+from rq import Retry
 from rq.exceptions import NoSuchJobError
-from rq.job import Dependency, Job
+from rq.job import Dependency
 
 from controller import keys
 from controller.estimate import estimate_run_s
+from controller.queueing import fetch_job, queue
 from controller.store import all_boards, new_id, rq_connection
 from farm.catalog import Benchmark, BenchmarkError, get_benchmark
 from farm.messages import Mode, RunOptions
+
+if TYPE_CHECKING:
+    from rq import Queue
 
 MODES: tuple[Mode, ...] = ("performance", "accuracy", "energy", "latency")
 DEFAULT_MODES: tuple[Mode, ...] = ("performance", "accuracy")
@@ -264,22 +268,22 @@ def submit(client: redis.Redis, spec: SweepSpec) -> tuple[str, list[str], list[S
             )
         pipe.execute()
     rq_client = rq_connection(client)
-    queue = Queue(QUEUES[spec.priority], connection=rq_client)
+    target = queue(QUEUES[spec.priority], rq_client)
     for run_id, run in zip(run_ids, runs, strict=True):
-        _enqueue(client, rq_client, queue, run_id, run, spec)
+        _enqueue(client, rq_client, target, run_id, run, spec)
     return sweep_id, run_ids, skipped
 
 
 def _enqueue(
     client: redis.Redis,
     rq_client: redis.Redis,
-    queue: Queue,
+    target: Queue,
     run_id: str,
     run: PlannedRun,
     spec: SweepSpec,
 ) -> None:
     """Queue the run's job behind the board's previous one."""
-    # The job function; imported late (RQ pickles a path).
+    # The job function; imported late (RQ stores its dotted path).
     from controller.jobs import MAX_ATTEMPTS, execute_run
 
     tail_key = keys.board_tail(run.board)
@@ -287,13 +291,13 @@ def _enqueue(
     depends = None
     if tail:
         try:
-            status = Job.fetch(tail, connection=rq_client).get_status()
+            status = fetch_job(tail, rq_client).get_status()
         except NoSuchJobError:  # expired or deleted: nothing to wait for
             status = None
         if status not in (None, "finished", "failed", "canceled", "stopped"):
             depends = Dependency(jobs=[tail], allow_failure=True)
     estimate = estimate_run_s(get_benchmark(run.benchmark), run.mode, spec.options)
-    queue.enqueue(
+    target.enqueue(
         execute_run,
         run_id,
         job_id=f"run-{run_id}",

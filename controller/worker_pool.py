@@ -64,9 +64,10 @@ KILL_S = 8.0
 #: RQ's pubsub thread reads with this timeout (RQ's own 60 s is how long a stop could wait).
 PUBSUB_READ_S = 1.0
 #: The only functions a worker runs: the project's job functions (what controller.sweeps
-#: enqueues). Anyone who reaches Redis can enqueue a job, and RQ would run any importable
-#: callable (``os.system`` included) with the worker's rights.
-JOB_FUNCTIONS = frozenset({"controller.jobs.execute_run"})
+#: enqueues, and the nightly sweep deploy/rq-cron schedules). Anyone who reaches Redis can
+#: enqueue a job, and RQ would run any importable callable (``os.system`` included) with the
+#: worker's rights.
+JOB_FUNCTIONS = frozenset({"controller.jobs.execute_run", "controller.jobs.submit_nightly"})
 #: The signals that stop the pool (and, passed on, each worker).
 _STOPS = frozenset({signal.SIGTERM, signal.SIGINT})
 #: Linux's ``PR_SET_PDEATHSIG``: a worker gets SIGTERM (a warm shutdown) if the supervisor dies.
@@ -292,18 +293,28 @@ class WorkerPool:
             return 0  # the supervisor died before the line above took effect
         from redis import Redis
 
+        from controller.queueing import SERIALIZER
+
         connection = Redis.from_url(self.redis_url)
-        worker = _worker_class()(self.queues, connection=connection, name=name)
+        worker = _worker_class()(
+            self.queues, connection=connection, name=name, serializer=SERIALIZER
+        )
         worker.work(burst=self.burst, with_scheduler=True)
         return 0
 
 
 def refusal(job: Any) -> str | None:
-    """Why a worker must not run ``job`` (an RQ job), or ``None``: it is one of
-    :data:`JOB_FUNCTIONS`, called plainly (no instance, callbacks or webhooks: the project's
-    jobs have none, and each would run code or reach out on the job's say-so)."""
-    name = job.func_name
-    if name not in JOB_FUNCTIONS or job.instance is not None:
+    """Why a worker must not run ``job`` (an RQ job), or ``None``: its payload is JSON
+    (:mod:`controller.queueing`) naming one of :data:`JOB_FUNCTIONS`, called plainly (no
+    instance, callbacks or webhooks: the project's jobs have none, and each would run code or
+    reach out on the job's say-so)."""
+    from rq.exceptions import DeserializationError
+
+    try:
+        name = job.func_name
+    except DeserializationError:
+        return "its payload is not a JSON job (a pickled or corrupt job): not read"
+    if not isinstance(name, str) or name not in JOB_FUNCTIONS or job.instance is not None:
         return f"{name} is not a tinyfarm job function"
     names = (job._success_callback_name, job._failure_callback_name, job._stopped_callback_name)
     if any(names) or job.webhooks:

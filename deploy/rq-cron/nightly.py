@@ -1,31 +1,33 @@
 """The nightly full-suite sweep, scheduled by RQ itself (``rq cron``) instead of a systemd timer:
 for labs that prefer the queue to own the schedule. Use one or the other, not both.
 
-    rq cron --url redis://127.0.0.1:6379/0 /etc/tinyfarm/rq-cron/nightly.py
+    rq cron --url "$FARM_REDIS_URL" /etc/tinyfarm/rq-cron/nightly.py
     docker compose --profile rq-cron up -d            (the compose stack's `cron` service)
 
 ``rq cron`` enqueues, at 01:00 local time (the scheduler's TZ), a job on the controller's
-high-priority queue; a `farm controller worker` runs it: ``farm submit`` with the same
-arguments as tinyfarm-nightly.service, so the sweep's own runs queue at normal priority. The
-job is ``subprocess.run`` of the standard library, which every worker can import, and the
-command reads Redis from the worker's own FARM_REDIS_URL. A failed submit (exit status not 0)
-lands in RQ's failed-job registry (``rq info``, ``rq requeue``).
+high-priority queue; a `farm controller worker` runs it: ``controller.jobs.submit_nightly``,
+``farm submit`` with the same arguments as tinyfarm-nightly.service, so the sweep's own runs
+queue at normal priority. The command reads Redis from the worker's own FARM_REDIS_URL. A
+failed submit lands in RQ's failed-job registry (``rq info --serializer json``).
 
 Only one ``rq cron`` process should run for a Redis: two would enqueue the sweep twice.
 """
 
-import subprocess
+import functools
 
-from rq import cron
+from rq import Queue, cron
 
-NIGHTLY = ["farm", "submit", "--suite", "full", "--boards", "all", "--label", "nightly"]
-"""The same command as deploy/systemd/tinyfarm-nightly.service."""
+from controller.jobs import submit_nightly
+from controller.queueing import SERIALIZER
+
+# RQ 3.0's cron makes its queue without a serializer, i.e. pickle, and the farm's workers
+# refuse a job they cannot read as JSON (controller/queueing.py). Its module's Queue is the
+# one it enqueues through (rq is pinned below 3.1 in pyproject.toml).
+cron.Queue = functools.partial(Queue, serializer=SERIALIZER)  # type: ignore[misc]
 
 cron.register(
-    subprocess.run,
+    submit_nightly,
     queue_name="farm-high",  # controller.sweeps.QUEUES["high"]
-    args=(NIGHTLY,),
-    kwargs={"check": True, "timeout": 600},
     cron="0 1 * * *",  # minute hour day month weekday
     job_timeout=900,
     name="tinyfarm-nightly",

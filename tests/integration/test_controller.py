@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 import redis
-from rq.job import Job
 
 from controller.estimate import SETUP_ALLOWANCE_S, estimate_run_s
+from controller.queueing import fetch_job
 from farm.catalog import get_benchmark
 from farm.messages import RunOptions
 from farm.sim.config import DEFAULT_MEDIAN_S, DEFAULT_QUALITY
@@ -165,7 +165,7 @@ async def test_submit_ic_on_every_board_gives_the_ground_truth(lab: ControllerLa
     for board in IC_TRUTH:
         jobs = sorted(
             (
-                Job.fetch(f"run-{r['id']}", connection=rq_client)
+                fetch_job(f"run-{r['id']}", rq_client)
                 for r in report["runs"]
                 if r["board"] == board
             ),
@@ -317,7 +317,7 @@ async def test_a_run_that_outlasts_rqs_job_timeout_fails_and_is_stopped(
     await lab.boards_ready(["kws-1"])
     await asyncio.sleep(3)  # RQ would have retried at once
     assert lab.redis.hget(f"farm:run:{run_id}", "attempts") == "1"
-    assert Job.fetch(f"run-{run_id}", connection=redis.Redis.from_url(REDIS_URL)).is_finished
+    assert fetch_job(f"run-{run_id}", redis.Redis.from_url(REDIS_URL)).is_finished
 
 
 def cancel_acked(lab: ControllerLab, command_id: str) -> bool:

@@ -9,11 +9,11 @@ from datetime import timedelta
 
 import pytest
 import redis
-from rq import Queue
 from rq.job import JobStatus
 from rq.utils import now as rq_now
 
 from controller import keys
+from controller.queueing import queue as farm_queue
 from controller.reaper import Reaper, reap
 from controller.sweeps import QUEUE_ORDER
 from tests.integration.farm_procs import flushed_redis
@@ -29,7 +29,7 @@ def rq_client() -> Iterator[redis.Redis]:
 
 
 def test_a_job_rq_left_ready_is_enqueued_at_the_next_tick(rq_client: redis.Redis) -> None:
-    queue = Queue(QUEUE_ORDER[1], connection=rq_client)
+    queue = farm_queue(QUEUE_ORDER[1], rq_client)
     parent = queue.enqueue("builtins.len", "abc")
     child = queue.enqueue("builtins.len", "de", depends_on=parent)
     assert child.get_status() == JobStatus.DEFERRED
@@ -67,7 +67,7 @@ def test_a_run_whose_job_rq_is_about_to_run_again_is_left_alone(rq_client: redis
     """After a cold shutdown RQ re-enqueues the job itself (its Retry), and the next execution
     takes the lease a moment after it starts: reaping either would run the run twice."""
     client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
-    queue = Queue(QUEUE_ORDER[1], connection=rq_client)
+    queue = farm_queue(QUEUE_ORDER[1], rq_client)
     waiting = queue.enqueue("builtins.len", "abc")
     active_run(client, "r-waiting", waiting.id)
     starting = queue.enqueue("builtins.len", "de")

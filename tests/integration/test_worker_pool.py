@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 import redis
-from rq import Queue, Retry, Worker
+from rq import Retry, Worker
 from rq.job import JobStatus
 
 from controller import keys
+from controller.queueing import queue
 from tests.integration.farm_procs import (
     Proc,
     alive,
@@ -72,7 +73,7 @@ async def test_a_worker_runs_only_tinyfarm_jobs(tmp_path: Path, db: redis.Redis)
     """Anyone who reaches Redis can enqueue a job: a worker runs only the project's own job
     functions, and fails any other job with the reason, running nothing of it."""
     marker = tmp_path / "owned"
-    job = Queue("farm", connection=db).enqueue("os.system", f"id > {marker}", retry=Retry(max=2))
+    job = queue("farm", db).enqueue("os.system", f"id > {marker}", retry=Retry(max=2))
     code, _out, errs = await farm_command(
         ["--log-level", "info", "controller", "worker", "--burst", "--processes", "1"],
         {"FARM_REDIS_URL": REDIS_URL},

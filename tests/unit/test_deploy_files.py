@@ -6,6 +6,7 @@ schedule, and ``farm broker``'s password file and ACL handling."""
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import shlex
@@ -19,6 +20,7 @@ from typing import Any
 import pytest
 import typer.main
 import yaml
+from rq import cron as rq_cron
 from typer.testing import CliRunner
 
 from controller import broker_admin
@@ -34,6 +36,10 @@ from controller.broker_admin import (
     remove_agent,
 )
 from controller.broker_cli import broker_app
+from controller.jobs import NIGHTLY, submit_nightly
+from controller.queueing import SERIALIZER
+from controller.redis_acl import PASSWORD_ENV, RULES, user_line
+from controller.worker_pool import JOB_FUNCTIONS
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -106,7 +112,11 @@ def test_compose_has_the_server_side_services() -> None:
         service = services[name]
         assert service["build"] == {"context": "..", "dockerfile": "deploy/Dockerfile"}
         env = service["environment"]
-        assert env["FARM_REDIS_URL"] == "redis://redis:6379/0"
+        user = "farm-exporter" if name == "exporter" else "farm-controller"
+        assert redis_url_user(env["FARM_REDIS_URL"]) == user
+        if name == "exporter":
+            assert "FARM_MQTT_URL" not in env  # it reads Redis only
+            continue
         # The controller's user, which the shipped ACL names.
         assert env["FARM_MQTT_URL"].startswith("mqtt://farm-controller:")
         assert env["FARM_MQTT_URL"].endswith("@mosquitto:1883")
@@ -118,6 +128,66 @@ def test_compose_has_the_server_side_services() -> None:
     assert "--no-share" in ingest and "--client-id" in ingest  # README: why one ingest
     assert "./prometheus:/etc/prometheus:ro" in services["prometheus"]["volumes"]
     assert any(v.startswith("./grafana/provisioning:") for v in services["grafana"]["volumes"])
+
+
+def redis_url_user(url: str) -> str:
+    """The user of a Redis URL of the deploy kit, which must carry a password variable."""
+    match = re.fullmatch(r"rediss?://([a-z-]+):\$\{(FARM_REDIS_[A-Z_]*PASSWORD)[^}]*\}@\S+", url)
+    assert match, f"a Redis URL without user and password: {url}"
+    return match[1]
+
+
+def compose_redis_users() -> dict[str, list[str]]:
+    """The users the compose file's redis-server is started with: their ACL rules by name."""
+    users: dict[str, list[str]] = {}
+    words: list[str] | None = None
+    for arg in compose()["services"]["redis"]["command"]:
+        if arg.startswith("--"):
+            words = [] if arg == "--user" else None
+            continue
+        if words is not None:
+            if not words:
+                users[arg] = words
+            words.append(arg)
+    return {user: words[1:] for user, words in users.items()}
+
+
+def test_compose_redis_has_the_acl_users_and_no_open_door() -> None:
+    """The default user is off; each farm user has a password from .env and exactly the
+    rules of controller.redis_acl; the healthcheck authenticates."""
+    users = compose_redis_users()
+    assert users["default"] == ["reset", "off"]
+    assert set(users) == {"default", *RULES}
+    for user, rules in RULES.items():
+        words = users[user]
+        variable = PASSWORD_ENV[user]
+        assert words[:3] == ["reset", "on", f">${{{variable}:?set {variable} in deploy/.env}}"]
+        assert words[3:] == rules.split(), user
+        # the same words as the ACL file farm controller redis-acl writes, after the password
+        assert user_line(user, "x").split()[5:] == rules.split()
+    redis = compose()["services"]["redis"]
+    assert "--user farm-exporter" in redis["healthcheck"]["test"][1]
+    assert redis["environment"]["REDISCLI_AUTH"].startswith("${FARM_REDIS_EXPORTER_PASSWORD")
+
+
+def test_every_redis_url_in_the_kit_carries_a_user() -> None:
+    """No service or env example reaches Redis without a user and password."""
+    found = []
+    for service in compose()["services"].values():
+        env = service.get("environment") or {}
+        if "FARM_REDIS_URL" in env:
+            found.append(env["FARM_REDIS_URL"])
+        command = service.get("command") or []
+        if "--url" in command:  # rq cron
+            found.append(command[command.index("--url") + 1])
+    assert len(found) >= 5  # worker, ingest, exporter, cron (its environment and its --url)
+    for url in found:
+        redis_url_user(url)
+    for example in sorted(SYSTEMD.glob("*.env.example")):
+        for url in re.findall(r"^FARM_REDIS_URL=(\S+)", example.read_text(), re.M):
+            assert re.fullmatch(r"rediss?://farm-(controller|exporter):[^@]+@\S+", url), example
+            found.append(url)
+    assert any("farm-exporter" in url for url in found)
 
 
 def test_compose_paths_exist() -> None:
@@ -198,9 +268,7 @@ def farm_command_lines() -> list[tuple[str, list[str]]]:
                     for a in argv[1:]
                 ]
                 found.append((path.name, substituted))
-    nightly = _rq_cron_jobs()[0].args[0]
-    assert nightly[0] == "farm"
-    found.append(("rq-cron/nightly.py", nightly[1:]))
+    found.append(("controller.jobs.NIGHTLY (rq-cron/nightly.py)", list(NIGHTLY)))
     return found
 
 
@@ -238,7 +306,7 @@ def test_the_nightly_sweep_is_the_same_command_in_both_schedulers() -> None:
     (timer_line,) = values(SYSTEMD / "tinyfarm-nightly.service", "Service", "ExecStart")
     argv = shlex.split(timer_line)
     assert argv[1:] == ["submit", "--suite", "full", "--boards", "all", "--label", "nightly"]
-    assert _rq_cron_jobs()[0].args[0][1:] == argv[1:]
+    assert list(NIGHTLY) == argv[1:]  # what the rq cron job runs
 
 
 # -- rq cron ------------------------------------------------------------------------------------
@@ -252,8 +320,20 @@ def test_rq_cron_enqueues_the_nightly_submit_on_a_controller_queue() -> None:
     (job,) = _rq_cron_jobs()
     assert job.cron == "0 1 * * *"
     assert job.queue_name in QUEUE_ORDER  # a queue the workers listen to
-    assert import_attribute(job.func_name) is subprocess.run  # importable by every worker
-    assert job.kwargs["check"] is True
+    assert import_attribute(job.func_name) is submit_nightly
+    assert job.func_name in JOB_FUNCTIONS  # a worker runs it
+    assert job.args == () and job.kwargs == {}  # the job chooses no command
+
+
+def test_rq_cron_enqueues_a_json_job() -> None:
+    """RQ's cron enqueues with pickle unless told otherwise; the workers read only JSON."""
+    from redis import Redis
+
+    (job,) = _rq_cron_jobs()
+    connection = Redis(port=1)  # never connected: the job is made, not saved
+    enqueued = rq_cron.Queue(job.queue_name, connection=connection).create_job(job.func)
+    assert enqueued.serializer is SERIALIZER
+    assert json.loads(enqueued.data)[0] == "controller.jobs.submit_nightly"
 
 
 # -- systemd ------------------------------------------------------------------------------------

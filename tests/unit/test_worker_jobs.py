@@ -9,7 +9,8 @@ from typing import Any
 import redis
 from rq.job import Callback, Job
 
-from controller.jobs import execute_run
+from controller.jobs import execute_run, submit_nightly
+from controller.queueing import SERIALIZER
 from controller.worker_pool import JOB_FUNCTIONS, refusal
 
 CONTROLLER = Path(__file__).resolve().parents[2] / "controller"
@@ -22,7 +23,9 @@ def test_every_enqueued_function_is_allowed_and_nothing_else() -> None:
         for name in re.findall(r"\.enqueue\(\s*(\w+)", path.read_text())
     }
     assert enqueued == {"execute_run"}
-    assert {f"{execute_run.__module__}.{execute_run.__qualname__}"} == JOB_FUNCTIONS
+    # and the nightly sweep deploy/rq-cron schedules (tests/unit/test_deploy_files.py)
+    functions = (execute_run, submit_nightly)
+    assert {f"{f.__module__}.{f.__qualname__}" for f in functions} == JOB_FUNCTIONS
 
 
 def test_refusal_names_what_is_wrong() -> None:
@@ -35,3 +38,7 @@ def test_refusal_names_what_is_wrong() -> None:
     assert refusal(job("os.system")) == "os.system is not a tinyfarm job function"
     hooked = job(execute_run, on_failure=Callback("os.system"))
     assert refusal(hooked) == "controller.jobs.execute_run job with callbacks or webhooks"
+    unreadable = job(execute_run, serializer=SERIALIZER)
+    for data in (b"\x80\x05garbage", b"[1, 2]", b'[["os.system"], null, [], {}]'):
+        unreadable.data = data  # as read from Redis: pickled, or JSON of another shape
+        assert refusal(unreadable) is not None
