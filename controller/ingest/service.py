@@ -9,9 +9,7 @@ import contextlib
 import re
 import signal
 import socket
-import ssl
 from collections import Counter
-from urllib.parse import urlsplit
 
 import aiomqtt
 import redis.asyncio as aioredis
@@ -200,9 +198,6 @@ class Ingest:
     def _make_client(self) -> aiomqtt.Client:
         host, port = self.settings.broker_host_port
         username, password = self.settings.broker_credentials
-        tls = None
-        if urlsplit(self.settings.broker_url).scheme == "mqtts":
-            tls = ssl.create_default_context()
         return aiomqtt.Client(
             host,
             port,
@@ -212,7 +207,7 @@ class Ingest:
             clean_session=False,
             keepalive=30,
             timeout=10.0,
-            tls_context=tls,
+            tls_context=self.settings.mqtt_tls_context(),
             # aiomqtt calls this with maxsize=...: one queue, kept across reconnects.
             queue_type=lambda maxsize=0: self._queue,  # type: ignore[arg-type]
         )
@@ -289,6 +284,7 @@ async def main(
     process's counters and latency histogram are served on ``metrics_addr:metrics_port``.
     ``concurrency``: messages handled at once (:data:`MAX_IN_FLIGHT`)."""
     try:
+        settings.mqtt_tls_context()  # a TLS file that cannot be used: stop now, naming it
         ingest = Ingest(
             settings,
             group=group,
