@@ -59,7 +59,9 @@ class Pki:
         )
         return cert, key
 
-    def server(self, name: str = "server", names: tuple[str, ...] = SERVER_NAMES) -> tuple[Path, Path]:
+    def server(
+        self, name: str = "server", names: tuple[str, ...] = SERVER_NAMES
+    ) -> tuple[Path, Path]:
         """A broker certificate and key for ``names`` (subjectAltName entries)."""
         return self._sign(
             name,

@@ -46,9 +46,7 @@ def test_a_context_verifies_the_broker_and_presents_the_client_certificate(pki: 
         ((None, "client-farm-controller.crt", "server.key"), r"server\.key are not a PEM cert"),
     ],
 )
-def test_each_unusable_file_is_named(
-    pki: Pki, files: tuple[str | None, ...], message: str
-) -> None:
+def test_each_unusable_file_is_named(pki: Pki, files: tuple[str | None, ...], message: str) -> None:
     paths = [None if f is None else pki.dir / f for f in files]
     with pytest.raises(TlsError, match=message):
         ClientTls(*paths).context()
