@@ -70,5 +70,8 @@ class Pki:
         )
 
     def client(self, user: str) -> tuple[Path, Path]:
-        """A client certificate and key whose common name is ``user``."""
+        """A client certificate and key whose common name is ``user`` (made once)."""
+        cert, key = self.dir / f"client-{user}.crt", self.dir / f"client-{user}.key"
+        if cert.exists() and key.exists():
+            return cert, key
         return self._sign(f"client-{user}", f"/CN={user}", "extendedKeyUsage=clientAuth\n")
