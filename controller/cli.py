@@ -54,6 +54,20 @@ MqttCertOpt = Annotated[
 MqttKeyOpt = Annotated[
     Path | None, typer.Option("--mqtt-key", help="The client certificate's key (FARM_MQTT_KEY)")
 ]
+MetricsTokenOpt = Annotated[
+    Path | None,
+    typer.Option(
+        envvar="FARM_METRICS_TOKEN_FILE",
+        help="File holding a bearer token /metrics requires (401 without it)",
+    ),
+]
+MetricsCertOpt = Annotated[
+    Path | None,
+    typer.Option(envvar="FARM_METRICS_TLS_CERT", help="Serve /metrics over HTTPS: certificate"),
+]
+MetricsKeyOpt = Annotated[
+    Path | None, typer.Option(envvar="FARM_METRICS_TLS_KEY", help="...and its key")
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Same as --format json")]
 FormatOpt = Annotated[
     str, typer.Option("--format", help="table (fits the terminal), csv, json or markdown")
@@ -186,11 +200,15 @@ def ingest(
     mqtt_ca: MqttCaOpt = None,
     mqtt_cert: MqttCertOpt = None,
     mqtt_key: MqttKeyOpt = None,
+    metrics_token_file: MetricsTokenOpt = None,
+    metrics_tls_cert: MetricsCertOpt = None,
+    metrics_tls_key: MetricsKeyOpt = None,
 ) -> None:
     """Store what the agents publish (samples, events, statuses) in Redis."""
     settings = _settings(redis, broker, None, (mqtt_ca, mqtt_cert, mqtt_key))
     _redis(settings)
     from controller.ingest import main
+    from controller.metrics_http import MetricsAccess
 
     raise typer.Exit(
         asyncio.run(
@@ -201,6 +219,7 @@ def ingest(
                 client_id=client_id,
                 metrics_port=metrics_port,
                 metrics_addr=metrics_addr,
+                metrics_access=MetricsAccess(metrics_token_file, metrics_tls_cert, metrics_tls_key),
                 concurrency=concurrency,
             )
         )
@@ -214,12 +233,17 @@ def exporter(
         str, typer.Option("--host", "--addr", help="Address to listen on (loopback)")
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port of /metrics")] = 9108,
+    metrics_token_file: MetricsTokenOpt = None,
+    metrics_tls_cert: MetricsCertOpt = None,
+    metrics_tls_key: MetricsKeyOpt = None,
 ) -> None:
     """Serve the farm's state in Redis as Prometheus metrics (/metrics)."""
     settings = _settings(redis, None, None)
     from controller.exporter import main
+    from controller.metrics_http import MetricsAccess
 
-    raise typer.Exit(main(settings, addr=host, port=port))
+    access = MetricsAccess(metrics_token_file, metrics_tls_cert, metrics_tls_key)
+    raise typer.Exit(main(settings, addr=host, port=port, access=access))
 
 
 # -- client commands ---------------------------------------------------------------------------

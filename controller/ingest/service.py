@@ -24,6 +24,7 @@ from controller.ingest.ledger import Ledger
 from controller.ingest.ordering import InOrder, order_key
 from controller.ingest.throttle import Throttle
 from controller.metrics import DEFAULT_ADDR, IngestMetrics
+from controller.metrics_http import MetricsAccess
 from controller.settings import Settings
 from farm.backoff import Backoff
 from farm.logs import get_logger
@@ -275,13 +276,15 @@ async def main(
     instance: int = 0,
     metrics_port: int | None = None,
     metrics_addr: str = DEFAULT_ADDR,
+    metrics_access: MetricsAccess | None = None,
     concurrency: int = MAX_IN_FLIGHT,
 ) -> int:
     """``farm controller ingest``: serve until SIGINT or SIGTERM; the exit status.
 
     ``instance`` tells apart several ingest processes on one host (each needs its own stable
     client id); ``client_id`` overrides the id altogether. With ``metrics_port``, the
-    process's counters and latency histogram are served on ``metrics_addr:metrics_port``.
+    process's counters and latency histogram are served on ``metrics_addr:metrics_port``,
+    protected as ``metrics_access`` says.
     ``concurrency``: messages handled at once (:data:`MAX_IN_FLIGHT`)."""
     try:
         settings.mqtt_tls_context()  # a TLS file that cannot be used: stop now, naming it
@@ -298,7 +301,10 @@ async def main(
         return 2
     if metrics_port is not None:
         try:
-            port = ingest.metrics.serve(metrics_port, metrics_addr)
+            port = ingest.metrics.serve(metrics_port, metrics_addr, metrics_access)
+        except ValueError as exc:
+            log.error("ingest_config_error", error=str(exc))
+            return 2
         except OSError as exc:
             log.error("ingest_metrics_bind_failed", port=metrics_port, error=str(exc))
             return 2
