@@ -48,6 +48,7 @@ pytestmark = pytest.mark.skipif(
     "mosquitto-clients openssl)",
 )
 
+
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[Broker]:
     """The shipped config and ACL, with the controller's user and two agents."""
