@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import ssl
-
 import aiomqtt
 
 from agent.config import BrokerConfig
 from farm.messages import AgentStatus, agent_status_topic
+from farm.mqtt_tls import ClientTls
 
 #: aiomqtt warns once per publish above this many calls in flight; the outbox bounds its own
 #: window, so the warning would only be noise.
@@ -26,17 +25,14 @@ def offline_will(agent: str, started: float | None = None) -> aiomqtt.Will:
 
 def make_client(broker: BrokerConfig, agent: str, *, window: int, started: float) -> aiomqtt.Client:
     """A client for ``agent`` with a persistent session (commands sent while it was away are
-    delivered when it returns) and its last will."""
+    delivered when it returns) and its last will. Raises :class:`farm.mqtt_tls.TlsError`
+    naming a TLS file that cannot be used."""
     username, password = broker.credentials()
     tls_context = None
     if broker.use_tls:
         tls = broker.tls
-        tls_context = ssl.create_default_context(cafile=str(tls.ca) if tls and tls.ca else None)
-        if tls and tls.cert:
-            tls_context.load_cert_chain(str(tls.cert), str(tls.key) if tls.key else None)
-        if tls and tls.insecure:
-            tls_context.check_hostname = False
-            tls_context.verify_mode = ssl.CERT_NONE
+        files = ClientTls(tls.ca, tls.cert, tls.key, tls.insecure) if tls else ClientTls()
+        tls_context = files.context()
     client = aiomqtt.Client(
         broker.host,
         broker.port,

@@ -3,7 +3,9 @@ client commands ``farm submit``, ``farm status``, ``farm sweeps``, ``farm show``
 and ``farm demo``; ``controller.broker_cli`` adds ``farm broker``.
 
 Every command finds Redis, the broker and the results directory through ``--redis``,
-``--broker``, ``--results`` or ``FARM_REDIS_URL``, ``FARM_MQTT_URL``, ``FARM_RESULTS_DIR``.
+``--broker``, ``--results`` or ``FARM_REDIS_URL``, ``FARM_MQTT_URL``, ``FARM_RESULTS_DIR``;
+the commands that connect to the broker take its TLS files as ``--mqtt-ca``, ``--mqtt-cert``,
+``--mqtt-key`` or ``FARM_MQTT_CA``, ``FARM_MQTT_CERT``, ``FARM_MQTT_KEY``.
 What needs the controller extra is imported inside the commands, so ``farm --help`` stays light
 and a Pi without the extra still lists them, each saying which extra it needs.
 """
@@ -11,6 +13,7 @@ and a Pi without the extra still lists them, each saying which extra it needs.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import json
 import os
@@ -40,6 +43,33 @@ BrokerOpt = Annotated[str | None, typer.Option("--broker", help="MQTT URL (FARM_
 ResultsOpt = Annotated[
     Path | None, typer.Option("--results", help="Results directory (FARM_RESULTS_DIR)")
 ]
+MqttCaOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--mqtt-ca", help="CA certificate of an mqtts:// broker (FARM_MQTT_CA; default: system's)"
+    ),
+]
+MqttCertOpt = Annotated[
+    Path | None,
+    typer.Option("--mqtt-cert", help="Client certificate for the broker (FARM_MQTT_CERT)"),
+]
+MqttKeyOpt = Annotated[
+    Path | None, typer.Option("--mqtt-key", help="The client certificate's key (FARM_MQTT_KEY)")
+]
+MetricsTokenOpt = Annotated[
+    Path | None,
+    typer.Option(
+        envvar="FARM_METRICS_TOKEN_FILE",
+        help="File holding a bearer token /metrics requires (401 without it)",
+    ),
+]
+MetricsCertOpt = Annotated[
+    Path | None,
+    typer.Option(envvar="FARM_METRICS_TLS_CERT", help="Serve /metrics over HTTPS: certificate"),
+]
+MetricsKeyOpt = Annotated[
+    Path | None, typer.Option(envvar="FARM_METRICS_TLS_KEY", help="...and its key")
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Same as --format json")]
 FormatOpt = Annotated[
     str, typer.Option("--format", help="table (fits the terminal), csv, json or markdown")
@@ -55,16 +85,31 @@ def _format(fmt: str, json_flag: bool) -> str:
         raise fail(str(exc)) from None
 
 
-def _settings(redis: str | None, broker: str | None, results: Path | None) -> Settings:
-    """Where Redis, the broker and the results are; exits 2 without the controller extra."""
+def _settings(
+    redis: str | None,
+    broker: str | None,
+    results: Path | None,
+    tls: tuple[Path | None, Path | None, Path | None] | None = None,
+) -> Settings:
+    """Where Redis, the broker and the results are; exits 2 without the controller extra.
+    ``tls`` (the CA, certificate and key options) for a command that connects to the broker:
+    its TLS files are checked now, and a file that cannot be used exits 2 naming it."""
     from controller.settings import Settings
+    from farm.mqtt_tls import TlsError
 
     try:
         # Every command reaches Redis: its client stands for the whole extra.
         import controller.store  # noqa: F401
     except ImportError as exc:
         raise needs_extra("controller", exc) from None
-    return Settings.resolve(redis, broker, results)
+    ca, cert, key = tls or (None, None, None)
+    settings = Settings.resolve(redis, broker, results, mqtt_ca=ca, mqtt_cert=cert, mqtt_key=key)
+    if tls is not None:
+        try:
+            settings.mqtt_tls_context()
+        except TlsError as exc:
+            raise fail(f"broker TLS: {exc}") from None
+    return settings
 
 
 def _redis(settings: Settings) -> Any:
@@ -104,17 +149,18 @@ def worker(
             help="Import numpy and scikit-learn once, before forking (shared by every worker)"
         ),
     ] = True,
+    mqtt_ca: MqttCaOpt = None,
+    mqtt_cert: MqttCertOpt = None,
+    mqtt_key: MqttKeyOpt = None,
 ) -> None:
     """RQ workers executing run jobs, forked from one process that runs the lease reaper."""
-    settings = _settings(redis, broker, results)
+    settings = _settings(redis, broker, results, (mqtt_ca, mqtt_cert, mqtt_key))
     _redis(settings)  # one clear line if Redis is not there
     from controller.sweeps import QUEUE_ORDER
     from controller.worker_pool import WorkerPool, preload
 
     # The forked workers' jobs read the locations from the environment.
-    os.environ["FARM_REDIS_URL"] = settings.redis_url
-    os.environ["FARM_MQTT_URL"] = settings.broker_url
-    os.environ["FARM_RESULTS_DIR"] = str(settings.results)
+    os.environ.update(settings.env)
     preload(scoring=preload_scoring)
     pool = WorkerPool(settings.redis_url, list(QUEUE_ORDER), processes, name=name, burst=burst)
     raise typer.Exit(pool.run())
@@ -153,11 +199,18 @@ def ingest(
             help="Messages handled at once (one run's, and one agent's, stay in order)",
         ),
     ] = 16,
+    mqtt_ca: MqttCaOpt = None,
+    mqtt_cert: MqttCertOpt = None,
+    mqtt_key: MqttKeyOpt = None,
+    metrics_token_file: MetricsTokenOpt = None,
+    metrics_tls_cert: MetricsCertOpt = None,
+    metrics_tls_key: MetricsKeyOpt = None,
 ) -> None:
     """Store what the agents publish (samples, events, statuses) in Redis."""
-    settings = _settings(redis, broker, None)
+    settings = _settings(redis, broker, None, (mqtt_ca, mqtt_cert, mqtt_key))
     _redis(settings)
     from controller.ingest import main
+    from controller.metrics_http import MetricsAccess
 
     raise typer.Exit(
         asyncio.run(
@@ -168,6 +221,7 @@ def ingest(
                 client_id=client_id,
                 metrics_port=metrics_port,
                 metrics_addr=metrics_addr,
+                metrics_access=MetricsAccess(metrics_token_file, metrics_tls_cert, metrics_tls_key),
                 concurrency=concurrency,
             )
         )
@@ -181,12 +235,17 @@ def exporter(
         str, typer.Option("--host", "--addr", help="Address to listen on (loopback)")
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port of /metrics")] = 9108,
+    metrics_token_file: MetricsTokenOpt = None,
+    metrics_tls_cert: MetricsCertOpt = None,
+    metrics_tls_key: MetricsKeyOpt = None,
 ) -> None:
     """Serve the farm's state in Redis as Prometheus metrics (/metrics)."""
     settings = _settings(redis, None, None)
     from controller.exporter import main
+    from controller.metrics_http import MetricsAccess
 
-    raise typer.Exit(main(settings, addr=host, port=port))
+    access = MetricsAccess(metrics_token_file, metrics_tls_cert, metrics_tls_key)
+    raise typer.Exit(main(settings, addr=host, port=port, access=access))
 
 
 # -- client commands ---------------------------------------------------------------------------
@@ -500,6 +559,9 @@ def demo(
     redis: RedisOpt = None,
     broker: BrokerOpt = None,
     results: ResultsOpt = None,
+    mqtt_ca: MqttCaOpt = None,
+    mqtt_cert: MqttCertOpt = None,
+    mqtt_key: MqttKeyOpt = None,
     fmt: FormatOpt = "table",
     json_out: JsonOpt = False,
 ) -> None:
@@ -509,7 +571,7 @@ def demo(
     minute, without it the official windows and query counts take under ten."""
     fmt = _format(fmt, json_out)
     json_out = fmt == "json"
-    settings = _settings(redis, broker, results)
+    settings = _settings(redis, broker, results, (mqtt_ca, mqtt_cert, mqtt_key))
     from controller.demo import DemoError, DemoFarm, stop_left_running
     from controller.report import sweep_report
 
@@ -524,7 +586,7 @@ def demo(
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     work = out or Path(tempfile.mkdtemp(prefix="tinyfarm-demo-"))
     if results is None and not os.environ.get("FARM_RESULTS_DIR"):
-        settings = type(settings)(settings.redis_url, settings.broker_url, work / "results")
+        settings = dataclasses.replace(settings, results=work / "results")
     farm = DemoFarm(settings, boards=boards, quick=quick, embedded=embedded, out=work)
     try:
         farm.__enter__()  # on a failure it stops what it started before raising

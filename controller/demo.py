@@ -174,11 +174,7 @@ class DemoFarm:
     @property
     def env(self) -> dict[str, str]:
         """Where every process finds the services."""
-        return {
-            "FARM_REDIS_URL": self.settings.redis_url,
-            "FARM_MQTT_URL": self.settings.broker_url,
-            "FARM_RESULTS_DIR": str(self.settings.results),
-        }
+        return self.settings.env
 
     def stop(self) -> None:
         """Stop every process in dependency order, bounded (:func:`stop_in_order`); a stop
@@ -215,15 +211,15 @@ class DemoFarm:
                 if not up
             ]
             raise DemoError(f"nothing answers at {', '.join(missing)} (and --no-embedded)")
-        redis_url, broker_url = self.settings.redis_url, self.settings.broker_url
         if use_embedded:
             redis_url, broker_url = self._embedded()
             self.notes.append(
                 f"no Redis/MQTT at the configured URLs (or --embedded): started an embedded "
                 f"Valkey at {redis_url} and an amqtt broker at {broker_url}"
             )
-        self.settings = Settings(redis_url, broker_url, self.settings.results)
-        self.redis = redis.Redis.from_url(redis_url, decode_responses=True)
+            # Plain MQTT on loopback: the configured broker's TLS files do not apply to it.
+            self.settings = Settings(redis_url, broker_url, self.settings.results)
+        self.redis = redis.Redis.from_url(self.settings.redis_url, decode_responses=True)
 
     def _embedded(self) -> tuple[str, str]:
         try:

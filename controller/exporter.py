@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -51,9 +51,9 @@ from controller.metrics import (
     ingest_counter_families,
     label_value,
 )
+from controller.metrics_http import MetricsAccess, serve
 from controller.queueing import queue
-from controller.settings import Settings
-from controller.store import redact
+from controller.settings import Settings, redacted
 from controller.sweeps import QUEUE_ORDER
 from farm.catalog import BenchmarkError, get_benchmark
 from farm.logs import get_logger
@@ -473,19 +473,36 @@ def make_registry(client: redis.Redis, **options: Any) -> tuple[CollectorRegistr
     return registry, collector
 
 
-def main(settings: Settings, *, addr: str = DEFAULT_ADDR, port: int = EXPORTER_PORT) -> int:
-    """``farm controller exporter``: serve ``/metrics`` until SIGINT or SIGTERM."""
+def main(
+    settings: Settings,
+    *,
+    addr: str = DEFAULT_ADDR,
+    port: int = EXPORTER_PORT,
+    access: MetricsAccess | None = None,
+) -> int:
+    """``farm controller exporter``: serve ``/metrics`` until SIGINT or SIGTERM, protected as
+    ``access`` says (a bearer token, TLS; default: neither)."""
+    access = access or MetricsAccess()
     client = redis.Redis.from_url(
         settings.redis_url, decode_responses=True, socket_timeout=10, socket_connect_timeout=5
     )
     registry, _ = make_registry(client)
     try:
-        server, _thread = start_http_server(port, addr, registry=registry)
+        server, _thread = serve(registry, port, addr, access)
+    except ValueError as exc:
+        log.error("exporter_config_error", error=str(exc))
+        return 2
     except OSError as exc:
         log.error("exporter_bind_failed", addr=addr, port=port, error=str(exc))
         return 2
-    where = redact(settings.redis_url)
-    log.info("exporter_serving", addr=addr, port=server.server_port, redis=where)
+    log.info(
+        "exporter_serving",
+        addr=addr,
+        port=server.server_port,
+        redis=redacted(settings.redis_url),
+        token=access.token_file is not None,
+        tls=access.tls_cert is not None,
+    )
     stop = threading.Event()
     previous = {
         sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)

@@ -40,7 +40,7 @@ from rq.timeouts import JobTimeoutException
 from controller import keys
 from controller.deadline import RunDeadline
 from controller.estimate import SETUP_ALLOWANCE_S, estimate_run_s, samples_expected
-from controller.settings import Settings
+from controller.settings import Settings, redacted
 from controller.store import (
     LEASE_TTL_S,
     Lease,
@@ -62,6 +62,7 @@ from farm.messages import (
     command_topic,
     sample_digest,
 )
+from farm.mqtt_tls import TlsError
 
 log = get_logger("controller.jobs")
 
@@ -438,16 +439,26 @@ class RunJob:
         user, password = self.settings.broker_credentials
         client_id = f"farm-job-{self.run_id}-{time.monotonic_ns() % 10**6}"
 
+        broker = redacted(self.settings.broker_url)
+
         async def send() -> None:
             async with aiomqtt.Client(
-                host, port, username=user, password=password, identifier=client_id, timeout=10
+                host,
+                port,
+                username=user,
+                password=password,
+                identifier=client_id,
+                timeout=10,
+                tls_context=tls,
             ) as client:
                 await client.publish(topic, payload, qos=1)
 
         try:
+            # Built per command: a TLS file replaced on disk (a renewed certificate) is read.
+            tls = self.settings.mqtt_tls_context()
             asyncio.run(send())
-        except (aiomqtt.MqttError, OSError) as exc:
-            raise BrokerUnavailable(f"broker {self.settings.broker_url}: {exc}") from None
+        except (aiomqtt.MqttError, OSError, TlsError) as exc:
+            raise BrokerUnavailable(f"broker {broker}: {exc}") from None
 
 
 def _acked(acks: list[str], command_id: str, outcome: str) -> bool:

@@ -23,9 +23,10 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from controller.metrics_http import MetricsAccess, serve
 from farm.logs import get_logger
 
 log = get_logger("controller.metrics")
@@ -575,12 +576,16 @@ class IngestMetrics:
             observed += 1
         return observed
 
-    def serve(self, port: int, addr: str = DEFAULT_ADDR) -> int:
+    def serve(
+        self, port: int, addr: str = DEFAULT_ADDR, access: MetricsAccess | None = None
+    ) -> int:
         """Serve ``/metrics`` on ``addr:port`` from a thread (answers while the event loop
-        is busy); returns the port (useful with port 0)."""
+        is busy), protected as ``access`` says; returns the port (useful with port 0)."""
         with self._lock:
             if self._server is None:
-                self._server, _ = start_http_server(port, addr, registry=self.registry)
+                self._server, _ = serve(
+                    port=port, addr=addr, registry=self.registry, access=access or MetricsAccess()
+                )
             return int(self._server.server_port)
 
     def close(self) -> None:

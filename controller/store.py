@@ -11,11 +11,12 @@ import secrets
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import redis
 
 from controller import keys
+from controller.settings import redacted
 
 #: A lease lives this long unless renewed; the holder renews it every third of it, so a dead
 #: worker's board is free again within one TTL.
@@ -40,19 +41,10 @@ class StoreError(Exception):
     URL (its password masked)."""
 
 
-def redact(url: str) -> str:
-    """``url`` with its password masked, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
-
-
 def explain(url: str, exc: redis.RedisError) -> str:
     """One line saying why Redis at ``url`` failed us: no credentials, wrong ones, a command
     the URL's user may not run, or no server answering."""
-    where = f"Redis at {redact(url)}"
+    where = f"Redis at {redacted(url)}"
     user = urlsplit(url).username or "default"
     if isinstance(exc, redis.AuthenticationError):
         if urlsplit(url).password is None:

@@ -9,9 +9,7 @@ import contextlib
 import re
 import signal
 import socket
-import ssl
 from collections import Counter
-from urllib.parse import urlsplit
 
 import aiomqtt
 import redis.asyncio as aioredis
@@ -26,6 +24,7 @@ from controller.ingest.ledger import Ledger
 from controller.ingest.ordering import InOrder, order_key
 from controller.ingest.throttle import Throttle
 from controller.metrics import DEFAULT_ADDR, IngestMetrics
+from controller.metrics_http import MetricsAccess
 from controller.settings import Settings
 from farm.backoff import Backoff
 from farm.logs import get_logger
@@ -200,9 +199,6 @@ class Ingest:
     def _make_client(self) -> aiomqtt.Client:
         host, port = self.settings.broker_host_port
         username, password = self.settings.broker_credentials
-        tls = None
-        if urlsplit(self.settings.broker_url).scheme == "mqtts":
-            tls = ssl.create_default_context()
         return aiomqtt.Client(
             host,
             port,
@@ -212,7 +208,7 @@ class Ingest:
             clean_session=False,
             keepalive=30,
             timeout=10.0,
-            tls_context=tls,
+            tls_context=self.settings.mqtt_tls_context(),
             # aiomqtt calls this with maxsize=...: one queue, kept across reconnects.
             queue_type=lambda maxsize=0: self._queue,  # type: ignore[arg-type]
         )
@@ -280,15 +276,18 @@ async def main(
     instance: int = 0,
     metrics_port: int | None = None,
     metrics_addr: str = DEFAULT_ADDR,
+    metrics_access: MetricsAccess | None = None,
     concurrency: int = MAX_IN_FLIGHT,
 ) -> int:
     """``farm controller ingest``: serve until SIGINT or SIGTERM; the exit status.
 
     ``instance`` tells apart several ingest processes on one host (each needs its own stable
     client id); ``client_id`` overrides the id altogether. With ``metrics_port``, the
-    process's counters and latency histogram are served on ``metrics_addr:metrics_port``.
+    process's counters and latency histogram are served on ``metrics_addr:metrics_port``,
+    protected as ``metrics_access`` says.
     ``concurrency``: messages handled at once (:data:`MAX_IN_FLIGHT`)."""
     try:
+        settings.mqtt_tls_context()  # a TLS file that cannot be used: stop now, naming it
         ingest = Ingest(
             settings,
             group=group,
@@ -302,7 +301,10 @@ async def main(
         return 2
     if metrics_port is not None:
         try:
-            port = ingest.metrics.serve(metrics_port, metrics_addr)
+            port = ingest.metrics.serve(metrics_port, metrics_addr, metrics_access)
+        except ValueError as exc:
+            log.error("ingest_config_error", error=str(exc))
+            return 2
         except OSError as exc:
             log.error("ingest_metrics_bind_failed", port=metrics_port, error=str(exc))
             return 2

@@ -164,11 +164,7 @@ async def test_submit_ic_on_every_board_gives_the_ground_truth(lab: ControllerLa
     rq_client = redis.Redis.from_url(REDIS_URL)
     for board in IC_TRUTH:
         jobs = sorted(
-            (
-                fetch_job(f"run-{r['id']}", rq_client)
-                for r in report["runs"]
-                if r["board"] == board
-            ),
+            (fetch_job(f"run-{r['id']}", rq_client) for r in report["runs"] if r["board"] == board),
             key=lambda job: job.started_at,
         )
         assert all(a.ended_at <= b.started_at for a, b in itertools.pairwise(jobs)), board

@@ -1,11 +1,10 @@
 """The shipped broker files (deploy/mosquitto/mosquitto.conf and acl) against a real mosquitto.
 
-The broker runs from the shipped config with only the listener ports and the file paths
-changed (and ``user root`` when the tests run as root: mosquitto would otherwise drop to the
-``mosquitto`` user, which cannot read the test's files); the ACL is the shipped file itself,
-unchanged. The password file comes from ``mosquitto_passwd`` (and, in the last test, from
-``farm broker``). The agents connect over the TLS listener as the Pis do, the controller over
-the plain one.
+The broker runs from the shipped config with only the listener's port and the file paths
+changed (tests/integration/deploy_broker.py); the ACL is the shipped file itself, unchanged.
+The password file comes from ``mosquitto_passwd`` (and, in one test, from ``farm broker``).
+Every client, agents and controller alike, connects over TLS: the shipped config has no plain
+listener. The client-certificate variant turns on the config's commented lines.
 
 Over MQTT 3.1.1 a publish the ACL denies is acknowledged and dropped, so every "refused" is
 shown by a subscriber that must not receive it: each check ends with a sentinel published
@@ -16,15 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
 import shutil
-import signal
-import socket
-import ssl
 import subprocess
-import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,11 +27,20 @@ import pytest
 from typer.testing import CliRunner
 
 from controller.broker_cli import broker_app
-from tests.integration.farm_procs import free_port, wait_until
-
-DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
-SHIPPED_CONF = DEPLOY / "mosquitto" / "mosquitto.conf"
-SHIPPED_ACL = DEPLOY / "mosquitto" / "acl"
+from farm.mqtt_tls import ClientTls
+from tests.integration.deploy_broker import (
+    CLIENT_CERTIFICATES,
+    CONTROLLER,
+    PI1,
+    PI2,
+    SHIPPED_ACL,
+    SHIPPED_CONF,
+    Broker,
+    add_users,
+    shipped_broker,
+)
+from tests.integration.farm_procs import wait_until
+from tests.tls_certs import Pki
 
 pytestmark = pytest.mark.skipif(
     not all(shutil.which(tool) for tool in ("mosquitto", "mosquitto_passwd", "openssl")),
@@ -46,166 +48,11 @@ pytestmark = pytest.mark.skipif(
     "mosquitto-clients openssl)",
 )
 
-CONTROLLER = "farm-controller"
-PI1, PI2 = "lab-pi-01", "lab-pi-02"
-PATH_OPTIONS = ("password_file", "acl_file", "persistence_location", "certfile", "keyfile")
-"""The shipped config's file paths; a test gives each one of its own."""
-
-
-# -- the broker ---------------------------------------------------------------------------------
-
-
-def render_config(shipped: str, *, ports: dict[int, int], paths: dict[str, str]) -> str:
-    """The shipped config with its listeners moved to ``ports`` (shipped port -> test port,
-    on loopback) and the options of ``paths`` pointing at the test's files; every other line
-    as shipped. Fails if the shipped file lacks a listener or an option the test expects."""
-    out, seen_ports, seen_paths = [], set(), set()
-    for line in shipped.splitlines():
-        words = line.split()
-        if words and words[0] == "listener":
-            port = int(words[1])
-            seen_ports.add(port)
-            line = f"listener {ports[port]} 127.0.0.1"
-        elif words and words[0] in paths:
-            seen_paths.add(words[0])
-            line = f"{words[0]} {paths[words[0]]}"
-        out.append(line)
-    assert seen_ports == set(ports), f"shipped listeners {seen_ports}, expected {set(ports)}"
-    assert seen_paths == set(paths), f"shipped paths {seen_paths}, expected {set(paths)}"
-    if os.geteuid() == 0:
-        out.append("user root")
-    return "\n".join(out) + "\n"
-
-
-def make_certificate(directory: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1 (its own CA): (certificate, key)."""
-    cert, key = directory / "server.crt", directory / "server.key"
-    subprocess.run(
-        [
-            *("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt"),
-            *("ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"),
-            *("-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1"),
-            *("-addext", "subjectAltName=IP:127.0.0.1"),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
-
-
-@dataclass
-class Broker:
-    """A mosquitto started from the shipped config."""
-
-    dir: Path
-    acl: Path
-    passwd: Path
-    passwords: dict[str, str] = field(default_factory=dict)
-    plain_port: int = field(default_factory=free_port)
-    tls_port: int = field(default_factory=free_port)
-    process: subprocess.Popen[bytes] | None = None
-
-    def __post_init__(self) -> None:
-        certs = self.dir / "certs"
-        certs.mkdir(parents=True, exist_ok=True)
-        self.ca, key = make_certificate(certs)
-        (self.dir / "data").mkdir(exist_ok=True)
-        self.conf = self.dir / "mosquitto.conf"
-        self.conf.write_text(
-            render_config(
-                SHIPPED_CONF.read_text(),
-                ports={1883: self.plain_port, 8883: self.tls_port},
-                paths={
-                    "password_file": str(self.passwd),
-                    "acl_file": str(self.acl),
-                    "persistence_location": f"{self.dir / 'data'}/",
-                    "certfile": str(self.ca),
-                    "keyfile": str(key),
-                },
-            )
-        )
-        self.log = self.dir / "mosquitto.log"
-
-    def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                ["mosquitto", "-c", str(self.conf)], stdout=log, stderr=subprocess.STDOUT
-            )
-        deadline = time.monotonic() + 10
-        for port in (self.plain_port, self.tls_port):
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    break
-                except OSError:
-                    if self.process.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(
-                            f"mosquitto did not start from the shipped config: "
-                            f"{self.log.read_text()}"
-                        ) from None
-                    time.sleep(0.05)
-
-    def reload(self) -> None:
-        """SIGHUP: mosquitto re-reads the password file and the ACL."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGHUP)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
-
-    def client(
-        self,
-        user: str | None,
-        *,
-        tls: bool = False,
-        password: str | None = None,
-        identifier: str | None = None,
-        will: aiomqtt.Will | None = None,
-    ) -> aiomqtt.Client:
-        """A client of ``user`` (None: anonymous), over TLS as an agent or plainly."""
-        return aiomqtt.Client(
-            "127.0.0.1",
-            self.tls_port if tls else self.plain_port,
-            username=user,
-            password=password or (self.passwords.get(user) if user else None),
-            identifier=identifier or f"test-{user}-{uuid.uuid4().hex[:6]}",
-            tls_context=ssl.create_default_context(cafile=str(self.ca)) if tls else None,
-            will=will,
-            timeout=5,
-        )
-
-    def agent(self, agent: str, **kwargs: object) -> aiomqtt.Client:
-        """An agent's client, over TLS as on a Pi."""
-        return self.client(agent, tls=True, **kwargs)  # type: ignore[arg-type]
-
-
-def add_users(passwd: Path, users: dict[str, str]) -> None:
-    """Users in a password file, written by mosquitto_passwd."""
-    for user, password in users.items():
-        create = [] if passwd.exists() else ["-c"]
-        subprocess.run(
-            ["mosquitto_passwd", *create, "-b", str(passwd), user, password],
-            check=True,
-            capture_output=True,
-        )
-
 
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[Broker]:
-    """The shipped config and the shipped ACL (unchanged, read where it is), with the
-    controller's user and two agents, each named after its agent id."""
-    passwords = {CONTROLLER: "ctl-" + uuid.uuid4().hex, PI1: "p1-secret", PI2: "p2-secret"}
-    passwd = tmp_path / "passwd"
-    add_users(passwd, passwords)
-    server = Broker(tmp_path / "broker", acl=SHIPPED_ACL, passwd=passwd, passwords=passwords)
-    server.start()
+    """The shipped config and ACL, with the controller's user and two agents."""
+    server = shipped_broker(tmp_path)
     try:
         yield server
     finally:
@@ -296,14 +143,121 @@ def test_the_shipped_config_raises_the_queue_limits_and_requires_passwords() -> 
 # -- against the broker -------------------------------------------------------------------------
 
 
-async def test_anonymous_and_wrong_passwords_are_refused_on_both_listeners(broker: Broker) -> None:
-    for tls in (False, True):
-        for user, password in ((None, None), (PI1, "wrong"), ("nobody", "x")):
-            with pytest.raises(aiomqtt.MqttError, match=r"(?i)not authori[sz]ed|bad user"):
-                async with broker.client(user, tls=tls, password=password):
-                    pass
+def test_the_shipped_config_has_one_listener_and_it_is_tls() -> None:
+    """No plain listener: none would accept an agent's (or the controller's) password in
+    clear text. The client-certificate lines are there, commented, for labs to turn on."""
+    listeners: list[list[str]] = []
+    for line in SHIPPED_CONF.read_text().splitlines():
+        words = line.split()
+        if words and words[0] == "listener":
+            listeners.append([])
+        elif words and listeners:
+            listeners[-1].append(words[0])
+    assert len(listeners) == 1
+    assert {"certfile", "keyfile"} <= set(listeners[0])
+    for option in CLIENT_CERTIFICATES:
+        assert f"#{option}" in listeners[0]
+
+
+async def test_anonymous_and_wrong_passwords_are_refused(broker: Broker) -> None:
+    for user, password in ((None, None), (PI1, "wrong"), ("nobody", "x")):
+        with pytest.raises(aiomqtt.MqttError, match=r"(?i)not authori[sz]ed|bad user"):
+            async with broker.client(user, password=password):
+                pass
     async with broker.agent(PI1), broker.client(CONTROLLER):
-        pass  # the right passwords get in over either listener
+        pass  # the right passwords get in
+
+
+async def test_an_agents_password_over_plain_tcp_gets_nowhere(broker: Broker) -> None:
+    """The right user and password, sent without TLS (as a misconfigured Pi or a controller
+    with mqtt:// would): the broker never accepts the connection, and logs no login."""
+    for user in (PI1, CONTROLLER):
+        with pytest.raises(aiomqtt.MqttError):
+            async with broker.client(user, tls=False):
+                pass
+    async with broker.agent(PI1):
+        pass  # over TLS it gets in
+    broker.stop()  # mosquitto's log (its stdout) is complete once it exits
+    log = broker.log.read_text()
+    assert log.count("SSL routines::wrong version number") == 2
+    assert log.count(f"u'{PI1}'") == 1 and f"u'{CONTROLLER}'" not in log
+
+
+# -- client certificates (the shipped config's commented variant) -----------------------------
+
+
+@pytest.fixture
+def cert_broker(tmp_path: Path) -> Iterator[Broker]:
+    """The shipped config with ``cafile`` and ``require_certificate true`` turned on."""
+    server = shipped_broker(tmp_path, enable=CLIENT_CERTIFICATES)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def test_with_client_certificates_a_client_needs_one_signed_by_the_lab_ca(
+    cert_broker: Broker, tmp_path: Path
+) -> None:
+    # The right password, no certificate: the TLS handshake fails.
+    with pytest.raises(aiomqtt.MqttError):
+        async with cert_broker.agent(PI1, certificate=False):
+            pass
+    # A certificate from another CA (a self-made one): refused the same way.
+    other = Pki.create(tmp_path / "other-ca")
+    cert, key = other.client(PI1)
+    forged = aiomqtt.Client(
+        "127.0.0.1",
+        cert_broker.port,
+        username=PI1,
+        password=cert_broker.passwords[PI1],
+        tls_context=ClientTls(cert_broker.ca, cert, key).context(),
+        timeout=5,
+    )
+    with pytest.raises(aiomqtt.MqttError):
+        async with forged:
+            pass
+    # A certificate of the lab CA still needs the password: the ACL keys on the user.
+    with pytest.raises(aiomqtt.MqttError, match=r"(?i)not authori[sz]ed|bad user"):
+        async with cert_broker.agent(PI1, password="wrong"):
+            pass
+    # Certificate and password: in, and the ACL applies as without certificates.
+    status = f"farm/v1/agent/{PI1}/status"
+    async with (
+        receiving(cert_broker.client(CONTROLLER), "farm/v1/agent/#") as controller,
+        cert_broker.agent(PI1) as pi1,
+    ):
+        await pi1.publish(f"farm/v1/agent/{PI2}/status", b"forged", qos=1)
+        await pi1.publish(status, b"online", qos=1)
+        await wait_until(lambda: controller.has(status, b"online"), 30, "the agent's status")
+        assert controller.topics() == [status]
+
+
+async def test_the_certificates_common_name_can_replace_the_password(tmp_path: Path) -> None:
+    """``use_identity_as_username true`` as well: a client sends no user name or password,
+    its certificate's common name is the user the ACL sees."""
+    server = shipped_broker(tmp_path, enable=(*CLIENT_CERTIFICATES, "use_identity_as_username"))
+
+    def by_certificate(user: str) -> aiomqtt.Client:
+        cert, key = server.pki.client(user)
+        context = ClientTls(server.ca, cert, key).context()
+        return aiomqtt.Client("127.0.0.1", server.port, tls_context=context, timeout=5)
+
+    status = f"farm/v1/agent/{PI1}/status"
+    try:
+        async with (
+            receiving(by_certificate(CONTROLLER), "farm/v1/agent/#") as controller,
+            by_certificate(PI1) as pi1,
+        ):
+            await pi1.publish(f"farm/v1/agent/{PI2}/status", b"forged", qos=1)
+            await pi1.publish(status, b"online", qos=1)
+            await wait_until(lambda: controller.has(status, b"online"), 30, "the agent's status")
+            assert controller.topics() == [status]
+        with pytest.raises(aiomqtt.MqttError):
+            async with server.client(PI1, certificate=False):
+                pass
+    finally:
+        server.stop()
 
 
 async def test_an_agent_publishes_under_its_prefix_and_gets_its_commands(broker: Broker) -> None:
@@ -373,7 +327,7 @@ async def test_an_agents_last_will_counts_only_under_its_own_prefix(broker: Brok
         for topic in (other, own):
             # mosquitto_sub, killed: the connection drops without a DISCONNECT.
             process = await asyncio.create_subprocess_exec(
-                *("mosquitto_sub", "-h", "127.0.0.1", "-p", str(broker.tls_port)),
+                *("mosquitto_sub", "-h", "127.0.0.1", "-p", str(broker.port)),
                 *("--cafile", str(broker.ca), "-u", PI1, "-P", broker.passwords[PI1]),
                 *("-t", f"farm/v1/cmd/{PI1}", "--will-topic", topic),
                 *("--will-payload", "offline", "--will-qos", "1"),
@@ -561,8 +515,9 @@ def _connects(server: Broker, user: str) -> bool:
     """Whether ``user`` can log in now (a blocking check, short)."""
     completed = subprocess.run(
         [
-            *("mosquitto_pub", "-h", "127.0.0.1", "-p", str(server.plain_port), "-u", user),
+            *("mosquitto_pub", "-h", "127.0.0.1", "-p", str(server.port), "-u", user),
             *("-P", server.passwords[user], "-t", f"farm/v1/agent/{user}/probe", "-n"),
+            *("--cafile", str(server.ca)),
         ],
         capture_output=True,
         timeout=10,

@@ -12,8 +12,10 @@ import asyncio
 import json
 import os
 import re
+import secrets
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -31,6 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.controller_lab import ControllerLab
 from tests.integration.farm_procs import Mosquitto, Proc, free_port, wait_until
+from tests.tls_certs import Pki
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
@@ -89,7 +92,10 @@ class Prometheus:
     """A Prometheus of the test's own: free port, its config and data in tmp, scraping and
     evaluating rules every second."""
 
-    def __init__(self, directory: Path, targets: dict[str, int]) -> None:
+    def __init__(
+        self, directory: Path, targets: dict[str, int], scrape: dict[str, Any] | None = None
+    ) -> None:
+        """``scrape``: more settings for every job (scheme, tls_config, authorization)."""
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -98,7 +104,11 @@ class Prometheus:
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "rule_files": [str(RULES)],
             "scrape_configs": [
-                {"job_name": job, "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}
+                {
+                    "job_name": job,
+                    "static_configs": [{"targets": [f"127.0.0.1:{port}"]}],
+                    **(scrape or {}),
+                }
                 for job, port in targets.items()
             ],
         }
@@ -358,6 +368,66 @@ async def test_dashboards_and_alerts_work_on_a_simulated_sweep(
         raise
     finally:
         await prometheus.stop()
+
+
+async def test_prometheus_scrapes_a_protected_exporter_that_refuses_everyone_else(
+    tmp_path: Path,
+) -> None:
+    """`farm controller exporter` with a bearer token and TLS: a real Prometheus configured as
+    deploy/prometheus/prometheus.yml's commented lines say (scheme https, the CA, the token
+    file) scrapes it; a GET without the token, or with another one, gets 401."""
+    pki = Pki.create(tmp_path / "pki")
+    cert, key = pki.server("metrics")
+    token = tmp_path / "metrics-token"
+    token.write_text(secrets.token_urlsafe(32) + "\n")
+    port = free_port()
+    exporter = Proc(
+        [
+            *("--log-level", "info", "controller", "exporter", "--port", str(port)),
+            *("--metrics-token-file", str(token)),
+            *("--metrics-tls-cert", str(cert), "--metrics-tls-key", str(key)),
+        ],
+        tmp_path / "exporter.log",
+        env={"FARM_REDIS_URL": REDIS_URL},
+    )
+    scrape = {
+        "scheme": "https",
+        "tls_config": {"ca_file": str(pki.ca)},
+        "authorization": {"credentials_file": str(token)},
+    }
+    prometheus = Prometheus(tmp_path / "prometheus", {"farm-exporter": port}, scrape)
+    await exporter.start()
+    try:
+        await prometheus.start()
+
+        def scraped() -> bool:
+            result = prometheus.query('farm_exporter_redis_up{job="farm-exporter"}')
+            return bool(result["data"]["result"])
+
+        await wait_until(scraped, 60, f"the protected exporter scraped ({exporter.log})")
+        up = prometheus.query('up{job="farm-exporter"}')["data"]["result"]
+        assert up[0]["value"][1] == "1"
+        url = f"https://127.0.0.1:{port}/metrics"
+        context = ssl.create_default_context(cafile=str(pki.ca))
+        assert http_status(url, {}, context) == 401
+        assert http_status(url, {"Authorization": "Bearer not-the-token"}, context) == 401
+        # Plain HTTP gets no answer at all: the server waits for a TLS handshake.
+        assert http_status(f"http://127.0.0.1:{port}/metrics", {}, None) == "no answer"
+    finally:
+        await prometheus.stop()
+        await exporter.stop()
+
+
+def http_status(url: str, headers: dict[str, str], context: ssl.SSLContext | None) -> int | str:
+    """The status of a GET of ``url``, or "no answer"."""
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10, context=context) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return error.code
+    except OSError:
+        return "no answer"
 
 
 def test_the_exporter_command_refuses_a_busy_port() -> None:

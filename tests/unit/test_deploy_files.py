@@ -107,7 +107,7 @@ def test_compose_has_the_server_side_services() -> None:
     mosquitto = services["mosquitto"]
     assert "./mosquitto:/mosquitto/config:ro" in mosquitto["volumes"]
     assert mosquitto["command"][-1] == "/mosquitto/config/mosquitto.conf"
-    assert any(p.startswith("8883:") for p in mosquitto["ports"])
+    assert mosquitto["ports"] == ["8883:8883"]  # TLS only: no plain MQTT port
     for name in ("worker", "ingest", "exporter"):
         service = services[name]
         assert service["build"] == {"context": "..", "dockerfile": "deploy/Dockerfile"}
@@ -117,9 +117,10 @@ def test_compose_has_the_server_side_services() -> None:
         if name == "exporter":
             assert "FARM_MQTT_URL" not in env  # it reads Redis only
             continue
-        # The controller's user, which the shipped ACL names.
-        assert env["FARM_MQTT_URL"].startswith("mqtt://farm-controller:")
-        assert env["FARM_MQTT_URL"].endswith("@mosquitto:1883")
+        # The controller's user, which the shipped ACL names, over the TLS listener.
+        assert env["FARM_MQTT_URL"].startswith("mqtts://farm-controller:")
+        assert env["FARM_MQTT_URL"].endswith("@mosquitto:8883")
+        assert {"source": "mqtt-ca", "target": env["FARM_MQTT_CA"]} in service["configs"]
     assert "replicas" in services["worker"]["deploy"]
     # One worker process forks FARM_WORKERS RQ workers (controller/worker_pool.py).
     worker = services["worker"]["command"]
@@ -128,6 +129,10 @@ def test_compose_has_the_server_side_services() -> None:
     assert "--no-share" in ingest and "--client-id" in ingest  # README: why one ingest
     assert "./prometheus:/etc/prometheus:ro" in services["prometheus"]["volumes"]
     assert any(v.startswith("./grafana/provisioning:") for v in services["grafana"]["volumes"])
+    assert services["grafana"]["ports"] == ["127.0.0.1:3000:3000"]
+    assert compose()["configs"]["mqtt-ca"] == {"file": "./mosquitto/certs/ca.crt"}
+    # The metrics stay on the compose network.
+    assert "ports" not in services["exporter"] and "ports" not in services["ingest"]
 
 
 def redis_url_user(url: str) -> str:

@@ -10,6 +10,7 @@ import re
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
@@ -32,6 +33,7 @@ from controller.metrics import (
     IngestMetrics,
     failure_category,
 )
+from controller.metrics_http import MetricsAccess
 from farm.messages import PROTOCOL_VERSION
 
 REDIS_URL = "redis://127.0.0.1:6379/12"
@@ -499,3 +501,43 @@ def test_the_exposition_holds_no_run_or_sweep_id(client: redis.Redis) -> None:
     for run_id in [*client.lrange(keys.sweep_runs("sw-old"), 0, -1), "sw-old", "sw-new"]:
         assert run_id not in text
     assert json.dumps("sw-new")[1:-1] not in text
+
+
+def test_ingest_metrics_with_a_token_answer_401_without_it(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("s3cret-token\n")
+    metrics = IngestMetrics(Counter({"handled": 1}), lambda: 0)
+    port = metrics.serve(0, access=MetricsAccess(token_file=token))
+    url = f"http://127.0.0.1:{port}/metrics"
+    try:
+        for header in (None, "Bearer wrong", "Basic czNjcmV0LXRva2Vu", "Bearer s3cret-token2"):
+            request = urllib.request.Request(
+                url, headers={"Authorization": header} if header else {}
+            )
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(request, timeout=10)
+            assert refused.value.code == 401
+            assert refused.value.headers["WWW-Authenticate"].startswith("Bearer")
+            assert b"farm_" not in refused.value.read()
+        request = urllib.request.Request(url, headers={"Authorization": "Bearer s3cret-token"})
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            assert "farm_ingest_process_messages_total 1.0" in answer.read().decode()
+    finally:
+        metrics.close()
+
+
+@pytest.mark.parametrize(
+    ("access", "message"),
+    [
+        (MetricsAccess(token_file=Path("/nonexistent/token")), "cannot read the metrics token"),
+        (MetricsAccess(tls_cert=Path("/nonexistent/cert")), "needs both a certificate and its key"),
+        (
+            MetricsAccess(tls_cert=Path("/nonexistent/c"), tls_key=Path("/nonexistent/k")),
+            "cannot load the metrics TLS certificate /nonexistent/c",
+        ),
+    ],
+)
+def test_unusable_metrics_protection_files_are_named(access: MetricsAccess, message: str) -> None:
+    metrics = IngestMetrics(Counter(), lambda: 0)
+    with pytest.raises(ValueError, match=message):
+        metrics.serve(0, access=access)
