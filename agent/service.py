@@ -311,8 +311,10 @@ class AgentService:
         )
 
     async def _on_command(self, payload: bytes) -> None:
-        """Validate and dispatch one command; never raises (a bug rejects the command as
-        ``internal`` and is logged with its traceback)."""
+        """Validate and dispatch one command, counted once by its answer:
+        ``commands_accepted``, ``commands_duplicate``, ``commands_failed`` (a cancel of a run
+        not here) or ``commands_rejected_<reason>``. Never raises (a bug rejects the command
+        as ``internal`` and is logged with its traceback)."""
         try:
             await self._handle_command(payload)
         except Exception as exc:
@@ -369,6 +371,7 @@ class AgentService:
         if isinstance(command, RefuseCommand):
             self.refused = command.reason
             log.error("refused_by_controller", reason=command.reason)
+            self.counters["commands_accepted"] += 1
             await self.journal.record_command(command.id, "done")
             await self._ack(self._ack_for(command, "done"))
             await self._publish_agent_status()
@@ -376,9 +379,11 @@ class AgentService:
         if isinstance(command, CancelCommand):
             for candidate in self.workers.values():
                 if await candidate.cancel(command.run):
+                    self.counters["commands_accepted"] += 1
                     await self.journal.record_command(command.id, "accepted")
                     await self._ack(self._ack_for(command, "done", board=candidate.id))
                     return
+            self.counters["commands_failed"] += 1
             await self._ack(self._ack_for(command, "failed", reason=f"no run {command.run} here"))
             return
         worker = self.workers.get(command.board)
@@ -402,6 +407,7 @@ class AgentService:
                 await self._reject("invalid_run", problem, command.model_dump(by_alias=True))
                 return
             if any(w.has_run(command.run) for w in self.workers.values()):
+                self.counters["commands_duplicate"] += 1
                 await self._ack(
                     self._ack_for(
                         command,

@@ -247,6 +247,36 @@ async def test_cancel_stops_a_run_and_leaves_the_board_idle_and_healthy(two_boar
     assert lab.observer.ack("cancel-1", "done")["board"] == "kws-a"
 
 
+async def test_every_command_is_counted_once_by_its_answer(two_boards: Lab) -> None:
+    """A run already on a board (under a new command id) and a cancel of a run not here are
+    answered, and counted, like every other command: the fuzz suite's count of what an agent
+    was sent relies on it."""
+    lab = two_boards
+    await long_latency_run(lab, "r-busy", min_queries=100000, min_duration_s=600, flowing=5)
+    again = {"board": "kws-a", "run": "r-busy", "benchmark": "kws01", "mode": "latency"}
+    await send(lab.broker.url, AGENT, {"type": "run", "id": "again", **again})
+    await send(lab.broker.url, AGENT, {"type": "cancel", "id": "cancel-x", "run": "r-none"})
+    await send(lab.broker.url, AGENT, {"type": "cancel", "id": "cancel-b", "run": "r-busy"})
+    assert (await lab.finished("r-busy", within=10))["event"] == "cancelled"
+    assert lab.observer.ack("again", "duplicate") is not None
+    assert lab.observer.ack("cancel-x", "failed") is not None
+    # The run and the cancel that found it were accepted; nothing was rejected.
+    expected = {"commands_accepted": 2, "commands_duplicate": 1, "commands_failed": 1}
+    beat = await wait_until(
+        lambda: next(
+            (
+                h
+                for h in reversed(lab.observer.heartbeats)
+                if all(h["counters"].get(k) == v for k, v in expected.items())
+            ),
+            None,
+        ),
+        30,
+        f"{expected} in a heartbeat",
+    )
+    assert not [k for k in beat["counters"] if k.startswith("commands_rejected")], beat
+
+
 async def test_a_run_for_another_model_flashes_the_board_first(two_boards: Lab) -> None:
     lab = two_boards
     assert (await lab.idle("ic-b"))["model"] == "ic01"
