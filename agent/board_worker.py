@@ -342,6 +342,7 @@ class BoardWorker:
             self.agent,
             self.id,
             job.run,
+            attempt=job.attempt,
             max_samples=self.batching[0],
             max_delay_s=self.batching[1],
         )

@@ -98,11 +98,12 @@ class SampleBatcher:
         board: str,
         run: str,
         *,
+        attempt: int | None = None,
         max_samples: int = 200,
         max_delay_s: float = 0.1,
     ) -> None:
         self.outbox = outbox
-        self.agent, self.board, self.run = agent, board, run
+        self.agent, self.board, self.run, self.attempt = agent, board, run, attempt
         self.topic = samples_topic(agent, board, run)
         self.max_samples = max_samples
         self.max_delay_s = max_delay_s
@@ -133,7 +134,7 @@ class SampleBatcher:
                 return
             records, self._pending = self._pending, []
             self._has_data.clear()
-            payload = SAMPLE_BATCH.encode(self.agent, self.board, self.run, records)
+            payload = SAMPLE_BATCH.encode(self.agent, self.board, self.run, records, self.attempt)
             await self.outbox.put(self.topic, payload, run=self.run, last_seq=records[-1]["seq"])
             self.published += len(records)
 

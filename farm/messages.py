@@ -371,6 +371,9 @@ class SampleBatch(Message):
     board: Id
     run: Id
     samples: list[SampleRecord] = Field(min_length=1)
+    attempt: Attempt = None
+    """The run command's ``attempt`` that produced these samples (unset when the command had
+    none): ingest refuses a timed run's samples of any attempt but the current one."""
 
 
 class SampleBatchSchema:
@@ -399,11 +402,21 @@ class SampleBatchSchema:
         return record
 
     @staticmethod
-    def encode(agent: str, board: str, run: str, records: list[dict[str, Any]]) -> bytes:
-        """The payload of a batch of records (from :meth:`record`): compact JSON, not
-        validated here (the receiver validates it; validating every record on the agent too
-        would double its CPU per sample)."""
-        body = {"schema": SCHEMA, "agent": agent, "board": board, "run": run, "samples": records}
+    def encode(
+        agent: str, board: str, run: str, records: list[dict[str, Any]], attempt: int | None = None
+    ) -> bytes:
+        """The payload of a batch of records (from :meth:`record`) of ``attempt``: compact
+        JSON, not validated here (the receiver validates it; validating every record on the
+        agent too would double its CPU per sample)."""
+        body: dict[str, Any] = {
+            "schema": SCHEMA,
+            "agent": agent,
+            "board": board,
+            "run": run,
+            "samples": records,
+        }
+        if attempt is not None:
+            body["attempt"] = attempt
         return json.dumps(body, separators=(",", ":")).encode()
 
     def decode(self, payload: bytes) -> dict[str, Any]:

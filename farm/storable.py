@@ -20,7 +20,16 @@ from pydantic_core import CoreSchema, core_schema
 #: Numeric constraints a float field may carry (copied to the integer alternative).
 _BOUNDS = ("ge", "gt", "le", "lt")
 #: Keys of a model field that :func:`storable_schema` mirrors (or that do not change validation).
-_FIELD_KEYS = frozenset({"type", "schema", "metadata", "validation_alias", "serialization_alias"})
+_FIELD_KEYS = frozenset(
+    {
+        "type",
+        "schema",
+        "metadata",
+        "validation_alias",
+        "serialization_alias",
+        "serialization_exclude_if",
+    }
+)
 
 
 def storable_schema(schema: Mapping[str, Any]) -> CoreSchema:

@@ -79,7 +79,7 @@ class Handlers:
             # Most of the traffic: parsed and validated in one pass, to what is stored.
             batch = parse_sample_batch(payload)
             check_ids(topic, batch["agent"], batch["board"], batch["run"])
-            await self.samples.store(topic, batch["samples"])
+            await self.samples.store(topic, batch["samples"], batch["attempt"])
             return
         raw = parse_json(payload)
         try:

@@ -31,15 +31,19 @@ log = get_logger("controller.ingest.store")
 #: batch's highest seq, and the time now: the board's ``last_seen`` (a board streaming samples
 #: is seen, even if its last status is minutes old; one HSET in the call ingest makes anyway).
 #:
-#: Unless the run exists, is dispatched to that agent and board, is not closed and has no
-#: ``seq_limit`` (set from the agent's ``started``) at or below the highest seq, nothing is
-#: written and the reply is ``{0, agent, board, state, seq_limit}`` (the run's fields, for
-#: :func:`acceptance` to name the reason). Otherwise each record is written with ``HSETNX``
-#: (the first value of a seq stays), the run's ``done`` set to the samples stored, the
-#: counters incremented, and the reply is ``{1, stored, benchmark, {positions of byte-equal
-#: duplicates}, {position, stored value, ...}}``: the second list holds the seqs already
-#: stored with other bytes, which ingest tells apart (an equal JSON value is a duplicate, any
-#: other a conflict) and counts itself. Positions are 1-based.
+#: ARGV[8]: the batch's attempt ('' when it has none).
+#:
+#: Unless the run exists, is dispatched to that agent and board, is not closed, has no
+#: ``seq_limit`` (set from the agent's ``started``) at or below the highest seq, and the
+#: batch's attempt is one the run had (a timed run: its current one, since a timed run starts
+#: over at each dispatch and an earlier attempt's timings are not this one's), nothing is
+#: written and the reply is ``{0, agent, board, state, seq_limit, attempts, mode}`` (the run's
+#: fields, for :meth:`SampleStore.store` to name the reason). Otherwise each record is written
+#: with ``HSETNX`` (the first value of a seq stays), the run's ``done`` set to the samples
+#: stored, the counters incremented, and the reply is ``{1, stored, benchmark, {positions of
+#: byte-equal duplicates}, {position, stored value, ...}}``: the second list holds the seqs
+#: already stored with other bytes, which ingest tells apart (an equal JSON value is a
+#: duplicate, any other a conflict) and counts itself. Positions are 1-based.
 #:
 #: The records are split on ``},{``: a record holds numbers, booleans, nulls and arrays only
 #: (:func:`check_splittable` refuses a schema with text or nested objects), so those three
@@ -51,12 +55,15 @@ log = get_logger("controller.ingest.store")
 #: keys in three hash slots: on Redis Cluster this needs a hash tag per run and the counters
 #: written apart (the controller's clients are not cluster clients today).
 STORE_SAMPLES = """
-local run = redis.call('HMGET', KEYS[1], 'agent', 'board', 'state', 'benchmark', 'seq_limit')
+local run = redis.call(
+  'HMGET', KEYS[1], 'agent', 'board', 'state', 'benchmark', 'seq_limit', 'attempts', 'mode')
 local closed = run[3] and string.find(' ' .. ARGV[3] .. ' ', ' ' .. run[3] .. ' ', 1, true)
 local limit = tonumber(run[5])
 local beyond = limit and tonumber(ARGV[6]) >= limit
-if run[1] ~= ARGV[1] or run[2] ~= ARGV[2] or closed or beyond then
-  return {0, run[1], run[2], run[3], run[5]}
+local attempt, attempts = tonumber(ARGV[8]), tonumber(run[6]) or 0
+local stray = attempt and (attempt > attempts or (run[7] ~= 'accuracy' and attempt < attempts))
+if run[1] ~= ARGV[1] or run[2] ~= ARGV[2] or closed or beyond or stray then
+  return {0, run[1], run[2], run[3], run[5], run[6], run[7]}
 end
 local seqs, records = {}, {}
 for seq in string.gmatch(ARGV[4], '[^ ]+') do seqs[#seqs + 1] = seq end
@@ -154,7 +161,9 @@ class SampleStore:
         self._script: Any = None
         """:data:`STORE_SAMPLES`, registered with the ledger's current Redis client."""
 
-    async def store(self, topic: Topic, records: list[dict[str, Any]]) -> None:
+    async def store(
+        self, topic: Topic, records: list[dict[str, Any]], attempt: int | None = None
+    ) -> None:
         """Store a batch (records from :func:`controller.ingest.parse.parse_sample_batch`) and
         count it: one Redis call in the common case (:data:`STORE_SAMPLES`), a second one
         only when a seq was already stored with other bytes."""
@@ -183,12 +192,21 @@ class SampleStore:
                 body,
                 highest,
                 repr(time.time()),
+                "" if attempt is None else attempt,
             ],
         )
         if reply[0] == 0:
             acceptance(topic, *reply[1:4])
-            # Accepted but for its seqs.
-            raise Rejected("seq_out_of_range", f"seq {highest} >= the run's limit {reply[4]}")
+            # Accepted but for its attempt or its seqs.
+            _, _, _, _, limit, attempts, mode = reply
+            attempts = int(attempts or 0)
+            if attempt is not None and (
+                attempt > attempts or (mode != "accuracy" and attempt < attempts)
+            ):
+                raise Rejected(
+                    "wrong_attempt", f"attempt {attempt}'s samples; the {mode} run is at {attempts}"
+                )
+            raise Rejected("seq_out_of_range", f"seq {highest} >= the run's limit {limit}")
         _, _, benchmark, same, other = reply
         # Redis has counted these (the script did, atomically with the writes).
         new = len(records) - len(same) - len(other) // 2

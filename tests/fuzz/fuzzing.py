@@ -111,6 +111,7 @@ def roles(world: World, rng: random.Random, agent: str, n: int) -> dict[bytes, b
     closed_run = rng.choice(closed)
     _, board, command = world.closed[closed_run]
     live = [r for r, (a, _) in world.live.items() if a == agent] or [f"fz-live-{n}"]
+    live_run = rng.choice(live)
     values = {
         "agent": agent,
         "board": board,
@@ -118,7 +119,8 @@ def roles(world: World, rng: random.Random, agent: str, n: int) -> dict[bytes, b
         "other_board": rng.choice(world.boards[other]),
         "closed_run": closed_run,
         "closed_command": command,
-        "live_run": rng.choice(live),
+        "live_run": live_run,
+        "live_board": world.live[live_run][1] if live_run in world.live else board,
         "unknown_run": f"fz-run-{n}",
         "fresh": f"fz-cmd-{n}",
         "fake_agent": f"fz-ghost-{n % 7}",
@@ -155,7 +157,11 @@ def ingest_fate(world: World, topic_name: str, payload: bytes) -> str | None:
             if max(r["seq"] for r in batch["samples"]) >= MAX_RUN_SAMPLES:
                 return "rejected_seq_out_of_range"
             assert topic.board is not None and topic.run is not None
-            return world.run_fate(topic.agent, topic.board, topic.run)
+            fate = world.run_fate(topic.agent, topic.board, topic.run)
+            if fate is None and batch["attempt"] not in (None, 1):
+                # The fuzzed sweep's runs are at their first attempt.
+                return "rejected_wrong_attempt"
+            return fate
         raw = parse_json(payload)
         try:
             message = validate(topic.kind, payload)

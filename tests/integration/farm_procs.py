@@ -182,6 +182,8 @@ class Observer(AgentTopics):
     def __init__(self, url: str) -> None:
         super().__init__(url, f"test-observer-{uuid.uuid4().hex[:8]}")
         self.samples: dict[str, dict[int, list[dict]]] = defaultdict(lambda: defaultdict(list))
+        self.batch_attempts: dict[str, set[int | None]] = defaultdict(set)
+        """The ``attempt`` of each run's sample batches (``None``: a batch without one)."""
         self.events: dict[str, list[dict]] = defaultdict(list)
         self.acks: list[dict] = []
         self.agent_status: dict[str, dict] = {}
@@ -191,6 +193,7 @@ class Observer(AgentTopics):
 
     def _record(self, meaning: Topic, data: Any) -> None:
         if meaning.kind == "samples":
+            self.batch_attempts[meaning.run].add(data.get("attempt"))  # type: ignore[index]
             for record in data["samples"]:
                 self.samples[meaning.run][record["seq"]].append(record)  # type: ignore[index]
         elif meaning.kind == "run_events":

@@ -85,6 +85,7 @@ async def test_runs_stream_every_sample_once_with_a_matching_digest(two_boards: 
     assert all(len(r) == 1 for r in lab.observer.samples["r-acc"].values())
     # A command without an attempt number gets events without one (as an older ingest reads).
     assert all("attempt" not in e for e in lab.observer.events["r-acc"])
+    assert lab.observer.batch_attempts["r-acc"] == {None}
 
     # Every message validates against the shared schemas, in order: accepted, started, ...
     for run in ("r-acc", "r-lat"):
@@ -474,6 +475,7 @@ async def test_an_accuracy_run_resumes_without_the_seqs_the_controller_holds(
     assert lab.observer.event("r-resume", "started")["total"] == 20
     # Every event of the run names the attempt it belongs to.
     assert {e["attempt"] for e in lab.observer.events["r-resume"]} == {2}
+    assert lab.observer.batch_attempts["r-resume"] == {2}  # and every sample batch
     unique = lab.observer.unique_samples("r-resume")
     assert sorted(unique) == [8, 9, 10, 11, *range(15, 20)]
     assert (done["count"], done["skipped"], done["first_seq"], done["last_seq"]) == (9, 11, 8, 19)

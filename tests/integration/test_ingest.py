@@ -202,9 +202,11 @@ def agent_records(items: list[Sample]) -> list[dict[str, Any]]:
     return [SAMPLE_BATCH.record(sample) for sample in items]
 
 
-def agent_batch(run: str, records: list[dict[str, Any]], *, agent: str = AGENT) -> bytes:
+def agent_batch(
+    run: str, records: list[dict[str, Any]], *, agent: str = AGENT, attempt: int | None = None
+) -> bytes:
     """A batch encoded as the agent's ``SampleBatcher`` encodes it (``SAMPLE_BATCH.encode``)."""
-    return SAMPLE_BATCH.encode(agent, BOARD, run, records)
+    return SAMPLE_BATCH.encode(agent, BOARD, run, records, attempt)
 
 
 async def publish_all(client: aiomqtt.Client, messages: list[tuple[str, bytes]]) -> None:
@@ -436,6 +438,48 @@ async def test_seqs_at_or_beyond_the_runs_limit_are_refused_and_counted(
     assert sorted(map(int, await db.hkeys(keys.run_samples(run)))) == list(range(10))
     assert await db.hget(keys.run(run), "done") == "10"
     assert await db.hlen(keys.run_samples(open_run)) == 15
+
+
+async def test_samples_of_another_attempt_than_the_runs_are_refused_where_they_differ(
+    ingest: Ingest, db: aioredis.Redis, pub: aiomqtt.Client
+) -> None:
+    """A timed run starts over at each dispatch: a batch of an earlier attempt (resent after a
+    reconnect, or from the attempt a lost worker left running) would mix its timings with the
+    current attempt's, so only the current attempt's samples are stored. An accuracy run keeps
+    an earlier attempt's (the same inputs give the same predictions: the retry resumes after
+    them). No run takes samples of an attempt it never dispatched."""
+    timed, accuracy = "run-timed-a2", "run-accuracy-a2"
+    for name in (timed, accuracy):
+        await dispatch(db, name)
+    await db.hset(keys.run(timed), mapping={"mode": "performance", "attempts": 2})
+    await db.hset(keys.run(accuracy), "attempts", 2)
+    records = agent_records(samples(6))
+    await publish_all(
+        pub,
+        [
+            (samples_topic(AGENT, BOARD, timed), agent_batch(timed, records[:2], attempt=1)),
+            (samples_topic(AGENT, BOARD, timed), agent_batch(timed, records[2:4], attempt=3)),
+            (samples_topic(AGENT, BOARD, accuracy), agent_batch(accuracy, records[:2], attempt=3)),
+        ],
+    )
+    await counted(ingest, rejected_wrong_attempt=3)
+    assert await db.hlen(keys.run_samples(timed)) == 0
+    assert await db.hlen(keys.run_samples(accuracy)) == 0
+
+    await publish_all(
+        pub,
+        [
+            (samples_topic(AGENT, BOARD, timed), agent_batch(timed, records[:3], attempt=2)),
+            (samples_topic(AGENT, BOARD, accuracy), agent_batch(accuracy, records[:3], attempt=1)),
+            (samples_topic(AGENT, BOARD, accuracy), agent_batch(accuracy, records[3:], attempt=2)),
+            # An agent that does not number its batches (a command without an attempt).
+            (samples_topic(AGENT, BOARD, timed), agent_batch(timed, records[3:])),
+        ],
+    )
+    await counted(ingest, accepted_samples=12, rejected_wrong_attempt=3)
+    assert await db.hlen(keys.run_samples(timed)) == 6
+    assert await db.hlen(keys.run_samples(accuracy)) == 6
+    assert await db.hget(keys.INGEST_COUNTERS, "rejected_wrong_attempt") == "3"
 
 
 # -- several messages at once ------------------------------------------------------------------
