@@ -84,9 +84,9 @@ class AgentService:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
         self.agent = config.agent
-        # This start's generation, from the journal once it is open (run()); it orders the
-        # agent's statuses at ingest, so it is not simply the wall clock.
-        self.started = time.time()
+        # This start's generation, taken from the journal by run() before anything is
+        # published; it orders the agent's statuses at ingest, so it is not the wall clock.
+        self.started = 0.0
         self._monotonic_start = time.monotonic()
         self.counters: Counter[str] = Counter()
         self.refused: str | None = None

@@ -559,9 +559,6 @@ def demo(
     redis: RedisOpt = None,
     broker: BrokerOpt = None,
     results: ResultsOpt = None,
-    mqtt_ca: MqttCaOpt = None,
-    mqtt_cert: MqttCertOpt = None,
-    mqtt_key: MqttKeyOpt = None,
     fmt: FormatOpt = "table",
     json_out: JsonOpt = False,
 ) -> None:
@@ -571,7 +568,7 @@ def demo(
     minute, without it the official windows and query counts take under ten."""
     fmt = _format(fmt, json_out)
     json_out = fmt == "json"
-    settings = _settings(redis, broker, results, (mqtt_ca, mqtt_cert, mqtt_key))
+    settings = _settings(redis, broker, results)
     from controller.demo import DemoError, DemoFarm, stop_left_running
     from controller.report import sweep_report
 

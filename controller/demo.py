@@ -35,7 +35,7 @@ import redis
 
 from controller import keys
 from controller.estimate import sample_s
-from controller.settings import Settings
+from controller.settings import Settings, redacted
 from controller.stopping import stop_in_order
 from controller.sweeps import SweepSpec, submit
 from farm.catalog import get_benchmark
@@ -219,6 +219,13 @@ class DemoFarm:
             )
             # Plain MQTT on loopback: the configured broker's TLS files do not apply to it.
             self.settings = Settings(redis_url, broker_url, self.settings.results)
+        elif urlsplit(self.settings.broker_url).scheme == "mqtts":
+            # The simulated boards' agent is configured by `farm sim`, which writes no TLS
+            # settings: it could not reach a broker that only speaks TLS.
+            raise DemoError(
+                f"the demo's agent speaks plain MQTT, not {redacted(self.settings.broker_url)}: "
+                "give an mqtt:// broker, or --embedded for the demo's own"
+            )
         self.redis = redis.Redis.from_url(self.settings.redis_url, decode_responses=True)
 
     def _embedded(self) -> tuple[str, str]:

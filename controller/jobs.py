@@ -106,14 +106,16 @@ NIGHTLY = ("submit", "--suite", "full", "--boards", "all", "--label", "nightly")
 def submit_nightly() -> str:
     """The RQ entry point of the nightly sweep ``rq cron`` schedules (deploy/rq-cron): ``farm
     submit`` with :data:`NIGHTLY`, fixed here so a job can choose no command of its own; its
-    output (the sweep id). A failed submit fails the job (RQ's failed-job registry)."""
+    output (the sweep id). A failed submit fails the job (RQ's failed-job registry) with what
+    ``farm submit`` said, its exit status alone being no reason."""
     done = subprocess.run(
         [sys.executable, "-m", "farm.cli", *NIGHTLY],
-        check=True,
         timeout=600,
         capture_output=True,
         text=True,
     )
+    if done.returncode != 0:
+        raise RuntimeError(f"farm submit exited {done.returncode}: {done.stderr.strip()[-2000:]}")
     return done.stdout
 
 

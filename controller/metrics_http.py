@@ -95,9 +95,13 @@ def require_bearer(app: WsgiApp, token: str) -> WsgiApp:
 
 
 class _Handler(WSGIRequestHandler):
+    # A client that connects and then says nothing (over TLS or not) holds its thread this
+    # long at most.
+    timeout = HANDSHAKE_TIMEOUT_S
+
     def setup(self) -> None:
         if isinstance(self.request, ssl.SSLSocket):
-            self.request.settimeout(HANDSHAKE_TIMEOUT_S)
+            self.request.settimeout(self.timeout)
             self.request.do_handshake()
         super().setup()
 

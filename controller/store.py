@@ -43,7 +43,7 @@ class StoreError(Exception):
 
 def explain(url: str, exc: redis.RedisError) -> str:
     """One line saying why Redis at ``url`` failed us: no credentials, wrong ones, a command
-    the URL's user may not run, or no server answering."""
+    the URL's user may not run, no server answering, or another error reply."""
     where = f"Redis at {redacted(url)}"
     user = urlsplit(url).username or "default"
     if isinstance(exc, redis.AuthenticationError):
@@ -55,7 +55,9 @@ def explain(url: str, exc: redis.RedisError) -> str:
         return f"{where} refused user {user}: {exc}"
     if isinstance(exc, redis.exceptions.NoPermissionError):
         return f"{where}: user {user} is not allowed this: {exc}"
-    return f"{where} is not reachable: {exc}"
+    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+        return f"{where} is not reachable: {exc}"
+    return f"{where} answered an error: {exc}"
 
 
 def connect(url: str) -> redis.Redis:

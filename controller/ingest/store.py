@@ -37,13 +37,14 @@ log = get_logger("controller.ingest.store")
 #: ``seq_limit`` (set from the agent's ``started``) at or below the highest seq, and the
 #: batch's attempt is one the run had (a timed run: its current one, since a timed run starts
 #: over at each dispatch and an earlier attempt's timings are not this one's), nothing is
-#: written and the reply is ``{0, agent, board, state, seq_limit, attempts, mode}`` (the run's
-#: fields, for :meth:`SampleStore.store` to name the reason). Otherwise each record is written
-#: with ``HSETNX`` (the first value of a seq stays), the run's ``done`` set to the samples
-#: stored, the counters incremented, and the reply is ``{1, stored, benchmark, {positions of
-#: byte-equal duplicates}, {position, stored value, ...}}``: the second list holds the seqs
-#: already stored with other bytes, which ingest tells apart (an equal JSON value is a
-#: duplicate, any other a conflict) and counts itself. Positions are 1-based.
+#: written and the reply is ``{0, agent, board, state, seq_limit, 1 if the attempt is refused
+#: else 0, attempts, mode}`` (for :meth:`SampleStore.store` to name the reason). Otherwise
+#: each record is written with ``HSETNX`` (the first value of a seq stays), the run's ``done``
+#: set to the samples stored, the counters incremented, and the reply is ``{1, stored,
+#: benchmark, {positions of byte-equal duplicates}, {position, stored value, ...}}``: the
+#: second list holds the seqs already stored with other bytes, which ingest tells apart (an
+#: equal JSON value is a duplicate, any other a conflict) and counts itself. Positions are
+#: 1-based.
 #:
 #: The records are split on ``},{``: a record holds numbers, booleans, nulls and arrays only
 #: (:func:`check_splittable` refuses a schema with text or nested objects), so those three
@@ -63,7 +64,7 @@ local beyond = limit and tonumber(ARGV[6]) >= limit
 local attempt, attempts = tonumber(ARGV[8]), tonumber(run[6]) or 0
 local stray = attempt and (attempt > attempts or (run[7] ~= 'accuracy' and attempt < attempts))
 if run[1] ~= ARGV[1] or run[2] ~= ARGV[2] or closed or beyond or stray then
-  return {0, run[1], run[2], run[3], run[5], run[6], run[7]}
+  return {0, run[1], run[2], run[3], run[5], stray and 1 or 0, run[6], run[7]}
 end
 local seqs, records = {}, {}
 for seq in string.gmatch(ARGV[4], '[^ ]+') do seqs[#seqs + 1] = seq end
@@ -198,11 +199,8 @@ class SampleStore:
         if reply[0] == 0:
             acceptance(topic, *reply[1:4])
             # Accepted but for its attempt or its seqs.
-            _, _, _, _, limit, attempts, mode = reply
-            attempts = int(attempts or 0)
-            if attempt is not None and (
-                attempt > attempts or (mode != "accuracy" and attempt < attempts)
-            ):
+            _, _, _, _, limit, stray, attempts, mode = reply
+            if stray:
                 raise Rejected(
                     "wrong_attempt", f"attempt {attempt}'s samples; the {mode} run is at {attempts}"
                 )

@@ -174,6 +174,8 @@ async def fuzz_a_sweep(tmp_path: Path, ids: dict[str, list[str]], count: int) ->
         assert len(sent) + skipped == count and skipped < count // 100, skipped
         duration = time.monotonic() - began
         in_progress = sum(r.get("state") != "completed" for r in runs_of(lab, runs).values())
+        # The fuzz hit a live sweep: some run was still going when the last message left.
+        assert in_progress > 0, "the sweep ended before the fuzz did: nothing was under fire"
 
         await wait_until(
             lambda: all(r["state"] in keys.TERMINAL for r in runs_of(lab, runs).values()),

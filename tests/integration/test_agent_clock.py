@@ -11,9 +11,10 @@ from controller import keys
 from tests.integration.controller_lab import start_controller_lab
 from tests.integration.farm_procs import agent_proc, wait_until
 
-#: Debian's faketime package (.ci/run installs it).
-LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
-INSTALLED = LIBFAKETIME.exists()
+#: Debian's faketime package (.ci/run installs it), in the machine's multiarch directory.
+FOUND = sorted(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"))
+LIBFAKETIME = FOUND[0] if FOUND else Path("/usr/lib/<arch>/faketime/libfaketime.so.1")
+INSTALLED = bool(FOUND)
 
 
 async def test_an_agent_restarted_an_hour_behind_is_still_believed(tmp_path: Path) -> None:

@@ -7,7 +7,6 @@ verification error, bounded by the client's timeout."""
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,11 +25,6 @@ from tests.integration.deploy_broker import (
 )
 from tests.integration.farm_procs import Proc, agent_proc, start_sim, wait_until
 from tests.tls_certs import Pki
-
-pytestmark = pytest.mark.skipif(
-    not all(shutil.which(tool) for tool in ("mosquitto", "mosquitto_passwd", "openssl")),
-    reason="needs mosquitto, mosquitto_passwd and openssl",
-)
 
 BOARD = "- {id: kws-1, model: kws01, latency: {median_s: 0.002}}\n"
 

@@ -135,3 +135,24 @@ async def test_demo_with_the_real_services(tmp_path: Path) -> None:
     assert "embedded" not in stderr
     check_report(json.loads(stdout))
     assert leftovers(out) == []
+
+
+async def test_a_tls_only_broker_is_refused_with_the_way_out(tmp_path: Path) -> None:
+    """The demo's agent is configured by `farm sim`, which writes no TLS settings: rather than
+    start everything and wait for an agent that can never connect, the demo says so."""
+    with socket.socket() as listener:  # something answers at the broker's address
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        code, stdout, stderr = await run_demo(
+            tmp_path / "demo",
+            "--no-embedded",
+            env={
+                "FARM_REDIS_URL": REDIS_URL,
+                "FARM_MQTT_URL": f"mqtts://u:secret@127.0.0.1:{port}",
+            },
+        )
+    assert code != 0
+    assert "speaks plain MQTT" in stderr and "--embedded" in stderr, stderr[-2000:]
+    assert "secret" not in stderr
+    assert stdout == ""

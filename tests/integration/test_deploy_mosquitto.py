@@ -42,12 +42,6 @@ from tests.integration.deploy_broker import (
 from tests.integration.farm_procs import wait_until
 from tests.tls_certs import Pki
 
-pytestmark = pytest.mark.skipif(
-    not all(shutil.which(tool) for tool in ("mosquitto", "mosquitto_passwd", "openssl")),
-    reason="needs mosquitto, mosquitto_passwd and openssl (apt-get install mosquitto "
-    "mosquitto-clients openssl)",
-)
-
 
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[Broker]:

@@ -182,10 +182,9 @@ def test_every_redis_url_in_the_kit_carries_a_user() -> None:
         env = service.get("environment") or {}
         if "FARM_REDIS_URL" in env:
             found.append(env["FARM_REDIS_URL"])
-        command = service.get("command") or []
-        if "--url" in command:  # rq cron
-            found.append(command[command.index("--url") + 1])
-    assert len(found) >= 5  # worker, ingest, exporter, cron (its environment and its --url)
+        # A URL on a command line is readable by every local user (ps, /proc/*/cmdline).
+        assert not any("redis://" in str(arg) for arg in service.get("command") or [])
+    assert len(found) >= 4  # worker, ingest, exporter, cron
     for url in found:
         redis_url_user(url)
     for example in sorted(SYSTEMD.glob("*.env.example")):
@@ -193,6 +192,16 @@ def test_every_redis_url_in_the_kit_carries_a_user() -> None:
             assert re.fullmatch(r"rediss?://farm-(controller|exporter):[^@]+@\S+", url), example
             found.append(url)
     assert any("farm-exporter" in url for url in found)
+
+
+def test_rq_cron_takes_the_redis_url_from_the_environment() -> None:
+    """`rq cron` is given the URL as RQ_REDIS_URL, copied from FARM_REDIS_URL by a shell, in
+    both schedulers: never as --url, which would put the password on its command line."""
+    cron = compose()["services"]["cron"]
+    assert cron["command"][:2] == ["sh", "-c"]
+    assert cron["command"][2].startswith('RQ_REDIS_URL="$$FARM_REDIS_URL" exec rq cron ')
+    (line,) = values(SYSTEMD / "tinyfarm-rq-cron.service", "Service", "ExecStart")
+    assert "--url" not in line and 'RQ_REDIS_URL="$$FARM_REDIS_URL" exec ' in line
 
 
 def test_compose_paths_exist() -> None:
@@ -558,3 +567,21 @@ def test_a_new_password_file_is_private(tmp_path: Path, monkeypatch: pytest.Monk
     assert result.stdout == "lab-pi-07\tagent lab-pi-07\n"
     missing = runner.invoke(broker_app, ["remove-agent", "nobody", "--dir", str(tmp_path)])
     assert missing.exit_code == 2 and "no agent 'nobody'" in missing.output
+
+
+def test_an_unedited_env_file_does_not_start_the_stack() -> None:
+    """Every password in env.example is empty, and compose refuses an empty one (``:?``): a
+    copied but unedited .env cannot start services with a known password."""
+    text = (DEPLOY / "env.example").read_text()
+    passwords = re.findall(r"^(\w*PASSWORD)=(.*)$", text, re.M)
+    assert {name for name, _ in passwords} >= {
+        "FARM_MQTT_PASSWORD",
+        "FARM_REDIS_PASSWORD",
+        "FARM_REDIS_EXPORTER_PASSWORD",
+        "GRAFANA_ADMIN_PASSWORD",
+    }
+    compose_text = (DEPLOY / "docker-compose.yml").read_text()
+    for name, value in passwords:
+        assert value == "", name
+        uses = re.findall(r"\$\{" + name + r"([^}]*)\}", compose_text)
+        assert uses and all(use.startswith(":?") for use in uses), name

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import socket
 import sys
 import threading
 import time
@@ -33,7 +34,7 @@ from controller.metrics import (
     IngestMetrics,
     failure_category,
 )
-from controller.metrics_http import MetricsAccess
+from controller.metrics_http import MetricsAccess, _Handler
 from farm.messages import PROTOCOL_VERSION
 
 REDIS_URL = "redis://127.0.0.1:6379/12"
@@ -522,6 +523,23 @@ def test_ingest_metrics_with_a_token_answer_401_without_it(tmp_path: Path) -> No
         request = urllib.request.Request(url, headers={"Authorization": "Bearer s3cret-token"})
         with urllib.request.urlopen(request, timeout=10) as answer:
             assert "farm_ingest_process_messages_total 1.0" in answer.read().decode()
+    finally:
+        metrics.close()
+
+
+def test_a_silent_client_neither_stalls_the_metrics_nor_holds_on_for_ever(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_Handler, "timeout", 1.0)
+    metrics = IngestMetrics(Counter({"handled": 1}), lambda: 0)
+    port = metrics.serve(0)
+    try:
+        with socket.create_connection(("127.0.0.1", port)) as silent:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+                assert "farm_ingest_process_messages_total 1.0" in answer.read().decode()
+            # The server gives up on the silent one: its end of the connection closes.
+            silent.settimeout(10)
+            assert silent.recv(1024) == b""
     finally:
         metrics.close()
 

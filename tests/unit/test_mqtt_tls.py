@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.settings import Settings
+from controller.settings import Settings, redacted
 from farm.mqtt_tls import ClientTls, TlsError
 from tests.tls_certs import Pki
 
@@ -103,3 +103,25 @@ def test_the_controller_processes_exit_2_naming_the_file(
     )
     assert done.returncode == 2, done.stderr
     assert "cannot read the client key" in done.stderr and "nowhere.key" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (
+            "mqtts://farm-controller:s3cret@mosquitto:8883",
+            "mqtts://farm-controller:***@mosquitto:8883",
+        ),
+        (
+            "redis://u:s3cret@h:6379/0?password=s3cret&db=1",
+            "redis://u:***@h:6379/0?password=***&db=1",
+        ),
+        (
+            "rediss://h:6380/0?ssl_ca_certs=/ca.pem&password=s3cret",
+            "rediss://h:6380/0?ssl_ca_certs=/ca.pem&password=***",
+        ),
+        ("mqtt://127.0.0.1:1883", "mqtt://127.0.0.1:1883"),
+    ],
+)
+def test_urls_are_shown_without_their_passwords(url: str, shown: str) -> None:
+    assert redacted(url) == shown

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 from rq.job import Callback, Job
 
@@ -42,3 +43,12 @@ def test_refusal_names_what_is_wrong() -> None:
     for data in (b"\x80\x05garbage", b"[1, 2]", b'[["os.system"], null, [], {}]'):
         unreadable.data = data  # as read from Redis: pickled, or JSON of another shape
         assert refusal(unreadable) is not None
+
+
+def test_a_failed_nightly_submit_fails_its_job_with_what_farm_submit_said(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FARM_REDIS_URL", "redis://farm-controller:secret@127.0.0.1:1/0")
+    with pytest.raises(RuntimeError, match=r"farm submit exited 2: .*Redis at") as raised:
+        submit_nightly()
+    assert "secret" not in str(raised.value)
