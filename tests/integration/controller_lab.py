@@ -39,12 +39,14 @@ class ControllerLab:
     ingest: Proc | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
     """More environment for the controller processes (set before starting them)."""
+    redis_url: str = REDIS_URL
+    """The Redis database ``redis`` is a client of (a private server's, for a restart)."""
 
     @property
     def env(self) -> dict[str, str]:
         """What every controller process and client command is pointed at."""
         return {
-            "FARM_REDIS_URL": REDIS_URL,
+            "FARM_REDIS_URL": self.redis_url,
             "FARM_MQTT_URL": self.broker.url,
             "FARM_RESULTS_DIR": str(self.dir / "results"),
             "FARM_AGENT_GRACE_S": "5",
@@ -129,10 +131,13 @@ class ControllerLab:
         await self.broker.stop()
 
 
-async def start_controller_lab(tmp_path: Path) -> ControllerLab:
-    """A broker and a flushed Redis database; add agents and the controller after."""
-    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+async def start_controller_lab(
+    tmp_path: Path, *, redis_url: str = REDIS_URL, persistence: bool = True
+) -> ControllerLab:
+    """A broker (``persistence``: whether it saves sessions and queued messages across a
+    restart) and a flushed Redis database; add agents and the controller after."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
     client.flushdb()
-    broker = Mosquitto(tmp_path / "mqtt")
+    broker = Mosquitto(tmp_path / "mqtt", persistence=persistence)
     await broker.start()
-    return ControllerLab(tmp_path, broker, client)
+    return ControllerLab(tmp_path, broker, client, redis_url=redis_url)
