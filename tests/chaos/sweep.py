@@ -16,16 +16,19 @@ whose length is the counter's digit count, which then stays 10 for the whole swe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import redis
+
 from controller import keys
 from controller.estimate import SETUP_ALLOWANCE_S, estimate_run_s
-from controller.jobs import MAX_ATTEMPTS, POLL_S
+from controller.jobs import MAX_ATTEMPTS
 from farm.catalog import get_benchmark
 from farm.messages import RunOptions
 from tests.integration.controller_lab import REDIS_URL, ControllerLab, start_controller_lab
@@ -80,9 +83,7 @@ async def start_farm(
     agents with their `farm sim` (``faults``: board id -> its fault list), ingest and one
     worker supervisor with a worker per board."""
     lab = await start_controller_lab(directory, redis_url=redis_url, persistence=persistence)
-    lab.extra_env.update(
-        FARM_SETUP_ALLOWANCE_S=str(SETUP_S), FARM_AGENT_GRACE_S=str(AGENT_GRACE_S)
-    )
+    lab.extra_env.update(FARM_SETUP_ALLOWANCE_S=str(SETUP_S), FARM_AGENT_GRACE_S=str(AGENT_GRACE_S))
     try:
         for agent, boards in AGENTS.items():
             config = "".join(board_yaml(b, s, (faults or {}).get(b, "")) for b, s in boards)
@@ -333,3 +334,130 @@ async def reference_sweep(directory: Path) -> dict[tuple[str, str], RunResult]:
 def reference(directory: Path) -> dict[tuple[str, str], RunResult]:
     """:func:`reference_sweep` from synchronous code (a session fixture)."""
     return asyncio.run(reference_sweep(directory))
+
+
+class StallWatch:
+    """Polls the sweep in the background and keeps, per run, the longest time between two
+    successive increases of its stored samples: how long a fault inside a board stopped it
+    (the fault fires inside the simulator, at a moment the test does not see)."""
+
+    def __init__(self, lab: ControllerLab, sweep: Sweep) -> None:
+        self.lab = lab
+        self.sweep = sweep
+        self.longest: dict[str, float] = {}
+        self._last: dict[str, tuple[int, float]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start polling (every 0.1 s)."""
+        self._task = asyncio.get_running_loop().create_task(self._poll())
+
+    async def stop(self) -> None:
+        """Stop polling."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def board(self, board: str) -> float:
+        """The longest stall of any run of ``board``."""
+        states = snapshot(self.lab, self.sweep)
+        return max(
+            (self.longest.get(run, 0.0) for run, s in states.items() if s.board == board),
+            default=0.0,
+        )
+
+    async def _poll(self) -> None:
+        while True:
+            now = time.monotonic()
+            for run, state in snapshot(self.lab, self.sweep).items():
+                done, since = self._last.get(run, (0, now))
+                if state.done > done:
+                    if done > 0:
+                        self.longest[run] = max(self.longest.get(run, 0.0), now - since)
+                    self._last[run] = (state.done, now)
+                elif run not in self._last:
+                    self._last[run] = (done, now)
+            await asyncio.sleep(0.1)
+
+
+#: A farm process (agent, ingest, worker supervisor) starting on a loaded 2-core box: the
+#: interpreter and its imports, then its first connections (measured 2-6 s; the bounds that
+#: include a restart carry this allowance, the rest of each bound comes from the
+#: configuration).
+START_S = 20.0
+
+
+def reconnect_by(outage_s: float, base_s: float, cap_s: float) -> float:
+    """The latest a client retrying with ``farm.backoff.Backoff(base_s, cap_s)`` reconnects,
+    counted from the start of an outage of ``outage_s``: the n-th delay is drawn in
+    [c_n / 2, c_n], c_n = min(cap, base * 2**n), so the retry pending when the server comes
+    back is at most c_n away, n at most the first index whose shortest delays add up to the
+    outage."""
+    elapsed, n = 0.0, 0
+    while True:
+        ceiling = min(cap_s, base_s * 2**n)
+        elapsed += ceiling / 2
+        if elapsed >= outage_s:
+            return outage_s + ceiling
+        n += 1
+
+
+#: Injects a fault into the farm while ``runs`` are under way; returns the runs the fault
+#: hit, or None: all of ``runs``.
+Inject = Callable[[list[str]], Awaitable[list[str] | None]]
+#: Repairs it, where a service manager or an operator would (restarts what was killed).
+Repair = Callable[[], Awaitable[None]]
+
+
+async def fault_mid_sweep(
+    lab: ControllerLab,
+    reference: dict[tuple[str, str], RunResult],
+    *,
+    inject: Inject,
+    recovered: Recovered,
+    bound_s: float,
+    repair: Repair | None = None,
+    boards: list[str] | None = None,
+) -> float:
+    """Submit the sweep, wait until runs (on ``boards``) are under way, ``inject`` the fault,
+    ``repair`` it, measure the recovery of the runs it hit (``recovered``: compared with
+    their state once the fault took effect, just before the repair), let the sweep end; check
+    it is the reference's run for run. The recovery in seconds from the fault (waited for up
+    to twice ``bound_s``; the caller checks the bound)."""
+    sweep = await submit(lab)
+    runs = await runs_under_way(lab, sweep, boards)
+    before = snapshot(lab, sweep)
+    since = time.monotonic()
+    hit = await inject(runs) or runs
+    # Once the fault took effect, unless it took Redis (then nothing is stored meanwhile).
+    with contextlib.suppress(redis.RedisError):
+        before = snapshot(lab, sweep)
+    if repair is not None:
+        await repair()
+    took = await recovery_s(lab, sweep, hit, before, since, recovered, bound_s)
+    await sweep_ended(lab, sweep)
+    assert_like_reference(results(lab, sweep), reference)
+    return took
+
+
+async def board_faulted_sweep(
+    lab: ControllerLab,
+    reference: dict[tuple[str, str], RunResult],
+    board: str,
+    *,
+    may_fail: dict[tuple[str, str], str] | None = None,
+) -> tuple[float, dict[tuple[str, str], RunResult]]:
+    """Run the sweep on a farm whose ``board`` has a fault armed; check it against the
+    reference (``may_fail``: see :func:`assert_like_reference`). The longest ``board``'s
+    runs went without storing a sample (:class:`StallWatch`), and the results."""
+    sweep = await submit(lab)
+    watch = StallWatch(lab, sweep)
+    watch.start()
+    try:
+        await sweep_ended(lab, sweep)
+    finally:
+        await watch.stop()
+    got = results(lab, sweep)
+    assert_like_reference(got, reference, may_fail=may_fail)
+    return watch.board(board), got

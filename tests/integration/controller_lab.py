@@ -12,6 +12,7 @@ import redis
 
 from tests.integration.farm_procs import (
     Mosquitto,
+    PrivateRedis,
     Proc,
     agent_proc,
     boards_idle_and_healthy,
@@ -40,7 +41,9 @@ class ControllerLab:
     extra_env: dict[str, str] = field(default_factory=dict)
     """More environment for the controller processes (set before starting them)."""
     redis_url: str = REDIS_URL
-    """The Redis database ``redis`` is a client of (a private server's, for a restart)."""
+    """The Redis database ``redis`` is a client of."""
+    redis_server: PrivateRedis | None = None
+    """The private server of ``redis_url``, if the test started one (to restart it)."""
 
     @property
     def env(self) -> dict[str, str]:

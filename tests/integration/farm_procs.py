@@ -308,6 +308,14 @@ async def send(url: str, agent: str, command: dict | bytes) -> None:
         await client.publish(command_topic(agent), payload, qos=1)
 
 
+async def publish_retained(url: str, messages: list[tuple[str, bytes]]) -> None:
+    """Publish ``messages`` (topic, payload) retained at QoS 1, one after the other, as
+    anyone on the broker could."""
+    async with aiomqtt.Client(*host_port(url)) as client:
+        for topic, payload in messages:
+            await client.publish(topic, payload, qos=1, retain=True)
+
+
 def descendants(pid: int) -> list[int]:
     """Every process below ``pid``, from /proc."""
     children: dict[int, list[int]] = defaultdict(list)
