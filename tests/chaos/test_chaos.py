@@ -340,6 +340,6 @@ async def test_a_board_that_hangs_for_good_fails_its_runs_with_the_reason(
     board = PI_A[0]
     lab = await farm(faults={board: "[{kind: hang, command: infer, after: 20, count: null}]"})
     _, got = await board_faulted_sweep(
-        lab, undisturbed, board, may_fail={(board, mode): "Device" for mode in MODES}
+        lab, undisturbed, board, may_fail={(board, mode): "did not answer" for mode in MODES}
     )
     assert any(run.state == "failed" for (b, _), run in got.items() if b == board), got
