@@ -12,6 +12,7 @@ import redis
 
 from tests.integration.farm_procs import (
     Mosquitto,
+    PrivateRedis,
     Proc,
     agent_proc,
     boards_idle_and_healthy,
@@ -41,6 +42,8 @@ class ControllerLab:
     """More environment for the controller processes (set before starting them)."""
     redis_url: str = REDIS_URL
     """The Redis every controller process and client command is given."""
+    redis_server: PrivateRedis | None = None
+    """The private server of ``redis_url``, if the test started one (to restart it)."""
 
     @property
     def env(self) -> dict[str, str]:
@@ -131,12 +134,15 @@ class ControllerLab:
         await self.broker.stop()
 
 
-async def start_controller_lab(tmp_path: Path, redis_url: str = REDIS_URL) -> ControllerLab:
-    """A broker and a flushed Redis database (``redis_url``: a private server's, fresh and
-    not flushed); add agents and the controller after."""
+async def start_controller_lab(
+    tmp_path: Path, redis_url: str = REDIS_URL, *, persistence: bool = True
+) -> ControllerLab:
+    """A broker (``persistence``: whether it saves sessions and queued messages across a
+    restart) and a flushed Redis database (``redis_url``: a private server's, fresh and not
+    flushed); add agents and the controller after."""
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     if redis_url == REDIS_URL:
         client.flushdb()
-    broker = Mosquitto(tmp_path / "mqtt")
+    broker = Mosquitto(tmp_path / "mqtt", persistence=persistence)
     await broker.start()
     return ControllerLab(tmp_path, broker, client, redis_url=redis_url)

@@ -86,10 +86,10 @@ def boards_idle_and_healthy(client: Any, boards: list[str]) -> bool:
 
 class Mosquitto:
     """A mosquitto on its own port with persistence (sessions and queued QoS 1 messages
-    survive a restart, as in a real deployment) and raised queue limits
-    (docs/architecture.md#platform-notes)."""
+    survive a restart, as in a real deployment; ``persistence=False``: they do not) and
+    raised queue limits (docs/architecture.md#platform-notes)."""
 
-    def __init__(self, directory: Path, *, extra: str = "") -> None:
+    def __init__(self, directory: Path, *, extra: str = "", persistence: bool = True) -> None:
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -100,7 +100,7 @@ class Mosquitto:
             "per_listener_settings true\n"
             f"listener {self.port} 127.0.0.1\n"
             "allow_anonymous true\n"
-            "persistence true\n"
+            f"persistence {'true' if persistence else 'false'}\n"
             f"persistence_location {self.dir}/\n"
             "max_queued_messages 1000000\n"
             "max_inflight_messages 100\n"
@@ -125,6 +125,64 @@ class Mosquitto:
         self.process.terminate()
         await asyncio.wait_for(self.process.wait(), 10)
         self.process = None
+
+
+class PrivateRedis:
+    """A redis-server of the test's own on a free port, its append-only file fsynced at every
+    write in ``directory`` (so a SIGKILL loses nothing acknowledged), to stop, kill and
+    restart without touching the shared one."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        """Start (or restart: it loads its append-only file) and wait until it answers."""
+        self.process = await asyncio.create_subprocess_exec(
+            "redis-server",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.dir),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--save",
+            "",
+            stdout=asyncio.subprocess.DEVNULL,
+        )
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=1)
+        try:
+            await wait_until(lambda: _pings(client), 10, f"redis-server on {self.port}")
+        finally:
+            client.close()
+
+    async def stop(self) -> None:
+        """Stop it the way a service manager does (SIGTERM)."""
+        if self.process is not None:
+            self.process.terminate()
+            await asyncio.wait_for(self.process.wait(), 10)
+            self.process = None
+
+    async def kill(self) -> None:
+        """SIGKILL it, as a crash or the OOM killer would."""
+        if self.process is not None:
+            self.process.kill()
+            await asyncio.wait_for(self.process.wait(), 10)
+            self.process = None
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
 
 
 def host_port(url: str) -> tuple[str, int]:
@@ -251,6 +309,14 @@ async def send(url: str, agent: str, command: dict | bytes) -> None:
         payload = command
     async with aiomqtt.Client(host, int(port)) as client:
         await client.publish(command_topic(agent), payload, qos=1)
+
+
+async def publish_retained(url: str, messages: list[tuple[str, bytes]]) -> None:
+    """Publish ``messages`` (topic, payload) retained at QoS 1, one after the other, as
+    anyone on the broker could."""
+    async with aiomqtt.Client(*host_port(url)) as client:
+        for topic, payload in messages:
+            await client.publish(topic, payload, qos=1, retain=True)
 
 
 def descendants(pid: int) -> list[int]:

@@ -49,7 +49,7 @@ from farm.messages import (
     samples_topic,
 )
 from farm.sample import Sample
-from tests.integration.farm_procs import Mosquitto, free_port
+from tests.integration.farm_procs import Mosquitto, PrivateRedis
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -1153,53 +1153,6 @@ async def test_a_shared_subscription_splits_samples_but_every_ingest_gets_every_
             await counted(running, accepted_agent_status=len(agents))
             assert 0 < running.counters["accepted_sample_batch"] < 40  # split
     assert await db.hlen(keys.run_samples(run)) == 400
-
-
-class PrivateRedis:
-    """A redis-server of the test's own (append-only file in ``directory``), to stop and
-    restart without touching the shared one."""
-
-    def __init__(self, directory: Path) -> None:
-        self.dir = directory
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        self.process = await asyncio.create_subprocess_exec(
-            "redis-server",
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            str(self.dir),
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            "always",
-            "--save",
-            "",
-            stdout=asyncio.subprocess.DEVNULL,
-        )
-        client = aioredis.Redis.from_url(self.url)
-        try:
-            await eventually(lambda: _pings(client), "private redis", within=10)
-        finally:
-            await client.aclose()
-
-    async def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            await asyncio.wait_for(self.process.wait(), 10)
-            self.process = None
-
-
-async def _pings(client: aioredis.Redis) -> bool:
-    try:
-        return bool(await client.ping())
-    except aioredis.ConnectionError:
-        return False
 
 
 async def test_a_redis_outage_loses_nothing_even_if_ingest_stops_during_it(
