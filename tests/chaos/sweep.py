@@ -79,9 +79,9 @@ async def start_farm(
     persistence: bool = True,
 ) -> ControllerLab:
     """The whole farm, boards idle and healthy: broker (``persistence``: whether it keeps
-    sessions and queued messages across a restart), Redis at ``redis_url`` (the shared database flushed), both
-    agents with their `farm sim` (``faults``: board id -> its fault list), ingest and one
-    worker supervisor with a worker per board."""
+    sessions and queued messages across a restart), Redis at ``redis_url`` (flushed if it is
+    the shared database), both agents with their `farm sim` (``faults``: board id -> its
+    fault list), ingest and one worker supervisor with a worker per board."""
     lab = await start_controller_lab(directory, redis_url=redis_url, persistence=persistence)
     lab.extra_env.update(FARM_SETUP_ALLOWANCE_S=str(SETUP_S), FARM_AGENT_GRACE_S=str(AGENT_GRACE_S))
     try:
