@@ -56,6 +56,8 @@ class Identity:
     vendor: str
     baud: int | None
     """The direct link's baud that worked (``None`` through the interface board)."""
+    profile: str | None = None
+    """The DUT's ``profile`` answer (``m-profile-[...]``)."""
 
 
 class BoardAccess:
@@ -266,9 +268,9 @@ class BoardAccess:
 
 async def _ask(dut: DutClient, baud: int | None) -> Identity:
     vendor = await dut.name()
-    _, model = await dut.profile()
+    profile, model = await dut.profile()
     build = "energy" if await dut.timestamp() is None else "performance"
-    return Identity(model, build, vendor, baud)
+    return Identity(model, build, vendor, baud, profile)
 
 
 def _local_paths(resolved: ResolvedBoard) -> list[str]:

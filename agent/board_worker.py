@@ -22,6 +22,7 @@ from agent.board_access import BoardAccess, BoardUnavailable, Identity
 from agent.config import BoardConfig, Build
 from agent.dut_client import DirectChannel, DutClient
 from agent.health import BoardHealth
+from agent.identity import ImageDigests, firmware_identity
 from agent.journal import Journal
 from agent.one_board import Links, RunInputError, RunRequest, connect, expected_samples, prepare
 from agent.outbox import Outbox, SampleBatcher
@@ -101,6 +102,7 @@ class BoardWorker:
         self.ack = ack
         self.state: BoardState = "idle"
         self.identity: Identity | None = None
+        self.digests = ImageDigests()
         self.run_id: str | None = None
         self.last_error: str | None = None
         self._queue: deque[_Queued] = deque()
@@ -376,6 +378,7 @@ class BoardWorker:
                 total=total,
                 seq_limit=seq_limit,
                 dataset=str(dataset.folder),
+                firmware=await firmware_identity(self.cfg, identity, self.digests),
             )
             async for sample in runner.run():
                 record = SAMPLE_BATCH.record(sample)

@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import signal
 import time
 from collections import Counter
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import aiomqtt
@@ -29,6 +27,7 @@ from pydantic import ValidationError
 
 from agent.board_worker import BoardWorker
 from agent.config import AgentConfig
+from agent.identity import software_version
 from agent.journal import Journal
 from agent.mqtt_client import make_client
 from agent.outbox import WINDOW, Outbox
@@ -67,15 +66,6 @@ AGENT_KEY = "_agent"
 OFFLINE_TIMEOUT_S = 2.0
 #: A connection that lasted this long resets the reconnect backoff.
 STABLE_S = 10.0
-
-
-@functools.cache
-def software_version() -> str:
-    """The installed tinyfarm version."""
-    try:
-        return version("tinyfarm")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 class AgentService:

@@ -156,7 +156,13 @@ def worker(
     """RQ workers executing run jobs, forked from one process that runs the lease reaper."""
     settings = _settings(redis, broker, results, (mqtt_ca, mqtt_cert, mqtt_key))
     _redis(settings)  # one clear line if Redis is not there
+    from controller.retention import samples_retention_s
     from controller.sweeps import QUEUE_ORDER
+
+    try:
+        samples_retention_s()  # each job reads it: a bad value is said now, not per run
+    except ValueError as exc:
+        raise fail(str(exc)) from None
     from controller.worker_pool import WorkerPool, preload
 
     # The forked workers' jobs read the locations from the environment.

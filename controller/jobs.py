@@ -37,9 +37,10 @@ import aiomqtt
 import redis
 from rq.timeouts import JobTimeoutException
 
-from controller import keys
+from controller import history, keys
 from controller.deadline import RunDeadline
 from controller.estimate import SETUP_ALLOWANCE_S, estimate_run_s, samples_expected
+from controller.retention import retire_run_detail, samples_retention_s
 from controller.settings import Settings, redacted
 from controller.store import (
     LEASE_TTL_S,
@@ -210,6 +211,10 @@ class RunJob:
             fail_reason(self.client, self.run_id, reason)
         set_run(self.client, self.run_id, state=state, finished_at=time.time())
         log.info("run_finished", run=self.run_id, state=state, reason=reason)
+        if state == "completed":
+            # The run hash now holds the summary, the finish time and the firmware.
+            history.record(self.client, get_run(self.client, self.run_id))
+        retire_run_detail(self.client, self.run_id, samples_retention_s())
         self._close_sweep()
         return state
 

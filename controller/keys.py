@@ -22,6 +22,13 @@ key                                      type     content
 ``farm:lease:{board}``                   string   lease token (SET NX PX, renewed while running)
 ``farm:ingest:counters``                 hash     accepted_<kind> / rejected_<reason> /
                                                   accepted_samples / duplicate_samples ...
+``farm:history:{board}:{bench}:{mode}``  zset     compact summary JSON -> finish time, one per
+                                                  completed run (:mod:`controller.history`)
+``farm:history:series``                  zset     ``board|benchmark|mode`` -> latest finish
+``farm:history:sweeps``                  zset     sweep id -> its first entry's finish time
+``farm:history:sweeps:last``             zset     sweep id -> its last entry's finish time
+``farm:history:sweep-labels``            hash     sweep id -> label
+``farm:history:firmware``                hash     firmware id (12 hex) -> identity JSON
 =======================================  =======  ===============================================
 
 Board ids are unique across the lab (``farm submit --boards id1,id2`` names them); an agent
@@ -38,6 +45,11 @@ BOARDS = f"{PREFIX}:boards"
 INGEST_COUNTERS = f"{PREFIX}:ingest:counters"
 #: What the RQ workers count (jobs refused: not one of the project's job functions).
 WORKER_COUNTERS = f"{PREFIX}:worker:counters"
+HISTORY_SERIES = f"{PREFIX}:history:series"
+HISTORY_SWEEPS = f"{PREFIX}:history:sweeps"
+HISTORY_SWEEPS_LAST = f"{PREFIX}:history:sweeps:last"
+HISTORY_SWEEP_LABELS = f"{PREFIX}:history:sweep-labels"
+HISTORY_FIRMWARE = f"{PREFIX}:history:firmware"
 #: Events kept per run (progress events are many; the final ones are what matter).
 EVENTS_KEPT = 500
 #: Command acks kept per agent (the newest): enough for a worker to find the answer to its
@@ -75,6 +87,8 @@ RUN_FIELDS = (
     "progress",  # samples the agent reports produced (its last progress event)
     "final",  # the latest final run event as received (JSON: done, error, cancelled or
     # interrupted), kept here because the capped events list may trim it away
+    "firmware",  # JSON: model, build, image, sha256, profile, name, software (the agent's
+    # version), from the agent's started event (controller.ingest.run_events.firmware_field)
 )
 RUN_STATES = ("queued", "dispatched", "running", "completed", "failed", "cancelled")
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
@@ -133,3 +147,8 @@ def board_tail(board_id: str) -> str:
 def lease(board_id: str) -> str:
     """A board's lease."""
     return f"{PREFIX}:lease:{board_id}"
+
+
+def history(board_id: str, benchmark: str, mode: str) -> str:
+    """The history of one board × benchmark × mode."""
+    return f"{PREFIX}:history:{board_id}:{benchmark}:{mode}"

@@ -20,6 +20,7 @@ from rq.utils import now as rq_now
 from controller import keys
 from controller.ingest.throttle import Throttle
 from controller.queueing import fetch_job, queue
+from controller.retention import retire_run_detail, samples_retention_s
 from controller.store import LEASE_TTL_S, explain, fail_reason, get_run, set_run
 from controller.sweeps import QUEUE_ORDER
 from farm.logs import get_logger
@@ -53,7 +54,10 @@ def reap(client: redis.Redis, rq_client: redis.Redis) -> list[str]:
         _expire_job(rq_client, run.get("job", ""))
         state = _job_state(rq_client, run.get("job", ""))
         if client.hget(keys.run(run_id), "state") not in keys.TERMINAL:
-            set_run(client, run_id, state="queued" if state == "retry" else "failed")
+            retry = state == "retry"
+            set_run(client, run_id, state="queued" if retry else "failed")
+            if not retry:
+                retire_run_detail(client, run_id, samples_retention_s())
         log.warning("run_reaped", run=run_id, board=run["board"], rq=state)
     return reaped
 

@@ -7,13 +7,20 @@
                "summary": {"throughput_ips", "latency_ms", "top1", "auc", "energy_uj",
                            "p50_us", "p90_us", "p99_us", "p90_early_stop_us", "samples",
                            "valid", "artifacts", "target", "target_met",
-                           "problems": [why the run is not valid]} | null}],
+                           "problems": [why the run is not valid],
+                           "firmware": {...} | null} | null,
+               "firmware": {"model", "build", "image", "sha256", "profile", "name",
+                            "software"} | null}],
      "boards": {board: {"board_name", "processor", "accelerator", "software"}}}
 
 ``top1`` is in percent and ``auc`` a fraction, as the official runner prints them (and as
 the checker compares them with their targets). Every summary number is null where it does
 not apply (``top1`` outside classifier accuracy
 runs, ``energy_uj`` outside energy runs...); ``summary`` is null until the run completed.
+A run's ``firmware`` is what produced it, from the agent's ``started`` event (null before
+the run started, or from an agent that sends none): the firmware ``model`` and ``build`` the
+DUT reported, the ``image`` file the agent's config names for them and its ``sha256``, the
+DUT's ``profile`` and ``name`` answers and the agent's ``software`` version.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import redis
 
 from controller import keys
 from controller.render import Column, Listing, number
-from controller.store import board_status, set_run, sweep_runs
+from controller.store import board_status, run_firmware, set_run, sweep_runs
 
 SUMMARY_KEYS = (
     "throughput_ips",
@@ -43,7 +50,10 @@ SUMMARY_KEYS = (
     "target",
     "target_met",
     "problems",
+    "firmware",
 )
+#: The firmware columns of ``farm show --format csv`` and the firmware table.
+FIRMWARE_COLUMNS = ("image", "sha256", "profile", "name", "software")
 
 
 def sweep_report(client: redis.Redis, sweep_id: str) -> dict[str, Any] | None:
@@ -66,6 +76,7 @@ def sweep_report(client: redis.Redis, sweep_id: str) -> dict[str, Any] | None:
                 "reason": run.get("reason") or None,
                 "attempts": int(run.get("attempts") or 0),
                 "summary": None if summary is None else {k: summary.get(k) for k in SUMMARY_KEYS},
+                "firmware": run_firmware(run),
             }
         )
         if run["board"] not in boards:
@@ -123,11 +134,13 @@ def run_listing(report: dict[str, Any]) -> Listing:
                 **{k: summary.get(k) for k in SUMMARY_KEYS if k not in ("problems", "artifacts")},
                 "why_not_valid": "; ".join(why) if summary.get("valid") is not True else "",
                 "artifacts": summary.get("artifacts"),
+                **{f"firmware_{k}": (run.get("firmware") or {}).get(k) for k in FIRMWARE_COLUMNS},
             }
         )
     keys_ = ["run", "board", "benchmark", "mode", "state", *SUMMARY_KEYS]
-    keys_ = [k for k in keys_ if k not in ("problems", "artifacts")]
-    columns = [Column(k, k) for k in (*keys_, "why_not_valid", "artifacts")]
+    keys_ = [k for k in keys_ if k not in ("problems", "artifacts", "firmware")]
+    firmware = [f"firmware_{k}" for k in FIRMWARE_COLUMNS]
+    columns = [Column(k, k) for k in (*keys_, "why_not_valid", "artifacts", *firmware)]
     sweep = report["sweep"]
     return Listing(f"sweep {sweep['id']} runs", columns, rows)
 
@@ -217,7 +230,44 @@ def results_listings(report: dict[str, Any]) -> list[Listing]:
         [{"system": b, **info} for b, info in sorted(report["boards"].items())],
         notes=LEGEND,
     )
-    return [results, systems]
+    return [results, systems, firmware_listing(report)]
+
+
+def firmware_listing(report: dict[str, Any]) -> Listing:
+    """What produced each run: the image (file name and the first 12 hex digits of its
+    SHA-256), the DUT's profile and name, the agent's version; one row per run that
+    started."""
+    rows = []
+    for run in report["runs"]:
+        fw = run.get("firmware")
+        if not fw:
+            continue
+        rows.append(
+            {
+                "system": run["board"],
+                "benchmark": run["benchmark"],
+                "mode": run["mode"],
+                "image": fw.get("image"),
+                "sha256": (fw.get("sha256") or "")[:12] or None,
+                "profile": fw.get("profile"),
+                "name": fw.get("name"),
+                "software": fw.get("software"),
+            }
+        )
+    return Listing(
+        "firmware",
+        [
+            Column("system", "system"),
+            Column("benchmark", "bench"),
+            Column("mode", "mode"),
+            Column("image", "image"),
+            Column("sha256", "sha256"),
+            Column("profile", "profile", rank=1),
+            Column("name", "DUT name", rank=2),
+            Column("software", "agent", rank=1),
+        ],
+        rows,
+    )
 
 
 def cancel(client: redis.Redis, target: str) -> list[str] | None:

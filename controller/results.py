@@ -39,6 +39,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from controller.store import run_firmware
 from farm import scoring
 from farm.catalog import LATEST_VERSION, Benchmark, BenchmarkError, get_benchmark
 from farm.datasets import ALT_INDEX, INDEX, DatasetError, Row, official_rows
@@ -93,6 +94,10 @@ class RunSummary:
     - ``problems``: ``RunFolder.problems`` (also ``problem:`` lines in log.txt), including
       those the controller adds (subset, incomplete sample set, latency minimums).
     - ``artifacts``: the run folder.
+    - ``firmware``: what produced the results, from the run hash's ``firmware`` (the agent's
+      ``started`` event): ``model``, ``build``, ``image`` (file name), ``sha256`` (of the
+      image file), ``profile`` and ``name`` (the DUT's answers), ``software`` (the agent's
+      version); null when the run hash has none (an agent older than this field).
     """
 
     throughput_ips: float | None = None
@@ -110,6 +115,7 @@ class RunSummary:
     target_met: bool | None = None
     problems: tuple[str, ...] = ()
     artifacts: str = ""
+    firmware: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The summary as strict JSON values (NaN and infinity, which JSON cannot hold,
@@ -457,6 +463,7 @@ def _write(
         valid=valid,
         problems=tuple(out.problems),
         artifacts=str(folder),
+        firmware=run_firmware(run),
     )
     (work / SUMMARY_FILE).write_text(json.dumps(summary.to_json(), indent=2) + "\n")
     return summary

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -125,6 +126,16 @@ class Lease:
 def get_run(client: redis.Redis, run_id: str) -> dict[str, str]:
     """A run's hash (empty if unknown)."""
     return client.hgetall(keys.run(run_id))
+
+
+def run_firmware(run: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The run hash's ``firmware`` (JSON object), or None if it has none or it is not one."""
+    text = run.get("firmware")
+    try:
+        value = json.loads(text) if isinstance(text, str) and text else None
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def sweep_runs(client: redis.Redis, sweep_id: str) -> list[tuple[str, dict[str, str]]]:

@@ -464,6 +464,27 @@ class Accepted(_RunEvent):
     position: int = 0
 
 
+class FirmwareIdentity(BaseModel):
+    """What produced a run's results, as the agent knows it when the run starts: the image
+    file the agent's config names for the firmware the DUT reports (its SHA-256 and file
+    name; ``None`` when the config has no image for it, so the board runs firmware the farm
+    did not flash), the DUT's own ``profile`` and ``name`` answers, and the agent's
+    software version. Every text is bounded: it ends up in Prometheus labels."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    image: str | None = Field(None, min_length=1, max_length=255)
+    """The image's file name (no directories: they say where a Pi keeps it, not what it is)."""
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    """The image file's SHA-256, lower-case hex."""
+    profile: str | None = Field(None, max_length=120)
+    """The DUT's ``m-profile-[...]`` answer (e.g. ``ulp-mlperf``)."""
+    name: str | None = Field(None, max_length=120)
+    """The DUT's ``m-name-dut-[...]`` answer (the vendor string)."""
+    software: str | None = Field(None, max_length=64)
+    """The agent's tinyfarm version."""
+
+
 class Started(_RunEvent):
     """The health check passed and the first input is on its way."""
 
@@ -477,6 +498,10 @@ class Started(_RunEvent):
     seq_limit: int | None = None
     """Every seq of the run is below this (``None``: not known in advance, as for a latency
     run without a limit): ingest refuses samples at or above it."""
+    firmware: Annotated[
+        FirmwareIdentity | None, Field(exclude_if=lambda value: value is None)
+    ] = None
+    """What the run's results come from (left out when unset, as from an older agent)."""
 
 
 class ProgressEvent(_RunEvent):

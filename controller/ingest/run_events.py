@@ -25,6 +25,8 @@ log = get_logger("controller.ingest.run_events")
 FINAL_EVENTS = frozenset({"done", "error", "cancelled", "interrupted"})
 #: Attempts at an optimistic (WATCH) update of a run hash that other writers keep changing.
 WATCH_ATTEMPTS = 50
+#: The ``FirmwareIdentity`` fields kept in a run's ``firmware``.
+FIRMWARE_FIELDS = ("image", "sha256", "profile", "name", "software")
 
 
 class RunEvents:
@@ -85,6 +87,7 @@ def event_updates(
             updates["eta_s"] = event.eta_s
         # The store script refuses seqs at or beyond it; empty: no limit for this execution.
         updates["seq_limit"] = "" if event.seq_limit is None else event.seq_limit
+        updates["firmware"] = firmware_field(event)
     elif event.event == "progress" and live:
         updates["progress"] = event.done
         if event.total is not None:
@@ -97,6 +100,21 @@ def event_updates(
         # newer `interrupted`). The event text, attempt included, is what the job reads.
         updates["final"] = text
     return updates
+
+
+def firmware_field(started: Any) -> str:
+    """The run hash's ``firmware`` (JSON) from a ``started`` event: the firmware model and
+    build the DUT reported and the event's ``FirmwareIdentity`` fields (null where an older
+    agent sent none). A later attempt's ``started`` replaces it: the results are that one's."""
+    firmware = started.firmware.model_dump() if started.firmware is not None else {}
+    return json.dumps(
+        {
+            "model": started.model,
+            "build": started.build,
+            **{k: firmware.get(k) for k in FIRMWARE_FIELDS},
+        },
+        separators=(",", ":"),
+    )
 
 
 def _event_rank(text: str | None) -> tuple[int, float]:
