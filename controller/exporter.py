@@ -47,6 +47,7 @@ from controller.metrics import (
     DEFAULT_ADDR,
     EXPORTER,
     EXPORTER_PORT,
+    INFO_LABELS,
     failure_category,
     ingest_counter_families,
     label_value,
@@ -116,7 +117,7 @@ def _spec_family(name: str) -> Metric:
     if spec.type == "counter":
         return CounterMetricFamily(spec.family, spec.help, labels=spec.labels)
     if spec.type == "info":
-        ids = [label for label in spec.labels if label in ("board", "agent")]
+        ids = [label for label in spec.labels if label not in INFO_LABELS]
         return InfoMetricFamily(spec.family, spec.help, labels=ids)
     return GaugeMetricFamily(spec.name, spec.help, labels=spec.labels)
 
@@ -430,6 +431,7 @@ class FarmCollector:
             "farm_result_valid",
             "farm_result_samples",
             "farm_result_timestamp_seconds",
+            "farm_result_firmware_info",
         )
         f = {name: _spec_family(name) for name in names}
 
@@ -462,6 +464,18 @@ class FarmCollector:
             put("farm_result_valid", labels, bool(s.get("valid")))
             put("farm_result_samples", labels, s.get("samples"))
             put("farm_result_timestamp_seconds", labels, result.finished_at)
+            firmware = s.get("firmware")
+            if isinstance(firmware, dict):
+                f["farm_result_firmware_info"].add_metric(
+                    labels,
+                    {
+                        "image": label_value(firmware.get("image")),
+                        "image_sha256": label_value((firmware.get("sha256") or "")[:12]),
+                        "profile": label_value(firmware.get("profile")),
+                        "dut_name": label_value(firmware.get("name")),
+                        "software": label_value(firmware.get("software")),
+                    },
+                )
         return list(f.values())
 
 

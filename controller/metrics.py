@@ -50,9 +50,22 @@ LABELS = frozenset(
         "le",
     }
 )
-#: Labels only ``*_info`` metrics carry (their values describe one board or agent).
+#: Labels only ``*_info`` metrics carry (their values describe one board or agent, or what
+#: produced a board's latest result: ``image_sha256`` is a 12-hex prefix, never a run's id).
 INFO_LABELS = frozenset(
-    {"software", "protocol", "model", "build", "board_name", "processor", "accelerator"}
+    {
+        "software",
+        "protocol",
+        "model",
+        "build",
+        "board_name",
+        "processor",
+        "accelerator",
+        "image",
+        "image_sha256",
+        "profile",
+        "dut_name",
+    }
 )
 #: Longest label value the exporter emits (a health reason, a processor name...).
 MAX_LABEL_VALUE = 120
@@ -285,6 +298,13 @@ EXPORTER: Mapping[str, MetricSpec] = _specs(
     ),
     MetricSpec("farm_result_samples", "gauge", "Samples the run was scored from.", _R),
     MetricSpec("farm_result_timestamp_seconds", "gauge", "When the run finished (unix time).", _R),
+    MetricSpec(
+        "farm_result_firmware_info",
+        "info",
+        "What produced the latest result: the firmware image's file name and the first 12 hex "
+        "digits of its SHA-256, the DUT's profile and name, the agent's version.",
+        (*_R, "image", "image_sha256", "profile", "dut_name", "software"),
+    ),
     # ingest totals over every process (Redis)
     MetricSpec(
         "farm_ingest_accepted_total",
