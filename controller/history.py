@@ -187,13 +187,13 @@ def record(client: redis.Redis | redis.client.Pipeline, run: Mapping[str, Any]) 
 
 
 def _encode(entry: Entry) -> str:
-    """The stored member: the fields a series key does not already say, nulls left out."""
+    """The stored member: the fields neither the series key nor the score (the finish time)
+    already say, nulls left out."""
     data: dict[str, Any] = {
         "run": entry.run,
         "sweep": entry.sweep,
         "label": entry.label,
         "agent": entry.agent,
-        "t": entry.finished,
         "valid": entry.valid,
         "n": entry.samples,
         "met": entry.target_met,
@@ -204,7 +204,12 @@ def _encode(entry: Entry) -> str:
 
 
 def _decode(
-    board: str, benchmark: str, mode: str, data: Mapping[str, Any], firmware: Mapping[str, Firmware]
+    board: str,
+    benchmark: str,
+    mode: str,
+    data: Mapping[str, Any],
+    finished: float,
+    firmware: Mapping[str, Firmware],
 ) -> Entry:
     return Entry(
         board=board,
@@ -214,7 +219,7 @@ def _decode(
         sweep=data.get("sweep", ""),
         label=data.get("label", ""),
         agent=data.get("agent", ""),
-        finished=float(data["t"]),
+        finished=finished,
         valid=bool(data.get("valid")),
         samples=int(data.get("n", 0)),
         target_met=data.get("met"),
@@ -249,9 +254,9 @@ def entries(
     high = "+inf" if before is None else f"({before!r}"
     if label is None and sweep is None and limit is not None:
         # Newest first from Redis, so a long history is not read for the last few.
-        texts = client.zrevrangebyscore(key, high, "-inf", start=0, num=limit)[::-1]
+        texts = client.zrevrangebyscore(key, high, "-inf", start=0, num=limit, withscores=True)
     else:
-        texts = client.zrangebyscore(key, "-inf", high)
+        texts = client.zrangebyscore(key, "-inf", high, withscores=True)
     found = _decoded(client, board, benchmark, mode, texts)
     if label is not None:
         found = [e for e in found if e.label == label]
@@ -271,7 +276,7 @@ def sweep_entries(client: redis.Redis, sweep: str) -> list[Entry]:
     names = series(client)
     pipe = client.pipeline(transaction=False)
     for name in names:
-        pipe.zrangebyscore(keys.history(*name), first, last)
+        pipe.zrangebyscore(keys.history(*name), first, last, withscores=True)
     found: list[Entry] = []
     for (board, benchmark, mode), texts in zip(names, pipe.execute(), strict=True):
         decoded = _decoded(client, board, benchmark, mode, texts)
@@ -303,16 +308,24 @@ def sweeps(
 
 
 def _decoded(
-    client: redis.Redis, board: str, benchmark: str, mode: str, texts: list[str]
+    client: redis.Redis,
+    board: str,
+    benchmark: str,
+    mode: str,
+    members: list[tuple[str, float]],
 ) -> list[Entry]:
-    parsed = [json.loads(t) for t in texts]
+    """Members with their scores, as entries sorted by finish time."""
+    parsed = [json.loads(text) for text, _ in members]
     ids = sorted({d["fw"] for d in parsed if "fw" in d})
     firmware: dict[str, Firmware] = {}
     if ids:
         for fw_id, raw in zip(ids, client.hmget(keys.HISTORY_FIRMWARE, ids), strict=True):
             if raw:
                 firmware[fw_id] = Firmware.from_json(json.loads(raw))
-    found = [_decode(board, benchmark, mode, d, firmware) for d in parsed]
+    found = [
+        _decode(board, benchmark, mode, d, score, firmware)
+        for d, (_, score) in zip(parsed, members, strict=True)
+    ]
     found.sort(key=lambda e: (e.finished, e.run))
     return found
 
