@@ -156,11 +156,13 @@ def worker(
     """RQ workers executing run jobs, forked from one process that runs the lease reaper."""
     settings = _settings(redis, broker, results, (mqtt_ca, mqtt_cert, mqtt_key))
     _redis(settings)  # one clear line if Redis is not there
-    from controller.retention import samples_retention_s
+    from controller.retention import run_retention_s, samples_retention_s
     from controller.sweeps import QUEUE_ORDER
 
     try:
-        samples_retention_s()  # each job reads it: a bad value is said now, not per run
+        # Jobs and the reaper read them: a bad value is said now, not at every run.
+        samples_retention_s()
+        run_retention_s()
     except ValueError as exc:
         raise fail(str(exc)) from None
     from controller.worker_pool import WorkerPool, preload

@@ -20,7 +20,12 @@ from rq.utils import now as rq_now
 from controller import keys
 from controller.ingest.throttle import Throttle
 from controller.queueing import fetch_job, queue
-from controller.retention import retire_run_detail, samples_retention_s
+from controller.retention import (
+    retire_run_detail,
+    run_retention_s,
+    samples_retention_s,
+    trim_sweeps,
+)
 from controller.store import LEASE_TTL_S, explain, fail_reason, get_run, set_run
 from controller.sweeps import QUEUE_ORDER
 from farm.logs import get_logger
@@ -29,6 +34,8 @@ log = get_logger("controller.reaper")
 
 #: How often the reaper looks.
 INTERVAL_S = 2.0
+#: How often it trims sweeps past ``FARM_RUN_RETENTION_S`` (controller.retention).
+TRIM_INTERVAL_S = 600.0
 
 
 def reap(client: redis.Redis, rq_client: redis.Redis) -> list[str]:
@@ -122,19 +129,28 @@ class Reaper:
         self.client = redis.Redis.from_url(url, decode_responses=True)
         self.rq_client = redis.Redis.from_url(url)
         self._next_reap = time.monotonic() + INTERVAL_S
+        self._next_trim = time.monotonic()
         # A Redis that refuses us (a rotated password) would otherwise log at every tick.
         self._throttle = Throttle(60.0)
 
     def tick(self) -> list[str]:
         """:func:`release_ready` at every tick (a board's next run must not wait for the
-        reaper's interval either), :func:`reap` every ``INTERVAL_S``; a Redis hiccup is logged
+        reaper's interval either), :func:`reap` every ``INTERVAL_S``, and
+        :func:`~controller.retention.trim_sweeps` every ``TRIM_INTERVAL_S`` (the first time at
+        once); a Redis hiccup is logged
         (the next tick tries again). The runs reaped."""
         try:
             release_ready(self.rq_client)
             if time.monotonic() < self._next_reap:
                 return []
             self._next_reap = time.monotonic() + INTERVAL_S
-            return reap(self.client, self.rq_client)
+            reaped = reap(self.client, self.rq_client)
+            if time.monotonic() >= self._next_trim:
+                self._next_trim = time.monotonic() + TRIM_INTERVAL_S
+                trimmed = trim_sweeps(self.client, run_retention_s(), time.time())
+                if trimmed:
+                    log.info("sweeps_trimmed", sweeps=len(trimmed), first=trimmed[0])
+            return reaped
         except redis.RedisError as exc:
             if (skipped := self._throttle.allow("redis_error")) is not None:
                 log.warning("reaper_redis_error", error=explain(self.url, exc), skipped=skipped)

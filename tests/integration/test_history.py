@@ -16,9 +16,12 @@ import redis
 
 from controller import history, keys
 from controller.retention import (
+    DEFAULT_RUN_RETENTION_S,
     DEFAULT_SAMPLES_RETENTION_S,
     retire_run_detail,
+    run_retention_s,
     samples_retention_s,
+    trim_sweeps,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -190,6 +193,42 @@ def test_the_samples_retention_setting() -> None:
     for bad in ("-1", "soon", "inf", "nan"):
         with pytest.raises(ValueError, match="FARM_SAMPLES_RETENTION_S"):
             samples_retention_s({"FARM_SAMPLES_RETENTION_S": bad})
+
+
+def test_old_finished_sweeps_are_trimmed_whole_and_their_history_stays(
+    client: redis.Redis,
+) -> None:
+    def sweep(sweep_id: str, created: float, state: str, runs: dict[str, str]) -> None:
+        client.zadd(keys.SWEEPS, {sweep_id: created})
+        client.hset(keys.sweep(sweep_id), mapping={"state": state, "label": "nightly"})
+        client.rpush(keys.sweep_runs(sweep_id), *runs)
+        client.rpush(keys.sweep_skipped(sweep_id), "{}")
+        for run_id, run_state in runs.items():
+            client.hset(keys.run(run_id), mapping={"state": run_state, "sweep": sweep_id})
+            client.hset(keys.run_samples(run_id), "0", "{}")
+            client.rpush(keys.run_events(run_id), "{}")
+
+    sweep("old", 1000.0, "finished", {"o1": "completed", "o2": "failed"})
+    sweep("going", 1001.0, "running", {"g1": "completed", "g2": "running"})
+    sweep("new", 9000.0, "finished", {"n1": "completed"})
+    history.record(client, run_hash("o1", "old", 1500.0))
+
+    assert trim_sweeps(client, retention_s=5000, now=10_000.0) == ["old"]
+    assert client.zrange(keys.SWEEPS, 0, -1) == ["going", "new"]
+    gone = [keys.sweep("old"), keys.sweep_runs("old"), keys.sweep_skipped("old")]
+    for run_id in ("o1", "o2"):
+        gone += [keys.run(run_id), keys.run_samples(run_id), keys.run_events(run_id)]
+    assert client.exists(*gone) == 0
+    assert client.exists(keys.run("g1"), keys.run("g2"), keys.run("n1")) == 3
+    # The history keeps the trimmed run's summary.
+    assert [e.run for e in history.entries(client, "kws-1", "kws01", "performance")] == ["o1"]
+    # Once the running sweep finished, a later pass trims it too.
+    client.hset(keys.sweep("going"), "state", "finished")
+    client.hset(keys.run("g2"), "state", "completed")
+    assert trim_sweeps(client, retention_s=5000, now=10_000.0) == ["going"]
+    assert run_retention_s({}) == DEFAULT_RUN_RETENTION_S
+    with pytest.raises(ValueError, match="FARM_RUN_RETENTION_S"):
+        run_retention_s({"FARM_RUN_RETENTION_S": "a month"})
 
 
 def _per_entry(client: redis.Redis, nights: int, boards: int) -> tuple[int, float]:
