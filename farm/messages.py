@@ -498,9 +498,9 @@ class Started(_RunEvent):
     seq_limit: int | None = None
     """Every seq of the run is below this (``None``: not known in advance, as for a latency
     run without a limit): ingest refuses samples at or above it."""
-    firmware: Annotated[
-        FirmwareIdentity | None, Field(exclude_if=lambda value: value is None)
-    ] = None
+    firmware: Annotated[FirmwareIdentity | None, Field(exclude_if=lambda value: value is None)] = (
+        None
+    )
     """What the run's results come from (left out when unset, as from an older agent)."""
 
 
