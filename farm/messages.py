@@ -485,6 +485,12 @@ class FirmwareIdentity(BaseModel):
     """The agent's tinyfarm version."""
 
 
+#: Left out of the payload when unset, so an agent that has none sends what it sent before.
+_OptionalFirmware = Annotated[
+    FirmwareIdentity | None, Field(exclude_if=lambda value: value is None)
+]
+
+
 class Started(_RunEvent):
     """The health check passed and the first input is on its way."""
 
@@ -498,9 +504,7 @@ class Started(_RunEvent):
     seq_limit: int | None = None
     """Every seq of the run is below this (``None``: not known in advance, as for a latency
     run without a limit): ingest refuses samples at or above it."""
-    firmware: Annotated[FirmwareIdentity | None, Field(exclude_if=lambda value: value is None)] = (
-        None
-    )
+    firmware: _OptionalFirmware = None
     """What the run's results come from (left out when unset, as from an older agent)."""
 
 
