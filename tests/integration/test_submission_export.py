@@ -58,7 +58,7 @@ async def test_subset_runs_are_refused_with_their_reasons(lab: ControllerLab) ->
     sweep = await _sweep(lab, "--options", QUICK)
     out = lab.dir / "submission"
 
-    code, stdout, stderr = await lab.farm(
+    code, _, stderr = await lab.farm(
         "export",
         "submission",
         "--submitter",
