@@ -459,7 +459,7 @@ def results_listing(export: Export) -> Listing:
             columns.append(Column(f"{bench}_accuracy", heading, number(fmt), justify="right"))
     notes = [
         "latency: ms per inference, 1000 / the median throughput the checker reads; energy: "
-        "median µJ per inference (blank: no energy run)"
+        "median µJ per inference (- : no energy run)"
         + (
             "; accuracy: top-1 % (AUC for ad), not held to the closed targets"
             if export.division == "open"
