@@ -637,6 +637,71 @@ def demo(
     raise typer.Exit(code)
 
 
+export_app = typer.Typer(
+    help="Write what the farm measured in the shape another tool reads.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+def export_submission(
+    submitter: Annotated[str, typer.Option(help="The submitting organisation")],
+    division: Annotated[str, typer.Option(help="closed or open")],
+    out: Annotated[Path, typer.Option(help="Where to write <division>/<submitter>/")],
+    sweeps: Annotated[
+        list[str] | None,
+        typer.Argument(help="Sweeps to take runs from (default: every sweep)"),
+    ] = None,
+    version: Annotated[str, typer.Option(help="The checker's rules: v1.3 or v1.4")] = "v1.4",
+    used_model: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--used-model",
+            help="Open division: BENCHMARK=NAME, the model folder (and model_mapping.json "
+            "entry) for a benchmark run with another model, e.g. kws01=ds-cnn-xs",
+        ),
+    ] = None,
+    redis: RedisOpt = None,
+    fmt: FormatOpt = "table",
+    json_out: JsonOpt = False,
+) -> None:
+    """The MLPerf Tiny submission tree of the best valid run per board, benchmark and mode
+    (docs/operations.md#submission): systems JSON, results folders with the files the official
+    checker expects; every refused run on stderr with its reason; the results table. Exit 1
+    when nothing could be exported."""
+    fmt = _format(fmt, json_out)
+    client = _redis(_settings(redis, None, None))
+    from controller.render import emit
+    from controller.submission import SubmissionError, results_listing
+    from controller.submission import export_submission as export
+
+    renamed: dict[str, str] = {}
+    for item in used_model or []:
+        bench, sep, name = item.partition("=")
+        if not sep or not bench or not name:
+            raise fail(f"--used-model {item!r}: expected BENCHMARK=NAME")
+        renamed[bench] = name
+    try:
+        done = export(client, out, submitter, division, sweeps or [], version, renamed)
+    except SubmissionError as exc:
+        raise fail(str(exc)) from None
+    for refusal in done.refused:
+        err.print(refusal.line(), highlight=False, soft_wrap=True)
+    if done.root is None:
+        raise fail(
+            "nothing to export: no board has an acceptable accuracy and performance "
+            "run of any benchmark",
+            1,
+        )
+    emit(fmt, [results_listing(done)], done.to_json(), console)
+    err.print(
+        f"wrote {done.root}: {len({b for b, _, _ in done.chosen})} system(s), "
+        f"{len(done.chosen)} result folder(s), {len(done.refused)} refusal(s)",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
 def _redis_errors(command: Callable[..., None]) -> Callable[..., None]:
     """``command`` with a Redis refusal or outage met mid-way (a user without a permission it
     needs, a server gone) reported in one line naming the URL, exit status 2."""
@@ -689,4 +754,6 @@ def register(app: typer.Typer) -> None:
     for command in (submit, status, sweeps, show, cancel, demo):
         app.command()(_redis_errors(command))
     app.add_typer(controller_app, name="controller")
+    export_app.command("submission")(_redis_errors(export_submission))
+    app.add_typer(export_app, name="export")
     app.add_typer(broker_app, name="broker")

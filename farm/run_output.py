@@ -74,6 +74,25 @@ def stamp(t: float | None = None) -> str:
     return time.strftime("%m%d.%H%M%S", time.localtime(t))
 
 
+def window_lines(number: int, inferences: int, window: scoring.PerfWindow) -> list[str]:
+    """One performance window's block of results.txt, in the official runner's shapes
+    (docs/measurement.md#official-results-lines): no timestamp prefix, and ``Runtime`` and
+    ``Throughput`` as Python prints a float (``str``), e.g. ``Runtime: 10.388207 sec.``.
+    A window without two laps prints ``Runtime: 0.0 sec.``; a throughput of zero prints
+    ``0``, as the runner's integer zero does."""
+    elapsed_s = window.elapsed_s or 0.0
+    throughput: float | int = window.throughput or 0
+    out = [
+        f"Performance results for window {number}",
+        f"    # Inferences : {inferences}",
+        f"    Runtime: {elapsed_s} sec.",
+        f"    Throughput: {throughput} inf./sec.",
+    ]
+    if window.runtime_met:
+        out.append("    Runtime requirements have been met.")
+    return out
+
+
 class RunFolder:
     """One run's output folder."""
 
@@ -294,24 +313,18 @@ class RunFolder:
         windows = [scoring.perf_window(s.count, s.start_us, s.end_us) for s in self.samples]
         result = scoring.score_performance(windows, loop_seconds=info.loop_wall_s)
         self.result = result
-        bodies: list[str] = []
+        lines: list[str] = []
         elements = []
         for i, (s, w) in enumerate(zip(self.samples, windows, strict=True), start=1):
-            bodies += [
-                f"Performance results for window {i}",
-                f"    # Inferences : {s.count}",
-                f"    Runtime: {(w.elapsed_s or 0):f} sec.",
-                f"    Throughput: {w.throughput} inf./sec.",
-            ]
-            if w.runtime_met:
-                bodies.append("    Runtime requirements have been met.")
+            lines += window_lines(i, s.count, w)
             elements.append(self._element(s, dataset, {"throughput": w.throughput}))
-        bodies += result.lines()
+        # As the official runner: only the lines after the loop carry the timestamp prefix.
+        lines += self._prefixed(result.lines())
         for problem in result.problems:
             self._problem(problem)
         if result.error is not None:
             elements.append({"error": f"error {result.error}", "mode": "p"})
-        return self._prefixed(bodies), elements
+        return lines, elements
 
     def _accuracy(
         self, info: RunInfoLike, dataset: DatasetLike

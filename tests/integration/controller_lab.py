@@ -56,7 +56,7 @@ class ControllerLab:
             **self.extra_env,
         }
 
-    async def add_agent(self, agent: str, boards: str, *, dataset_limit: int = 10) -> None:
+    async def add_agent(self, agent: str, boards: str, *, dataset_limit: int | str = 10) -> None:
         """`farm sim` for ``boards`` (YAML list) and its agent ``agent``."""
         out = self.dir / f"sim-{agent}"
         self.sims[agent] = await start_sim(

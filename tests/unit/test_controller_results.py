@@ -159,9 +159,10 @@ def test_performance_median_throughput_and_files(tmp_path: Path) -> None:
     results = (folder / "results.txt").read_text()
     assert last_match(PERF_MEDIAN, results) == "80.000"
     body = unstamped(results)
-    assert body.count("ulp-mlperf:     Runtime requirements have been met.") == 5
-    assert "ulp-mlperf:     Throughput: 80.0 inf./sec." in body
-    assert "ulp-mlperf:     # Inferences : 1000" in body
+    # The window blocks without a prefix, as the official runner writes them.
+    assert body.count("    Runtime requirements have been met.") == 5
+    assert "    Throughput: 80.0 inf./sec." in body
+    assert "    # Inferences : 1000" in body
     assert body[-3] == body[-1] == "ulp-mlperf: " + "-" * 57
 
     elements = json.loads((folder / "results.json").read_text())
