@@ -18,6 +18,7 @@ import functools
 import json
 import os
 import signal
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -711,13 +712,14 @@ def _redis_errors(command: Callable[..., None]) -> Callable[..., None]:
         try:
             command(*args, **kwargs)
         except Exception as exc:
-            from redis import RedisError
-
+            # Only a command that got as far as Redis can fail with its error; on a host
+            # without the controller extra, redis cannot even be imported here.
+            redis = sys.modules.get("redis")
+            if redis is None or not isinstance(exc, redis.RedisError):
+                raise
             from controller.settings import Settings
             from controller.store import explain
 
-            if not isinstance(exc, RedisError):
-                raise
             url = Settings.resolve(kwargs.get("redis")).redis_url
             raise fail(explain(url, exc)) from None
 

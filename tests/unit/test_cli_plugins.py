@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 COMMANDS = {
     "agent": {"check", "suggest"},
     "broker": {"add-agent", "remove-agent", "add-controller", "list"},
-    "controller": {"worker", "ingest", "exporter"},
+    "controller": {"worker", "ingest", "exporter", "redis-acl"},
     "dataset": {"synth"},
     "simctl": {"flash", "power-cycle", "status"},
     "sim": None,
@@ -33,6 +33,7 @@ COMMANDS = {
     "show": None,
     "cancel": None,
     "demo": None,
+    "export": {"submission"},
 }
 CONTROLLER_EXTRA = ("redis", "hiredis", "rq", "prometheus_client", "numpy", "sklearn")
 AGENT_EXTRA = ("serial", "serial_asyncio_fast")
