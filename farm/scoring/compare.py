@@ -164,16 +164,15 @@ def _pct(change: float, baseline: float) -> float | None:
     return None if baseline == 0 else 100.0 * change / baseline
 
 
-def latency_statistic(metric: Metric, sorted_us: Sequence[int]) -> int | None:
-    """The summary's statistic of ascending per-inference latencies: the LoadGen p90 or the
-    early-stopping p90 estimate (None where early stopping does not apply)."""
-    n = len(sorted_us)
+def statistic_index(metric: Metric, n: int) -> int | None:
+    """Where the summary's latency statistic sits in ``n`` ascending latencies: the LoadGen
+    p90's index or the early-stopping p90 estimate's (None where early stopping does not
+    apply, or for no latencies)."""
     if n == 0:
         return None
     if metric.key == "p90_us":
-        return sorted_us[percentile_index(n, 0.9)]
-    es = early_stopping(n, 0.9)
-    return None if es.estimate_index is None else sorted_us[es.estimate_index]
+        return percentile_index(n, 0.9)
+    return early_stopping(n, 0.9).estimate_index
 
 
 def bootstrap_interval(
@@ -188,16 +187,15 @@ def bootstrap_interval(
     """A percentile bootstrap interval of ``statistic(after) - statistic(before)``: both
     runs resampled with replacement (their own sizes), ``resamples`` times, from a seeded
     generator. None when the statistic is undefined for either run."""
-    if latency_statistic(metric, sorted(before_us)) is None:
-        return None
-    if latency_statistic(metric, sorted(after_us)) is None:
+    i = statistic_index(metric, len(before_us))
+    j = statistic_index(metric, len(after_us))
+    if i is None or j is None:
         return None
     rng = random.Random(seed)
     diffs: list[float] = []
     for _ in range(resamples):
-        a = latency_statistic(metric, sorted(rng.choices(before_us, k=len(before_us))))
-        b = latency_statistic(metric, sorted(rng.choices(after_us, k=len(after_us))))
-        assert a is not None and b is not None  # same sizes as above
+        a = sorted(rng.choices(before_us, k=len(before_us)))[i]
+        b = sorted(rng.choices(after_us, k=len(after_us)))[j]
         diffs.append(float(b - a))
     diffs.sort()
     tail = (1.0 - confidence) / 2
