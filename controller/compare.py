@@ -318,21 +318,27 @@ def rows(comparison: Comparison) -> list[dict[str, Any]]:
 
 def listing(comparison: Comparison) -> Listing:
     """The verdicts as a table (``--format table|csv|markdown``)."""
-    bases = ", ".join(b.id for b in comparison.baseline)
+    newest = comparison.baseline[-1]
+    against = (
+        newest.id
+        if len(comparison.baseline) == 1
+        else f"the median of {len(comparison.baseline)} sweeps {newest.label!r} "
+        f"(newest {newest.id})"
+    )
     return Listing(
-        f"sweep {comparison.sweep.id} against {bases}",
+        f"sweep {comparison.sweep.id} against {against}",
         [
             Column("board", "board"),
             Column("benchmark", "bench"),
-            Column("mode", "mode", rank=2),
+            Column("mode", "mode", rank=3),
             Column("metric", "metric"),
             Column("verdict", "verdict"),
-            Column("baseline", "baseline", number(".6g"), rank=1, justify="right"),
-            Column("current", "current", number(".6g"), rank=1, justify="right"),
+            Column("baseline", "baseline", number(".6g"), rank=2, justify="right"),
+            Column("current", "current", number(".6g"), rank=2, justify="right"),
             Column("change_pct", "change %", number("+.2f"), justify="right"),
-            Column("threshold", "± noise", number(".3g"), rank=2, justify="right"),
+            Column("threshold", "± noise", number(".3g"), rank=3, justify="right"),
             Column("history", "history", rank=3, justify="right"),
-            Column("samples_text", "changed samples", rank=2),
+            Column("samples_text", "changed samples", rank=1),
             Column("what_changed", "what changed", rank=1),
             Column("note", "note", rank=3),
         ],
