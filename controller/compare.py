@@ -41,6 +41,8 @@ log = get_logger(__name__)
 
 #: Earlier sweeps the spread is taken from, at most.
 DEFAULT_HISTORY = 20
+#: Sweeps read per round trip while looking for a label's good sweeps.
+SCAN_PAGE = 200
 #: Identity fields a run hash holds today (the rest come from its ``identity`` JSON field).
 RUN_IDENTITY = ("board", "agent", "options", "dataset")
 
@@ -134,14 +136,20 @@ class RedisHistory:
         return found
 
     def good_sweeps(self, label: str, before: float, limit: int) -> list[SweepInfo]:
-        """Finished sweeps with the label, newest last (scanning back from ``before``)."""
+        """Finished sweeps with the label, newest last (scanning back from ``before``, a
+        page of sweeps per round trip)."""
         found: list[SweepInfo] = []
-        for sweep_id in self.client.zrevrangebyscore(keys.SWEEPS, f"({before}", "-inf"):
-            info = self.sweep(sweep_id)
-            if info is not None and info.label == label and info.state == "finished":
-                found.append(info)
-                if len(found) >= limit:
-                    break
+        ids = self.client.zrevrangebyscore(keys.SWEEPS, f"({before}", "-inf")
+        for start in range(0, len(ids), SCAN_PAGE):
+            page = ids[start : start + SCAN_PAGE]
+            pipe = self.client.pipeline(transaction=False)
+            for sweep_id in page:
+                pipe.hmget(keys.sweep(sweep_id), ["label", "created", "state"])
+            for sweep_id, (got, created, state) in zip(page, pipe.execute(), strict=True):
+                if got == label and state == "finished":
+                    found.append(SweepInfo(sweep_id, got, float(created or 0), state))
+                    if len(found) >= limit:
+                        return found[::-1]
         return found[::-1]
 
     def samples(self, run: StoredRun) -> list[dict[str, Any]] | None:
