@@ -1,6 +1,7 @@
 """The controller's commands: ``farm controller worker|ingest|exporter`` (processes) and the
-client commands ``farm submit``, ``farm status``, ``farm sweeps``, ``farm show``, ``farm cancel``
-and ``farm demo``; ``controller.broker_cli`` adds ``farm broker``.
+client commands ``farm submit``, ``farm status``, ``farm sweeps``, ``farm show``,
+``farm compare``, ``farm cancel`` and ``farm demo``; ``controller.broker_cli`` adds
+``farm broker``.
 
 Every command finds Redis, the broker and the results directory through ``--redis``,
 ``--broker``, ``--results`` or ``FARM_REDIS_URL``, ``FARM_MQTT_URL``, ``FARM_RESULTS_DIR``;
@@ -523,6 +524,59 @@ def _print_results(report: dict[str, Any], fmt: str) -> None:
     emit(fmt, listings, report, console)
 
 
+def compare(
+    sweep_id: Annotated[str, typer.Argument(help="The sweep to judge")],
+    baseline: Annotated[
+        str | None,
+        typer.Argument(help="A baseline sweep id (default: the last good sweep of its label)"),
+    ] = None,
+    against: Annotated[
+        str | None,
+        typer.Option(help="Baseline: the last --last good sweeps with this label, e.g. nightly"),
+    ] = None,
+    last: Annotated[
+        int, typer.Option(min=1, max=100, help="Good sweeps the baseline is the median of")
+    ] = 1,
+    history: Annotated[
+        int,
+        typer.Option(min=1, max=1000, help="Earlier good sweeps the run-to-run spread is from"),
+    ] = 20,
+    redis: RedisOpt = None,
+    fmt: FormatOpt = "table",
+    json_out: JsonOpt = False,
+) -> None:
+    """Verdicts per board × benchmark × mode and metric (better, same or worse, the change
+    and its uncertainty, what changed between the runs) against a baseline; exits 1 when
+    anything regressed."""
+    fmt = _format(fmt, json_out)
+    if baseline is not None and against is not None:
+        raise fail("give a baseline sweep or --against LABEL, not both")
+    client = _redis(_settings(redis, None, None))
+    from controller.compare import (
+        Baseline,
+        CompareError,
+        RedisHistory,
+        document,
+        listing,
+    )
+    from controller.compare import (
+        compare as compare_sweeps,
+    )
+    from controller.render import emit
+
+    try:
+        result = compare_sweeps(
+            RedisHistory(client),
+            sweep_id,
+            Baseline(sweep=baseline, label=against, last=last),
+            history=history,
+        )
+    except CompareError as exc:
+        raise fail(str(exc)) from None
+    emit(fmt, [listing(result)], document(result), console)
+    raise typer.Exit(1 if result.regressed else 0)
+
+
 def cancel(
     target: Annotated[str, typer.Argument(help="A sweep id or a run id")],
     redis: RedisOpt = None,
@@ -753,7 +807,7 @@ def redis_acl(
 def register(app: typer.Typer) -> None:
     """Add the controller's commands to the ``farm`` command line (the ``tinyfarm.cli`` entry
     point ``controller``)."""
-    for command in (submit, status, sweeps, show, cancel, demo):
+    for command in (submit, status, sweeps, show, compare, cancel, demo):
         app.command()(_redis_errors(command))
     app.add_typer(controller_app, name="controller")
     export_app.command("submission")(_redis_errors(export_submission))

@@ -31,6 +31,7 @@ COMMANDS = {
     "status": None,
     "sweeps": None,
     "show": None,
+    "compare": None,
     "cancel": None,
     "demo": None,
     "export": {"submission"},
