@@ -1,4 +1,5 @@
-"""Fixtures: simulated DUTs on real ptys, opened by the agent's real serial client."""
+"""Fixtures: simulated DUTs on real ptys, opened by the agent's real serial client; a
+controller lab (``lab``, which a test module may define otherwise)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from farm.sim.dut import DutCounter, SimDut
 from farm.sim.faults import FaultPlan, FaultSpec
 from farm.sim.latency import LatencyModel
 from farm.sim.pty_port import PtyPort
+from tests.integration.controller_lab import ControllerLab, start_controller_lab
 
 
 @dataclass
@@ -82,3 +84,14 @@ async def direct_board(tmp_path: Path) -> AsyncIterator[BoardFactory]:
         await board.link.close()
         await board.dut.stop()
         await board.port.close()
+
+
+@pytest.fixture
+async def lab(tmp_path: Path) -> AsyncIterator[ControllerLab]:
+    """A broker and a flushed Redis database (:func:`start_controller_lab`), everything the test
+    added to it stopped at the end."""
+    farm = await start_controller_lab(tmp_path)
+    try:
+        yield farm
+    finally:
+        await farm.stop()

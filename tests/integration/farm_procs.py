@@ -14,6 +14,7 @@ import signal
 import socket
 import sys
 import textwrap
+import urllib.request
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -566,3 +567,9 @@ async def stop_lab(lab: Lab) -> None:
     await lab.observer.stop()
     await lab.sim.stop()
     await lab.broker.stop()
+
+
+def fetch(url: str) -> str:
+    """The body of a GET of ``url`` (10 s at most)."""
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.read().decode()

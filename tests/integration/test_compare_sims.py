@@ -12,14 +12,12 @@ injected night restarts the boards' simulator with the changed settings."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 from controller import keys
 from tests.integration.compare_data import by_metric
-from tests.integration.controller_lab import ControllerLab, start_controller_lab
+from tests.integration.controller_lab import ControllerLab
 from tests.integration.farm_procs import agent_proc, start_sim, wait_until
 
 AGENT = "pi-a"
@@ -58,14 +56,6 @@ def boards_yaml(*, slower: float = 1.0, quality: float = 0.9, energy: float | No
         )
     return text
 
-
-@pytest.fixture
-async def lab(tmp_path: Path) -> AsyncIterator[ControllerLab]:
-    farm = await start_controller_lab(tmp_path)
-    try:
-        yield farm
-    finally:
-        await farm.stop()
 
 
 async def start(lab: ControllerLab, boards: str) -> list[str]:

@@ -13,7 +13,6 @@ import os
 import signal
 import statistics
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -25,7 +24,7 @@ from farm.catalog import get_benchmark
 from farm.messages import RunOptions
 from farm.sim.config import DEFAULT_MEDIAN_S, DEFAULT_QUALITY
 from farm.wire import wire_time
-from tests.integration.controller_lab import REDIS_URL, ControllerLab, start_controller_lab
+from tests.integration.controller_lab import REDIS_URL, ControllerLab
 from tests.integration.farm_procs import Observer, alive, descendants, wait_until
 
 #: Short windows: the numbers are exact whatever the window length.
@@ -71,14 +70,6 @@ def interleaved_commands(transcript: Path) -> list[float]:
                 waiting = False
     return found
 
-
-@pytest.fixture
-async def lab(tmp_path: Path) -> AsyncIterator[ControllerLab]:
-    farm = await start_controller_lab(tmp_path)
-    try:
-        yield farm
-    finally:
-        await farm.stop()
 
 
 async def test_submit_ic_on_every_board_gives_the_ground_truth(lab: ControllerLab) -> None:

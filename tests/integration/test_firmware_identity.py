@@ -10,7 +10,6 @@ import csv
 import hashlib
 import io
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -20,19 +19,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from controller import history
 from controller.exporter import make_registry
 from farm.protocol.dut_firmware import PROFILE
-from tests.integration.controller_lab import ControllerLab, start_controller_lab
+from tests.integration.controller_lab import ControllerLab
 
 QUICK = json.dumps({"min_window_s": 0.5, "calibration_s": 0.2})
 BOARD = "- {id: ic-1, model: ic01, vendor: acme-labs, latency: {median_s: 0.004, spread: 0}}\n"
 
-
-@pytest.fixture
-async def lab(tmp_path: Path) -> AsyncIterator[ControllerLab]:
-    farm = await start_controller_lab(tmp_path)
-    try:
-        yield farm
-    finally:
-        await farm.stop()
 
 
 async def test_a_run_carries_the_identity_of_the_image_that_produced_it(

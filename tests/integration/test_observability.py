@@ -32,7 +32,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.controller_lab import ControllerLab
-from tests.integration.farm_procs import Mosquitto, Proc, free_port, wait_until
+from tests.integration.farm_procs import Mosquitto, Proc, fetch, free_port, wait_until
 from tests.tls_certs import Pki
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -245,11 +245,6 @@ async def lab(tmp_path: Path) -> AsyncIterator[ObservabilityLab]:
     finally:
         await farm.stop()
         client.flushdb()
-
-
-def fetch(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return response.read().decode()
 
 
 async def test_dashboards_and_alerts_work_on_a_simulated_sweep(

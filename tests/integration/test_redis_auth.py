@@ -11,7 +11,6 @@ import pickle
 import re
 import subprocess
 import time
-import urllib.request
 import zlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -25,7 +24,7 @@ from rq.job import JobStatus
 from controller import keys
 from controller.queueing import fetch_job, queue
 from tests.integration.controller_lab import ControllerLab, start_controller_lab
-from tests.integration.farm_procs import Proc, farm_command, free_port, wait_until
+from tests.integration.farm_procs import Proc, farm_command, fetch, free_port, wait_until
 from tests.integration.redis_server import RedisServer
 
 BOARDS = "- {id: ic-1, model: ic01, quality: 0.7, latency: {median_s: 0.002, spread: 0}}\n"
@@ -55,11 +54,6 @@ async def acl_lab(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterat
     finally:
         await lab.stop()
         private.stop()
-
-
-def fetch(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return response.read().decode()
 
 
 async def test_the_farm_runs_a_sweep_and_the_exporter_reads_it_as_acl_users(

@@ -11,13 +11,11 @@ baud) with the official 10 s windows and exports a closed-division tree.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 from controller.submission import ACCURACY_PATTERNS, PERFORMANCE_PATTERN
-from tests.integration.controller_lab import ControllerLab, start_controller_lab
+from tests.integration.controller_lab import ControllerLab
 
 QUICK = json.dumps({"min_window_s": 0.5, "calibration_s": 0.2})
 #: kws01 whole, in the official order (a stratified limit reorders even a complete set, which
@@ -28,14 +26,6 @@ KWS_BOARD = (
     "latency: {median_s: 0.002, spread: 0}}\n"
 )
 
-
-@pytest.fixture
-async def lab(tmp_path: Path) -> AsyncIterator[ControllerLab]:
-    farm = await start_controller_lab(tmp_path)
-    try:
-        yield farm
-    finally:
-        await farm.stop()
 
 
 async def _sweep(lab: ControllerLab, *options: str) -> str:
