@@ -1,7 +1,7 @@
 """The nightly full-suite sweep, scheduled by RQ itself (``rq cron``) instead of a systemd timer:
 for labs that prefer the queue to own the schedule. Use one or the other, not both.
 
-    rq cron --url "$FARM_REDIS_URL" /etc/tinyfarm/rq-cron/nightly.py
+    RQ_REDIS_URL="$FARM_REDIS_URL" rq cron /etc/tinyfarm/rq-cron/nightly.py
     docker compose --profile rq-cron up -d            (the compose stack's `cron` service)
 
 ``rq cron`` enqueues, at 01:00 local time (the scheduler's TZ), a job on the controller's
