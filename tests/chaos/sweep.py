@@ -27,6 +27,7 @@ from typing import Any
 import redis
 
 from controller import keys
+from controller.deadline import SLACK
 from controller.estimate import SETUP_ALLOWANCE_S, estimate_run_s
 from controller.jobs import MAX_ATTEMPTS
 from farm.catalog import get_benchmark
@@ -104,12 +105,18 @@ def estimate_s(mode: str) -> float:
     return estimate - SETUP_ALLOWANCE_S + SETUP_S
 
 
+def deadline_s(mode: str) -> float:
+    """How long after its dispatch a run of ``mode`` is given up without progress: the
+    controller's own rule (``SLACK`` x the estimate, controller/deadline.py)."""
+    return SLACK * estimate_s(mode)
+
+
 def sweep_bound_s() -> float:
     """How long the sweep may take at worst by the controller's own rules: a board runs its
     three runs one after another, each dispatched at most ``MAX_ATTEMPTS`` times and each
-    dispatch given up at its deadline (2 x the estimate, controller/deadline.py), plus a
-    minute for process starts and scoring on a loaded machine."""
-    return sum(MAX_ATTEMPTS * 2 * estimate_s(mode) for mode in MODES) + 60
+    dispatch given up at its deadline, plus a minute for process starts and scoring on a
+    loaded machine."""
+    return sum(MAX_ATTEMPTS * deadline_s(mode) for mode in MODES) + 60
 
 
 @dataclass

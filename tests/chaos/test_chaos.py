@@ -39,8 +39,8 @@ from tests.chaos.sweep import (
     START_S,
     RunResult,
     board_faulted_sweep,
+    deadline_s,
     dispatched_again,
-    estimate_s,
     fault_mid_sweep,
     reconnect_by,
     stored_more,
@@ -164,7 +164,7 @@ async def test_a_killed_worker_supervisor_restarted_loses_no_run(
     # estimate, controller/deadline.py); a run it lost would be handed back by the new
     # supervisor's reaper once the lease lapsed (shorter: START_S + LEASE_TTL_S + 2 x
     # INTERVAL_S).
-    deadline = 2 * max(estimate_s(mode) for mode in MODES)
+    deadline = max(deadline_s(mode) for mode in MODES)
     bound = max(deadline, START_S + LEASE_TTL_S + 2 * INTERVAL_S) + POLL_S + LATE_S
     took = await fault_mid_sweep(
         lab,
@@ -224,7 +224,7 @@ async def test_a_broker_stopped_for_10_s_without_persistence_loses_nothing(
     # Progress resumes as with persistence, unless the rest of a run was lost with the
     # broker: then its dispatch is given up at its deadline (controller/deadline.py: SLACK x
     # the estimate, moved only by samples stored) and dispatched again.
-    deadline = 2 * max(estimate_s(mode) for mode in MODES)
+    deadline = max(deadline_s(mode) for mode in MODES)
     bound = max(broker_back_by(), deadline + POLL_S + LATE_S)
     took = await fault_mid_sweep(
         lab,
