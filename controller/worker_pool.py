@@ -32,6 +32,7 @@ import ctypes
 import gc
 import importlib
 import logging
+import mmap
 import os
 import signal
 import time
@@ -56,7 +57,9 @@ JOB_MODULES = ("controller.jobs", "controller.reaper", "rq")
 SCORING_MODULES = ("controller.results", "numpy", "sklearn.metrics")
 #: After the first stop signal, a worker still running a job gets a cold shutdown: its run goes
 #: on at the agent and the next worker takes it up from the stored samples (a warm one would
-#: wait for the whole run to end, minutes or hours).
+#: wait for the whole run to end, minutes or hours). An idle worker is left to finish its warm
+#: shutdown: it has nothing to hand back, and on a loaded machine stopping RQ's scheduler
+#: process alone can take longer than this.
 HANDBACK_S = 3.0
 #: After the first stop signal, whatever is left of a worker (its process group: RQ's scheduler
 #: process too) is killed; the run is then the reaper's, as after a crash.
@@ -129,6 +132,9 @@ class WorkerPool:
         self.name = name
         self.burst = burst
         self.slots = [_Slot(i) for i in range(processes)]
+        #: One byte per slot, shared with the forked workers: 1 while that worker runs a job.
+        #: The supervisor reads it without a round trip to Redis (which may be what is down).
+        self._busy = mmap.mmap(-1, processes)
         self._stopping: int | None = None
         self._stop_at = 0.0
 
@@ -215,7 +221,7 @@ class WorkerPool:
                 log.warning("worker_killed", slot=slot.index, pid=slot.pid, waited_s=waited)
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(slot.pid, signal.SIGKILL)
-            elif waited >= HANDBACK_S and slot.escalation < 1:
+            elif waited >= HANDBACK_S and slot.escalation < 1 and self._busy[slot.index]:
                 slot.escalation = 1
                 log.info("worker_cold_shutdown", slot=slot.index, pid=slot.pid)
                 with contextlib.suppress(ProcessLookupError):
@@ -275,7 +281,7 @@ class WorkerPool:
                 # Until RQ installs its own handlers in work(), a stop is only noted.
                 signal.signal(sig, _note_early_stop)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOPS)
-            code = self._worker(name, parent)
+            code = self._worker(slot.index, name, parent)
         except BaseException:
             log.exception("worker_crashed", slot=slot.index)
         finally:
@@ -285,7 +291,7 @@ class WorkerPool:
             finally:
                 os._exit(code)
 
-    def _worker(self, name: str | None, parent: int) -> int:
+    def _worker(self, index: int, name: str | None, parent: int) -> int:
         """The body of a forked worker: its own Redis connection and RQ's work loop."""
         with contextlib.suppress(OSError, AttributeError):  # Linux only
             ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -296,7 +302,8 @@ class WorkerPool:
         from controller.queueing import SERIALIZER
 
         connection = Redis.from_url(self.redis_url)
-        worker = _worker_class()(
+        self._busy[index] = 0  # a previous worker in this slot may have died mid-job
+        worker = _worker_class(self._busy, index)(
             self.queues, connection=connection, name=name, serializer=SERIALIZER
         )
         worker.work(burst=self.burst, with_scheduler=True)
@@ -330,8 +337,9 @@ def _note_early_stop(signum: int, frame: FrameType | None) -> None:
     _early_stops.append(signum)
 
 
-def _worker_class() -> type:
-    """RQ's ``SimpleWorker``, stoppable at any moment and promptly.
+def _worker_class(busy: mmap.mmap, index: int) -> type:
+    """RQ's ``SimpleWorker``, stoppable at any moment and promptly, that marks
+    ``busy[index]`` while it runs a job (the supervisor's cold shutdown is for those only).
 
     RQ registers a worker before it installs its signal handlers: a stop in between killed it
     with the default action and left its registration behind. Here such a stop is noted and
@@ -351,7 +359,11 @@ def _worker_class() -> type:
         def perform_job(self, job: Any, queue: Any, execution: Any) -> bool:
             reason = refusal(job)
             if reason is None:
-                return bool(super().perform_job(job, queue, execution))
+                busy[index] = 1
+                try:
+                    return bool(super().perform_job(job, queue, execution))
+                finally:
+                    busy[index] = 0
             log.error("job_refused", job=job.id, queue=queue.name, reason=reason)
             # Failed for good, and nothing of it run: no retry, no callback, no webhook.
             job.retries_left = 0
