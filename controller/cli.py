@@ -348,7 +348,7 @@ def submit(
             )
         console.print(sweep_id, highlight=False)
     if wait:
-        from controller.report import sweep_report
+        from controller.sweep_view import sweep_report
 
         code = follow(client, sweep_id, quiet=json_out)
         report = sweep_report(client, sweep_id)
@@ -508,7 +508,7 @@ def show(
     latency percentiles and why a result is not valid (csv: one line per run)."""
     fmt = _format(fmt, json_out)
     client = _redis(_settings(redis, None, None))
-    from controller.report import sweep_report
+    from controller.sweep_view import sweep_report
 
     report = sweep_report(client, sweep_id)
     if report is None:
@@ -518,7 +518,7 @@ def show(
 
 def _print_results(report: dict[str, Any], fmt: str) -> None:
     from controller.render import emit
-    from controller.report import results_listings, run_listing
+    from controller.sweep_view import results_listings, run_listing
 
     listings = [run_listing(report)] if fmt == "csv" else results_listings(report)
     emit(fmt, listings, report, console)
@@ -584,7 +584,7 @@ def cancel(
 ) -> None:
     """Cancel a sweep's unfinished runs, or one run."""
     client = _redis(_settings(redis, None, None))
-    from controller.report import cancel as cancel_runs
+    from controller.sweep_view import cancel as cancel_runs
 
     cancelled = cancel_runs(client, target)
     if cancelled is None:
@@ -633,7 +633,7 @@ def demo(
     json_out = fmt == "json"
     settings = _settings(redis, broker, results)
     from controller.demo import DemoError, DemoFarm, stop_left_running
-    from controller.report import sweep_report
+    from controller.sweep_view import sweep_report
 
     if stop is not None:
         try:

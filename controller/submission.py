@@ -37,7 +37,7 @@ from typing import Any
 
 from controller import keys
 from controller.render import Column, Listing, number
-from controller.report import PAGE_ORDER
+from controller.sweep_view import PAGE_ORDER
 from farm import scoring
 from farm.catalog import BenchmarkError, get_benchmark
 from farm.datasets import official_rows

@@ -57,7 +57,6 @@ def boards_yaml(*, slower: float = 1.0, quality: float = 0.9, energy: float | No
     return text
 
 
-
 async def start(lab: ControllerLab, boards: str) -> list[str]:
     await lab.add_agent(AGENT, boards, dataset_limit=SAMPLES)
     await lab.start_controller(workers=4)

@@ -71,7 +71,6 @@ def interleaved_commands(transcript: Path) -> list[float]:
     return found
 
 
-
 async def test_submit_ic_on_every_board_gives_the_ground_truth(lab: ControllerLab) -> None:
     await lab.add_agent("pi-a", IC_BOARDS)
     await lab.add_agent("pi-b", MIXED_BOARDS)

@@ -25,7 +25,6 @@ QUICK = json.dumps({"min_window_s": 0.5, "calibration_s": 0.2})
 BOARD = "- {id: ic-1, model: ic01, vendor: acme-labs, latency: {median_s: 0.004, spread: 0}}\n"
 
 
-
 async def test_a_run_carries_the_identity_of_the_image_that_produced_it(
     lab: ControllerLab,
 ) -> None:

@@ -27,7 +27,6 @@ KWS_BOARD = (
 )
 
 
-
 async def _sweep(lab: ControllerLab, *options: str) -> str:
     _, out, _ = await lab.farm(
         "submit",

@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 
 from agent.runner import RunInfo, RunSettings
-from controller.report import SUMMARY_KEYS
 from controller.results import SUMMARY_FILE, ResultsError, RunSummary, finish_run
+from controller.sweep_view import SUMMARY_KEYS
 from farm.catalog import get_benchmark
 from farm.dataset_synth import synth_dataset
 from farm.datasets import load_dataset, official_rows

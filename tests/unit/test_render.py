@@ -12,7 +12,7 @@ import pytest
 from rich.console import Console
 
 from controller.render import emit, table
-from controller.report import SUMMARY_KEYS, results_listings, run_listing
+from controller.sweep_view import SUMMARY_KEYS, results_listings, run_listing
 
 PROBLEM = "subset: 10 of 1000 rows (not valid for submission)"
 
