@@ -551,7 +551,8 @@ def compare(
     fmt = _format(fmt, json_out)
     if baseline is not None and against is not None:
         raise fail("give a baseline sweep or --against LABEL, not both")
-    client = _redis(_settings(redis, None, None))
+    settings = _settings(redis, None, None)
+    client = _redis(settings)
     from controller.compare import (
         Baseline,
         CompareError,
@@ -566,7 +567,7 @@ def compare(
 
     try:
         result = compare_sweeps(
-            RedisHistory(client),
+            RedisHistory(client, settings.results),
             sweep_id,
             Baseline(sweep=baseline, label=against, last=last),
             history=history,

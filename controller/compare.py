@@ -4,7 +4,11 @@ the runs and their data).
 
 Where the runs come from is a :class:`HistorySource`: :class:`RedisHistory` reads the
 controller's sweeps and runs (``controller.keys``) and the per-sample files of their
-artifacts (``samples.jsonl``); a store of past run summaries can stand in for it.
+artifacts (``samples.jsonl``). A sweep older than the run retention (``FARM_RUN_RETENTION_S``)
+has left those keys: its completed runs' summaries are then read from
+:mod:`controller.history`, which keeps them for good, and its samples from its folder while
+the folder is there (without them a latency verdict rests on the summaries' percentiles and
+the history's spread, and an accuracy change cannot be listed by sample).
 
 The baseline (:class:`Baseline`): one sweep, or the last N good sweeps with a label before
 the compared one (good: finished, every run ended). The run-to-run spread of each metric
@@ -23,6 +27,7 @@ from typing import Any, Protocol
 
 import redis
 
+from controller import history as run_history
 from controller import keys
 from controller.render import Column, Listing, number
 from controller.store import sweep_runs
@@ -54,6 +59,9 @@ FIRMWARE_IDENTITY = {
     "software": "agent_version",
 }
 
+#: The identity fields the run history keeps (no run options, no dataset).
+HISTORY_IDENTITY = frozenset({"board", "agent", *FIRMWARE_IDENTITY.values()})
+
 
 class CompareError(ValueError):
     """The comparison cannot be made (unknown sweep, no baseline): the message says why."""
@@ -80,6 +88,9 @@ class StoredRun:
     summary: Mapping[str, Any]
     identity: Mapping[str, Any] = field(default_factory=dict)
     artifacts: str = ""
+    from_history: bool = False
+    """Read from the run history (a trimmed sweep): its identity holds only
+    :data:`HISTORY_IDENTITY`."""
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -105,23 +116,37 @@ class HistorySource(Protocol):
 
 
 class RedisHistory:
-    """The controller's Redis: ``farm:sweeps``, the sweep and run hashes; samples from the
-    run folder's ``samples.jsonl``."""
+    """The controller's Redis: ``farm:sweeps``, the sweep and run hashes, and for sweeps
+    trimmed from those the run history (:mod:`controller.history`); samples from the run
+    folder's ``samples.jsonl``. ``results``: the results directory, where a trimmed sweep's
+    run folders are (``<results>/<sweep>/<board>/<benchmark>/<mode>``); None: not read."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, results: Path | None = None) -> None:
         self.client = client
+        self.results = results
 
     def sweep(self, sweep_id: str) -> SweepInfo | None:
-        """The sweep's hash, or None."""
+        """The sweep's hash; for a trimmed sweep its history (finished, created at its first
+        run's end); None when neither knows it."""
         raw = self.client.hgetall(keys.sweep(sweep_id))
-        if not raw:
+        if raw:
+            return SweepInfo(
+                sweep_id,
+                raw.get("label", ""),
+                float(raw.get("created") or 0),
+                raw.get("state", ""),
+            )
+        first = self.client.zscore(keys.HISTORY_SWEEPS, sweep_id)
+        if first is None:
             return None
-        return SweepInfo(
-            sweep_id, raw.get("label", ""), float(raw.get("created") or 0), raw.get("state", "")
-        )
+        label = self.client.hget(keys.HISTORY_SWEEP_LABELS, sweep_id) or ""
+        return SweepInfo(sweep_id, label, first, "finished")
 
     def completed_runs(self, sweep_id: str) -> list[StoredRun]:
-        """The sweep's runs that completed with a summary."""
+        """The sweep's runs that completed with a summary (from the history once the sweep
+        was trimmed)."""
+        if not self.client.exists(keys.sweep(sweep_id)):
+            return [self._from_history(e) for e in run_history.sweep_entries(self.client, sweep_id)]
         found = []
         for run_id, run in sweep_runs(self.client, sweep_id):
             if run.get("state") != "completed" or not run.get("summary"):
@@ -151,7 +176,8 @@ class RedisHistory:
 
     def good_sweeps(self, label: str, before: float, limit: int) -> list[SweepInfo]:
         """Finished sweeps with the label, newest last (scanning back from ``before``, a
-        page of sweeps per round trip)."""
+        page of sweeps per round trip), then, older than those, trimmed sweeps from the
+        history."""
         found: list[SweepInfo] = []
         ids = self.client.zrevrangebyscore(keys.SWEEPS, f"({before}", "-inf")
         for start in range(0, len(ids), SCAN_PAGE):
@@ -164,7 +190,41 @@ class RedisHistory:
                     found.append(SweepInfo(sweep_id, got, float(created or 0), state))
                     if len(found) >= limit:
                         return found[::-1]
+        # Trimming goes oldest first, so every trimmed sweep is older than any kept one.
+        live = set(ids)
+        for old in run_history.sweeps(self.client, label):
+            if len(found) >= limit:
+                break
+            if old.id not in live and old.first < before:
+                found.append(SweepInfo(old.id, old.label, old.first, "finished"))
         return found[::-1]
+
+    def _from_history(self, entry: run_history.Entry) -> StoredRun:
+        """A trimmed sweep's run, as its history entry has it."""
+        summary = {k: getattr(entry, k) for k in run_history.NUMBERS}
+        summary.update(samples=entry.samples, valid=entry.valid, target_met=entry.target_met)
+        identity: dict[str, Any] = {"board": entry.board}
+        if entry.agent:
+            identity["agent"] = entry.agent
+        if entry.firmware is not None:
+            stored = entry.firmware.to_json()
+            identity.update(
+                {key: stored[f] for f, key in FIRMWARE_IDENTITY.items() if stored[f] is not None}
+            )
+        folder = ""
+        if self.results is not None:
+            where = self.results / entry.sweep / entry.board / entry.benchmark / entry.mode
+            folder = str(where)
+        return StoredRun(
+            entry.run,
+            entry.board,
+            entry.benchmark,
+            entry.mode,
+            summary,
+            identity,
+            folder,
+            from_history=True,
+        )
 
     def samples(self, run: StoredRun) -> list[dict[str, Any]] | None:
         """``samples.jsonl`` of the run's folder (None when the folder is gone)."""
@@ -218,6 +278,15 @@ def _point(source: HistorySource, run: StoredRun, with_samples: bool) -> RunPoin
     return RunPoint(run.id, run.summary, run.identity, latencies, accuracy)
 
 
+def _changes(before: StoredRun, after: StoredRun) -> tuple[IdentityChange, ...]:
+    """What changed between two runs, in the fields both could have recorded."""
+    a, b = before.identity, after.identity
+    if before.from_history or after.from_history:
+        a = {k: v for k, v in a.items() if k in HISTORY_IDENTITY}
+        b = {k: v for k, v in b.items() if k in HISTORY_IDENTITY}
+    return identity_changes(a, b)
+
+
 def _by_key(runs: Iterable[StoredRun]) -> dict[tuple[str, str, str], StoredRun]:
     # A sweep holds one run per board × benchmark × mode.
     return {r.key: r for r in runs}
@@ -268,7 +337,7 @@ def compare(
         )
         changed: tuple[IdentityChange, ...] = ()
         if now is not None and before:
-            changed = identity_changes(before[-1].identity, now.identity)
+            changed = _changes(before[-1], now)
         verdicts.append(
             RunVerdicts(
                 *key,

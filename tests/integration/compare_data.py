@@ -1,6 +1,7 @@
 """Sweeps written into Redis the way the controller stores them (``controller.keys``: the
-sweep hash, ``farm:sweeps``, the run hashes with their ``summary`` and ``artifacts``, and a
-run folder holding ``samples.jsonl``), for ``farm compare``'s tests."""
+sweep hash, ``farm:sweeps``, the run hashes with their ``summary`` and ``artifacts``, a
+run folder holding ``samples.jsonl``, and each run's entry in the run history), for ``farm
+compare``'s tests."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 
 import redis
 
-from controller import keys
+from controller import history, keys
 from controller.results import RunSummary
 
 
@@ -70,6 +71,7 @@ def store_sweep(
             "options": "{}",
             "label": label,
             "state": "completed",
+            "finished_at": created + 0.5,
             "summary": json.dumps(summary.to_json()),
             "artifacts": str(folder),
         }
@@ -77,6 +79,7 @@ def store_sweep(
             fields["firmware"] = json.dumps(run.firmware)
         client.rpush(keys.sweep_runs(sweep_id), run_id)
         client.hset(keys.run(run_id), mapping=fields)
+        history.record(client, fields)
 
 
 def accuracy_records(predicted: Sequence[int], labels: Sequence[int]) -> list[dict[str, Any]]:

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from controller import keys
+from controller.retention import trim_sweeps
 from tests.integration.compare_data import (
     FakeRun,
     accuracy_records,
@@ -145,6 +147,39 @@ async def test_ten_identical_nights_raise_no_false_alarm(
         assert doc["baseline"] == [f"sw-{n - 1}"] and len(doc["history"]) == n
         verdicts = {k: m["verdict"] for k, m in by_metric(doc).items()}
         assert set(verdicts.values()) == {"same"}, verdicts
+
+
+async def test_sweeps_trimmed_from_redis_are_judged_from_the_history(
+    client: redis.Redis, tmp_path: Path
+) -> None:
+    """Past the run retention a sweep's hashes leave Redis; the verdicts that used it stay
+    the same, read from the run history and the run folders."""
+    rng = random.Random(3)
+    for n in range(6):
+        store_sweep(client, tmp_path, f"sw-{n}", "nightly", 1000.0 + n, night(rng))
+    store_sweep(
+        client, tmp_path, "sw-6", "nightly", 1006.0, night(rng, slower=1.03, firmware="sha-b")
+    )
+    env = {"FARM_REDIS_URL": REDIS_URL, "FARM_RESULTS_DIR": str(tmp_path)}
+    args = ["compare", "sw-6", "--against", "nightly", "--last", "5", "--json"]
+    code, before, errs = await farm_command(args, env, 120)
+    assert code == 1, errs
+    assert trim_sweeps(client, 0, 1003.5) == ["sw-0", "sw-1", "sw-2", "sw-3"]
+    assert not client.exists(keys.sweep("sw-2"), keys.run("sw-2-r000"))
+    code, after, errs = await farm_command(args, env, 120)
+    assert code == 1, errs
+    kept, judged = json.loads(before), json.loads(after)
+    assert judged["baseline"] == kept["baseline"] == [f"sw-{n}" for n in range(1, 6)]
+    assert judged["history"] == kept["history"]
+    assert by_metric(judged) == by_metric(kept)
+    # A trimmed sweep as the baseline: its firmware identity is in the history too.
+    code, out, errs = await farm_command(["compare", "sw-6", "sw-2", "--json"], env, 120)
+    assert code == 1, errs
+    perf = by_metric(json.loads(out))[("b-perf", "performance", "throughput_ips")]
+    assert perf["verdict"] == "worse"
+    assert perf["what_changed"] == [
+        {"field": "firmware_sha256", "what": "firmware image", "before": "sha-a", "after": "sha-b"}
+    ]
 
 
 async def test_bad_input_is_one_line_and_status_2(client: redis.Redis, tmp_path: Path) -> None:
