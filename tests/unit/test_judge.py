@@ -1,8 +1,9 @@
 """A sweep's end and its verdict against a real Redis (database 6, flushed per test): the sweep
-is finished exactly once however many workers end its last runs together, and queues one
-judge job when ``farm submit --verdict`` asked for it; the judge stores a label's first
-night as "no baseline" and a slower night as worse with its cause; the report's settings.
-(tests/integration/test_nightly.py runs the whole loop with simulated boards and RQ.)"""
+is finished exactly once however many workers end its last runs together (or the reaper
+fails the last one), and queues one judge job when ``farm submit --verdict`` asked for it;
+the judge stores a label's first night as "no baseline" and a slower night as worse with its
+cause; the report's settings. (tests/integration/test_nightly.py runs the whole loop with
+simulated boards and RQ workers.)"""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import redis
 from controller import keys
 from controller.judge import close_sweep, judge, report_settings, report_url
 from controller.queueing import queue
+from controller.reaper import reap
 from controller.settings import Settings
 from controller.store import rq_connection
 from controller.sweeps import QUEUES
@@ -111,6 +113,19 @@ def test_a_sweep_with_a_run_going_stays_open_and_one_without_a_request_is_not_ju
     assert judge_jobs(client) == []
 
 
+def test_a_last_run_the_reaper_fails_ends_its_sweep(client: redis.Redis) -> None:
+    """A run whose worker died (no lease, no RQ job left) is failed by the reaper: as the
+    sweep's last run, its end queues the judge job as a run job's end would."""
+    ended_sweep(client, "sw-lost", VerdictRequest(), ["completed", "running"])
+    lost = "sw-lost-r001"
+    client.hset(keys.run(lost), mapping={"board": "b-1", "dispatched_at": 0, "job": "run-gone"})
+    client.sadd(keys.RUNS_ACTIVE, lost)
+    assert reap(client, rq_connection(client)) == [lost]
+    assert client.hget(keys.run(lost), "state") == "failed"
+    assert client.hget(keys.sweep("sw-lost"), "state") == "finished"
+    assert judge_jobs(client) == ["judge-sw-lost"]
+
+
 def performance_night(throughput: float, firmware: str) -> list[FakeRun]:
     identity = {"image": "kws01-performance.bin", "sha256": firmware}
     return [
@@ -146,7 +161,7 @@ def test_the_first_night_has_no_baseline_and_a_slower_night_is_worse_with_its_ca
     assert verdicts[("b-same", "throughput_ips")].verdict == "same"
     assert second.regressions == 1
     assert load(client, "sw-2") == second
-    assert client.hget(keys.sweep("sw-2"), "verdict") == "REGRESSED: 1 worse of 2 metrics"
+    assert client.hget(keys.sweep("sw-2"), "verdict") == "REGRESSED: 1 worse, 1 same"
     assert latest(client) == {"nightly": "sw-2"}
     if importlib.util.find_spec("controller.reports") is None:
         # This controller has no report writer: the verdicts are stored all the same.
