@@ -158,6 +158,7 @@ def worker(
     """RQ workers executing run jobs, forked from one process that runs the lease reaper."""
     settings = _settings(redis, broker, results, (mqtt_ca, mqtt_cert, mqtt_key))
     _redis(settings)  # one clear line if Redis is not there
+    from controller.judge import report_settings
     from controller.retention import run_retention_s, samples_retention_s
     from controller.sweeps import QUEUE_ORDER
 
@@ -165,6 +166,7 @@ def worker(
         # Jobs and the reaper read them: a bad value is said now, not at every run.
         samples_retention_s()
         run_retention_s()
+        report_settings(settings)
     except ValueError as exc:
         raise fail(str(exc)) from None
     from controller.worker_pool import WorkerPool, preload
@@ -282,11 +284,38 @@ def submit(
     wait: Annotated[
         bool, typer.Option(help="Follow the sweep live; exit 1 if a run fails")
     ] = False,
+    verdict: Annotated[
+        bool,
+        typer.Option(
+            "--verdict",
+            help="Once finished, judge it against its baseline as farm compare does, write "
+            "its report and export the verdicts (farm_verdict)",
+        ),
+    ] = False,
+    against: Annotated[
+        str | None,
+        typer.Option(help="With --verdict: the baseline's label (default: the sweep's own)"),
+    ] = None,
+    last: Annotated[
+        int | None,
+        typer.Option(
+            min=1, max=100, help="With --verdict: the baseline is the median of N good sweeps"
+        ),
+    ] = None,
+    report_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="With --verdict: the report goes to DIR/<sweep>/ on the workers' host "
+            "(default: FARM_REPORT_DIR)"
+        ),
+    ] = None,
     redis: RedisOpt = None,
     broker: BrokerOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Queue a sweep: every matching board × benchmark × mode; prints the sweep id."""
+    if not verdict and (against is not None or last is not None or report_dir is not None):
+        raise fail("--against, --last and --report-dir go with --verdict")
     settings = _settings(redis, broker, None)
     from controller.sweeps import (
         MODES,
@@ -298,6 +327,7 @@ def submit(
     from controller.sweeps import (
         submit as submit_sweep,
     )
+    from controller.verdicts import VerdictRequest
     from farm.messages import RunOptions
 
     if suite not in (None, "full"):
@@ -329,6 +359,11 @@ def submit(
             label=label,
             priority=priority,
             options=RunOptions.model_validate({**json.loads(options or "{}"), "limit": limit}),
+            verdict=VerdictRequest(
+                against, last or 1, None if report_dir is None else str(report_dir.absolute())
+            )
+            if verdict
+            else None,
         )
         client = _redis(settings)
         sweep_id, run_ids, skipped = submit_sweep(client, spec)
@@ -492,6 +527,7 @@ def sweeps(redis: RedisOpt = None, fmt: FormatOpt = "table", json_out: JsonOpt =
             Column("runs", "runs", justify="right"),
             Column("completed", "completed", justify="right"),
             Column("failed", "failed", justify="right"),
+            Column("verdict", "verdict", rank=1),
         ],
         found,
     )

@@ -6,9 +6,11 @@ prometheus-client (one metrics file per forked work-horse): nothing is counted i
 Every metric is declared in :mod:`controller.metrics`.
 
 **What a scrape reads** (three pipelined round trips): the agents' and boards' hashes, the
-ingest counters, the RQ queue lengths, the sweep index, and the runs of the sweeps still
-running. A run that ended is final (``controller.jobs`` never reopens it), so it is read and
-counted once: its outcome goes into the ``farm_runs_finished_total`` and
+ingest counters, the RQ queue lengths, the sweep index, the runs of the sweeps still
+running, and the index of the latest judged sweep per label (:mod:`controller.verdicts`),
+whose verdict record is read only when it names another sweep than the last scrape saw. A
+run that ended is final (``controller.jobs`` never reopens it), so it is read and counted
+once: its outcome goes into the ``farm_runs_finished_total`` and
 ``farm_run_failures_total`` counters and, if it completed, its summary may become the latest
 result of its board × benchmark × mode. A finished sweep is read once too and then only
 remembered (label, size, submission time). The first scrape after a start therefore reads
@@ -56,6 +58,7 @@ from controller.metrics_http import MetricsAccess, serve
 from controller.queueing import queue
 from controller.settings import Settings, redacted
 from controller.sweeps import QUEUE_ORDER
+from controller.verdicts import VERDICT_VALUES, VerdictRecord
 from farm.catalog import BenchmarkError, get_benchmark
 from farm.logs import get_logger
 
@@ -154,6 +157,8 @@ class FarmCollector:
         self._failures: Counter[tuple[str, str]] = Counter()
         self._latest: dict[tuple[str, str, str], _Result] = {}
         self._quality_scale: dict[str, float | None] = {}
+        self._verdicts: dict[str, VerdictRecord] = {}
+        """The latest judged sweep's record, by label (read again when another sweep is)."""
         self.last_duration_s = 0.0
 
     # prometheus_client asks for this at registration; nothing to declare up front.
@@ -190,15 +195,23 @@ class FarmCollector:
         pipe.smembers(keys.BOARDS)
         pipe.hgetall(keys.INGEST_COUNTERS)
         pipe.zrange(keys.SWEEPS, 0, -1)
+        pipe.hgetall(keys.VERDICTS_LATEST)
         for _, queue_key, deferred_key, started_key in self._queues:
             pipe.llen(queue_key)
             pipe.zcard(deferred_key)
             pipe.zcard(started_key)
-        agents_set, boards_set, ingest, sweep_ids, *queue_counts = pipe.execute()
+        agents_set, boards_set, ingest, sweep_ids, judged, *queue_counts = pipe.execute()
         agents = sorted(agents_set)
         boards = sorted(boards_set)
         new_sweeps = [s for s in sweep_ids if s not in self._sweeps]
         open_sweeps = [s for s in sweep_ids if s in self._sweeps and not self._sweeps[s].closed]
+        for label in [label for label in self._verdicts if label not in judged]:
+            del self._verdicts[label]
+        new_verdicts = [
+            (label, sweep_id)
+            for label, sweep_id in sorted(judged.items())
+            if label not in self._verdicts or self._verdicts[label].sweep != sweep_id
+        ]
 
         # 2: agents, boards, the sweeps not seen yet (hash and run list), the open sweeps' state.
         pipe = c.pipeline(transaction=False)
@@ -213,6 +226,8 @@ class FarmCollector:
             pipe.lrange(keys.sweep_runs(sweep_id), 0, -1)
         for sweep_id in open_sweeps:
             pipe.hget(keys.sweep(sweep_id), "state")
+        for _, sweep_id in new_verdicts:
+            pipe.hgetall(keys.sweep_verdict(sweep_id))
         replies = iter(pipe.execute())
         agent_rows = [next(replies) for _ in agents]
         board_rows = [next(replies) for _ in boards]
@@ -229,6 +244,8 @@ class FarmCollector:
             sweep_state[sweep_id] = state
         for sweep_id in open_sweeps:
             sweep_state[sweep_id] = next(replies)
+        for label, sweep_id in new_verdicts:
+            self._remember_verdict(label, sweep_id, next(replies))
 
         # 3: the runs of every sweep not closed that were not counted as ended yet.
         reading = [s for s in sweep_state if s in self._sweeps]
@@ -264,6 +281,7 @@ class FarmCollector:
         families += self._queue_families(queue_counts, live)
         families += self._sweep_families(len(sweep_ids))
         families += self._result_families()
+        families += self._verdict_families()
         families += ingest_counter_families(
             {k: int(_float(v)) for k, v in ingest.items()}, "farm_ingest"
         )
@@ -283,6 +301,17 @@ class FarmCollector:
         latest = self._latest.get(key)
         if latest is None or finished_at >= latest.finished_at:
             self._latest[key] = _Result(finished_at, run["summary"])
+
+    def _remember_verdict(self, label: str, sweep_id: str, raw: dict[str, str]) -> None:
+        """Keep the label's latest verdict record; a record gone (its sweep trimmed) or
+        unreadable shows nothing for the label."""
+        self._verdicts.pop(label, None)
+        if not raw:
+            return
+        try:
+            self._verdicts[label] = VerdictRecord.from_hash(sweep_id, raw)
+        except (ValueError, TypeError) as exc:
+            log.warning("exporter_bad_verdict", sweep=sweep_id, error=str(exc))
 
     # -- families -------------------------------------------------------------------------------
 
@@ -477,6 +506,35 @@ class FarmCollector:
                     },
                 )
         return list(f.values())
+
+    def _verdict_families(self) -> list[Metric]:
+        verdict = _spec_family("farm_verdict")
+        change = _spec_family("farm_verdict_change_ratio")
+        regressions = _spec_family("farm_sweep_regressions")
+        judged_at = _spec_family("farm_sweep_verdict_timestamp_seconds")
+        info = _spec_family("farm_sweep_verdict_info")
+        for label, record in sorted(self._verdicts.items()):
+            shown = label or NO_LABEL
+            for row in record.rows:
+                value = VERDICT_VALUES.get(row.verdict)
+                if value is None:  # new or missing: no run on one side
+                    continue
+                labels = [shown, row.board, row.benchmark, row.mode, row.metric]
+                verdict.add_metric(labels, value)
+                if isinstance(row.change_pct, int | float) and math.isfinite(row.change_pct):
+                    change.add_metric(labels, row.change_pct / 100)
+            regressions.add_metric([shown], float(record.regressions))
+            judged_at.add_metric([shown], record.judged_at)
+            info.add_metric(
+                [shown, record.state],
+                {
+                    "sweep": label_value(record.sweep),
+                    "baseline": label_value(record.baseline[-1] if record.baseline else ""),
+                    # A link: never shortened (label_value would cut a long one).
+                    "report_url": record.report_url,
+                },
+            )
+        return [verdict, change, regressions, judged_at, info]
 
 
 def make_registry(client: redis.Redis, **options: Any) -> tuple[CollectorRegistry, FarmCollector]:

@@ -40,6 +40,7 @@ from rq.timeouts import JobTimeoutException
 from controller import history, keys
 from controller.deadline import RunDeadline
 from controller.estimate import SETUP_ALLOWANCE_S, estimate_run_s, samples_expected
+from controller.judge import close_sweep, judge, report_settings
 from controller.retention import retire_run_detail, samples_retention_s
 from controller.settings import Settings, redacted
 from controller.store import (
@@ -100,8 +101,19 @@ def execute_run(run_id: str) -> str:
     return RunJob(connect(settings.redis_url), settings, run_id).execute()
 
 
+def judge_sweep(sweep_id: str) -> str:
+    """The RQ entry point of a finished sweep's verdict (queued by
+    :func:`controller.judge.close_sweep` when ``farm submit --verdict`` asked for one):
+    compare, report, store; return the verdict's one-line summary."""
+    settings = Settings.resolve()
+    reports, template = report_settings(settings)
+    record = judge(connect(settings.redis_url), sweep_id, reports=reports, url_template=template)
+    return record.summary()
+
+
 #: The nightly sweep's ``farm`` arguments: the same as deploy/systemd/tinyfarm-nightly.service.
-NIGHTLY = ("submit", "--suite", "full", "--boards", "all", "--label", "nightly")
+#: ``--verdict``: once it has finished, it is judged against the night before.
+NIGHTLY = ("submit", "--suite", "full", "--boards", "all", "--label", "nightly", "--verdict")
 
 
 def submit_nightly() -> str:
@@ -215,22 +227,10 @@ class RunJob:
             # The run hash now holds the summary, the finish time and the firmware.
             history.record(self.client, get_run(self.client, self.run_id))
         retire_run_detail(self.client, self.run_id, samples_retention_s())
-        self._close_sweep()
-        return state
-
-    def _close_sweep(self) -> None:
         sweep_id = self.client.hget(keys.run(self.run_id), "sweep")
-        if not sweep_id:
-            return
-        run_ids = self.client.lrange(keys.sweep_runs(sweep_id), 0, -1)
-        with self.client.pipeline() as pipe:
-            for run_id in run_ids:
-                pipe.hget(keys.run(run_id), "state")
-            states = pipe.execute()
-        if all(s in keys.TERMINAL for s in states):
-            self.client.hset(
-                keys.sweep(sweep_id), mapping={"state": "finished", "finished_at": time.time()}
-            )
+        if sweep_id:
+            close_sweep(self.client, sweep_id)
+        return state
 
     # -- one dispatch ---------------------------------------------------------------------------
 

@@ -5,7 +5,9 @@
 key                                      type     content
 =======================================  =======  ===============================================
 ``farm:sweeps``                          zset     sweep id -> created (unix time)
-``farm:sweep:{sweep}``                   hash     id, spec (JSON), label, created, total, state
+``farm:sweep:{sweep}``                   hash     id, spec (JSON), label, created, total, state,
+                                                  finished_at, verdict (a one-line summary)
+``farm:sweep:{sweep}:verdict``           hash     the sweep's verdicts (:mod:`controller.verdicts`)
 ``farm:sweep:{sweep}:runs``              list     run ids, in submission order
 ``farm:sweep:{sweep}:skipped``           list     JSON ``{"board", "benchmark", "mode", "reason"}``
 ``farm:run:{run}``                       hash     see :data:`RUN_FIELDS`
@@ -29,6 +31,7 @@ key                                      type     content
 ``farm:history:sweeps:last``             zset     sweep id -> its last entry's finish time
 ``farm:history:sweep-labels``            hash     sweep id -> label
 ``farm:history:firmware``                hash     firmware id (12 hex) -> identity JSON
+``farm:verdicts:latest``                 hash     sweep label -> its latest judged sweep
 =======================================  =======  ===============================================
 
 Board ids are unique across the lab (``farm submit --boards id1,id2`` names them); an agent
@@ -50,6 +53,8 @@ HISTORY_SWEEPS = f"{PREFIX}:history:sweeps"
 HISTORY_SWEEPS_LAST = f"{PREFIX}:history:sweeps:last"
 HISTORY_SWEEP_LABELS = f"{PREFIX}:history:sweep-labels"
 HISTORY_FIRMWARE = f"{PREFIX}:history:firmware"
+#: The latest judged sweep of each label (what the exporter reads).
+VERDICTS_LATEST = f"{PREFIX}:verdicts:latest"
 #: Events kept per run (progress events are many; the final ones are what matter).
 EVENTS_KEPT = 500
 #: Command acks kept per agent (the newest): enough for a worker to find the answer to its
@@ -107,6 +112,11 @@ def sweep_runs(sweep_id: str) -> str:
 def sweep_skipped(sweep_id: str) -> str:
     """What a sweep could not run, with the reason."""
     return f"{PREFIX}:sweep:{sweep_id}:skipped"
+
+
+def sweep_verdict(sweep_id: str) -> str:
+    """A sweep's verdicts against its baseline."""
+    return f"{PREFIX}:sweep:{sweep_id}:verdict"
 
 
 def run(run_id: str) -> str:

@@ -7,7 +7,9 @@ values are in base units (``_seconds``, ``_joules``, ``_ratio`` for fractions in
 counter's samples end in ``_total``; metadata is a constant 1 in an ``_info`` metric; labels
 come from a small, bounded set (:data:`LABELS`): never a run id, a sweep id or a sample seq.
 A failure's free-text reason is folded into a short category (:func:`failure_category`), a
-board's health reason is shortened and kept only in ``farm_board_health_info``.
+board's health reason is shortened and kept only in ``farm_board_health_info``. The one sweep
+id served is in ``farm_sweep_verdict_info``: one series per sweep label (its latest judged sweep),
+which the verdict alert and the dashboard link to the report need.
 
 Ingest serves its counters under ``farm_ingest_process_*`` (this process since it started);
 the exporter serves the totals over every ingest process, kept in Redis, under
@@ -33,8 +35,9 @@ log = get_logger("controller.metrics")
 
 #: Every label name a farm metric may carry. ``kind`` is an ingest message kind (six values),
 #: ``queue`` an RQ queue (three), ``quantile`` a latency percentile; ``label`` a sweep's label
-#: (``nightly``: what a lab names its sweeps, not an id); the ``*_info`` metrics carry their
-#: metadata (``software``, ``model``, ...), one series per board or agent.
+#: (``nightly``: what a lab names its sweeps, not an id), ``metric`` a compared metric (six:
+#: controller.verdicts); the ``*_info`` metrics carry their metadata (``software``, ``model``,
+#: ...), one series per board, agent or sweep label.
 LABELS = frozenset(
     {
         "agent",
@@ -47,6 +50,7 @@ LABELS = frozenset(
         "queue",
         "quantile",
         "label",
+        "metric",
         "le",
     }
 )
@@ -65,6 +69,9 @@ INFO_LABELS = frozenset(
         "image_sha256",
         "profile",
         "dut_name",
+        "sweep",
+        "baseline",
+        "report_url",
     }
 )
 #: Longest label value the exporter emits (a health reason, a processor name...).
@@ -304,6 +311,39 @@ EXPORTER: Mapping[str, MetricSpec] = _specs(
         "What produced the latest result: the firmware image's file name and the first 12 hex "
         "digits of its SHA-256, the DUT's profile and name, the agent's version.",
         (*_R, "image", "image_sha256", "profile", "dut_name", "software"),
+    ),
+    # the verdicts of the latest judged sweep of each label (controller.judge)
+    MetricSpec(
+        "farm_verdict",
+        "gauge",
+        "The label's latest judged sweep against its baseline, per metric: -1 worse, 0 same, "
+        "+1 better.",
+        ("label", *_R, "metric"),
+    ),
+    MetricSpec(
+        "farm_verdict_change_ratio",
+        "gauge",
+        "The change behind that verdict, relative to the baseline (-0.03: 3 % lower).",
+        ("label", *_R, "metric"),
+    ),
+    MetricSpec(
+        "farm_sweep_regressions",
+        "gauge",
+        "Metrics judged worse in the label's latest judged sweep.",
+        ("label",),
+    ),
+    MetricSpec(
+        "farm_sweep_verdict_timestamp_seconds",
+        "gauge",
+        "When the label's latest judged sweep was judged (unix time).",
+        ("label",),
+    ),
+    MetricSpec(
+        "farm_sweep_verdict_info",
+        "info",
+        "The label's latest judged sweep: its id, its newest baseline sweep, its state (judged, "
+        "or no baseline on a label's first night) and the URL of its report.",
+        ("label", "state", "sweep", "baseline", "report_url"),
     ),
     # ingest totals over every process (Redis)
     MetricSpec(

@@ -6,7 +6,8 @@ run job renews its board lease every few seconds, so a run that is active while 
 expired lost its worker: the reaper expires exactly that job's entry in RQ's started registry
 and lets RQ's own clean-up handle it, which retries the job (``Retry``) — the run resumes from
 the samples already stored where the mode allows — or fails it and releases the board's next
-job.
+job. A run it fails may be its sweep's last: the reaper then closes the sweep
+(:func:`controller.judge.close_sweep`), as a run job would have.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from rq.utils import now as rq_now
 
 from controller import keys
 from controller.ingest.throttle import Throttle
+from controller.judge import close_sweep
 from controller.queueing import fetch_job, queue
 from controller.retention import (
     retire_run_detail,
@@ -65,6 +67,9 @@ def reap(client: redis.Redis, rq_client: redis.Redis) -> list[str]:
             set_run(client, run_id, state="queued" if retry else "failed")
             if not retry:
                 retire_run_detail(client, run_id, samples_retention_s())
+                # No job will end this run: if it was its sweep's last, the sweep ends here.
+                if run.get("sweep"):
+                    close_sweep(client, run["sweep"])
         log.warning("run_reaped", run=run_id, board=run["board"], rq=state)
     return reaped
 

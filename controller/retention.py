@@ -10,8 +10,8 @@ into a surprising night with redis-cli; 0 deletes them at once). A closed run re
 (the ingest store script), so nothing writes them again.
 
 A finished sweep older than ``FARM_RUN_RETENTION_S`` (default 30 days; by its creation time)
-is trimmed whole by the reaper (:func:`trim_sweeps`): its hash, run list and skipped list,
-and every run's hash, samples and events. Its completed runs' summaries stay in
+is trimmed whole by the reaper (:func:`trim_sweeps`): its hash, run list, skipped list and
+verdicts, and every run's hash, samples and events. Its completed runs' summaries stay in
 :mod:`controller.history` and their folders on disk; ``farm show`` no longer finds the sweep.
 A sweep is trimmed whole, never run by run, so no reader (``farm show``, the exporter) meets
 a sweep whose runs are half gone.
@@ -87,7 +87,12 @@ def trim_sweeps(client: redis.Redis, retention_s: int, now: float) -> list[str]:
             states = pipe.execute()
         if any(state is not None and state not in keys.TERMINAL for state in states):
             continue
-        doomed = [keys.sweep(sweep_id), keys.sweep_runs(sweep_id), keys.sweep_skipped(sweep_id)]
+        doomed = [
+            keys.sweep(sweep_id),
+            keys.sweep_runs(sweep_id),
+            keys.sweep_skipped(sweep_id),
+            keys.sweep_verdict(sweep_id),
+        ]
         for run_id in runs:
             doomed += [keys.run(run_id), keys.run_samples(run_id), keys.run_events(run_id)]
         with client.pipeline(transaction=True) as pipe:

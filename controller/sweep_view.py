@@ -2,7 +2,8 @@
 
 ``farm show SWEEP --json`` prints::
 
-    {"sweep": {"id", "label", "created", "state", "spec", "total", "skipped": [...]},
+    {"sweep": {"id", "label", "created", "state", "spec", "total", "skipped": [...],
+               "verdict": one line | null, "report_url": str | null},
      "runs": [{"id", "board", "agent", "benchmark", "mode", "state", "reason", "attempts",
                "summary": {"throughput_ips", "latency_ms", "top1", "auc", "energy_uj",
                            "p50_us", "p90_us", "p99_us", "p90_early_stop_us", "samples",
@@ -97,6 +98,8 @@ def sweep_report(client: redis.Redis, sweep_id: str) -> dict[str, Any] | None:
             "spec": json.loads(sweep.get("spec") or "{}"),
             "total": int(sweep.get("total") or 0),
             "skipped": skipped,
+            "verdict": sweep.get("verdict") or None,
+            "report_url": client.hget(keys.sweep_verdict(sweep_id), "report_url") or None,
         },
         "runs": runs,
         "boards": boards,
@@ -217,6 +220,7 @@ def results_listings(report: dict[str, Any]) -> list[Listing]:
             Column("notes", "not valid because", lambda v: "; ".join(v) or "-", rank=3),
         ],
         rows,
+        notes=_verdict_note(sweep),
     )
     systems = Listing(
         "systems",
@@ -231,6 +235,14 @@ def results_listings(report: dict[str, Any]) -> list[Listing]:
         notes=LEGEND,
     )
     return [results, systems, firmware_listing(report)]
+
+
+def _verdict_note(sweep: dict[str, Any]) -> list[str]:
+    """The verdict's line (``farm submit --verdict``), with its report's link."""
+    if not sweep.get("verdict"):
+        return []
+    link = f"; report: {sweep['report_url']}" if sweep.get("report_url") else ""
+    return [f"verdict: {sweep['verdict']}{link}"]
 
 
 def firmware_listing(report: dict[str, Any]) -> Listing:

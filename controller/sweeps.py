@@ -24,6 +24,7 @@ from controller import keys
 from controller.estimate import estimate_run_s
 from controller.queueing import fetch_job, queue
 from controller.store import all_boards, new_id, rq_connection
+from controller.verdicts import VerdictRequest
 from farm.catalog import Benchmark, BenchmarkError, get_benchmark
 from farm.messages import Mode, RunOptions
 
@@ -63,6 +64,9 @@ class SweepSpec:
     flash: bool = True
     """Let agents flash boards that hold other firmware (off: each board runs only what it
     holds, as ``farm demo`` does)."""
+    verdict: VerdictRequest | None = None
+    """Judge the sweep against its baseline when it has finished (``farm submit --verdict``:
+    :mod:`controller.judge`)."""
 
     def to_json(self) -> dict[str, Any]:
         """The spec as stored with the sweep."""
@@ -76,6 +80,7 @@ class SweepSpec:
             "priority": self.priority,
             "options": self.options.model_dump(),
             "flash": self.flash,
+            "verdict": None if self.verdict is None else self.verdict.to_json(),
         }
 
 

@@ -66,11 +66,17 @@ HANDBACK_S = 3.0
 KILL_S = 8.0
 #: RQ's pubsub thread reads with this timeout (RQ's own 60 s is how long a stop could wait).
 PUBSUB_READ_S = 1.0
-#: The only functions a worker runs: the project's job functions (what controller.sweeps
-#: enqueues, and the nightly sweep deploy/rq-cron schedules). Anyone who reaches Redis can
-#: enqueue a job, and RQ would run any importable callable (``os.system`` included) with the
-#: worker's rights.
-JOB_FUNCTIONS = frozenset({"controller.jobs.execute_run", "controller.jobs.submit_nightly"})
+#: The only functions a worker runs: the project's job functions (what controller.sweeps and
+#: controller.judge enqueue, and the nightly sweep deploy/rq-cron schedules). Anyone who
+#: reaches Redis can enqueue a job, and RQ would run any importable callable (``os.system``
+#: included) with the worker's rights.
+JOB_FUNCTIONS = frozenset(
+    {
+        "controller.jobs.execute_run",
+        "controller.jobs.judge_sweep",
+        "controller.jobs.submit_nightly",
+    }
+)
 #: The signals that stop the pool (and, passed on, each worker).
 _STOPS = frozenset({signal.SIGTERM, signal.SIGINT})
 #: Linux's ``PR_SET_PDEATHSIG``: a worker gets SIGTERM (a warm shutdown) if the supervisor dies.

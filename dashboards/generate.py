@@ -12,7 +12,8 @@ build, pinned in pyproject.toml, writes). Every panel queries the datasource cho
 
 - **fleet** (``tinyfarm-fleet``): agents and boards up, board states and health (with the
   reason), firmware, queues, runs by state and outcome, failure reasons, sweep progress,
-  ingest rates and rejects. Variables: agent, board.
+  the latest verdicts of each sweep label (linking to the sweep's report), ingest rates and
+  rejects. Variables: agent, board.
 - **benchmarks** (``tinyfarm-benchmarks``): one row per benchmark (repeated over the
   ``benchmark`` variable), every board side by side: published latency, throughput,
   per-inference p90 and its early-stopping estimate, accuracy or AUC and its margin over the
@@ -32,7 +33,11 @@ from pathlib import Path
 from typing import Any
 
 from grafana_foundation_sdk.builders import bargauge, heatmap, stat, table, timeseries
-from grafana_foundation_sdk.builders.common import ReduceDataOptions, StackingConfig
+from grafana_foundation_sdk.builders.common import (
+    ReduceDataOptions,
+    StackingConfig,
+    TableSortByFieldState,
+)
 from grafana_foundation_sdk.builders.dashboard import (
     Dashboard,
     DashboardLink,
@@ -57,8 +62,11 @@ from grafana_foundation_sdk.models.dashboard import (
     DashboardCursorSync,
     DashboardLinkType,
     DataTransformerConfig,
+    DynamicConfigValue,
     Threshold,
     ThresholdsMode,
+    ValueMap,
+    ValueMappingResult,
     VariableRefresh,
     VariableSort,
 )
@@ -232,6 +240,26 @@ def table_panel(
     )
     panel = panel.transformations(transformations)
     return _targets(panel, queries, instant=True, fmt=PromQueryFormat.TABLE)
+
+
+def report_link() -> DashboardLink:
+    """A data link to the row's ``report_url`` (farm_sweep_verdict_info's label), in a new tab."""
+    return (
+        DashboardLink("Open the sweep's report")
+        .type(DashboardLinkType.LINK)
+        .url("${__data.fields.report_url}")
+        .target_blank(True)
+    )
+
+
+#: farm_verdict's values as words, coloured.
+VERDICT_WORDS = ValueMap(
+    {
+        "-1": ValueMappingResult(text="worse", color="red", index=0),
+        "0": ValueMappingResult(text="same", color="text", index=1),
+        "1": ValueMappingResult(text="better", color="green", index=2),
+    }
+)
 
 
 def datasource_variable() -> DatasourceVariable:
@@ -447,6 +475,63 @@ def fleet() -> Dashboard:
                 ],
                 w=24,
             )
+        )
+        .with_row(Row("Nightly verdicts"))
+        .with_panel(
+            table_panel(
+                "Latest judged sweep per label: metrics worse than its baseline",
+                [
+                    (
+                        "farm_sweep_regressions * on (label) "
+                        "group_left (sweep, baseline, state, report_url) farm_sweep_verdict_info",
+                        "",
+                    )
+                ],
+                hide=("Time", "__name__", "instance", "job"),
+                rename={"Value": "worse", "state": "verdict"},
+                description="farm submit --verdict: once a sweep has finished it is judged "
+                "against its baseline (the last good sweep of its label). Click a row for "
+                "its report; 'no baseline' is a label's first night.",
+                w=24,
+                h=6,
+            )
+            .data_links([report_link()])
+            .sort_by([TableSortByFieldState().display_name("worse").desc(True)])
+        )
+        .with_panel(
+            table_panel(
+                "Latest verdicts per metric (worse first)",
+                [
+                    (
+                        'farm_verdict{board=~"$board"} * on (label) group_left '
+                        "(sweep, report_url) farm_sweep_verdict_info",
+                        "",
+                    ),
+                    (
+                        'farm_verdict_change_ratio{board=~"$board"} * on (label) group_left '
+                        "(sweep, report_url) farm_sweep_verdict_info",
+                        "",
+                    ),
+                ],
+                merge=True,
+                hide=("Time", "__name__", "instance", "job"),
+                rename={"Value #A": "verdict", "Value #B": "change"},
+                description="The latest judged sweep of each label against its baseline: "
+                "worse, same or better beyond each metric's noise (farm compare's verdicts), "
+                "and the change relative to the baseline. Click a row for the sweep's report.",
+                w=24,
+                h=10,
+            )
+            .data_links([report_link()])
+            .override_by_name(
+                "verdict",
+                [
+                    DynamicConfigValue("mappings", [VERDICT_WORDS]),
+                    DynamicConfigValue("custom.cellOptions", {"type": "color-text"}),
+                ],
+            )
+            .override_by_name("change", [DynamicConfigValue("unit", "percentunit")])
+            .sort_by([TableSortByFieldState().display_name("verdict")])
         )
         .with_row(Row("Ingest"))
         .with_panel(

@@ -7,8 +7,11 @@ for labs that prefer the queue to own the schedule. Use one or the other, not bo
 ``rq cron`` enqueues, at 01:00 local time (the scheduler's TZ), a job on the controller's
 high-priority queue; a `farm controller worker` runs it: ``controller.jobs.submit_nightly``,
 ``farm submit`` with the same arguments as tinyfarm-nightly.service, so the sweep's own runs
-queue at normal priority. The command reads Redis from the worker's own FARM_REDIS_URL. A
-failed submit lands in RQ's failed-job registry (``rq info --serializer json``).
+queue at normal priority, and once they have ended its verdict job (``--verdict``:
+``controller.jobs.judge_sweep``, on the high-priority queue) compares it with the night
+before, writes the report and stores the verdicts the exporter serves. The command reads
+Redis from the worker's own FARM_REDIS_URL. A failed submit lands in RQ's failed-job
+registry (``rq info --serializer json``).
 
 Only one ``rq cron`` process should run for a Redis: two would enqueue the sweep twice.
 """

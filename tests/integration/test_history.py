@@ -203,6 +203,7 @@ def test_old_finished_sweeps_are_trimmed_whole_and_their_history_stays(
         client.hset(keys.sweep(sweep_id), mapping={"state": state, "label": "nightly"})
         client.rpush(keys.sweep_runs(sweep_id), *runs)
         client.rpush(keys.sweep_skipped(sweep_id), "{}")
+        client.hset(keys.sweep_verdict(sweep_id), "state", "judged")
         for run_id, run_state in runs.items():
             client.hset(keys.run(run_id), mapping={"state": run_state, "sweep": sweep_id})
             client.hset(keys.run_samples(run_id), "0", "{}")
@@ -215,7 +216,12 @@ def test_old_finished_sweeps_are_trimmed_whole_and_their_history_stays(
 
     assert trim_sweeps(client, retention_s=5000, now=10_000.0) == ["old"]
     assert client.zrange(keys.SWEEPS, 0, -1) == ["going", "new"]
-    gone = [keys.sweep("old"), keys.sweep_runs("old"), keys.sweep_skipped("old")]
+    gone = [
+        keys.sweep("old"),
+        keys.sweep_runs("old"),
+        keys.sweep_skipped("old"),
+        keys.sweep_verdict("old"),
+    ]
     for run_id in ("o1", "o2"):
         gone += [keys.run(run_id), keys.run_samples(run_id), keys.run_events(run_id)]
     assert client.exists(*gone) == 0

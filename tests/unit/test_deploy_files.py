@@ -319,7 +319,9 @@ def test_farm_command_lines_parse(where: str, argv: list[str]) -> None:
 def test_the_nightly_sweep_is_the_same_command_in_both_schedulers() -> None:
     (timer_line,) = values(SYSTEMD / "tinyfarm-nightly.service", "Service", "ExecStart")
     argv = shlex.split(timer_line)
-    assert argv[1:] == ["submit", "--suite", "full", "--boards", "all", "--label", "nightly"]
+    assert argv[1:] == [
+        *("submit", "--suite", "full", "--boards", "all", "--label", "nightly", "--verdict")
+    ]
     assert list(NIGHTLY) == argv[1:]  # what the rq cron job runs
 
 

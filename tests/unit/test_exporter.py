@@ -35,6 +35,7 @@ from controller.metrics import (
     failure_category,
 )
 from controller.metrics_http import MetricsAccess, _Handler
+from controller.verdicts import VerdictRecord, VerdictRow, store
 from farm.messages import PROTOCOL_VERSION
 
 REDIS_URL = "redis://127.0.0.1:6379/12"
@@ -469,12 +470,95 @@ def check_conventions(text: str, catalogue: dict[str, Any]) -> set[str]:
     return seen
 
 
+#: A judged night: two metrics worse, one same, one better, one run missing tonight.
+NIGHT = (
+    ("kws-1", "kws01", "performance", "throughput_ips", "worse", -2.913, "nothing recorded"),
+    ("kws-1", "kws01", "latency", "p90_us", "worse", 3.0, "firmware image a.bin -> b.bin"),
+    ("kws-1", "kws01", "accuracy", "top1", "same", 0.0, "nothing recorded"),
+    ("ad-1", "ad01", "accuracy", "auc", "better", 1.25, "nothing recorded"),
+    ("ic-1", "ic01", "performance", "throughput_ips", "missing", None, "nothing recorded"),
+)
+REPORT = "https://lab.example/reports/{}/index.html"
+
+
+def judge_night(
+    client: redis.Redis, sweep: str, label: str, rows: tuple[tuple[Any, ...], ...], at: float
+) -> bool:
+    """Store a judged sweep as the judge job does (controller.verdicts.store)."""
+    record = VerdictRecord(
+        sweep,
+        label,
+        "judged" if rows else "no baseline",
+        at,
+        ("sw-base",) if rows else (),
+        tuple(VerdictRow(*r) for r in rows),
+        report_url=REPORT.format(sweep),
+    )
+    return store(client, record)
+
+
+def verdict_series(samples: Samples) -> dict[tuple[str, ...], float]:
+    return {
+        tuple(dict(labels)[k] for k in ("label", "board", "benchmark", "mode", "metric")): v
+        for labels, v in series(samples, "farm_verdict").items()
+    }
+
+
+def test_the_latest_judged_sweep_of_each_label_is_exported(client: redis.Redis) -> None:
+    now = time.time()
+    small_farm(client, now)  # sw-old (a day ago) and sw-new (10 minutes ago), both nightly
+    assert judge_night(client, "sw-old", "nightly", NIGHT, now - 3600)
+    registry, _ = make_registry(client, clock=lambda: now)
+    _, s, types = scrape(registry)
+
+    assert verdict_series(s) == {
+        ("nightly", "kws-1", "kws01", "performance", "throughput_ips"): -1,
+        ("nightly", "kws-1", "kws01", "latency", "p90_us"): -1,
+        ("nightly", "kws-1", "kws01", "accuracy", "top1"): 0,
+        ("nightly", "ad-1", "ad01", "accuracy", "auc"): 1,
+    }  # a run missing on one side has no verdict to show
+    ratio = dict(board="kws-1", benchmark="kws01", mode="performance", metric="throughput_ips")
+    assert value(s, "farm_verdict_change_ratio", label="nightly", **ratio) == -0.02913
+    assert value(s, "farm_sweep_regressions", label="nightly") == 2
+    assert value(s, "farm_sweep_verdict_timestamp_seconds", label="nightly") == now - 3600
+    info = dict(sweep="sw-old", baseline="sw-base", report_url=REPORT.format("sw-old"))
+    assert series(s, "farm_sweep_verdict_info") == {
+        tuple(sorted({"label": "nightly", "state": "judged", **info}.items())): 1
+    }
+    assert types["farm_verdict"] == "gauge"
+
+    # The next night is judged: only it is shown; a first night of another label has no
+    # baseline, and no verdict rows.
+    same = tuple((*r[:4], "same", 0.0, r[6]) for r in NIGHT[:3])
+    assert judge_night(client, "sw-new", "nightly", same, now - 60)
+    bench.put_sweep(client, "sw-canary", [], label="canary", created=now - 30)
+    assert judge_night(client, "sw-canary", "canary", (), now - 20)
+    _, s, _ = scrape(registry)
+    assert set(verdict_series(s).values()) == {0} and len(verdict_series(s)) == 3
+    assert value(s, "farm_sweep_regressions", label="nightly") == 0
+    assert value(s, "farm_sweep_regressions", label="canary") == 0
+    infos = {dict(labels)["sweep"]: dict(labels) for labels in series(s, "farm_sweep_verdict_info")}
+    assert set(infos) == {"sw-new", "sw-canary"}
+    assert infos["sw-canary"]["state"] == "no baseline" and infos["sw-canary"]["baseline"] == ""
+
+    # An older sweep judged late does not replace the label's latest.
+    assert not judge_night(client, "sw-old", "nightly", NIGHT, now)
+    _, s, _ = scrape(registry)
+    assert value(s, "farm_sweep_regressions", label="nightly") == 0
+    # A restarted exporter reads the same; a record gone with its sweep shows nothing.
+    client.delete(keys.sweep_verdict("sw-canary"))
+    _, s, _ = scrape(make_registry(client, clock=lambda: now)[0])
+    assert len(verdict_series(s)) == 3
+    assert set(series(s, "farm_sweep_regressions")) == {(("label", "nightly"),)}
+
+
 def test_names_follow_the_conventions_and_every_declared_metric_is_served(
     client: redis.Redis,
 ) -> None:
     now = time.time()
     bench.seed_fleet(client, boards=12, history=2, now=now)
     small_farm(client, now)  # adds AUC, a failure with a known reason, a health reason
+    judge_night(client, "sw-old", "nightly", NIGHT, now)
     registry, _ = make_registry(client, clock=lambda: now)
     text, _, _ = scrape(registry)
     catalogue = dict(EXPORTER)
@@ -496,12 +580,18 @@ def test_names_follow_the_conventions_and_every_declared_metric_is_served(
 
 
 def test_the_exposition_holds_no_run_or_sweep_id(client: redis.Redis) -> None:
+    """...but the latest judged sweep of each label, in farm_sweep_verdict_info."""
     small_farm(client, time.time())
+    judge_night(client, "sw-old", "nightly", NIGHT, time.time())
     registry, _ = make_registry(client)
     text, _, _ = scrape(registry)
-    for run_id in [*client.lrange(keys.sweep_runs("sw-old"), 0, -1), "sw-old", "sw-new"]:
+    for run_id in [*client.lrange(keys.sweep_runs("sw-old"), 0, -1), "sw-new"]:
         assert run_id not in text
     assert json.dumps("sw-new")[1:-1] not in text
+    assert [line for line in text.splitlines() if "sw-old" in line] == [
+        'farm_sweep_verdict_info{baseline="sw-base",label="nightly",'
+        f'report_url="{REPORT.format("sw-old")}",state="judged",sweep="sw-old"}} 1.0'
+    ]
 
 
 def test_ingest_metrics_with_a_token_answer_401_without_it(tmp_path: Path) -> None:

@@ -124,6 +124,7 @@ def test_every_alert_the_issue_asks_for_is_there() -> None:
         "FarmLatencyRegression",
         "FarmIngestRejectsRising",
         "FarmSweepOverdue",
+        "FarmNightlyRegression",
     } <= alerts
     for group in rules["groups"]:
         for rule in group["rules"]:

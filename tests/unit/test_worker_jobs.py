@@ -10,7 +10,7 @@ import pytest
 import redis
 from rq.job import Callback, Job
 
-from controller.jobs import execute_run, submit_nightly
+from controller.jobs import execute_run, judge_sweep, submit_nightly
 from controller.queueing import SERIALIZER
 from controller.worker_pool import JOB_FUNCTIONS, refusal
 
@@ -23,9 +23,9 @@ def test_every_enqueued_function_is_allowed_and_nothing_else() -> None:
         for path in CONTROLLER.rglob("*.py")
         for name in re.findall(r"\.enqueue\(\s*(\w+)", path.read_text())
     }
-    assert enqueued == {"execute_run"}
+    assert enqueued == {"execute_run", "judge_sweep"}
     # and the nightly sweep deploy/rq-cron schedules (tests/unit/test_deploy_files.py)
-    functions = (execute_run, submit_nightly)
+    functions = (execute_run, judge_sweep, submit_nightly)
     assert {f"{f.__module__}.{f.__qualname__}" for f in functions} == JOB_FUNCTIONS
 
 
