@@ -346,7 +346,7 @@ class FarmCollector:
     def _board_families(self, boards: list[str], rows: list[list[str | None]]) -> list[Metric]:
         state_f = _spec_family("farm_board_state")
         health_f = _spec_family("farm_board_health")
-        health_info = _spec_family("farm_board_health_info")
+        health_info = _spec_family("farm_board_health_reason_info")
         firmware = _spec_family("farm_board_firmware_info")
         info = _spec_family("farm_board_info")
         seen = _spec_family("farm_board_last_seen_timestamp_seconds")

@@ -7,7 +7,7 @@ values are in base units (``_seconds``, ``_joules``, ``_ratio`` for fractions in
 counter's samples end in ``_total``; metadata is a constant 1 in an ``_info`` metric; labels
 come from a small, bounded set (:data:`LABELS`): never a run id, a sweep id or a sample seq.
 A failure's free-text reason is folded into a short category (:func:`failure_category`), a
-board's health reason is shortened and kept only in ``farm_board_health_info``. The one sweep
+board's health reason is shortened and kept only in ``farm_board_health_reason_info``. The one sweep
 id served is in ``farm_sweep_verdict_info``: one series per sweep label (its latest judged sweep),
 which the verdict alert and the dashboard link to the report need.
 
@@ -160,7 +160,7 @@ EXPORTER: Mapping[str, MetricSpec] = _specs(
         (*_B, "state"),
     ),
     MetricSpec(
-        "farm_board_health_info",
+        "farm_board_health_reason_info",
         "info",
         "The board's health and its reason (shortened).",
         (*_B, "state", "reason"),

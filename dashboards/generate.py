@@ -373,7 +373,7 @@ def fleet() -> Dashboard:
         .with_panel(
             table_panel(
                 "Board health and its reason",
-                [(f"farm_board_health_info{{{AB}}}", "")],
+                [(f"farm_board_health_reason_info{{{AB}}}", "")],
                 hide=("Time", "__name__", "Value", "instance", "job"),
                 rename={"state": "health"},
             )
@@ -786,7 +786,7 @@ def board() -> Dashboard:
             table_panel(
                 "Health reason and firmware",
                 [
-                    (f"farm_board_health_info{{{B}}}", ""),
+                    (f"farm_board_health_reason_info{{{B}}}", ""),
                     (f"farm_board_firmware_info{{{B}}}", ""),
                 ],
                 hide=("Time", "__name__", "Value #A", "Value #B", "instance", "job"),

@@ -22,6 +22,10 @@ from typing import Any
 import pytest
 import redis
 from prometheus_client import start_http_server
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as openmetrics_families,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 from controller import keys
@@ -236,7 +240,7 @@ def test_a_scrape_shows_the_farm_as_redis_holds_it(client: redis.Redis) -> None:
     assert value(s, "farm_board_state", board="ic-1", agent="pi-b", state="offline") == 1
     assert sum(series(s, "farm_board_health").values()) == 3
     assert value(s, "farm_board_health", board="ad-1", agent="pi-a", state="bad") == 1
-    health = series(s, "farm_board_health_info")
+    health = series(s, "farm_board_health_reason_info")
     assert (
         ("agent", "pi-a"),
         ("board", "ad-1"),
@@ -565,6 +569,10 @@ def test_names_follow_the_conventions_and_every_declared_metric_is_served(
     seen = check_conventions(text, catalogue)
     declared = {spec.name.removesuffix("_total") for spec in EXPORTER.values()}
     assert declared == seen, (declared - seen, seen - declared)
+    # Prometheus asks for OpenMetrics first: that exposition must parse too (an info metric
+    # named like a gauge plus _info shares its family name and breaks it).
+    families = list(openmetrics_families(generate_openmetrics(registry).decode()))
+    assert {f.name for f in families} >= {"farm_board_health", "farm_board_health_reason"}
 
     metrics = IngestMetrics(Counter({"accepted_samples": 1, "handled": 1}), lambda: 0)
     metrics.observe_samples("b-001", "kws01", [{"count": 1, "latency_us": 900}])
