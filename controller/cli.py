@@ -1,6 +1,6 @@
 """The controller's commands: ``farm controller worker|ingest|exporter`` (processes) and the
 client commands ``farm submit``, ``farm status``, ``farm sweeps``, ``farm show``,
-``farm compare``, ``farm cancel`` and ``farm demo``; ``controller.broker_cli`` adds
+``farm compare``, ``farm report``, ``farm cancel`` and ``farm demo``; ``controller.broker_cli`` adds
 ``farm broker``.
 
 Every command finds Redis, the broker and the results directory through ``--redis``,
@@ -75,6 +75,18 @@ MetricsKeyOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Same as --format json")]
 FormatOpt = Annotated[
     str, typer.Option("--format", help="table (fits the terminal), csv, json or markdown")
+]
+#: What ``farm compare`` and ``farm report`` judge a sweep against.
+BaselineArg = Annotated[
+    str | None,
+    typer.Argument(help="A baseline sweep id (default: the last good sweep of its label)"),
+]
+AgainstOpt = Annotated[
+    str | None,
+    typer.Option(help="Baseline: the last --last good sweeps with this label, e.g. nightly"),
+]
+LastOpt = Annotated[
+    int, typer.Option(min=1, max=100, help="Good sweeps the baseline is the median of")
 ]
 
 
@@ -560,19 +572,17 @@ def _print_results(report: dict[str, Any], fmt: str) -> None:
     emit(fmt, listings, report, console)
 
 
+def _one_baseline(baseline: str | None, against: str | None) -> None:
+    """Exit 2 when both a baseline sweep and ``--against`` are given."""
+    if baseline is not None and against is not None:
+        raise fail("give a baseline sweep or --against LABEL, not both")
+
+
 def compare(
     sweep_id: Annotated[str, typer.Argument(help="The sweep to judge")],
-    baseline: Annotated[
-        str | None,
-        typer.Argument(help="A baseline sweep id (default: the last good sweep of its label)"),
-    ] = None,
-    against: Annotated[
-        str | None,
-        typer.Option(help="Baseline: the last --last good sweeps with this label, e.g. nightly"),
-    ] = None,
-    last: Annotated[
-        int, typer.Option(min=1, max=100, help="Good sweeps the baseline is the median of")
-    ] = 1,
+    baseline: BaselineArg = None,
+    against: AgainstOpt = None,
+    last: LastOpt = 1,
     history: Annotated[
         int,
         typer.Option(min=1, max=1000, help="Earlier good sweeps the run-to-run spread is from"),
@@ -585,8 +595,7 @@ def compare(
     and its uncertainty, what changed between the runs) against a baseline; exits 1 when
     anything regressed."""
     fmt = _format(fmt, json_out)
-    if baseline is not None and against is not None:
-        raise fail("give a baseline sweep or --against LABEL, not both")
+    _one_baseline(baseline, against)
     settings = _settings(redis, None, None)
     client = _redis(settings)
     from controller.compare import (
@@ -612,6 +621,66 @@ def compare(
         raise fail(str(exc)) from None
     emit(fmt, [listing(result)], document(result), console)
     raise typer.Exit(1 if result.regressed else 0)
+
+
+def report(
+    sweep_id: Annotated[str, typer.Argument(help="The sweep to report on")],
+    out: Annotated[
+        Path, typer.Option(help="Folder to write index.html, report.md and the CSV files into")
+    ],
+    baseline: BaselineArg = None,
+    against: AgainstOpt = None,
+    last: LastOpt = 1,
+    history: Annotated[
+        int,
+        typer.Option(
+            min=1, max=1000, help="Earlier good sweeps for the noise and the history plots"
+        ),
+    ] = 20,
+    redis: RedisOpt = None,
+    fmt: Annotated[
+        str, typer.Option("--format", help="table: the page's path; json: what was written")
+    ] = "table",
+    json_out: JsonOpt = False,
+) -> None:
+    """A sweep's report for people (docs/reports.md): a self-contained index.html with the
+    results table, the verdicts against a baseline and plots (latency, per-board bars,
+    energy traces, history), and the same tables as report.md and CSV files. Prints the
+    page's path; exits 0 whatever the verdicts (farm compare fails on a regression)."""
+    fmt = _format(fmt, json_out)
+    if fmt not in ("table", "json"):
+        raise fail(f"--format takes table or json for farm report, not {fmt!r}")
+    _one_baseline(baseline, against)
+    client = _redis(_settings(redis, None, None))
+    try:
+        from controller.compare import Baseline
+        from controller.reports import FILES, ReportError, write_report
+    except ImportError as exc:  # matplotlib, the report's part of the controller extra
+        raise needs_extra("controller", exc) from None
+
+    started = time.perf_counter()
+    try:
+        index = write_report(
+            client,
+            sweep_id,
+            out,
+            Baseline(sweep=baseline, label=against, last=last),
+            history=history,
+        )
+    except ReportError as exc:
+        raise fail(str(exc)) from None
+    if fmt == "json":
+        print(
+            json.dumps(
+                {
+                    "index": str(index),
+                    "files": sorted(f for f in FILES if (index.parent / f).is_file()),
+                    "seconds": round(time.perf_counter() - started, 3),
+                }
+            )
+        )
+    else:
+        print(index)
 
 
 def cancel(
@@ -844,7 +913,7 @@ def redis_acl(
 def register(app: typer.Typer) -> None:
     """Add the controller's commands to the ``farm`` command line (the ``tinyfarm.cli`` entry
     point ``controller``)."""
-    for command in (submit, status, sweeps, show, compare, cancel, demo):
+    for command in (submit, status, sweeps, show, compare, report, cancel, demo):
         app.command()(_redis_errors(command))
     app.add_typer(controller_app, name="controller")
     export_app.command("submission")(_redis_errors(export_submission))

@@ -403,42 +403,68 @@ def _ordered(benchmarks: Iterable[str]) -> list[str]:
     return sorted(set(benchmarks), key=lambda b: (rank.get(b, 99), b))
 
 
+def page_row(
+    submitter: str,
+    board: str,
+    system: Mapping[str, Any],
+    values: Mapping[str, Mapping[str, float | None]],
+    used_models: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """One system's row of the MLPerf Tiny results page: submitter, device, processor,
+    accelerator, software (from ``system``, a systems JSON as :func:`system_json` writes it)
+    and per benchmark of ``values`` (``throughput``, ``accuracy``, ``energy_uj``, as
+    :func:`checker_values` reads them) the latency (ms, 1000 / median throughput), energy
+    (µJ per inference) and accuracy (top-1 % or AUC); ``used_models`` names a renamed
+    model's folder."""
+    row: dict[str, Any] = {
+        "submitter": submitter,
+        "system": board,
+        "availability": system["Status"],
+        "device": system["Board Name"],
+        "processor": system["Processor(s) Name"],
+        "accelerator": system["Accelerator"],
+        "software": system["Inference Framework"] or system["Software Libraries"],
+    }
+    for bench in _ordered(values):
+        throughput = values[bench].get("throughput")
+        row[f"{bench}_latency_ms"] = None if not throughput else 1000 / throughput
+        row[f"{bench}_energy_uj"] = values[bench].get("energy_uj")
+        row[f"{bench}_accuracy"] = values[bench].get("accuracy")
+        name = (used_models or {}).get(bench, model_dir(bench))
+        if name != model_dir(bench):
+            row[f"{bench}_model"] = name
+    return row
+
+
 def results_rows(export: Export) -> list[dict[str, Any]]:
-    """One row per system, as the MLPerf Tiny results page: submitter, device, processor,
-    accelerator, software, and per benchmark latency (ms, 1000 / median throughput), energy
-    (µJ per inference) and, for open, the accuracy (top-1 %) or AUC: read from the tree."""
+    """One row per system, as the MLPerf Tiny results page (:func:`page_row`), read from
+    the tree."""
     assert export.root is not None
     rows = []
     for board in sorted({b for b, _, _ in export.chosen}):
         system = json.loads((export.root / "systems" / f"{board}.json").read_text())
-        row: dict[str, Any] = {
-            "submitter": export.submitter,
-            "system": board,
-            "availability": system["Status"],
-            "device": system["Board Name"],
-            "processor": system["Processor(s) Name"],
-            "accelerator": system["Accelerator"],
-            "software": system["Inference Framework"] or system["Software Libraries"],
-        }
-        for bench in _ordered(n for b, n, _ in export.chosen if b == board):
-            name = export.used_models.get(bench, model_dir(bench))
-            values = checker_values(
-                export.root / "results" / board / name, get_benchmark(bench).metric
+        values = {
+            bench: checker_values(
+                export.root / "results" / board / export.used_models.get(bench, model_dir(bench)),
+                get_benchmark(bench).metric,
             )
-            throughput = values["throughput"]
-            row[f"{bench}_latency_ms"] = None if not throughput else 1000 / throughput
-            row[f"{bench}_energy_uj"] = values["energy_uj"]
-            row[f"{bench}_accuracy"] = values["accuracy"]
-            if name != model_dir(bench):
-                row[f"{bench}_model"] = name
-        rows.append(row)
+            for bench in _ordered(n for b, n, _ in export.chosen if b == board)
+        }
+        rows.append(page_row(export.submitter, board, system, values, export.used_models))
     return rows
 
 
-def results_listing(export: Export) -> Listing:
-    """The results table (``farm export submission``'s output)."""
-    rows = export.table_rows()
-    benches = _ordered(n for _, n, _ in export.chosen)
+def page_listing(
+    title: str,
+    rows: list[dict[str, Any]],
+    benchmarks: Iterable[str],
+    *,
+    accuracy: bool,
+    notes: Sequence[str] = (),
+) -> Listing:
+    """The results page's table of :func:`page_row` rows: the system columns (submitter
+    only when a row names one), then per benchmark latency, energy and, with ``accuracy``,
+    the top-1 % or AUC."""
     columns = [
         Column("submitter", "submitter", rank=2),
         Column("system", "system"),
@@ -447,16 +473,23 @@ def results_listing(export: Export) -> Listing:
         Column("accelerator", "accelerator", rank=2),
         Column("software", "software", rank=2),
     ]
-    for bench in benches:
+    if not any(row.get("submitter") for row in rows):
+        columns = columns[1:]
+    for bench in _ordered(benchmarks):
         alias = model_dir(bench)
         columns.append(Column(f"{bench}_latency_ms", f"{alias} ms", number(".3f"), justify="right"))
         columns.append(
             Column(f"{bench}_energy_uj", f"{alias} µJ", number(".1f"), rank=1, justify="right")
         )
-        if export.division == "open":
+        if accuracy:
             fmt = ".3f" if get_benchmark(bench).metric == "auc" else ".1f"
             heading = f"{alias} AUC" if fmt == ".3f" else f"{alias} top-1 %"
             columns.append(Column(f"{bench}_accuracy", heading, number(fmt), justify="right"))
+    return Listing(title, columns, rows, notes=list(notes))
+
+
+def results_listing(export: Export) -> Listing:
+    """The results table (``farm export submission``'s output)."""
     notes = [
         "latency: ms per inference, 1000 / the median throughput the checker reads; energy: "
         "median µJ per inference (- : no energy run)"
@@ -467,7 +500,13 @@ def results_listing(export: Export) -> Listing:
         ),
     ]
     title = f"{export.division} {export.submitter} ({export.version} rules): {export.root}"
-    return Listing(title, columns, rows, notes=notes)
+    return page_listing(
+        title,
+        export.table_rows(),
+        (n for _, n, _ in export.chosen),
+        accuracy=export.division == "open",
+        notes=notes,
+    )
 
 
 # -- from Redis --------------------------------------------------------------------------------

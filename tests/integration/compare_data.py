@@ -1,7 +1,7 @@
 """Sweeps written into Redis the way the controller stores them (``controller.keys``: the
 sweep hash, ``farm:sweeps``, the run hashes with their ``summary`` and ``artifacts``, a
 run folder holding ``samples.jsonl``, and each run's entry in the run history), for ``farm
-compare``'s tests."""
+compare``'s tests (and the sweep hash for ``farm report``'s)."""
 
 from __future__ import annotations
 
@@ -30,6 +30,30 @@ class FakeRun:
     firmware: dict[str, Any] | None = None
 
 
+def store_sweep_hash(
+    client: redis.Redis,
+    sweep_id: str,
+    label: str,
+    created: float,
+    total: int,
+    *,
+    state: str = "finished",
+) -> None:
+    """The sweep's hash and its place in ``farm:sweeps`` (its runs are the caller's)."""
+    client.hset(
+        keys.sweep(sweep_id),
+        mapping={
+            "id": sweep_id,
+            "label": label,
+            "created": created,
+            "state": state,
+            "total": total,
+            "spec": "{}",
+        },
+    )
+    client.zadd(keys.SWEEPS, {sweep_id: created})
+
+
 def store_sweep(
     client: redis.Redis,
     results: Path,
@@ -41,18 +65,7 @@ def store_sweep(
     state: str = "finished",
 ) -> None:
     """Write a sweep and its completed runs (with their folders under ``results``)."""
-    client.hset(
-        keys.sweep(sweep_id),
-        mapping={
-            "id": sweep_id,
-            "label": label,
-            "created": created,
-            "state": state,
-            "total": len(runs),
-            "spec": "{}",
-        },
-    )
-    client.zadd(keys.SWEEPS, {sweep_id: created})
+    store_sweep_hash(client, sweep_id, label, created, len(runs), state=state)
     for i, run in enumerate(runs):
         run_id = f"{sweep_id}-r{i:03d}"
         folder = results / sweep_id / run.board / run.benchmark / run.mode

@@ -1,14 +1,16 @@
 """Fixtures: simulated DUTs on real ptys, opened by the agent's real serial client; a
-controller lab (``lab``, which a test module may define otherwise)."""
+controller lab (``lab``, which a test module may define otherwise); ``client``, the lab's
+Redis database alone, flushed (for tests that store sweeps themselves)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import redis
 
 from agent.dut_client import DirectChannel, DutClient
 from agent.serial_link import SerialLink
@@ -17,7 +19,7 @@ from farm.sim.dut import DutCounter, SimDut
 from farm.sim.faults import FaultPlan, FaultSpec
 from farm.sim.latency import LatencyModel
 from farm.sim.pty_port import PtyPort
-from tests.integration.controller_lab import ControllerLab, start_controller_lab
+from tests.integration.controller_lab import REDIS_URL, ControllerLab, start_controller_lab
 
 
 @dataclass
@@ -95,3 +97,13 @@ async def lab(tmp_path: Path) -> AsyncIterator[ControllerLab]:
         yield farm
     finally:
         await farm.stop()
+
+
+@pytest.fixture
+def client() -> Iterator[redis.Redis]:
+    """A client of the controller lab's Redis database (``REDIS_URL``), flushed before and
+    after the test."""
+    db = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    db.flushdb()
+    yield db
+    db.flushdb()

@@ -7,7 +7,6 @@ import csv
 import io
 import json
 import random
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,14 +29,6 @@ LABELS = [i % 10 for i in range(20)]
 THROUGHPUT = 250.0
 ENERGY = 120.0
 RIGHT = [*LABELS[:18], (LABELS[18] + 1) % 10, (LABELS[19] + 1) % 10]  # 18 of 20: 90 %
-
-
-@pytest.fixture
-def client() -> Iterator[redis.Redis]:
-    db = redis.Redis.from_url(REDIS_URL, decode_responses=True)
-    db.flushdb()
-    yield db
-    db.flushdb()
 
 
 def night(

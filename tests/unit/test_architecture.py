@@ -157,6 +157,26 @@ def test_a_lazy_import_added_to_the_cli_fails_the_check() -> None:
 
 
 @pytest.mark.parametrize(
+    "path",
+    [
+        p
+        for p in sources("farm") + sources("agent") + sources("controller")
+        if not p.is_relative_to(ROOT / "controller" / "reports")
+    ],
+    ids=lambda p: str(p.relative_to(ROOT)),
+)
+def test_only_the_reports_import_matplotlib(path: Path) -> None:
+    # matplotlib is the controller extra's plotting library: neither a Pi nor the core needs
+    # it, and the other controller modules stay quick to import without it.
+    assert "matplotlib" not in imports(path)
+
+
+def test_the_reports_do_draw_with_matplotlib() -> None:
+    # The test above passes vacuously if the plots moved elsewhere.
+    assert "matplotlib" in imports(ROOT / "controller" / "reports" / "plots.py")
+
+
+@pytest.mark.parametrize(
     "path", sources("agent") + sources("controller"), ids=lambda p: str(p.relative_to(ROOT))
 )
 def test_agent_and_controller_load_no_simulator_code(path: Path) -> None:

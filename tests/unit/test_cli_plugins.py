@@ -32,11 +32,20 @@ COMMANDS = {
     "sweeps": None,
     "show": None,
     "compare": None,
+    "report": None,
     "cancel": None,
     "demo": None,
     "export": {"submission"},
 }
-CONTROLLER_EXTRA = ("redis", "hiredis", "rq", "prometheus_client", "numpy", "sklearn")
+CONTROLLER_EXTRA = (
+    "redis",
+    "hiredis",
+    "rq",
+    "prometheus_client",
+    "numpy",
+    "sklearn",
+    "matplotlib",
+)
 AGENT_EXTRA = ("serial", "serial_asyncio_fast")
 # Import failures are set up before farm.cli is imported, so its entry points see them.
 FARM = """
