@@ -8,8 +8,8 @@ read; `farm sweeps` and `farm show` say the verdict."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
+from pathlib import Path
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -68,15 +68,12 @@ def labelled(**labels: str) -> tuple[tuple[str, str], ...]:
 
 
 def assert_report(record: VerdictRecord) -> None:
-    """The report's link, where this controller has the report writer (controller.reports);
-    without it the verdicts are stored with the reason."""
-    if importlib.util.find_spec("controller.reports") is None:
-        assert record.report_url == "" and record.report_error.startswith(
-            "the report cannot be written here"
-        ), record
-    else:
-        assert record.report_url == REPORT_URL.format(sweep=record.sweep, label="nightly")
-        assert record.report.endswith(f"/{record.sweep}/index.html"), record
+    """The report was written where the record says, and linked with the lab's URL."""
+    assert record.report_error == "", record
+    assert record.report_url == REPORT_URL.format(sweep=record.sweep, label="nightly")
+    assert record.report.endswith(f"/{record.sweep}/index.html"), record
+    page = Path(record.report).read_text()
+    assert record.sweep in page and "<img" in page
 
 
 async def test_two_nights_judged_once_each_exported_with_the_regression_and_its_cause(

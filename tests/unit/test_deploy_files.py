@@ -391,7 +391,11 @@ def test_units_have_the_required_settings() -> None:
     worker = SYSTEMD / "tinyfarm-worker@.service"
     assert values(worker, "Service", "ReadWritePaths")
     # The env file may override the default number of workers the one process forks.
-    assert values(worker, "Service", "Environment") == ["FARM_WORKERS=4"]
+    assert values(worker, "Service", "Environment") == [
+        "FARM_WORKERS=4",
+        "MPLCONFIGDIR=/var/cache/tinyfarm/matplotlib",
+    ]
+    assert "tinyfarm/matplotlib" in values(worker, "Service", "CacheDirectory")[0].split()
     assert values(worker, "Service", "ExecStart")[0].endswith("--processes ${FARM_WORKERS}")
     timer = SYSTEMD / "tinyfarm-nightly.timer"
     assert values(timer, "Timer", "OnCalendar") == ["*-*-* 01:00:00"]
