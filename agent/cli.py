@@ -239,7 +239,12 @@ def run(
     interface: Annotated[
         str | None, typer.Option(help="Energy mode: the interface board's port")
     ] = None,
-    monitor: Annotated[str | None, typer.Option(help="Energy mode: the LPM01A's port")] = None,
+    monitor: Annotated[
+        str | None,
+        typer.Option(
+            help="Energy mode: the LPM01A's port, or js220 (the only one) or js220:SERIAL"
+        ),
+    ] = None,
     limit: Annotated[
         int | None, typer.Option(min=1, help="Only the first N samples (not valid for submission)")
     ] = None,
@@ -267,6 +272,7 @@ def run(
     marked INCOMPLETE.
     """
     try:
+        from agent.energy_monitor import MonitorTarget
         from agent.one_board import RunInputError, RunRequest, prepare, run_one_board
         from agent.runner import RunSettings
         from agent.serial_link import PortNotFound
@@ -290,7 +296,7 @@ def run(
         port=port,
         baud=baud,
         interface=interface,
-        monitor=monitor,
+        monitor=MonitorTarget.parse(monitor) if monitor else None,
         settings=settings,
         alt=alt,
         resume=resume,
