@@ -6,8 +6,9 @@ device's ``open``, ``parameter_set``, ``start``, ``stop``, ``close``, ``info``,
 ``device_path``, ``serial_number`` and ``stream_buffer``; the stream buffer has the real one's
 ``sample_id_range`` (start inclusive, end exclusive, in 1 MS/s sample ids that do not start
 at 0) and ``samples_get(start, stop, fields=...)`` returning ``{"time": ..., "signals":
-{field: {"value": array, "units": ...}}}``, raising ValueError outside the buffered range as
-the real one does. The buffered range grows in chunks, like the USB transfers that fill the
+{field: {"value": array, "units": ...}}}`` for the part of ``[start, stop)`` it holds, as the
+real one does, or raising ValueError where a test makes a fetch fail (the real one's
+``get_range`` can). The buffered range grows in chunks, like the USB transfers that fill the
 real buffer, from a :class:`Profile`: a scripted one with known levels (:class:`Scripted`),
 or one that follows a simulated board's power model and timestamp pin in real time
 (:class:`Live`). ``install`` puts the module in ``sys.modules`` for one test.
@@ -206,12 +207,13 @@ class FakeStreamBuffer:
         self, start: int, stop: int, fields: list[str] | str | None = None
     ) -> dict[str, Any]:
         self.fetches += 1
-        first, end = self._range
         lo, hi = start - self.first_id, stop - self.first_id
-        doomed = lo < self.fail_samples.stop and self.fail_samples.start < hi
-        if doomed or start < first or stop > end:
+        doomed = self.fail_samples and lo < self.fail_samples.stop and self.fail_samples.start < hi
+        if doomed:
             self.failed.append((start, stop))
+            first, end = self._range
             raise ValueError(f"get_range {start}:{stop} out of available range {first}:{end}")
+        start, stop = self._clamp(start, stop)
         names = ["current", "voltage", "current_lsb"] if fields is None else list(fields)
         current, voltage, gpi0 = self.profile.signals(start - self.first_id, stop - self.first_id)
         values = {"current": current, "voltage": voltage, "current_lsb": gpi0}
@@ -223,6 +225,18 @@ class FakeStreamBuffer:
             },
             "signals": {name: {"value": values[name], "units": UNITS[name]} for name in names},
         }
+
+    def _clamp(self, start: int, stop: int) -> tuple[int, int]:
+        """As the real buffer: a request beyond what it holds is cut, not refused."""
+        first, end = self._range
+        start, stop = max(start, first), min(stop, end)
+        if start >= end:
+            start = stop = max(first, end - 1)
+        elif stop < first:
+            start = stop = first
+        elif start > stop:
+            stop = start
+        return start, stop
 
 
 @dataclass
