@@ -239,8 +239,8 @@ class Js220Client:
             self._fail(f"reader failed: {type(exc).__name__}: {exc}")
 
     def _read_once(self) -> bool:
-        """Fetch and bin what the stream buffer holds beyond the last fetch; False if it
-        holds nothing new."""
+        """Fetch and bin (part of) what the stream buffer holds beyond the last fetch; True
+        if more is waiting already (read it at once), False to wait a poll period."""
         buffer = self.device.stream_buffer
         if buffer is None:
             return False
@@ -266,14 +266,14 @@ class Js220Client:
         except (ValueError, KeyError) as exc:
             # The runner's "Sample fetch failed": the range is skipped.
             self._fetch_failed(start, stop, f"{type(exc).__name__}: {exc}")
-            return True
+            return stop < end
         if not len(current) == len(voltage) == len(gpi0) == stop - start:
             # Which samples a short reply holds is unknown: none of them is trusted.
             lengths = [len(current), len(voltage), len(gpi0)]
             self._fetch_failed(start, stop, f"got {lengths} samples for {stop - start}")
-            return True
+            return stop < end
         self._deliver(self._binner.feed(current, voltage, gpi0))
-        return True
+        return stop < end
 
     def _fetch_failed(self, start: int, stop: int, error: str) -> None:
         self.fetch_errors += 1

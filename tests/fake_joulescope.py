@@ -117,7 +117,7 @@ class Live:
     (k+1)/f)`` of the event-loop clock; its current is the power model's energy over that
     period divided by the period and ``voltage_v``; GPI0 is the timestamp pin's level at the
     period's start. Samples are released ``lag_s`` after their period ends (USB latency), so
-    the power model no longer changes under them."""
+    the power model no longer changes under them, ``chunk`` at a time (USB transfers)."""
 
     def __init__(
         self,
@@ -127,11 +127,13 @@ class Live:
         voltage_v: float,
         rate_hz: int = 1_000_000,
         lag_s: float = 0.2,
+        chunk: int = 8_192,
     ) -> None:
         self.power = power
         self.voltage_v = voltage_v
         self.rate_hz = rate_hz
         self.lag_s = lag_s
+        self.chunk = chunk
         self.t0: float | None = None
         self._edges: list[tuple[float, bool]] = []
         self._initial = gpio.level
@@ -153,7 +155,8 @@ class Live:
     def produced(self) -> int:
         if self.t0 is None:
             return 0
-        return max(0, int((time.monotonic() - self.lag_s - self.t0) * self.rate_hz))
+        due = int((time.monotonic() - self.lag_s - self.t0) * self.rate_hz)
+        return max(0, due - due % self.chunk)
 
     def signals(self, start: int, stop: int) -> Signals:
         assert self.t0 is not None
