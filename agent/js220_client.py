@@ -109,14 +109,7 @@ class Js220Client:
     async def open(cls, serial: str | None = None) -> Js220Client:
         """Find the JS220 with USB serial number ``serial`` (``None``: the only one connected)
         and open it."""
-        try:
-            import joulescope
-        except ImportError as exc:
-            raise MonitorUnavailable(
-                f"a JS220 needs the joulescope package (pip install 'tinyfarm[js220]'): {exc}"
-            ) from None
-        devices = await _blocking("JS220 scan", joulescope.scan, config=SCAN_CONFIG)
-        client = cls(pick_js220(devices, serial))
+        client = cls(await _blocking("JS220 scan", find_js220, serial))
         await client._call("open", client.device.open)
         log.info("js220_opened", device=str(client.device))
         return client
@@ -247,6 +240,7 @@ class Js220Client:
         first, end = buffer.sample_id_range
         if first is None or end is None:
             return False
+        first, end = int(first), int(end)
         if self._next_id is None:
             self._next_id = first
         if self._next_id < first:
@@ -346,6 +340,18 @@ async def _blocking(what: str, fn: Callable[..., Any], *args: object, **kwargs: 
         raise
     except Exception as exc:
         raise MonitorUnavailable(f"{what} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def find_js220(serial: str | None) -> Any:
+    """The connected JS220 with USB serial number ``serial`` (``None``: the only one), not
+    opened; blocks while the package scans. Raises :class:`MonitorUnavailable`."""
+    try:
+        import joulescope
+    except ImportError as exc:
+        raise MonitorUnavailable(
+            f"a JS220 needs the joulescope package (pip install 'tinyfarm[js220]'): {exc}"
+        ) from None
+    return pick_js220(joulescope.scan(config=SCAN_CONFIG), serial)
 
 
 def pick_js220(devices: Sequence[Any], serial: str | None) -> Any:
