@@ -158,8 +158,10 @@ class Js220Client:
         if not self.acquiring:
             return
         self.acquiring = False
-        await self._end_reader()
-        await self._call("stop", self.device.stop)
+        try:
+            await self._end_reader()
+        finally:
+            await self._call("stop", self.device.stop)
 
     async def teardown(self) -> None:
         """The runner's end of session: stop streaming (the DUT's supply is not the JS220's)."""
@@ -241,6 +243,8 @@ class Js220Client:
         if first is None or end is None:
             return False
         first, end = int(first), int(end)
+        if end <= first:
+            return False  # nothing buffered yet: the package reports (0, 0) until data comes
         if self._next_id is None:
             self._next_id = first
         if self._next_id < first:

@@ -193,7 +193,7 @@ class FakeStreamBuffer:
         self.profile = profile
         self.first_id = first_id
         self.capacity = capacity
-        self._range = (first_id, first_id)
+        self._range = (0, 0)
         self.fetches = 0
         self.fail_samples = range(0)
         """Profile samples whose fetch fails (ValueError, as the real buffer's can)."""
@@ -202,8 +202,10 @@ class FakeStreamBuffer:
 
     @property
     def sample_id_range(self) -> tuple[int, int]:
-        end = self.first_id + self.profile.produced()
-        self._range = (max(self.first_id, end - self.capacity), end)
+        produced = self.profile.produced()
+        end = self.first_id + produced
+        # Before its first data the real buffer says (0, 0), not where its ids will start.
+        self._range = (max(self.first_id, end - self.capacity), end) if produced else (0, 0)
         return self._range
 
     def samples_get(

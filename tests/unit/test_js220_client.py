@@ -339,3 +339,22 @@ def test_monitor_target_parses_the_run_option() -> None:
     assert MonitorTarget.parse("js220") == MonitorTarget("js220", None)
     assert MonitorTarget.parse("JS220:000415") == MonitorTarget("js220", "000415")
     assert MonitorTarget.parse("/dev/ttyACM2") == MonitorTarget("lpm01a", "/dev/ttyACM2")
+
+
+async def test_an_empty_buffer_before_the_first_data_loses_nothing(
+    client: Js220Client, device: FakeDevice
+) -> None:
+    """The package reports (0, 0) until data comes; the ids then start far from 0."""
+    profile = device.profile
+    assert isinstance(profile, Scripted)
+    profile.limit = 0
+    await client.configure(1800)
+    await client.start()
+    await asyncio.sleep(0.05)  # the reader polls the empty buffer meanwhile
+    assert device.stream_buffer is not None and device.stream_buffer.sample_id_range == (0, 0)
+    profile.limit = profile.total
+    window = await client.window(events=2)
+    assert client.lost_samples == 0 and window.events[0] == (
+        0,
+        event_bins(profile.rising_edges())[0],
+    )

@@ -63,9 +63,12 @@ def test_the_fake_buffer_answers_as_the_real_one() -> None:
         [Level(3_000, 0.001, 1.8, 1), Level(1_500, 0.02, 1.8, 0), Level(2_500, 0.004, 3.3, 1)],
         chunk=7_000,
     )
-    fake = FakeStreamBuffer(profile, first_id=FIRST_ID, capacity=30_000_000)
-    assert fake.sample_id_range == (FIRST_ID, FIRST_ID + 7_000)
     real = v1_stream_buffer.StreamBuffer(1.0, 2_000_000, "js220", output_frequency=1_000_000)
+    profile.limit = 0
+    fake = FakeStreamBuffer(profile, first_id=FIRST_ID, capacity=30_000_000)
+    assert fake.sample_id_range == real.sample_id_range == (0, 0)  # no data yet
+    profile.limit = profile.total
+    assert fake.sample_id_range == (FIRST_ID, FIRST_ID + 7_000)
     signals = dict(zip(FIELDS, profile.signals(0, 7_000), strict=True))
     for buffer in real.buffers.values():
         buffer.active = False
