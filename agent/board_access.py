@@ -16,6 +16,7 @@ from pathlib import Path
 from agent.config import BoardConfig, Build, render_command
 from agent.discovery import MatchError, ResolvedBoard, list_ports, resolve_board
 from agent.dut_client import DirectChannel, DutClient
+from agent.energy_monitor import MonitorTarget
 from agent.interface_client import InterfaceClient
 from agent.lpm01a_client import Lpm01aClient
 from agent.serial_link import SerialLink
@@ -97,6 +98,16 @@ class BoardAccess:
                 )
             await asyncio.sleep(0.2)
 
+    def monitor_target(self, ports: ResolvedBoard) -> MonitorTarget | None:
+        """The energy monitor an energy run opens: the LPM01A at its resolved port, or the
+        JS220 by its serial number (the joulescope driver finds it); ``None`` without one."""
+        monitor = self.cfg.monitor
+        if monitor is None:
+            return None
+        if monitor.kind == "js220":
+            return MonitorTarget("js220", monitor.js220_serial)
+        return MonitorTarget("lpm01a", ports.monitor)
+
     @property
     def supply_mv(self) -> int:
         """The DUT supply the monitor sets outside a benchmark's own voltage."""
@@ -149,10 +160,13 @@ class BoardAccess:
         raise BoardUnavailable("; ".join(problems))
 
     async def _identify_energy(self, ports: ResolvedBoard) -> Identity:
-        assert ports.interface is not None and ports.monitor is not None
-        async with await Lpm01aClient.open(ports.monitor, baud=MONITOR_BAUD) as lpm:
-            await lpm.setup(self.supply_mv)
-            await lpm.power(True, voltage_mv=self.supply_mv)
+        assert ports.interface is not None
+        # An LPM01A supplies the DUT: its set-up switches the target off, so power it. A
+        # JS220 only measures: the DUT has its own supply.
+        if ports.monitor is not None:
+            async with await Lpm01aClient.open(ports.monitor, baud=MONITOR_BAUD) as lpm:
+                await lpm.setup(self.supply_mv)
+                await lpm.power(True, voltage_mv=self.supply_mv)
         link = await SerialLink.open(ports.interface, INTERFACE_BAUD)
         try:
             interface = InterfaceClient(link, dut_baud=self.cfg.baud.energy or ENERGY_BAUD)
@@ -162,8 +176,9 @@ class BoardAccess:
             await link.close()
 
     async def power_on(self, ports: ResolvedBoard) -> None:
-        """Make sure the monitor supplies the DUT (it is the DUT's supply on an energy-wired
-        board, and an energy run's teardown switches it off)."""
+        """Make sure an LPM01A supplies the DUT (it is the DUT's supply on a board it
+        measures, and an energy run's teardown switches it off); a JS220 board has no
+        resolved monitor port and its DUT its own supply."""
         if ports.monitor is None:
             return
         async with await Lpm01aClient.open(ports.monitor, baud=MONITOR_BAUD) as lpm:

@@ -362,7 +362,8 @@ class BoardWorker:
             identity = await self._ensure_firmware(job, bench)
             ports = await self.access.wait_for_ports()
             request.port = ports.dut
-            request.interface, request.monitor = ports.interface, ports.monitor
+            request.interface = ports.interface
+            request.monitor = self.access.monitor_target(ports)
             request.baud = self._baud(job, identity)
             self._links = await connect(request, bench)
             runner = self._runner(job, request, bench, inputs, progress)
@@ -518,7 +519,7 @@ class BoardWorker:
             job.mode,
             n_w,
             request.settings,
-            lpm=self._links.lpm,
+            monitor=self._links.monitor,
             progress=progress,
             recover=recover,
         )
@@ -562,7 +563,8 @@ class BoardWorker:
             how = await self.access.power_cycle()
             await self._event(job, LogEvent, level="warning", message=f"power-cycled ({how})")
         ports = await self.access.wait_for_ports()
-        request.port, request.interface, request.monitor = ports.dut, ports.interface, ports.monitor
+        request.port, request.interface = ports.dut, ports.interface
+        request.monitor = self.access.monitor_target(ports)
         self._links = await connect(request, bench)
         fresh = self._links.dut
         # Keep what was measured: a fresh client would budget 30 s for its first inference.

@@ -26,7 +26,7 @@ from farm.messages import Mode
 from farm.yaml_config import ConfigError
 
 if TYPE_CHECKING:
-    from agent.config import AgentConfig
+    from agent.config import AgentConfig, BoardConfig
     from agent.one_board import RunRequest
     from farm.run_output import RunFolder
 
@@ -165,6 +165,7 @@ def check(config: ConfigOption) -> None:
                 errors.append(f"{where} and {same} match the same device {port.brief()}")
             resolved += 1
             table.add_row(board.id, role, device.match.describe(), port.path, "ok")
+        resolved += _check_js220(board, table, errors)
     console.print(table)
 
     errors += _file_problems(cfg, warnings)
@@ -181,6 +182,30 @@ def check(config: ConfigOption) -> None:
         highlight=False,
         soft_wrap=True,
     )
+
+
+def _check_js220(board: BoardConfig, table: Table, errors: list[str]) -> int:
+    """Find the board's JS220 monitor, if it has one (a USB device the joulescope package
+    lists, not a serial port); 1 if found."""
+    monitor = board.monitor
+    if monitor is None or monitor.kind != "js220":
+        return 0
+    serial = monitor.js220_serial
+    what = f"js220 serial={serial}" if serial else "js220 (the only one)"
+    try:
+        from agent.js220_client import MonitorUnavailable, find_js220
+    except ImportError as exc:  # numpy: the js220 extra
+        errors.append(f"board {board.id} monitor: needs the js220 extra ({exc})")
+        table.add_row(board.id, "monitor", what, "-", "[red]ERROR")
+        return 0
+    try:
+        device = find_js220(serial)
+    except MonitorUnavailable as exc:
+        errors.append(f"board {board.id} monitor: {exc}")
+        table.add_row(board.id, "monitor", what, "-", "[red]ERROR")
+        return 0
+    table.add_row(board.id, "monitor", what, str(device), "ok")
+    return 1
 
 
 def _file_problems(cfg: AgentConfig, warnings: list[str]) -> list[str]:
@@ -239,7 +264,12 @@ def run(
     interface: Annotated[
         str | None, typer.Option(help="Energy mode: the interface board's port")
     ] = None,
-    monitor: Annotated[str | None, typer.Option(help="Energy mode: the LPM01A's port")] = None,
+    monitor: Annotated[
+        str | None,
+        typer.Option(
+            help="Energy mode: the LPM01A's port, or js220 (the only one) or js220:SERIAL"
+        ),
+    ] = None,
     limit: Annotated[
         int | None, typer.Option(min=1, help="Only the first N samples (not valid for submission)")
     ] = None,
@@ -267,6 +297,7 @@ def run(
     marked INCOMPLETE.
     """
     try:
+        from agent.energy_monitor import MonitorTarget
         from agent.one_board import RunInputError, RunRequest, prepare, run_one_board
         from agent.runner import RunSettings
         from agent.serial_link import PortNotFound
@@ -290,7 +321,7 @@ def run(
         port=port,
         baud=baud,
         interface=interface,
-        monitor=monitor,
+        monitor=MonitorTarget.parse(monitor) if monitor else None,
         settings=settings,
         alt=alt,
         resume=resume,

@@ -30,6 +30,9 @@ ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 Build = Literal["performance", "energy"]
 Role = Literal["dut", "interface", "monitor"]
+#: ``lpm01a``: the ST LPM01A (a serial device; it also supplies the DUT); ``js220``: the
+#: Joulescope JS220 (USB, through the joulescope package; it only measures).
+MonitorKind = Literal["lpm01a", "js220"]
 
 #: Placeholders a flash command may use.
 FLASH_PLACEHOLDERS = frozenset({"image", "board", "serial", "port", "target"})
@@ -232,10 +235,44 @@ class DeviceConfig(_Strict):
     match: Match
 
 
-class MonitorConfig(DeviceConfig):
-    """The energy monitor of a board."""
+class MonitorConfig(_Strict):
+    """The energy monitor of a board: an LPM01A found like any serial device (``match``), or
+    a Joulescope JS220 found by the joulescope driver, by its USB serial number
+    (``match: {serial: ...}``) or, without ``match``, as the only JS220 connected."""
 
-    kind: Literal["lpm01a"] = "lpm01a"
+    kind: MonitorKind = "lpm01a"
+    match: Match | None = None
+
+    @model_validator(mode="after")
+    def _match_fits_kind(self) -> MonitorConfig:
+        if self.kind == "lpm01a" and self.match is None:
+            raise FieldError(
+                ("match",), "an LPM01A is a serial device: give its match (serial: ...)"
+            )
+        if (
+            self.kind == "js220"
+            and self.match is not None
+            and (self.match.vid_pid is not None or self.match.path is not None)
+        ):
+            raise FieldError(
+                ("match",),
+                "a JS220 is not a serial port: match it by its USB serial number only "
+                "(serial: ...), or leave match out to use the only JS220 connected",
+            )
+        return self
+
+    @property
+    def serial_device(self) -> DeviceConfig | None:
+        """The monitor as one of the board's serial devices (the LPM01A); ``None`` for a
+        JS220, which the joulescope driver finds instead."""
+        if self.kind != "lpm01a" or self.match is None:
+            return None
+        return DeviceConfig(match=self.match)
+
+    @property
+    def js220_serial(self) -> str | None:
+        """A JS220's USB serial number (``None``: the only one connected)."""
+        return self.match.serial if self.match is not None else None
 
 
 def check_template(template: str, allowed: frozenset[str], required: frozenset[str]) -> str:
@@ -398,8 +435,8 @@ class BoardConfig(_Strict):
     monitor: MonitorConfig | None = None
     """The energy monitor (energy mode)."""
     supply_voltage: float | None = Field(None, ge=1.8, le=3.3)
-    """DUT supply in volts set by the monitor (LPM01A: 1.8 to 3.3); ``None``: the
-    benchmark's."""
+    """DUT supply in volts set by the LPM01A (1.8 to 3.3); ``None``: the benchmark's. Not with
+    a JS220, which does not supply the DUT."""
     firmware: FirmwareConfig = Field(default_factory=FirmwareConfig)
     power_cycle: PowerCycleConfig = Field(default_factory=PowerCycleConfig)
     tags: dict[str, str] = Field(default_factory=dict)
@@ -425,6 +462,19 @@ class BoardConfig(_Strict):
                 "method 'monitor' switches the DUT supply through the energy monitor, "
                 "and this board has none",
             )
+        if self.monitor is not None and self.monitor.kind == "js220":
+            if self.power_cycle.method == "monitor":
+                raise FieldError(
+                    ("power_cycle", "method"),
+                    "method 'monitor' switches the DUT supply through an LPM01A; a JS220 only "
+                    "measures (use method 'command', or 'none')",
+                )
+            if self.supply_voltage is not None:
+                raise FieldError(
+                    ("supply_voltage",),
+                    "a JS220 does not supply the DUT: set its voltage on the DUT's own supply "
+                    "and remove supply_voltage",
+                )
         if not self.energy_capable:
             for model, builds in self.firmware.images.items():
                 if "energy" in builds:
@@ -440,12 +490,13 @@ class BoardConfig(_Strict):
         return self.interface is not None and self.monitor is not None
 
     def devices(self) -> list[tuple[Role, DeviceConfig]]:
-        """The board's serial devices by role: the DUT, then interface and monitor if wired."""
+        """The board's serial devices by role: the DUT, then interface and monitor if wired
+        (a JS220 monitor is not a serial device: not listed)."""
         found: list[tuple[Role, DeviceConfig]] = [("dut", self.dut)]
         if self.interface is not None:
             found.append(("interface", self.interface))
-        if self.monitor is not None:
-            found.append(("monitor", self.monitor))
+        if self.monitor is not None and self.monitor.serial_device is not None:
+            found.append(("monitor", self.monitor.serial_device))
         return found
 
 
@@ -499,9 +550,32 @@ class AgentConfig(_Strict):
                             "each device belongs to one board and one role",
                         )
                 seen.append((f"boards[{i}].{role}", device.match))
+        self._js220s_distinct()
         if self.journal is None:
             self.journal = default_journal(self.agent)
         return self
+
+    def _js220s_distinct(self) -> None:
+        """Each JS220 belongs to one board: with two on this Pi, each needs its serial."""
+        seen: list[tuple[int, str | None]] = []
+        for i, board in enumerate(self.boards):
+            monitor = board.monitor
+            if monitor is None or monitor.kind != "js220":
+                continue
+            serial = monitor.js220_serial
+            for j, other in seen:
+                if serial is None or other is None:
+                    raise FieldError(
+                        ("boards", i, "monitor", "match" if serial else "kind"),
+                        f"boards[{j}] uses a JS220 too: with two, give each its USB serial "
+                        "number (match: {serial: ...})",
+                    )
+                if serial.casefold() == other.casefold():
+                    raise FieldError(
+                        ("boards", i, "monitor", "match", "serial"),
+                        f"JS220 {serial} is already boards[{j}]'s monitor",
+                    )
+            seen.append((i, serial))
 
 
 def load_agent_config(path: str | Path) -> AgentConfig:

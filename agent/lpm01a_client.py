@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
-from dataclasses import dataclass
 from types import TracebackType
 
 from agent.errors import DeviceCommandError, DeviceTimeout, GarbledReply
@@ -60,39 +58,6 @@ STREAM_ALLOWANCE = 1024
 #: Items an open stream may fall behind by before it is cut off (about a minute at 1 kHz).
 STREAM_BACKLOG = 65_536
 _END = object()
-
-
-@dataclass(frozen=True, slots=True)
-class EnergyResult:
-    """One energy window as the official runner computes it
-    (docs/measurement.md#energy-per-inference): the samples between the last two events,
-    half-open."""
-
-    energy_j: float
-    seconds: float
-    start: int
-    """Index in the window's samples of the first sample counted (the second-to-last event)."""
-    stop: int
-    """Index of the first sample not counted (the last event)."""
-    first_sample: int
-    """The window's first sample's index in the acquisition."""
-    events: tuple[int, int]
-    """Numbers of the two events."""
-
-    @property
-    def power_w(self) -> float:
-        """Mean power over the window."""
-        return self.energy_j / self.seconds if self.seconds > 0 else math.nan
-
-
-def window_energy(window: EnergyWindow, freq_hz: int = 1000) -> EnergyResult:
-    """Energy between the window's last two events: ``sum(samples[i_start:i_stop])`` over
-    ``(i_stop - i_start) / freq_hz`` seconds. Raises ValueError with fewer than two events."""
-    if len(window.events) < 2:
-        raise ValueError(f"an energy window needs two events, got {len(window.events)}")
-    (n0, i0), (n1, i1) = window.events[-2:]
-    energy = math.fsum(window.samples[i0:i1])
-    return EnergyResult(energy, (i1 - i0) / freq_hz, i0, i1, window.first_sample, (n0, n1))
 
 
 class EnergyDataError(GarbledReply):
@@ -310,6 +275,11 @@ class Lpm01aClient:
         the supply voltage."""
         for command in setup_commands(voltage_mv):
             await self.command(command)
+
+    async def configure(self, voltage_mv: int) -> None:
+        """The runner's set-up (:meth:`setup`), then the DUT powered at ``voltage_mv``."""
+        await self.setup(voltage_mv)
+        await self.power(True, voltage_mv=voltage_mv)
 
     async def power(self, on: bool, *, voltage_mv: int | None = None) -> None:
         """Switch the DUT's supply. With ``voltage_mv``, power-on is the runner's

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.dut_client import DirectChannel, DutClient
+from agent.energy_monitor import EnergyMonitor, MonitorTarget, open_monitor
 from agent.interface_client import InterfaceClient
-from agent.lpm01a_client import Lpm01aClient
 from agent.runner import Mode, Progress, Runner, RunSettings
 from agent.serial_link import SerialLink
 from farm.catalog import Benchmark, BenchmarkError, get_benchmark
@@ -19,7 +19,6 @@ from farm.datasets import Dataset, DatasetError, InferenceInput, load_dataset
 from farm.logs import get_logger
 from farm.models import ENERGY_BAUD
 from farm.protocol.interface import HOST_BAUD as INTERFACE_BAUD
-from farm.protocol.lpm01a import HOST_BAUD as MONITOR_BAUD
 from farm.run_output import RunFolder
 
 log = get_logger("agent.one_board")
@@ -41,7 +40,8 @@ class RunRequest:
     port: str | None = None
     baud: int | None = None
     interface: str | None = None
-    monitor: str | None = None
+    monitor: MonitorTarget | None = None
+    """Energy mode: the LPM01A (its serial port) or the JS220 (its USB serial number)."""
     settings: RunSettings = field(default_factory=RunSettings)
     alt: bool = False
     latency_s: float | None = None
@@ -56,19 +56,19 @@ class Links:
 
     dut: DutClient
     links: list[SerialLink]
-    lpm: Lpm01aClient | None = None
+    monitor: EnergyMonitor | None = None
 
     async def close(self) -> None:
         """Stop the monitor (if any) and close every port."""
-        await _close(self.links, self.lpm)
+        await _close(self.links, self.monitor)
 
 
-async def _close(links: list[SerialLink], lpm: Lpm01aClient | None) -> None:
-    if lpm is not None:
+async def _close(links: list[SerialLink], monitor: EnergyMonitor | None) -> None:
+    if monitor is not None:
         with contextlib.suppress(Exception):  # best effort: the board may be gone
-            await lpm.stop()
-            await lpm.teardown()
-        await lpm.close()
+            await monitor.stop()
+            await monitor.teardown()
+        await monitor.close()
     for link in links:
         await link.close()
 
@@ -86,8 +86,10 @@ def prepare(
         raise RunInputError(
             f"unknown mode {request.mode!r} (known: performance, accuracy, energy, latency)"
         )
-    if ports and request.mode == "energy" and not (request.interface and request.monitor):
-        raise RunInputError("energy mode needs --interface PORT and --monitor PORT")
+    if ports and request.mode == "energy" and not (request.interface and _has_monitor(request)):
+        raise RunInputError(
+            "energy mode needs --interface PORT and --monitor PORT (an LPM01A's port, or js220)"
+        )
     if request.resume is not None and request.mode != "accuracy":
         raise RunInputError("only accuracy runs can be resumed (the others are timed windows)")
     if ports and request.mode != "energy" and not request.port:
@@ -106,18 +108,16 @@ def prepare(
 async def connect(request: RunRequest, bench: Benchmark) -> Links:
     """Open the ports, power and set up the energy path, and check the DUT's model."""
     links: list[SerialLink] = []
-    lpm: Lpm01aClient | None = None
+    monitor: EnergyMonitor | None = None
     try:
         if request.mode == "energy":
-            assert request.interface is not None and request.monitor is not None
-            links.append(await SerialLink.open(request.monitor, MONITOR_BAUD))
+            assert request.interface is not None
+            assert request.monitor is not None
+            monitor = await open_monitor(request.monitor)
             links.append(await SerialLink.open(request.interface, INTERFACE_BAUD))
-            lpm = Lpm01aClient(links[0])
-            interface = InterfaceClient(links[1], dut_baud=request.baud or ENERGY_BAUD)
-            voltage_mv = round(bench.supply_voltage * 1000)
-            await lpm.setup(voltage_mv)
-            await lpm.power(True, voltage_mv=voltage_mv)
-            await lpm.start()
+            interface = InterfaceClient(links[0], dut_baud=request.baud or ENERGY_BAUD)
+            await monitor.configure(round(bench.supply_voltage * 1000))
+            await monitor.start()
             await interface.resync()  # setbaud: flushes the DUT's boot banner
             dut = interface.dut(bench.model, request.latency_s)
         else:
@@ -141,10 +141,16 @@ async def connect(request: RunRequest, bench: Benchmark) -> Links:
                 f"the DUT runs the {have} firmware build; {request.mode} mode needs the {need} "
                 "build (flash it)"
             )
-        return Links(dut, links, lpm)
+        return Links(dut, links, monitor)
     except BaseException:
-        await _close(links, lpm)
+        await _close(links, monitor)
         raise
+
+
+def _has_monitor(request: RunRequest) -> bool:
+    # A JS220 without a serial number is the only one connected; an LPM01A needs its port.
+    target = request.monitor
+    return target is not None and (target.kind == "js220" or bool(target.address))
 
 
 def _mode(request: RunRequest) -> str:
@@ -196,7 +202,7 @@ async def run_one_board(
             request.mode,
             n_w,
             request.settings,
-            lpm=links.lpm,
+            monitor=links.monitor,
             progress=progress,
         )
         if on_start is not None:

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.dut_client import DirectChannel, DutClient
+from agent.energy_monitor import window_energy
 from agent.interface_client import InterfaceClient
-from agent.lpm01a_client import Lpm01aClient, window_energy
+from agent.lpm01a_client import Lpm01aClient
 from agent.serial_link import SerialLink
 from farm.models import ENERGY_BAUD, ModelSpec, get_model
 from farm.synthetic import encode_input

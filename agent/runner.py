@@ -17,8 +17,8 @@ from functools import partial
 from typing import Literal, Protocol, TypeVar
 
 from agent.dut_client import DutClient, InferResult
+from agent.energy_monitor import EnergyMonitor, window_energy
 from agent.errors import DeviceCommandError, DeviceTimeout
-from agent.lpm01a_client import Lpm01aClient, window_energy
 from agent.serial_link import SerialLinkError
 from farm.logs import get_logger
 from farm.protocol import dut as dut_proto
@@ -127,8 +127,8 @@ class Runner:
     """Runs one mode of one benchmark on one DUT.
 
     ``script`` is ``(N, W)`` of the official script for the mode (N is re-sized for
-    performance and energy). Energy mode needs the LPM01A client; the DUT client then goes
-    through the interface board.
+    performance and energy). Energy mode needs the energy monitor (an LPM01A or a JS220); the
+    DUT client then goes through the interface board.
     """
 
     def __init__(
@@ -139,18 +139,18 @@ class Runner:
         script: tuple[int, int],
         settings: RunSettings | None = None,
         *,
-        lpm: Lpm01aClient | None = None,
+        monitor: EnergyMonitor | None = None,
         progress: Progress | None = None,
         recover: Recover | None = None,
     ) -> None:
-        if mode == "energy" and lpm is None:
+        if mode == "energy" and monitor is None:
             raise ValueError("energy mode needs an energy monitor")
         self.dut = dut
         self.inputs = inputs
         self.mode = mode
         self.script = script
         self.settings = settings or RunSettings()
-        self.lpm = lpm
+        self.monitor = monitor
         self.progress = progress
         self.recover = recover
         self.info = RunInfo(warmup=script[1])
@@ -220,7 +220,7 @@ class Runner:
         return self.info.count
 
     async def _energy(self) -> AsyncIterator[Sample]:
-        assert self.lpm is not None
+        assert self.monitor is not None
         windows = self._limited(self.inputs[: self.settings.windows])
         await self.dut.load(windows[0].read())
         count = await self._calibrate_energy()
@@ -231,8 +231,8 @@ class Runner:
             # includes the download; only its last two events delimit the energy.
             await self.dut.load(item.read())
             result = await self.dut.infer(count, self.info.warmup)
-            window = await self.lpm.window(events=2)
-            energy = window_energy(window, self.lpm.freq_hz)
+            window = await self.monitor.window(events=2)
+            energy = window_energy(window, self.monitor.freq_hz)
             wall = time.monotonic() - started
             yield Sample(
                 seq=seq,
@@ -254,12 +254,12 @@ class Runner:
 
     async def _calibrate_energy(self) -> int:
         """The energy build has no laps: time calibration windows with the monitor's events."""
-        assert self.lpm is not None
+        assert self.monitor is not None
         n = 1
         while True:
-            self.lpm.drain()
+            self.monitor.drain()
             await self.dut.infer(n, 0)
-            energy = window_energy(await self.lpm.window(events=2), self.lpm.freq_hz)
+            energy = window_energy(await self.monitor.window(events=2), self.monitor.freq_hz)
             elapsed_us = round(energy.seconds * 1e6)
             self.info.calibration.append((n, elapsed_us))
             if energy.seconds >= self.settings.calibration_s or n >= 1 << 24:

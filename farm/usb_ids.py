@@ -9,3 +9,5 @@ from __future__ import annotations
 DUT_USB = ("0483", "374B")  # ST-LINK/V2-1 VCP of a NUCLEO board
 INTERFACE_USB = ("0483", "374E")  # STLINK-V3 VCP of the STM32H573I-DK
 MONITOR_USB = ("0483", "5740")  # LPM01A PowerShield
+#: Joulescope JS220: not a serial device; the joulescope package finds it over USB.
+JS220_USB = ("16D0", "10BA")

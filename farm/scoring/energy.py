@@ -43,7 +43,8 @@ class EnergyWindow:
     energy_j: float
     """``np.sum(samples[idx_start:idx_stop])`` (half-open, pairwise summation)."""
     nan_samples: int
-    """Unparsable samples inside the window; any makes the energy and the median NaN."""
+    """Unreadable (LPM01A) or lost (JS220) samples inside the window; any makes the energy
+    and the median NaN."""
 
     @property
     def energy_per_inference_j(self) -> float:
@@ -165,7 +166,7 @@ class EnergyResult:
             if w.below_min_duration
         )
         out.extend(
-            f"trial {w.trial}: {w.nan_samples} unparsable sample(s): energy is NaN"
+            f"trial {w.trial}: {w.nan_samples} unreadable or lost sample(s): energy is NaN"
             for w in self.windows
             if w.nan_samples
         )

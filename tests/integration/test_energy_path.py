@@ -8,8 +8,9 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from agent.energy_monitor import window_energy
 from agent.interface_client import InterfaceClient
-from agent.lpm01a_client import Lpm01aClient, window_energy
+from agent.lpm01a_client import Lpm01aClient
 from agent.serial_link import SerialLink
 from farm.models import MODELS
 from farm.protocol.interface import HOST_BAUD as INTERFACE_BAUD

@@ -40,6 +40,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from agent.energy_monitor import MonitorTarget
 from agent.one_board import RunInputError, RunRequest, run_one_board
 from agent.runner import RunSettings
 from farm import scoring
@@ -211,7 +212,7 @@ def request(
             dataset=dataset,
             out=out,
             interface=str(b.interface_port.path),
-            monitor=str(b.monitor_port.path),
+            monitor=MonitorTarget("lpm01a", str(b.monitor_port.path)),
             settings=settings or RunSettings(),
         )
     return RunRequest(

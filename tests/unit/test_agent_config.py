@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.board_access import BoardAccess
 from agent.config import (
     AgentConfig,
     ConfigError,
@@ -15,6 +16,8 @@ from agent.config import (
     load_agent_config,
     render_command,
 )
+from agent.discovery import ResolvedBoard
+from agent.energy_monitor import MonitorTarget
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -266,3 +269,106 @@ def test_unknown_keys_get_the_closest_known_one(tmp_path: Path) -> None:
     assert "did you mean 'ca'?" in message
     _, message = error_of(tmp_path, VALID + "zzzz: 1\n")
     assert "zzzz: Extra inputs are not permitted" in message and "did you mean" not in message
+
+
+# -- the energy monitor: LPM01A or JS220 --------------------------------------------------------
+
+JS220 = """\
+agent: pi-02
+datasets: data
+boards:
+  - id: js-a
+    dut:
+      match: {serial: "066DFF495150"}
+    interface:
+      match: {serial: "003A0029"}
+    monitor:
+      kind: js220
+      match: {serial: "000415"}
+    power_cycle: {method: none}
+  - id: js-b
+    dut:
+      match: {serial: "066DFF495151"}
+    interface:
+      match: {serial: "003A0030"}
+    monitor: {kind: js220, match: {serial: "000777"}}
+"""
+
+
+def test_a_js220_monitor_is_found_by_serial_not_as_a_serial_port(tmp_path: Path) -> None:
+    cfg = load_agent_config(write(tmp_path, JS220))
+    a, b = cfg.boards
+    assert a.monitor is not None and a.monitor.kind == "js220"
+    assert a.monitor.js220_serial == "000415" and a.energy_capable
+    assert b.monitor is not None and b.monitor.js220_serial == "000777"
+    assert [role for role, _ in a.devices()] == ["dut", "interface"]
+    resolved = ResolvedBoard(dut="/dev/ttyACM0", interface="/dev/ttyACM1")
+    assert BoardAccess(a, []).monitor_target(resolved) == MonitorTarget("js220", "000415")
+    lpm_board = load_agent_config(write(tmp_path, VALID, "lpm.yaml")).boards[0]
+    resolved = ResolvedBoard(dut="/dev/ttyACM0", interface="/dev/ttyACM1", monitor="/dev/ttyACM2")
+    assert BoardAccess(lpm_board, []).monitor_target(resolved) == MonitorTarget(
+        "lpm01a", "/dev/ttyACM2"
+    )
+    # The only JS220 connected: no match at all.
+    only = JS220.split("  - id: js-b")[0].replace('      match: {serial: "000415"}\n', "")
+    [board] = load_agent_config(write(tmp_path, only, "only.yaml")).boards
+    assert board.monitor is not None and board.monitor.js220_serial is None
+    again = write(tmp_path, dump_agent_config(cfg), "again.yaml")
+    assert load_agent_config(again) == cfg
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "line", "field", "message"),
+    [
+        ("kind: js220\n", "kind: js221\n", 10, "boards[0].monitor.kind", "'lpm01a' or 'js220'"),
+        (
+            '      match: {serial: "000415"}\n',
+            "      match: {vid_pid: 16D0:10BA}\n",
+            11,
+            "boards[0].monitor.match",
+            "match it by its USB serial number only",
+        ),
+        (
+            '    monitor: {kind: js220, match: {serial: "000777"}}\n',
+            "    monitor: {kind: lpm01a}\n",
+            18,
+            "boards[1].monitor.match",
+            "an LPM01A is a serial device: give its match",
+        ),
+        (
+            "{method: none}",
+            "{method: monitor}",
+            12,
+            "boards[0].power_cycle.method",
+            "a JS220 only measures",
+        ),
+        (
+            "    power_cycle: {method: none}\n",
+            "    supply_voltage: 3.3\n",
+            12,
+            "boards[0].supply_voltage",
+            "a JS220 does not supply the DUT",
+        ),
+        (
+            'match: {serial: "000777"}}',
+            'match: {serial: "000415"}}',
+            18,
+            "boards[1].monitor.match.serial",
+            "JS220 000415 is already boards[0]'s monitor",
+        ),
+        (
+            ', match: {serial: "000777"}}',
+            "}",
+            18,
+            "boards[1].monitor.kind",
+            "boards[0] uses a JS220 too: with two, give each its USB serial number",
+        ),
+    ],
+)
+def test_monitor_errors_name_file_line_and_field(
+    tmp_path: Path, old: str, new: str, line: int, field: str, message: str
+) -> None:
+    assert old in JS220
+    path, text = error_of(tmp_path, JS220.replace(old, new, 1))
+    assert f"{path}:{line}: {field}" in text, text
+    assert message in text

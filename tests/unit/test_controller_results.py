@@ -614,7 +614,7 @@ def test_energy_unparsable_sample_stored_as_null_scores_nan(tmp_path: Path) -> N
     summary = finish_run(run_hash("kws", "energy"), records, {"count": 1000}, folder)
     assert summary.to_json()["energy_uj"] is None
     assert summary.valid is False
-    assert "trial 1: 1 unparsable sample(s): energy is NaN" in summary.problems
+    assert "trial 1: 1 unreadable or lost sample(s): energy is NaN" in summary.problems
     assert last_match(ENERGY_MEDIAN, (folder / "results.txt").read_text()) is None
 
 

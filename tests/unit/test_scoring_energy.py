@@ -109,7 +109,7 @@ def test_nan_sample_makes_the_median_nan_and_uncapturable() -> None:
     assert math.isnan(result.median_energy_per_inference_j)
     assert result.median_text == "  nan"
     assert not result.valid
-    assert any("unparsable" in p for p in result.problems)
+    assert any("unreadable or lost sample(s)" in p for p in result.problems)
 
 
 def test_short_window_is_tagged_and_errors_only_in_the_log() -> None:
