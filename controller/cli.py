@@ -30,6 +30,7 @@ import typer
 
 from controller.broker_cli import broker_app
 from controller.progress import follow
+from farm.catalog import BENCHMARKS, known_benchmarks
 from farm.cli_common import console, err, fail, needs_extra
 
 if TYPE_CHECKING:
@@ -277,9 +278,12 @@ def exporter(
 
 def submit(
     benchmark: Annotated[
-        str | None, typer.Option(help="Benchmarks: kws01,vww01,ic01,ad01 (or kws, vww, ic, ad)")
+        str | None, typer.Option(help=f"Benchmarks, comma-separated: {known_benchmarks()}")
     ] = None,
-    suite: Annotated[str | None, typer.Option(help="'full': every benchmark in every mode")] = None,
+    suite: Annotated[
+        str | None,
+        typer.Option(help=f"'full': every benchmark ({', '.join(BENCHMARKS)}) in every mode"),
+    ] = None,
     boards: Annotated[str, typer.Option(help="'all' or board ids id1,id2")] = "all",
     tags: Annotated[list[str] | None, typer.Option("--tags", help="key=value (repeatable)")] = None,
     mode: Annotated[
@@ -732,7 +736,7 @@ def demo(
     json_out: JsonOpt = False,
 ) -> None:
     """The whole farm on this machine: simulated boards, an agent, ingest and workers; a
-    sweep of all four benchmarks on stratified dataset subsets; progress; the results in the
+    sweep of every benchmark on stratified dataset subsets; progress; the results in the
     shape of the MLPerf Tiny results page; a clean shutdown. ``--quick`` takes about a
     minute, without it the official windows and query counts take under ten."""
     fmt = _format(fmt, json_out)

@@ -25,7 +25,7 @@ from controller.estimate import estimate_run_s
 from controller.queueing import fetch_job, queue
 from controller.store import all_boards, new_id, rq_connection
 from controller.verdicts import VerdictRequest
-from farm.catalog import Benchmark, BenchmarkError, get_benchmark
+from farm.catalog import BENCHMARKS, Benchmark, BenchmarkError, get_benchmark
 from farm.messages import Mode, RunOptions
 
 if TYPE_CHECKING:
@@ -33,8 +33,9 @@ if TYPE_CHECKING:
 
 MODES: tuple[Mode, ...] = ("performance", "accuracy", "energy", "latency")
 DEFAULT_MODES: tuple[Mode, ...] = ("performance", "accuracy")
-#: The suite a nightly sweep runs: every closed-division benchmark in every mode.
-SUITE_BENCHMARKS = ("kws01", "vww01", "ic01", "ad01")
+#: The suite a nightly sweep runs: every benchmark of the catalogue (ic02 included) in every
+#: mode a board can run it in.
+SUITE_BENCHMARKS = tuple(BENCHMARKS)
 QUEUES = {"high": "farm-high", "normal": "farm", "low": "farm-low"}
 #: Worker queue order: a high-priority run is taken before any normal one.
 QUEUE_ORDER = (QUEUES["high"], QUEUES["normal"], QUEUES["low"])
