@@ -375,19 +375,29 @@ def console_command(
     eol: Annotated[
         str, typer.Option(help="What ends each line on the wire (the DUT's commands end in %)")
     ] = "%",
+    ready: Annotated[
+        str,
+        typer.Option(
+            help="The DUT's line saying it takes the next one: each line waits for it "
+            "('' to send lines as they come)"
+        ),
+    ] = "m-ready",
     wait: WaitOpt = 0.0,
     redis: RedisOpt = None,
     broker: BrokerOpt = None,
 ) -> None:
     """An interactive line session with BOARD's DUT through its agent, while you hold its
-    reservation: each line of stdin goes to the DUT (followed by --eol), the DUT's lines come
-    to stdout. End of input (Ctrl-D) closes it once the DUT has answered."""
+    reservation: each line of stdin goes to the DUT (followed by --eol, once the DUT has
+    printed --ready after the previous one), the DUT's lines come to stdout. End of input
+    (Ctrl-D) closes it once the DUT has answered."""
     from controller.console_client import ConsoleError, run_console
 
     settings, client = _connect(redis, broker)
     _known(client, board)
     try:
-        reason, clean = run_console(client, settings, board, eol=eol, lease_wait_s=wait)
+        reason, clean = run_console(
+            client, settings, board, eol=eol, ready=ready or None, lease_wait_s=wait
+        )
     except ConsoleError as exc:
         raise fail(str(exc), 1) from None
     err.print(f"console closed: {reason}", highlight=False)

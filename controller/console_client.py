@@ -53,9 +53,9 @@ log = get_logger("controller.console_client")
 
 #: How long the agent has to open the session (it first finishes the board's current job).
 OPEN_TIMEOUT_S = 60.0
-#: How long the agent has to close the session after end of input (it waits for the DUT to
-#: go quiet first, up to ``agent.console.DRAIN_MAX_S``).
-CLOSE_TIMEOUT_S = 30.0
+#: How long the agent has to close the session after end of input (it first lets the last
+#: lines out and their answers in, up to ``agent.console.DRAIN_MAX_S``).
+CLOSE_TIMEOUT_S = 40.0
 
 
 class ConsoleError(Exception):
@@ -76,6 +76,7 @@ def run_console(
     board: str,
     *,
     eol: str = "%",
+    ready: str | None = "m-ready",
     lease_wait_s: float = 0.0,
     stdin: TextIO | None = None,
     stdout: TextIO | None = None,
@@ -109,6 +110,7 @@ def run_console(
             session=session,
             who=who,
             eol=eol,
+            ready=ready,
             grace_s=grace,
             lease=lease,
             counts=counts,
@@ -149,6 +151,7 @@ class _Relay:
         session: str,
         who: str,
         eol: str,
+        ready: str | None,
         grace_s: float,
         lease: Lease,
         counts: _Counts,
@@ -160,6 +163,7 @@ class _Relay:
         self.session = session
         self.who = who
         self.eol = eol
+        self.ready = ready
         self.grace_s = grace_s
         self.lease = lease
         self.counts = counts
@@ -195,7 +199,9 @@ class _Relay:
             raise ConsoleError(f"broker {redacted(self.settings.broker_url)}: {exc}") from None
 
     async def _converse(self, stdin: TextIO, stdout: TextIO) -> tuple[str, bool]:
-        await self._send("open", idle_s=self.grace_s, holder=self.who, eol=self.eol)
+        await self._send(
+            "open", idle_s=self.grace_s, holder=self.who, eol=self.eol, ready=self.ready
+        )
         try:
             first = await asyncio.wait_for(self._event(stdout), OPEN_TIMEOUT_S)
         except TimeoutError:

@@ -24,6 +24,7 @@ import redis
 
 from controller import board_history, keys
 from controller.board_history import CONTROLLER, Operation
+from controller.store import OPERATION
 
 #: The longest reservation (a forgotten one must not hold a board for ever).
 MAX_RESERVATION_S = 7 * 86400
@@ -62,6 +63,14 @@ end
 redis.call('set', KEYS[2], ARGV[2], 'PX', ARGV[4])
 redis.call('hset', KEYS[1], 'console', ARGV[2])
 return 1
+"""
+# Free the board's lease if a console of this holder holds it (a console that vanished).
+_FREE_CONSOLE_LEASE = """
+local token = redis.call('get', KEYS[1])
+if token and string.sub(token, 1, string.len(ARGV[1])) == ARGV[1] then
+  return redis.call('del', KEYS[1])
+end
+return 0
 """
 # Forget the console session if it is still the one recorded.
 _CONSOLE_CLOSED = """
@@ -230,6 +239,13 @@ def end_lapsed(client: redis.Redis, boards: list[str], now: float) -> list[tuple
             why = f"expired at {clock(reservation.until)}"
         elif reservation.console is not None and alive != reservation.console:
             why = f"its holder's console ({reservation.console}) disappeared"
+            # Its lease would hold the board for the rest of its TTL: the console is gone.
+            client.eval(
+                _FREE_CONSOLE_LEASE,
+                1,
+                keys.lease(board),
+                f"{OPERATION}console:{reservation.holder}:",
+            )
         else:
             continue
         if end(client, reservation, CONTROLLER, why):

@@ -281,6 +281,10 @@ class ConsoleCommand(_Command):
     eol: str = Field("%", max_length=4)
     """``open``: what ends each line on the wire (the reference firmware's commands end
     with ``%``)."""
+    ready: str | None = Field("m-ready", max_length=64)
+    """``open``: the line the DUT prints when it can take the next one (the reference
+    firmware's ends every reply): each line waits for it. ``None``: lines go out as they
+    come."""
     idle_s: float = Field(60.0, gt=0, le=3600)
     """``open``: the agent closes the session after this long without a command of it (the
     holder's console sends a keepalive well within it)."""
