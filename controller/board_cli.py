@@ -124,8 +124,8 @@ def _report(board: str, op: str, result: OperationResult, json_out: bool) -> Non
 def _operate(
     kind: str,
     board: str,
-    redis_url: str | None,
-    broker: str | None,
+    settings: Settings,
+    client: redis.Redis,
     *,
     timeout: float | None,
     wait: float,
@@ -133,12 +133,12 @@ def _operate(
     json_out: bool,
     fields: dict[str, Any] | None = None,
 ) -> None:
+    """Send operation ``kind`` to ``board``'s agent and print its result (exit 1 if it failed
+    or was refused)."""
     from controller.board_history import user
     from controller.board_ops import OperationRefused, command_for, run_operation
     from controller.quarantine import get as quarantined
 
-    settings, client = _connect(redis_url, broker)
-    _known(client, board)
     command = command_for(kind, board, **(fields or {}))
     try:
         result = run_operation(
@@ -154,28 +154,41 @@ def _operate(
         )
 
 
-@_command("health-check")
-def health_check(
-    board: BoardArg,
-    timeout: TimeoutOpt = None,
-    wait: WaitOpt = 0.0,
-    force: ForceOpt = False,
-    redis: RedisOpt = None,
-    broker: BrokerOpt = None,
-    json_out: JsonOpt = False,
-) -> None:
-    """Ask the DUT what it runs (name, profile, timestamp) and set the board's health from the
-    answer; exit 1 if it fails."""
-    _operate(
-        "health-check",
-        board,
-        redis,
-        broker,
-        timeout=timeout,
-        wait=wait,
-        force=force,
-        json_out=json_out,
-    )
+def _plain_operation(kind: str, doc: str) -> None:
+    """Register ``farm board KIND BOARD``: an operation that takes nothing but the board."""
+
+    def command(
+        board: BoardArg,
+        timeout: TimeoutOpt = None,
+        wait: WaitOpt = 0.0,
+        force: ForceOpt = False,
+        redis: RedisOpt = None,
+        broker: BrokerOpt = None,
+        json_out: JsonOpt = False,
+    ) -> None:
+        settings, client = _connect(redis, broker)
+        _known(client, board)
+        _operate(
+            kind,
+            board,
+            settings,
+            client,
+            timeout=timeout,
+            wait=wait,
+            force=force,
+            json_out=json_out,
+        )
+
+    command.__doc__ = doc
+    command.__name__ = command.__qualname__ = kind.replace("-", "_")
+    _command(kind)(command)
+
+
+_plain_operation(
+    "health-check",
+    """Ask the DUT what it runs (name, profile, timestamp) and set the board's health from
+    the answer; exit 1 if it fails.""",
+)
 
 
 @_command()
@@ -212,8 +225,8 @@ def flash(
     _operate(
         "flash",
         board,
-        settings.redis_url,
-        settings.broker_url,
+        settings,
+        client,
         timeout=timeout,
         wait=wait,
         force=force,
@@ -222,28 +235,11 @@ def flash(
     )
 
 
-@_command("power-cycle")
-def power_cycle(
-    board: BoardArg,
-    timeout: TimeoutOpt = None,
-    wait: WaitOpt = 0.0,
-    force: ForceOpt = False,
-    redis: RedisOpt = None,
-    broker: BrokerOpt = None,
-    json_out: JsonOpt = False,
-) -> None:
-    """Cut the board's power and restore it with its configured method, then check it; exit 1
-    if it fails (no power-cycle method, the command failed, no answer after)."""
-    _operate(
-        "power-cycle",
-        board,
-        redis,
-        broker,
-        timeout=timeout,
-        wait=wait,
-        force=force,
-        json_out=json_out,
-    )
+_plain_operation(
+    "power-cycle",
+    """Cut the board's power and restore it with its configured method, then check it; exit
+    1 if it fails (no power-cycle method, the command failed, no answer after).""",
+)
 
 
 @_command()
