@@ -234,6 +234,9 @@ async def test_a_scheduled_check_quarantines_a_board_gone_bad(lab: ControllerLab
     finally:
         await exporter.stop()
     assert 'farm_board_health{agent="pi-a",board="sick",state="bad"} 1.0' in metrics
+    # And FarmBoardQuarantined on this, for as long as the quarantine lasts.
+    assert 'farm_board_quarantined{agent="pi-a",board="sick"} 1.0' in metrics
+    assert 'farm_board_quarantined{agent="pi-a",board="ic-1"} 0.0' in metrics
 
     # Sweeps skip it with the reason.
     _, out, _ = await lab.farm(
