@@ -332,7 +332,11 @@ class BoardWorker:
             except Exception as exc:  # no port, no power: the holder is told why
                 await session.close(f"cannot open the DUT's port: {type(exc).__name__}: {exc}")
                 return
-            await session.close(await session.serve(link))
+            try:
+                reason = await session.serve(link)
+            except Exception as exc:  # the port failed under a write: the holder is told
+                reason = f"the DUT's port failed: {type(exc).__name__}: {exc}"
+            await session.close(reason)
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
                 await session.close("the agent stopped")

@@ -322,11 +322,8 @@ def release(
             raise fail(str(exc), 1) from None
         outcome["check"] = result.to_json()
         if not result.ok:
-            _say(
-                outcome,
-                json_out,
-                f"{board} stays out of service: the check failed: {result.reason}",
-            )
+            line = f"{board} stays out of service: the check failed: {result.reason}"
+            _say(outcome, json_out, line, stream=err)
             raise typer.Exit(1)
         if entry is not None:
             lift(client, board)
@@ -336,23 +333,23 @@ def release(
             Operation("release", who, "ok", reason="back in service after a passing check"),
         )
         outcome["back_in_service"] = True
-    if reservation is not None:
-        outcome["reservation_ended"] = end(client, reservation, who, "released")
     lines = []
     if outcome.get("back_in_service"):
         lines.append(f"{board} passed its check and is back in service")
-    if outcome["reservation_ended"]:
-        lines.append(f"{board}: reservation by {reservation.holder if reservation else '?'} ended")
+    if reservation is not None and end(client, reservation, who, "released"):
+        outcome["reservation_ended"] = True
+        lines.append(f"{board}: reservation by {reservation.holder} ended")
     if not lines:
         lines.append(f"{board} is in service and not reserved: nothing to release")
     _say(outcome, json_out, "; ".join(lines))
 
 
-def _say(document: dict[str, Any], json_out: bool, line: str) -> None:
+def _say(document: dict[str, Any], json_out: bool, line: str, *, stream: Any = console) -> None:
+    """``line`` on ``stream``, or with ``--json`` the document with it as ``message``."""
     if json_out:
         print(json.dumps({**document, "message": line}))
     else:
-        console.print(line, highlight=False)
+        stream.print(line, highlight=False)
 
 
 def _span(seconds: float) -> str:

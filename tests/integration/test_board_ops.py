@@ -248,7 +248,7 @@ async def test_a_scheduled_check_quarantines_a_board_gone_bad(lab: ControllerLab
     ]
     # Released only once a check passes: the DUT still hangs, so it stays out.
     code, out, errs = await lab.farm("board", "release", "sick", check=False)
-    assert code == 1 and "sick stays out of service: the check failed" in out, out + errs
+    assert code == 1 and "sick stays out of service: the check failed" in errs, out + errs
     assert lab.redis.exists(keys.board_quarantine("sick"))
     _, out, errs = await lab.farm("board", "power-cycle", "sick", "--wait", "60")
     assert "power-cycle sick: ok" in out and "still quarantined" in errs, out + errs
