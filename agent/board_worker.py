@@ -1,7 +1,8 @@
 """One asyncio task per board: its command queue, its state and health, and its runs.
 
-A board executes strictly one job at a time (a run, a flash, a power cycle, a health check),
-so its serial links never see two commands at once; boards run concurrently. A run is the
+A board executes strictly one job at a time (a run, a flash, a power cycle, a health check, a
+console session), so its serial links never see two commands at once; boards run
+concurrently. A run is the
 one-board runner's (``agent.runner``) with the agent's additions: a health check first (flash
 the right firmware if the board holds another), samples journalled and published in batches,
 recovery from DUT faults (resync, power cycle, reopen the port after re-enumeration, retry
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ from typing import Any
 
 from agent.board_access import BoardAccess, BoardUnavailable, Identity
 from agent.config import BoardConfig, Build
+from agent.console import ConsoleSession
 from agent.dut_client import DirectChannel, DutClient
 from agent.health import BoardHealth
 from agent.identity import ImageDigests, firmware_identity
@@ -37,6 +40,7 @@ from agent.run_bookkeeping import (
     run_request,
 )
 from agent.runner import Runner
+from agent.serial_link import SerialLink
 from farm.catalog import Benchmark
 from farm.logs import get_logger
 from farm.messages import (
@@ -47,6 +51,7 @@ from farm.messages import (
     BoardStatus,
     Cancelled,
     CommandAck,
+    ConsoleCommand,
     Done,
     Failed,
     FlashCommand,
@@ -57,10 +62,14 @@ from farm.messages import (
     Started,
     run_events_topic,
 )
+from farm.models import MODELS
 
 log = get_logger("agent.board_worker")
 
-Job = RunCommand | FlashCommand | PowerCycleCommand | HealthCheckCommand
+#: A console's rate when nothing says what the DUT talks at (the reference firmware's).
+DEFAULT_CONSOLE_BAUD = 115200
+
+Job = RunCommand | FlashCommand | PowerCycleCommand | HealthCheckCommand | ConsoleCommand
 
 
 @dataclass
@@ -105,6 +114,10 @@ class BoardWorker:
         self.digests = ImageDigests()
         self.run_id: str | None = None
         self.last_error: str | None = None
+        self.checked: float | None = None
+        """When the last health check ended (wall clock: the controller compares it)."""
+        self.console: ConsoleSession | None = None
+        """The console session holding the board, while it runs."""
         self._queue: deque[_Queued] = deque()
         self._wake = asyncio.Event()
         self._current: _Queued | None = None
@@ -132,6 +145,8 @@ class BoardWorker:
             images=images,
             tags=self.cfg.tags,
             system=self.cfg.system.model_dump(exclude_none=True),
+            checked=self.checked,
+            failures=self.health.failures,
         )
 
     def _publish_status(self) -> None:
@@ -167,6 +182,30 @@ class BoardWorker:
             if self._task is not None:
                 self._task.cancel()
             return True
+        return False
+
+    def has_console(self, session: str) -> bool:
+        """Whether console session ``session`` is queued or open here."""
+        if self.console is not None and self.console.session == session:
+            return True
+        return any(
+            isinstance(q.job, ConsoleCommand) and q.job.session == session for q in self._queue
+        )
+
+    async def console_command(self, command: ConsoleCommand) -> bool:
+        """Hand a ``line``, ``keepalive`` or ``close`` to its session; a ``close`` of a session
+        still queued takes it out of the queue. False when the session is not here."""
+        session = self.console
+        if session is not None and session.session == command.session:
+            return session.deliver(command)
+        for queued in self._queue:
+            job = queued.job
+            if isinstance(job, ConsoleCommand) and job.session == command.session:
+                if command.action == "close":
+                    self._queue.remove(queued)
+                    gone = ConsoleSession(job, agent=self.agent, outbox=self.outbox)
+                    await gone.close("closed by the holder before it opened")
+                return True
         return False
 
     def ahead(self) -> int:
@@ -213,7 +252,9 @@ class BoardWorker:
 
     async def _crashed(self, queued: _Queued, reason: str) -> None:
         job = queued.job
-        if isinstance(job, RunCommand):
+        if isinstance(job, ConsoleCommand):
+            await ConsoleSession(job, agent=self.agent, outbox=self.outbox).close(reason)
+        elif isinstance(job, RunCommand):
             if not queued.reported:
                 await self._event(job, Failed, kind="infrastructure", reason=reason)
                 await self.journal.run_finished(job.run)
@@ -224,6 +265,9 @@ class BoardWorker:
         job = queued.job
         if isinstance(job, RunCommand):
             await self._run(queued)
+            return
+        if isinstance(job, ConsoleCommand):
+            await self._console(job)
             return
         self.state = "flashing" if isinstance(job, FlashCommand) else "busy"
         self._publish_status()
@@ -271,6 +315,48 @@ class BoardWorker:
             )
         )
 
+    # -- console --------------------------------------------------------------------------------
+
+    async def _console(self, job: ConsoleCommand) -> None:
+        """A console session on the DUT's own port, holding the board until it ends; then a
+        health check (the holder may have left the DUT in any state)."""
+        session = self.console = ConsoleSession(job, agent=self.agent, outbox=self.outbox)
+        self.state = "busy"
+        self._publish_status()
+        link: SerialLink | None = None
+        try:
+            try:
+                ports = await self.access.wait_for_ports()
+                await self.access.power_on(ports)
+                link = await SerialLink.open(ports.dut, self._console_baud())
+            except Exception as exc:  # no port, no power: the holder is told why
+                await session.close(f"cannot open the DUT's port: {type(exc).__name__}: {exc}")
+                return
+            try:
+                reason = await session.serve(link)
+            except Exception as exc:  # the port failed under a write: the holder is told
+                reason = f"the DUT's port failed: {type(exc).__name__}: {exc}"
+            await session.close(reason)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await session.close("the agent stopped")
+            raise
+        finally:
+            self.console = None
+            if link is not None:
+                with contextlib.suppress(Exception):
+                    await link.close()
+        await self._check(explicit=False)
+
+    def _console_baud(self) -> int:
+        """The DUT's rate: the one its last check answered at, the config's, its model's."""
+        if self.identity is not None and self.identity.baud:
+            return self.identity.baud
+        if self.cfg.baud.performance:
+            return self.cfg.baud.performance
+        known = MODELS.get(self.identity.model) if self.identity is not None else None
+        return known.default_baud if known is not None else DEFAULT_CONSOLE_BAUD
+
     # -- health ---------------------------------------------------------------------------------
 
     async def _check(self, *, explicit: bool) -> Identity | None:
@@ -279,6 +365,7 @@ class BoardWorker:
             prefer = self.identity.build if self.identity else None
             self.identity = await self.access.identify(prefer)
         except Exception as exc:  # whatever stops the DUT answering is a failed check
+            self.checked = time.time()
             reason = str(exc)
             if not isinstance(exc, BoardUnavailable):
                 reason = f"{type(exc).__name__}: {exc}"
@@ -289,6 +376,7 @@ class BoardWorker:
             log.warning("health_check_failed", board=self.id, reason=reason)
             self._publish_status()
             return None
+        self.checked = time.time()
         if self.state == "offline":
             self.state = "idle"
         self.health.passed()

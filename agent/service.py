@@ -27,6 +27,7 @@ from pydantic import ValidationError
 
 from agent.board_worker import BoardWorker
 from agent.config import AgentConfig
+from agent.console import ConsoleSession
 from agent.identity import software_version
 from agent.journal import Journal
 from agent.mqtt_client import make_client
@@ -46,6 +47,7 @@ from farm.messages import (
     CancelCommand,
     Command,
     CommandAck,
+    ConsoleCommand,
     Heartbeat,
     Interrupted,
     RefuseCommand,
@@ -341,6 +343,9 @@ class AgentService:
             )
             await self._reject("invalid_command", problems, data)
             return
+        if isinstance(command, ConsoleCommand):
+            await self._console(command)
+            return
         previous = await self.journal.command_outcome(command.id)
         if previous is not None:
             self.counters["commands_duplicate"] += 1
@@ -423,6 +428,29 @@ class AgentService:
         if isinstance(command, RunCommand):
             await worker.accepted(command, position)
         worker.submit(command)
+
+    async def _console(self, command: ConsoleCommand) -> None:
+        """A console command: answered on the session's own topic, never journalled or
+        acknowledged (see ``ConsoleCommand``); an ``open`` queues the session as a board job,
+        the others go to their session (a session not here: counted, dropped)."""
+        assert self.outbox is not None
+        self.counters["console_commands"] += 1
+        worker = self.workers.get(command.board)
+        if command.action != "open":
+            if worker is None or not await worker.console_command(command):
+                self.counters["console_unknown_session"] += 1
+            return
+        refusal = None
+        if worker is None:
+            refusal = f"no board {command.board!r} on agent {self.agent}"
+        elif self.refused:
+            refusal = f"the controller refused this agent: {self.refused}"
+        if refusal is not None or worker is None:
+            session = ConsoleSession(command, agent=self.agent, outbox=self.outbox)
+            await session.close(f"refused: {refusal}")
+            return
+        if not worker.has_console(command.session):  # else a redelivered open
+            worker.submit(command)
 
     def _ack_for(
         self,

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from controller.board_cli import board_app
 from controller.broker_cli import broker_app
 from controller.progress import follow
 from farm.catalog import BENCHMARKS, known_benchmarks
@@ -171,7 +172,9 @@ def worker(
     """RQ workers executing run jobs, forked from one process that runs the lease reaper."""
     settings = _settings(redis, broker, results, (mqtt_ca, mqtt_cert, mqtt_key))
     _redis(settings)  # one clear line if Redis is not there
+    from controller.health_schedule import HealthPolicy
     from controller.judge import report_settings
+    from controller.reservations import console_grace_s
     from controller.retention import run_retention_s, samples_retention_s
     from controller.sweeps import QUEUE_ORDER
 
@@ -180,6 +183,8 @@ def worker(
         samples_retention_s()
         run_retention_s()
         report_settings(settings)
+        HealthPolicy.from_env()
+        console_grace_s()
     except ValueError as exc:
         raise fail(str(exc)) from None
     from controller.worker_pool import WorkerPool, preload
@@ -408,22 +413,36 @@ def submit(
         raise typer.Exit(code)
 
 
-def status(redis: RedisOpt = None, fmt: FormatOpt = "table", json_out: JsonOpt = False) -> None:
-    """Boards (agent, state, health, firmware, current run, last seen) and queues."""
+def status(
+    board: Annotated[
+        str | None,
+        typer.Option(help="One board in detail: its state, reservation, quarantine and history"),
+    ] = None,
+    redis: RedisOpt = None,
+    fmt: FormatOpt = "table",
+    json_out: JsonOpt = False,
+) -> None:
+    """Boards (agent, state, health, who holds it, firmware, current run, last operation,
+    last seen) and queues."""
     fmt = _format(fmt, json_out)
     settings = _settings(redis, None, None)
     client = _redis(settings)
     from controller import keys
+    from controller.board_view import holds, operation_text
     from controller.queueing import queue
     from controller.render import Column, Listing, emit
     from controller.store import all_boards, rq_connection
     from controller.sweeps import QUEUE_ORDER
 
     boards = all_boards(client)
+    if board is not None:
+        _board_status(client, board, boards, fmt)
+        return
     agents = {a: client.hgetall(keys.agent(a)) for a in client.smembers(keys.AGENTS)}
     rq_conn = rq_connection(client)
     queues = {name: len(queue(name, rq_conn)) for name in QUEUE_ORDER}
     now = time.time()
+    held = holds(client, list(boards), now)
     rows = []
     for board_id, s in boards.items():
         run = s.get("run")
@@ -439,13 +458,17 @@ def status(redis: RedisOpt = None, fmt: FormatOpt = "table", json_out: JsonOpt =
                 "state": s.get("state"),
                 "health": s.get("health"),
                 "health_reason": s.get("health_reason"),
+                "held": held[board_id]["held"],
                 "firmware": f"{s.get('model')} {s.get('build')}" if s.get("model") else None,
                 "run": run,
                 "done": done,
                 "total": total,
+                "last_op": operation_text(held[board_id]["last_operation"], now),
                 "last_seen_s": round(now - s["last_seen"], 1) if s.get("last_seen") else None,
             }
         )
+        # The document keeps each board's reservation, quarantine and latest operation.
+        s.update({k: v for k, v in held[board_id].items() if k != "held"})
     listing = Listing(
         "boards",
         [
@@ -455,10 +478,12 @@ def status(redis: RedisOpt = None, fmt: FormatOpt = "table", json_out: JsonOpt =
             Column("state", "state"),
             Column("health", "health"),
             Column("health_reason", "health reason", rank=1),
+            Column("held", "held by", rank=1),
             Column("firmware", "firmware", rank=2),
             Column("run", "run", rank=1),
             Column("done", "done", rank=1, justify="right"),
             Column("total", "of", rank=1, justify="right"),
+            Column("last_op", "last operation", rank=2),
             Column("last_seen_s", "seen s ago", justify="right"),
         ],
         rows,
@@ -472,6 +497,21 @@ def status(redis: RedisOpt = None, fmt: FormatOpt = "table", json_out: JsonOpt =
     document = {"boards": boards, "agents": agents, "queues": queues}
     listings = [listing] if fmt == "table" else [listing, queue_listing]
     emit(fmt, listings, _typed(document), console)
+
+
+def _board_status(client: Any, board: str, boards: dict[str, Any], fmt: str) -> None:
+    """``farm status --board BOARD``: exit 2 naming the known boards if it is unknown."""
+    from controller.board_view import board_detail, detail_notes, history_listing
+    from controller.render import emit
+    from controller.sweeps import unknown_boards
+
+    if board not in boards:
+        raise fail(unknown_boards([board], list(boards)))
+    now = time.time()
+    document = board_detail(client, board, boards[board])
+    listing = history_listing(board, document["history"], now)
+    listing.notes = detail_notes(document, now)
+    emit(fmt, [listing], document, console)
 
 
 #: Redis hash fields that hold numbers (everything in a hash is a string).
@@ -923,3 +963,4 @@ def register(app: typer.Typer) -> None:
     export_app.command("submission")(_redis_errors(export_submission))
     app.add_typer(export_app, name="export")
     app.add_typer(broker_app, name="broker")
+    app.add_typer(board_app, name="board")

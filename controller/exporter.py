@@ -221,6 +221,7 @@ class FarmCollector:
             )
         for board in boards:
             pipe.hmget(keys.board(board), ["agent", "status", "last_seen"])
+            pipe.exists(keys.board_quarantine(board))
         for sweep_id in new_sweeps:
             pipe.hmget(keys.sweep(sweep_id), ["label", "created", "total", "state"])
             pipe.lrange(keys.sweep_runs(sweep_id), 0, -1)
@@ -230,7 +231,7 @@ class FarmCollector:
             pipe.hgetall(keys.sweep_verdict(sweep_id))
         replies = iter(pipe.execute())
         agent_rows = [next(replies) for _ in agents]
-        board_rows = [next(replies) for _ in boards]
+        board_rows = [(next(replies), next(replies)) for _ in boards]
         sweep_state: dict[str, str | None] = {}
         for sweep_id in new_sweeps:
             label, created, total, state = next(replies)
@@ -343,14 +344,17 @@ class FarmCollector:
                 uptime.add_metric([agent], _float(beat.get("uptime_s")))
         return [up, age, seen, info, backlog, uptime]
 
-    def _board_families(self, boards: list[str], rows: list[list[str | None]]) -> list[Metric]:
+    def _board_families(
+        self, boards: list[str], rows: list[tuple[list[str | None], int]]
+    ) -> list[Metric]:
         state_f = _spec_family("farm_board_state")
+        quarantined_f = _spec_family("farm_board_quarantined")
         health_f = _spec_family("farm_board_health")
         health_info = _spec_family("farm_board_health_reason_info")
         firmware = _spec_family("farm_board_firmware_info")
         info = _spec_family("farm_board_info")
         seen = _spec_family("farm_board_last_seen_timestamp_seconds")
-        for board, (owner, raw, last_seen) in zip(boards, rows, strict=True):
+        for board, ((owner, raw, last_seen), quarantined) in zip(boards, rows, strict=True):
             if not raw:
                 continue
             try:
@@ -365,6 +369,7 @@ class FarmCollector:
                 state_f.add_metric([*ids, s], 1.0 if state == s else 0.0)
             for h in HEALTH_STATES:
                 health_f.add_metric([*ids, h], 1.0 if health == h else 0.0)
+            quarantined_f.add_metric(ids, 1.0 if quarantined else 0.0)
             health_info.add_metric(
                 ids,
                 {"state": label_value(health), "reason": label_value(status.get("health_reason"))},
@@ -390,7 +395,7 @@ class FarmCollector:
             )
             if last_seen:
                 seen.add_metric(ids, _float(last_seen))
-        return [state_f, health_f, health_info, firmware, info, seen]
+        return [state_f, health_f, health_info, quarantined_f, firmware, info, seen]
 
     def _queue_families(self, counts: list[int], live: Counter[str]) -> list[Metric]:
         ready = _spec_family("farm_queue_jobs")

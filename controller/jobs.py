@@ -22,7 +22,6 @@ infrastructure failure (agent restarted, samples missing, lease lost) is retried
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
@@ -33,22 +32,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
 import redis
 from rq.timeouts import JobTimeoutException
 
 from controller import history, keys
+from controller.commands import BrokerUnavailable, publish_command
 from controller.deadline import RunDeadline
 from controller.estimate import SETUP_ALLOWANCE_S, estimate_run_s, samples_expected
 from controller.judge import close_sweep, judge, report_settings
+from controller.quarantine import unavailable
 from controller.retention import retire_run_detail, samples_retention_s
-from controller.settings import Settings, redacted
+from controller.settings import Settings
 from controller.store import (
     LEASE_TTL_S,
     Lease,
     connect,
     fail_reason,
     get_run,
+    lease_holder,
     ranges,
     sample_seqs,
     samples,
@@ -64,7 +65,6 @@ from farm.messages import (
     command_topic,
     sample_digest,
 )
-from farm.mqtt_tls import TlsError
 
 log = get_logger("controller.jobs")
 
@@ -81,10 +81,8 @@ CANCEL_GRACE_S = 30.0
 ACKS_SCANNED = 50
 #: Pause before dispatching again when the broker could not take a command.
 BROKER_RETRY_S = 5.0
-
-
-class BrokerUnavailable(Exception):
-    """A command could not be published."""
+#: The longest a run waits for a board operation (``farm board flash``...) to give it back.
+OPERATION_WAIT_S = 900.0
 
 
 @dataclass
@@ -157,13 +155,22 @@ class RunJob:
             return self._finish("cancelled", "cancelled before it started")
         if int(run.get("attempts") or 0) >= MAX_ATTEMPTS:
             return self._finish("failed", f"gave up after {run['attempts']} attempts")
+        if (blocked := self._unavailable(run["board"])) is not None:
+            return self._finish("failed", f"board {run['board']} takes no runs: {blocked}")
         self.lease = self._take_lease(run["board"])
+        # Reserved or quarantined while this job waited for the board?
+        if (blocked := self._unavailable(run["board"])) is not None:
+            if self.lease is not None:
+                self.lease.release()
+            return self._finish("failed", f"board {run['board']} takes no runs: {blocked}")
         if self.lease is None:
             return self._finish("failed", f"board {run['board']} is leased by another run")
         self.client.sadd(keys.RUNS_ACTIVE, self.run_id)
         # Renewed from a thread, so scoring a large run (seconds of numpy and file writing)
         # never looks like a dead worker to the reaper.
-        renewer = threading.Thread(target=self._keep_lease, name="lease", daemon=True)
+        renewer = threading.Thread(
+            target=self.lease.keep, args=(self._stop, self._lost), name="lease", daemon=True
+        )
         renewer.start()
         interrupted = False
         try:
@@ -199,24 +206,27 @@ class RunJob:
                 self.client.srem(keys.RUNS_ACTIVE, self.run_id)
             self.lease.release()
 
-    def _keep_lease(self) -> None:
-        assert self.lease is not None
-        while not self._stop.wait(self.lease.ttl_s / 3):
-            try:
-                if not self.lease.renew():
-                    self._lost.set()
-                    return
-            except redis.RedisError as exc:  # the next renewal may get through
-                log.warning("lease_renew_failed", run=self.run_id, error=str(exc))
-
     def _take_lease(self, board: str) -> Lease | None:
-        # A lease left by a worker that died expires within one TTL: wait that long.
+        # A lease left by a worker that died expires within one TTL: wait that long. A board
+        # operation (a flash, a health check) is waited out, up to the longest one's time.
         give_up = time.monotonic() + LEASE_TTL_S * 2 + 5
+        operation_ends = time.monotonic() + OPERATION_WAIT_S
         while True:
             lease = Lease.acquire(self.client, board)
-            if lease is not None or time.monotonic() > give_up:
+            if lease is not None:
                 return lease
+            holder = lease_holder(self.client.get(keys.lease(board)))
+            if holder is not None:
+                if self._unavailable(board) is not None:
+                    return None
+                give_up = max(give_up, min(operation_ends, time.monotonic() + LEASE_TTL_S))
+            if time.monotonic() > give_up:
+                return None
             time.sleep(POLL_S)
+
+    def _unavailable(self, board: str) -> str | None:
+        """Why ``board`` takes no runs now (reserved, quarantined), or None."""
+        return unavailable(self.client, [board], time.time()).get(board)
 
     def _finish(self, state: str, reason: str | None) -> str:
         if reason is not None and state != "completed":
@@ -442,30 +452,7 @@ class RunJob:
 
     def _publish(self, topic: str, payload: bytes) -> None:
         """Publish one command at QoS 1 (``BrokerUnavailable`` if the broker cannot take it)."""
-        host, port = self.settings.broker_host_port
-        user, password = self.settings.broker_credentials
-        client_id = f"farm-job-{self.run_id}-{time.monotonic_ns() % 10**6}"
-
-        broker = redacted(self.settings.broker_url)
-
-        async def send() -> None:
-            async with aiomqtt.Client(
-                host,
-                port,
-                username=user,
-                password=password,
-                identifier=client_id,
-                timeout=10,
-                tls_context=tls,
-            ) as client:
-                await client.publish(topic, payload, qos=1)
-
-        try:
-            # Built per command: a TLS file replaced on disk (a renewed certificate) is read.
-            tls = self.settings.mqtt_tls_context()
-            asyncio.run(send())
-        except (aiomqtt.MqttError, OSError, TlsError) as exc:
-            raise BrokerUnavailable(f"broker {broker}: {exc}") from None
+        publish_command(self.settings, topic, payload, f"job-{self.run_id}")
 
 
 def _acked(acks: list[str], command_id: str, outcome: str) -> bool:

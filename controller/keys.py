@@ -21,6 +21,15 @@ key                                      type     content
 ``farm:boards``                          set      board ids ever seen
 ``farm:board:{board}``                   hash     agent, status (JSON), last_seen
 ``farm:board:{board}:tail``              string   RQ job id of the last run queued for the board
+``farm:board:{board}:reservation``       hash     board, holder, note, since, until, console (the
+                                                  open console's session id): see
+                                                  :mod:`controller.reservations`
+``farm:board:{board}:console``           string   that console's session id while it is alive
+                                                  (expires unless its console refreshes it)
+``farm:board:{board}:quarantine``        hash     reason, since, by (:mod:`controller.quarantine`)
+``farm:board:{board}:ops``               list     the board's operations (JSON), newest first,
+                                                  capped (:mod:`controller.board_history`)
+``farm:board:{board}:check``             string   a scheduled health check is queued or running
 ``farm:lease:{board}``                   string   lease token (SET NX PX, renewed while running)
 ``farm:ingest:counters``                 hash     accepted_<kind> / rejected_<reason> /
                                                   accepted_samples / duplicate_samples ...
@@ -60,6 +69,9 @@ EVENTS_KEPT = 500
 #: Command acks kept per agent (the newest): enough for a worker to find the answer to its
 #: run command among the acks of flashes, health checks and other runs.
 ACKS_KEPT = 200
+
+#: Operations kept per board (the newest).
+OPS_KEPT = 100
 
 #: Fields of ``farm:run:{run}``.
 RUN_FIELDS = (
@@ -152,6 +164,31 @@ def board(board_id: str) -> str:
 def board_tail(board_id: str) -> str:
     """The RQ job the board's next run must wait for."""
     return f"{PREFIX}:board:{board_id}:tail"
+
+
+def board_reservation(board_id: str) -> str:
+    """Who holds the board, until when, and the open console's session."""
+    return f"{PREFIX}:board:{board_id}:reservation"
+
+
+def board_console(board_id: str) -> str:
+    """The board's open console session, alive while its console refreshes this key."""
+    return f"{PREFIX}:board:{board_id}:console"
+
+
+def board_quarantine(board_id: str) -> str:
+    """Why the board is out of service until an operator releases it."""
+    return f"{PREFIX}:board:{board_id}:quarantine"
+
+
+def board_ops(board_id: str) -> str:
+    """The board's operations, newest first (at most :data:`OPS_KEPT`)."""
+    return f"{PREFIX}:board:{board_id}:ops"
+
+
+def board_check(board_id: str) -> str:
+    """Set while a scheduled health check of the board is queued or running."""
+    return f"{PREFIX}:board:{board_id}:check"
 
 
 def lease(board_id: str) -> str:

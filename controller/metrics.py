@@ -166,6 +166,13 @@ EXPORTER: Mapping[str, MetricSpec] = _specs(
         (*_B, "state", "reason"),
     ),
     MetricSpec(
+        "farm_board_quarantined",
+        "gauge",
+        "1 while the controller keeps the board out of service after a failed scheduled health "
+        "check (until farm board release), else 0.",
+        _B,
+    ),
+    MetricSpec(
         "farm_board_firmware_info",
         "info",
         "The firmware the board holds: model and build (performance or energy).",
@@ -486,6 +493,7 @@ FAILURE_CATEGORIES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         ("cancelled", r"^cancelled"),
         ("attempts_exhausted", r"^gave up after"),
         ("lease_busy", r"is leased by another run"),
+        ("board_held", r"takes no runs: "),
         ("lease_lost", r"lease was lost"),
         ("worker_lost", r"worker running it was lost"),
         ("agent_rejected", r"the agent rejected the run"),

@@ -8,6 +8,10 @@ and lets RQ's own clean-up handle it, which retries the job (``Retry``) — the 
 the samples already stored where the mode allows — or fails it and releases the board's next
 job. A run it fails may be its sweep's last: the reaper then closes the sweep
 (:func:`controller.judge.close_sweep`), as a run job would have.
+
+The same tick looks after the boards (:meth:`Reaper.tick`): it ends reservations that expired
+or whose holder's console vanished (:func:`controller.reservations.end_lapsed`) and queues the
+scheduled health checks (:mod:`controller.health_schedule`).
 """
 
 from __future__ import annotations
@@ -19,9 +23,11 @@ from rq.registry import StartedJobRegistry
 from rq.utils import now as rq_now
 
 from controller import keys
+from controller.health_schedule import HealthPolicy, schedule
 from controller.ingest.throttle import Throttle
 from controller.judge import close_sweep
 from controller.queueing import fetch_job, queue
+from controller.reservations import end_lapsed
 from controller.retention import (
     retire_run_detail,
     run_retention_s,
@@ -125,12 +131,24 @@ def release_ready(rq_client: redis.Redis) -> None:
         queue(name, rq_client).ready_job_registry.cleanup()
 
 
+def look_after_boards(
+    client: redis.Redis, rq_client: redis.Redis, policy: HealthPolicy, now: float
+) -> None:
+    """End the reservations that lapsed and queue the health checks due."""
+    boards = sorted(client.smembers(keys.BOARDS))
+    for board, why in end_lapsed(client, boards, now):
+        log.info("reservation_ended", board=board, why=why)
+    schedule(client, rq_client, policy, now)
+
+
 class Reaper:
     """The reaper of one host: the worker pool's supervisor (:mod:`controller.worker_pool`)
-    calls :meth:`tick` every half second."""
+    calls :meth:`tick` every half second. ``policy``: when boards get scheduled health checks
+    (default: from the environment)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, policy: HealthPolicy | None = None) -> None:
         self.url = url
+        self.policy = policy or HealthPolicy.from_env()
         self.client = redis.Redis.from_url(url, decode_responses=True)
         self.rq_client = redis.Redis.from_url(url)
         self._next_reap = time.monotonic() + INTERVAL_S
@@ -140,7 +158,8 @@ class Reaper:
 
     def tick(self) -> list[str]:
         """:func:`release_ready` at every tick (a board's next run must not wait for the
-        reaper's interval either), :func:`reap` every ``INTERVAL_S``, and
+        reaper's interval either), :func:`reap` and :func:`look_after_boards` every
+        ``INTERVAL_S``, and
         :func:`~controller.retention.trim_sweeps` every ``TRIM_INTERVAL_S`` (the first time at
         once); a Redis hiccup is logged
         (the next tick tries again). The runs reaped."""
@@ -150,6 +169,7 @@ class Reaper:
                 return []
             self._next_reap = time.monotonic() + INTERVAL_S
             reaped = reap(self.client, self.rq_client)
+            look_after_boards(self.client, self.rq_client, self.policy, time.time())
             if time.monotonic() >= self._next_trim:
                 self._next_trim = time.monotonic() + TRIM_INTERVAL_S
                 trimmed = trim_sweeps(self.client, run_retention_s(), time.time())

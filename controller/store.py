@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,10 +19,16 @@ import redis
 
 from controller import keys
 from controller.settings import redacted
+from farm.logs import get_logger
+
+log = get_logger("controller.store")
 
 #: A lease lives this long unless renewed; the holder renews it every third of it, so a dead
 #: worker's board is free again within one TTL.
 LEASE_TTL_S = 15.0
+
+#: How a board operation's lease token starts: ``op:<operation>:<who>:``.
+OPERATION = "op:"
 
 _RENEW = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
@@ -102,9 +109,13 @@ class Lease:
     ttl_s: float = LEASE_TTL_S
 
     @classmethod
-    def acquire(cls, client: redis.Redis, board: str, ttl_s: float = LEASE_TTL_S) -> Lease | None:
-        """Take the lease, or ``None`` if someone else holds it."""
-        token = secrets.token_hex(8)
+    def acquire(
+        cls, client: redis.Redis, board: str, ttl_s: float = LEASE_TTL_S, *, holder: str = ""
+    ) -> Lease | None:
+        """Take the lease, or ``None`` if someone else holds it. ``holder`` starts the token:
+        a board operation's (:data:`OPERATION`...) tells a run job and a busy message who has
+        the board; a run job's token is random alone."""
+        token = holder + secrets.token_hex(8)
         if client.set(keys.lease(board), token, nx=True, px=int(ttl_s * 1000)):
             return cls(client, board, token, ttl_s)
         return None
@@ -118,6 +129,27 @@ class Lease:
     def release(self) -> None:
         """Give the board back (only if still ours)."""
         self.client.eval(_RELEASE, 1, keys.lease(self.board), self.token)
+
+    def keep(self, stop: threading.Event, lost: threading.Event) -> None:
+        """Renew the lease every third of its TTL until ``stop`` is set (a thread's target);
+        set ``lost`` and return if it was lost. A Redis error is logged: the next renewal may
+        get through."""
+        while not stop.wait(self.ttl_s / 3):
+            try:
+                if not self.renew():
+                    lost.set()
+                    return
+            except redis.RedisError as exc:
+                log.warning("lease_renew_failed", board=self.board, error=str(exc))
+
+
+def lease_holder(token: str | None) -> str | None:
+    """What holds a board whose lease token is ``token``: ``flash by alice`` for an
+    operation's; None for a run job's (or no lease)."""
+    if not token or not token.startswith(OPERATION):
+        return None
+    _, what, who, _ = [*token.split(":", 3), "", "", ""][:4]
+    return f"{what} by {who}"
 
 
 # -- runs --------------------------------------------------------------------------------------

@@ -4,7 +4,8 @@ Runs for one board are chained (each job ``depends_on`` the board's previous one
 allowed), so a board never runs two at once and no worker sits waiting for a busy board; the
 board lease is the second guard. Runs on a board are ordered so it is flashed as rarely as
 possible: first everything its current firmware can run, then one group per other firmware.
-Boards that cannot run a benchmark or mode are listed with the reason, never dropped silently.
+Boards that cannot run a benchmark or mode are listed with the reason, never dropped silently;
+so are boards out of scheduling (reserved by someone, quarantined after a failed check).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from rq.job import Dependency
 
 from controller import keys
 from controller.estimate import estimate_run_s
+from controller.quarantine import unavailable
 from controller.queueing import fetch_job, queue
 from controller.store import all_boards, new_id, rq_connection
 from controller.verdicts import VerdictRequest
@@ -124,25 +126,34 @@ def expand_benchmarks(names: list[str], suite: bool) -> list[Benchmark]:
     return found
 
 
+def unknown_boards(unknown: list[str], names: list[str]) -> str:
+    """The error for board ids no agent reported: the known ones (``names``, which may hold
+    other words a command accepts, such as ``all``) and the closest match of each."""
+    boards = sorted(n for n in names if n != "all")
+    known = ", ".join(boards) or "none: is an agent running and connected?"
+    hints = [
+        f"{b!r}: did you mean {close[0]!r}?"
+        for b in unknown
+        if (close := difflib.get_close_matches(b, names, n=1, cutoff=0.6))
+    ]
+    return f"unknown board(s) {', '.join(unknown)} (known: {known})" + (
+        f"; {'; '.join(hints)}" if hints else ""
+    )
+
+
 def plan(
-    spec: SweepSpec, boards: dict[str, dict[str, Any]], online: set[str]
+    spec: SweepSpec,
+    boards: dict[str, dict[str, Any]],
+    online: set[str],
+    held: dict[str, str] | None = None,
 ) -> tuple[list[PlannedRun], list[Skipped]]:
     """Expand a spec over the known boards (``boards``: id -> retained status; ``online``:
-    agents online now)."""
+    agents online now; ``held``: boards out of scheduling, reserved or quarantined, and why)."""
     benches = [get_benchmark(b) for b in spec.benchmarks]
     if spec.boards is not None:
         unknown = [b for b in spec.boards if b not in boards]
         if unknown:
-            known = ", ".join(sorted(boards)) or "none: is an agent running and connected?"
-            hints = [
-                f"{b!r}: did you mean {close[0]!r}?"
-                for b in unknown
-                if (close := difflib.get_close_matches(b, ["all", *boards], n=1, cutoff=0.6))
-            ]
-            raise SweepError(
-                f"unknown board(s) {', '.join(unknown)} (known: {known})"
-                + (f"; {'; '.join(hints)}" if hints else "")
-            )
+            raise SweepError(unknown_boards(unknown, ["all", *boards]))
         selected = {b: boards[b] for b in spec.boards}
     else:
         selected = dict(boards)
@@ -161,7 +172,9 @@ def plan(
         candidates: list[PlannedRun] = []
         for bench in benches:
             for mode in spec.modes:
-                reason = _cannot(status, bench, mode, online, spec.flash)
+                reason = (held or {}).get(board_id) or _cannot(
+                    status, bench, mode, online, spec.flash
+                )
                 if reason is not None:
                     skipped.append(Skipped(board_id, bench.id, mode, reason))
                     continue
@@ -229,7 +242,7 @@ def submit(client: redis.Redis, spec: SweepSpec) -> tuple[str, list[str], list[S
     online = {
         a for a in client.smembers(keys.AGENTS) if client.hget(keys.agent(a), "state") == "online"
     }
-    runs, skipped = plan(spec, boards, online)
+    runs, skipped = plan(spec, boards, online, unavailable(client, list(boards), time.time()))
     if not runs:
         reasons = "; ".join(f"{s.board} {s.benchmark} {s.mode}: {s.reason}" for s in skipped[:10])
         raise SweepError(f"nothing to run: {reasons}")

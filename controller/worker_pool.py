@@ -52,7 +52,7 @@ STABLE_S = 10.0
 #: How long the supervisor sleeps between looks at its children (and reaper ticks).
 TICK_S = 0.5
 #: What dispatching and following a run imports (aiomqtt, redis-py, rq, pydantic, farm.messages).
-JOB_MODULES = ("controller.jobs", "controller.reaper", "rq")
+JOB_MODULES = ("controller.jobs", "controller.reaper", "controller.health_schedule", "rq")
 #: What scoring a run imports (``farm.scoring.accuracy.roc_auc`` imports the last two late).
 SCORING_MODULES = ("controller.results", "numpy", "sklearn.metrics")
 #: After the first stop signal, a worker still running a job gets a cold shutdown: its run goes
@@ -75,6 +75,7 @@ JOB_FUNCTIONS = frozenset(
         "controller.jobs.execute_run",
         "controller.jobs.judge_sweep",
         "controller.jobs.submit_nightly",
+        "controller.health_schedule.scheduled_health_check",
     }
 )
 #: The signals that stop the pool (and, passed on, each worker).

@@ -14,6 +14,7 @@ Topics (QoS 1 unless said otherwise):
 ``farm/v1/agent/{agent}/board/{board}/status``                 retained
 ``farm/v1/agent/{agent}/board/{board}/run/{run}/samples``      batches of samples
 ``farm/v1/agent/{agent}/board/{board}/run/{run}/events``       accepted ... done
+``farm/v1/agent/{agent}/board/{board}/console/{session}``      a console session's output
 ``farm/v1/cmd/{agent}``                                        controller -> agent
 =============================================================  ==========================
 
@@ -88,6 +89,11 @@ def run_events_topic(agent: str, board: str, run: str) -> str:
     return f"{PREFIX}/agent/{agent}/board/{board}/run/{run}/events"
 
 
+def console_topic(agent: str, board: str, session: str) -> str:
+    """One console session's events (``opened``, the DUT's output, ``closed``)."""
+    return f"{PREFIX}/agent/{agent}/board/{board}/console/{session}"
+
+
 def command_topic(agent: str) -> str:
     """Where the controller sends an agent its commands."""
     return f"{PREFIX}/cmd/{agent}"
@@ -97,10 +103,13 @@ def command_topic(agent: str) -> str:
 class Topic:
     """What an agent topic names."""
 
-    kind: Literal["status", "heartbeat", "events", "board_status", "samples", "run_events"]
+    kind: Literal[
+        "status", "heartbeat", "events", "board_status", "samples", "run_events", "console"
+    ]
     agent: str
     board: str | None = None
     run: str | None = None
+    session: str | None = None
 
 
 def parse_topic(topic: str) -> Topic | None:
@@ -119,6 +128,8 @@ def parse_topic(topic: str) -> Topic | None:
             return Topic("samples", agent, rest[1], rest[3])
         if rest[4] == "events":
             return Topic("run_events", agent, rest[1], rest[3])
+    if len(rest) == 4 and rest[0] == "board" and rest[2] == "console":
+        return Topic("console", agent, rest[1], session=rest[3])
     return None
 
 
@@ -243,6 +254,51 @@ class HealthCheckCommand(_Command):
     board: Id
 
 
+#: What a console command does: open a session (queued as a board job), write one line to
+#: the DUT, keep an idle session open, or close it.
+ConsoleAction = Literal["open", "line", "keepalive", "close"]
+#: The longest line a console writes at once (a DUT command is at most 80 characters).
+MAX_CONSOLE_LINE = 1024
+#: The ``closed`` reason of a session its holder closed (any other reason is an abnormal end).
+CONSOLE_CLOSED_BY_HOLDER = "closed by the holder"
+
+
+class ConsoleCommand(_Command):
+    """An interactive line session with a board's DUT (``farm board console``).
+
+    Unlike the other commands it is neither journalled nor acknowledged on the agent's
+    ``events`` topic: its answers are the session's own events on :func:`console_topic`, and
+    a line sent twice (a QoS 1 redelivery) is written once, by its ``seq``."""
+
+    type: Literal["console"]
+    board: Id
+    session: Id
+    action: ConsoleAction
+    seq: int = Field(0, ge=0, le=10_000_000)
+    """``line``: the line's number in the session (1, 2, ...); the agent writes each once."""
+    line: str | None = Field(None, max_length=MAX_CONSOLE_LINE)
+    """``line``: the text written to the DUT, followed by the session's ``eol``."""
+    eol: str = Field("%", max_length=4)
+    """``open``: what ends each line on the wire (the reference firmware's commands end
+    with ``%``)."""
+    ready: str | None = Field("m-ready", max_length=64)
+    """``open``: the line the DUT prints when it can take the next one (the reference
+    firmware's ends every reply): each line waits for it. ``None``: lines go out as they
+    come."""
+    idle_s: float = Field(60.0, gt=0, le=3600)
+    """``open``: the agent closes the session after this long without a command of it (the
+    holder's console sends a keepalive well within it)."""
+    holder: str | None = Field(None, max_length=64)
+    """``open``: who holds the board (for the agent's log)."""
+
+    @field_validator("line")
+    @classmethod
+    def _printable(cls, value: str | None) -> str | None:
+        if value is not None and any(c in value for c in "\r\n\0"):
+            raise ValueError("a console line holds no CR, LF or NUL")
+        return value
+
+
 class RefuseCommand(_Command):
     """The controller does not accept this agent (e.g. an incompatible protocol version)."""
 
@@ -256,11 +312,12 @@ Command = Annotated[
     | FlashCommand
     | PowerCycleCommand
     | HealthCheckCommand
+    | ConsoleCommand
     | RefuseCommand,
     Field(discriminator="type"),
 ]
 COMMANDS: TypeAdapter[Command] = TypeAdapter(Command)
-COMMAND_TYPES = ("run", "cancel", "flash", "power-cycle", "health-check", "refuse")
+COMMAND_TYPES = ("run", "cancel", "flash", "power-cycle", "health-check", "console", "refuse")
 
 
 # -- agent -> all -----------------------------------------------------------------------------
@@ -314,6 +371,11 @@ class BoardStatus(Message):
     system: dict[str, Any] = {}
     started: float | None = None
     """The agent process's start, as in its :class:`AgentStatus`: what orders its statuses."""
+    checked: float | None = None
+    """When the board's last health check ended, passed or failed (the agent's clock; every
+    run starts with one): what the controller's scheduled checks go by."""
+    failures: int = Field(0, ge=0)
+    """Failures in a row (runs, checks) since the last pass."""
     time: float = Field(default_factory=now)
 
 
@@ -329,6 +391,25 @@ class CommandAck(Message):
     board: str | None = None
     run: str | None = None
     detail: dict[str, Any] = {}
+    time: float = Field(default_factory=now)
+
+
+class ConsoleEvent(Message):
+    """What a console session says, on :func:`console_topic`: ``opened`` (the DUT's port is
+    open), ``output`` (lines the DUT sent, in order) and once ``closed`` with the reason (by
+    the holder, idle, the port lost, or refused before it opened)."""
+
+    agent: Id
+    board: Id
+    session: Id
+    event: Literal["opened", "output", "closed"]
+    seq: int = Field(ge=0)
+    """The session's events numbered from 0: the console prints each once, in order."""
+    lines: list[str] = []
+    """``output``: the DUT's lines (latin-1 text, line ends removed)."""
+    port: str | None = None
+    baud: int | None = None
+    reason: str | None = None
     time: float = Field(default_factory=now)
 
 

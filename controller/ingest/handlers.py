@@ -68,6 +68,10 @@ class Handlers:
         topic = parse_topic(topic_name)
         if topic is None:
             raise Rejected("bad_topic", "not an agent topic")
+        if topic.kind == "console":
+            # A console session's output is for the console that opened it (farm board
+            # console subscribes to it); nothing of it is stored.
+            return
         if not payload and topic.kind in ("status", "board_status"):
             # A retained status being cleared (an operator retiring an agent or a board):
             # nothing to store, nothing wrong.

@@ -146,6 +146,8 @@ def ingest_fate(world: World, topic_name: str, payload: bytes) -> str | None:
     topic = parse_topic(topic_name)
     if topic is None:
         return "rejected_bad_topic"
+    if topic.kind == "console":
+        return None  # a console session's output: for its console, never stored or counted
     if not payload and topic.kind in ("status", "board_status"):
         return f"cleared_{LABELS[topic.kind]}"
     if len(payload) > MAX_PAYLOAD_BYTES:

@@ -36,6 +36,7 @@ COMMANDS = {
     "cancel": None,
     "demo": None,
     "export": {"submission"},
+    "board": {"health-check", "flash", "power-cycle", "reserve", "release", "console"},
 }
 CONTROLLER_EXTRA = (
     "redis",

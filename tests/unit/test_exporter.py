@@ -382,6 +382,7 @@ def test_an_empty_farm_still_answers_every_query_that_needs_a_zero(client: redis
         ("device: the DUT stopped answering (after 3 attempts)", "device_error"),
         ("infrastructure: port lost", "infrastructure_error"),
         ("board kws-1 is leased by another run", "lease_busy"),
+        ("board kws-1 takes no runs: reserved by alice until 2026-12-07 14:03:22", "board_held"),
         ("gave up after 3 attempts", "attempts_exhausted"),
         ("cannot score the run: seq 3 stored more than once", "scoring"),
         ("7 of 200 samples never arrived", "samples_missing"),

@@ -1,0 +1,218 @@
+"""The pieces of board operations that need no agent: the console's wire (pacing, order,
+repeats), durations, when a board is due for a scheduled health check, and reservations and
+quarantine in a real Redis database (db 4, flushed by each test)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+from pydantic import ValidationError
+
+from controller import board_history, keys, quarantine, reservations
+from controller.board_cli import parse_duration
+from controller.health_schedule import HealthPolicy, due, why_due
+from controller.reservations import ReservationError
+from controller.store import Lease
+from farm.messages import COMMANDS, BoardStatus
+from farm.protocol.console import ConsoleWire
+
+REDIS_URL = "redis://127.0.0.1:6379/4"
+
+
+@pytest.fixture
+def db() -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    client.flushdb()
+    yield client
+    client.flushdb()
+
+
+# -- the console's wire -----------------------------------------------------------------------
+
+
+def test_console_lines_go_out_once_in_order_each_after_the_dut_is_ready() -> None:
+    wire = ConsoleWire("%", "m-ready")
+    wire.receive(2, "profile")  # ahead of line 1: waits for it
+    assert wire.to_write() == b"" and wire.pending == 1
+    wire.receive(1, "name")
+    assert wire.to_write() == b"name%" and wire.waiting
+    wire.receive(1, "name")  # a redelivery: written once
+    assert wire.to_write() == b""  # line 2 waits for the DUT's ready
+    assert wire.feed(b"m-name-dut-[x]\r\nm-rea") == ["m-name-dut-[x]"]
+    assert wire.to_write() == b""
+    assert wire.feed(b"dy\r\n") == ["m-ready"]
+    assert wire.to_write() == b"profile%" and wire.pending == 0
+    # A DUT that never says it is ready: the agent stops waiting.
+    wire.receive(3, "help")
+    assert wire.to_write() == b""
+    wire.stop_waiting()
+    assert wire.to_write() == b"help%"
+    # A prompt without a line end comes out once the DUT is quiet.
+    assert wire.feed(b"m-ready\r\n> ") == ["m-ready"]
+    assert wire.flush() == ["> "] and wire.flush() == []
+
+
+def test_console_without_a_ready_line_sends_lines_as_they_come() -> None:
+    wire = ConsoleWire("\n", None)
+    for seq, line in enumerate(["a", "b", "c"], 1):
+        wire.receive(seq, line)
+    assert wire.to_write() == b"a\nb\nc\n" and not wire.waiting
+
+
+def test_console_commands_are_validated() -> None:
+    base = {"schema": "farm/v1", "id": "c1", "type": "console", "board": "b1", "session": "s1"}
+    command = COMMANDS.validate_python({**base, "action": "line", "seq": 1, "line": "name"})
+    assert (command.type, command.eol, command.ready) == ("console", "%", "m-ready")
+    with pytest.raises(ValidationError, match="no CR, LF or NUL"):
+        COMMANDS.validate_python({**base, "action": "line", "seq": 1, "line": "a\nb"})
+    with pytest.raises(ValidationError):
+        COMMANDS.validate_python({**base, "action": "reboot"})
+
+
+# -- durations and scheduled checks ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90", 90), ("5s", 5), ("30m", 1800), ("2h", 7200), ("1h30m", 5400), ("1d", 86400)],
+)
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "2x", "h", "1h30", "-5s", "1 h"])
+def test_bad_durations(text: str) -> None:
+    with pytest.raises(ValueError, match="expected a duration"):
+        parse_duration(text)
+
+
+def test_when_a_board_is_due_for_a_check() -> None:
+    policy = HealthPolicy(interval_s=600, after_failures=2)
+    idle = {"state": "idle", "health": "good", "checked": 1000.0, "failures": 0}
+    assert why_due(idle, policy, 1599) is None
+    assert why_due(idle, policy, 1600) == "unchecked for 600 s"
+    assert why_due({**idle, "checked": None}, policy, 1000) == "never checked"
+    assert why_due({**idle, "failures": 2, "health": "unknown"}, policy, 1001) == (
+        "2 failures in a row"
+    )
+    assert why_due({**idle, "state": "busy"}, policy, 5000) is None
+    assert why_due({**idle, "health": "bad"}, policy, 5000) is None  # an operator's call
+    assert why_due(idle, HealthPolicy(0, 0), 10**9) is None  # both rules off
+
+
+def test_the_health_policy_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FARM_HEALTH_INTERVAL_S", "3600")
+    monkeypatch.setenv("FARM_HEALTH_AFTER_FAILURES", "0")
+    assert HealthPolicy.from_env() == HealthPolicy(3600.0, 0)
+    monkeypatch.setenv("FARM_HEALTH_AFTER_FAILURES", "1.5")
+    with pytest.raises(ValueError, match=r"FARM_HEALTH_AFTER_FAILURES=1\.5: expected a whole"):
+        HealthPolicy.from_env()
+    monkeypatch.setenv("FARM_HEALTH_INTERVAL_S", "soon")
+    with pytest.raises(ValueError, match="FARM_HEALTH_INTERVAL_S='soon'"):
+        HealthPolicy.from_env()
+
+
+def store_board(db: redis.Redis, board: str, **fields: object) -> None:
+    """A board status as ingest stores it, of an online agent ``pi``."""
+    status = BoardStatus.model_validate(
+        {"agent": "pi", "board": board, "state": "idle", "health": "good", **fields}
+    )
+    db.hset(keys.board(board), mapping={"agent": "pi", "status": status.dumps(), "last_seen": 1})
+    db.sadd(keys.BOARDS, board)
+    db.sadd(keys.AGENTS, "pi")
+    db.hset(keys.agent("pi"), "state", "online")
+
+
+def test_only_idle_free_unheld_boards_are_due(db: redis.Redis) -> None:
+    now = time.time()
+    old = now - 3600
+    for board in ("free", "leased", "reserved", "quarantined", "queued", "fresh"):
+        store_board(db, board, checked=now if board == "fresh" else old)
+    store_board(db, "failing", checked=now, failures=3, health="unknown")
+    assert Lease.acquire(db, "leased") is not None
+    reservations.reserve(db, "reserved", "alice", 60)
+    quarantine.quarantine(db, "quarantined", "a test", "bob")
+    db.set(keys.board_tail("queued"), "run-r1")
+    db.hset(keys.run("r1"), "state", "queued")
+    policy = HealthPolicy(interval_s=600, after_failures=2)
+    assert due(db, policy, now) == {
+        "free": "unchecked for 3600 s",
+        "failing": "3 failures in a row",
+    }
+    db.hset(keys.run("r1"), "state", "completed")  # the queued run ended
+    db.hset(keys.agent("pi"), "state", "offline")
+    assert due(db, policy, now) == {}
+
+
+# -- reservations and quarantine ------------------------------------------------------------
+
+
+def test_a_reservation_is_its_holders_until_it_ends(db: redis.Redis) -> None:
+    held = reservations.reserve(db, "b1", "alice", 60, "uart")
+    assert (held.holder, held.note, held.console) == ("alice", "uart", None)
+    assert held.describe() == f"reserved by alice until {reservations.clock(held.until)} (uart)"
+    with pytest.raises(ReservationError, match="board b1 is reserved by alice until"):
+        reservations.reserve(db, "b1", "bob", 60)
+    # Its holder moves the end; it keeps its start.
+    again = reservations.reserve(db, "b1", "alice", 120)
+    assert again.since == held.since and again.until > held.until and again.note == ""
+    assert quarantine.unavailable(db, ["b1", "b2"], time.time()) == {"b1": again.describe()}
+    quarantine.quarantine(db, "b1", "failed a check", "controller")
+    assert quarantine.unavailable(db, ["b1"], time.time()) == {
+        "b1": "quarantined: failed a check (farm board release b1)"
+    }
+    assert quarantine.lift(db, "b1") and not quarantine.lift(db, "b1")
+    # Ended only if unchanged: a stale copy does not end a renewed reservation.
+    assert not reservations.end(db, held, "alice", "released")
+    assert reservations.end(db, again, "alice", "released")
+    assert reservations.get(db, "b1") is None
+    ops = [(e["op"], e["who"], e["reason"]) for e in board_history.recent(db, "b1")]
+    assert ops == [
+        ("unreserve", "alice", "released"),
+        ("quarantine", "controller", "failed a check"),
+        ("reserve", "alice", None),
+        ("reserve", "alice", None),
+    ]
+
+
+def test_the_tick_ends_expired_reservations_and_vanished_consoles(db: redis.Redis) -> None:
+    now = time.time()
+    reservations.reserve(db, "old", "alice", 1)
+    reservations.reserve(db, "con", "bob", 600)
+    reservations.reserve(db, "quiet", "carol", 600)
+    assert reservations.console_alive(db, "con", "bob", "s1", grace_s=0.2)
+    assert not reservations.console_alive(db, "con", "carol", "s2", grace_s=5)  # not hers
+    db.set(keys.lease("con"), "op:console:bob:abcd")
+    # An expired reservation is gone for every reader at once, before the tick.
+    assert reservations.get(db, "old", now + 1.5) is None
+    assert reservations.end_lapsed(db, ["old", "con", "quiet"], now) == []
+    time.sleep(0.3)  # the console's liveness key expires
+    ended = dict(reservations.end_lapsed(db, ["old", "con", "quiet"], now + 1.5))
+    assert ended["old"].startswith("expired at ")
+    assert ended["con"] == "its holder's console (s1) disappeared"
+    assert "quiet" not in ended and reservations.get(db, "quiet") is not None
+    assert not db.exists(keys.lease("con"))  # the vanished console's lease freed
+    entry = board_history.recent(db, "con")[0]
+    assert (entry["op"], entry["who"], entry["detail"]["holder"]) == (
+        "unreserve",
+        "controller",
+        "bob",
+    )
+    # A console closed normally leaves the reservation running.
+    assert reservations.console_alive(db, "quiet", "carol", "s3", grace_s=0.2)
+    reservations.console_closed(db, "quiet", "s3")
+    time.sleep(0.3)
+    assert reservations.end_lapsed(db, ["quiet"], time.time()) == []
+    assert json.loads(db.lindex(keys.board_ops("quiet"), 0))["op"] == "reserve"
+
+
+def test_history_is_capped(db: redis.Redis) -> None:
+    for i in range(keys.OPS_KEPT + 5):
+        board_history.record(db, "b1", board_history.Operation("health-check", f"u{i}", "ok"))
+    entries = board_history.recent(db, "b1")
+    assert len(entries) == keys.OPS_KEPT and entries[0]["who"] == f"u{keys.OPS_KEPT + 4}"
+    assert board_history.latest(db, ["b1", "b2"]) == {"b1": entries[0]}
