@@ -71,7 +71,7 @@ class ConsoleSession:
             agent=self.agent,
             board=self.board,
             session=self.session,
-            event=event,  # type: ignore[arg-type]
+            event=event,
             seq=self._seq,
             **fields,
         )
