@@ -15,7 +15,6 @@ The tree::
     OUT/<division>/<submitter>/systems/<board>.json
     OUT/<division>/<submitter>/results/<board>/<model>/{accuracy,performance,energy}/
     OUT/<division>/<submitter>/code/README.md
-    OUT/<division>/<submitter>/model_mapping.json      (open, when a model is renamed)
 
 Each mode folder holds exactly the files the checker expects (``log.txt``, ``results.txt``,
 ``results.json``; energy also its ``energy_inf_NNN.png``), copied from the run folder. The
@@ -142,7 +141,6 @@ class Export:
     refused: list[Refusal] = field(default_factory=list)
     root: Path | None = None
     systems: dict[str, dict[str, Any]] = field(default_factory=dict)
-    used_models: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """The export as ``--format json`` prints it."""
@@ -336,17 +334,10 @@ def write_tree(export: Export, out: Path) -> Path:
             (work / "systems" / f"{board}.json").write_text(json.dumps(doc, indent=2) + "\n")
         for (board, bench, mode), c in sorted(export.chosen.items()):
             folder = Path(str((c.summary or {}).get("artifacts") or ""))
-            target = work / "results" / board / export.used_models.get(bench, model_dir(bench))
+            target = work / "results" / board / model_dir(bench)
             (target / mode).mkdir(parents=True)
             for f in _mode_files(folder, mode):
                 shutil.copyfile(f, target / mode / f.name)
-        mapping = {
-            name: model_dir(bench)
-            for bench, name in export.used_models.items()
-            if name != model_dir(bench)
-        }
-        if mapping:
-            (work / "model_mapping.json").write_text(json.dumps(mapping, indent=2) + "\n")
         (work / "code").mkdir()
         (work / "code" / "README.md").write_text(_code_readme(export))
         work.rename(root)
@@ -421,16 +412,13 @@ def results_rows(export: Export) -> list[dict[str, Any]]:
             "software": system["Inference Framework"] or system["Software Libraries"],
         }
         for bench in _ordered(n for b, n, _ in export.chosen if b == board):
-            name = export.used_models.get(bench, model_dir(bench))
             values = checker_values(
-                export.root / "results" / board / name, get_benchmark(bench).metric
+                export.root / "results" / board / model_dir(bench), get_benchmark(bench).metric
             )
             throughput = values["throughput"]
             row[f"{bench}_latency_ms"] = None if not throughput else 1000 / throughput
             row[f"{bench}_energy_uj"] = values["energy_uj"]
             row[f"{bench}_accuracy"] = values["accuracy"]
-            if name != model_dir(bench):
-                row[f"{bench}_model"] = name
         rows.append(row)
     return rows
 
@@ -517,20 +505,11 @@ def export_submission(
     division: str,
     sweeps: Sequence[str] = (),
     version: str = "v1.4",
-    used_models: Mapping[str, str] | None = None,
 ) -> Export:
     """Judge every run of ``sweeps`` and write the tree of the chosen ones under ``out``
     (``root`` stays None when no benchmark of any board is complete)."""
     check_request(submitter, division, version)
-    renamed = dict(used_models or {})
-    if renamed and division != "open":
-        raise SubmissionError("--used-model renames a model: open division only")
-    for bench, name in renamed.items():
-        if bench not in scoring.MODEL_DIRS:
-            raise SubmissionError(f"--used-model {bench}={name}: unknown benchmark {bench!r}")
-        if not _NAME.match(name):
-            raise SubmissionError(f"--used-model {bench}={name}: not a usable folder name")
-    export = Export(division, submitter, version, used_models=renamed)
+    export = Export(division, submitter, version)
     export.chosen, export.refused = select(load_candidates(client, sweeps), division, version)
     if export.chosen:
         export.systems = load_systems(client, {b for b, _, _ in export.chosen})
