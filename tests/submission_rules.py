@@ -22,6 +22,8 @@ from typing import Any
 RULES: dict[str, str] = {
     "division": "the top level holds only closed/ and open/ (and .git, .github, assets, .vscode)",
     "results-folder": "a submitter folder has results/ (without it nothing is checked)",
+    "code-folder": "a submitter folder has code/, not empty (the results page links to it; "
+    "the checker does not look)",
     "symlink": "no symbolic link anywhere under a submitter (rejects the whole submitter)",
     "file-size": "no file over 500 MiB (rejects the whole submitter)",
     "pycache": "no __pycache__ folder (rejects the whole submitter)",
@@ -156,6 +158,8 @@ class _Check:
         if not (folder / "results").is_dir():
             self.add("results-folder", folder, "no results/ folder")
             return
+        if not (folder / "code").is_dir():
+            self.add("code-folder", folder, "no code/ folder")
         self.folders(folder)
         mapping = folder / "model_mapping.json"
         if mapping.exists():

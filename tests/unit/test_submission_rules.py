@@ -187,6 +187,7 @@ def _drop(key: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
 BREAK: dict[str, Callable[[Path], None]] = {
     "division": lambda r: (r / "network").mkdir(),
     "results-folder": lambda r: shutil.copytree(r / ORG / "systems", r / "closed/Other/systems"),
+    "code-folder": lambda r: shutil.rmtree(r / ORG / "code"),
     "symlink": lambda r: os.symlink("README.md", r / ORG / "code" / "link.md"),
     "file-size": _big_file,
     "pycache": lambda r: (
