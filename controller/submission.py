@@ -16,6 +16,9 @@ The tree::
     OUT/<division>/<submitter>/results/<board>/<model>/{accuracy,performance,energy}/
     OUT/<division>/<submitter>/code/README.md
 
+``<model>`` is always the checker's name (kws, vww, ic, ic2, ad), in the open division too:
+the v1.3/v1.4 checker looks a model folder's required tests up by its name and stops with a
+``KeyError`` on any other, so a renamed model with a ``model_mapping.json`` cannot be checked.
 Each mode folder holds exactly the files the checker expects (``log.txt``, ``results.txt``,
 ``results.json``; energy also its ``energy_inf_NNN.png``), copied from the run folder. The
 tree is built beside its final place and moved there whole; an existing one is never
