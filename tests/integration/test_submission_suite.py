@@ -106,7 +106,7 @@ SUITE_SWEEPS = (
     ("ad-e", "ad", {"alt": True}),
 )
 SUITE_MODES = "performance,accuracy,energy,latency"
-#: The suite's wall time on a loaded 2-core machine is about an hour (docs/operations.md).
+#: The suite took 58 min on a shared 2-core machine (docs/measurement.md#submission-tree).
 SUITE_WITHIN_S = 4 * 3600
 
 
