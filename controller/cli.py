@@ -858,14 +858,6 @@ def export_submission(
         typer.Argument(help="Sweeps to take runs from (default: every sweep)"),
     ] = None,
     version: Annotated[str, typer.Option(help="The checker's rules: v1.3 or v1.4")] = "v1.4",
-    used_model: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--used-model",
-            help="Open division: BENCHMARK=NAME, the model folder (and model_mapping.json "
-            "entry) for a benchmark run with another model, e.g. kws01=ds-cnn-xs",
-        ),
-    ] = None,
     redis: RedisOpt = None,
     fmt: FormatOpt = "table",
     json_out: JsonOpt = False,
@@ -880,14 +872,8 @@ def export_submission(
     from controller.submission import SubmissionError, results_listing
     from controller.submission import export_submission as export
 
-    renamed: dict[str, str] = {}
-    for item in used_model or []:
-        bench, sep, name = item.partition("=")
-        if not sep or not bench or not name:
-            raise fail(f"--used-model {item!r}: expected BENCHMARK=NAME")
-        renamed[bench] = name
     try:
-        done = export(client, out, submitter, division, sweeps or [], version, renamed)
+        done = export(client, out, submitter, division, sweeps or [], version)
     except SubmissionError as exc:
         raise fail(str(exc)) from None
     for refusal in done.refused:

@@ -15,8 +15,10 @@ The tree::
     OUT/<division>/<submitter>/systems/<board>.json
     OUT/<division>/<submitter>/results/<board>/<model>/{accuracy,performance,energy}/
     OUT/<division>/<submitter>/code/README.md
-    OUT/<division>/<submitter>/model_mapping.json      (open, when a model is renamed)
 
+``<model>`` is always the checker's name (kws, vww, ic, ic2, ad), in the open division too:
+the v1.3/v1.4 checker looks a model folder's required tests up by its name and stops with a
+``KeyError`` on any other, so a renamed model with a ``model_mapping.json`` cannot be checked.
 Each mode folder holds exactly the files the checker expects (``log.txt``, ``results.txt``,
 ``results.json``; energy also its ``energy_inf_NNN.png``), copied from the run folder. The
 tree is built beside its final place and moved there whole; an existing one is never
@@ -142,7 +144,6 @@ class Export:
     refused: list[Refusal] = field(default_factory=list)
     root: Path | None = None
     systems: dict[str, dict[str, Any]] = field(default_factory=dict)
-    used_models: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """The export as ``--format json`` prints it."""
@@ -336,17 +337,10 @@ def write_tree(export: Export, out: Path) -> Path:
             (work / "systems" / f"{board}.json").write_text(json.dumps(doc, indent=2) + "\n")
         for (board, bench, mode), c in sorted(export.chosen.items()):
             folder = Path(str((c.summary or {}).get("artifacts") or ""))
-            target = work / "results" / board / export.used_models.get(bench, model_dir(bench))
+            target = work / "results" / board / model_dir(bench)
             (target / mode).mkdir(parents=True)
             for f in _mode_files(folder, mode):
                 shutil.copyfile(f, target / mode / f.name)
-        mapping = {
-            name: model_dir(bench)
-            for bench, name in export.used_models.items()
-            if name != model_dir(bench)
-        }
-        if mapping:
-            (work / "model_mapping.json").write_text(json.dumps(mapping, indent=2) + "\n")
         (work / "code").mkdir()
         (work / "code" / "README.md").write_text(_code_readme(export))
         work.rename(root)
@@ -408,14 +402,12 @@ def page_row(
     board: str,
     system: Mapping[str, Any],
     values: Mapping[str, Mapping[str, float | None]],
-    used_models: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """One system's row of the MLPerf Tiny results page: submitter, device, processor,
     accelerator, software (from ``system``, a systems JSON as :func:`system_json` writes it)
     and per benchmark of ``values`` (``throughput``, ``accuracy``, ``energy_uj``, as
     :func:`checker_values` reads them) the latency (ms, 1000 / median throughput), energy
-    (µJ per inference) and accuracy (top-1 % or AUC); ``used_models`` names a renamed
-    model's folder."""
+    (µJ per inference) and accuracy (top-1 % or AUC)."""
     row: dict[str, Any] = {
         "submitter": submitter,
         "system": board,
@@ -430,9 +422,6 @@ def page_row(
         row[f"{bench}_latency_ms"] = None if not throughput else 1000 / throughput
         row[f"{bench}_energy_uj"] = values[bench].get("energy_uj")
         row[f"{bench}_accuracy"] = values[bench].get("accuracy")
-        name = (used_models or {}).get(bench, model_dir(bench))
-        if name != model_dir(bench):
-            row[f"{bench}_model"] = name
     return row
 
 
@@ -445,12 +434,11 @@ def results_rows(export: Export) -> list[dict[str, Any]]:
         system = json.loads((export.root / "systems" / f"{board}.json").read_text())
         values = {
             bench: checker_values(
-                export.root / "results" / board / export.used_models.get(bench, model_dir(bench)),
-                get_benchmark(bench).metric,
+                export.root / "results" / board / model_dir(bench), get_benchmark(bench).metric
             )
             for bench in _ordered(n for b, n, _ in export.chosen if b == board)
         }
-        rows.append(page_row(export.submitter, board, system, values, export.used_models))
+        rows.append(page_row(export.submitter, board, system, values))
     return rows
 
 
@@ -556,20 +544,11 @@ def export_submission(
     division: str,
     sweeps: Sequence[str] = (),
     version: str = "v1.4",
-    used_models: Mapping[str, str] | None = None,
 ) -> Export:
     """Judge every run of ``sweeps`` and write the tree of the chosen ones under ``out``
     (``root`` stays None when no benchmark of any board is complete)."""
     check_request(submitter, division, version)
-    renamed = dict(used_models or {})
-    if renamed and division != "open":
-        raise SubmissionError("--used-model renames a model: open division only")
-    for bench, name in renamed.items():
-        if bench not in scoring.MODEL_DIRS:
-            raise SubmissionError(f"--used-model {bench}={name}: unknown benchmark {bench!r}")
-        if not _NAME.match(name):
-            raise SubmissionError(f"--used-model {bench}={name}: not a usable folder name")
-    export = Export(division, submitter, version, used_models=renamed)
+    export = Export(division, submitter, version)
     export.chosen, export.refused = select(load_candidates(client, sweeps), division, version)
     if export.chosen:
         export.systems = load_systems(client, {b for b, _, _ in export.chosen})

@@ -4,9 +4,11 @@ RQ worker processes (`farm controller worker`), and the client commands."""
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -56,8 +58,11 @@ class ControllerLab:
             **self.extra_env,
         }
 
-    async def add_agent(self, agent: str, boards: str, *, dataset_limit: int | str = 10) -> None:
-        """`farm sim` for ``boards`` (YAML list) and its agent ``agent``."""
+    async def add_agent(
+        self, agent: str, boards: str, *, dataset_limit: int | str | None = 10
+    ) -> None:
+        """`farm sim` for ``boards`` (YAML list) and its agent ``agent`` (``dataset_limit``:
+        :func:`start_sim`'s)."""
         out = self.dir / f"sim-{agent}"
         self.sims[agent] = await start_sim(
             out,
@@ -118,6 +123,29 @@ class ControllerLab:
         if check and code != 0:
             raise AssertionError(f"farm {' '.join(args)} exited {code}:\n{errs}\n{self.logs()}")
         return code, out, errs
+
+    async def export_submission(
+        self, out: Path, *sweeps: str, division: str = "closed", version: str = "v1.4"
+    ) -> tuple[int, dict[str, Any], str]:
+        """``farm export submission`` for submitter ``Org`` as JSON: (status, the document,
+        or ``{}`` when nothing was printed, stderr)."""
+        code, stdout, stderr = await self.farm(
+            "export",
+            "submission",
+            "--submitter",
+            "Org",
+            "--division",
+            division,
+            "--version",
+            version,
+            "--out",
+            str(out),
+            "--format",
+            "json",
+            *sweeps,
+            check=False,
+        )
+        return code, (json.loads(stdout) if stdout.strip() else {}), stderr
 
     def logs(self) -> str:
         """The tail of every process log, for a failing assertion."""

@@ -503,17 +503,19 @@ async def start_sim(
     seed: int,
     agent: str,
     broker: str,
-    dataset_limit: int | str,
+    dataset_limit: int | str | None,
     extra: tuple[str, ...] = (),
 ) -> Proc:
     """`farm sim` for ``boards`` (a YAML list) and agent ``agent``, its boards in ``out``
     (its config and log beside it: ``out``.yaml, ``out``.log), once its agent.yaml is written.
     ``dataset_limit`` is ``--dataset-limit``: N, or per dataset (``ic01=10,...``; a dataset
-    not named is written whole, in the official order)."""
+    not named is written whole, in the official order); None writes every dataset whole."""
     config = out.with_name(f"{out.name}.yaml")
     config.write_text(f"seed: {seed}\nboards:\n" + textwrap.indent(textwrap.dedent(boards), "  "))
     args = ["sim", "--out", str(out), "--config", str(config), "--agent-id", agent]
-    args += ["--broker", broker, "--dataset-limit", str(dataset_limit), *extra]
+    args += ["--broker", broker, *extra]
+    if dataset_limit is not None:
+        args += ["--dataset-limit", str(dataset_limit)]
     sim = Proc(args, out.with_name(f"{out.name}.log"))
     await sim.start()
     try:

@@ -16,6 +16,7 @@ import pytest
 
 from controller.submission import ACCURACY_PATTERNS, PERFORMANCE_PATTERN
 from tests.integration.controller_lab import ControllerLab
+from tests.submission_rules import check_tree
 
 QUICK = json.dumps({"min_window_s": 0.5, "calibration_s": 0.2})
 #: kws01 whole, in the official order (a stratified limit reorders even a complete set, which
@@ -109,21 +110,8 @@ async def test_full_kws_sweep_exports_a_closed_tree(lab: ControllerLab) -> None:
     sweep = await _sweep(lab)
     out = lab.dir / "submission"
 
-    code, stdout, stderr = await lab.farm(
-        "export",
-        "submission",
-        "--submitter",
-        "Org",
-        "--division",
-        "closed",
-        "--out",
-        str(out),
-        "--format",
-        "json",
-        sweep,
-    )
+    code, doc, stderr = await lab.export_submission(out, sweep)
     assert code == 0, stderr
-    doc = json.loads(stdout)
     assert doc["refused"] == [] and len(doc["chosen"]) == 2
     root = out / "closed" / "Org"
     for mode in ("accuracy", "performance"):
@@ -133,6 +121,7 @@ async def test_full_kws_sweep_exports_a_closed_tree(lab: ControllerLab) -> None:
             "results.json",
             "results.txt",
         ]
+    assert check_tree(out, "v1.4") == [] and check_tree(out, "v1.3") == []
     system = json.loads((root / "systems" / "kws-1.json").read_text())
     # The description the sim's agent.yaml gives the board, under the official keys.
     described = json.loads(lab.redis.hget("farm:board:kws-1", "status") or "{}")["system"]
