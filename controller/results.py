@@ -218,6 +218,10 @@ def parse_run(run: Mapping[str, Any]) -> tuple[Benchmark, str, RunOptions]:
     mode = _text(run, "mode")
     if mode not in MODES:
         raise ResultsError(f"unknown mode {mode!r} (known: {', '.join(MODES)})")
+    try:
+        bench.script("performance" if mode == "latency" else mode)
+    except BenchmarkError as exc:
+        raise ResultsError(str(exc)) from None
     text = _text(run, "options").strip()
     try:
         options = RunOptions.model_validate_json(text) if text else RunOptions()

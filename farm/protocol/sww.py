@@ -1,4 +1,5 @@
-"""The streaming-wakeword (sww01) exchanges, host side, sans-IO (docs/protocols.md#sww).
+"""The streaming-wakeword (sww01) exchanges, host side, sans-IO
+(docs/protocols.md#streaming-wakeword).
 
 One sww run is one stream: the DUT's ``start``, the interface board's ``record_detections``
 and ``play <wav>``, the DUT's ``stop`` (its per-frame activation dump), then the board's
@@ -36,6 +37,10 @@ FRAME_BYTES = FRAME_SAMPLES * CHANNELS * SAMPLE_BYTES
 DETECT_THRESHOLD = 115
 #: The board's detection and duty-cycle clock (TIM2) ticks every 10 µs.
 TICK_S = 1e-5
+#: The board's log capacities: detections, and start (and stop) edges of the duty cycle
+#: (100 frames: the first 3.2 s of a stream).
+MAX_DETECTIONS = 10_000
+MAX_DUTY_EDGES = 100
 #: The runner waits this long after ``play`` returns before ``stop`` (the DUT may still be
 #: busy with the last frame).
 STOP_DELAY_S = 0.25

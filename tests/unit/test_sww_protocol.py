@@ -1,6 +1,6 @@
 """The streaming-wakeword (sww01) protocol, both sides, on exact bytes
-(docs/protocols.md#sww): the DUT firmware's lines and their classification, the stream's
-board replies (play, detections, duty cycle) read by the host."""
+(docs/protocols.md#streaming-wakeword): the DUT firmware's lines and their classification,
+the stream's board replies (play, detections, duty cycle) read by the host."""
 
 from __future__ import annotations
 
