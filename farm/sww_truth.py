@@ -61,13 +61,28 @@ class TruthFile:
     name: str
     """The file's name (``sww_long_test.json``): what a run records."""
     entries: tuple[TruthEntry, ...]
+    path: Path | None = None
+    """Where it was read from (``None``: parsed from text, or the package's copy)."""
+
+    @property
+    def index_path(self) -> Path:
+        """The file itself, as a dataset's index (the package's copy by its package path)."""
+        return self.path if self.path is not None else Path("farm/data/sww") / self.name
+
+    @property
+    def folder(self) -> Path:
+        """The dataset folder it is in (``<root>/sww01``)."""
+        return self.index_path.parent
+
+    @property
+    def rows(self) -> tuple[TruthEntry, ...]:
+        """Its entries, numbered as a run's samples are (``index``)."""
+        return self.entries
 
     @property
     def official(self) -> bool:
         """True if it is, entry for entry, the shipped official file of the same name."""
-        if self.name not in OFFICIAL_TRUTH:
-            return False
-        return official_truth(self.name).entries == self.entries
+        return self.name in OFFICIAL_TRUTH and official_truth(self.name).entries == self.entries
 
     def entry(self, wav_file: str) -> TruthEntry:
         """The entry of ``wav_file``; ``KeyError`` naming the known files otherwise."""
@@ -142,7 +157,8 @@ def load_truth(path: Path | str) -> TruthFile:
         raise TruthError(f"{path}: no such truth file") from None
     except OSError as exc:
         raise TruthError(f"{path}: cannot read: {exc.strerror}") from None
-    return parse_truth(text, path.name, str(path))
+    truth = parse_truth(text, path.name, str(path))
+    return TruthFile(truth.name, truth.entries, path)
 
 
 def official_text(name: str = LONG_TRUTH) -> str:

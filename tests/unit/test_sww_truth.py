@@ -106,6 +106,7 @@ def test_dataset_truth_says_where_it_looked(tmp_path: Path) -> None:
     truth = dataset_truth(tmp_path, "t.json")
     assert truth.entries == (TruthEntry(0, "a.wav", ((1.0, 2.0),), 3.0, 16000),)
     assert load_truth(tmp_path / "sww01" / "t.json") == truth
+    assert truth.folder == tmp_path / "sww01" and truth.rows == truth.entries
 
 
 # --- the simulator's audio ------------------------------------------------------------------
