@@ -500,7 +500,8 @@ class BoardWorker:
 
     def _baud(self, job: RunCommand, identity: Identity) -> int | None:
         if job.mode == "energy":
-            return self.cfg.baud.energy
+            # The baud its health check just reached the energy firmware at.
+            return self.access.energy_baud
         # The rate the DUT answered this run's health check at: a configured rate describes
         # the board's own firmware, and a flashed image of another model may talk at another.
         return identity.baud or self.cfg.baud.performance

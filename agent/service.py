@@ -449,6 +449,7 @@ class AgentService:
         in full when it starts)."""
         try:
             bench = get_benchmark(command.benchmark)
+            bench.script("performance" if command.mode == "latency" else command.mode)
         except BenchmarkError as exc:
             return str(exc)
         if command.stored and command.mode != "accuracy":

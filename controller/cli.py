@@ -277,7 +277,8 @@ def exporter(
 
 def submit(
     benchmark: Annotated[
-        str | None, typer.Option(help="Benchmarks: kws01,vww01,ic01,ad01 (or kws, vww, ic, ad)")
+        str | None,
+        typer.Option(help="Benchmarks: kws01,vww01,ic01,ad01,sww01 (or kws, vww, ic, ad, sww)"),
     ] = None,
     suite: Annotated[str | None, typer.Option(help="'full': every benchmark in every mode")] = None,
     boards: Annotated[str, typer.Option(help="'all' or board ids id1,id2")] = "all",
@@ -289,6 +290,10 @@ def submit(
     label: Annotated[str, typer.Option(help="Free text, e.g. nightly")] = "",
     priority: Annotated[str, typer.Option(help="high, normal or low")] = "normal",
     limit: Annotated[int | None, typer.Option(min=1, help="Only N samples (not valid)")] = None,
+    truth: Annotated[
+        str | None,
+        typer.Option(help="sww01: the truth file in the agents' <dataset>/sww01 (official: long)"),
+    ] = None,
     options: Annotated[
         str | None,
         typer.Option(help="Advanced: run options as JSON (windows, min_window_s, min_queries...)"),
@@ -370,7 +375,10 @@ def submit(
             dataset=dataset,
             label=label,
             priority=priority,
-            options=RunOptions.model_validate({**json.loads(options or "{}"), "limit": limit}),
+            options=RunOptions.model_validate(
+                {**json.loads(options or "{}"), "limit": limit}
+                | ({} if truth is None else {"truth": truth})
+            ),
             verdict=VerdictRequest(
                 against, last or 1, None if report_dir is None else str(report_dir.absolute())
             )

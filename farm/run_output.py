@@ -389,7 +389,7 @@ class RunFolder:
             energy,
         )
         self.result = result
-        self.log(f"truth file {capture.truth_file}, wav {capture.wav_file}")
+        self.log(f"truth file {capture.truth_file}, wav {capture.wav_file or '(not known)'}")
         for line in result.log_lines():
             self.log(line)
         for line in energy.error_lines:

@@ -20,7 +20,9 @@ class StreamCapture:
 
     truth_file: str
     """The truth file the entry comes from (``sww_long_test.json``)."""
-    wav_file: str
+    wav_file: str | None
+    """The wav's name; ``None`` where the controller scored a truth file it does not have
+    (the numbers travel with the sample, the names do not)."""
     windows: tuple[tuple[float, float], ...]
     """The entry's wakeword windows, seconds into the wav."""
     length_s: float

@@ -231,7 +231,8 @@ def checker_reading(lines: Sequence[str], version: str = DEFAULT_VERSION) -> Che
 class SwwResult:
     """One sww01 stream scored: detections, duty cycle, the energy window (energy mode)."""
 
-    wav_file: str
+    wav_file: str | None
+    """``None``: not known (a controller scoring a truth file it does not have)."""
     length_s: float
     stats: DetectionStats
     duty: DutyCycle
@@ -249,8 +250,9 @@ class SwwResult:
         false positives, the duty-cycle warnings."""
         fn = ", ".join(f"{t:.3f}" for t in self.stats.false_negatives) or "none"
         fp = ", ".join(f"{t:.3f}" for t in self.stats.false_positives) or "none"
+        name = self.wav_file or "(wav name not known here)"
         return [
-            f"== File {self.wav_file} ({self.length_s:2.1f} s) ==",
+            f"== File {name} ({self.length_s:2.1f} s) ==",
             f"    False negatives (window starts, s): {fn}",
             f"    False positives (s after the sync pulse): {fp}",
             f"Duty cycle = {self.duty.duty_cycle:.3f}, Period = {self.duty.period_s * 1e3:.3} ms",

@@ -14,17 +14,13 @@ from pathlib import Path
 from agent.energy_monitor import window_energy
 from agent.interface_client import InterfaceClient
 from agent.lpm01a_client import Lpm01aClient
-from agent.serial_link import SerialLink
 from farm.models import MODELS
 from farm.protocol import sww
-from farm.protocol.interface import HOST_BAUD as INTERFACE_BAUD
-from farm.protocol.lpm01a import HOST_BAUD as MONITOR_BAUD
 from farm.sim.config import BoardConfig, LatencyConfig, SwwConfig
 from farm.sim.server import SimBoard
 from farm.sim.sww_dut import SimSwwDut
+from tests.integration.sim_boards import energy_clients
 
-RESET_S = 0.6
-SETTLE_S = 5.0
 MANTISSA_REL = 5e-4
 #: A 6 s wav: wakewords at 1.0-1.5 s and 3.0-3.4 s.
 TRUTH = [
@@ -50,21 +46,8 @@ async def sww_rig(
         sww=sww_config,
     )
     board = SimBoard(config, directory=directory, seed=7)
-    await board.start()
-    links: list[SerialLink] = []
-    lpm: Lpm01aClient | None = None
-    try:
-        assert board.interface_port is not None and board.monitor_port is not None
-        links.append(await SerialLink.open(str(board.monitor_port.path), MONITOR_BAUD))
-        links.append(await SerialLink.open(str(board.interface_port.path), INTERFACE_BAUD))
-        lpm = Lpm01aClient(links[0])
-        yield board, lpm, InterfaceClient(links[1], dut_baud=115200, reset_s=RESET_S)
-    finally:
-        if lpm is not None:
-            await lpm.close()
-        for link in links:
-            await link.close()
-        await board.stop()
+    async with energy_clients(board, 115200) as (lpm, interface):
+        yield board, lpm, interface
 
 
 async def test_stream_reaches_the_board_logs_as_modelled(tmp_path: Path) -> None:
