@@ -68,6 +68,9 @@ class BoardAccess:
         self.cfg = cfg
         self.sim_boards = sim_boards
         self.last_baud: int | None = None
+        self.last_energy_baud: int | None = None
+        """The energy firmware's baud after a flash: its model's (sww01's energy firmware
+        talks at 115200, the others' at 9600)."""
 
     # -- ports ----------------------------------------------------------------------------------
 
@@ -169,11 +172,20 @@ class BoardAccess:
                 await lpm.power(True, voltage_mv=self.supply_mv)
         link = await SerialLink.open(ports.interface, INTERFACE_BAUD)
         try:
-            interface = InterfaceClient(link, dut_baud=self.cfg.baud.energy or ENERGY_BAUD)
+            interface = InterfaceClient(link, dut_baud=self.energy_baud)
             await interface.resync()
             return await _ask(interface.dut(None), None)
         finally:
             await link.close()
+
+    @property
+    def energy_baud(self) -> int:
+        """The DUT-side baud of the interface board for the energy firmware: the one its
+        last flash gave (its model's), else the configured one, else 9600. Never guessed:
+        a ``dut`` command at the wrong baud leaves the board's passthrough waiting for an
+        ``m-ready`` that cannot come, and the sww01 firmware, which prints nothing at boot,
+        would not free it even across a power cycle."""
+        return self.last_energy_baud or self.cfg.baud.energy or ENERGY_BAUD
 
     async def power_on(self, ports: ResolvedBoard) -> None:
         """Make sure an LPM01A supplies the DUT (it is the DUT's supply on a board it
@@ -236,6 +248,7 @@ class BoardAccess:
         # at 115200).
         known = MODELS.get(model)
         self.last_baud = known.default_baud if known is not None else None
+        self.last_energy_baud = known.energy_baud if known is not None else None
         log.info("flashed", board=self.cfg.id, model=model, build=build, s=seconds)
         return seconds
 

@@ -27,7 +27,15 @@ from agent.dut_client import DirectChannel, DutClient
 from agent.health import BoardHealth
 from agent.identity import ImageDigests, firmware_identity
 from agent.journal import Journal
-from agent.one_board import Links, RunInputError, RunRequest, connect, expected_samples, prepare
+from agent.one_board import (
+    Links,
+    RunInputError,
+    RunRequest,
+    connect,
+    expected_samples,
+    prepare,
+    stream_target,
+)
 from agent.outbox import Outbox, SampleBatcher
 from agent.run_bookkeeping import (
     CheckFailed,
@@ -42,6 +50,7 @@ from agent.run_bookkeeping import (
 from agent.runner import Runner
 from agent.serial_link import SerialLink
 from farm.catalog import Benchmark
+from farm.datasets import Dataset
 from farm.logs import get_logger
 from farm.messages import (
     SAMPLE_BATCH,
@@ -63,6 +72,7 @@ from farm.messages import (
     run_events_topic,
 )
 from farm.models import MODELS
+from farm.sww_truth import TruthFile
 
 log = get_logger("agent.board_worker")
 
@@ -454,7 +464,7 @@ class BoardWorker:
             request.monitor = self.access.monitor_target(ports)
             request.baud = self._baud(job, identity)
             self._links = await connect(request, bench)
-            runner = self._runner(job, request, bench, inputs, progress)
+            runner = self._runner(job, request, bench, inputs, progress, dataset)
             # The run's, not this execution's: a resumed run is still N samples long.
             total = expected_samples(request, inputs)
             # A latency run without a limit runs for a duration: its seqs have no bound here.
@@ -578,7 +588,8 @@ class BoardWorker:
 
     def _baud(self, job: RunCommand, identity: Identity) -> int | None:
         if job.mode == "energy":
-            return self.cfg.baud.energy
+            # The baud its health check just reached the energy firmware at.
+            return self.access.energy_baud
         # The rate the DUT answered this run's health check at: a configured rate describes
         # the board's own firmware, and a flashed image of another model may talk at another.
         return identity.baud or self.cfg.baud.performance
@@ -590,6 +601,7 @@ class BoardWorker:
         bench: Benchmark,
         inputs: list[Any],
         progress: ProgressEvents,
+        dataset: Dataset | TruthFile,
     ) -> Runner:
         assert self._links is not None
         mode = "performance" if job.mode == "latency" else job.mode
@@ -610,6 +622,7 @@ class BoardWorker:
             monitor=self._links.monitor,
             progress=progress,
             recover=recover,
+            stream=stream_target(self._links, dataset),
         )
         return runner
 

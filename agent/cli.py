@@ -21,7 +21,6 @@ from rich.table import Table
 
 from farm.catalog import get_dataset_spec
 from farm.cli_common import console, err, error, fail, needs_extra
-from farm.datasets import INDEX
 from farm.messages import Mode
 from farm.yaml_config import ConfigError
 
@@ -230,10 +229,10 @@ def _file_problems(cfg: AgentConfig, warnings: list[str]) -> list[str]:
             warnings.append(f"board {board.id}: firmware images but no flash command")
     if cfg.datasets.is_dir():
         # Boards can be flashed with these models, and a run of one needs its dataset.
-        for dataset in sorted({get_dataset_spec(m).id for m in models}):
-            index = cfg.datasets / dataset / INDEX
+        for spec in sorted({get_dataset_spec(m) for m in models}, key=lambda d: d.id):
+            index = cfg.datasets / spec.id / spec.index
             if not index.is_file():
-                warnings.append(f"no {dataset} dataset: {index} is missing")
+                warnings.append(f"no {spec.id} dataset: {index} is missing")
     broker = cfg.broker
     tls_files = [] if broker.tls is None else [broker.tls.ca, broker.tls.cert, broker.tls.key]
     errors += [f"broker TLS file {f} does not exist" for f in tls_files if f and not f.is_file()]
@@ -246,13 +245,18 @@ def _file_problems(cfg: AgentConfig, warnings: list[str]) -> list[str]:
 
 def run(
     benchmark: Annotated[
-        str, typer.Option(help="kws01, vww01, ic01, ic02, ad01 (or kws, vww, ic, ic2, ad)")
+        str,
+        typer.Option(help="kws01, vww01, ic01, ic02, ad01, sww01 (or kws, vww, ic, ic2, ad, sww)"),
     ],
     mode: Annotated[
         str, typer.Option(help="performance, accuracy, energy or latency (supplemental)")
     ],
     dataset: Annotated[
-        Path, typer.Option(envvar="FARM_DATASETS", help="Dataset root: <root>/<id>/y_labels.csv")
+        Path,
+        typer.Option(
+            envvar="FARM_DATASETS",
+            help="Dataset root: <root>/<id>/y_labels.csv (sww01: <root>/sww01/<truth file>)",
+        ),
     ],
     port: Annotated[
         str | None, typer.Option(help="The DUT's serial port (performance, accuracy, latency)")
@@ -285,6 +289,10 @@ def run(
     alt: Annotated[bool, typer.Option(help="ad01: use the smaller y_labels_alt.csv set")] = False,
     resume: Annotated[
         Path | None, typer.Option(help="Accuracy: continue the interrupted run in this folder")
+    ] = None,
+    truth: Annotated[
+        str | None,
+        typer.Option(help="sww01: the truth file in <dataset>/sww01 (sww_long_test.json)"),
     ] = None,
     min_window_s: Annotated[float, typer.Option(hidden=True)] = 10.0,
     max_window_s: Annotated[float, typer.Option(hidden=True)] = 30.0,
@@ -325,6 +333,7 @@ def run(
         settings=settings,
         alt=alt,
         resume=resume,
+        truth=truth,
     )
     try:
         # The arguments first: a bad one is one line, not a progress bar and then the line.

@@ -21,7 +21,7 @@ from agent.errors import DeviceTimeout, GarbledReply, ResyncFailed
 from agent.serial_link import SerialLink
 from farm.logs import get_logger
 from farm.models import ModelSpec
-from farm.protocol import dut
+from farm.protocol import dut, sww
 from farm.protocol.interface import (
     DEFAULT_DUT_BAUD,
     DUT_CMD_MAX,
@@ -56,6 +56,10 @@ _MIN_DUT_LINE = 9
 _VERIFY_ATTEMPTS = 2
 #: What a wedged board may still forward before it is free: a DUT boot banner.
 _WEDGE_LINE_BYTES = 64
+#: Upper bounds of the stream's board replies: a full detection log (10,000 lines of at most
+#: ``4294967,``) and a full duty-cycle log (2 x 100 values of at most ``4294967295, ``).
+_DETECTIONS_BYTES = 40 + sww.MAX_DETECTIONS * len("4294967,\r\n")
+_DUTYCYCLE_BYTES = 80 + 2 * sww.MAX_DUTY_EDGES * len("4294967295, \r\n")
 
 
 class InterfaceDesync(GarbledReply):
@@ -128,9 +132,10 @@ class InterfaceClient:
     # -- exchanges ----------------------------------------------------------------------------
 
     async def command(
-        self, command: str, *, reply_bytes: int = BOARD_REPLY_BYTES
+        self, command: str, *, reply_bytes: int = BOARD_REPLY_BYTES, busy_s: float = 0.0
     ) -> InterfaceReply:
         """A board command (not ``dut``); returns the reply up to its ``m-ready`` line.
+        ``busy_s`` is how long the board itself may take before replying (``play``).
 
         Raises LocalProtocolError for a command the board would ignore silently (``names``),
         DeviceTimeout, :class:`InterfaceDesync` when the output belongs to something else, and
@@ -139,7 +144,8 @@ class InterfaceClient:
         """
         if self.host.wedged:
             await self._await_unwedged()
-        return await self._exchange(command, None, self.board_timeout(command, reply_bytes))
+        deadline = self.board_timeout(command, reply_bytes) + busy_s
+        return await self._exchange(command, None, deadline)
 
     async def passthrough(
         self, dut_command: str, *, reply_bytes: int, compute_s: float = 0.0
@@ -297,6 +303,29 @@ class InterfaceClient:
                 return
             last = GarbledReply(f"{self.port}: 'dut name' answered {reply.dut_lines!r}")
         raise ResyncFailed(f"{self.port}: DUT reply to 'name' after resync: {last}")
+
+    # -- streaming wakeword (docs/protocols.md#streaming-wakeword) -----------------------------
+
+    async def record_detections(self) -> None:
+        """Zero the board's 10 µs timer and clear its detection and duty-cycle logs."""
+        await self.command("record_detections")
+
+    async def play(self, file: str, seconds: float) -> bool:
+        """``play <file>``: the board blocks while it plays the ``seconds``-long wav; True if
+        it played it, False if it could not (no such file, not a 2-channel wav). Waited for
+        as the official runner does, the length plus 10 s."""
+        busy = seconds + sww.PLAY_MARGIN_S
+        reply = await self.command(f"play {file}", reply_bytes=BOARD_REPLY_BYTES * 2, busy_s=busy)
+        return sww.play_succeeded(reply, file)
+
+    async def print_detections(self) -> tuple[int, ...]:
+        """The detection log: ms since ``record_detections``, one per WW_DETECTED pulse."""
+        return sww.detections(await self.command("print_detections", reply_bytes=_DETECTIONS_BYTES))
+
+    async def print_dutycycle(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """The duty-cycle log: the DUT's processing-pin rising and falling edges (the first
+        100 of each), in 10 µs ticks since ``record_detections``."""
+        return sww.dutycycle(await self.command("print_dutycycle", reply_bytes=_DUTYCYCLE_BYTES))
 
     def dut(self, model: ModelSpec | None = None, latency_s: float | None = None) -> DutClient:
         """A :class:`DutClient` whose commands go through this board's passthrough."""

@@ -12,14 +12,14 @@ from pathlib import Path
 from agent.dut_client import DirectChannel, DutClient
 from agent.energy_monitor import EnergyMonitor, MonitorTarget, open_monitor
 from agent.interface_client import InterfaceClient
-from agent.runner import Mode, Progress, Runner, RunSettings
+from agent.runner import Mode, Progress, Runner, RunSettings, StreamTarget
 from agent.serial_link import SerialLink
 from farm.catalog import Benchmark, BenchmarkError, get_benchmark
 from farm.datasets import Dataset, DatasetError, InferenceInput, load_dataset
 from farm.logs import get_logger
-from farm.models import ENERGY_BAUD
 from farm.protocol.interface import HOST_BAUD as INTERFACE_BAUD
 from farm.run_output import RunFolder
+from farm.sww_truth import TruthError, TruthFile, dataset_truth
 
 log = get_logger("agent.one_board")
 
@@ -48,6 +48,9 @@ class RunRequest:
     """Per-inference time the client may assume before measuring (else the 30 s limit)."""
     resume: Path | None = None
     """An interrupted accuracy run's folder to continue instead of starting over."""
+    truth: str | None = None
+    """sww01: the truth file in ``<dataset>/sww01/`` (default: the official script's,
+    ``sww_long_test.json``)."""
 
 
 @dataclass
@@ -57,6 +60,8 @@ class Links:
     dut: DutClient
     links: list[SerialLink]
     monitor: EnergyMonitor | None = None
+    interface: InterfaceClient | None = None
+    """Energy mode: the interface board (sww01 plays its wav through it)."""
 
     async def close(self) -> None:
         """Stop the monitor (if any) and close every port."""
@@ -75,9 +80,10 @@ async def _close(links: list[SerialLink], monitor: EnergyMonitor | None) -> None
 
 def prepare(
     request: RunRequest, *, ports: bool = True
-) -> tuple[Benchmark, Dataset, list[InferenceInput]]:
+) -> tuple[Benchmark, Dataset | TruthFile, list[InferenceInput]]:
     """Check the benchmark, the mode and the dataset (and with ``ports`` that the request
-    names the ports the mode needs), and list the run's inputs; nothing is opened yet."""
+    names the ports the mode needs), and list the run's inputs; nothing is opened yet.
+    sww01's dataset is its truth file, and it has no inputs to download."""
     try:
         bench = get_benchmark(request.benchmark)
     except BenchmarkError as exc:
@@ -86,6 +92,12 @@ def prepare(
         raise RunInputError(
             f"unknown mode {request.mode!r} (known: performance, accuracy, energy, latency)"
         )
+    try:
+        bench.script(_mode(request))
+    except BenchmarkError as exc:
+        raise RunInputError(str(exc)) from None
+    if request.truth is not None and not bench.streamed:
+        raise RunInputError(f"--truth names an sww01 truth file; {bench.id} has none")
     if ports and request.mode == "energy" and not (request.interface and _has_monitor(request)):
         raise RunInputError(
             "energy mode needs --interface PORT and --monitor PORT (an LPM01A's port, or js220)"
@@ -94,6 +106,14 @@ def prepare(
         raise RunInputError("only accuracy runs can be resumed (the others are timed windows)")
     if ports and request.mode != "energy" and not request.port:
         raise RunInputError(f"{request.mode} mode needs --port PATH (the DUT's serial port)")
+    if bench.streamed:
+        if request.settings.limit is not None:
+            raise RunInputError("--limit does not apply to sww01: a run is one whole stream")
+        try:
+            truth = dataset_truth(request.dataset, request.truth or bench.dataset.index)
+        except TruthError as exc:
+            raise RunInputError(str(exc)) from None
+        return bench, truth, []
     try:
         dataset = load_dataset(request.dataset, bench, alt=request.alt)
         # Latency mode rotates through the performance inputs (rows 1-5). A run cut short
@@ -115,12 +135,13 @@ async def connect(request: RunRequest, bench: Benchmark) -> Links:
             assert request.monitor is not None
             monitor = await open_monitor(request.monitor)
             links.append(await SerialLink.open(request.interface, INTERFACE_BAUD))
-            interface = InterfaceClient(links[0], dut_baud=request.baud or ENERGY_BAUD)
+            interface = InterfaceClient(links[0], dut_baud=request.baud or bench.baud("energy"))
             await monitor.configure(round(bench.supply_voltage * 1000))
             await monitor.start()
             await interface.resync()  # setbaud: flushes the DUT's boot banner
             dut = interface.dut(bench.model, request.latency_s)
         else:
+            interface = None
             assert request.port is not None
             link = await SerialLink.open(request.port, request.baud or bench.baud(_mode(request)))
             links.append(link)
@@ -141,10 +162,20 @@ async def connect(request: RunRequest, bench: Benchmark) -> Links:
                 f"the DUT runs the {have} firmware build; {request.mode} mode needs the {need} "
                 "build (flash it)"
             )
-        return Links(dut, links, monitor)
+        return Links(dut, links, monitor, interface)
     except BaseException:
         await _close(links, monitor)
         raise
+
+
+def stream_target(links: Links, dataset: Dataset | TruthFile) -> StreamTarget | None:
+    """sww01's stream (the truth file's first wav, as the official ``stream`` step plays it)
+    through the run's interface board; ``None`` for the other benchmarks."""
+    if not isinstance(dataset, TruthFile):
+        return None
+    if links.interface is None:
+        raise RunInputError("sww01 streams through the interface board: energy mode only")
+    return StreamTarget(links.interface, dataset.name, dataset.entries[0])
 
 
 def _has_monitor(request: RunRequest) -> bool:
@@ -204,6 +235,7 @@ async def run_one_board(
             request.settings,
             monitor=links.monitor,
             progress=progress,
+            stream=stream_target(links, dataset),
         )
         if on_start is not None:
             on_start(folder, expected_samples(request, inputs))
@@ -223,6 +255,9 @@ async def run_one_board(
 
 
 def expected_samples(request: RunRequest, inputs: list[InferenceInput]) -> int | None:
+    """How many samples the run yields (a latency run without a limit: its minimum)."""
+    if get_benchmark(request.benchmark).streamed:
+        return 1  # one stream
     s = request.settings
     if request.mode == "latency":
         return s.limit if s.limit is not None else s.min_queries

@@ -1,6 +1,8 @@
 """A short scripted exchange with a board described like a ``boards.json`` entry: open its
 DUT, ask its name and model, download one input, run one inference. ``farm sim --check``
-uses it to show simulated boards working end to end over their ptys."""
+uses it to show simulated boards working end to end over their ptys. An sww01 DUT, which
+takes no input, is asked its name and model, and through its interface board starts and stops
+an (empty) stream."""
 
 from __future__ import annotations
 
@@ -13,7 +15,9 @@ from agent.energy_monitor import window_energy
 from agent.interface_client import InterfaceClient
 from agent.lpm01a_client import Lpm01aClient
 from agent.serial_link import SerialLink
-from farm.models import ENERGY_BAUD, ModelSpec, get_model
+from farm.catalog import get_benchmark
+from farm.models import ModelSpec, get_model
+from farm.protocol import sww
 from farm.synthetic import encode_input
 
 
@@ -39,6 +43,8 @@ async def _name_and_load(client: DutClient, model: ModelSpec) -> tuple[str, str,
     """Ask the DUT its name and model, download one input: (vendor, model, seconds to load)."""
     vendor = await client.name()
     _, reported = await client.profile()
+    if model.result_format == "sww":
+        return vendor, reported, 0.0  # sww01 streams its audio: nothing to download
     data = encode_input(model, label=0, u=0.5, file_bytes=model.input_bytes, seed=1)
     started = time.monotonic()
     await client.load(data)
@@ -55,6 +61,8 @@ async def probe_direct(board: dict[str, Any]) -> ProbeResult:
         client = DutClient(DirectChannel(link), model)
         await client.resync()
         vendor, reported, load_s = await _name_and_load(client, model)
+        if model.result_format == "sww":
+            return ProbeResult(board["id"], path, True, reported, vendor)
         result = await client.infer(1, 0)
         return ProbeResult(
             board["id"], path, True, reported, vendor, load_s, result.elapsed_us, result.results
@@ -68,8 +76,6 @@ async def probe_direct(board: dict[str, Any]) -> ProbeResult:
 
 #: Inferences in the probe's energy window: enough for a window of many 1 ms samples.
 ENERGY_PROBE_COUNT = 20
-#: The reference DUT supply for the four models (docs/measurement.md#benchmarks).
-SUPPLY_MV = 1800
 
 
 async def probe_energy(board: dict[str, Any]) -> ProbeResult:
@@ -78,19 +84,30 @@ async def probe_energy(board: dict[str, Any]) -> ProbeResult:
     download and one ``infer`` window between two timestamp events."""
     iface, monitor = board["interface"], board["monitor"]
     model = get_model(board["model"])
+    # The reference DUT supply (docs/measurement.md#benchmarks): 1.8 V, sww01 3.3 V.
+    supply_mv = round(get_benchmark(model.id).supply_voltage * 1000)
     links: list[SerialLink] = []
     lpm: Lpm01aClient | None = None
     try:
         links.append(await SerialLink.open(monitor["path"], int(monitor["baud"])))
         links.append(await SerialLink.open(iface["path"], int(iface["baud"])))
         lpm = Lpm01aClient(links[0])
-        interface = InterfaceClient(links[1], dut_baud=ENERGY_BAUD)
-        await lpm.setup(SUPPLY_MV)
-        await lpm.power(True, voltage_mv=SUPPLY_MV)
+        interface = InterfaceClient(links[1], dut_baud=model.energy_baud)
+        await lpm.setup(supply_mv)
+        await lpm.power(True, voltage_mv=supply_mv)
         await lpm.start()
         await interface.resync()  # setbaud: flushes the DUT's boot banner from the board
         client = interface.dut(model)
         vendor, reported, load_s = await _name_and_load(client, model)
+        if model.result_format == "sww":
+            # An empty stream: armed, then stopped with no frame played.
+            started = sww.stream_started(await client.command("start"))
+            stopped = sww.stream_stop(await client.command("stop")).stopped
+            await lpm.stop()
+            await lpm.teardown()
+            ok = started and stopped
+            error = "" if ok else "the DUT would not start and stop a stream"
+            return ProbeResult(board["id"], iface["path"], ok, reported, vendor, error=error)
         lpm.drain()  # the download period
         result = await client.infer(ENERGY_PROBE_COUNT, 0)
         energy = window_energy(await lpm.window(events=2), lpm.freq_hz)

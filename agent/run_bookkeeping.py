@@ -55,6 +55,7 @@ def run_request(job: RunCommand, datasets: Path) -> RunRequest:
         out=Path("."),  # nothing is written on the agent: the controller keeps the files
         settings=settings,
         alt=o.alt,
+        truth=o.truth,
     )
 
 

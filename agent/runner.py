@@ -4,11 +4,13 @@ This is the official MLCommons runner's job for one board (docs/measurement.md),
 additions: performance windows are sized per board (10-30 s each, from a calibration), and a
 supplemental latency mode times single inferences LoadGen-style. Samples are yielded the
 moment each reply is parsed, so a caller can stream them (``farm run`` writes them, the agent
-publishes them over MQTT).
+publishes them over MQTT). sww01's energy run is one stream instead
+(docs/protocols.md#sww-stream): one sample holding the board's logs and the power window.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -19,11 +21,14 @@ from typing import Literal, Protocol, TypeVar
 from agent.dut_client import DutClient, InferResult
 from agent.energy_monitor import EnergyMonitor, window_energy
 from agent.errors import DeviceCommandError, DeviceTimeout
+from agent.interface_client import InterfaceClient
 from agent.serial_link import SerialLinkError
 from farm.logs import get_logger
 from farm.protocol import dut as dut_proto
+from farm.protocol import sww
 from farm.protocol.errors import RemoteProtocolError
-from farm.sample import Sample
+from farm.sample import Sample, StreamCapture
+from farm.sww_truth import TruthEntry
 from farm.wire import wire_time
 
 log = get_logger("agent.runner")
@@ -116,6 +121,33 @@ Progress = Callable[[int, int | None, float | None], None]
 """``(done, total, eta_s)``: called after each sample."""
 
 
+class StreamFailed(RuntimeError):
+    """The stream could not run (the board cannot play the wav, the DUT would not start)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamTarget:
+    """sww01: what an energy run streams, and the interface board that plays it."""
+
+    board: InterfaceClient
+    truth_file: str
+    entry: TruthEntry
+    """The truth entry the stream plays (the official runner's ``stream`` step plays the
+    file's first)."""
+
+    @property
+    def frames(self) -> int:
+        """Frames the DUT processes at most: the wav's, plus those of the pause before
+        ``stop``."""
+        return math.ceil((self.entry.length_s + sww.STOP_DELAY_S) / sww.FRAME_S) + 1
+
+    def stop_reply_bytes(self) -> int:
+        """Upper bound of ``stop``'s reply: its lines, then the activation dump (at most
+        ``-128, `` a frame, 16 a row)."""
+        frames = self.frames
+        return 160 + frames * len("-128, ") + (frames // 16 + 2) * 2
+
+
 def size_count(throughput: float, settings: RunSettings) -> int:
     """N for a timed window: 25 % above the minimum (calibration error and jitter are far
     smaller), and never past 90 % of the silent-phase limit."""
@@ -142,9 +174,12 @@ class Runner:
         monitor: EnergyMonitor | None = None,
         progress: Progress | None = None,
         recover: Recover | None = None,
+        stream: StreamTarget | None = None,
     ) -> None:
         if mode == "energy" and monitor is None:
             raise ValueError("energy mode needs an energy monitor")
+        if stream is not None and mode != "energy":
+            raise ValueError("a stream (sww01) runs in energy mode only")
         self.dut = dut
         self.inputs = inputs
         self.mode = mode
@@ -153,6 +188,7 @@ class Runner:
         self.monitor = monitor
         self.progress = progress
         self.recover = recover
+        self.stream = stream
         self.info = RunInfo(warmup=script[1])
         self.recoveries = 0
         self._loaded: Input | None = None
@@ -221,6 +257,10 @@ class Runner:
 
     async def _energy(self) -> AsyncIterator[Sample]:
         assert self.monitor is not None
+        if self.stream is not None:
+            yield await self._stream(self.stream)
+            self._report(1, 1, 1, 0)
+            return
         windows = self._limited(self.inputs[: self.settings.windows])
         await self.dut.load(windows[0].read())
         count = await self._calibrate_energy()
@@ -251,6 +291,81 @@ class Runner:
             )
             self._report(seq + 1, len(windows), count, self.info.warmup)
         self.info.loop_wall_s = time.monotonic() - loop_start
+
+    async def _stream(self, target: StreamTarget) -> Sample:
+        """sww01's ``stream`` step, in the official runner's order: stop a stream left over,
+        ``start`` (the power window opens), ``record_detections``, ``play`` the wav (blocks
+        for its length), 0.25 s, ``stop`` (the window closes; the activation dump), then the
+        board's detection and duty-cycle logs and the monitor's window."""
+        assert self.monitor is not None
+        entry = target.entry
+        started = time.monotonic()
+        leftover = sww.stream_stop(await self._dut_exchange("stop", target.stop_reply_bytes()))
+        if leftover.stopped:
+            log.warning("stream_left_running", frames=len(leftover.activations))
+        if not sww.stream_started(await self.dut.command("start")):
+            raise StreamFailed("the DUT reports a stream still running after 'stop'")
+        await target.board.record_detections()
+        log.info("stream_play", wav=entry.wav_file, seconds=entry.length_s)
+        if not await target.board.play(entry.wav_file, entry.length_s):
+            raise StreamFailed(
+                f"the interface board cannot play {entry.wav_file} (not on its SD card, or "
+                "not a 2-channel wav)"
+            )
+        # As the official runner: the DUT may still be busy with the last frame.
+        await asyncio.sleep(sww.STOP_DELAY_S)
+        stop = sww.stream_stop(await self._dut_exchange("stop", target.stop_reply_bytes()))
+        if not stop.stopped:
+            raise StreamFailed("the DUT's stream had stopped before 'stop' (did it reset?)")
+        if stop.damaged_rows:
+            log.warning("activations_damaged", rows=stop.damaged_rows)
+        detections = await target.board.print_detections()
+        starts, stops = await target.board.print_dutycycle()
+        window = await self.monitor.window(events=2)
+        energy = window_energy(window, self.monitor.freq_hz)
+        self.info.loop_wall_s = time.monotonic() - started
+        log.info(
+            "stream_done",
+            frames=len(stop.activations),
+            detections=len(detections),
+            duty_edges=len(starts),
+            window_s=energy.seconds,
+        )
+        return Sample(
+            seq=0,
+            index=entry.index,
+            segment=None,
+            window=0,
+            label=0,
+            results=tuple(float(v) for v in stop.activations),
+            count=1,
+            warmup=0,
+            wall_s=self.info.loop_wall_s,
+            energy_j=energy.energy_j,
+            energy_window_s=energy.seconds,
+            power_samples=tuple(window.samples),
+            power_events=tuple(window.events),
+            stream=StreamCapture(
+                truth_file=target.truth_file,
+                wav_file=entry.wav_file,
+                windows=entry.windows,
+                length_s=entry.length_s,
+                sample_rate=entry.sample_rate,
+                detections_ms=detections,
+                duty_starts=starts,
+                duty_stops=stops,
+            ),
+        )
+
+    async def _dut_exchange(self, command: str, reply_bytes: int) -> dut_proto.DutReply:
+        """A DUT command whose reply is read leniently (``stop``: a long activation dump may
+        arrive with garbled rows, which :func:`farm.protocol.sww.stream_stop` counts)."""
+        if self.dut.channel.needs_resync:
+            await self.dut.channel.resync()
+        reply = await self.dut.channel.exchange(command, reply_bytes=reply_bytes)
+        if reply.reset_seen:
+            raise StreamFailed(f"the DUT rebooted during {command!r}")
+        return reply
 
     async def _calibrate_energy(self) -> int:
         """The energy build has no laps: time calibration windows with the monitor's events."""

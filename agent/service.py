@@ -477,12 +477,16 @@ class AgentService:
         in full when it starts)."""
         try:
             bench = get_benchmark(command.benchmark)
+            bench.script("performance" if command.mode == "latency" else command.mode)
         except BenchmarkError as exc:
             return str(exc)
         if command.stored and command.mode != "accuracy":
             return "only accuracy runs resume from stored samples (the others are timed windows)"
         root = self.config.datasets / command.dataset if command.dataset else self.config.datasets
-        name = "y_labels_alt.csv" if command.options.alt else "y_labels.csv"
+        if bench.streamed:
+            name = command.options.truth or bench.dataset.index
+        else:
+            name = "y_labels_alt.csv" if command.options.alt else "y_labels.csv"
         index = root / bench.dataset.id / name
         if not index.is_file():
             return f"this agent has no dataset {bench.dataset.id} ({index} is missing)"

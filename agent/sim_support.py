@@ -27,6 +27,7 @@ from agent.config import (
     SystemDescription,
     dump_agent_config,
 )
+from farm.models import ENERGY_BAUD, MODELS
 from farm.sim_agent import ProbeOutcome, SimAgentSetup
 
 
@@ -71,9 +72,13 @@ def agent_config(setup: SimAgentSetup) -> AgentConfig:
                 inference_framework="farm.sim synthetic model",
             ),
         )
-        if entry.baud is not None:
-            # The configured model's performance build runs at it (a config's `baud`).
-            board.baud = BaudConfig(performance=entry.baud)
+        energy_baud = MODELS[entry.model].energy_baud
+        if entry.baud is not None or (wired and energy_baud != ENERGY_BAUD):
+            # The configured model's performance build runs at ``baud`` (a config's `baud`);
+            # an energy build that does not talk at the usual 9600 (sww01) must be known.
+            board.baud = BaudConfig(
+                performance=entry.baud, energy=energy_baud if energy_baud != ENERGY_BAUD else None
+            )
         boards.append(board)
     return AgentConfig(
         agent=setup.agent_id,

@@ -298,6 +298,10 @@ def submit(
     label: Annotated[str, typer.Option(help="Free text, e.g. nightly")] = "",
     priority: Annotated[str, typer.Option(help="high, normal or low")] = "normal",
     limit: Annotated[int | None, typer.Option(min=1, help="Only N samples (not valid)")] = None,
+    truth: Annotated[
+        str | None,
+        typer.Option(help="sww01: the truth file in the agents' <dataset>/sww01 (official: long)"),
+    ] = None,
     options: Annotated[
         str | None,
         typer.Option(help="Advanced: run options as JSON (windows, min_window_s, min_queries...)"),
@@ -379,7 +383,10 @@ def submit(
             dataset=dataset,
             label=label,
             priority=priority,
-            options=RunOptions.model_validate({**json.loads(options or "{}"), "limit": limit}),
+            options=RunOptions.model_validate(
+                {**json.loads(options or "{}"), "limit": limit}
+                | ({} if truth is None else {"truth": truth})
+            ),
             verdict=VerdictRequest(
                 against, last or 1, None if report_dir is None else str(report_dir.absolute())
             )

@@ -14,8 +14,9 @@ import os
 
 from farm.catalog import Benchmark
 from farm.messages import Mode, RunOptions
-from farm.models import ENERGY_BAUD
 from farm.protocol import dut as dut_proto
+from farm.protocol import sww
+from farm.sww_truth import LONG_TRUTH, OFFICIAL_TRUTH, official_truth
 from farm.wire import wire_time
 
 #: A health check, and a flash if the board holds other firmware (st-flash of a 1 MB image
@@ -25,7 +26,9 @@ SETUP_ALLOWANCE_S = float(os.environ.get("FARM_SETUP_ALLOWANCE_S", "120"))
 
 
 def samples_expected(bench: Benchmark, mode: Mode, options: RunOptions) -> int:
-    """Samples the run will produce (latency mode: its minimum query count)."""
+    """Samples the run will produce (latency mode: its minimum query count; sww01: one)."""
+    if bench.streamed:
+        return 1
     if mode == "latency":
         return options.limit or options.min_queries
     if mode in ("performance", "energy"):
@@ -44,7 +47,7 @@ def sample_s(
     baud of a performance build."""
     model = bench.model
     if mode == "energy":
-        baud = ENERGY_BAUD
+        baud = bench.baud("energy")
     baud = baud or bench.baud("accuracy")
     sent = received = 0
     if download:
@@ -56,8 +59,24 @@ def sample_s(
     return wire_time(sent + received, baud) + model.reference_latency_s
 
 
+def stream_s(bench: Benchmark, options: RunOptions) -> float:
+    """sww01's stream: the wav (the official file's length; a truth file the controller does
+    not have is taken as long as the long one), the runner's margins around ``play``, and
+    the activation dump and the board's logs over the wire."""
+    name = options.truth or LONG_TRUTH
+    length = official_truth(name if name in OFFICIAL_TRUTH else LONG_TRUTH).entries[0].length_s
+    frames = length / sww.FRAME_S
+    dump = frames * len("-128, ") * 2  # DUT to board, then board to host
+    logs = sww.MAX_DUTY_EDGES * 2 * len("4294967295, ") + 400
+    return (
+        length + sww.PLAY_MARGIN_S + sww.STOP_DELAY_S + wire_time(dump + logs, bench.baud("energy"))
+    )
+
+
 def estimate_run_s(bench: Benchmark, mode: Mode, options: RunOptions) -> float:
     """The run's expected duration in seconds, set-up included."""
+    if bench.streamed:
+        return SETUP_ALLOWANCE_S + stream_s(bench, options)
     count = samples_expected(bench, mode, options)
     if mode in ("performance", "energy"):
         window = min(options.min_window_s * 1.25, options.max_window_s * 0.9)

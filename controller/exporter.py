@@ -441,14 +441,16 @@ class FarmCollector:
 
     def _scale(self, benchmark: str) -> float | None:
         """What turns the summary's quality numbers into fractions: 1/100 for top-1 (percent),
-        1 for AUC; None for an unknown benchmark."""
+        1 for AUC; None for an unknown benchmark and for sww01 (its target counts errors)."""
         if benchmark not in self._quality_scale:
             try:
                 metric = get_benchmark(benchmark).metric
             except BenchmarkError:
                 self._quality_scale[benchmark] = None
             else:
-                self._quality_scale[benchmark] = 0.01 if metric == "top1" else 1.0
+                # sww01's "target" is a count of errors, not a quality: no ratio to show.
+                scale = {"top1": 0.01, "auc": 1.0}.get(metric)
+                self._quality_scale[benchmark] = scale
         return self._quality_scale[benchmark]
 
     def _result_families(self) -> list[Metric]:
@@ -462,6 +464,12 @@ class FarmCollector:
             "farm_result_quality_target_ratio",
             "farm_result_quality_target_met",
             "farm_result_energy_per_inference_joules",
+            "farm_result_true_positives",
+            "farm_result_false_negatives",
+            "farm_result_false_positives",
+            "farm_result_f1_ratio",
+            "farm_result_duty_cycle_ratio",
+            "farm_result_power_watts",
             "farm_result_valid",
             "farm_result_samples",
             "farm_result_timestamp_seconds",
@@ -495,6 +503,11 @@ class FarmCollector:
                 put("farm_result_quality_target_ratio", labels, s.get("target"), scale)
             put("farm_result_quality_target_met", labels, s.get("target_met"))
             put("farm_result_energy_per_inference_joules", labels, s.get("energy_uj"), 1e-6)
+            for outcome in ("true_positives", "false_negatives", "false_positives"):
+                put(f"farm_result_{outcome}", labels, s.get(outcome))
+            put("farm_result_f1_ratio", labels, s.get("f1"))
+            put("farm_result_duty_cycle_ratio", labels, s.get("duty_cycle"))
+            put("farm_result_power_watts", labels, s.get("power_mw"), 1e-3)
             put("farm_result_valid", labels, bool(s.get("valid")))
             put("farm_result_samples", labels, s.get("samples"))
             put("farm_result_timestamp_seconds", labels, result.finished_at)

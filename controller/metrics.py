@@ -253,13 +253,15 @@ EXPORTER: Mapping[str, MetricSpec] = _specs(
     MetricSpec(
         "farm_result_throughput_inferences_per_second",
         "gauge",
-        "Performance mode: median throughput, as the official runner computes it.",
+        "Performance mode: median throughput, as the official runner computes it; sww01: its "
+        "estimated throughput, 1 / mean processing time of a frame.",
         _R,
     ),
     MetricSpec(
         "farm_result_latency_seconds",
         "gauge",
-        "Performance mode: the published latency, 1 / median throughput.",
+        "Performance mode: the published latency, 1 / median throughput (sww01: 1 / estimated "
+        "throughput).",
         _R,
     ),
     MetricSpec(
@@ -302,6 +304,42 @@ EXPORTER: Mapping[str, MetricSpec] = _specs(
         "farm_result_energy_per_inference_joules",
         "gauge",
         "Energy mode: median energy per inference.",
+        _R,
+    ),
+    MetricSpec(
+        "farm_result_true_positives",
+        "gauge",
+        "sww01 (its energy stream): wakewords detected, as the checker reads them.",
+        _R,
+    ),
+    MetricSpec(
+        "farm_result_false_negatives",
+        "gauge",
+        "sww01: wakewords missed (closed division: at most 8).",
+        _R,
+    ),
+    MetricSpec(
+        "farm_result_false_positives",
+        "gauge",
+        "sww01: detections of no wakeword, after the 1 s debounce (closed division: at most 8).",
+        _R,
+    ),
+    MetricSpec(
+        "farm_result_f1_ratio",
+        "gauge",
+        "sww01: F1 = 2 TP / (2 TP + FP + FN), the checker's accuracy for it.",
+        _R,
+    ),
+    MetricSpec(
+        "farm_result_duty_cycle_ratio",
+        "gauge",
+        "sww01: the DUT's processing duty cycle over its first 100 frames.",
+        _R,
+    ),
+    MetricSpec(
+        "farm_result_power_watts",
+        "gauge",
+        "sww01 (energy mode): mean power over the stream, its energy metric.",
         _R,
     ),
     MetricSpec(

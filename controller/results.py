@@ -16,7 +16,10 @@ code ``farm run`` uses (``farm.run_output.RunFolder``, which scores with ``farm.
 The controller has no dataset files: the dataset rows (file names and truth for results.json
 and the per-file accuracy grouping) come from the official index shipped in the package
 (``farm.datasets.official_rows``; ad01's ``y_labels_alt.csv`` with the ``alt`` option). A
-sample whose row or label does not fit that index cannot be scored and is refused.
+sample whose row or label does not fit that index cannot be scored and is refused. An sww01
+stream carries its truth windows with its logs; the controller checks them against the
+shipped official truth file the run names (``truth`` option, default
+``sww_long_test.json``), whose entry also gives the wav's name.
 
 The folder is built next to its final path and moved into place when complete, so a reader
 never sees half a folder and a repeated call (a retried job) replaces the previous folder
@@ -45,7 +48,8 @@ from farm.catalog import LATEST_VERSION, Benchmark, BenchmarkError, get_benchmar
 from farm.datasets import ALT_INDEX, INDEX, DatasetError, Row, official_rows
 from farm.messages import RunInfoRecord, RunOptions, SampleRecord
 from farm.run_output import SUBSET_NOTE, RunFolder
-from farm.sample import Sample
+from farm.sample import Sample, StreamCapture
+from farm.sww_truth import OFFICIAL_TRUTH, TruthFile, official_truth
 
 MODES: tuple[str, ...] = ("performance", "accuracy", "energy", "latency")
 SUMMARY_FILE = "summary.json"
@@ -77,11 +81,17 @@ class RunSummary:
       it (``AUC = 0.929``, three decimals). (ad's "Top 1%" line is not top-1: ``top1`` is
       null for ad01; classifiers' AUC is in results.txt but not here.)
     - ``energy_uj``: energy; the median energy per inference in µJ (full precision;
-      results.txt prints ``%5.4f``).
+      results.txt prints ``%5.4f``). Null for sww01, whose energy metric is its power.
+    - sww01 (its energy run, one stream), the numbers as the checker reads them from
+      results.txt: ``throughput_ips`` (the estimated throughput, 1 / mean processing time)
+      and ``latency_ms`` (1000 / it, as the final report publishes it), ``true_positives``,
+      ``false_negatives``, ``false_positives``, ``f1`` (2 TP / (2 TP + FP + FN)),
+      ``duty_cycle``, ``power_mw`` (mean power over the stream); ``target`` is the
+      closed-division limit on FP and on FN (8) and ``target_met`` whether both are within.
     - ``p50_us``, ``p90_us``, ``p99_us``, ``p90_early_stop_us``: latency mode, supplemental;
       LoadGen SingleStream floor-index percentiles and the p90 early-stopping estimate, in
       integer µs (null when early stopping does not apply: fewer than 64 queries).
-    - ``target`` / ``target_met``: accuracy mode; the closed-division threshold of
+    - ``target`` / ``target_met``: accuracy mode (and sww01); the closed-division threshold of
       :data:`QUALITY_VERSION` (top-1 percent or AUC) and whether the printed, rounded value
       reaches it, as the checker decides (89.95 prints 90.0 and passes kws). A missing or NaN
       AUC does not meet it. Computed on a subset too (``valid`` is then false).
@@ -109,6 +119,12 @@ class RunSummary:
     p90_us: int | None = None
     p99_us: int | None = None
     p90_early_stop_us: int | None = None
+    true_positives: int | None = None
+    false_negatives: int | None = None
+    false_positives: int | None = None
+    f1: float | None = None
+    duty_cycle: float | None = None
+    power_mw: float | None = None
     samples: int = 0
     valid: bool = False
     target: float | None = None
@@ -174,17 +190,22 @@ def finish_run(
     """
     bench, mode, options = parse_run(run)
     run_info = parse_info(info)
-    samples = stored_samples(records)
-    index = official_index(bench, mode, options, samples, windows_per_file)
-    check_rows(samples, index, bench)
-    coverage = coverage_problems(samples, bench, mode, options, index)
+    truth = run_truth(bench, options)
+    samples = stored_samples(records, truth)
+    if truth is not None:
+        index = OfficialIndex((), None, f"farm/data/sww/{truth.name}" if truth.entries else "")
+        coverage = stream_problems(samples, truth)
+    else:
+        index = official_index(bench, mode, options, samples, windows_per_file)
+        check_rows(samples, index, bench)
+        coverage = coverage_problems(samples, bench, mode, options, index)
 
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     work = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:12]}.partial")
     try:
         summary = _write(
-            work, folder, run, bench, mode, options, run_info, samples, index, coverage
+            work, folder, run, bench, mode, options, run_info, samples, index, coverage, truth
         )
     except BaseException as exc:
         shutil.rmtree(work, ignore_errors=True)
@@ -218,6 +239,10 @@ def parse_run(run: Mapping[str, Any]) -> tuple[Benchmark, str, RunOptions]:
     mode = _text(run, "mode")
     if mode not in MODES:
         raise ResultsError(f"unknown mode {mode!r} (known: {', '.join(MODES)})")
+    try:
+        bench.script("performance" if mode == "latency" else mode)
+    except BenchmarkError as exc:
+        raise ResultsError(str(exc)) from None
     text = _text(run, "options").strip()
     try:
         options = RunOptions.model_validate_json(text) if text else RunOptions()
@@ -238,9 +263,22 @@ def parse_info(info: RunInfoRecord | Mapping[str, Any]) -> RunInfoRecord:
         raise ResultsError(f"runner info: {exc}") from None
 
 
-def stored_samples(records: Sequence[Mapping[str, Any]]) -> list[Sample]:
+def run_truth(bench: Benchmark, options: RunOptions) -> TruthFile | None:
+    """sww01: the truth file the run names, as far as the controller has it: the shipped
+    official file, or (another name) an empty one, whose entries the controller does not
+    know; ``None`` for the other benchmarks."""
+    if not bench.streamed:
+        return None
+    name = options.truth or bench.dataset.index
+    return official_truth(name) if name in OFFICIAL_TRUTH else TruthFile(name, ())
+
+
+def stored_samples(
+    records: Sequence[Mapping[str, Any]], truth: TruthFile | None = None
+) -> list[Sample]:
     """The records as ``Sample`` objects in seq order (``Sample.from_record``, plus the
-    energy traces), checked to be one complete set numbered 0..n-1."""
+    energy traces and, for sww01, the stream named from ``truth``), checked to be one
+    complete set numbered 0..n-1."""
     if not records:
         raise ResultsError("no samples stored")
     parsed: list[SampleRecord] = []
@@ -260,7 +298,7 @@ def stored_samples(records: Sequence[Mapping[str, Any]]) -> list[Sample]:
             f"{len(missing)} sample(s) missing below the last seq {parsed[-1].seq}: "
             f"{_some(missing)}; a run is scored only on all of its samples"
         )
-    return [_sample(r) for r in parsed]
+    return [_sample(r, truth) for r in parsed]
 
 
 def _nan_for_null(record: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -280,15 +318,60 @@ def _some(values: list[int], shown: int = 10) -> str:
     return head + (f" ... ({len(values)} in all)" if len(values) > shown else "")
 
 
-def _sample(record: SampleRecord) -> Sample:
+def _sample(record: SampleRecord, truth: TruthFile | None) -> Sample:
     sample = Sample.from_record(record.model_dump())
-    if record.power_samples is None and record.power_events is None:
+    if record.power_samples is not None or record.power_events is not None:
+        sample = dataclasses.replace(
+            sample,
+            power_samples=tuple(record.power_samples or ()),
+            power_events=tuple((int(c), int(i)) for c, i in record.power_events or ()),
+        )
+    if truth is None or record.stream_length_s == 0:
         return sample
-    return dataclasses.replace(
-        sample,
-        power_samples=tuple(record.power_samples or ()),
-        power_events=tuple((int(c), int(i)) for c, i in record.power_events or ()),
+    # The numbers came with the record; the names from the truth file the run names.
+    entry = truth.entries[record.index] if record.index < len(truth.entries) else None
+    stream = StreamCapture(
+        truth_file=truth.name,
+        wav_file=entry.wav_file if entry is not None else None,
+        windows=tuple((float(a), float(b)) for a, b in record.stream_windows),
+        length_s=float(record.stream_length_s),
+        sample_rate=record.stream_sample_rate,
+        detections_ms=tuple(record.detections_ms),
+        duty_starts=tuple(record.duty_starts),
+        duty_stops=tuple(record.duty_stops),
     )
+    return dataclasses.replace(sample, stream=stream)
+
+
+def stream_problems(samples: Sequence[Sample], truth: TruthFile) -> list[str]:
+    """sww01: the run is one stream (else it cannot be scored: :class:`ResultsError`); what
+    makes it invalid: a truth file that is not an official one, or windows that differ from
+    the official entry's."""
+    if len(samples) != 1 or samples[0].stream is None:
+        raise ResultsError(
+            f"an sww01 run is one stream with the interface board's logs; {len(samples)} "
+            "sample(s) stored" + ("" if not samples or samples[0].stream else " without them")
+        )
+    sample = samples[0]
+    stream = sample.stream
+    assert stream is not None
+    if not truth.entries:
+        return [
+            f"truth file {truth.name} is not an official one ({', '.join(OFFICIAL_TRUTH)}): "
+            "not valid for submission"
+        ]
+    if sample.index >= len(truth.entries):
+        raise ResultsError(
+            f"seq 0: truth entry {sample.index}, but {truth.name} has {len(truth.entries)}"
+        )
+    entry = truth.entries[sample.index]
+    if (stream.windows, stream.length_s) != (entry.windows, entry.length_s):
+        return [
+            f"the stream's truth windows differ from {truth.name}'s entry for "
+            f"{entry.wav_file}: the agent's truth file is not the official one, not valid "
+            "for submission"
+        ]
+    return []
 
 
 def official_index(
@@ -415,6 +498,7 @@ def _write(
     samples: Sequence[Sample],
     index: OfficialIndex,
     coverage: list[str],
+    truth: TruthFile | None,
 ) -> RunSummary:
     identity = {
         "benchmark": bench.id,
@@ -431,10 +515,16 @@ def _write(
     out = RunFolder.at(work, bench, mode, options, identity)
     dataset = _text(run, "dataset") or "the agent's default"
     out.log(f"benchmark {bench.id}, mode {mode}, dataset {dataset}")
+    against = (
+        f"the official index {index.source}"
+        if truth is None
+        else f"the truth file {truth.name}"
+        + (" (official)" if truth.entries else " (not an official one: its windows as streamed)")
+    )
     out.log(
         f"run {_text(run, 'id')} of sweep {_text(run, 'sweep')} on board {_text(run, 'board')} "
         f"(agent {_text(run, 'agent')}): scored by the controller from {len(samples)} stored "
-        f"samples against the official index {index.source}"
+        f"samples against {against}"
     )
     if index.windows_per_file is not None:
         out.log(
@@ -447,7 +537,7 @@ def _write(
     for problem in coverage:
         out.add_problem(problem)
     out.add_samples(samples)
-    out.finish(info, index)
+    out.finish(info, index if truth is None else truth)
 
     fields, valid, reasons = _numbers(out, bench, mode)
     if options.limit is not None:
@@ -482,6 +572,24 @@ def _numbers(out: RunFolder, bench: Benchmark, mode: str) -> tuple[dict[str, Any
         latency = None if median is None else (math.inf if median == 0 else 1000 / median)
         fields = {"throughput_ips": median, "latency_ms": latency}
         return fields, result.valid, reasons
+    if isinstance(result, scoring.SwwResult):
+        reading = result.reading
+        throughput = reading.throughput
+        target = bench.target(QUALITY_VERSION)
+        fields = {
+            "throughput_ips": throughput,
+            "latency_ms": None if not throughput else 1000 / throughput,
+            "true_positives": reading.true_positives,
+            "false_negatives": reading.false_negatives,
+            "false_positives": reading.false_positives,
+            "f1": reading.f1,
+            "duty_cycle": reading.duty_cycle,
+            "power_mw": reading.power_mw,
+            "target": target.threshold,
+            "target_met": result.target_met,
+        }
+        reasons = [p for p in result.problems if p not in out.problems]
+        return fields, result.valid and not out.problems, reasons
     if mode == "energy":
         assert isinstance(result, scoring.EnergyResult)
         # farm run logs only the runner's ERROR lines; the per-trial reasons (short, NaN)

@@ -6,6 +6,8 @@ board lease is the second guard. Runs on a board are ordered so it is flashed as
 possible: first everything its current firmware can run, then one group per other firmware.
 Boards that cannot run a benchmark or mode are listed with the reason, never dropped silently;
 so are boards out of scheduling (reserved by someone, quarantined after a failed check).
+sww01 has one run, its energy stream, which gives its accuracy, throughput and power: a sweep
+asking sww01 for any of performance, accuracy or energy runs that stream once.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ DEFAULT_MODES: tuple[Mode, ...] = ("performance", "accuracy")
 #: The suite a nightly sweep runs: every benchmark of the catalogue (ic02 included) in every
 #: mode a board can run it in.
 SUITE_BENCHMARKS = tuple(BENCHMARKS)
+#: The modes sww01's one energy stream stands for.
+STREAM_MODES: tuple[Mode, ...] = ("performance", "accuracy", "energy")
 QUEUES = {"high": "farm-high", "normal": "farm", "low": "farm-low"}
 #: Worker queue order: a high-priority run is taken before any normal one.
 QUEUE_ORDER = (QUEUES["high"], QUEUES["normal"], QUEUES["low"])
@@ -171,7 +175,9 @@ def plan(
         status = selected[board_id]
         candidates: list[PlannedRun] = []
         for bench in benches:
-            for mode in spec.modes:
+            modes, refused = bench_modes(bench, spec.modes)
+            skipped.extend(Skipped(board_id, bench.id, m, why) for m, why in refused)
+            for mode in modes:
                 reason = (held or {}).get(board_id) or _cannot(
                     status, bench, mode, online, spec.flash
                 )
@@ -185,6 +191,25 @@ def plan(
                 )
         runs.extend(_order(candidates, status))
     return runs, skipped
+
+
+def bench_modes(bench: Benchmark, modes: list[Mode]) -> tuple[list[Mode], list[tuple[Mode, str]]]:
+    """The modes ``bench`` runs in a sweep asking for ``modes``, and the ones it cannot run
+    with the reason. sww01 runs its energy stream once for any of performance, accuracy and
+    energy (the stream gives all three); the others run every mode asked."""
+    if not bench.streamed:
+        return list(modes), []
+    runs: list[Mode] = ["energy"] if any(m in STREAM_MODES for m in modes) else []
+    refused = [
+        (
+            m,
+            f"{bench.id} has no {m} mode: its energy stream gives its accuracy, throughput "
+            "and power",
+        )
+        for m in modes
+        if m not in STREAM_MODES
+    ]
+    return runs, refused
 
 
 def _build(mode: str) -> str:

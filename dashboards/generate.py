@@ -596,6 +596,7 @@ def fleet() -> Dashboard:
 # -- benchmarks ----------------------------------------------------------------------------------
 
 BB = 'benchmark=~"$benchmark", board=~"$board"'
+SWW = 'benchmark="sww01"'
 QUALITY = f"(farm_result_top1_accuracy_ratio{{{BB}}} or farm_result_auc_ratio{{{BB}}})"
 
 
@@ -719,6 +720,52 @@ def benchmarks() -> Dashboard:
                     "Value #F": "all valid",
                 },
                 w=24,
+            )
+        )
+        # sww01 is one energy stream with numbers of its own: a row of its own, not repeated.
+        .with_row(Row("Streaming wakeword (sww01)"))
+        .with_panel(
+            bars(
+                "Wakewords: detected, missed, false detections",
+                [
+                    (f"farm_result_true_positives{{{SWW}}}", "{{board}} true positives"),
+                    (f"farm_result_false_negatives{{{SWW}}}", "{{board}} false negatives"),
+                    (f"farm_result_false_positives{{{SWW}}}", "{{board}} false positives"),
+                ],
+                description="The latest stream of each board, as the checker reads it. The "
+                "closed division allows at most 8 false negatives and 8 false positives, and the "
+                "checker needs TP + FN = 50 (the official long file).",
+                thresholds=_thresholds((None, "green"), (9, "red")),
+                w=8,
+            )
+        )
+        .with_panel(
+            bars(
+                "F1 and duty cycle",
+                [
+                    (f"farm_result_f1_ratio{{{SWW}}}", "{{board}} F1"),
+                    (f"farm_result_duty_cycle_ratio{{{SWW}}}", "{{board}} duty cycle"),
+                ],
+                unit="percentunit",
+                maximum=1,
+                description="F1 = 2 TP / (2 TP + FP + FN); duty cycle: the DUT's processing "
+                "time over the 32 ms frame period (its first 100 frames).",
+                w=8,
+            )
+        )
+        .with_panel(
+            bars(
+                "Estimated throughput and mean power",
+                [
+                    (
+                        f"farm_result_throughput_inferences_per_second{{{SWW}}}",
+                        "{{board}} inf/s",
+                    ),
+                    (f"farm_result_power_watts{{{SWW}}} * 1000", "{{board}} mW"),
+                ],
+                description="Throughput: 1 / mean processing time of a frame; power: the mean "
+                "over the whole stream, sww01's energy metric (mW).",
+                w=8,
             )
         )
     )

@@ -4,7 +4,9 @@ Per benchmark: its dataset (folder, class names, counts, file sizes), the firmwa
 (``farm.models``), the metric and closed-division quality target per MLPerf Tiny version
 (docs/measurement.md#accuracy-targets), the official runner's script per mode
 (docs/measurement.md#benchmarks), reference baud rates,
-supply voltage and the submission checker's directory name. Where the farm deliberately does
+supply voltage and the submission checker's directory name. sww01 (streaming wakeword) has a
+single script, in energy mode: one ``stream`` of its truth file's wav gives its accuracy,
+throughput and power (docs/measurement.md#streaming-wakeword). Where the farm deliberately does
 something else than the shipped runner (ic02's performance loop count), the benchmark lists
 the deviation so every run can record it.
 
@@ -19,26 +21,25 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal, get_args
 
-from farm.models import ENERGY_BAUD, MODELS, ModelSpec
+from farm.models import MODELS, ModelSpec
+from farm.sww_truth import LONG_TRUTH
 
 Mode = Literal["performance", "accuracy", "energy"]
 MODES: tuple[Mode, ...] = get_args(Mode)
-Metric = Literal["top1", "auc"]
+Metric = Literal["top1", "auc", "sww"]
 
 #: MLPerf Tiny versions whose closed-division targets are known (checker MODEL_CONFIG).
 VERSIONS: tuple[str, ...] = ("v1.0", "v1.1", "v1.2", "v1.3", "v1.4")
 LATEST_VERSION = "v1.4"
 
-#: DUT supply the power board sets for every supported benchmark (sww01 would need 3.3 V).
+#: DUT supply the power board sets for every benchmark but sww01, which runs at 3.3 V.
 SUPPLY_VOLTAGE = 1.8
+SWW_SUPPLY_VOLTAGE = 3.3
 
 
 class BenchmarkError(LookupError):
-    """An unknown, unsupported or mis-versioned benchmark was requested."""
-
-
-class UnsupportedBenchmarkError(BenchmarkError):
-    """The benchmark exists in MLPerf Tiny but the farm cannot run it yet."""
+    """An unknown or mis-versioned benchmark, or a mode it has no script for, was
+    requested."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +63,14 @@ class DatasetSpec:
     """ad01: bytes between window starts (the index's ``stride``); ``None`` otherwise."""
     alt_class_counts: tuple[int, ...] | None = None
     """Rows per label of ``y_labels_alt.csv`` where one exists (ad01, accepted since v1.2)."""
+    index: str = "y_labels.csv"
+    """The file in the dataset folder that says what to run: the index of the inputs, or
+    sww01's truth file (its wav files are on the interface board's SD card)."""
+
+    @property
+    def streamed(self) -> bool:
+        """True for sww01: a truth file of wav files to stream, not files to download."""
+        return self.index != "y_labels.csv"
 
     @property
     def rows(self) -> int:
@@ -83,7 +92,9 @@ class DatasetSpec:
 
 @dataclass(frozen=True, slots=True)
 class Script:
-    """One mode's official runner script: ``loop [K]: download; infer N W [; reset S]``."""
+    """One mode's official runner script: ``loop [K]: download; infer N W [; reset S]``, or
+    sww01's ``stream`` (``stream`` names its truth file; ``loop``, ``iterations`` and
+    ``warmups`` are then the one stream the runner records, as it does: 1, 1, 0)."""
 
     mode: Mode
     loop: int | None
@@ -96,6 +107,8 @@ class Script:
     reset_s: int | None = None
     """``reset S`` (ad01 accuracy): re-arms the official runner's host-side S-second
     watchdog each iteration; it sends nothing to the DUT."""
+    stream: str | None = None
+    """sww01: the truth file whose wav files a ``stream`` step plays."""
 
     @property
     def infer(self) -> str:
@@ -103,7 +116,10 @@ class Script:
         return f"infer {self.iterations} {self.warmups}"
 
     def text(self) -> str:
-        """One-line rendering of the script for logs, e.g. ``loop 5: download; infer 20 5``."""
+        """One-line rendering of the script for logs, e.g. ``loop 5: download; infer 20 5``
+        (sww01: ``stream sww_long_test.json``)."""
+        if self.stream is not None:
+            return f"stream {self.stream}"
         head = "loop" if self.loop is None else f"loop {self.loop}"
         steps = ["download", self.infer]
         if self.reset_s is not None:
@@ -118,13 +134,17 @@ class QualityTarget:
 
     metric: Metric
     threshold: float
-    """Top-1 in percent (e.g. 90.0) or AUC in [0, 1] (e.g. 0.85)."""
+    """Top-1 in percent (e.g. 90.0), AUC in [0, 1] (e.g. 0.85), or sww01's largest number
+    of false positives, and of false negatives (8)."""
     version: str
 
     def describe(self) -> str:
         """Human-readable form, e.g. ``top-1 >= 90.0 % (v1.4)``."""
         if self.metric == "top1":
             return f"top-1 >= {self.threshold:.1f} % ({self.version})"
+        if self.metric == "sww":
+            n = int(self.threshold)
+            return f"false positives <= {n} and false negatives <= {n} ({self.version})"
         return f"AUC >= {self.threshold:.2f} ({self.version})"
 
 
@@ -151,6 +171,8 @@ class Benchmark:
     """Model ids (``m-model-[...]``) a DUT may report for this benchmark."""
     supply_voltage: float = SUPPLY_VOLTAGE
     bauds: Mapping[Mode, int] = field(default_factory=dict)
+    mode_note: str = ""
+    """Why the benchmark has no script in the modes it lacks (sww01)."""
 
     @property
     def dataset_id(self) -> str:
@@ -191,9 +213,19 @@ class Benchmark:
         try:
             return self.scripts[mode]  # type: ignore[index]
         except KeyError:
+            if mode in MODES:
+                raise BenchmarkError(
+                    f"{self.id} runs in {' and '.join(self.scripts)} mode only"
+                    + (f": {self.mode_note}" if self.mode_note else "")
+                ) from None
             raise BenchmarkError(
                 f"unknown mode {mode!r} for {self.id} (known: {', '.join(MODES)})"
             ) from None
+
+    @property
+    def streamed(self) -> bool:
+        """True for sww01, whose one script streams audio instead of downloading inputs."""
+        return self.dataset.streamed
 
     def baud(self, mode: str) -> int:
         """Reference DUT baud in ``mode`` (energy: the interface board's DUT link)."""
@@ -227,7 +259,11 @@ def _scripts(
 
 def _bauds(model: ModelSpec) -> Mapping[Mode, int]:
     return MappingProxyType(
-        {"performance": model.default_baud, "accuracy": model.default_baud, "energy": ENERGY_BAUD}
+        {
+            "performance": model.default_baud,
+            "accuracy": model.default_baud,
+            "energy": model.energy_baud,
+        }
     )
 
 
@@ -283,6 +319,8 @@ DATASETS: dict[str, DatasetSpec] = {
             stride=512,
             alt_class_counts=(36, 36),
         ),
+        # sww01's "rows" are the wakewords of the official long truth file: 50 in 1200 s.
+        DatasetSpec("sww01", ("marvin",), (50,), None, 0, index=LONG_TRUTH),
     )
 }
 
@@ -367,22 +405,35 @@ BENCHMARKS: dict[str, Benchmark] = {
             firmware_models=("ad01",),
             bauds=_bauds(MODELS["ad01"]),
         ),
+        Benchmark(
+            id="sww01",
+            name="streaming_wakeword",
+            alias="sww",
+            model=MODELS["sww01"],
+            dataset=DATASETS["sww01"],
+            input_format=(
+                "wav files on the interface board's SD card, 16 kHz 16-bit stereo, played to "
+                "the DUT over I2S and processed in 512-sample (32 ms) frames"
+            ),
+            metric="sww",
+            targets=_targets(8, since="v1.3"),
+            scripts=MappingProxyType(
+                {"energy": Script("energy", 1, 1, 0, stream=LONG_TRUTH)},
+            ),
+            firmware_models=("sww01",),
+            supply_voltage=SWW_SUPPLY_VOLTAGE,
+            bauds=_bauds(MODELS["sww01"]),
+            mode_note=(
+                "one stream of the truth file's wav, measured by the energy monitor, gives "
+                "its accuracy, throughput and power"
+            ),
+        ),
     )
-}
-
-#: Benchmarks of MLPerf Tiny the farm cannot run yet, with the reason.
-UNSUPPORTED: dict[str, str] = {
-    "sww01": (
-        "streaming wakeword (sww01) is not supported yet: it streams audio from the interface "
-        "board's SD card and is scored from detections and duty cycle, not downloaded inputs"
-    ),
 }
 
 _ALIASES: dict[str, str] = {
     **{b.alias: b.id for b in BENCHMARKS.values()},
     **{b.name: b.id for b in BENCHMARKS.values() if b.id != "ic02"},
-    "sww": "sww01",
-    "streaming_wakeword": "sww01",
 }
 
 
@@ -395,21 +446,13 @@ def get_benchmark(name: str) -> Benchmark:
     """Look a benchmark up by id (``kws01``), short alias (``kws``, which is also the checker
     directory) or official long name (``keyword_spotting``), case-insensitively.
 
-    Raises ``UnsupportedBenchmarkError`` for sww01 and ``BenchmarkError`` for anything else
-    unknown; both messages list the accepted names.
+    Raises ``BenchmarkError`` for anything else; the message lists the accepted names.
     """
     key = name.strip().lower()
     key = _ALIASES.get(key, key)
     if key in BENCHMARKS:
         return BENCHMARKS[key]
-    if key in UNSUPPORTED:
-        raise UnsupportedBenchmarkError(
-            f"{UNSUPPORTED[key]}; supported benchmarks: {known_benchmarks()}"
-        )
-    raise BenchmarkError(
-        f"unknown benchmark {name!r} (known: {known_benchmarks()}; "
-        f"{', '.join(UNSUPPORTED)} not supported yet)"
-    )
+    raise BenchmarkError(f"unknown benchmark {name!r} (known: {known_benchmarks()})")
 
 
 def get_dataset_spec(name: str) -> DatasetSpec:

@@ -24,7 +24,9 @@ SYNTH_HELP = "\n\n".join(
     (
         "Write a stand-in dataset: the official index files and synthetic inputs.",
         "Every file the official y_labels.csv names is written with its exact size "
-        "(kws 490 B, vww 27,648 B, ic 3,072 B, ad 102,400 B = 196 windows of 2,560 B).",
+        "(kws 490 B, vww 27,648 B, ic 3,072 B, ad 102,400 B = 196 windows of 2,560 B). "
+        "sww01 gets the official truth files (OUT/sww01/sww_*_test.json): its wav files are "
+        "on the interface board's SD card; --limit does not cut them.",
         "There is no accuracy option: each input carries its label and an evenly spread "
         "difficulty, and the simulated board's configured quality decides how many it gets "
         "right, so one dataset gives every board exactly its own top-1 (about its own AUC for "

@@ -13,6 +13,10 @@ board's AUC is met up to the discreteness of 140 x 108 files; with the alternati
 
 The quality itself is the simulated board's setting, not the dataset's: one dataset shows
 different boards with different accuracies.
+
+sww01's dataset is its truth files (``<out>/sww01/sww_*_test.json``, the official ones): its
+wav files live on the interface board's SD card, where the simulator builds them from the same
+truth files.
 """
 
 from __future__ import annotations
@@ -25,9 +29,11 @@ from pathlib import Path
 
 from farm.catalog import DATASETS, DatasetSpec, get_benchmark, get_dataset_spec
 from farm.datasets import ALT_INDEX, INDEX, Row, official_index, official_rows, stratified_rows
+from farm.sww_truth import DATASET_ID as SWW_DATASET
+from farm.sww_truth import OFFICIAL_TRUTH, official_text, official_truth
 from farm.synthetic import encode_input
 
-DEFAULT_DATASETS: tuple[str, ...] = ("kws01", "vww01", "ic01", "ad01")
+DEFAULT_DATASETS: tuple[str, ...] = ("kws01", "vww01", "ic01", "ad01", "sww01")
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +191,23 @@ def synthesize(
     ids = _unique(get_dataset_spec(d).id for d in datasets)
     limits = limit if isinstance(limit, dict) else dict.fromkeys(ids, limit)
     return [
-        synth_dataset(out, d, alt=alt, limit=limits.get(d), stratify=stratify, windows=windows)
+        write_truth(out)
+        if d == SWW_DATASET
+        else synth_dataset(out, d, alt=alt, limit=limits.get(d), stratify=stratify, windows=windows)
         for d in ids
         if d in DATASETS
     ]
+
+
+def write_truth(out: Path | str) -> SynthResult:
+    """sww01's dataset: the official truth files, written to ``<out>/sww01/`` unchanged (no
+    subset: a shorter stream is another truth file)."""
+    folder = Path(out) / SWW_DATASET
+    folder.mkdir(parents=True, exist_ok=True)
+    total = 0
+    for name in OFFICIAL_TRUTH:
+        text = official_text(name)
+        (folder / name).write_text(text)
+        total += len(text.encode())
+    rows = len(official_truth(DATASETS[SWW_DATASET].index).entries)
+    return SynthResult(SWW_DATASET, folder, rows, None, len(OFFICIAL_TRUTH), total)

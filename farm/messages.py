@@ -184,6 +184,9 @@ class RunOptions(BaseModel):
     latency_inputs: int = Field(5, ge=1, le=1000)
     retries: int = Field(2, ge=0, le=10)
     """Attempts at a failed step (after recovery) before the run fails."""
+    truth: str | None = Field(None, min_length=1, max_length=255, pattern=r"^[^/\\%]+$")
+    """sww01: the truth file in the dataset's ``sww01`` folder (default: the official
+    script's ``sww_long_test.json``)."""
 
 
 class _Command(Message):
@@ -443,6 +446,16 @@ class SampleRecord(BaseModel):
     """Joules per monitor sample; null where the monitor sent an unreadable value (JSON has
     no NaN)."""
     power_events: list[tuple[int, int]] | None = None
+    # sww01: the stream's truth entry and the interface board's logs
+    # (``farm.sample.StreamCapture``), numbers only (a stored record holds no text: the names
+    # come from the run's truth file). Empty and 0 for every other sample; non-null defaults,
+    # so that they are not stored with the other samples.
+    stream_windows: list[tuple[float, float]] = Field([], max_length=100_000)
+    stream_length_s: float = Field(0.0, ge=0)
+    stream_sample_rate: int = Field(0, ge=0)
+    detections_ms: list[int] = Field([], max_length=10_000)
+    duty_starts: list[int] = Field([], max_length=100)
+    duty_stops: list[int] = Field([], max_length=100)
 
 
 class SampleBatch(Message):
@@ -475,11 +488,23 @@ class SampleBatchSchema:
     @staticmethod
     def record(sample: Sample) -> dict[str, Any]:
         """The record the agent publishes for ``sample``: its samples.jsonl object
-        (``Sample.to_record``) plus, in energy mode, the window's power trace."""
+        (``Sample.to_record``) plus, in energy mode, the window's power trace; an sww01
+        stream's object flattened to its numbers (the ``stream_*``, ``detections_ms`` and
+        ``duty_*`` fields)."""
         record = sample.to_record()
         if sample.power_samples:
             record["power_samples"] = list(sample.power_samples)
             record["power_events"] = [list(e) for e in sample.power_events]
+        stream = record.pop("stream", None)
+        if stream is not None:
+            record.update(
+                stream_windows=[list(w) for w in stream["windows"]],
+                stream_length_s=stream["length_s"],
+                stream_sample_rate=stream["sample_rate"],
+                detections_ms=list(stream["detections_ms"]),
+                duty_starts=list(stream["duty_starts"]),
+                duty_stops=list(stream["duty_stops"]),
+            )
         return record
 
     @staticmethod

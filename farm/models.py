@@ -12,7 +12,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-ResultFormat = Literal["kws", "ic", "vww", "ad"]
+ResultFormat = Literal["kws", "ic", "vww", "ad", "sww"]
+
+#: Energy-mode firmware talks to the interface board at this baud for every model but sww01,
+#: whose firmware runs at 115200 in every mode (docs/protocols.md#bench-topology).
+ENERGY_BAUD = 9600
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,10 +35,13 @@ class ModelSpec:
     """Length of the result vector printed by ``m-results-[...]``."""
     result_format: ResultFormat
     default_baud: int
-    """Reference DUT baud in performance and accuracy mode (energy mode is always 9600)."""
+    """Reference DUT baud in performance and accuracy mode (energy mode: ``energy_baud``)."""
     reference_latency_s: float
     """Per-inference time on the reference board (NUCLEO-L4R5ZI): the compute budget a host
-    assumes for a board it has not measured yet (the official N values are sized from it)."""
+    assumes for a board it has not measured yet (the official N values are sized from it).
+    sww01: the processing time of one 32 ms audio frame."""
+    energy_baud: int = ENERGY_BAUD
+    """DUT baud of the energy build (the interface board's DUT link)."""
 
     @property
     def input_elements(self) -> int:
@@ -52,12 +59,13 @@ MODELS: dict[str, ModelSpec] = {
         # the reference figure is ic01's until a measured one exists.
         ModelSpec("ic02", 3072, 3072, 1, 10, "ic", 115200, 0.704),
         ModelSpec("ad01", 2560, 5120, 4, 1, "ad", 921600, 0.0104),
+        # sww01 streams audio: its "input" is one I2S frame (512 stereo int16 samples, 32 ms)
+        # and its output the wakeword activation (int8) of each frame; its firmware talks at
+        # 115200 in every mode. The reference board's duty cycle, 0.56 of a 32 ms frame, gives
+        # its per-frame processing time.
+        ModelSpec("sww01", 2048, 2048, 2, 1, "sww", 115200, 0.0179, energy_baud=115200),
     )
 }
-
-#: Energy-mode firmware talks to the interface board at this baud for every model
-#: (docs/protocols.md#bench-topology).
-ENERGY_BAUD = 9600
 
 
 def get_model(model_id: str) -> ModelSpec:
@@ -76,6 +84,7 @@ RESULT_FIELD = {
     "ic": re.compile(r"-?\d+\.\d{3}"),
     "vww": re.compile(r"-?\d+\.\d{3}"),
     "ad": re.compile(r"-?\d+\.\d{3}"),
+    "sww": re.compile(r"-?\d+"),
 }
 
 

@@ -7,7 +7,8 @@ a folder that says so. Samples are appended to ``samples.jsonl`` as they arrive 
 line); ``finish`` scores the run with ``farm.scoring`` and writes ``results.txt``,
 ``results.json`` and ``log.txt`` (plus ``energy_inf_NNN.png`` in energy mode, and the
 supplemental ``mlperf_log_summary.txt`` and ``latency.json`` in latency mode), then removes
-the marker.
+the marker. An sww01 run (one stream) gets the runner's sww files: the energy block and the
+accuracy, duty-cycle and throughput lines, and its one results.json element.
 
 ``RunFolder.at`` makes the folder at an exact path instead (the controller's
 ``results/<sweep>/<board>/<benchmark>/<mode>``), and ``add_samples`` feeds it samples rebuilt
@@ -17,7 +18,8 @@ from stored records, so the controller writes the same files through the same co
 ``segment`` (AD window or null), ``window`` (timed window or null), ``label``,
 ``latency_us`` (DUT-timed per-inference µs or null), ``results`` (the raw vector), and as the
 mode gives them ``count``, ``warmup``, ``start_us``, ``end_us``, ``elapsed_us``, ``wrapped``,
-``wall_s``, ``energy_j``, ``energy_window_s``; ``subset: true`` on every line of a run cut
+``wall_s``, ``energy_j``, ``energy_window_s``; sww01's ``stream`` (the truth entry and the
+interface board's detection and duty-cycle logs); ``subset: true`` on every line of a run cut
 short with ``--limit``.
 """
 
@@ -260,7 +262,7 @@ class RunFolder:
         writer = {
             "performance": self._performance,
             "accuracy": self._accuracy,
-            "energy": self._energy,
+            "energy": self._stream if self.bench.streamed else self._energy,
             "latency": self._latency,
         }[self.mode]
         if info.count is not None:
@@ -366,6 +368,70 @@ class RunFolder:
                 marks=[idx for _, idx in s.power_events[-2:]],
             )
         return result.lines(), elements
+
+    def _stream(
+        self, info: RunInfoLike, dataset: DatasetLike
+    ) -> tuple[list[str], list[dict[str, Any]]]:
+        """sww01: one stream scored from the board's logs and the power window, as the
+        official runner writes it (docs/measurement.md#sww-results)."""
+        if len(self.samples) != 1 or self.samples[0].stream is None:
+            raise ValueError(f"an sww01 run is one stream; got {len(self.samples)} sample(s)")
+        sample = self.samples[0]
+        capture = sample.stream
+        assert capture is not None
+        window = scoring.energy_window(sample.power_samples, sample.power_events, 1)
+        energy = scoring.score_energy([window], required_windows=scoring.SWW_REQUIRED_WINDOWS)
+        result = scoring.SwwResult(
+            capture.wav_file,
+            capture.length_s,
+            scoring.detection_stats(capture.detections_ms, capture.windows),
+            scoring.duty_cycle(capture.duty_starts, capture.duty_stops),
+            energy,
+        )
+        self.result = result
+        self.log(f"truth file {capture.truth_file}, wav {capture.wav_file or '(not known)'}")
+        for line in result.log_lines():
+            self.log(line)
+        for line in energy.error_lines:
+            self._problem(line)  # the official runner prints these to log.txt only
+        for problem in result.problems:
+            if problem not in energy.error_lines:
+                self._problem(problem)
+        for note in result.notes:
+            self.log(f"note: {note}")
+        duty = result.duty
+        element = {
+            "infer": {
+                "wav_file": capture.wav_file,
+                "detection_windows": [list(w) for w in capture.windows],
+                "length_sec": capture.length_s,
+                "sample_rate": capture.sample_rate,
+                "detections": list(capture.detections_ms),
+                "iterations": 1,
+                "warmups": 0,
+            },
+            "dutycycle": {
+                "duty_cycle": duty.duty_cycle,
+                "period": duty.period_s,
+                "processing_time": duty.processing_s,
+                "start_times_s": list(duty.start_times_s),
+                "stop_times_s": list(duty.stop_times_s),
+            },
+            "activations": [int(v) for v in sample.results],
+            "power": {
+                "samples": list(sample.power_samples),
+                "timestamps": [[str(n), idx] for n, idx in sample.power_events],
+                "extracted_power": None,
+                "voltage": self.bench.supply_voltage,
+            },
+            "mode": self._letter,
+        }
+        line_plot(
+            self.path / "energy_inf_000.png",
+            [v * 1e3 * 1000 for v in sample.power_samples],
+            marks=[idx for _, idx in sample.power_events[-2:]],
+        )
+        return result.lines(), [element]
 
     def _latency(
         self, info: RunInfoLike, dataset: DatasetLike

@@ -14,9 +14,47 @@ TRACES = ("power_samples", "power_events")
 
 
 @dataclass(frozen=True, slots=True)
+class StreamCapture:
+    """sww01: the wav one stream played (its truth entry) and what the interface board
+    logged while it played."""
+
+    truth_file: str
+    """The truth file the entry comes from (``sww_long_test.json``)."""
+    wav_file: str | None
+    """The wav's name; ``None`` where the controller scored a truth file it does not have
+    (the numbers travel with the sample, the names do not)."""
+    windows: tuple[tuple[float, float], ...]
+    """The entry's wakeword windows, seconds into the wav."""
+    length_s: float
+    sample_rate: int
+    detections_ms: tuple[int, ...]
+    """The board's detection log: ms since ``record_detections`` (the first is the DUT's
+    sync pulse on its first frame)."""
+    duty_starts: tuple[int, ...]
+    """Rising edges of the DUT's processing pin, 10 µs ticks (the first 100)."""
+    duty_stops: tuple[int, ...]
+    """Falling edges of the DUT's processing pin, 10 µs ticks (the first 100)."""
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> StreamCapture:
+        """Rebuild from :meth:`Sample.to_record`'s ``stream`` object (lists become tuples)."""
+        return cls(
+            truth_file=record["truth_file"],
+            wav_file=record["wav_file"],
+            windows=tuple((float(a), float(b)) for a, b in record["windows"]),
+            length_s=float(record["length_s"]),
+            sample_rate=int(record["sample_rate"]),
+            detections_ms=tuple(record["detections_ms"]),
+            duty_starts=tuple(record["duty_starts"]),
+            duty_stops=tuple(record["duty_stops"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Sample:
-    """One parsed result: an inference (accuracy, latency) or a timed window (performance,
-    energy)."""
+    """One parsed result: an inference (accuracy, latency), a timed window (performance,
+    energy) or one stream (sww01: ``results`` holds the DUT's per-frame activations and
+    ``stream`` the board's logs)."""
 
     seq: int
     index: int
@@ -42,6 +80,7 @@ class Sample:
     energy_window_s: float | None = None
     power_samples: tuple[float, ...] = ()
     power_events: tuple[tuple[int, int], ...] = ()
+    stream: StreamCapture | None = None
 
     def to_record(self) -> dict[str, Any]:
         """The samples.jsonl object: null fields left out except the documented ones, the
@@ -60,4 +99,6 @@ class Sample:
         known = {f.name for f in fields(cls)} - set(TRACES)
         values = {k: v for k, v in record.items() if k in known}
         values["results"] = tuple(record["results"])
+        if record.get("stream") is not None:
+            values["stream"] = StreamCapture.from_record(record["stream"])
         return cls(**values)

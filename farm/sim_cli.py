@@ -24,11 +24,12 @@ from rich.table import Table
 
 from farm.catalog import BenchmarkError, get_dataset_spec
 from farm.cli_common import console, err, fail
-from farm.datasets import INDEX, official_index
+from farm.datasets import official_index
 from farm.logs import get_logger
 from farm.models import MODELS
 from farm.sim.config import SimConfig, generated_config, load_config
 from farm.sim_agent import SimAgentSetup, SimAgentSupport, SimBoardSetup, load_support
+from farm.sww_truth import official_text
 from farm.yaml_config import ConfigError
 
 log = get_logger("farm.sim_cli")
@@ -101,7 +102,9 @@ def _dataset_limits(text: str | None) -> dict[str, int] | None:
         return None
     text = text.strip()
     if text.isdigit():
-        return dict.fromkeys((get_dataset_spec(m).id for m in MODELS), int(text))
+        # sww01's truth files are never cut.
+        specs = (get_dataset_spec(m) for m in MODELS)
+        return dict.fromkeys((s.id for s in specs if not s.streamed), int(text))
     limits: dict[str, int] = {}
     for part in text.split(","):
         name, sep, value = part.partition("=")
@@ -240,15 +243,17 @@ def _dataset_complete(root: Path, dataset: str, limit: int | None, windows: int 
     asked for, with files of the size asked for (ad01's ``windows``)."""
     from farm.dataset_synth import subset_index
 
+    spec = get_dataset_spec(dataset)
     try:
-        present = (root / dataset / INDEX).read_text()
+        present = (root / dataset / spec.index).read_text()
     except OSError:
         return False
+    if spec.streamed:
+        return present == official_text(spec.index)
     if present != official_index(dataset) and (
         limit is None or present != subset_index(dataset, limit, stratify=True)[0]
     ):
         return False
-    spec = get_dataset_spec(dataset)
     if spec.window_bytes is None or spec.stride is None:
         return True
     size = spec.window_bytes + ((windows or spec.synth_windows or 1) - 1) * spec.stride

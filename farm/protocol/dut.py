@@ -196,6 +196,81 @@ class Garbage(DutEvent):
     a baud mismatch or a reset. A reply holding one cannot be trusted."""
 
 
+# --- the streaming-wakeword (sww01) firmware's lines (docs/protocols.md#sww-dut) -------------
+
+
+@dataclass(frozen=True, slots=True)
+class Echo(DutEvent):
+    """``Received command: <cmd>``: the sww firmware echoes every command before running it."""
+
+    command: str
+
+
+@dataclass(frozen=True, slots=True)
+class StreamListening(DutEvent):
+    """``Listening for I2S data ... ``: ``start`` armed the audio input."""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStarted(DutEvent):
+    """``DMA receive initiated.``: the last line ``start`` prints."""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamBusy(DutEvent):
+    """``I2S Rx currently in progress. Ignoring request``: ``start`` while streaming."""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStopped(DutEvent):
+    """``Streaming stopped.``: ``stop`` ended a stream (and pulsed the timestamp pin)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamIdle(DutEvent):
+    """``I2S is already idle.  Ignoring stop request``: ``stop`` with no stream."""
+
+
+@dataclass(frozen=True, slots=True)
+class ActivationsHeader(DutEvent):
+    """``target activations: ``: the per-frame activation dump follows."""
+
+
+@dataclass(frozen=True, slots=True)
+class ActivationRow(DutEvent):
+    """One row of the activation dump: up to 16 ``%d, `` values (the first row starts with
+    ``[``, the last value of the dump is followed by two spaces)."""
+
+    values: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ActivationsEnd(DutEvent):
+    """``]`` (``[]`` for an empty dump): the end of the activation dump."""
+
+
+@dataclass(frozen=True, slots=True)
+class BytesReceived(DutEvent):
+    """``N bytes received``: the sww firmware's reply to a ``db <hex>`` chunk."""
+
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class BufferPointer(DutEvent):
+    """``m-buff-ptr-N``: the sww firmware's ``db getptr``."""
+
+    position: int
+
+
+@dataclass(frozen=True, slots=True)
+class Unrecognized(DutEvent):
+    """``Unrecognized command <cmd>`` (the sww firmware's unknown command), or its
+    ``Empty command ...`` message: an error, as ``e-[Unknown command: ...]`` is."""
+
+    command: str
+
+
 _PATTERNS: list[tuple[re.Pattern[str], type[DutEvent]]] = [
     (re.compile(r"m-timestamp-mode-(\w+)"), TimestampMode),
     (re.compile(r"m-init-done"), InitDone),
@@ -214,6 +289,21 @@ _PATTERNS: list[tuple[re.Pattern[str], type[DutEvent]]] = [
     (re.compile(r"e-\[(.*)\]"), DeviceError),
     (re.compile(r"Supplied buffer size (\d+) exceeds maximum of (\d+)"), BufferTooLarge),
     (re.compile(r"Input db has (\d+) elemented, expected (\d+)"), InputSizeMismatch),
+    (re.compile(r"Received command: (.*)"), Echo),
+    (re.compile(r"Listening for I2S data \.\.\. ?"), StreamListening),
+    (re.compile(r"DMA receive initiated\."), StreamStarted),
+    (re.compile(r"I2S Rx currently in progress\. Ignoring request"), StreamBusy),
+    (re.compile(r"Streaming stopped\."), StreamStopped),
+    (re.compile(r"I2S is already idle\.  Ignoring stop request"), StreamIdle),
+    (re.compile(r"target activations: ?"), ActivationsHeader),
+    (re.compile(r"\[?((?:-?\d+, )*-?\d+[, ] )"), ActivationRow),
+    (re.compile(r"\[?\]"), ActivationsEnd),
+    (re.compile(r"Expecting (\d+) bytes"), Expecting),
+    (re.compile(r"(\d+) bytes received"), BytesReceived),
+    (re.compile(r"m-buff-ptr-(\d+)"), BufferPointer),
+    (re.compile(r"Error: (.*)"), DeviceError),
+    (re.compile(r"Unrecognized command (.*)"), Unrecognized),
+    (re.compile(r"(Empty command) \(only a % read\)\.  Type 'help%' for help"), Unrecognized),
 ]
 _READY = b"m-ready"
 
@@ -254,9 +344,12 @@ def classify_line(line: bytes) -> DutEvent:
             return BufferDump(line, bytes.fromhex(m.group(1).replace("-", "")))
         if kind in (BufferTooLarge, InputSizeMismatch):
             return kind(line, int(m.group(1)), int(m.group(2)))
-        if kind in (Expecting, WarmupStart, InferStart, Lap):
+        if kind is ActivationRow:
+            values = tuple(int(v) for v in m.group(1).replace(",", " ").split())
+            return ActivationRow(line, values)
+        if kind in (Expecting, WarmupStart, InferStart, Lap, BytesReceived, BufferPointer):
             return kind(line, int(m.group(1)))
-        if kind in (TimestampMode, Name, Profile, Model, DeviceError):
+        if kind in (TimestampMode, Name, Profile, Model, DeviceError, Echo, Unrecognized):
             return kind(line, m.group(1))
         return kind(line)
     return Unknown(line)
@@ -284,9 +377,10 @@ class DutReply:
         return [e for e in self.events if isinstance(e, kind)]
 
     @property
-    def errors(self) -> list[DeviceError | BufferTooLarge | InputSizeMismatch]:
-        """The firmware's error lines (``e-[...]`` and the two LF-only messages)."""
-        kinds = DeviceError | BufferTooLarge | InputSizeMismatch
+    def errors(self) -> list[DeviceError | BufferTooLarge | InputSizeMismatch | Unrecognized]:
+        """The firmware's error lines (``e-[...]``, the two LF-only messages, and the sww
+        firmware's ``Error: ...`` and ``Unrecognized command ...``)."""
+        kinds = DeviceError | BufferTooLarge | InputSizeMismatch | Unrecognized
         return [e for e in self.events if isinstance(e, kinds)]
 
     @property

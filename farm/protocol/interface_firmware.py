@@ -24,11 +24,10 @@ from farm.protocol.interface import (
     effective_baud,
     match_command,
 )
+from farm.protocol.sww import MAX_DETECTIONS, MAX_DUTY_EDGES
 
 PLAY_ERROR = "Error playing file. Check that the file exists and is a 2-channel wav file."
-#: Detection-log and duty-cycle-log capacities, and the detection debounce.
-MAX_DETECTIONS = 10_000
-MAX_DUTY_EDGES = 100
+#: The detection debounce.
 DETECTION_DEBOUNCE_MS = 10
 #: TIM2 ticks (10 µs) per millisecond.
 TICKS_PER_MS = 100

@@ -12,16 +12,34 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from farm.models import ENERGY_BAUD, MODELS
+from farm.models import MODELS
 from farm.protocol import interface, lpm01a
+from farm.protocol.sww import FRAME_S
 from farm.sim.faults import FaultSpec
+from farm.sww_truth import OFFICIAL_TRUTH, TruthFile, load_truth, official_truth
 from farm.yaml_config import ConfigError, load_yaml_model
 
 #: Default median inference time per model: a fast Cortex-M7-class board, so that simulated
 #: runs take seconds (the reference L4R5ZI is 10-70x slower; set ``latency`` to mimic it).
-DEFAULT_MEDIAN_S = {"kws01": 0.005, "vww01": 0.030, "ic01": 0.040, "ic02": 0.060, "ad01": 0.001}
-#: Default quality: top-1 accuracy for classifiers, AUC for ad01 (above the closed targets).
-DEFAULT_QUALITY = {"kws01": 0.91, "vww01": 0.82, "ic01": 0.87, "ic02": 0.92, "ad01": 0.87}
+#: sww01's is the processing time of one 32 ms audio frame (a duty cycle of 0.5).
+DEFAULT_MEDIAN_S = {
+    "kws01": 0.005,
+    "vww01": 0.030,
+    "ic01": 0.040,
+    "ic02": 0.060,
+    "ad01": 0.001,
+    "sww01": 0.016,
+}
+#: Default quality: top-1 accuracy for classifiers, AUC for ad01 (above the closed targets);
+#: sww01's detections come from its ``sww`` detector settings instead.
+DEFAULT_QUALITY = {
+    "kws01": 0.91,
+    "vww01": 0.82,
+    "ic01": 0.87,
+    "ic02": 0.92,
+    "ad01": 0.87,
+    "sww01": 1.0,
+}
 
 INTERFACE_BAUD = interface.HOST_BAUD
 MONITOR_BAUD = lpm01a.HOST_BAUD
@@ -47,6 +65,53 @@ class PowerConfig(_Strict):
     active_w: float = Field(0.030, ge=0)
 
 
+class SwwConfig(_Strict):
+    """The streaming-wakeword side of a board: the wav files on its interface board's SD card
+    and what the sww01 DUT's model detects in them (:class:`farm.sim.audio.Detector`)."""
+
+    truth: list[str] = Field(default_factory=lambda: list(OFFICIAL_TRUTH))
+    """Truth files whose wavs are on the SD card: official names or paths to JSON files."""
+    miss: list[int] = Field(default_factory=list)
+    """Wakewords (0-based, in the order a stream plays them) the DUT does not detect."""
+    false_at_s: list[float] = Field(default_factory=list)
+    """Times (seconds into the wav) at which the DUT detects a wakeword that is not there."""
+    delay_s: float = Field(0.2, ge=2 * FRAME_S, le=2.0)
+    """From a wakeword's onset to its first detecting frame."""
+    frames: int = Field(2, ge=1, le=30)
+    """Consecutive frames that detect each wakeword."""
+
+    @field_validator("miss")
+    @classmethod
+    def _non_negative(cls, value: list[int]) -> list[int]:
+        if any(i < 0 for i in value):
+            raise ValueError("wakeword numbers start at 0")
+        return value
+
+    @field_validator("false_at_s")
+    @classmethod
+    def _times(cls, value: list[float]) -> list[float]:
+        if any(not t >= 0 for t in value):
+            raise ValueError("false detection times must be >= 0 s")
+        return value
+
+    @model_validator(mode="after")
+    def _readable_truth(self) -> SwwConfig:
+        wavs: dict[str, str] = {}
+        for truth in self.truth_files():
+            for entry in truth.entries:
+                if entry.wav_file in wavs and wavs[entry.wav_file] != truth.name:
+                    raise ValueError(
+                        f"{entry.wav_file} is in both {wavs[entry.wav_file]} and {truth.name}"
+                    )
+                wavs[entry.wav_file] = truth.name
+        return self
+
+    def truth_files(self) -> list[TruthFile]:
+        """The truth files, read (an official name is the shipped file; anything else a path,
+        relative to the working directory)."""
+        return [official_truth(t) if t in OFFICIAL_TRUTH else load_truth(t) for t in self.truth]
+
+
 class BoardConfig(_Strict):
     """One simulated board: a DUT, and with ``energy`` an interface board and an LPM01A."""
 
@@ -70,6 +135,8 @@ class BoardConfig(_Strict):
     usb_serial: str | None = None
     faults: list[FaultSpec] = Field(default_factory=list)
     seed: int | None = None
+    sww: SwwConfig = Field(default_factory=SwwConfig)
+    """Streaming wakeword: the SD card's wavs and the sww01 DUT's detector."""
 
     @field_validator("model")
     @classmethod
@@ -91,13 +158,19 @@ class BoardConfig(_Strict):
                 "a 'disconnect' fault unplugs the DUT's USB port, which the energy firmware "
                 "does not talk on (it talks through the interface board)"
             )
+        if self.model == "sww01" and not self.median_s < FRAME_S:
+            raise ValueError(
+                f"latency.median_s {self.median_s} s: an sww01 DUT must process a frame in "
+                f"less than the {FRAME_S * 1000:g} ms it lasts"
+            )
         return self
 
     @property
     def dut_baud(self) -> int:
-        """Baud of the DUT's UART in use (energy builds always run at 9600)."""
+        """Baud of the DUT's UART in use (energy builds run at their model's energy baud:
+        9600, sww01 115200)."""
         if self.firmware == "energy":
-            return ENERGY_BAUD
+            return MODELS[self.model].energy_baud
         return self.baud or MODELS[self.model].default_baud
 
     @property

@@ -8,7 +8,9 @@ import asyncio
 import contextlib
 import random
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from farm.logs import get_logger
 from farm.models import ModelSpec
@@ -55,6 +57,22 @@ class DutCounter:
         self._base_us, self._base_t = max(value_us, self.read(t)), t
 
 
+class Firmware(Protocol):
+    """What the simulator needs of a firmware model (:class:`fw.DutFirmware`, the sww
+    firmware): boot, take UART bytes, the last command (for fault injection)."""
+
+    parser_enabled: bool
+    last_command: str
+
+    def boot(self) -> Sequence[object]:
+        """Power-on or reset: the boot actions."""
+        ...
+
+    def receive(self, data: bytes) -> Sequence[object]:
+        """UART bytes in; the actions of every command they complete."""
+        ...
+
+
 @dataclass
 class SimDut:
     """One simulated DUT behind ``uart``.
@@ -86,12 +104,7 @@ class SimDut:
     boots: int = 0
 
     def __post_init__(self) -> None:
-        self.firmware = fw.DutFirmware(
-            self.model,
-            self.build,
-            lambda tensor: simulated_output(self.model, tensor, self.quality),
-            vendor=self.vendor,
-        )
+        self.firmware = self._make_firmware()
         self._task: asyncio.Task[None] | None = None
         self._hung = False
         # Its own stream, so a host at the wrong baud does not change which faults fire.
@@ -101,6 +114,14 @@ class SimDut:
         it reboots."""
         if self.rail is not None:
             self.rail.subscribe(self._rail_switched)
+
+    def _make_firmware(self) -> Firmware:
+        return fw.DutFirmware(
+            self.model,
+            self.build,
+            lambda tensor: simulated_output(self.model, tensor, self.quality),
+            vendor=self.vendor,
+        )
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -191,7 +212,7 @@ class SimDut:
             pending = bytearray(rest[: self.rx_fifo])
             self.uart.drop_received_between(busy_from, loop.time(), self.rx_fifo - len(pending))
 
-    async def _execute(self, actions: list[fw.DutAction], fired: frozenset[str] | set[str]) -> None:
+    async def _execute(self, actions: Sequence[object], fired: frozenset[str] | set[str]) -> None:
         loop = asyncio.get_running_loop()
         if "no_ready" in fired and actions and actions[-1] == fw.Write(b"m-ready\r\n"):
             actions = actions[:-1]
@@ -221,7 +242,13 @@ class SimDut:
                     self.firmware.parser_enabled = True
                 case fw.Overflow(position):
                     log.warning("dut_overflow", board=self.board, position=position)
+                case _:
+                    await self._device_action(action)
         self.counter.settle(cursor, loop.time())
+
+    async def _device_action(self, action: object) -> None:
+        """An action of a firmware variant (the sww firmware's pins and audio input)."""
+        raise TypeError(f"{self.board}: the {self.model.id} DUT cannot perform {action!r}")
 
     def _line_noise(self, data: bytes) -> bytes:
         """At a baud other than the host's, a UART sees framing errors: every byte turns into

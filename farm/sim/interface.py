@@ -16,7 +16,17 @@ whose other end is the DUT's energy-build UART. What the simulator adds to the s
 * ``setbaud``: the reply, then an MCU reset during which the board is deaf for ``reset_s``;
   it comes back with both queues empty and the new DUT baud. The stored baud lives in the
   object, so it survives resets as flash does;
-* the SD card: without it a passthrough hangs after its ack;
+* the response queue: the passthrough task hands each DUT line to the CLI thread through a
+  queue of 20 lines and blocks when it is full, so a long DUT burst (the sww activation dump)
+  is read as fast as the DUT prints until 20 lines wait for the slower host link (each line
+  gains the 7-byte prefix); only then does the DUT queue fill and drop bytes;
+* the SD card: without it a passthrough hangs after its ack. ``play`` blocks the CLI thread
+  for the file's length; a streaming-wakeword wav (:class:`~farm.sim.audio.SyntheticWav`)
+  is clocked out frame by frame on the :class:`~farm.sim.audio.I2sBus`, each frame handed
+  over when its last sample has left (32 ms apart at 16 kHz);
+* TIM2, the 10 µs clock ``record_detections`` zeroes: a falling edge on WW_DETECTED logs a
+  detection (ms), edges of the DUT's processing pin log duty-cycle start and stop ticks, as
+  the board's interrupts do, at the edges' own times;
 * faults (device ``interface``): ``hang`` (the CLI thread stops for good, until
   :meth:`SimInterface.reset`) and ``reset`` (the board reboots instead of answering).
 """
@@ -42,8 +52,11 @@ from farm.protocol.interface_firmware import (
     Write,
     ZeroTimer,
 )
+from farm.protocol.sww import TICK_S
+from farm.sim.audio import I2sBus, SyntheticWav, frame_times
 from farm.sim.faults import FaultPlan
 from farm.sim.pacing import PortClosedError, framing_noise
+from farm.sim.power import GpioLine
 from farm.sim.uart import Uart
 from farm.sim.wire_pair import WireEnd
 
@@ -56,6 +69,10 @@ QUEUE_BYTES = 100
 DEFAULT_RESET_S = 0.5
 #: ``play`` without a file: 180 KB of 16-bit stereo at 16 kHz from internal flash.
 FLASH_WAV_S = 180_000 / (2 * 2 * 16_000)
+#: Lines the passthrough task may queue for the CLI thread (the firmware's response queue).
+RESPONSE_LINES = 20
+#: TIM2 is a 32-bit counter.
+TIMER_MODULUS = 1 << 32
 
 
 class SimInterface:
@@ -65,7 +82,8 @@ class SimInterface:
     ``dut`` its DUT-side UART (a :class:`WireEnd`; its baud follows ``setbaud``).
     ``stored_baud`` is the flash word read at boot (see
     :func:`farm.protocol.interface.effective_baud`); ``files`` maps SD-card file names to their
-    play time in seconds.
+    play time in seconds, and ``wavs`` adds the streaming-wakeword files the board plays on
+    ``i2s``. ``wakeword`` and ``processing`` are the DUT's WW_DETECTED and processing pins.
     """
 
     def __init__(
@@ -80,6 +98,10 @@ class SimInterface:
         reset_s: float = DEFAULT_RESET_S,
         files: Mapping[str, float] | None = None,
         queue_bytes: int = QUEUE_BYTES,
+        wavs: Mapping[str, SyntheticWav] | None = None,
+        i2s: I2sBus | None = None,
+        wakeword: GpioLine | None = None,
+        processing: GpioLine | None = None,
     ) -> None:
         if reset_s < 0:
             raise ValueError(f"reset time must be >= 0, got {reset_s}")
@@ -92,6 +114,9 @@ class SimInterface:
         self.sd_card = sd_card
         self.reset_s = reset_s
         self.files: dict[str, float] = dict(files or {})
+        self.wavs: dict[str, SyntheticWav] = dict(wavs or {})
+        self.files.update({name: wav.seconds for name, wav in self.wavs.items()})
+        self.i2s = i2s
         self.queue_bytes = queue_bytes
         self.resets = 0
         """MCU resets so far (``setbaud``, the reset fault, :meth:`reset`)."""
@@ -108,6 +133,11 @@ class SimInterface:
         self._hung = False
         self._task: asyncio.Task[None] | None = None
         self._rx_task: asyncio.Task[None] | None = None
+        self._timer_zero = 0.0
+        if wakeword is not None:
+            wakeword.subscribe(self._wakeword_edge)
+        if processing is not None:
+            processing.subscribe(self._processing_edge)
 
     # -- state ------------------------------------------------------------------------------
 
@@ -179,6 +209,7 @@ class SimInterface:
         self._dut.clear_input()
         self._dut_queue.clear()
         self._dut.baud = self.dut_baud
+        self._timer_zero = asyncio.get_running_loop().time()  # TIM2 starts at boot
         self._firmware = self._new_firmware()
         self._forwarder = PassthroughForwarder()
         self._hung = False
@@ -248,32 +279,80 @@ class SimInterface:
                 case Hang(reason):
                     log.warning("interface_hang", board=self.board, reason=reason)
                 case Play(file):
-                    # The CLI thread blocks for the whole wav.
-                    seconds = FLASH_WAV_S if file is None else self.files.get(file, 0.0)
-                    await asyncio.sleep(seconds)
+                    await self._play(file)
                 case ZeroTimer():
-                    pass  # detection timestamps belong to sww01, which is not simulated yet
+                    self._timer_zero = asyncio.get_running_loop().time()
         return False
 
+    async def _play(self, file: str | None) -> None:
+        """The CLI thread blocks for the whole file; a wakeword wav goes out on the I2S
+        link frame by frame, each at the time its last sample leaves."""
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        wav = self.wavs.get(file) if file is not None else None
+        if wav is not None and self.i2s is not None:
+            log.info("interface_play", board=self.board, file=file, frames=wav.frames)
+            for k, due in frame_times(start, wav.frame_s, wav.frames):
+                await asyncio.sleep(max(0.0, due - loop.time()))
+                self.i2s.send(due, wav.frame(k))
+            seconds = wav.seconds
+        else:
+            seconds = FLASH_WAV_S if file is None else self.files.get(file, 0.0)
+        await asyncio.sleep(max(0.0, start + seconds - loop.time()))
+
+    # -- TIM2 and the DUT's pins ------------------------------------------------------------
+
+    def ticks(self, t: float) -> int:
+        """TIM2's count at event-loop time ``t`` (10 µs ticks since it was last zeroed)."""
+        return int((t - self._timer_zero) / TICK_S) % TIMER_MODULUS
+
+    def _wakeword_edge(self, t: float, level: bool) -> None:
+        """WW_DETECTED's falling-edge interrupt: log a detection (debounced, capped)."""
+        if not level and self.ready.is_set():
+            self._firmware.add_detection(self.ticks(t))
+
+    def _processing_edge(self, t: float, level: bool) -> None:
+        """The processing pin's interrupts: a rising edge starts a duty cycle, a falling
+        edge ends it."""
+        if self.ready.is_set():
+            self._firmware.add_duty_edge(level, self.ticks(t))
+
     async def _passthrough(self, command: str) -> None:
-        """The SD task: send ``<command>%`` to the DUT, forward its lines until an exact
-        ``m-ready``. No timeout: a silent DUT keeps the board here for good."""
+        """Send ``<command>%`` to the DUT; the SD task reads its lines into the response
+        queue while the CLI thread prints them, until an exact ``m-ready``. No timeout: a
+        silent DUT keeps the board here for good."""
         data = self._garble((command + "%").encode("latin-1"))
         await self._dut.write(data)
-        for action in self._forwarder.start():
-            if isinstance(action, Write):
-                await self._host.write(action.data)
+        lines: asyncio.Queue[bytes | None] = asyncio.Queue(RESPONSE_LINES)
+        reader = asyncio.get_running_loop().create_task(
+            self._read_dut_lines(lines), name=f"interface-sd-{self.board}"
+        )
+        try:
+            while (line := await lines.get()) is not None:
+                await self._host.write(line)
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+
+    async def _read_dut_lines(self, lines: asyncio.Queue[bytes | None]) -> None:
+        """The SD task: every DUT line (stale ones first) into the response queue, blocking
+        while it is full; ``None`` after the exact ``m-ready``."""
+        actions = self._forwarder.start()
         while True:
+            for action in actions:
+                if isinstance(action, PassthroughDone):
+                    await lines.put(None)
+                    return
+                # While this waits for room, DUT bytes keep landing in the 100-byte queue.
+                await lines.put(action.data)
             chunk = self._take_dut_line()
             if not chunk:
                 self._dut_arrived.clear()
                 await self._dut_arrived.wait()
+                actions = []
                 continue
-            for action in self._forwarder.feed(chunk):
-                if isinstance(action, PassthroughDone):
-                    return
-                # While this prints, DUT bytes keep landing in the 100-byte queue.
-                await self._host.write(action.data)
+            actions = self._forwarder.feed(chunk)
 
     def _take_dut_line(self) -> bytes:
         """Take queued DUT bytes up to and including the first LF (all if there is none).

@@ -38,6 +38,8 @@ from pydantic import ValidationError
 
 from farm.logs import get_logger
 from farm.models import MODELS
+from farm.protocol.sww import FRAME_S
+from farm.sim.audio import Detector, I2sBus, SyntheticWav
 from farm.sim.config import INTERFACE_BAUD, MONITOR_BAUD, BoardConfig, SimConfig
 from farm.sim.control import ControlServer
 from farm.sim.dut import DutCounter, SimDut
@@ -48,6 +50,7 @@ from farm.sim.latency import LatencyModel
 from farm.sim.lpm01a import SimLpm01a
 from farm.sim.power import GpioLine, PowerModel, PowerRail
 from farm.sim.pty_port import PtyPort
+from farm.sim.sww_dut import SimSwwDut
 from farm.sim.transcript import Transcript
 from farm.sim.wire_pair import WireEnd, wire_pair
 from farm.usb_ids import DUT_USB, INTERFACE_USB, MONITOR_USB
@@ -80,6 +83,13 @@ class SimBoard:
     transcripts: bool = False
     rail: PowerRail = field(default_factory=PowerRail)
     gpio: GpioLine = field(default_factory=GpioLine)
+    """The DUT's timestamp pin (to the energy monitor)."""
+    wakeword: GpioLine = field(default_factory=GpioLine)
+    """sww01: the DUT's WW_DETECTED pin (to the interface board), idle high."""
+    processing: GpioLine = field(default_factory=lambda: GpioLine(level=False))
+    """sww01: the DUT's processing (duty-cycle) pin (to the interface board), idle low."""
+    i2s: I2sBus = field(default_factory=I2sBus)
+    """The interface board's audio link to the DUT."""
 
     def __post_init__(self) -> None:
         cfg = self.config
@@ -113,11 +123,20 @@ class SimBoard:
                 host=self.interface_port,
                 dut=interface_end,
                 faults=self._faults("interface", 1),
+                wavs={
+                    entry.wav_file: SyntheticWav(entry)
+                    for truth in cfg.sww.truth_files()
+                    for entry in truth.entries
+                },
+                i2s=self.i2s,
+                wakeword=self.wakeword,
+                processing=self.processing,
             )
-        # Every DUT the board runs hears the monitor's rail through its own relay rail (made
-        # by _make_dut): a DUT replaced by a flash must stop hearing it, and a PowerRail
-        # cannot unsubscribe.
+        # Every DUT the board runs hears the monitor's rail and the board's audio through its
+        # own relays (made by _make_dut): a DUT replaced by a flash must stop hearing them,
+        # and neither a PowerRail nor an I2sBus can unsubscribe.
         self.rail.subscribe(self._relay_rail)
+        self.i2s.subscribe(self._relay_i2s)
         self.settings = cfg
         self.dut = self._make_dut(cfg, self._faults("dut", 0), boots=0)
         if cfg.energy and self.monitor_port is not None:
@@ -146,7 +165,9 @@ class SimBoard:
         # The baud is compiled into the firmware: the new build's applies from its boot.
         uart.baud = settings.dut_baud
         self._dut_rail = PowerRail(on=self.rail.on)
-        return SimDut(
+        self._dut_i2s = I2sBus()
+        cls = SimSwwDut if settings.model == "sww01" else SimDut
+        dut = cls(
             board=settings.id,
             model=MODELS[settings.model],
             build=settings.firmware,
@@ -170,9 +191,19 @@ class SimBoard:
             rail=self._dut_rail,
             boots=boots,
         )
+        if isinstance(dut, SimSwwDut):
+            sww = settings.sww
+            detector = Detector(
+                FRAME_S, frozenset(sww.miss), tuple(sww.false_at_s), sww.delay_s, sww.frames
+            )
+            dut.attach(self._dut_i2s, self.processing, self.wakeword, detector)
+        return dut
 
     def _relay_rail(self, t: float, on: bool) -> None:
         self._dut_rail.switch(t, on)
+
+    def _relay_i2s(self, t: float, frame: bytes) -> None:
+        self._dut_i2s.send(t, frame)
 
     def _reset_dut(self) -> None:
         # Looked up at call time: the monitor must reset the DUT running now, not the one

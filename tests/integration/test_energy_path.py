@@ -11,16 +11,11 @@ from pathlib import Path
 from agent.energy_monitor import window_energy
 from agent.interface_client import InterfaceClient
 from agent.lpm01a_client import Lpm01aClient
-from agent.serial_link import SerialLink
 from farm.models import MODELS
-from farm.protocol.interface import HOST_BAUD as INTERFACE_BAUD
-from farm.protocol.lpm01a import HOST_BAUD as MONITOR_BAUD
 from farm.sim.server import SimBoard
 from farm.synthetic import encode_input
-from tests.integration.sim_boards import energy_board
+from tests.integration.sim_boards import energy_board, energy_clients
 
-#: The simulated interface board's reset (0.5 s) plus a margin.
-RESET_S = 0.6
 SETTLE_S = 5.0
 #: 4-digit mantissas: each sample is within half a unit of its 4th digit, i.e. 5e-4 relative,
 #: so the sum of positive samples is too.
@@ -33,21 +28,8 @@ async def energy_rig(
 ) -> AsyncIterator[tuple[SimBoard, Lpm01aClient, InterfaceClient]]:
     """A started energy board with the agent's clients of its LPM01A and interface board."""
     board = energy_board(directory, median_s=median_s, seed=seed)
-    await board.start()
-    links: list[SerialLink] = []
-    lpm: Lpm01aClient | None = None
-    try:
-        assert board.interface_port is not None and board.monitor_port is not None
-        links.append(await SerialLink.open(str(board.monitor_port.path), MONITOR_BAUD))
-        links.append(await SerialLink.open(str(board.interface_port.path), INTERFACE_BAUD))
-        lpm = Lpm01aClient(links[0])
-        yield board, lpm, InterfaceClient(links[1], dut_baud=9600, reset_s=RESET_S)
-    finally:
-        if lpm is not None:
-            await lpm.close()
-        for link in links:
-            await link.close()
-        await board.stop()
+    async with energy_clients(board, 9600) as (lpm, interface):
+        yield board, lpm, interface
 
 
 async def test_infer_energy_window_matches_the_power_model(tmp_path: Path) -> None:

@@ -1048,7 +1048,7 @@ def break_size(root: Path) -> None:
 BAD_INPUT: dict[str, tuple[str, str, Callable[[Path], object] | None, str]] = {
     "unknown benchmark": ("kws99", "accuracy", None, "unknown benchmark 'kws99'"),
     "unknown mode": ("kws01", "turbo", None, "unknown mode 'turbo'"),
-    "sww01": ("sww01", "accuracy", None, "not supported yet"),
+    "sww01": ("sww01", "accuracy", None, "sww01 runs in energy mode only"),
     "dataset missing": ("kws01", "accuracy", lambda root: None, "does not exist"),
     "wrong file size": ("kws01", "accuracy", break_size, "are not 490 B"),
     "missing file": (

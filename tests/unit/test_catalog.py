@@ -12,7 +12,6 @@ from farm.catalog import (
     MODES,
     VERSIONS,
     BenchmarkError,
-    UnsupportedBenchmarkError,
     get_benchmark,
     get_dataset_spec,
 )
@@ -34,29 +33,39 @@ from farm.scoring import check_accuracy_target
         (" Kws ", "kws01"),
         ("keyword_spotting", "kws01"),
         ("anomaly_detection", "ad01"),
+        ("sww", "sww01"),
+        ("SWW01", "sww01"),
+        ("streaming_wakeword", "sww01"),
     ],
 )
 def test_lookup_accepts_ids_and_aliases(name: str, expected: str) -> None:
     assert get_benchmark(name).id == expected
 
 
-@pytest.mark.parametrize("name", ["sww01", "sww", "SWW01", "streaming_wakeword"])
-def test_sww_is_listed_but_not_supported(name: str) -> None:
-    with pytest.raises(UnsupportedBenchmarkError) as info:
-        get_benchmark(name)
-    message = str(info.value)
-    assert "sww01" in message and "not supported yet" in message
-    assert "kws01 (kws)" in message and "ic02 (ic2)" in message
-
-
 def test_unknown_benchmark_lists_the_known_ones() -> None:
     with pytest.raises(BenchmarkError) as info:
         get_benchmark("resnet")
-    assert not isinstance(info.value, UnsupportedBenchmarkError)
     assert str(info.value) == (
         "unknown benchmark 'resnet' (known: ad01 (ad), ic01 (ic), ic02 (ic2), kws01 (kws), "
-        "vww01 (vww); sww01 not supported yet)"
+        "sww01 (sww), vww01 (vww))"
     )
+
+
+def test_sww_runs_one_stream_in_energy_mode() -> None:
+    # docs/measurement.md#streaming-wakeword: the official `stream` step on the long truth
+    # file, in energy mode, at 115200 baud and 3.3 V; no other mode.
+    sww = get_benchmark("sww")
+    script = sww.script("energy")
+    assert (script.loop, script.iterations, script.warmups) == (1, 1, 0)
+    assert script.stream == "sww_long_test.json" and script.text() == "stream sww_long_test.json"
+    assert sww.streamed and sww.dataset.index == "sww_long_test.json"
+    assert (sww.baud("energy"), sww.supply_voltage, sww.checker_dir) == (115200, 3.3, "sww")
+    for mode in ("performance", "accuracy"):
+        with pytest.raises(BenchmarkError, match="sww01 runs in energy mode only: one stream"):
+            sww.script(mode)
+    assert sww.versions == ("v1.3", "v1.4")
+    assert sww.target().describe() == "false positives <= 8 and false negatives <= 8 (v1.4)"
+    assert sww.accepts_firmware("sww01") and not sww.accepts_firmware("kws01")
 
 
 # docs/measurement.md#accuracy-targets: closed-division targets; ic02 only from v1.4.
@@ -204,10 +213,11 @@ def test_datasets_match_measurement_section_4() -> None:
         512,
     )
     assert ad.synth_windows == 196 and kws.synth_windows is None
-    assert [d.has_alt for d in DATASETS.values()] == [False, False, False, True]
+    assert [d.has_alt for d in DATASETS.values()] == [False, False, False, True, False]
+    assert [d.streamed for d in DATASETS.values()] == [False, False, False, False, True]
 
 
-@pytest.mark.parametrize("bench", sorted(BENCHMARKS))
+@pytest.mark.parametrize("bench", sorted(set(BENCHMARKS) - {"sww01"}))
 def test_model_facts_agree_with_the_dataset(bench: str) -> None:
     b = BENCHMARKS[bench]
     if b.id != "ic02":

@@ -788,7 +788,7 @@ def test_bad_run_hash_is_refused(tmp_path: Path) -> None:
     records = perf_records(PERF_WINDOWS)
     with pytest.raises(ResultsError, match="unknown benchmark"):
         finish_run(run_hash("nope", "performance"), records, PERF_INFO, tmp_path / "f")
-    with pytest.raises(ResultsError, match="not supported yet"):
+    with pytest.raises(ResultsError, match="sww01 runs in energy mode only"):
         finish_run(run_hash("sww", "performance"), records, PERF_INFO, tmp_path / "f")
     with pytest.raises(ResultsError, match="unknown mode 'fast'"):
         finish_run(run_hash("kws", "fast"), records, PERF_INFO, tmp_path / "f")

@@ -29,6 +29,7 @@ def full(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ("vww01", 1000, None, 1000),
         ("ic01", 200, None, 200),
         ("ad01", 248, 72, 248),
+        ("sww01", 1, None, 3),  # the official truth files (the wavs are on the SD card)
     ]
     assert results[1].bytes == 27_648_000 and results[3].bytes == 248 * 102_400
     return root
@@ -225,7 +226,11 @@ def test_synth_command_defaults_to_all_four(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("models", "message"),
-    [("kws,resnet", "unknown benchmark 'resnet'"), ("sww", "not supported yet"), (",", "empty")],
+    [
+        ("kws,resnet", "unknown benchmark 'resnet'"),
+        ("sww,ic3", "unknown benchmark 'ic3'"),
+        (",", "empty"),
+    ],
 )
 def test_synth_command_rejects_bad_models(tmp_path: Path, models: str, message: str) -> None:
     result = CliRunner().invoke(
@@ -250,3 +255,13 @@ def test_sim_dataset_limit_takes_one_n_or_one_per_dataset() -> None:
     for bad in ("kws01", "kws01=0", "nope=3"):
         with pytest.raises(ValueError):
             _dataset_limits(bad)
+
+
+def test_sww_dataset_is_the_official_truth_files(full: Path) -> None:
+    from farm.sww_truth import OFFICIAL_TRUTH, dataset_truth, official_text
+
+    for name in OFFICIAL_TRUTH:
+        assert (full / "sww01" / name).read_text() == official_text(name)
+    long = dataset_truth(full)
+    assert long.official and long.entries[0].wav_file == "long_wav.wav"
+    assert len(long.entries[0].windows) == 50 and long.entries[0].length_s == 1200.0

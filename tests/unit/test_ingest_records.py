@@ -173,17 +173,24 @@ def test_payload_key_order_and_stated_nulls_do_not_change_the_stored_bytes() -> 
     sent = record(latency_us=250.5, start_us=1, end_us=2)
     model = json.loads(SampleRecord.model_validate(sent).model_dump_json())
     shuffled = dict(reversed(list(sent.items())))
-    stored = [
-        split_records(encode_records(parse_sample_batch(payload_of([r]))["samples"]))[0]
-        for r in (sent, shuffled, {**model, "count": 1, "warmup": 0, "wrapped": False})
-    ]
-    assert stored[0] == stored[1]
-    assert json.loads(stored[2]) == {
-        **json.loads(stored[0]),
+    # The fields with non-null defaults: stored only when stated.
+    defaults = {
         "count": 1,
         "warmup": 0,
         "wrapped": False,
+        "stream_windows": [],
+        "stream_length_s": 0,
+        "stream_sample_rate": 0,
+        "detections_ms": [],
+        "duty_starts": [],
+        "duty_stops": [],
     }
+    stored = [
+        split_records(encode_records(parse_sample_batch(payload_of([r]))["samples"]))[0]
+        for r in (sent, shuffled, {**model, **defaults})
+    ]
+    assert stored[0] == stored[1]
+    assert json.loads(stored[2]) == {**json.loads(stored[0]), **defaults}
 
 
 # -- any payload --------------------------------------------------------------------------------

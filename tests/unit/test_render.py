@@ -127,3 +127,25 @@ def test_narrow_table_says_which_columns_it_dropped() -> None:
     headings = [str(c.header) for c in view.columns]
     assert "system" in headings and "accuracy (target)" in headings
     assert re.search("latency", " ".join(headings))
+
+
+def test_an_sww_stream_fills_latency_and_accuracy_with_its_power() -> None:
+    stream = run(
+        6,
+        "sim-05-sww01",
+        "sww01",
+        "energy",
+        latency_ms=17.95,
+        throughput_ips=55.71,
+        f1=94 / 99,
+        true_positives=47,
+        false_negatives=3,
+        false_positives=2,
+        power_mw=17.0652,
+        target=8,
+        target_met=True,
+    )
+    report = {**REPORT, "runs": [stream], "boards": {}}
+    (row,) = results_listings(report)[0].rows
+    assert row["latency_ms"] == 17.95 and row["energy_uj"] is None
+    assert row["quality"] == "F1 0.949, FN 3 FP 2 (<= 8) ok; 17.065 mW"
