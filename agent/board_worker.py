@@ -263,7 +263,12 @@ class BoardWorker:
     async def _crashed(self, queued: _Queued, reason: str) -> None:
         job = queued.job
         if isinstance(job, ConsoleCommand):
-            await ConsoleSession(job, agent=self.agent, outbox=self.outbox).close(reason)
+            # Called from serve()'s handler: whatever went wrong must not end the board's task
+            # (and, through the task group, the agent) a second time from here.
+            try:
+                await ConsoleSession(job, agent=self.agent, outbox=self.outbox).close(reason)
+            except Exception:
+                log.exception("console_close_failed", board=self.id, session=job.session)
         elif isinstance(job, RunCommand):
             if not queued.reported:
                 await self._event(job, Failed, kind="infrastructure", reason=reason)

@@ -258,13 +258,15 @@ def reserve(
     release, or when your open console disappears without closing."""
     from controller.board_history import user
     from controller.board_ops import busy_reason
-    from controller.reservations import ReservationError
+    from controller.reservations import MAX_RESERVATION_S, ReservationError
     from controller.reservations import reserve as take
 
     try:
         seconds = parse_duration(duration)
     except ValueError as exc:
         raise fail(str(exc)) from None
+    if not 0 < seconds <= MAX_RESERVATION_S:
+        raise fail(f"--for {duration!r}: a reservation lasts more than 0 s and up to 7 days")
     _, client = _connect(redis, None)
     _known(client, board)
     try:
@@ -383,8 +385,16 @@ def console_command(
     reservation: each line of stdin goes to the DUT (followed by --eol, once the DUT has
     printed --ready after the previous one), the DUT's lines come to stdout. End of input
     (Ctrl-D) closes it once the DUT has answered."""
-    from controller.console_client import ConsoleError, run_console
+    from controller.console_client import ConsoleError, console_grace_s, run_console
+    from farm.messages import console_eol
 
+    try:
+        console_eol(eol)
+        console_grace_s()
+    except ValueError as exc:
+        raise fail(f"farm board console: {exc}") from None
+    if len(ready) > 64:
+        raise fail("farm board console: --ready: at most 64 characters")
     settings, client = _connect(redis, broker)
     _known(client, board)
     try:

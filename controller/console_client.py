@@ -296,9 +296,23 @@ class _Relay:
         every = min(self.grace_s, self.lease.ttl_s) / 3
         while True:
             await asyncio.sleep(every)
-            if not console_alive(self.client, self.board, self.who, self.session, self.grace_s):
+            # redis-py is blocking: off the loop (the DUT's output keeps coming), and bounded
+            # (a Redis that stops answering ends the session instead of freezing it).
+            try:
+                alive = await asyncio.wait_for(
+                    asyncio.to_thread(
+                        console_alive, self.client, self.board, self.who, self.session, self.grace_s
+                    ),
+                    every,
+                )
+                renewed = alive and await asyncio.wait_for(
+                    asyncio.to_thread(self.lease.renew), every
+                )
+            except (TimeoutError, redis.RedisError) as exc:
+                return f"Redis did not answer the keepalive: {type(exc).__name__}"
+            if not alive:
                 return f"your reservation of {self.board} ended"
-            if not self.lease.renew():
+            if not renewed:
                 return f"the console lost {self.board}'s lease"
             await self._send("keepalive")
 
@@ -323,9 +337,14 @@ def _read_lines(
     must not keep the process alive), each line (end removed) into ``into``, then None."""
 
     def pump() -> None:
-        for raw in stdin:
-            line = raw.rstrip("\r\n").replace("\r", "").replace("\0", "")
-            loop.call_soon_threadsafe(into.put_nowait, line)
-        loop.call_soon_threadsafe(into.put_nowait, None)
+        try:
+            for raw in stdin:
+                line = raw.rstrip("\r\n").replace("\r", "").replace("\0", "")
+                loop.call_soon_threadsafe(into.put_nowait, line)
+        except (OSError, ValueError) as exc:  # undecodable input (UnicodeDecodeError), a closed fd
+            log.warning("console_stdin_failed", error=str(exc)[:200])
+        finally:
+            # Whatever stopped the reading, the session then ends as at end of input.
+            loop.call_soon_threadsafe(into.put_nowait, None)
 
     threading.Thread(target=pump, name="console-stdin", daemon=True).start()

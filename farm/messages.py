@@ -266,6 +266,19 @@ MAX_CONSOLE_LINE = 1024
 CONSOLE_CLOSED_BY_HOLDER = "closed by the holder"
 
 
+def console_eol(value: str) -> str:
+    """``value`` if it can end a console line on the wire, else ``ValueError`` saying why: at
+    most 4 characters, each one latin-1 byte (how it is written), no NUL (which would end the
+    DUT's line buffer early)."""
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        raise ValueError(f"eol {value!r}: only latin-1 characters (one byte each)") from None
+    if "\0" in value or len(value) > 4:
+        raise ValueError(f"eol {value!r}: at most 4 characters, no NUL")
+    return value
+
+
 class ConsoleCommand(_Command):
     """An interactive line session with a board's DUT (``farm board console``).
 
@@ -293,6 +306,11 @@ class ConsoleCommand(_Command):
     holder's console sends a keepalive well within it)."""
     holder: str | None = Field(None, max_length=64)
     """``open``: who holds the board (for the agent's log)."""
+
+    @field_validator("eol")
+    @classmethod
+    def _one_byte_each(cls, value: str) -> str:
+        return console_eol(value)
 
     @field_validator("line")
     @classmethod

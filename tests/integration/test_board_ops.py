@@ -126,6 +126,9 @@ async def test_a_reservation_takes_the_board_out_of_scheduling_and_ends_on_time(
     await start(lab, HEALTHY)
     code, _, errs = await lab.farm("board", "reserve", "ic-1", "--for", "2x", check=False)
     assert code == 2 and "expected a duration" in errs, errs
+    for span in ("0", "8d"):
+        code, _, errs = await lab.farm("board", "reserve", "ic-1", "--for", span, check=False)
+        assert code == 2 and "up to 7 days" in errs, errs
     code, _, errs = await lab.farm("board", "reserve", "ic-9", "--for", "1h", check=False)
     assert code == 2 and "did you mean 'ic-1'" in errs, errs
 

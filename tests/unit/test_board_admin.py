@@ -5,6 +5,9 @@ quarantine in a real Redis database (db 4, flushed by each test)."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -71,6 +74,20 @@ def test_console_commands_are_validated() -> None:
         COMMANDS.validate_python({**base, "action": "line", "seq": 1, "line": "a\nb"})
     with pytest.raises(ValidationError):
         COMMANDS.validate_python({**base, "action": "reboot"})
+    # An end of line the wire cannot carry one byte a character is refused in the message
+    # (it used to raise inside the agent's board task and stop the whole agent), and by the
+    # CLI before anything is sent.
+    for eol in ("€", "%\0", "%%%%%"):
+        with pytest.raises(ValidationError, match="eol"):
+            COMMANDS.validate_python({**base, "action": "open", "eol": eol})
+    done = subprocess.run(
+        [sys.executable, "-m", "farm.cli", "board", "console", "b1", "--eol", "€"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "FARM_REDIS_URL": "redis://127.0.0.1:1/0"},
+    )
+    assert done.returncode == 2 and "only latin-1 characters" in done.stderr, done.stderr
 
 
 # -- durations and scheduled checks ---------------------------------------------------------
