@@ -702,7 +702,8 @@ def report(
     if fmt not in ("table", "json"):
         raise fail(f"--format takes table or json for farm report, not {fmt!r}")
     _one_baseline(baseline, against)
-    client = _redis(_settings(redis, None, None))
+    settings = _settings(redis, None, None)
+    client = _redis(settings)
     try:
         from controller.compare import Baseline
         from controller.reports import FILES, ReportError, write_report
@@ -717,6 +718,7 @@ def report(
             out,
             Baseline(sweep=baseline, label=against, last=last),
             history=history,
+            results=settings.results,
         )
     except ReportError as exc:
         raise fail(str(exc)) from None

@@ -105,7 +105,13 @@ def judge_sweep(sweep_id: str) -> str:
     compare, report, store; return the verdict's one-line summary."""
     settings = Settings.resolve()
     reports, template = report_settings(settings)
-    record = judge(connect(settings.redis_url), sweep_id, reports=reports, url_template=template)
+    record = judge(
+        connect(settings.redis_url),
+        sweep_id,
+        reports=reports,
+        url_template=template,
+        results=settings.results,
+    )
     return record.summary()
 
 

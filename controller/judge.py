@@ -65,6 +65,16 @@ class JudgeError(ValueError):
     """The sweep cannot be judged (it is gone): the message says why."""
 
 
+#: Sets the sweep's ``finished_at`` (ARGV[1]) and its other fields (the rest of ARGV, name
+#: value pairs) only if ``finished_at`` was not set: the first caller wins, and a later one
+#: (the reaper closing the sweep again, say) cannot set ``verdict`` back to queued.
+_FINISH_ONCE = """
+if redis.call('HSETNX', KEYS[1], 'finished_at', ARGV[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+return 1
+"""
+
+
 def close_sweep(client: redis.Redis, sweep_id: str) -> bool:
     """Mark the sweep finished if every one of its runs has ended, and queue its judge job if
     its spec asks for a verdict. True for the one caller that finished it."""
@@ -77,14 +87,10 @@ def close_sweep(client: redis.Redis, sweep_id: str) -> bool:
     if not all(s in keys.TERMINAL for s in states):
         return False
     request = VerdictRequest.from_spec(json.loads(spec or "{}"))
-    with client.pipeline(transaction=True) as pipe:
-        pipe.hsetnx(keys.sweep(sweep_id), "finished_at", time.time())
-        fields = {"state": "finished"}
-        if request is not None:
-            fields["verdict"] = QUEUED
-        pipe.hset(keys.sweep(sweep_id), mapping=fields)
-        first, _ = pipe.execute()
-    if not first:
+    fields = ["state", "finished"]
+    if request is not None:
+        fields += ["verdict", QUEUED]
+    if not client.eval(_FINISH_ONCE, 1, keys.sweep(sweep_id), time.time(), *fields):
         return False
     log.info("sweep_finished", sweep=sweep_id, runs=len(run_ids), verdict=request is not None)
     if request is not None:
@@ -138,13 +144,20 @@ def report_url(template: str, sweep_id: str, label: str, index: Path) -> str:
     return template.format(sweep=sweep_id, label=urllib.parse.quote(label, safe=""))
 
 
-def write_report(client: redis.Redis, sweep_id: str, out: Path, baseline: Baseline | None) -> Path:
+def write_report(
+    client: redis.Redis,
+    sweep_id: str,
+    out: Path,
+    baseline: Baseline | None,
+    *,
+    results: Path | None = None,
+) -> Path:
     """The sweep's report in ``out`` (its ``index.html`` returned): written by
     :mod:`controller.reports`, the module behind ``farm report``; ``baseline`` None when the
     sweep has none."""
     from controller.reports import write_report as write
 
-    return write(client, sweep_id, out, baseline)
+    return write(client, sweep_id, out, baseline, results=results)
 
 
 def judge(
@@ -154,9 +167,11 @@ def judge(
     reports: Path,
     url_template: str = "",
     now: float | None = None,
+    results: Path | None = None,
 ) -> VerdictRecord:
     """Compare the sweep with its baseline, write its report under ``reports`` (unless the
-    request names another directory) and store the verdicts; the record stored."""
+    request names another directory) and store the verdicts; the record stored. ``results``:
+    the results directory, where sweeps trimmed from Redis keep their run folders."""
     raw = client.hmget(keys.sweep(sweep_id), ["spec", "label"])
     if raw[0] is None:
         raise JudgeError(f"no sweep {sweep_id!r} (trimmed or never submitted)")
@@ -166,14 +181,14 @@ def judge(
     wanted = Baseline(label=request.against, last=request.last)
     baseline: Baseline | None = wanted
     try:
-        comparison = compare(RedisHistory(client), sweep_id, wanted)
+        comparison = compare(RedisHistory(client, results), sweep_id, wanted)
     except CompareError as exc:
         record = VerdictRecord(sweep_id, label, NO_BASELINE, judged_at, note=str(exc))
         baseline = None
     else:
         record = from_comparison(comparison, judged_at)
     out = Path(request.report_dir) if request.report_dir else reports
-    record = _with_report(client, record, out / sweep_id, baseline, url_template)
+    record = _with_report(client, record, out / sweep_id, baseline, url_template, results)
     latest = store(client, record)
     log.info(
         "sweep_judged",
@@ -218,10 +233,11 @@ def _with_report(
     out: Path,
     baseline: Baseline | None,
     url_template: str,
+    results: Path | None = None,
 ) -> VerdictRecord:
     """The record with its report's path and URL, or with why there is none."""
     try:
-        index = write_report(client, record.sweep, out, baseline)
+        index = write_report(client, record.sweep, out, baseline, results=results)
     except Exception as exc:  # the verdicts are stored whatever the report does
         log.warning("report_failed", sweep=record.sweep, error=repr(exc))
         return replace(record, report_error=f"the report failed: {exc!r}")

@@ -48,8 +48,8 @@ class CachedHistory(RedisHistory):
     """:class:`RedisHistory` that reads each sweep's runs and each run's samples once: the
     comparison and the plots want the same ones."""
 
-    def __init__(self, client: redis.Redis) -> None:
-        super().__init__(client)
+    def __init__(self, client: redis.Redis, results: Path | None = None) -> None:
+        super().__init__(client, results)
         self._runs: dict[str, list[StoredRun]] = {}
         self._samples: dict[str, list[dict[str, Any]] | None] = {}
 
@@ -194,16 +194,21 @@ class ReportData:
 
 
 def gather(
-    client: redis.Redis, sweep_id: str, baseline: Baseline | None, history: int
+    client: redis.Redis,
+    sweep_id: str,
+    baseline: Baseline | None,
+    history: int,
+    results: Path | None = None,
 ) -> ReportData:
     """Read everything the report of ``sweep_id`` shows (``baseline`` None: the last good
-    sweep of its label; ``history``: earlier good sweeps for the noise and the strips)."""
+    sweep of its label; ``history``: earlier good sweeps for the noise and the strips;
+    ``results``: where sweeps trimmed from Redis keep their run folders)."""
     report = sweep_report(client, sweep_id)
     if report is None:
         raise ReportError(f"no sweep {sweep_id!r} (see farm sweeps)")
     baseline = baseline or Baseline()
     label = report["sweep"]["label"] if baseline.label is None else baseline.label
-    source = CachedHistory(client)
+    source = CachedHistory(client, results)
     data = ReportData(report, load_systems(client, {r["board"] for r in report["runs"]}), label)
     try:
         data.comparison = compare(source, sweep_id, baseline, history=history)
@@ -260,6 +265,19 @@ def _latencies(
     return found
 
 
+def _traces(path: Path) -> list[tuple[list[float], list[tuple[int, int]], int]]:
+    """Each window's samples (J per ms), events and inference count from ``results.json``."""
+    traces = []
+    for element in json.loads(path.read_text()):
+        if not isinstance(element, dict) or not isinstance(element.get("power"), dict):
+            continue
+        power = element["power"]
+        joules = [math.nan if v is None else float(v) for v in power.get("samples") or ()]
+        events = [(int(c), int(idx)) for c, idx in power.get("timestamps") or ()]
+        traces.append((joules, events, int(element.get("infer", {}).get("iterations") or 1)))
+    return traces
+
+
 def _energy_run(run: StoredRun) -> EnergyRun:
     """The windows of an energy run's ``results.json`` (each element's ``power``: the
     monitor's samples in J per ms, the events ``[counter, samples received]``)."""
@@ -268,13 +286,14 @@ def _energy_run(run: StoredRun) -> EnergyRun:
     median = float(median) if isinstance(median, int | float) else None
     if path is None or not path.is_file():
         return EnergyRun(run.board, run.benchmark, run.id, (), median, "no results.json")
+    try:
+        traces = _traces(path)
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        # A truncated or hand-edited file costs its plot, not the night's report.
+        why = f"results.json unreadable: {type(exc).__name__}"
+        return EnergyRun(run.board, run.benchmark, run.id, (), median, why)
     windows = []
-    elements = [e for e in json.loads(path.read_text()) if isinstance(e.get("power"), dict)]
-    for i, element in enumerate(elements):
-        power = element["power"]
-        joules = [math.nan if v is None else float(v) for v in power.get("samples") or ()]
-        events = [(int(c), int(idx)) for c, idx in power.get("timestamps") or ()]
-        inferences = int(element.get("infer", {}).get("iterations") or 1)
+    for i, (joules, events, inferences) in enumerate(traces):
         try:
             scored = scoring.energy_window(joules, events, inferences, trial=i)
             start, stop = scored.idx_start, scored.idx_stop

@@ -66,6 +66,7 @@ def write_report(
     baseline: Baseline | None = None,
     *,
     history: int = DEFAULT_HISTORY,
+    results: Path | None = None,
 ) -> Path:
     """Write the report of ``sweep_id`` into ``out`` (created if needed; the report's files
     replaced) and return its ``index.html``: against ``baseline`` (None: the last good sweep
@@ -73,7 +74,7 @@ def write_report(
     up to ``history`` earlier good sweeps. Raises :class:`ReportError` for an unknown sweep,
     an unusable baseline sweep or a folder that cannot be written."""
     started = time.perf_counter()
-    data = gather(client, sweep_id, baseline, history)
+    data = gather(client, sweep_id, baseline, history, results)
     read_s = time.perf_counter() - started
     tables = listings(data)
     title = f"tinyfarm report: sweep {sweep_id}"

@@ -96,6 +96,12 @@ def test_racing_workers_finish_a_sweep_once_and_queue_one_judge_job(
     job = queue(QUEUES["high"], rq_connection(client)).fetch_job(f"judge-{sweeps[0]}")
     assert job is not None and job.func_name == "controller.jobs.judge_sweep"
     assert list(job.args) == [sweeps[0]]
+    # Closed again after its judge job wrote the verdict (the reaper failing a run whose worker
+    # only lost its lease): the verdict stays, and no second job is queued.
+    client.hset(keys.sweep(sweeps[0]), "verdict", "no regression: 3 same")
+    assert not close_sweep(client, sweeps[0])
+    assert client.hget(keys.sweep(sweeps[0]), "verdict") == "no regression: 3 same"
+    assert len(judge_jobs(client)) == len(sweeps)
 
 
 def test_a_sweep_with_a_run_going_stays_open_and_one_without_a_request_is_not_judged(

@@ -7,12 +7,13 @@ from __future__ import annotations
 import csv
 import io
 from html.parser import HTMLParser
+from pathlib import Path
 from typing import Any
 
 import pytest
 from PIL import Image
 
-from controller.compare import Comparison, SweepInfo
+from controller.compare import Comparison, StoredRun, SweepInfo
 from controller.render import to_csv, to_markdown
 from controller.reports import plots
 from controller.reports.data import (
@@ -23,6 +24,7 @@ from controller.reports.data import (
     LatencyRuns,
     ReportData,
     Strip,
+    _energy_run,
 )
 from controller.reports.page import Plot, Section, data_uri, page, table_html
 from controller.reports.tables import listings, results_page
@@ -309,3 +311,24 @@ def test_the_summary_says_whether_anything_regressed(regressed: bool | None, moo
     text = page("t", "s", regressed=regressed, why="why", sections=[], files=[])
     assert f'<p class="summary {mood}" id="summary">s</p>' in text
     assert '<p class="why" id="no-verdicts">why</p>' in text
+
+
+@pytest.mark.parametrize(
+    ("text", "note"),
+    [
+        ('[{"power": {"samples": [1e-05]', "results.json unreadable: JSONDecodeError"),
+        ('[{"power": {"samples": ["x"]}}]', "results.json unreadable: ValueError"),
+        (
+            '[{"power": {"samples": [], "timestamps": [[1]]}}]',
+            "results.json unreadable: ValueError",
+        ),
+        ('[{"power": 3}, 7]', "results.json holds no power trace"),
+    ],
+)
+def test_an_unreadable_results_json_costs_its_plot_not_the_report(
+    tmp_path: Path, text: str, note: str
+) -> None:
+    (tmp_path / "results.json").write_text(text)
+    run = StoredRun("r1", "b1", "kws01", "energy", {"energy_uj": 150.0}, {}, str(tmp_path))
+    energy = _energy_run(run)
+    assert (energy.windows, energy.median_uj, energy.note) == ((), 150.0, note)
