@@ -212,6 +212,12 @@ class FarmCollector:
             for label, sweep_id in sorted(judged.items())
             if label not in self._verdicts or self._verdicts[label].sweep != sweep_id
         ]
+        # A sweep judged again (an RQ retry, by hand) keeps its place in the index: its
+        # record's time says whether the copy here is still the one in Redis.
+        kept_verdicts = [
+            (label, judged[label]) for label in sorted(self._verdicts) if label in judged
+        ]
+        kept_verdicts = [v for v in kept_verdicts if v not in new_verdicts]
 
         # 2: agents, boards, the sweeps not seen yet (hash and run list), the open sweeps' state.
         pipe = c.pipeline(transaction=False)
@@ -229,6 +235,8 @@ class FarmCollector:
             pipe.hget(keys.sweep(sweep_id), "state")
         for _, sweep_id in new_verdicts:
             pipe.hgetall(keys.sweep_verdict(sweep_id))
+        for _, sweep_id in kept_verdicts:
+            pipe.hget(keys.sweep_verdict(sweep_id), "judged_at")
         replies = iter(pipe.execute())
         agent_rows = [next(replies) for _ in agents]
         board_rows = [(next(replies), next(replies)) for _ in boards]
@@ -247,6 +255,13 @@ class FarmCollector:
             sweep_state[sweep_id] = next(replies)
         for label, sweep_id in new_verdicts:
             self._remember_verdict(label, sweep_id, next(replies))
+        rejudged = [
+            (label, sweep_id)
+            for label, sweep_id in kept_verdicts
+            if _float(next(replies)) != self._verdicts[label].judged_at
+        ]
+        for label, sweep_id in rejudged:
+            self._remember_verdict(label, sweep_id, c.hgetall(keys.sweep_verdict(sweep_id)))
 
         # 3: the runs of every sweep not closed that were not counted as ended yet.
         reading = [s for s in sweep_state if s in self._sweeps]

@@ -550,6 +550,12 @@ def test_the_latest_judged_sweep_of_each_label_is_exported(client: redis.Redis) 
     assert not judge_night(client, "sw-old", "nightly", NIGHT, now)
     _, s, _ = scrape(registry)
     assert value(s, "farm_sweep_regressions", label="nightly") == 0
+    # The latest sweep judged again (an RQ retry, by hand) with another outcome: the same
+    # exporter serves the new record at its next scrape.
+    assert judge_night(client, "sw-new", "nightly", NIGHT[:3], now - 10)
+    _, s, _ = scrape(registry)
+    assert value(s, "farm_sweep_regressions", label="nightly") == 2
+    assert value(s, "farm_sweep_verdict_timestamp_seconds", label="nightly") == now - 10
     # A restarted exporter reads the same; a record gone with its sweep shows nothing.
     client.delete(keys.sweep_verdict("sw-canary"))
     _, s, _ = scrape(make_registry(client, clock=lambda: now)[0])
