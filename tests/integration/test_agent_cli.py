@@ -165,7 +165,7 @@ def test_a_second_sim_keeps_the_datasets_of_the_first(tmp_path: Path) -> None:
     first = start_sim(tmp_path, "--dataset-limit", "3")
     index = tmp_path / "datasets" / "kws01" / "y_labels.csv"
     written = index.stat().st_mtime_ns
-    assert "writing the ad01, ic01, kws01, vww01 dataset(s)" in first.stop()
+    assert "writing the ad01, ic01, kws01, sww01, vww01 dataset(s)" in first.stop()
     assert not first.agent_yaml.exists()  # it described the boards that just stopped
 
     second = start_sim(tmp_path, "--dataset-limit", "3")

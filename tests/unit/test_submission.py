@@ -302,6 +302,15 @@ def test_a_subset_is_refused_even_where_the_checker_would_take_it(runs: dict[str
     assert refused[0].reason == "subset: 10 samples, the official accuracy run has 1000 or more"
 
 
+def test_an_sww01_run_is_refused_with_the_reason(runs: dict[str, Any]) -> None:
+    stream = {**runs["perf-fast"], "energy_uj": None, "power_mw": 1.5}
+    chosen, refused = select([cand("sww", "energy", stream, bench="sww01")], "closed", "v1.4")
+    assert chosen == {}
+    assert [r.reason for r in refused] == [
+        "sww01 is not exported yet (farm show has its numbers and files)"
+    ]
+
+
 def test_open_keeps_a_low_accuracy_and_a_benchmark_needs_both_modes(runs: dict[str, Any]) -> None:
     chosen, refused = select(
         [
