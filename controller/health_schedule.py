@@ -19,6 +19,7 @@ agent marks its health bad, which fires the ``FarmBoardHealthBad`` alert.
 from __future__ import annotations
 
 import os
+import secrets
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -130,21 +131,35 @@ def _run_pending(client: redis.Redis, tail: str | None) -> bool:
     return state is not None and state not in keys.TERMINAL
 
 
+#: How long a queued check keeps its board from being queued again at most: the judge job's
+#: timeout (the longest job ahead of it on the high-priority queue) plus a check's.
+GUARD_S = 3600
+#: Deletes the guard (KEYS[1]) only if it holds this job's token (ARGV[1]).
+_LIFT_OWN_GUARD = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
 def schedule(
     client: redis.Redis, rq_client: redis.Redis, policy: HealthPolicy, now: float
 ) -> list[str]:
     """Queue a check job for every due board not already queued; the boards queued."""
     queued = []
     for board, why in due(client, policy, now).items():
-        # Held from queueing to the job's end (it deletes it), at most as long as a check.
-        guard_s = int(TIMEOUTS_S["health-check"] * 3)
-        if not client.set(keys.board_check(board), why, nx=True, ex=guard_s):
+        # Held from queueing to the job's end (the job deletes it if it is still its own): a
+        # check can wait on the high-priority queue behind a judge job and high-priority runs
+        # as well as run, so the guard outlasts both; a lost job's guard expires.
+        token = f"check-{board}-{secrets.token_hex(4)}"
+        if not client.set(keys.board_check(board), token, nx=True, ex=GUARD_S):
             continue
         queue(CHECK_QUEUE, rq_client).enqueue(
             scheduled_health_check,
             board,
             why,
-            job_timeout=guard_s,
+            token,
+            job_id=token,
+            job_timeout=int(TIMEOUTS_S["health-check"] * 3),
             result_ttl=86400,
             failure_ttl=7 * 86400,
             description=f"scheduled health check of {board} ({why})",
@@ -154,15 +169,16 @@ def schedule(
     return queued
 
 
-def scheduled_health_check(board: str, why: str) -> str:
+def scheduled_health_check(board: str, why: str, token: str = "") -> str:
     """The RQ job: check ``board`` as the controller; quarantine it if the check fails. What
-    happened, in one line."""
+    happened, in one line. ``token``: the guard this job was queued under (it lifts only
+    that one, never a later check's)."""
     settings = Settings.resolve()
     client = connect(settings.redis_url)
     try:
         return check_now(client, settings, board, why)
     finally:
-        client.delete(keys.board_check(board))
+        client.eval(_LIFT_OWN_GUARD, 1, keys.board_check(board), token)
 
 
 def check_now(client: redis.Redis, settings: Settings, board: str, why: str) -> str:

@@ -17,9 +17,18 @@ from pydantic import ValidationError
 
 from controller import board_history, keys, quarantine, reservations
 from controller.board_cli import parse_duration
-from controller.health_schedule import HealthPolicy, due, why_due
+from controller.health_schedule import (
+    _LIFT_OWN_GUARD,
+    CHECK_QUEUE,
+    HealthPolicy,
+    due,
+    schedule,
+    why_due,
+)
+from controller.judge import JUDGE_TIMEOUT_S
+from controller.queueing import queue
 from controller.reservations import ReservationError
-from controller.store import Lease
+from controller.store import Lease, rq_connection
 from farm.messages import COMMANDS, BoardStatus
 from farm.protocol.console import ConsoleWire
 
@@ -166,6 +175,26 @@ def test_only_idle_free_unheld_boards_are_due(db: redis.Redis) -> None:
 
 
 # -- reservations and quarantine ------------------------------------------------------------
+
+
+def test_a_queued_check_holds_its_board_until_its_own_job_lifts_the_guard(
+    db: redis.Redis,
+) -> None:
+    """A check waits on the high-priority queue, maybe long: the guard outlasts the wait, and
+    a job lifts only its own guard (an old job ending late cannot free a newer check's)."""
+    now = time.time()
+    store_board(db, "free", checked=now - 3600)
+    policy = HealthPolicy(interval_s=600, after_failures=0)
+    assert schedule(db, rq_connection(db), policy, now) == ["free"]
+    assert schedule(db, rq_connection(db), policy, now) == []  # queued already
+    token = db.get(keys.board_check("free"))
+    assert db.ttl(keys.board_check("free")) > JUDGE_TIMEOUT_S
+    jobs = queue(CHECK_QUEUE, rq_connection(db)).get_job_ids()
+    assert jobs == [token]
+    db.eval(_LIFT_OWN_GUARD, 1, keys.board_check("free"), "check-free-stale")
+    assert db.get(keys.board_check("free")) == token
+    db.eval(_LIFT_OWN_GUARD, 1, keys.board_check("free"), token)
+    assert db.get(keys.board_check("free")) is None
 
 
 def test_a_reservation_is_its_holders_until_it_ends(db: redis.Redis) -> None:
