@@ -785,7 +785,7 @@ def demo(
     json_out: JsonOpt = False,
 ) -> None:
     """The whole farm on this machine: simulated boards, an agent, ingest and workers; a
-    sweep of every benchmark on stratified dataset subsets; progress; the results in the
+    sweep of five benchmarks on stratified dataset subsets; progress; the results in the
     shape of the MLPerf Tiny results page; a clean shutdown. ``--quick`` takes about a
     minute, without it the official windows and query counts take under ten."""
     fmt = _format(fmt, json_out)

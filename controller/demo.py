@@ -392,8 +392,8 @@ class DemoFarm:
         return out
 
     def submit(self) -> tuple[str, list[str]]:
-        """The demo sweep: every benchmark (ic02 too) in performance, accuracy and latency mode (and
-        energy where wired), each board on the firmware it holds."""
+        """The demo sweep: its boards' five benchmarks in performance, accuracy and latency
+        mode (and energy where wired), each board on the firmware it holds."""
         spec = SweepSpec(
             benchmarks=BENCHMARKS,
             boards=self.board_ids,
