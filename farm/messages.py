@@ -32,7 +32,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    TypeAdapter,
+    field_validator,
+    model_serializer,
+)
 from pydantic_core import SchemaValidator
 
 from farm.sample import Sample
@@ -437,6 +445,17 @@ class ConsoleEvent(Message):
 # -- runs -------------------------------------------------------------------------------------
 
 
+#: A sample record's sww01 stream fields, left out of every other sample.
+STREAM_FIELDS = (
+    "stream_windows",
+    "stream_length_s",
+    "stream_sample_rate",
+    "detections_ms",
+    "duty_starts",
+    "duty_stops",
+)
+
+
 class SampleRecord(BaseModel):
     """One sample as published (built by :meth:`SampleBatchSchema.record`: the sample's
     ``farm.sample.Sample.to_record`` plus, in energy mode, the window's power trace)."""
@@ -474,6 +493,17 @@ class SampleRecord(BaseModel):
     detections_ms: list[int] = Field([], max_length=10_000)
     duty_starts: list[int] = Field([], max_length=100)
     duty_stops: list[int] = Field([], max_length=100)
+
+    @model_serializer(mode="wrap")
+    def _without_empty_stream(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # The agent leaves the stream fields out of every other sample, and ingest stores a
+        # record as sent: a record re-encoded from this model must not add them (the same
+        # sample would then differ from the stored one and count as a conflict).
+        data: dict[str, Any] = handler(self)
+        if not any(data.get(name) for name in STREAM_FIELDS):
+            for name in STREAM_FIELDS:
+                data.pop(name, None)
+        return data
 
 
 class SampleBatch(Message):

@@ -32,6 +32,7 @@ import redis
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.integration.compare_data import FakeRun, store_sweep
 from tests.integration.controller_lab import ControllerLab
 from tests.integration.farm_procs import Mosquitto, Proc, fetch, free_port, wait_until
 from tests.tls_certs import Pki
@@ -82,7 +83,7 @@ def promtool(*args: str) -> str:
 def test_the_shipped_prometheus_files_pass_promtool() -> None:
     for config in ("prometheus.yml", "prometheus.host.yml"):
         assert "SUCCESS" in promtool("check", "config", str(PROMETHEUS_DIR / config))
-    assert "SUCCESS: 13 rules found" in promtool("check", "rules", str(RULES))
+    assert "SUCCESS: 14 rules found" in promtool("check", "rules", str(RULES))
     # Each alert fires on a scenario built for it (and not on its healthy twin).
     assert "SUCCESS" in promtool("test", "rules", str(RULES.with_name("tinyfarm.rules.test.yml")))
 
@@ -292,6 +293,27 @@ async def test_dashboards_and_alerts_work_on_a_simulated_sweep(
             "--dataset", "nope", "--label", "canary", "--wait", "--json", check=False,
         )  # fmt: skip
         assert code == 1
+        # An sww01 stream's result (one energy run: TP, FN, FP, F1, duty cycle, throughput,
+        # power), stored as the controller stores a completed run: a real stream on a
+        # simulated board plays its wav in real time, tested in test_sww_controller.py; here
+        # the sww01 row's panels need a result to show.
+        stream = {
+            "throughput_ips": 62.5,
+            "true_positives": 48,
+            "false_negatives": 2,
+            "false_positives": 3,
+            "f1": 96 / 101,
+            "duty_cycle": 0.5,
+            "power_mw": 1.2,
+        }
+        store_sweep(
+            lab.redis,
+            tmp_path / "stored",
+            "sw-stream",
+            "sww",
+            time.time(),
+            [FakeRun("sww-1", "sww01", "energy", stream)],
+        )
         settled = time.time()
 
         # Both processes answer with parseable metrics; the histogram saw the inferences.
@@ -373,7 +395,7 @@ async def test_dashboards_and_alerts_work_on_a_simulated_sweep(
                 answer = prometheus.query(rule["expr"])
                 assert answer["status"] == "success", (rule["alert"], answer)
         loaded = prometheus.api("rules")["data"]["groups"]
-        assert sum(len(g["rules"]) for g in loaded) == 13
+        assert sum(len(g["rules"]) for g in loaded) == 14
         assert all(r["health"] == "ok" for g in loaded for r in g["rules"]), loaded
     except BaseException:
         print(lab.logs())
