@@ -144,22 +144,6 @@ def report_url(template: str, sweep_id: str, label: str, index: Path) -> str:
     return template.format(sweep=sweep_id, label=urllib.parse.quote(label, safe=""))
 
 
-def write_report(
-    client: redis.Redis,
-    sweep_id: str,
-    out: Path,
-    baseline: Baseline | None,
-    *,
-    results: Path | None = None,
-) -> Path:
-    """The sweep's report in ``out`` (its ``index.html`` returned): written by
-    :mod:`controller.reports`, the module behind ``farm report``; ``baseline`` None when the
-    sweep has none."""
-    from controller.reports import write_report as write
-
-    return write(client, sweep_id, out, baseline, results=results)
-
-
 def judge(
     client: redis.Redis,
     sweep_id: str,
@@ -236,6 +220,10 @@ def _with_report(
     results: Path | None = None,
 ) -> VerdictRecord:
     """The record with its report's path and URL, or with why there is none."""
+    # Imported here: matplotlib stays out of the workers' preload (controller.jobs imports
+    # this module), for the one judge job a night that draws.
+    from controller.reports import write_report
+
     try:
         index = write_report(client, record.sweep, out, baseline, results=results)
     except Exception as exc:  # the verdicts are stored whatever the report does
