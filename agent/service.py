@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import signal
 import time
 from collections import Counter
 from typing import Any
 
 import aiomqtt
+import pydantic_core
 from pydantic import ValidationError
 
 from agent.board_worker import BoardWorker
@@ -319,8 +319,11 @@ class AgentService:
             await self._reject("oversized", f"{len(payload)} bytes (limit {MAX_COMMAND_BYTES})")
             return
         try:
-            data = json.loads(payload)
-        except (ValueError, RecursionError) as exc:  # RecursionError: absurd nesting
+            # pydantic's parser, as ingest's: its nesting limit is fixed, where json.loads's
+            # depends on how deep the call stack already is, so the same absurdly nested
+            # payload would be refused or read depending on where it was decoded.
+            data = pydantic_core.from_json(payload)
+        except ValueError as exc:
             await self._reject("invalid_json", f"{type(exc).__name__}: {exc}"[:200])
             return
         if not isinstance(data, dict):

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pydantic_core
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
@@ -214,8 +215,8 @@ def agent_fate(world: World, agent: str, payload: bytes) -> str | None:
     if len(payload) > MAX_COMMAND_BYTES:
         return "commands_rejected_oversized"
     try:
-        data = json.loads(payload)
-    except (ValueError, RecursionError):
+        data = pydantic_core.from_json(payload)
+    except ValueError:
         return "commands_rejected_invalid_json"
     if not isinstance(data, dict):
         return "commands_rejected_invalid_json"
