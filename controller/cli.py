@@ -306,6 +306,13 @@ def submit(
         str | None,
         typer.Option(help="Advanced: run options as JSON (windows, min_window_s, min_queries...)"),
     ] = None,
+    flash: Annotated[
+        bool,
+        typer.Option(
+            help="Let agents flash each board with every benchmark's firmware (--no-flash: a "
+            "board runs only the model it holds)"
+        ),
+    ] = True,
     wait: Annotated[
         bool, typer.Option(help="Follow the sweep live; exit 1 if a run fails")
     ] = False,
@@ -348,6 +355,7 @@ def submit(
         SweepError,
         SweepSpec,
         expand_benchmarks,
+        skipped_groups,
     )
     from controller.sweeps import (
         submit as submit_sweep,
@@ -392,6 +400,7 @@ def submit(
             )
             if verdict
             else None,
+            flash=flash,
         )
         client = _redis(settings)
         sweep_id, run_ids, skipped = submit_sweep(client, spec)
@@ -405,9 +414,9 @@ def submit(
         )
     else:
         console.print(f"sweep {sweep_id}: {len(run_ids)} runs queued", highlight=False)
-        for s in skipped:
+        for (bench, run_mode, reason), names in skipped_groups(skipped):
             err.print(
-                f"[yellow]skipped[/] {s.board} {s.benchmark} {s.mode}: {s.reason}", highlight=False
+                f"[yellow]skipped[/] {bench} {run_mode} on {names}: {reason}", highlight=False
             )
         console.print(sweep_id, highlight=False)
     if wait:

@@ -113,6 +113,24 @@ class Skipped:
     reason: str
 
 
+def skipped_groups(
+    skipped: list[Skipped], shown: int = 4
+) -> list[tuple[tuple[str, str, str], str]]:
+    """The skipped runs one line per benchmark, mode and reason, in the order first met: the
+    boards named (the first ``shown``, then how many more), so a full suite over a large farm
+    says once that sww01 has no latency mode, not once per board."""
+    groups: dict[tuple[str, str, str], list[str]] = {}
+    for s in skipped:
+        groups.setdefault((s.benchmark, s.mode, s.reason), []).append(s.board)
+    out = []
+    for key, boards in groups.items():
+        names = ", ".join(boards[:shown])
+        if len(boards) > shown:
+            names += f" and {len(boards) - shown} more boards"
+        out.append((key, names))
+    return out
+
+
 def expand_benchmarks(names: list[str], suite: bool) -> list[Benchmark]:
     """The benchmarks named (ids or aliases), or the full suite."""
     chosen = list(SUITE_BENCHMARKS) if suite else names
@@ -154,6 +172,8 @@ def plan(
     """Expand a spec over the known boards (``boards``: id -> retained status; ``online``:
     agents online now; ``held``: boards out of scheduling, reserved or quarantined, and why)."""
     benches = [get_benchmark(b) for b in spec.benchmarks]
+    if spec.options.truth is not None and not any(b.streamed for b in benches):
+        raise SweepError("--truth names an sww01 truth file: the sweep has no sww01 run")
     if spec.boards is not None:
         unknown = [b for b in spec.boards if b not in boards]
         if unknown:
@@ -301,7 +321,7 @@ def submit(client: redis.Redis, spec: SweepSpec) -> tuple[str, list[str], list[S
                     "benchmark": run.benchmark,
                     "mode": run.mode,
                     "dataset": spec.dataset or "",
-                    "options": spec.options.model_dump_json(),
+                    "options": run_options(spec, run.benchmark).model_dump_json(),
                     "label": spec.label,
                     "state": "queued",
                     "attempts": 0,
@@ -316,6 +336,14 @@ def submit(client: redis.Redis, spec: SweepSpec) -> tuple[str, list[str], list[S
     for run_id, run in zip(run_ids, runs, strict=True):
         _enqueue(client, rq_client, target, run_id, run, spec)
     return sweep_id, run_ids, skipped
+
+
+def run_options(spec: SweepSpec, benchmark: str) -> RunOptions:
+    """The sweep's options as one run of ``benchmark`` takes them: a truth file is sww01's
+    alone, so a mixed sweep (``--suite full --truth ...``) sends it to its sww01 runs only."""
+    if spec.options.truth is None or get_benchmark(benchmark).streamed:
+        return spec.options
+    return spec.options.model_copy(update={"truth": None})
 
 
 def _enqueue(
@@ -340,7 +368,9 @@ def _enqueue(
             status = None
         if status not in (None, "finished", "failed", "canceled", "stopped"):
             depends = Dependency(jobs=[tail], allow_failure=True)
-    estimate = estimate_run_s(get_benchmark(run.benchmark), run.mode, spec.options)
+    estimate = estimate_run_s(
+        get_benchmark(run.benchmark), run.mode, run_options(spec, run.benchmark)
+    )
     target.enqueue(
         execute_run,
         run_id,

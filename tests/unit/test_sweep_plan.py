@@ -3,14 +3,27 @@ on the boards that hold it or can be flashed to it, the rest listed with the rea
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
+import pytest
 import yaml
 
 from controller.demo import MODELS, DemoFarm
 from controller.settings import Settings
-from controller.sweeps import MODES, SUITE_BENCHMARKS, SweepSpec, expand_benchmarks, plan
+from controller.sweeps import (
+    MODES,
+    SUITE_BENCHMARKS,
+    Skipped,
+    SweepError,
+    SweepSpec,
+    expand_benchmarks,
+    plan,
+    run_options,
+    skipped_groups,
+)
 from farm.catalog import BENCHMARKS
+from farm.messages import RunOptions
 
 
 def test_the_full_suite_is_every_benchmark_of_the_catalogue() -> None:
@@ -61,3 +74,33 @@ def test_the_demos_boards_include_ic02_and_energy_goes_to_small_inputs(
     eight = ["kws01", "vww01", "ic01", "ad01", "ic02", "kws01+", "vww01", "ic01+"]
     assert models(8) == eight
     assert models(4) == ["kws01", "vww01", "ic01+", "ad01+"]
+
+
+def test_a_truth_file_goes_to_the_sww01_runs_of_a_mixed_sweep_only() -> None:
+    boards = {
+        "b-kws": {"agent": "pi-a", "model": "kws01", "build": "performance"},
+        "b-sww": {"agent": "pi-a", "model": "sww01", "build": "energy", "energy": True},
+    }
+    spec = SweepSpec(
+        benchmarks=list(SUITE_BENCHMARKS),
+        modes=list(MODES),
+        options=RunOptions(truth="sww_short_test.json"),
+        flash=False,
+    )
+    runs, _ = plan(spec, boards, {"pi-a"})
+    truths = {(r.benchmark, r.mode): run_options(spec, r.benchmark).truth for r in runs}
+    assert truths[("sww01", "energy")] == "sww_short_test.json"
+    assert truths[("kws01", "accuracy")] is None and truths[("kws01", "performance")] is None
+    # A truth file in a sweep without sww01 names nothing: refused, not sent to every run.
+    with pytest.raises(SweepError, match="no sww01 run"):
+        plan(dataclasses.replace(spec, benchmarks=["kws01"]), boards, {"pi-a"})
+
+
+def test_skipped_runs_are_told_once_per_benchmark_mode_and_reason() -> None:
+    skipped = [
+        Skipped(f"b{i}", "sww01", "latency", "sww01 has no latency mode") for i in range(6)
+    ] + [Skipped("b1", "kws01", "energy", "no energy monitor")]
+    assert skipped_groups(skipped) == [
+        (("sww01", "latency", "sww01 has no latency mode"), "b0, b1, b2, b3 and 2 more boards"),
+        (("kws01", "energy", "no energy monitor"), "b1"),
+    ]
