@@ -414,10 +414,8 @@ def submit(
         )
     else:
         console.print(f"sweep {sweep_id}: {len(run_ids)} runs queued", highlight=False)
-        for (bench, run_mode, reason), names in skipped_groups(skipped):
-            err.print(
-                f"[yellow]skipped[/] {bench} {run_mode} on {names}: {reason}", highlight=False
-            )
+        for line in skipped_groups(skipped):
+            err.print(f"[yellow]skipped[/] {line}", highlight=False)
         console.print(sweep_id, highlight=False)
     if wait:
         from controller.sweep_view import sweep_report

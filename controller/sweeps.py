@@ -113,22 +113,26 @@ class Skipped:
     reason: str
 
 
-def skipped_groups(
-    skipped: list[Skipped], shown: int = 4
-) -> list[tuple[tuple[str, str, str], str]]:
-    """The skipped runs one line per benchmark, mode and reason, in the order first met: the
-    boards named (the first ``shown``, then how many more), so a full suite over a large farm
-    says once that sww01 has no latency mode, not once per board."""
-    groups: dict[tuple[str, str, str], list[str]] = {}
+def skipped_groups(skipped: list[Skipped], shown: int = 4) -> list[str]:
+    """The skipped runs one line per reason, in the order first met: how many, their
+    benchmarks and modes, the boards (the first ``shown``, then how many more). A full suite
+    over a farm that does not flash says once per board that it holds another model, and once
+    that sww01 has no latency mode, not once per board, benchmark and mode (``--json`` and the
+    sweep's record keep every one)."""
+    groups: dict[str, list[Skipped]] = {}
     for s in skipped:
-        groups.setdefault((s.benchmark, s.mode, s.reason), []).append(s.board)
-    out = []
-    for key, boards in groups.items():
+        groups.setdefault(s.reason, []).append(s)
+    lines = []
+    for reason, runs in groups.items():
+        benches = ", ".join(dict.fromkeys(s.benchmark for s in runs))
+        modes = ", ".join(dict.fromkeys(s.mode for s in runs))
+        boards = list(dict.fromkeys(s.board for s in runs))
         names = ", ".join(boards[:shown])
         if len(boards) > shown:
             names += f" and {len(boards) - shown} more boards"
-        out.append((key, names))
-    return out
+        count = f"{len(runs)} run{'s' if len(runs) > 1 else ''}"
+        lines.append(f"{count} ({benches}; {modes}) on {names}: {reason}")
+    return lines
 
 
 def expand_benchmarks(names: list[str], suite: bool) -> list[Benchmark]:

@@ -96,11 +96,12 @@ def test_a_truth_file_goes_to_the_sww01_runs_of_a_mixed_sweep_only() -> None:
         plan(dataclasses.replace(spec, benchmarks=["kws01"]), boards, {"pi-a"})
 
 
-def test_skipped_runs_are_told_once_per_benchmark_mode_and_reason() -> None:
-    skipped = [
-        Skipped(f"b{i}", "sww01", "latency", "sww01 has no latency mode") for i in range(6)
-    ] + [Skipped("b1", "kws01", "energy", "no energy monitor")]
+def test_skipped_runs_are_told_once_per_reason() -> None:
+    no_latency = "sww01 has no latency mode"
+    skipped = [Skipped(f"b{i}", "sww01", "latency", no_latency) for i in range(6)] + [
+        Skipped("b1", "kws01", m, "holds ad01; flashing is off") for m in ("energy", "accuracy")
+    ]
     assert skipped_groups(skipped) == [
-        (("sww01", "latency", "sww01 has no latency mode"), "b0, b1, b2, b3 and 2 more boards"),
-        (("kws01", "energy", "no energy monitor"), "b1"),
+        f"6 runs (sww01; latency) on b0, b1, b2, b3 and 2 more boards: {no_latency}",
+        "2 runs (kws01; energy, accuracy) on b1: holds ad01; flashing is off",
     ]
