@@ -183,20 +183,28 @@ def scheduled_health_check(board: str, why: str, token: str = "") -> str:
 
 def check_now(client: redis.Redis, settings: Settings, board: str, why: str) -> str:
     """One scheduled check of ``board`` (``why``: what made it due), unless the board was
-    taken meanwhile (a run, an operation, a reservation); a failure quarantines it."""
+    taken meanwhile (a run, an operation, a reservation); a failure quarantines it. Its
+    outcome is counted (``farm_scheduled_health_checks_total``)."""
+    outcome, line = _check(client, settings, board, why)
+    client.hincrby(keys.SCHEDULED_CHECKS, f"{board}|{outcome}", 1)
+    return line
+
+
+def _check(client: redis.Redis, settings: Settings, board: str, why: str) -> tuple[str, str]:
+    """(outcome, what happened in one line) of one scheduled check (see :func:`check_now`)."""
     if board in quarantine.unavailable(client, [board], time.time()):
-        return f"{board}: skipped (reserved or quarantined since it was due)"
+        return "skipped", f"{board}: skipped (reserved or quarantined since it was due)"
     try:
         result = run_operation(client, settings, command_for("health-check", board), CONTROLLER)
     except OperationRefused as exc:
         log.info("health_check_skipped", board=board, reason=str(exc))
-        return f"{board}: skipped ({exc})"
+        return "skipped", f"{board}: skipped ({exc})"
     if result.ok:
-        return f"{board}: passed ({why})"
+        return "passed", f"{board}: passed ({why})"
     if result.outcome != "failed":
         # No verdict on the board (its agent went away, rejected the command): not its fault.
-        return f"{board}: no verdict ({result.outcome}: {result.reason})"
+        return "no_verdict", f"{board}: no verdict ({result.outcome}: {result.reason})"
     reason = f"failed a scheduled health check ({why}): {result.reason}"
     quarantine.quarantine(client, board, reason, CONTROLLER)
     log.warning("board_quarantined", board=board, reason=reason)
-    return f"{board}: quarantined: {reason}"
+    return "failed", f"{board}: quarantined: {reason}"
