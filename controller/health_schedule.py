@@ -18,6 +18,7 @@ agent marks its health bad, which fires the ``FarmBoardHealthBad`` alert.
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 import time
@@ -28,10 +29,10 @@ import redis
 
 from controller import keys, quarantine
 from controller.board_history import CONTROLLER
-from controller.board_ops import TIMEOUTS_S, OperationRefused, command_for, run_operation
+from controller.board_ops import OperationRefused, bound_s, command_for, run_operation
 from controller.queueing import queue
 from controller.settings import Settings
-from controller.store import all_boards, connect
+from controller.store import all_boards, board_status, connect
 from farm.logs import get_logger
 
 log = get_logger("controller.health_schedule")
@@ -153,13 +154,16 @@ def schedule(
         token = f"check-{board}-{secrets.token_hex(4)}"
         if not client.set(keys.board_check(board), token, nx=True, ex=GUARD_S):
             continue
+        # The job gives up at the check's bound itself: RQ's limit only catches a job stuck
+        # elsewhere (a Redis that stopped answering).
+        bound = bound_s("health-check", board_status(client, board) or {})
         queue(CHECK_QUEUE, rq_client).enqueue(
             scheduled_health_check,
             board,
             why,
             token,
             job_id=token,
-            job_timeout=int(TIMEOUTS_S["health-check"] * 3),
+            job_timeout=math.ceil(2 * bound),
             result_ttl=86400,
             failure_ttl=7 * 86400,
             description=f"scheduled health check of {board} ({why})",

@@ -14,9 +14,13 @@ import sys
 import time
 from typing import Any
 
+import pytest
+
 from controller import keys
+from controller.board_ops import bound_s
 from farm.protocol.dut_firmware import PROFILE
 from tests.integration.controller_lab import ControllerLab
+from tests.integration.deadlines import assert_on_time
 from tests.integration.farm_procs import Proc, farm_command, fetch, free_port, wait_until
 
 #: Two boards of one agent: ``sick`` answers its start-up check (two ``name`` commands: the
@@ -33,6 +37,16 @@ HEALTHY = """\
 - {id: ic-1, model: ic01, latency: {median_s: 0.004, spread: 0}}
 - {id: kws-2, model: kws01, latency: {median_s: 0.002, spread: 0}}
 """
+#: A fast board (ad01's reference 921600 baud) and a slow one (its DUT configured at 9600)
+#: whose DUT hangs at its next check, after its start-up check's two ``name`` commands.
+BAUDS = """\
+- {id: fast, model: ad01, latency: {median_s: 0.002, spread: 0}}
+- id: slow
+  model: kws01
+  baud: 9600
+  latency: {median_s: 0.002, spread: 0}
+  faults: [{kind: hang, command: name, after: 2, count: 1}]
+"""
 USER = "alice"
 
 
@@ -46,12 +60,21 @@ def history(lab: ControllerLab, board: str) -> list[dict[str, Any]]:
     return [json.loads(raw) for raw in lab.redis.lrange(keys.board_ops(board), 0, -1)]
 
 
-async def start(lab: ControllerLab, boards: str, *, workers: int = 1, **env: str) -> None:
-    """One agent with ``boards``, ingest and ``workers`` RQ workers, run by :data:`USER`."""
+async def start(
+    lab: ControllerLab,
+    boards: str,
+    *,
+    workers: int = 1,
+    ready: list[str] | None = None,
+    **env: str,
+) -> None:
+    """One agent with ``boards``, ingest and ``workers`` RQ workers, run by :data:`USER`;
+    waits for ``ready`` (default: ic-1 and the other board of :data:`SICK` or
+    :data:`HEALTHY`) to be idle and healthy."""
     lab.extra_env.update({"FARM_USER": USER, **env})
     await lab.add_agent("pi-a", boards)
     await lab.start_controller(workers=workers)
-    await lab.boards_ready(["ic-1", "sick" if "sick" in boards else "kws-2"])
+    await lab.boards_ready(ready or ["ic-1", "sick" if "sick" in boards else "kws-2"])
 
 
 def board_state(lab: ControllerLab, board: str) -> dict[str, Any]:
@@ -260,6 +283,56 @@ async def test_a_scheduled_check_quarantines_a_board_gone_bad(lab: ControllerLab
     assert released["back_in_service"] and released["check"]["ok"], released
     assert not lab.redis.exists(keys.board_quarantine("sick"))
     assert history(lab, "sick")[0]["op"] == "release"
+
+
+async def test_a_checks_bound_comes_from_the_boards_bauds_and_ends_it(
+    lab: ControllerLab,
+) -> None:
+    await start(lab, BAUDS, ready=["fast", "slow"])
+    # The agents list the bauds their checks try: the slow board's own rate first.
+    assert board_state(lab, "slow")["bauds"] == [9600, 115200, 921600]
+    assert board_state(lab, "fast")["bauds"] == [921600, 115200]
+    _, out, _ = await lab.farm("board", "health-check", "fast", "--json")
+    fast = json.loads(out)
+    assert fast["ok"] and fast["bound_s"] == pytest.approx(
+        bound_s("health-check", board_state(lab, "fast")), abs=1e-3
+    )
+
+    # The slow board's DUT never answers: its check tries every baud and fails, within its
+    # bound (longer than the fast board's: it has a slower baud to try), exit 1.
+    code, out, errs = await lab.farm("board", "health-check", "slow", "--json", check=False)
+    slow = json.loads(out)
+    assert code == 1 and (slow["ok"], slow["outcome"]) == (False, "failed"), slow
+    assert "the DUT did not answer" in slow["reason"] and "9600 baud" in slow["reason"], slow
+    assert slow["bound_s"] > fast["bound_s"]
+    assert_on_time(slow["seconds"], slow["bound_s"])
+
+    # An agent that never answers (stopped): the controller gives up at the bound itself,
+    # exit 1 saying so.
+    agent = lab.agents["pi-a"].process
+    assert agent is not None
+    agent.send_signal(signal.SIGSTOP)
+    try:
+        code, out, errs = await lab.farm("board", "health-check", "fast", "--json", check=False)
+    finally:
+        agent.send_signal(signal.SIGCONT)
+    stopped = json.loads(out)
+    assert code == 1 and stopped["outcome"] == "timeout", stopped
+    assert stopped["bound_s"] == fast["bound_s"]
+    assert stopped["reason"] == (
+        f"no result from agent pi-a within {fast['bound_s']:.0f} s (it may still be at it)"
+    )
+    assert stopped["seconds"] >= stopped["bound_s"]
+    assert_on_time(stopped["seconds"], stopped["bound_s"])
+    entry = history(lab, "fast")[0]
+    assert (entry["op"], entry["result"], entry["reason"]) == (
+        "health-check",
+        "failed",
+        stopped["reason"],
+    )
+    # Without --json: one line saying so on stderr, exit 1 (the agent is back: it answers).
+    code, _, errs = await lab.farm("board", "health-check", "slow", check=False)
+    assert code == 1 and errs.startswith("health-check slow: failed: health check failed"), errs
 
 
 def _scrape(port: int) -> str | None:
