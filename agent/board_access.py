@@ -20,6 +20,12 @@ from agent.energy_monitor import MonitorTarget
 from agent.interface_client import InterfaceClient
 from agent.lpm01a_client import Lpm01aClient
 from agent.serial_link import SerialLink
+from farm.board_timing import (
+    IDLE_BUSY_LIMIT_S,
+    POWER_COMMAND_TIMEOUT_S,
+    REENUMERATION_S,
+    check_bauds,
+)
 from farm.logs import get_logger
 from farm.models import ENERGY_BAUD, MODELS
 from farm.protocol.interface import HOST_BAUD as INTERFACE_BAUD
@@ -27,15 +33,8 @@ from farm.protocol.lpm01a import HOST_BAUD as MONITOR_BAUD
 
 log = get_logger("agent.board_access")
 
-#: An ST-LINK re-enumerates in 1-3 s after a reset or a flash; allow a slow USB hub too.
-REENUMERATION_S = 10.0
-#: How long a health check's resync waits for an idle DUT: nothing is outstanding, so a DUT
-#: that is not answering by then is not healthy.
-IDLE_BUSY_LIMIT_S = 2.0
 #: Supply for the DUT when the monitor powers it outside a run (the reference 1.8 V).
 DEFAULT_SUPPLY_V = 1.8
-#: How long a power-cycle command may take.
-POWER_COMMAND_TIMEOUT_S = 60.0
 
 
 class BoardUnavailable(Exception):
@@ -138,16 +137,17 @@ class BoardAccess:
             f"board {self.cfg.id}: the DUT did not answer: {'; '.join(problems)}"
         )
 
-    def _bauds(self) -> list[int]:
-        candidates = [self.cfg.baud.performance, self.last_baud]
-        candidates += sorted({m.default_baud for m in MODELS.values()})
-        return list(dict.fromkeys(b for b in candidates if b))
+    @property
+    def bauds(self) -> list[int]:
+        """The DUT bauds a health check tries on the DUT's own port, in order: the
+        configured one, the one it answered at last, every model's reference rate."""
+        return check_bauds([self.cfg.baud.performance, self.last_baud])
 
     async def _identify_direct(self, ports: ResolvedBoard) -> Identity:
         if self.cfg.energy_capable:
             await self.power_on(ports)
         problems: list[str] = []
-        for baud in self._bauds():
+        for baud in self.bauds:
             link = await SerialLink.open(ports.dut, baud)
             try:
                 dut = DutClient(DirectChannel(link, busy_limit_s=IDLE_BUSY_LIMIT_S))

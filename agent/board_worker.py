@@ -157,6 +157,8 @@ class BoardWorker:
             system=self.cfg.system.model_dump(exclude_none=True),
             checked=self.checked,
             failures=self.health.failures,
+            bauds=self.access.bauds,
+            energy_baud=self.access.energy_baud if self.cfg.energy_capable else None,
         )
 
     def _publish_status(self) -> None:

@@ -22,6 +22,7 @@ from urllib.parse import unquote, urlsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from farm.board_timing import FLASH_TIMEOUT_S
 from farm.models import MODELS
 from farm.yaml_config import ConfigError, ConfigPath, FieldError, load_yaml_model
 
@@ -325,7 +326,9 @@ class FirmwareConfig(_Strict):
     DUT's: on a NUCLEO board the ST-LINK that flashes it is the DUT's USB device)."""
     target: str | None = None
     """Target name for {target}, e.g. pyocd's ``stm32l4r5zitx``."""
-    timeout_s: float = Field(180, gt=0)
+    timeout_s: float = Field(FLASH_TIMEOUT_S, gt=0)
+    """How long the flash tool may take before it is killed (the controller waits this long by
+    default: ``FARM_FLASH_TIMEOUT_S`` where a board's is longer)."""
 
     @field_validator("images")
     @classmethod

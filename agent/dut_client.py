@@ -11,6 +11,7 @@ from typing import Protocol, TypeVar
 
 from agent.errors import DeviceCommandError, DeviceReset, DeviceTimeout, GarbledReply, ResyncFailed
 from agent.serial_link import SerialLink
+from farm.board_timing import DRAIN_MAX_BYTES
 from farm.logs import get_logger
 from farm.models import ModelSpec, results_well_formed
 from farm.protocol import dut
@@ -249,7 +250,9 @@ class DirectChannel:
                 )
 
 
-async def drain_until_idle(link: SerialLink, wire: WireModel, max_bytes: int = 4096) -> int:
+async def drain_until_idle(
+    link: SerialLink, wire: WireModel, max_bytes: int = DRAIN_MAX_BYTES
+) -> int:
     """Read and discard until the line has been silent for the model's idle gap; give up
     after the time ``max_bytes`` would take (a device spewing noise is never idle)."""
     loop = asyncio.get_running_loop()

@@ -23,11 +23,14 @@ from farm.logs import get_logger
 from farm.models import ModelSpec
 from farm.protocol import dut, sww
 from farm.protocol.interface import (
+    BOARD_REPLY_BYTES,
     DEFAULT_DUT_BAUD,
     DUT_CMD_MAX,
     DUT_PREFIX,
     PASSTHROUGH_PREFIX,
     READY_LINE,
+    RESET_S,
+    VERIFY_ATTEMPTS,
     BaudIs,
     BaudSet,
     BoardName,
@@ -42,18 +45,9 @@ log = get_logger("agent.interface_client")
 
 #: Bytes per ``db`` chunk through the board: 52 hex digits, as the official runner sends.
 PASSTHROUGH_CHUNK = 26
-#: How long the board stays deaf after ``setbaud`` (its MCU reset). The official runner sleeps
-#: 2 s before talking to it again, the only figure known to work on hardware; the simulator
-#: resets in 0.5 s, so tests pass a shorter ``reset_s``.
-DEFAULT_RESET_S = 2.0
-#: Upper bound of a board command's reply when nothing better is known (``name``: 42 bytes).
-BOARD_REPLY_BYTES = 80
 #: The shortest DUT line the board forwards (``m-ready\r\n``): bounds the line count of a
 #: reply, hence the prefix bytes it adds on the host link.
 _MIN_DUT_LINE = 9
-#: Verification attempts after a reset: a command sent while the board is still resetting
-#: is lost, so one more try follows a first timeout.
-_VERIFY_ATTEMPTS = 2
 #: What a wedged board may still forward before it is free: a DUT boot banner.
 _WEDGE_LINE_BYTES = 64
 #: Upper bounds of the stream's board replies: a full detection log (10,000 lines of at most
@@ -81,7 +75,8 @@ class InterfaceClient:
 
     ``dut_baud`` is the DUT-side baud the board is (or will be set) at; it sizes the DUT hop
     of every passthrough timeout and is what :meth:`resync` sets. ``reset_s`` is how long the
-    board's reset after ``setbaud`` takes (see :data:`DEFAULT_RESET_S`).
+    board's reset after ``setbaud`` takes (see :data:`farm.protocol.interface.RESET_S`; the
+    simulator resets in 0.5 s, so tests pass a shorter one).
     """
 
     def __init__(
@@ -90,7 +85,7 @@ class InterfaceClient:
         *,
         dut_baud: int = DEFAULT_DUT_BAUD,
         wire: WireModel | None = None,
-        reset_s: float = DEFAULT_RESET_S,
+        reset_s: float = RESET_S,
         dut_cmd_max: int = DUT_CMD_MAX,
     ) -> None:
         self.link = link
@@ -259,12 +254,12 @@ class InterfaceClient:
         await asyncio.sleep(self.reset_s)
         self.link.discard_input()
         self.host.reset()
-        for attempt in range(1, _VERIFY_ATTEMPTS + 1):
+        for attempt in range(1, VERIFY_ATTEMPTS + 1):
             try:
                 await self.name()
                 return
             except DeviceTimeout:
-                if attempt == _VERIFY_ATTEMPTS:
+                if attempt == VERIFY_ATTEMPTS:
                     raise
                 log.info("interface_reset_slow", port=self.port, attempt=attempt)
 
@@ -290,7 +285,7 @@ class InterfaceClient:
             ) from exc
         bound = dut.reply_size_bound("name")
         last: Exception | None = None
-        for _ in range(_VERIFY_ATTEMPTS):
+        for _ in range(VERIFY_ATTEMPTS):
             try:
                 reply = await self.passthrough("name", reply_bytes=bound)
             except (TimeoutError, GarbledReply) as exc:

@@ -39,7 +39,10 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="The result as one JSON ob
 TimeoutOpt = Annotated[
     float | None,
     typer.Option(
-        min=1, max=3600, help="Seconds to wait for the agent's result (default: per operation)"
+        min=1,
+        max=3600,
+        help="Seconds to wait for the agent's result (default: the operation's bound, from "
+        "the wire-time model at the board's bauds)",
     ),
 ]
 WaitOpt = Annotated[
@@ -210,8 +213,13 @@ def flash(
 ) -> None:
     """Flash the image the agent's config names for MODEL and BUILD, then check the board;
     exit 1 with the agent's reason if it fails (no such image, the tool failed)."""
+    from controller.board_ops import flash_timeout_s
     from farm.models import MODELS
 
+    try:
+        flash_timeout_s()
+    except ValueError as exc:
+        raise fail(str(exc)) from None
     settings, client = _connect(redis, broker)
     status = _known(client, board)
     model = model or status.get("model")

@@ -5,14 +5,23 @@ The operation holds the board's lease for its whole length (token ``op:<operatio
 so no run is dispatched to the board meanwhile and a run job waits it out
 (:mod:`controller.jobs`); it is sent on the agent's command topic like a run, and its answer is
 the agent's command ack as ingest stores it (``farm:agent:{agent}:acks``): ``accepted``, then
-``done`` or ``failed`` with the agent's reason and detail. Each is bounded by a timeout sized
-for the operation (a flash and a health check of a board that does not answer take longer
-than a power cycle's command), and recorded in the board's history.
+``done`` or ``failed`` with the agent's reason and detail. The wait for it is bounded
+(:func:`bound_s`), and the operation recorded in the board's history.
+
+**The bounds.** A health check's is the wire-time model's (:func:`controller.estimate.
+health_check_s`: every exchange the agent's check may make at the bauds the board's status
+lists, each by the agent's own timeout) times the slack the controller gives every modelled
+time (:data:`controller.deadline.SLACK`), so a slow-baud board gets a longer one. A flash
+and a power cycle run a tool whose time the model cannot know: the flash tool's limit
+(``FARM_FLASH_TIMEOUT_S``, the agent's default ``firmware.timeout_s`` unless a lab gives its
+tool longer) or the power-cycle command's (:data:`farm.board_timing.POWER_COMMAND_TIMEOUT_S`),
+then the wait for the board's ports before and after it and the check, with the same slack.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import threading
 import time
@@ -24,9 +33,13 @@ import redis
 from controller import board_history, keys
 from controller.board_history import Operation
 from controller.commands import BrokerUnavailable, publish_command
+from controller.deadline import SLACK
+from controller.estimate import health_check_s
 from controller.reservations import get as get_reservation
+from controller.retention import env_seconds
 from controller.settings import Settings
 from controller.store import Lease, board_status, get_run, lease_holder
+from farm.board_timing import FLASH_TIMEOUT_S, POWER_COMMAND_TIMEOUT_S, REENUMERATION_S
 from farm.logs import get_logger
 from farm.messages import (
     FlashCommand,
@@ -39,11 +52,9 @@ log = get_logger("controller.board_ops")
 
 BoardCommand = FlashCommand | PowerCycleCommand | HealthCheckCommand
 
-#: How long each operation may take at the agent, by command type: a health check that finds
-#: no answer tries every baud and both builds (a minute and more), a power cycle's command
-#: may take a minute before the check, a flash tool three (the agent's default flash timeout)
-#: before the ports come back and the check.
-TIMEOUTS_S = {"health-check": 120.0, "power-cycle": 200.0, "flash": 330.0}
+#: The longest ``FARM_FLASH_TIMEOUT_S`` may say (an hour: a flash tool that takes longer
+#: is stuck).
+MAX_FLASH_TIMEOUT_S = 3600.0
 #: How often the agent's acks are read.
 POLL_S = 0.25
 #: The agent's newest acks looked at for the operation's answer.
@@ -65,6 +76,9 @@ class OperationResult:
     reason: str | None = None
     detail: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    bound_s: float = 0.0
+    """How long the controller would have waited for the result (:func:`bound_s`, or the
+    caller's ``--timeout``)."""
 
     def to_json(self) -> dict[str, Any]:
         """For ``--json`` output."""
@@ -74,7 +88,29 @@ class OperationResult:
             "reason": self.reason,
             "detail": self.detail,
             "seconds": round(self.seconds, 3),
+            "bound_s": round(self.bound_s, 3),
         }
+
+
+def flash_timeout_s() -> float:
+    """``FARM_FLASH_TIMEOUT_S``: how long the agents' flash tools may take (default: the
+    agent's own default, :data:`farm.board_timing.FLASH_TIMEOUT_S`); ``ValueError`` naming a
+    bad value."""
+    value = env_seconds("FARM_FLASH_TIMEOUT_S", round(FLASH_TIMEOUT_S), os.environ)
+    if not 0 < value <= MAX_FLASH_TIMEOUT_S:
+        raise ValueError(f"FARM_FLASH_TIMEOUT_S={value}: expected more than 0 and up to 3600")
+    return value
+
+
+def bound_s(kind: str, status: dict[str, Any]) -> float:
+    """How long the controller waits for the result of operation ``kind`` on a board of
+    ``status`` (see the module docstring)."""
+    check = SLACK * health_check_s(status)
+    if kind == "health-check":
+        return check
+    tool = flash_timeout_s() if kind == "flash" else POWER_COMMAND_TIMEOUT_S
+    # The ports are waited for before the tool and after it, then the board is checked.
+    return tool + SLACK * 2 * REENUMERATION_S + check
 
 
 def command_for(kind: str, board: str, **fields: Any) -> BoardCommand:
@@ -134,6 +170,8 @@ def run_operation(
             f"board {board} is {reservation.describe()}; ask them, or use --force"
         )
     agent = agent_of(client, board)
+    oplog = log.bind(board=board, op=command.type, who=who)
+    bound = timeout_s or bound_s(command.type, board_status(client, board) or {})
     lease = take_lease(client, board, f"op:{command.type}:{who}:", lease_wait_s)
     stop, lost = threading.Event(), threading.Event()
     keeper = threading.Thread(target=lease.keep, args=(stop, lost), daemon=True)
@@ -146,8 +184,8 @@ def run_operation(
             )
         except BrokerUnavailable as exc:
             raise OperationRefused(str(exc)) from None
-        log.info("operation_sent", board=board, op=command.type, who=who, command=command.id)
-        result = _wait(client, agent, command, timeout_s or TIMEOUTS_S[command.type], started)
+        oplog.info("operation_sent", command=command.id, bound_s=round(bound, 1))
+        result = _wait(client, agent, command, bound, started)
     finally:
         stop.set()
         keeper.join(5)
@@ -163,14 +201,7 @@ def run_operation(
             detail={**result.detail, "seconds": round(result.seconds, 3)},
         ),
     )
-    log.info(
-        "operation_finished",
-        board=board,
-        op=command.type,
-        who=who,
-        outcome=result.outcome,
-        reason=result.reason,
-    )
+    oplog.info("operation_finished", outcome=result.outcome, reason=result.reason)
     return result
 
 
@@ -200,7 +231,12 @@ def _wait(
             outcome = ack.get("outcome")
             if outcome in ("done", "failed", "rejected", "duplicate"):
                 return OperationResult(
-                    outcome == "done", outcome, ack.get("reason"), ack.get("detail") or {}, elapsed
+                    outcome == "done",
+                    outcome,
+                    ack.get("reason"),
+                    ack.get("detail") or {},
+                    elapsed,
+                    timeout_s,
                 )
         if elapsed > timeout_s:
             return OperationResult(
@@ -208,5 +244,6 @@ def _wait(
                 "timeout",
                 f"no result from agent {agent} within {timeout_s:.0f} s (it may still be at it)",
                 seconds=elapsed,
+                bound_s=timeout_s,
             )
         time.sleep(POLL_S)

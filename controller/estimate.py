@@ -1,6 +1,7 @@
 """How long a run should take, from the wire-time model: what a run job's timeout and the
 sweep's queue estimates are built on (timeouts from the model, not constants:
-docs/protocols.md#wire-time-model).
+docs/protocols.md#wire-time-model); and how long a board's health check may take, what the
+controller's wait for one is built on (:func:`health_check_s`).
 
 The estimate assumes the reference board's per-inference time (the slow NUCLEO-L4R5ZI), so
 it is an upper bound for faster boards. A run job's deadline is built on it
@@ -11,9 +12,13 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
+from typing import Any
 
+from farm.board_timing import check_bauds, check_s
 from farm.catalog import Benchmark
 from farm.messages import Mode, RunOptions
+from farm.models import ENERGY_BAUD
 from farm.protocol import dut as dut_proto
 from farm.protocol import sww
 from farm.sww_truth import LONG_TRUTH, OFFICIAL_TRUTH, official_truth
@@ -88,3 +93,17 @@ def estimate_run_s(bench: Benchmark, mode: Mode, options: RunOptions) -> float:
     else:
         body = count * sample_s(bench, mode)
     return SETUP_ALLOWANCE_S + body
+
+
+def health_check_s(status: Mapping[str, Any]) -> float:
+    """The longest the agent's health check of a board of this status (as ingest stores it)
+    may take by its own timeouts (:func:`farm.board_timing.check_s`): every baud the status
+    lists for the DUT's own port and, for a board wired for energy, the way through the
+    interface board at its DUT-side baud. A status from an agent that lists no bauds counts
+    every model's reference rate, and an energy baud it does not give as the slowest (9600).
+    """
+    bauds = [int(b) for b in status.get("bauds") or []] or check_bauds()
+    energy_baud = None
+    if status.get("energy"):
+        energy_baud = int(status.get("energy_baud") or ENERGY_BAUD)
+    return check_s(bauds, energy_baud)

@@ -2,21 +2,22 @@
 
 A custom collector (:class:`FarmCollector`) reads Redis at scrape time, so any number of RQ
 workers and ingest processes write state without the multiprocess pitfalls of
-prometheus-client (one metrics file per forked work-horse): nothing is counted inside a job.
+prometheus-client (one metrics file per forked work-horse): nothing is counted in a job's
+memory (what a job counts, such as a scheduled health check's outcome, it counts in Redis).
 Every metric is declared in :mod:`controller.metrics`.
 
-**What a scrape reads** (three pipelined round trips): the agents' and boards' hashes, the
-ingest counters, the RQ queue lengths, the sweep index, the runs of the sweeps still
-running, and the index of the latest judged sweep per label (:mod:`controller.verdicts`),
-whose verdict record is read only when it names another sweep than the last scrape saw. A
-run that ended is final (``controller.jobs`` never reopens it), so it is read and counted
-once: its outcome goes into the ``farm_runs_finished_total`` and
-``farm_run_failures_total`` counters and, if it completed, its summary may become the latest
-result of its board × benchmark × mode. A finished sweep is read once too and then only
-remembered (label, size, submission time). The first scrape after a start therefore reads
-every sweep's runs (the whole history: ~1 s per 30,000 runs on a small server); the next ones
-read only what is still moving. The counters are rebuilt from Redis at start, so they do not
-reset when the exporter restarts.
+**What a scrape reads** (three pipelined round trips): the agents' and boards' hashes (with
+each board's quarantine and reservation), the ingest and scheduled health check counters,
+the RQ queue lengths, the sweep index, the runs of the sweeps still running, and the index
+of the latest judged sweep per label (:mod:`controller.verdicts`), whose verdict record is
+read only when it names another sweep than the last scrape saw. A run that ended is final
+(``controller.jobs`` never reopens it), so it is read and counted once: its outcome goes
+into the ``farm_runs_finished_total`` and ``farm_run_failures_total`` counters and, if it
+completed, its summary may become the latest result of its board × benchmark × mode. A
+finished sweep is read once too and then only remembered (label, size, submission time).
+The first scrape after a start therefore reads every sweep's runs (the whole history: ~1 s
+per 30,000 runs on a small server); the next ones read only what is still moving. The
+counters are rebuilt from Redis at start, so they do not reset when the exporter restarts.
 
 Concurrent scrapes are serialised (one lock). When Redis cannot be read, the scrape serves
 ``farm_exporter_redis_up 0`` and nothing else, rather than stale numbers.
@@ -56,6 +57,8 @@ from controller.metrics import (
 )
 from controller.metrics_http import MetricsAccess, serve
 from controller.queueing import queue
+from controller.reservations import Reservation
+from controller.reservations import parse as parse_reservation
 from controller.settings import Settings, redacted
 from controller.sweeps import QUEUE_ORDER
 from controller.verdicts import VERDICT_VALUES, VerdictRecord
@@ -105,6 +108,29 @@ class _Result:
                 parsed = None
             self._parsed = parsed if isinstance(parsed, dict) else {}
         return self._parsed
+
+
+@dataclass(frozen=True)
+class _BoardRow:
+    """What a scrape reads of one board."""
+
+    agent: str | None
+    status: str | None
+    last_seen: str | None
+    quarantine: dict[str, str]
+    reservation: Reservation | None
+    """As stored, expired or not (the collector compares it with its clock)."""
+
+
+def _check_families(counts: dict[str, str]) -> list[Metric]:
+    """``farm_scheduled_health_checks_total`` from ``farm:checks:scheduled``
+    (``board|outcome`` -> count)."""
+    checks = _spec_family("farm_scheduled_health_checks_total")
+    for field_name, count in sorted(counts.items()):
+        board, _, outcome = field_name.rpartition("|")
+        if board:
+            checks.add_metric([board, outcome], _float(count))
+    return [checks]
 
 
 def _float(value: Any, default: float = 0.0) -> float:
@@ -196,11 +222,12 @@ class FarmCollector:
         pipe.hgetall(keys.INGEST_COUNTERS)
         pipe.zrange(keys.SWEEPS, 0, -1)
         pipe.hgetall(keys.VERDICTS_LATEST)
+        pipe.hgetall(keys.SCHEDULED_CHECKS)
         for _, queue_key, deferred_key, started_key in self._queues:
             pipe.llen(queue_key)
             pipe.zcard(deferred_key)
             pipe.zcard(started_key)
-        agents_set, boards_set, ingest, sweep_ids, judged, *queue_counts = pipe.execute()
+        agents_set, boards_set, ingest, sweep_ids, judged, checks, *queue_counts = pipe.execute()
         agents = sorted(agents_set)
         boards = sorted(boards_set)
         new_sweeps = [s for s in sweep_ids if s not in self._sweeps]
@@ -227,7 +254,8 @@ class FarmCollector:
             )
         for board in boards:
             pipe.hmget(keys.board(board), ["agent", "status", "last_seen"])
-            pipe.exists(keys.board_quarantine(board))
+            pipe.hgetall(keys.board_quarantine(board))
+            pipe.hgetall(keys.board_reservation(board))
         for sweep_id in new_sweeps:
             pipe.hmget(keys.sweep(sweep_id), ["label", "created", "total", "state"])
             pipe.lrange(keys.sweep_runs(sweep_id), 0, -1)
@@ -239,7 +267,15 @@ class FarmCollector:
             pipe.hget(keys.sweep_verdict(sweep_id), "judged_at")
         replies = iter(pipe.execute())
         agent_rows = [next(replies) for _ in agents]
-        board_rows = [(next(replies), next(replies)) for _ in boards]
+        board_rows = []
+        for board in boards:
+            agent, status, last_seen = next(replies)
+            quarantine, reservation = next(replies), next(replies)
+            board_rows.append(
+                _BoardRow(
+                    agent, status, last_seen, quarantine, parse_reservation(board, reservation)
+                )
+            )
         sweep_state: dict[str, str | None] = {}
         for sweep_id in new_sweeps:
             label, created, total, state = next(replies)
@@ -293,7 +329,8 @@ class FarmCollector:
 
         families: list[Metric] = []
         families += self._agent_families(agents, agent_rows, now)
-        families += self._board_families(boards, board_rows)
+        families += self._board_families(boards, board_rows, now)
+        families += _check_families(checks)
         families += self._queue_families(queue_counts, live)
         families += self._sweep_families(len(sweep_ids))
         families += self._result_families()
@@ -359,24 +396,26 @@ class FarmCollector:
                 uptime.add_metric([agent], _float(beat.get("uptime_s")))
         return [up, age, seen, info, backlog, uptime]
 
-    def _board_families(
-        self, boards: list[str], rows: list[tuple[list[str | None], int]]
-    ) -> list[Metric]:
+    def _board_families(self, boards: list[str], rows: list[_BoardRow], now: float) -> list[Metric]:
         state_f = _spec_family("farm_board_state")
         quarantined_f = _spec_family("farm_board_quarantined")
+        quarantine_info = _spec_family("farm_board_quarantine_reason_info")
+        reserved_f = _spec_family("farm_board_reserved")
+        expiry_f = _spec_family("farm_board_reservation_expiry_timestamp_seconds")
+        reservation_info = _spec_family("farm_board_reservation_info")
         health_f = _spec_family("farm_board_health")
         health_info = _spec_family("farm_board_health_reason_info")
         firmware = _spec_family("farm_board_firmware_info")
         info = _spec_family("farm_board_info")
         seen = _spec_family("farm_board_last_seen_timestamp_seconds")
-        for board, ((owner, raw, last_seen), quarantined) in zip(boards, rows, strict=True):
-            if not raw:
+        for board, row in zip(boards, rows, strict=True):
+            if not row.status:
                 continue
             try:
-                status = json.loads(raw)
+                status = json.loads(row.status)
             except ValueError:
                 continue
-            agent = owner or status.get("agent") or ""
+            agent = row.agent or status.get("agent") or ""
             ids = [board, agent]
             state = status.get("state")
             health = status.get("health")
@@ -384,7 +423,19 @@ class FarmCollector:
                 state_f.add_metric([*ids, s], 1.0 if state == s else 0.0)
             for h in HEALTH_STATES:
                 health_f.add_metric([*ids, h], 1.0 if health == h else 0.0)
-            quarantined_f.add_metric(ids, 1.0 if quarantined else 0.0)
+            quarantined_f.add_metric(ids, 1.0 if row.quarantine else 0.0)
+            if row.quarantine:
+                quarantine_info.add_metric(
+                    ids, {"reason": label_value(row.quarantine.get("reason"))}
+                )
+            # A reservation past its end counts as gone at once, as for the scheduler.
+            held = row.reservation if row.reservation and row.reservation.until > now else None
+            reserved_f.add_metric(ids, 1.0 if held else 0.0)
+            if held:
+                expiry_f.add_metric(ids, held.until)
+                reservation_info.add_metric(
+                    ids, {"holder": label_value(held.holder), "note": label_value(held.note)}
+                )
             health_info.add_metric(
                 ids,
                 {"state": label_value(health), "reason": label_value(status.get("health_reason"))},
@@ -408,9 +459,21 @@ class FarmCollector:
                     ),
                 },
             )
-            if last_seen:
-                seen.add_metric(ids, _float(last_seen))
-        return [state_f, health_f, health_info, quarantined_f, firmware, info, seen]
+            if row.last_seen:
+                seen.add_metric(ids, _float(row.last_seen))
+        return [
+            state_f,
+            health_f,
+            health_info,
+            quarantined_f,
+            quarantine_info,
+            reserved_f,
+            expiry_f,
+            reservation_info,
+            firmware,
+            info,
+            seen,
+        ]
 
     def _queue_families(self, counts: list[int], live: Counter[str]) -> list[Metric]:
         ready = _spec_family("farm_queue_jobs")

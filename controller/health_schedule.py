@@ -18,6 +18,7 @@ agent marks its health bad, which fires the ``FarmBoardHealthBad`` alert.
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 import time
@@ -28,10 +29,10 @@ import redis
 
 from controller import keys, quarantine
 from controller.board_history import CONTROLLER
-from controller.board_ops import TIMEOUTS_S, OperationRefused, command_for, run_operation
+from controller.board_ops import OperationRefused, bound_s, command_for, run_operation
 from controller.queueing import queue
 from controller.settings import Settings
-from controller.store import all_boards, connect
+from controller.store import all_boards, board_status, connect
 from farm.logs import get_logger
 
 log = get_logger("controller.health_schedule")
@@ -153,13 +154,16 @@ def schedule(
         token = f"check-{board}-{secrets.token_hex(4)}"
         if not client.set(keys.board_check(board), token, nx=True, ex=GUARD_S):
             continue
+        # The job gives up at the check's bound itself: RQ's limit only catches a job stuck
+        # elsewhere (a Redis that stopped answering).
+        bound = bound_s("health-check", board_status(client, board) or {})
         queue(CHECK_QUEUE, rq_client).enqueue(
             scheduled_health_check,
             board,
             why,
             token,
             job_id=token,
-            job_timeout=int(TIMEOUTS_S["health-check"] * 3),
+            job_timeout=math.ceil(2 * bound),
             result_ttl=86400,
             failure_ttl=7 * 86400,
             description=f"scheduled health check of {board} ({why})",
@@ -183,20 +187,28 @@ def scheduled_health_check(board: str, why: str, token: str = "") -> str:
 
 def check_now(client: redis.Redis, settings: Settings, board: str, why: str) -> str:
     """One scheduled check of ``board`` (``why``: what made it due), unless the board was
-    taken meanwhile (a run, an operation, a reservation); a failure quarantines it."""
+    taken meanwhile (a run, an operation, a reservation); a failure quarantines it. Its
+    outcome is counted (``farm_scheduled_health_checks_total``)."""
+    outcome, line = _check(client, settings, board, why)
+    client.hincrby(keys.SCHEDULED_CHECKS, f"{board}|{outcome}", 1)
+    return line
+
+
+def _check(client: redis.Redis, settings: Settings, board: str, why: str) -> tuple[str, str]:
+    """(outcome, what happened in one line) of one scheduled check (see :func:`check_now`)."""
     if board in quarantine.unavailable(client, [board], time.time()):
-        return f"{board}: skipped (reserved or quarantined since it was due)"
+        return "skipped", f"{board}: skipped (reserved or quarantined since it was due)"
     try:
         result = run_operation(client, settings, command_for("health-check", board), CONTROLLER)
     except OperationRefused as exc:
         log.info("health_check_skipped", board=board, reason=str(exc))
-        return f"{board}: skipped ({exc})"
+        return "skipped", f"{board}: skipped ({exc})"
     if result.ok:
-        return f"{board}: passed ({why})"
+        return "passed", f"{board}: passed ({why})"
     if result.outcome != "failed":
         # No verdict on the board (its agent went away, rejected the command): not its fault.
-        return f"{board}: no verdict ({result.outcome}: {result.reason})"
+        return "no_verdict", f"{board}: no verdict ({result.outcome}: {result.reason})"
     reason = f"failed a scheduled health check ({why}): {result.reason}"
     quarantine.quarantine(client, board, reason, CONTROLLER)
     log.warning("board_quarantined", board=board, reason=reason)
-    return f"{board}: quarantined: {reason}"
+    return "failed", f"{board}: quarantined: {reason}"

@@ -33,6 +33,8 @@ key                                      type     content
 ``farm:lease:{board}``                   string   lease token (SET NX PX, renewed while running)
 ``farm:ingest:counters``                 hash     accepted_<kind> / rejected_<reason> /
                                                   accepted_samples / duplicate_samples ...
+``farm:checks:scheduled``                hash     ``board|outcome`` -> scheduled health checks
+                                                  that ended so (:mod:`controller.health_schedule`)
 ``farm:history:{board}:{bench}:{mode}``  zset     compact summary JSON -> finish time, one per
                                                   completed run (:mod:`controller.history`)
 ``farm:history:series``                  zset     ``board|benchmark|mode`` -> latest finish
@@ -55,6 +57,8 @@ RUNS_ACTIVE = f"{PREFIX}:runs:active"
 AGENTS = f"{PREFIX}:agents"
 BOARDS = f"{PREFIX}:boards"
 INGEST_COUNTERS = f"{PREFIX}:ingest:counters"
+#: The scheduled health checks' outcomes, per board (what the exporter counts).
+SCHEDULED_CHECKS = f"{PREFIX}:checks:scheduled"
 #: What the RQ workers count (jobs refused: not one of the project's job functions).
 WORKER_COUNTERS = f"{PREFIX}:worker:counters"
 HISTORY_SERIES = f"{PREFIX}:history:series"

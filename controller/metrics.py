@@ -54,8 +54,9 @@ LABELS = frozenset(
         "le",
     }
 )
-#: Labels only ``*_info`` metrics carry (their values describe one board or agent, or what
-#: produced a board's latest result: ``image_sha256`` is a 12-hex prefix, never a run's id).
+#: Labels only ``*_info`` metrics carry (their values describe one board or agent, who holds
+#: a board, or what produced a board's latest result: ``image_sha256`` is a 12-hex prefix,
+#: never a run's id).
 INFO_LABELS = frozenset(
     {
         "software",
@@ -69,6 +70,8 @@ INFO_LABELS = frozenset(
         "image_sha256",
         "profile",
         "dut_name",
+        "holder",
+        "note",
         "sweep",
         "baseline",
         "report_url",
@@ -171,6 +174,38 @@ EXPORTER: Mapping[str, MetricSpec] = _specs(
         "1 while the controller keeps the board out of service after a failed scheduled health "
         "check (until farm board release), else 0.",
         _B,
+    ),
+    MetricSpec(
+        "farm_board_quarantine_reason_info",
+        "info",
+        "Why a quarantined board is out of service (shortened; whole in farm status --board).",
+        (*_B, "reason"),
+    ),
+    MetricSpec(
+        "farm_board_reserved",
+        "gauge",
+        "1 while a person holds the board (farm board reserve: sweeps skip it), else 0.",
+        _B,
+    ),
+    MetricSpec(
+        "farm_board_reservation_expiry_timestamp_seconds",
+        "gauge",
+        "When a reserved board's reservation ends unless it is released or renewed (unix time).",
+        _B,
+    ),
+    MetricSpec(
+        "farm_board_reservation_info",
+        "info",
+        "Who holds a reserved board and why (the note, shortened).",
+        (*_B, "holder", "note"),
+    ),
+    MetricSpec(
+        "farm_scheduled_health_checks_total",
+        "counter",
+        "Health checks the controller scheduled, by how they ended: passed, failed (the board "
+        "was quarantined), no_verdict (its agent did not answer or refused) or skipped (the "
+        "board was taken before the check could start).",
+        ("board", "state"),
     ),
     MetricSpec(
         "farm_board_firmware_info",

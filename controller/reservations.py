@@ -135,7 +135,8 @@ class Reservation:
         }
 
 
-def _parse(board: str, raw: dict[str, str]) -> Reservation | None:
+def parse(board: str, raw: dict[str, str]) -> Reservation | None:
+    """``board``'s reservation from its hash as stored (expired or not); None if empty."""
     if not raw.get("holder") or not raw.get("until"):
         return None
     return Reservation(
@@ -157,7 +158,7 @@ def current(client: redis.Redis, boards: list[str], now: float) -> dict[str, Res
         found = pipe.execute()
     held = {}
     for board, raw in zip(boards, found, strict=True):
-        reservation = _parse(board, raw)
+        reservation = parse(board, raw)
         if reservation is not None and reservation.until > now:
             held[board] = reservation
     return held
@@ -231,7 +232,7 @@ def end_lapsed(client: redis.Redis, boards: list[str], now: float) -> list[tuple
         found = pipe.execute()
     ended = []
     for i, board in enumerate(boards):
-        reservation = _parse(board, found[2 * i])
+        reservation = parse(board, found[2 * i])
         if reservation is None:
             continue
         alive = found[2 * i + 1]

@@ -35,7 +35,9 @@ DEFAULT_RUN_RETENTION_S = 30 * 86_400
 TRIM_BATCH = 20
 
 
-def _seconds(name: str, default: int, environ: Mapping[str, str]) -> int:
+def env_seconds(name: str, default: int, environ: Mapping[str, str]) -> int:
+    """Whole seconds from the environment variable ``name`` (rounded up), ``default`` when
+    it is unset; ``ValueError`` naming anything but a number >= 0."""
     text = environ.get(name, "").strip()
     if not text:
         return default
@@ -51,12 +53,12 @@ def _seconds(name: str, default: int, environ: Mapping[str, str]) -> int:
 def samples_retention_s(environ: Mapping[str, str] = os.environ) -> int:
     """``FARM_SAMPLES_RETENTION_S`` in whole seconds (the default when unset or empty);
     ``ValueError`` saying what is wrong for anything but a number >= 0."""
-    return _seconds("FARM_SAMPLES_RETENTION_S", DEFAULT_SAMPLES_RETENTION_S, environ)
+    return env_seconds("FARM_SAMPLES_RETENTION_S", DEFAULT_SAMPLES_RETENTION_S, environ)
 
 
 def run_retention_s(environ: Mapping[str, str] = os.environ) -> int:
     """``FARM_RUN_RETENTION_S`` in whole seconds, as :func:`samples_retention_s`."""
-    return _seconds("FARM_RUN_RETENTION_S", DEFAULT_RUN_RETENTION_S, environ)
+    return env_seconds("FARM_RUN_RETENTION_S", DEFAULT_RUN_RETENTION_S, environ)
 
 
 def retire_run_detail(client: redis.Redis, run_id: str, retention_s: int) -> None:

@@ -11,16 +11,18 @@ build, pinned in pyproject.toml, writes). Every panel queries the datasource cho
 ``datasource`` variable (type prometheus). The metrics are those of ``controller.metrics``.
 
 - **fleet** (``tinyfarm-fleet``): agents and boards up, board states and health (with the
-  reason), firmware, queues, runs by state and outcome, failure reasons, sweep progress,
-  the latest verdicts of each sweep label (linking to the sweep's report), ingest rates and
-  rejects. Variables: agent, board.
+  reason), firmware, who holds which board (reservations with their holder and end,
+  quarantines with their reason) and how the scheduled health checks ended, queues, runs by
+  state and outcome, failure reasons, sweep progress, the latest verdicts of each sweep label
+  (linking to the sweep's report), ingest rates and rejects. Variables: agent, board.
 - **benchmarks** (``tinyfarm-benchmarks``): one row per benchmark (repeated over the
   ``benchmark`` variable), every board side by side: published latency, throughput,
   per-inference p90 and its early-stopping estimate, accuracy or AUC and its margin over the
   target, energy per inference, and a results table. Variables: benchmark, board.
-- **board** (``tinyfarm-board``): one board: state, health, firmware, its agent, the nightly
-  history of every result, and the live per-inference latency histogram (heatmap) and its
-  percentiles from ingest. Variables: board, benchmark.
+- **board** (``tinyfarm-board``): one board: state, health, firmware, its agent, who holds it
+  (its reservation or quarantine), the nightly history of every result, and the live
+  per-inference latency histogram (heatmap) and its percentiles from ingest. Variables:
+  board, benchmark.
 """
 
 from __future__ import annotations
@@ -242,6 +244,37 @@ def table_panel(
     return _targets(panel, queries, instant=True, fmt=PromQueryFormat.TABLE)
 
 
+def reservations_table(selector: str, *, w: int, h: int = 8) -> table.Panel:
+    """Who holds each reserved board of ``selector``, until when and why."""
+    return table_panel(
+        "Reserved: who, until when, why",
+        [
+            (f"farm_board_reservation_info{{{selector}}}", ""),
+            (f"farm_board_reservation_expiry_timestamp_seconds{{{selector}}} * 1000", ""),
+        ],
+        merge=True,
+        hide=("Time", "__name__", "Value #A", "instance", "job"),
+        rename={"Value #B": "until"},
+        description="farm board reserve BOARD --for 2h --note TEXT: sweeps skip the board "
+        "until it expires, its holder releases it or the holder's console disappears.",
+        w=w,
+        h=h,
+    ).override_by_name("until", [DynamicConfigValue("unit", "dateTimeAsIso")])
+
+
+def quarantine_table(selector: str, *, w: int, h: int = 8) -> table.Panel:
+    """Why each quarantined board of ``selector`` is out of service."""
+    return table_panel(
+        "Quarantined and why",
+        [(f"farm_board_quarantine_reason_info{{{selector}}}", "")],
+        hide=("Time", "__name__", "Value", "instance", "job"),
+        description="A board that failed a scheduled health check takes no runs until "
+        "farm board release BOARD passes a check (FarmBoardQuarantined fires meanwhile).",
+        w=w,
+        h=h,
+    )
+
+
 def report_link() -> DashboardLink:
     """A data link to the row's ``report_url`` (farm_sweep_verdict_info's label), in a new tab."""
     return (
@@ -389,6 +422,40 @@ def fleet() -> Dashboard:
             ts(
                 "Agent journal backlog (messages not yet acknowledged by the broker)",
                 [(f"farm_agent_journal_backlog_messages{{{A}}}", "{{agent}}")],
+            )
+        )
+        .with_row(Row("Reservations, quarantine and scheduled health checks"))
+        .with_panel(
+            stat_panel(
+                "Boards held",
+                [
+                    (f"sum(farm_board_reserved{{{AB}}})", "reserved"),
+                    (f"sum(farm_board_quarantined{{{AB}}})", "quarantined"),
+                ],
+                thresholds=_thresholds((None, "green"), (1, "orange")),
+                description="Boards a person reserved (farm board reserve) and boards the "
+                "controller quarantined after a failed scheduled health check: sweeps skip "
+                "both.",
+                w=4,
+                h=8,
+            )
+        )
+        .with_panel(reservations_table(AB, w=10))
+        .with_panel(quarantine_table(AB, w=10))
+        .with_panel(
+            bars(
+                "Scheduled health checks by outcome (since records began)",
+                [
+                    (
+                        'sum by (state) (farm_scheduled_health_checks_total{board=~"$board"})',
+                        "{{state}}",
+                    )
+                ],
+                description="Checks the controller ran on idle boards nobody asked about: "
+                "failed ones quarantined their board; no_verdict: its agent did not answer; "
+                "skipped: the board was taken before the check started.",
+                w=24,
+                h=6,
             )
         )
         .with_row(Row("Queues and runs"))
@@ -843,6 +910,20 @@ def board() -> Dashboard:
                 h=4,
             )
         )
+        .with_panel(
+            stat_panel(
+                "Held",
+                [
+                    (f"farm_board_reserved{{{B}}}", "reserved"),
+                    (f"farm_board_quarantined{{{B}}}", "quarantined"),
+                ],
+                thresholds=_thresholds((None, "green"), (1, "orange")),
+                w=4,
+                h=6,
+            )
+        )
+        .with_panel(reservations_table(B, w=10, h=6))
+        .with_panel(quarantine_table(B, w=10, h=6))
         .with_row(Row("Nightly history"))
         .with_panel(
             ts(

@@ -405,6 +405,11 @@ class BoardStatus(Message):
     run starts with one): what the controller's scheduled checks go by."""
     failures: int = Field(0, ge=0)
     """Failures in a row (runs, checks) since the last pass."""
+    bauds: list[Annotated[int, Field(gt=0)]] = Field([], max_length=16)
+    """The DUT bauds a health check tries on the DUT's own port, in order (what bounds the
+    time of a check: ``farm.board_timing.check_s``)."""
+    energy_baud: int | None = Field(None, gt=0)
+    """Wired for energy: the interface board's DUT-side baud its check and energy runs use."""
     time: float = Field(default_factory=now)
 
 

@@ -48,6 +48,15 @@ SWW_DUT_CMD_MAX = 1028
 DEFAULT_DUT_BAUD = 9600
 MAX_DUT_BAUD = 2_000_000
 HOST_BAUD = 115200
+#: How long the board stays deaf after ``setbaud`` (its MCU reset). The official runner sleeps
+#: 2 s before talking to it again, the only figure known to work on hardware.
+RESET_S = 2.0
+#: Upper bound of a board command's reply when nothing better is known (``name``: 42 bytes).
+BOARD_REPLY_BYTES = 80
+#: Tries of a command after a reset (``name`` after ``setbaud``, the DUT's ``name`` after a
+#: resync): one sent while the board is still resetting is lost, so one more follows a first
+#: timeout.
+VERIFY_ATTEMPTS = 2
 #: Firmware command table, in the order the firmware tries the entries (first prefix wins).
 COMMANDS = (
     "dut",

@@ -1,8 +1,11 @@
 """`farm board ...` against live agents driving `farm sim` boards, every part real (Mosquitto,
 Redis, ingest, RQ worker processes, agents, simulators): each operation from the command line
-with the agent's result and exit status, reservations (sweeps skip them, a restart keeps them,
-they expire on time, a vanished console's holder loses it), scheduled health checks that
-quarantine a board gone bad, and the console's round trip to a simulated DUT."""
+with the agent's result and exit status, each operation in the board's history as `farm
+status` shows it, the wait for a check bounded by the wire-time model at the board's bauds,
+reservations (sweeps skip them, a restart of ingest and the workers keeps them, they expire
+on time, a vanished console's holder loses it), scheduled health checks that quarantine a
+board gone bad, and the console's round trip to a simulated DUT. Times are judged against
+their computed budgets with tests/integration/deadlines.py's allowance."""
 
 from __future__ import annotations
 
@@ -14,9 +17,15 @@ import sys
 import time
 from typing import Any
 
+import pytest
+
 from controller import keys
+from controller.board_ops import bound_s
+from controller.reaper import INTERVAL_S as REAPER_INTERVAL_S
+from controller.reservations import clock
 from farm.protocol.dut_firmware import PROFILE
 from tests.integration.controller_lab import ControllerLab
+from tests.integration.deadlines import assert_on_time
 from tests.integration.farm_procs import Proc, farm_command, fetch, free_port, wait_until
 
 #: Two boards of one agent: ``sick`` answers its start-up check (two ``name`` commands: the
@@ -33,6 +42,16 @@ HEALTHY = """\
 - {id: ic-1, model: ic01, latency: {median_s: 0.004, spread: 0}}
 - {id: kws-2, model: kws01, latency: {median_s: 0.002, spread: 0}}
 """
+#: A fast board (ad01's reference 921600 baud) and a slow one (its DUT configured at 9600)
+#: whose DUT hangs at its next check, after its start-up check's two ``name`` commands.
+BAUDS = """\
+- {id: fast, model: ad01, latency: {median_s: 0.002, spread: 0}}
+- id: slow
+  model: kws01
+  baud: 9600
+  latency: {median_s: 0.002, spread: 0}
+  faults: [{kind: hang, command: name, after: 2, count: 1}]
+"""
 USER = "alice"
 
 
@@ -46,12 +65,21 @@ def history(lab: ControllerLab, board: str) -> list[dict[str, Any]]:
     return [json.loads(raw) for raw in lab.redis.lrange(keys.board_ops(board), 0, -1)]
 
 
-async def start(lab: ControllerLab, boards: str, *, workers: int = 1, **env: str) -> None:
-    """One agent with ``boards``, ingest and ``workers`` RQ workers, run by :data:`USER`."""
+async def start(
+    lab: ControllerLab,
+    boards: str,
+    *,
+    workers: int = 1,
+    ready: list[str] | None = None,
+    **env: str,
+) -> None:
+    """One agent with ``boards``, ingest and ``workers`` RQ workers, run by :data:`USER`;
+    waits for ``ready`` (default: ic-1 and the other board of :data:`SICK` or
+    :data:`HEALTHY`) to be idle and healthy."""
     lab.extra_env.update({"FARM_USER": USER, **env})
     await lab.add_agent("pi-a", boards)
     await lab.start_controller(workers=workers)
-    await lab.boards_ready(["ic-1", "sick" if "sick" in boards else "kws-2"])
+    await lab.boards_ready(ready or ["ic-1", "sick" if "sick" in boards else "kws-2"])
 
 
 def board_state(lab: ControllerLab, board: str) -> dict[str, Any]:
@@ -172,10 +200,20 @@ async def test_a_reservation_takes_the_board_out_of_scheduling_and_ends_on_time(
     _, out, _ = await lab.farm("board", "release", "ic-1")
     assert "nothing to release" in out, out
 
-    # A reservation survives the controller's restart; a run queued before it fails with the
-    # reservation as its reason; and the controller's tick ends it on time.
-    for proc in [*lab.workers, lab.ingest]:
-        assert proc is not None
+    # Its history, as farm status shows it: the reservation, the holder's check, its end.
+    _, out, _ = await lab.farm("status", "--board", "ic-1", "--json")
+    shown = [(e["op"], e["who"], e["result"], e["reason"]) for e in json.loads(out)["history"]]
+    assert shown == [
+        ("unreserve", USER, "ok", "released"),
+        ("health-check", USER, "ok", None),
+        ("reserve", USER, "ok", None),
+    ]
+
+    # A reservation survives the restart of every controller process that keeps state
+    # (ingest, the workers and their reaper), and the restarted reaper ends it on time. A run
+    # queued before it (while the workers are stopped: a sweep skips a reserved board) fails
+    # with the reservation as its reason when its turn comes.
+    for proc in lab.workers:
         await proc.stop()
     lab.workers.clear()
     _, out, _ = await lab.farm(
@@ -183,24 +221,43 @@ async def test_a_reservation_takes_the_board_out_of_scheduling_and_ends_on_time(
         "kws-2", "--json",
     )  # fmt: skip
     queued = json.loads(out.splitlines()[0])["runs"][0]
-    _, out, _ = await lab.farm("board", "reserve", "kws-2", "--for", "20s", "--json")
-    until = json.loads(out)["until"]
+    _, out, _ = await lab.farm("board", "reserve", "kws-2", "--for", "40s", "--json")
+    held = json.loads(out)
+    reserved_at, until = held["since"], held["until"]
+    assert lab.ingest is not None
+    await lab.ingest.stop()
+    assert lab.redis.hget(keys.board_reservation("kws-2"), "until") == repr(until)
     await lab.start_controller(workers=1)
     await wait_until(
         lambda: lab.redis.hget(keys.run(queued), "state") == "failed", 60, "the queued run fails"
     )
     reason = lab.redis.hget(keys.run(queued), "reason")
     assert reason.startswith(f"board kws-2 takes no runs: reserved by {USER} until"), reason
+    assert time.time() < until, "the restart took the whole reservation: nothing was shown"
+    # Still there, unchanged, after the restart: in farm status with its end.
     _, out, _ = await lab.farm("status", "--board", "kws-2", "--json")
-    assert json.loads(out)["reservation"]["until"] == until  # still there after the restart
+    kept = ("holder", "since", "until", "note", "console")
+    assert json.loads(out)["reservation"] == {k: held[k] for k in kept}
+    _, out, _ = await lab.farm("status", "--format", "csv")
+    assert f"{USER} until {time.strftime('%H:%M', time.localtime(until))}" in out, out
     ended = await wait_until(
-        lambda: [e for e in history(lab, "kws-2") if e["op"] == "unreserve"], 60, "its expiry"
+        lambda: [e for e in history(lab, "kws-2") if e["op"] == "unreserve"],
+        until - time.time() + 60,
+        "its expiry",
     )
     assert (ended[0]["who"], ended[0]["result"]) == ("controller", "ok")
-    assert ended[0]["reason"].startswith("expired at ")
-    # On time: by the first tick (every 2 s) after it expired.
-    assert until <= ended[0]["time"] <= until + 4, ended[0]["time"] - until
+    assert ended[0]["reason"] == f"expired at {clock(until)}"
+    # On time: never before its end, and by the restarted reaper's first tick after it.
+    assert ended[0]["time"] >= until
+    assert_on_time(ended[0]["time"] - reserved_at, until - reserved_at + REAPER_INTERVAL_S)
     assert not lab.redis.exists(keys.board_reservation("kws-2"))
+    _, out, _ = await lab.farm("status", "--board", "kws-2", "--json")
+    detail = json.loads(out)
+    assert detail["reservation"] is None
+    assert [(e["op"], e["who"]) for e in detail["history"][:2]] == [
+        ("unreserve", "controller"),
+        ("reserve", USER),
+    ]
 
 
 async def test_a_scheduled_check_quarantines_a_board_gone_bad(lab: ControllerLab) -> None:
@@ -237,9 +294,24 @@ async def test_a_scheduled_check_quarantines_a_board_gone_bad(lab: ControllerLab
     finally:
         await exporter.stop()
     assert 'farm_board_health{agent="pi-a",board="sick",state="bad"} 1.0' in metrics
-    # And FarmBoardQuarantined on this, for as long as the quarantine lasts.
+    # And FarmBoardQuarantined on this, for as long as the quarantine lasts, with its reason;
+    # the scheduled checks counted by outcome.
     assert 'farm_board_quarantined{agent="pi-a",board="sick"} 1.0' in metrics
     assert 'farm_board_quarantined{agent="pi-a",board="ic-1"} 0.0' in metrics
+    assert (
+        'farm_board_quarantine_reason_info{agent="pi-a",board="sick",reason="failed a '
+        "scheduled health check (unchecked for "
+    ) in metrics
+    assert 'farm_scheduled_health_checks_total{board="sick",state="failed"} 1.0' in metrics
+    assert 'farm_scheduled_health_checks_total{board="ic-1",state="passed"}' in metrics
+    # farm status shows the quarantine and the controller's operations.
+    _, out, _ = await lab.farm("status", "--board", "sick", "--json")
+    detail = json.loads(out)
+    assert detail["quarantine"]["reason"] == quarantined["reason"]
+    assert [(e["op"], e["who"]) for e in detail["history"][:2]] == [
+        ("quarantine", "controller"),
+        ("health-check", "controller"),
+    ]
 
     # Sweeps skip it with the reason.
     _, out, _ = await lab.farm(
@@ -259,7 +331,66 @@ async def test_a_scheduled_check_quarantines_a_board_gone_bad(lab: ControllerLab
     released = json.loads(out)
     assert released["back_in_service"] and released["check"]["ok"], released
     assert not lab.redis.exists(keys.board_quarantine("sick"))
-    assert history(lab, "sick")[0]["op"] == "release"
+    _, out, _ = await lab.farm("status", "--board", "sick", "--json")
+    detail = json.loads(out)
+    assert detail["quarantine"] is None
+    assert [(e["op"], e["who"], e["result"]) for e in detail["history"][:5]] == [
+        ("release", USER, "ok"),
+        ("health-check", USER, "ok"),  # release's check
+        ("power-cycle", USER, "ok"),
+        ("health-check", USER, "failed"),  # the first release's check
+        ("quarantine", "controller", "ok"),
+    ]
+
+
+async def test_a_checks_bound_comes_from_the_boards_bauds_and_ends_it(
+    lab: ControllerLab,
+) -> None:
+    await start(lab, BAUDS, ready=["fast", "slow"])
+    # The agents list the bauds their checks try: the slow board's own rate first.
+    assert board_state(lab, "slow")["bauds"] == [9600, 115200, 921600]
+    assert board_state(lab, "fast")["bauds"] == [921600, 115200]
+    _, out, _ = await lab.farm("board", "health-check", "fast", "--json")
+    fast = json.loads(out)
+    assert fast["ok"] and fast["bound_s"] == pytest.approx(
+        bound_s("health-check", board_state(lab, "fast")), abs=1e-3
+    )
+
+    # The slow board's DUT never answers: its check tries every baud and fails, within its
+    # bound (longer than the fast board's: it has a slower baud to try), exit 1.
+    code, out, errs = await lab.farm("board", "health-check", "slow", "--json", check=False)
+    slow = json.loads(out)
+    assert code == 1 and (slow["ok"], slow["outcome"]) == (False, "failed"), slow
+    assert "the DUT did not answer" in slow["reason"] and "9600 baud" in slow["reason"], slow
+    assert slow["bound_s"] > fast["bound_s"]
+    assert_on_time(slow["seconds"], slow["bound_s"])
+
+    # An agent that never answers (stopped): the controller gives up at the bound itself,
+    # exit 1 saying so.
+    agent = lab.agents["pi-a"].process
+    assert agent is not None
+    agent.send_signal(signal.SIGSTOP)
+    try:
+        code, out, errs = await lab.farm("board", "health-check", "fast", "--json", check=False)
+    finally:
+        agent.send_signal(signal.SIGCONT)
+    stopped = json.loads(out)
+    assert code == 1 and stopped["outcome"] == "timeout", stopped
+    assert stopped["bound_s"] == fast["bound_s"]
+    assert stopped["reason"] == (
+        f"no result from agent pi-a within {fast['bound_s']:.0f} s (it may still be at it)"
+    )
+    assert stopped["seconds"] >= stopped["bound_s"]
+    assert_on_time(stopped["seconds"], stopped["bound_s"])
+    entry = history(lab, "fast")[0]
+    assert (entry["op"], entry["result"], entry["reason"]) == (
+        "health-check",
+        "failed",
+        stopped["reason"],
+    )
+    # Without --json: one line saying so on stderr, exit 1 (the agent is back: it answers).
+    code, _, errs = await lab.farm("board", "health-check", "slow", check=False)
+    assert code == 1 and errs.startswith("health-check slow: failed: health check failed"), errs
 
 
 def _scrape(port: int) -> str | None:
@@ -331,7 +462,12 @@ async def test_console_talks_to_the_dut_while_reserved(lab: ControllerLab) -> No
     )
     assert ended[0]["who"] == "controller" and "console" in ended[0]["reason"]
     assert ended[0]["reason"].endswith(") disappeared"), ended[0]["reason"]
-    # Within the grace (3 s) and one tick (2 s) of its last sign of life.
-    assert ended[0]["time"] - killed <= 3 + 2 + 1, ended[0]["time"] - killed
+    # Within the grace and one reaper tick of its last sign of life (before the kill).
+    assert_on_time(ended[0]["time"] - killed, 3 + REAPER_INTERVAL_S)
+    # The reservation, the closed session and the reservation's end, as farm status shows
+    # them (the killed console could record nothing).
+    _, out, _ = await lab.farm("status", "--board", "kws-2", "--json")
+    shown = [(e["op"], e["who"]) for e in json.loads(out)["history"]]
+    assert shown == [("unreserve", "controller"), ("console", USER), ("reserve", USER)], shown
     await lab.boards_ready(["kws-2"], within=30)
     await lab.farm("board", "health-check", "kws-2")

@@ -5,7 +5,9 @@ port with a generated config and the shipped alert rules; then every PromQL expr
 dashboards must parse and return data, every alert expression must parse, and the
 below-target board must fire FarmQualityBelowTarget. A second night is judged
 against the first (``farm submit --verdict``), so the verdict panels have data and
-FarmNightlyRegression stays quiet. The shipped Prometheus files pass promtool."""
+FarmNightlyRegression stays quiet. A reserved board, a scheduled health check and a
+quarantined board fill the operators' panels, and FarmBoardQuarantined comes with its reason.
+The shipped Prometheus files pass promtool."""
 
 from __future__ import annotations
 
@@ -32,6 +34,9 @@ import redis
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from controller import keys, quarantine
+from controller.health_schedule import HealthPolicy, schedule
+from controller.store import rq_connection
 from tests.integration.compare_data import FakeRun, store_sweep
 from tests.integration.controller_lab import ControllerLab
 from tests.integration.farm_procs import Mosquitto, Proc, fetch, free_port, wait_until
@@ -314,7 +319,6 @@ async def test_dashboards_and_alerts_work_on_a_simulated_sweep(
             time.time(),
             [FakeRun("sww-1", "sww01", "energy", stream)],
         )
-        settled = time.time()
 
         # Both processes answer with parseable metrics; the histogram saw the inferences.
         exported = fetch(f"http://127.0.0.1:{exporter_port}/metrics")
@@ -367,6 +371,24 @@ async def test_dashboards_and_alerts_work_on_a_simulated_sweep(
         }
         assert others == {"FarmQualityBelowTarget"}, others
 
+        # The operators' side: kws-high reserved (farm board reserve), kws-low checked by a
+        # scheduled health check (queued as the reaper's tick queues a due board's, run by
+        # the workers through its agent), and kws-high quarantined as a failed scheduled
+        # check leaves it (that path end to end: test_board_ops.py).
+        await lab.farm("board", "reserve", "kws-high", "--for", "1h", "--note", "probe rework")
+        every_idle_board = HealthPolicy(interval_s=1, after_failures=0)
+        assert schedule(lab.redis, rq_connection(lab.redis), every_idle_board, time.time()) == [
+            "kws-low"
+        ]
+        await wait_until(
+            lambda: lab.redis.hget(keys.SCHEDULED_CHECKS, "kws-low|passed"),
+            60,
+            "kws-low's scheduled check",
+        )
+        reason = "failed a scheduled health check (2 failures in a row): the DUT did not answer"
+        quarantine.quarantine(lab.redis, "kws-high", reason, "controller")
+        settled = time.time()
+
         # Every dashboard expression parses and returns data; every variable has values.
         # (Once both targets were scraped twice since the last run ended.)
         def scraped_since_settled() -> bool:
@@ -387,6 +409,20 @@ async def test_dashboards_and_alerts_work_on_a_simulated_sweep(
                 empty.append((dashboard, where, expr))
         assert not broken, broken
         assert not empty, empty
+        exported = fetch(f"http://127.0.0.1:{exporter_port}/metrics")
+        assert 'farm_scheduled_health_checks_total{board="kws-low",state="passed"} 1.0' in exported
+        assert 'holder="' in exported and 'note="probe rework"' in exported
+
+        # FarmBoardQuarantined is on its way (pending for its minute), with the reason.
+        def quarantined() -> list[dict[str, Any]]:
+            alerts = prometheus.api("alerts")["data"]["alerts"]
+            return [a for a in alerts if a["labels"]["alertname"] == "FarmBoardQuarantined"]
+
+        (alert,) = await wait_until(quarantined, 30, "FarmBoardQuarantined pending")
+        assert alert["labels"]["board"] == "kws-high", alert
+        assert alert["annotations"]["description"].startswith(
+            f"kws-high on pi-a is out of service: {reason}."
+        ), alert
 
         # Every alert expression parses (most have nothing to say on a healthy farm).
         rules = yaml.safe_load(RULES.read_text())

@@ -1,10 +1,12 @@
 """The pieces of board operations that need no agent: the console's wire (pacing, order,
-repeats), durations, when a board is due for a scheduled health check, and reservations and
-quarantine in a real Redis database (db 4, flushed by each test)."""
+repeats), durations, when a board is due for a scheduled health check, how long the
+controller waits for each operation, and reservations and quarantine in a real Redis database
+(db 4, flushed by each test)."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -17,6 +19,9 @@ from pydantic import ValidationError
 
 from controller import board_history, keys, quarantine, reservations
 from controller.board_cli import parse_duration
+from controller.board_ops import bound_s, flash_timeout_s
+from controller.deadline import SLACK
+from controller.estimate import health_check_s
 from controller.health_schedule import (
     _LIFT_OWN_GUARD,
     CHECK_QUEUE,
@@ -28,11 +33,23 @@ from controller.health_schedule import (
 from controller.judge import JUDGE_TIMEOUT_S
 from controller.queueing import queue
 from controller.reservations import ReservationError
-from controller.store import Lease, rq_connection
+from controller.store import Lease, board_status, rq_connection
+from farm.board_timing import (
+    FLASH_TIMEOUT_S,
+    POWER_COMMAND_TIMEOUT_S,
+    REENUMERATION_S,
+    check_s,
+    direct_attempt_s,
+    dut_exchange_s,
+    energy_attempt_s,
+)
 from farm.messages import COMMANDS, BoardStatus
 from farm.protocol.console import ConsoleWire
+from farm.wire import WireModel
 
-REDIS_URL = "redis://127.0.0.1:6379/4"
+#: Database 4 by default (``FARM_TEST_CONTROLLER_REDIS`` picks another, as for the controller's
+#: integration tests).
+REDIS_URL = os.environ.get("FARM_TEST_CONTROLLER_REDIS", "redis://127.0.0.1:6379/4")
 
 
 @pytest.fixture
@@ -174,6 +191,49 @@ def test_only_idle_free_unheld_boards_are_due(db: redis.Redis) -> None:
     assert due(db, policy, now) == {}
 
 
+# -- operation bounds ----------------------------------------------------------------------
+
+FAST = {"bauds": [921600, 115200]}
+SLOW = {"bauds": [9600, 115200, 921600]}
+
+
+def test_a_checks_bound_comes_from_the_wire_time_model_at_the_boards_bauds() -> None:
+    # The agent's worst case (every way in silent, each exchange to its own timeout), times
+    # the slack the controller gives every modelled time.
+    assert bound_s("health-check", FAST) == SLACK * check_s([921600, 115200])
+    assert direct_attempt_s(9600) > direct_attempt_s(115200) > direct_attempt_s(921600)
+    assert bound_s("health-check", SLOW) > bound_s("health-check", FAST)
+    assert bound_s("health-check", SLOW) - bound_s("health-check", FAST) == pytest.approx(
+        SLACK * direct_attempt_s(9600)
+    )
+    # The way through the interface board of a board wired for energy, at its DUT-side baud
+    # (9600 when an older agent does not say).
+    energy = {**FAST, "energy": True, "energy_baud": 9600}
+    assert bound_s("health-check", energy) == pytest.approx(
+        bound_s("health-check", {**FAST, "energy": True})
+    )
+    assert bound_s("health-check", energy) > bound_s("health-check", FAST) + SLACK * (
+        energy_attempt_s(9600)
+    )
+    assert energy_attempt_s(9600) > energy_attempt_s(115200)
+    # A status that lists no bauds (an older agent): every model's reference rate.
+    assert health_check_s({}) == check_s([115200, 921600]) == health_check_s(FAST)
+    # One exchange: the agent's own timeout for it (``name`` at 115200, docs/protocols.md).
+    assert dut_exchange_s("name", WireModel(115200)) == pytest.approx(0.509, abs=1e-3)
+
+
+def test_a_flash_and_a_power_cycle_add_their_tools_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    around = SLACK * 2 * REENUMERATION_S + bound_s("health-check", SLOW)
+    assert bound_s("flash", SLOW) == FLASH_TIMEOUT_S + around == 180 + around
+    assert bound_s("power-cycle", SLOW) == POWER_COMMAND_TIMEOUT_S + around == 60 + around
+    monkeypatch.setenv("FARM_FLASH_TIMEOUT_S", "600")
+    assert bound_s("flash", SLOW) == 600 + around
+    for bad in ("soon", "0", "7200"):
+        monkeypatch.setenv("FARM_FLASH_TIMEOUT_S", bad)
+        with pytest.raises(ValueError, match="FARM_FLASH_TIMEOUT_S"):
+            flash_timeout_s()
+
+
 # -- reservations and quarantine ------------------------------------------------------------
 
 
@@ -191,6 +251,10 @@ def test_a_queued_check_holds_its_board_until_its_own_job_lifts_the_guard(
     assert db.ttl(keys.board_check("free")) > JUDGE_TIMEOUT_S
     jobs = queue(CHECK_QUEUE, rq_connection(db)).get_job_ids()
     assert jobs == [token]
+    # RQ's own limit is twice the check's bound: the job gives up at the bound itself.
+    job = queue(CHECK_QUEUE, rq_connection(db)).fetch_job(token)
+    assert job is not None
+    assert job.timeout == math.ceil(2 * bound_s("health-check", board_status(db, "free") or {}))
     db.eval(_LIFT_OWN_GUARD, 1, keys.board_check("free"), "check-free-stale")
     assert db.get(keys.board_check("free")) == token
     db.eval(_LIFT_OWN_GUARD, 1, keys.board_check("free"), token)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import socket
 import sys
@@ -28,7 +29,7 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from controller import keys
+from controller import keys, quarantine, reservations
 from controller.exporter import make_registry
 from controller.metrics import (
     EXPORTER,
@@ -42,7 +43,9 @@ from controller.metrics_http import MetricsAccess, _Handler
 from controller.verdicts import VerdictRecord, VerdictRow, store
 from farm.messages import PROTOCOL_VERSION
 
-REDIS_URL = "redis://127.0.0.1:6379/12"
+#: Database 12 by default, the observability suite's (``FARM_TEST_OBSERVABILITY_REDIS`` picks
+#: another, as for tests/integration/test_observability.py).
+REDIS_URL = os.environ.get("FARM_TEST_OBSERVABILITY_REDIS", "redis://127.0.0.1:6379/12")
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -215,6 +218,20 @@ def small_farm(client: redis.Redis, now: float) -> None:
     )
     client.rpush("rq:queue:farm", "run-a", "run-b")
     client.zadd("rq:deferred:farm", {"run-c": 1.0})
+    # Operators' holds: kws-1 reserved for an hour, ic-1's reservation expired a minute ago
+    # (not yet ended by the reaper's tick), ad-1 quarantined by a failed scheduled check.
+    reservations.reserve(client, "kws-1", "alice", 3600, "uart\ndebugging")
+    client.hset(keys.board_reservation("kws-1"), "until", now + 3600)
+    client.hset(
+        keys.board_reservation("ic-1"),
+        mapping={"board": "ic-1", "holder": "bob", "since": now - 120, "until": now - 60},
+    )
+    quarantine.quarantine(
+        client, "ad-1", "failed a scheduled health check (2 failures in a row): no answer", "c"
+    )
+    client.hset(
+        keys.SCHEDULED_CHECKS, mapping={"ad-1|failed": 1, "ad-1|passed": 4, "kws-1|skipped": 2}
+    )
 
 
 def test_a_scrape_shows_the_farm_as_redis_holds_it(client: redis.Redis) -> None:
@@ -315,6 +332,34 @@ def test_a_scrape_shows_the_farm_as_redis_holds_it(client: redis.Redis) -> None:
     assert value(s, "farm_ingest_accepted_total", kind="heartbeat") == 0
     assert value(s, "farm_ingest_rejected_total", reason="unknown_run") == 2
     assert value(s, "farm_ingest_cleared_total", kind="board_status") == 1
+    # Operators' holds: who holds a board until when, why one is quarantined, and how the
+    # controller's scheduled checks ended.
+    kws_ids = {"board": "kws-1", "agent": "pi-a"}
+    assert value(s, "farm_board_reserved", **kws_ids) == 1
+    assert value(s, "farm_board_reserved", board="ic-1", agent="pi-b") == 0  # expired
+    assert value(s, "farm_board_reserved", board="ad-1", agent="pi-a") == 0
+    assert series(s, "farm_board_reservation_expiry_timestamp_seconds") == {
+        (("agent", "pi-a"), ("board", "kws-1")): pytest.approx(now + 3600)
+    }
+    assert list(series(s, "farm_board_reservation_info")) == [
+        (("agent", "pi-a"), ("board", "kws-1"), ("holder", "alice"), ("note", "uart debugging"))
+    ]
+    assert value(s, "farm_board_quarantined", board="ad-1", agent="pi-a") == 1
+    assert value(s, "farm_board_quarantined", **kws_ids) == 0
+    assert list(series(s, "farm_board_quarantine_reason_info")) == [
+        (
+            ("agent", "pi-a"),
+            ("board", "ad-1"),
+            ("reason", "failed a scheduled health check (2 failures in a row): no answer"),
+        )
+    ]
+    checks = series(s, "farm_scheduled_health_checks_total")
+    assert checks == {
+        (("board", "ad-1"), ("state", "failed")): 1,
+        (("board", "ad-1"), ("state", "passed")): 4,
+        (("board", "kws-1"), ("state", "skipped")): 2,
+    }
+    assert types["farm_scheduled_health_checks"] == "counter"
 
 
 def test_ended_runs_are_counted_once_and_the_counts_survive_a_restart(
