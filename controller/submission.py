@@ -8,22 +8,28 @@ is not valid (``RunSummary.valid``: a shortened window, an official ERROR, ...),
 (the ``limit`` option, or fewer samples than the official inputs: the checker itself would
 take a 10-row accuracy run), or, in the closed division, misses its quality target as the
 checker decides it. A benchmark needs an accuracy and a performance result on the same board
-(the checker's required tests); energy is optional; ic2 needs ic on the same board.
+(the checker's required tests); energy is optional; ic2 needs ic on the same board. sww01
+is one energy-mode stream that gives its throughput, accuracy and power at once: the checker
+requires no test of it, reads everything from ``energy/`` and takes it alone; a stream is
+refused unless it is of an official truth file with the long file's 50 wakewords (TP + FN),
+and in the closed division unless it has at most 8 false positives and 8 false negatives.
 
 The tree::
 
     OUT/<division>/<submitter>/systems/<board>.json
     OUT/<division>/<submitter>/results/<board>/<model>/{accuracy,performance,energy}/
+    OUT/<division>/<submitter>/results/<board>/sww/energy/
     OUT/<division>/<submitter>/code/README.md
 
-``<model>`` is always the checker's name (kws, vww, ic, ic2, ad), in the open division too:
-the v1.3/v1.4 checker looks a model folder's required tests up by its name and stops with a
-``KeyError`` on any other, so a renamed model with a ``model_mapping.json`` cannot be checked.
-Each mode folder holds exactly the files the checker expects (``log.txt``, ``results.txt``,
-``results.json``; energy also its ``energy_inf_NNN.png``), copied from the run folder. The
-tree is built beside its final place and moved there whole; an existing one is never
-overwritten. The results table is read back from the written tree with the checker's own
-patterns, so it shows what the checker will read.
+``<model>`` is always the checker's name (kws, vww, ic, ic2, ad, sww), in the open division
+too: the v1.3/v1.4 checker looks a model folder's required tests up by its name and stops
+with a ``KeyError`` on any other, so a renamed model with a ``model_mapping.json`` cannot be
+checked. Each mode folder holds exactly the files the checker expects (``log.txt``,
+``results.txt``, ``results.json``; energy also its ``energy_inf_NNN.png``, sww01's one
+``energy_inf_000.png``), copied from the run folder. The tree is built beside its final
+place and moved there whole; an existing one is never overwritten. The results table is
+read back from the written tree with the checker's own patterns, so it shows what the
+checker will read.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ from farm.catalog import BenchmarkError, get_benchmark
 from farm.datasets import official_rows
 from farm.messages import RunOptions
 from farm.scoring.performance import REQUIRED_WINDOWS
+from farm.sww_truth import LONG_TRUTH, OFFICIAL_TRUTH
 
 DIVISIONS = ("closed", "open")
 #: Checker versions whose rules the tree follows (older ones crash the current checker).
@@ -52,10 +59,15 @@ CHECKER_VERSIONS = ("v1.3", "v1.4")
 #: What the checker requires per benchmark, and what it takes besides.
 REQUIRED_TESTS = ("accuracy", "performance")
 OPTIONAL_TESTS = ("energy",)
+#: sww01's: the checker requires none; the farm runs it as one energy-mode stream, whose
+#: ``energy/`` folder is the model's whole result.
+STREAM_TESTS = ("energy",)
 #: The checker's file list of every mode folder (``results.json`` is tolerated if absent,
 #: but the official runner writes it, so it is copied too).
 REQUIRED_FILES = ("log.txt", "results.json", "results.txt")
 ENERGY_PLOTS = "energy_inf_*.png"
+#: sww01's one plot, the whole stream's power, which the checker requires in its energy/.
+SWW_PLOT = "energy_inf_000.png"
 #: The checker's models per version (``ic2`` from v1.4).
 CHECKER_MODELS = {
     "v1.3": ("ad", "ic", "kws", "vww", "sww"),
@@ -115,6 +127,8 @@ class Candidate:
     reason: str = ""
     limit: int | None = None
     alt: bool = False
+    truth: str | None = None
+    """sww01: the truth file the run streamed (``None``: the official long one)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +219,10 @@ def _official_inputs(benchmark: str, mode: str, alt: bool) -> int:
 
 def _metric(c: Candidate) -> float | None:
     summary = c.summary or {}
+    if c.benchmark == "sww01":
+        # The stream's checker metrics come together; its energy one is the mean power.
+        power = summary.get("power_mw")
+        return None if power is None else -power
     if c.mode == "performance":
         return summary.get("throughput_ips")
     if c.mode == "energy":
@@ -223,10 +241,8 @@ def refusal(c: Candidate, division: str, version: str) -> str | None:
         return str(exc)
     if version not in bench.targets:
         return f"{bench.checker_dir} is not part of MLPerf Tiny {version}"
-    if bench.id == "sww01":
-        # Its tree differs (one energy/ folder with the stream's lines and plot, no accuracy
-        # or performance folder): not written yet, so refused rather than half-exported.
-        return "sww01 is not exported yet (farm show has its numbers and files)"
+    if bench.streamed:
+        return stream_refusal(c, division, version)
     summary = c.summary
     if c.limit is not None:
         return f"subset run (limit {c.limit}): not valid for submission"
@@ -250,6 +266,51 @@ def refusal(c: Candidate, division: str, version: str) -> str | None:
     return None
 
 
+def stream_refusal(c: Candidate, division: str, version: str) -> str | None:
+    """Why the sww01 stream ``c`` (completed, with a summary) cannot be submitted, or None.
+
+    The checker errs unless TP + FN is 50, the wakewords of the official long file, and in
+    the closed division unless FP <= 8 and FN <= 8; an open-division stream beyond those
+    limits is taken. A stream of another truth file is refused whatever its counts: its
+    windows are not the official ones."""
+    summary = c.summary or {}
+    truth = c.truth or LONG_TRUTH
+    if truth not in OFFICIAL_TRUTH:
+        return (
+            f"a stream of {truth}, not an official truth file "
+            f"({', '.join(OFFICIAL_TRUTH)}): not valid for submission"
+        )
+    counts = [summary.get(k) for k in ("true_positives", "false_negatives", "false_positives")]
+    if any(n is None for n in counts):
+        return "the run's summary has no detection counts the checker would read"
+    tp, fn, fp = (int(n or 0) for n in counts)
+    target = scoring.accuracy_target("sww", version)
+    if tp + fn != target.required_windows:
+        return (
+            f"subset: the stream of {truth} has {tp + fn} wakewords (TP + FN), the checker "
+            f"needs {target.required_windows} ({LONG_TRUTH})"
+        )
+    if summary.get("valid") is not True:
+        problems = "; ".join(summary.get("problems") or []) or "not valid"
+        return f"not valid: {problems}"
+    if summary.get("throughput_ips") is None or summary.get("power_mw") is None:
+        return "the run's summary has no throughput or power the checker would read"
+    limit_fp, limit_fn = target.max_false_positives, target.max_false_negatives
+    assert limit_fp is not None and limit_fn is not None
+    if division == "closed" and (fp > limit_fp or fn > limit_fn):
+        return (
+            f"{fp} false positives and {fn} false negatives: the closed division allows at "
+            f"most {limit_fp} false positives and {limit_fn} false negatives ({version})"
+        )
+    return None
+
+
+def required_tests(benchmark: str) -> tuple[str, ...]:
+    """The modes a board's benchmark needs before any of its results is written: accuracy
+    and performance (the checker's required tests); sww01 its one stream."""
+    return STREAM_TESTS if benchmark == "sww01" else REQUIRED_TESTS
+
+
 def select(
     candidates: Iterable[Candidate], division: str, version: str
 ) -> tuple[dict[tuple[str, str, str], Candidate], list[Refusal]]:
@@ -270,9 +331,9 @@ def select(
             best[key] = c
     chosen: dict[tuple[str, str, str], Candidate] = {}
     pairs = sorted({(b, n) for b, n, _ in best})
-    complete = {(b, n) for b, n in pairs if all((b, n, m) in best for m in REQUIRED_TESTS)}
+    complete = {(b, n) for b, n in pairs if all((b, n, m) in best for m in required_tests(n))}
     for board, bench in pairs:
-        missing = [m for m in REQUIRED_TESTS if (board, bench, m) not in best]
+        missing = [m for m in required_tests(bench) if (board, bench, m) not in best]
         if missing:
             refused.append(
                 Refusal(
@@ -314,9 +375,11 @@ def system_json(
     return out
 
 
-def _mode_files(folder: Path, mode: str) -> list[Path]:
+def _mode_files(folder: Path, mode: str, benchmark: str) -> list[Path]:
     files = [folder / name for name in REQUIRED_FILES]
-    if mode == "energy":
+    if benchmark == "sww01":
+        files.append(folder / SWW_PLOT)  # the checker lists it by name: it must be there
+    elif mode == "energy":
         files += sorted(folder.glob(ENERGY_PLOTS))
     missing = [f.name for f in files if not f.is_file()]
     if missing:
@@ -343,7 +406,7 @@ def write_tree(export: Export, out: Path) -> Path:
             folder = Path(str((c.summary or {}).get("artifacts") or ""))
             target = work / "results" / board / model_dir(bench)
             (target / mode).mkdir(parents=True)
-            for f in _mode_files(folder, mode):
+            for f in _mode_files(folder, mode, bench):
                 shutil.copyfile(f, target / mode / f.name)
         (work / "code").mkdir()
         (work / "code" / "README.md").write_text(_code_readme(export))
@@ -385,7 +448,19 @@ def _last(pattern: re.Pattern[str], path: Path, search: bool = False) -> str | N
 
 def checker_values(model: Path, metric: str) -> dict[str, float | None]:
     """What the checker reads from a ``results/<system>/<model>`` folder: the median
-    throughput, the accuracy (top-1 or AUC) and the median energy, None where absent."""
+    throughput, the accuracy (top-1 or AUC) and the median energy, None where absent; for
+    sww (``metric`` ``sww``) from ``energy/results.txt`` alone: the estimated throughput, the
+    F1 score as the checker computes it from the detection counts, and the mean power
+    (``power_mw``)."""
+    if metric == "sww":
+        path = model / "energy" / "results.txt"
+        text = path.read_text(encoding="utf-8") if path.is_file() else ""
+        reading = scoring.checker_reading(text.splitlines())
+        return {
+            "throughput": reading.throughput,
+            "accuracy": reading.f1,
+            "power_mw": reading.power_mw,
+        }
     perf = _last(PERFORMANCE_PATTERN, model / "performance" / "results.txt")
     acc = _last(ACCURACY_PATTERNS[metric], model / "accuracy" / "results.txt")
     energy = _last(ENERGY_PATTERN, model / "energy" / "results.txt", search=True)
@@ -411,7 +486,9 @@ def page_row(
     accelerator, software (from ``system``, a systems JSON as :func:`system_json` writes it)
     and per benchmark of ``values`` (``throughput``, ``accuracy``, ``energy_uj``, as
     :func:`checker_values` reads them) the latency (ms, 1000 / median throughput), energy
-    (µJ per inference) and accuracy (top-1 % or AUC)."""
+    (µJ per inference) and accuracy (top-1 % or AUC); sww01, as the final report shows it,
+    the latency (1000 / the estimated throughput), the mean power (mW, ``power_mw``) and the
+    F1 score."""
     row: dict[str, Any] = {
         "submitter": submitter,
         "system": board,
@@ -424,7 +501,10 @@ def page_row(
     for bench in _ordered(values):
         throughput = values[bench].get("throughput")
         row[f"{bench}_latency_ms"] = None if not throughput else 1000 / throughput
-        row[f"{bench}_energy_uj"] = values[bench].get("energy_uj")
+        if bench == "sww01":
+            row[f"{bench}_power_mw"] = values[bench].get("power_mw")
+        else:
+            row[f"{bench}_energy_uj"] = values[bench].get("energy_uj")
         row[f"{bench}_accuracy"] = values[bench].get("accuracy")
     return row
 
@@ -455,8 +535,8 @@ def page_listing(
     notes: Sequence[str] = (),
 ) -> Listing:
     """The results page's table of :func:`page_row` rows: the system columns (submitter
-    only when a row names one), then per benchmark latency, energy and, with ``accuracy``,
-    the top-1 % or AUC."""
+    only when a row names one), then per benchmark latency, energy (sww01: power) and, with
+    ``accuracy``, the top-1 % or AUC (sww01: F1)."""
     columns = [
         Column("submitter", "submitter", rank=2),
         Column("system", "system"),
@@ -470,27 +550,40 @@ def page_listing(
     for bench in _ordered(benchmarks):
         alias = model_dir(bench)
         columns.append(Column(f"{bench}_latency_ms", f"{alias} ms", number(".3f"), justify="right"))
-        columns.append(
-            Column(f"{bench}_energy_uj", f"{alias} µJ", number(".1f"), rank=1, justify="right")
+        metric = get_benchmark(bench).metric
+        key, unit, fmt = (
+            (f"{bench}_power_mw", "mW", ".3f")
+            if metric == "sww"
+            else (f"{bench}_energy_uj", "µJ", ".1f")
         )
+        columns.append(Column(key, f"{alias} {unit}", number(fmt), rank=1, justify="right"))
         if accuracy:
-            fmt = ".3f" if get_benchmark(bench).metric == "auc" else ".1f"
-            heading = f"{alias} AUC" if fmt == ".3f" else f"{alias} top-1 %"
-            columns.append(Column(f"{bench}_accuracy", heading, number(fmt), justify="right"))
+            heading, fmt = {"auc": ("AUC", ".3f"), "sww": ("F1", ".3f")}.get(
+                metric, ("top-1 %", ".1f")
+            )
+            columns.append(
+                Column(f"{bench}_accuracy", f"{alias} {heading}", number(fmt), justify="right")
+            )
     return Listing(title, columns, rows, notes=list(notes))
 
 
 def results_listing(export: Export) -> Listing:
     """The results table (``farm export submission``'s output)."""
+    open_division = export.division == "open"
     notes = [
         "latency: ms per inference, 1000 / the median throughput the checker reads; energy: "
         "median µJ per inference (- : no energy run)"
         + (
             "; accuracy: top-1 % (AUC for ad), not held to the closed targets"
-            if export.division == "open"
+            if open_division
             else ""
-        ),
+        )
     ]
+    if any(bench == "sww01" for _, bench, _ in export.chosen):
+        notes.append(
+            "sww: latency 1000 / the estimated throughput; power: mean mW over the stream"
+            + ("; accuracy: F1 = 2 TP / (2 TP + FP + FN)" if open_division else "")
+        )
     title = f"{export.division} {export.submitter} ({export.version} rules): {export.root}"
     return page_listing(
         title,
@@ -528,6 +621,7 @@ def load_candidates(client: Any, sweeps: Sequence[str]) -> list[Candidate]:
                     reason=run.get("reason") or "",
                     limit=options.limit,
                     alt=options.alt,
+                    truth=options.truth,
                 )
             )
     return found

@@ -1,7 +1,8 @@
 """The rules an exported submission tree must meet, checked from the files alone: what the
 MLPerf Tiny submission checker (v1.3 and v1.4 rules) requires or rejects, plus what it lets
 through and a closed-division result must still meet (complete datasets, five windows of at
-least 10 s each, medians that agree with the windows, no subset note).
+least 10 s each, medians that agree with the windows, no subset note; sww: one stream of the
+official long file over the whole wav, whose detections give the printed counts).
 
 Written independently of ``controller.submission``: every fact here is stated again in this
 file's own terms, so that a change to the export that breaks a rule fails the tests instead
@@ -33,13 +34,15 @@ RULES: dict[str, str] = {
     "system-status": "Status is available, preview or rdi (any case)",
     "system-type": "system_type is absent or null (any value stops the checker)",
     "system-keys": "every system field the checker copies into its table is present, a string",
-    "model-name": "every model folder is one of the version's models (kws, vww, ic, ad; ic2 "
-    "from v1.4); the checker looks its tests up by the folder name",
+    "model-name": "every model folder is one of the version's models (kws, vww, ic, ad, sww; "
+    "ic2 from v1.4); the checker looks its tests up by the folder name",
     "ic2-needs-ic": "a system with ic2 also has ic",
-    "mode-folders": "a model folder holds only accuracy/, performance/ and energy/",
-    "required-modes": "a model folder holds accuracy/ and performance/",
+    "mode-folders": "a model folder holds only accuracy/, performance/ and energy/ (sww: only "
+    "energy/)",
+    "required-modes": "a model folder holds accuracy/ and performance/; sww holds energy/, the "
+    "stream the checker reads all of sww's numbers from when it exists",
     "file-list": "accuracy/ and performance/ hold exactly log.txt, results.txt, results.json; "
-    "energy/ those and energy_inf_000.png ... one per trial",
+    "energy/ those and energy_inf_000.png ... one per trial (sww: its one trial's)",
     "accuracy-line": "accuracy/results.txt has the runner's top-1 line (AUC line for ad) that "
     "the checker captures",
     "accuracy-target": "closed: the captured top-1 or AUC meets the version's target",
@@ -57,6 +60,17 @@ RULES: dict[str, str] = {
     "energy-median": "the printed median energy is the median of the five trials' energy",
     "subset-note": "no results.txt says the run is a subset not valid for submission",
     "model-mapping": "model_mapping.json only in open/, mapping names to the version's models",
+    "sww-lines": "sww energy/results.txt has every line the checker searches for, in the "
+    "runner's shape: the detection counts, the duty cycle, the estimated throughput (not in "
+    "exponent form, which the checker cannot read) and the power in mW (without it the "
+    "checker drops the result)",
+    "sww-wakewords": "sww: true positives + false negatives = 50, the official long file's "
+    "wakewords (the checker errs otherwise)",
+    "sww-target": "closed: sww has at most 8 false positives and at most 8 false negatives",
+    "sww-stream": "sww energy/results.json is one stream (mode e) of the official long file "
+    "(long_wav.wav, 1200 s, 50 windows) whose detections, scored, give the printed counts",
+    "sww-power": "sww's one energy trial (trial 0, 1 inference) lasts at least the wav, and "
+    "its power is its total energy over its elapsed time",
 }
 
 #: The checker's models per version, and the closed-division targets.
@@ -65,6 +79,11 @@ MODELS = {
     "v1.4": ("ad", "ic", "ic2", "kws", "vww", "sww"),
 }
 TARGETS = {"ad": 0.85, "ic": 85.0, "ic2": 91.0, "kws": 90.0, "vww": 80.0}
+#: sww's closed-division limits, and the official long file: its wav, length, wakewords and
+#: first window (seconds).
+SWW_MAX_FP = SWW_MAX_FN = 8
+LONG_WAV, LONG_SECONDS, LONG_WAKEWORDS = "long_wav.wav", 1200.0, 50
+LONG_FIRST = [9.457699148021609, 10.105324148021609]
 #: Rows of each model's official index (ad: files of the main and the alternative index).
 OFFICIAL_ROWS = {"kws": (1000,), "vww": (1000,), "ic": (200,), "ic2": (200,), "ad": (248, 72)}
 DIVISIONS = ("closed", "open")
@@ -116,6 +135,26 @@ TRIAL_BLOCK = (
     re.compile(r"^  Energy/Inf    : (\d+\.\d{3}) uJ/inf$"),
 )
 SUBSET = "NOT VALID FOR SUBMISSION"
+# sww: what the checker searches for anywhere in a line (the last match wins), and the
+# runner's shapes of the same lines.
+SWW_CHECKER = {
+    "counts": re.compile(
+        r"Accuracy: (\d+) True positives, (\d+) False negatives, (\d+) False positives"
+    ),
+    "duty": re.compile(r"Average duty cycle:\s*([\d\.]+)"),
+    "throughput": re.compile(r"Estimated throughput:\s*([\d\.]+) inf\./sec\..*"),
+    "power": re.compile(r"Power\s+: ([\d\.]+) mW.*"),
+}
+SWW_SHAPES = (
+    re.compile(r"^Accuracy: \d+ True positives, \d+ False negatives, \d+ False positives$"),
+    re.compile(r"^Average duty cycle: \d[\d.]*(e-\d+)?$"),
+    re.compile(r"^Average period: \d[\d.]*(e-\d+)? s$"),
+    re.compile(r"^Estimated throughput: \d[\d.]* inf\./sec\.$"),
+)
+#: The official scoring: a window claims every detection from its start to 2 s after its
+#: end; of the rest, a detection within 1000 ms after one kept is not another.
+SWW_LATE_S = 2.0
+SWW_DEBOUNCE_MS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,12 +250,15 @@ class _Check:
         for model in sorted(system.iterdir()):
             if not model.is_dir():
                 continue
-            if model.name not in MODELS[self.version] or model.name == "sww":
-                self.add("model-name", model, f"not a {self.version} model tinyfarm exports")
+            if model.name not in MODELS[self.version]:
+                self.add("model-name", model, f"not a {self.version} model")
                 continue
             if model.name == "ic2" and "ic" not in names:
                 self.add("ic2-needs-ic", model, "no ic folder on this system")
-            self.model(model, division)
+            if model.name == "sww":
+                self.sww(model, division)
+            else:
+                self.model(model, division)
 
     def model(self, model: Path, division: str) -> None:
         modes = {p.name for p in model.iterdir() if p.is_dir()}
@@ -232,9 +274,11 @@ class _Check:
                 self.add("subset-note", model / mode / "results.txt", "a subset run")
             getattr(self, mode)(model / mode, text, model.name, division)
 
-    def file_list(self, folder: Path, mode: str) -> None:
+    def file_list(self, folder: Path, mode: str, stream: bool = False) -> None:
         expected = set(MODE_FILES)
-        if mode == "energy":
+        if stream:
+            expected.add("energy_inf_000.png")
+        elif mode == "energy":
             trials = (
                 len(_json(folder / "results.json") or [])
                 if (folder / "results.json").is_file()
@@ -246,6 +290,99 @@ class _Check:
             missing = ", ".join(sorted(expected - found)) or "-"
             extra = ", ".join(sorted(found - expected)) or "-"
             self.add("file-list", folder, f"missing {missing}; extra {extra}")
+
+    def sww(self, model: Path, division: str) -> None:
+        """The sww folder: its stream's energy/ alone, read as the checker reads it."""
+        modes = {p.name for p in model.iterdir() if p.is_dir()}
+        for extra in sorted(modes - {"energy"}):
+            self.add("mode-folders", model / extra, "sww holds its stream's energy/ only")
+        folder = model / "energy"
+        if "energy" not in modes:
+            self.add("required-modes", model, "no energy/ folder")
+            return
+        self.file_list(folder, "energy", stream=True)
+        text = _text(folder / "results.txt")
+        if SUBSET in text:
+            self.add("subset-note", folder / "results.txt", "a subset run")
+        lines = text.splitlines()
+        found = {
+            name: [m.groups() for line in lines if (m := pattern.search(line))]
+            for name, pattern in SWW_CHECKER.items()
+        }
+        missing = [name for name, groups in found.items() if not groups]
+        misshapen = [p.pattern for p in SWW_SHAPES if not any(p.match(line) for line in lines)]
+        if missing or misshapen:
+            self.add(
+                "sww-lines",
+                folder / "results.txt",
+                f"the checker finds no {', '.join(missing) or '-'}; no line shaped "
+                f"{', '.join(misshapen) or '-'}",
+            )
+        if found["counts"]:
+            tp, fn, fp = (int(n) for n in found["counts"][-1])
+            if division == "closed" and (fp > SWW_MAX_FP or fn > SWW_MAX_FN):
+                self.add(
+                    "sww-target",
+                    folder / "results.txt",
+                    f"{fp} false positives, {fn} false negatives: more than {SWW_MAX_FP}",
+                )
+            if tp + fn != LONG_WAKEWORDS:
+                # (Then no stream of the official file printed them: not compared again.)
+                self.add(
+                    "sww-wakewords",
+                    folder / "results.txt",
+                    f"TP {tp} + FN {fn} = {tp + fn}, not {LONG_WAKEWORDS}",
+                )
+            else:
+                self.sww_stream(folder, (tp, fn, fp))
+        self.sww_power(folder, lines)
+
+    def sww_stream(self, folder: Path, counts: tuple[int, int, int]) -> None:
+        elements = _json(folder / "results.json") if (folder / "results.json").is_file() else None
+        if not (
+            isinstance(elements, list)
+            and len(elements) == 1
+            and isinstance(elements[0], dict)
+            and elements[0].get("mode") == "e"
+        ):
+            self.add("sww-stream", folder / "results.json", "not one energy-mode stream")
+            return
+        infer = elements[0].get("infer") or {}
+        windows = infer.get("detection_windows") or []
+        official = (
+            infer.get("wav_file") == LONG_WAV
+            and infer.get("length_sec") == LONG_SECONDS
+            and len(windows) == LONG_WAKEWORDS
+            and windows[0] == LONG_FIRST
+        )
+        scored = _score_stream(infer.get("detections") or [], windows)
+        if not official or scored != counts:
+            self.add(
+                "sww-stream",
+                folder / "results.json",
+                f"{infer.get('wav_file')!r}, {infer.get('length_sec')} s, {len(windows)} "
+                f"windows; its detections score TP, FN, FP {scored}, printed {counts}",
+            )
+
+    def sww_power(self, folder: Path, lines: list[str]) -> None:
+        body = lines[1:] if lines[:1] == ["Power Edition Output"] else []
+        blocks, _ = _blocks(body, TRIAL_BLOCK, None)
+        ok = len(blocks) == 1 and blocks[0][0][0] == "0" and blocks[0][2][0] == "1"
+        if ok:
+            elapsed = float(blocks[0][1][0])
+            power, total = float(blocks[0][3][0]), float(blocks[0][4][0])
+            ok = (
+                elapsed >= LONG_SECONDS
+                and not blocks[0][1][1]
+                and abs(power - total / 1e3 / elapsed) <= 0.00005 + 0.0005 / elapsed
+            )
+        if not ok:
+            self.add(
+                "sww-power",
+                folder / "results.txt",
+                f"trials {[b[0][0] for b in blocks]}: not one trial of the whole wav whose "
+                "power is its energy over its time",
+            )
 
     def accuracy(self, folder: Path, text: str, model: str, division: str) -> None:
         lines = text.splitlines()
@@ -374,6 +511,26 @@ def _blocks(
             i += met
         blocks.append(block)
     return blocks, lines[i:]
+
+
+def _score_stream(detections_ms: list[int], windows: list[list[float]]) -> tuple[int, int, int]:
+    """TP, FN and FP of a detection log (ms, the first the sync pulse and time origin)
+    against the truth windows, as the official scoring counts them."""
+    if not detections_ms:
+        return (0, len(windows), 0)
+    left = [d - detections_ms[0] for d in detections_ms[1:]]
+    hits = 0
+    for start, end in windows:
+        claimed = [d for d in left if start <= d / 1000 <= end + SWW_LATE_S]
+        hits += bool(claimed)
+        left = [d for d in left if d not in claimed]
+    false = 0
+    last: int | None = None
+    for d in sorted(left):
+        if last is None or not last < d <= last + SWW_DEBOUNCE_MS:
+            false += 1
+            last = d
+    return (hits, len(windows) - hits, false)
 
 
 def _json(path: Path) -> Any:

@@ -23,8 +23,9 @@ CSV_FILES = {
 }
 PAGE_NOTE = (
     "latency: ms per inference, 1000 / the median throughput (performance mode); energy: "
-    "median µJ per inference (energy mode); accuracy: top-1 % (AUC for ad01); - : no "
-    "completed run of the mode."
+    "median µJ per inference (energy mode); accuracy: top-1 % (AUC for ad01); sww01, from "
+    "its one stream: latency 1000 / the estimated throughput, power in mW, accuracy F1; - : "
+    "no completed run of the mode."
 )
 
 
@@ -48,7 +49,12 @@ def results_page(data: ReportData) -> Listing:
             if b != board:
                 continue
             got = values.setdefault(bench, {})
-            if mode == "performance":
+            if bench == "sww01":
+                # One stream gives all three, read as the checker reads them.
+                got["throughput"] = summary.get("throughput_ips")
+                got["power_mw"] = summary.get("power_mw")
+                got["accuracy"] = summary.get("f1")
+            elif mode == "performance":
                 got["throughput"] = summary.get("throughput_ips")
             elif mode == "energy":
                 got["energy_uj"] = summary.get("energy_uj")

@@ -3,7 +3,8 @@ simulated sww01 board (its interface board, LPM01A and detector model), its agen
 private Mosquitto, ingest and RQ workers on Redis. The sweep plans one energy stream (the
 default modes, performance and accuracy, both stand for it), and the controller scores the
 stored sample to the detector's configuration: a 14 s wav with 4 wakewords, 2 missed, 1 false
-detection."""
+detection. ``farm export submission`` refuses that stream (not an official truth file) and
+one of the official 10 s file (3 wakewords, not the long file's 50), one line each."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ async def test_submit_sww_scores_the_stream(lab: ControllerLab) -> None:
   energy: true
   firmware: energy
   latency: {{median_s: 0.016, spread: 0.02}}
-  sww: {{truth: ["{truth}"], miss: [1, 3], false_at_s: [7.0]}}
+  sww: {{truth: [sww_short_test.json, "{truth}"], miss: [1, 3], false_at_s: [7.0]}}
 """
     await lab.add_agent("pi-a", boards)
     # The agent's dataset root gets the truth file (the sim wrote the official ones).
@@ -75,3 +76,28 @@ async def test_submit_sww_scores_the_stream(lab: ControllerLab) -> None:
         "submit", "--benchmark", "sww", "--mode", "latency", "--json", check=False
     )
     assert code == 2 and "sww01 has no latency mode" in " ".join(errs.split())
+
+    # The export: neither stream can be submitted, in either division; one line each.
+    _, out, _ = await lab.farm(
+        "submit", "--benchmark", "sww", "--truth", "sww_short_test.json", "--wait", "--json"
+    )
+    short = json.loads(out)["sweep"]
+    _, out, _ = await lab.farm("show", short, "--json")
+    (short_run,) = json.loads(out)["runs"]
+    assert short_run["state"] == "completed", short_run
+    assert short_run["summary"]["true_positives"] + short_run["summary"]["false_negatives"] == 3
+    for division in ("closed", "open"):
+        target = lab.dir / f"submission-{division}"
+        code, doc, errs = await lab.export_submission(
+            target, submitted["sweep"], short, division=division
+        )
+        assert (code, doc) == (1, {}), errs
+        assert [line for line in errs.splitlines() if line.startswith("refused ")] == [
+            f"refused sww-1 sww01 energy (run {run['id']}): a stream of test14.json, not an "
+            "official truth file (sww_long_test.json, sww_med_test.json, sww_short_test.json): "
+            "not valid for submission",
+            f"refused sww-1 sww01 energy (run {short_run['id']}): subset: the stream of "
+            "sww_short_test.json has 3 wakewords (TP + FN), the checker needs 50 "
+            "(sww_long_test.json)",
+        ]
+        assert not target.exists()

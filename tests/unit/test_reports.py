@@ -332,3 +332,31 @@ def test_an_unreadable_results_json_costs_its_plot_not_the_report(
     run = StoredRun("r1", "b1", "kws01", "energy", {"energy_uj": 150.0}, {}, str(tmp_path))
     energy = _energy_run(run)
     assert (energy.windows, energy.median_uj, energy.note) == ((), 150.0, note)
+
+
+def test_the_results_page_shows_sww_from_its_stream() -> None:
+    # One energy stream gives sww01's three numbers: latency from the estimated throughput,
+    # the power in mW (no energy per inference) and the F1 score.
+    stream = run(
+        "b-one",
+        "sww01",
+        "energy",
+        throughput_ips=55.71,
+        power_mw=20.0,
+        f1=94 / 99,
+        true_positives=47,
+        false_negatives=3,
+        false_positives=2,
+    )
+    sweep = {**SWEEP, "runs": [stream]}
+    listing = results_page(ReportData(sweep, SYSTEMS, "nightly", comparison=None))
+    assert [c.key for c in listing.columns][-3:] == [
+        "sww01_latency_ms",
+        "sww01_power_mw",
+        "sww01_accuracy",
+    ]
+    assert [c.heading for c in listing.columns][-3:] == ["sww ms", "sww mW", "sww F1"]
+    (row,) = [r for r in listing.rows if r["system"] == "b-one"]
+    assert row["sww01_latency_ms"] == 1000 / 55.71
+    assert row["sww01_power_mw"] == 20.0 and row["sww01_accuracy"] == 94 / 99
+    assert "sww01, from its one stream: latency 1000 / the estimated" in listing.notes[0]

@@ -8,7 +8,9 @@ mode folder holds exactly log.txt, results.txt, results.json (energy adds its pl
 accuracy and performance are required per model, energy optional; ``ic2`` needs ``ic``;
 ``Status`` in available/preview/rdi and no ``system_type``; no empty folder; closed targets
 per version (ad AUC 0.85, ic 85, ic2 91 from v1.4, kws 90, vww 80) compared on the printed
-value.
+value. sww (v1.3 on) needs no other test: its stream's ``energy/`` (with
+``energy_inf_000.png``) gives everything; TP + FN must be 50, and in the closed division
+FP <= 8 and FN <= 8.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from controller.submission import (
     Export,
     SubmissionError,
     check_request,
+    refusal,
     results_listing,
     select,
     system_json,
@@ -42,8 +45,13 @@ from farm import scoring
 from farm.datasets import official_rows
 from farm.run_output import window_lines
 from farm.sample import Sample
+from farm.sww_truth import OFFICIAL_TRUTH, TruthEntry, official_truth
+from tests.sww_streams import scored_stream, stream_record
 
 KWS_ROWS = official_rows("kws01")
+LONG, MED, SHORT = (official_truth(name).entries[0] for name in OFFICIAL_TRUTH)
+#: 2.5 s after each of the first windows' ends: outside every window's [start, end + 2 s].
+FALSE_AT = [w[1] + 2.5 for w in LONG.windows[:9]]
 #: One-hot vectors: the label's class gets 1.0.
 ONE_HOT = [tuple(1.0 if k == c else 0.0 for k in range(12)) for c in range(12)]
 
@@ -302,13 +310,82 @@ def test_a_subset_is_refused_even_where_the_checker_would_take_it(runs: dict[str
     assert refused[0].reason == "subset: 10 samples, the official accuracy run has 1000 or more"
 
 
-def test_an_sww01_run_is_refused_with_the_reason(runs: dict[str, Any]) -> None:
-    stream = {**runs["perf-fast"], "energy_uj": None, "power_mw": 1.5}
-    chosen, refused = select([cand("sww", "energy", stream, bench="sww01")], "closed", "v1.4")
-    assert chosen == {}
-    assert [r.reason for r in refused] == [
-        "sww01 is not exported yet (farm show has its numbers and files)"
-    ]
+@pytest.fixture(scope="module")
+def streams(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    """sww01 streams scored by the controller (a 12 s power window each: the power is not
+    what these tests judge)."""
+    tmp = tmp_path_factory.mktemp("streams")
+    made: dict[str, tuple[TruthEntry, dict[str, Any], str | None]] = {
+        # 3 missed, 2 false: within the closed limits.
+        "good": (LONG, {"missed": {4, 17, 33}, "false_at_s": FALSE_AT[:2]}, None),
+        "cheaper": (LONG, {"missed": {4}, "false_at_s": FALSE_AT[:2], "power_mw": 15.0}, None),
+        "fn9": (LONG, {"missed": set(range(0, 45, 5))}, None),
+        "fp9": (LONG, {"false_at_s": FALSE_AT}, None),
+        "edge": (LONG, {"missed": set(range(0, 40, 5)), "false_at_s": FALSE_AT[:8]}, None),
+        "short": (SHORT, {"truth_file": SHORT_NAME}, SHORT_NAME),
+        "med": (MED, {"truth_file": MED_NAME}, MED_NAME),
+        "mine": (LONG, {"truth_file": "mine.json"}, "mine.json"),
+    }
+    return {
+        name: scored_stream(
+            tmp / name, name, stream_record(entry, trace_s=12.0, **kw), truth=truth
+        ).to_json()
+        for name, (entry, kw, truth) in made.items()
+    }
+
+
+SHORT_NAME, MED_NAME = "sww_short_test.json", "sww_med_test.json"
+
+
+def sww(run: str, streams: dict[str, Any], **kw: Any) -> Candidate:
+    truth = {"short": SHORT_NAME, "med": MED_NAME, "mine": "mine.json"}.get(run)
+    return cand(run, "energy", streams[run], bench="sww01", truth=truth, **kw)
+
+
+def test_sww_streams_within_the_rules_are_taken_alone(streams: dict[str, Any]) -> None:
+    # No accuracy or performance run needed; of two acceptable streams the lower power.
+    chosen, refused = select(
+        [sww("good", streams), sww("cheaper", streams), sww("edge", streams)], "closed", "v1.4"
+    )
+    assert refused == []
+    assert {k: c.run for k, c in chosen.items()} == {("board-1", "sww01", "energy"): "cheaper"}
+    # 8 false negatives and 8 false positives: at the limit, taken.
+    assert (streams["edge"]["false_negatives"], streams["edge"]["false_positives"]) == (8, 8)
+    assert refusal(sww("edge", streams), "closed", "v1.3") is None
+
+
+def test_sww_streams_refused_with_one_line_each(streams: dict[str, Any]) -> None:
+    _, refused = select(
+        [sww(run, streams) for run in ("fn9", "fp9", "short", "med", "mine")], "closed", "v1.4"
+    )
+    reasons = {r.run: r.reason for r in refused}
+    assert reasons == {
+        "fn9": "0 false positives and 9 false negatives: the closed division allows at most 8 "
+        "false positives and 8 false negatives (v1.4)",
+        "fp9": "9 false positives and 0 false negatives: the closed division allows at most 8 "
+        "false positives and 8 false negatives (v1.4)",
+        "short": "subset: the stream of sww_short_test.json has 3 wakewords (TP + FN), the "
+        "checker needs 50 (sww_long_test.json)",
+        "med": "subset: the stream of sww_med_test.json has 8 wakewords (TP + FN), the "
+        "checker needs 50 (sww_long_test.json)",
+        "mine": "a stream of mine.json, not an official truth file (sww_long_test.json, "
+        "sww_med_test.json, sww_short_test.json): not valid for submission",
+    }
+    assert all("\n" not in r.line() for r in refused)
+    # The open division takes errors beyond the closed limits, not a subset.
+    chosen, refused = select([sww("fn9", streams), sww("short", streams)], "open", "v1.4")
+    assert [c.run for c in chosen.values()] == ["fn9"]
+    assert [r.run for r in refused] == ["short"]
+    chosen, _ = select([sww("fp9", streams)], "open", "v1.3")
+    assert [c.run for c in chosen.values()] == ["fp9"]
+
+
+@pytest.mark.parametrize("version", ["v1.0", "v1.1", "v1.2"])
+def test_sww_before_v13_is_refused(streams: dict[str, Any], version: str) -> None:
+    assert (
+        refusal(sww("good", streams), "open", version)
+        == f"sww is not part of MLPerf Tiny {version}"
+    )
 
 
 def test_open_keeps_a_low_accuracy_and_a_benchmark_needs_both_modes(runs: dict[str, Any]) -> None:
@@ -337,6 +414,44 @@ def test_open_keeps_a_low_accuracy_and_a_benchmark_needs_both_modes(runs: dict[s
     )
     _, refused13 = select([cand("x", "accuracy", runs["acc-good"], bench="ic02")], "open", "v1.3")
     assert refused13[0].reason == "ic2 is not part of MLPerf Tiny v1.3"
+
+
+def test_sww_tree_and_table(tmp_path: Path, runs: dict[str, Any], streams: dict[str, Any]) -> None:
+    chosen, refused = select(
+        [
+            cand("perf-fast", "performance", runs["perf-fast"]),
+            cand("acc-good", "accuracy", runs["acc-good"]),
+            sww("good", streams),
+            sww("fn9", streams, board="board-2"),
+        ],
+        "open",
+        "v1.4",
+    )
+    assert refused == [] and len(chosen) == 4
+    export = Export("open", "Org", "v1.4", chosen=chosen, systems={"board-1": SYSTEM})
+    root = write_tree(export, tmp_path / "out")
+    for board in ("board-1", "board-2"):
+        model = root / "results" / board / "sww"
+        assert sorted(str(p.relative_to(model)) for p in model.rglob("*")) == [
+            "energy",
+            "energy/energy_inf_000.png",
+            "energy/log.txt",
+            "energy/results.json",
+            "energy/results.txt",
+        ]
+    assert (root / "systems" / "board-2.json").is_file()
+    # The table as the final report shows sww: latency 1000 / the estimated throughput, the
+    # power in mW, the F1 score the checker computes from the printed counts.
+    rows = {row["system"]: row for row in export.table_rows()}
+    good = streams["good"]
+    assert rows["board-1"]["sww01_latency_ms"] == pytest.approx(1000 / good["throughput_ips"])
+    assert rows["board-1"]["sww01_power_mw"] == good["power_mw"] == 20.0
+    assert rows["board-1"]["sww01_accuracy"] == 2 * 47 / (2 * 47 + 2 + 3)
+    assert "sww01_energy_uj" not in rows["board-1"] and rows["board-1"]["kws01_accuracy"] == 95.0
+    assert rows["board-2"]["sww01_accuracy"] == 2 * 41 / (2 * 41 + 0 + 9)
+    listing = results_listing(export)
+    assert [c.heading for c in listing.columns][-3:] == ["sww ms", "sww mW", "sww F1"]
+    assert any(note.startswith("sww: latency 1000 / the estimated") for note in listing.notes)
 
 
 def test_tree_layout_and_table(tmp_path: Path, runs: dict[str, Any]) -> None:

@@ -1,6 +1,7 @@
 """The submission rules of tests/submission_rules.py, each shown to bite: a tree the export
 writes from runs the controller scored passes every rule; the same tree with one rule broken
-fails with that rule's finding, and only that rule's."""
+fails with that rule's finding, and only that rule's. sww's rules are shown on a tree of its
+own (its stream's results.json holds the whole 1,200 s power trace, 18 MB)."""
 
 from __future__ import annotations
 
@@ -18,12 +19,17 @@ from controller.results import finish_run
 from controller.submission import Candidate, Export, select, write_tree
 from farm.datasets import official_rows
 from farm.sample import Sample
+from farm.sww_truth import official_truth
 from tests.submission_rules import RULES, check_tree
+from tests.sww_streams import scored_stream, stream_record
 
 BOARD = "board-1"
 SYSTEM = {"status": "available", "board_name": "NUCLEO-L4R5ZI", "processor_name": "Cortex-M4"}
 UNIT_J = 2.0**-15
 IDLE_J = 2.0**-20
+LONG = official_truth().entries[0]
+#: 2.5 s after a window's end: outside its [start, end + 2 s], before the next one starts.
+FALSE_AT = [LONG.windows[5][1] + 2.5, LONG.windows[30][1] + 2.5]
 
 
 def run_hash(run: str, bench: str, mode: str) -> dict[str, str]:
@@ -133,6 +139,26 @@ def energy(tmp: Path) -> dict[str, Any]:
     ).to_json()
 
 
+def sww(tmp: Path) -> dict[str, Any]:
+    """sww01's stream of the official long file, the whole wav at 20 mW: 3 of its 50
+    wakewords missed, 2 false detections."""
+    record = stream_record(LONG, missed={4, 17, 33}, false_at_s=FALSE_AT)
+    return scored_stream(tmp / "sww01-e", "sww01-e", record, board=BOARD).to_json()
+
+
+def export(tmp_path_factory: pytest.TempPathFactory, summaries: dict[tuple[str, str], Any]) -> Path:
+    """The closed v1.4 tree the export writes of ``summaries`` on one board, every run taken."""
+    candidates = [
+        Candidate(f"{b}-{m}", "sweep-1", BOARD, b, m, "completed", s)
+        for (b, m), s in summaries.items()
+    ]
+    chosen, refused = select(candidates, "closed", "v1.4")
+    assert refused == [] and len(chosen) == len(summaries)
+    out = tmp_path_factory.mktemp("good")
+    write_tree(Export("closed", "Org", "v1.4", chosen=chosen, systems={BOARD: SYSTEM}), out)
+    return out
+
+
 @pytest.fixture(scope="module")
 def good(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A closed v1.4 tree: kws (accuracy, performance, energy), ic and ic2 (accuracy,
@@ -147,15 +173,13 @@ def good(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ("ic02", "accuracy"): accuracy(tmp, "ic02", 10, wrong=10),
         ("ic02", "performance"): performance(tmp, "ic02", 10, [13.0, 13.5, 13.2, 13.1, 13.4]),
     }
-    candidates = [
-        Candidate(f"{b}-{m}", "sweep-1", BOARD, b, m, "completed", s)
-        for (b, m), s in summaries.items()
-    ]
-    chosen, refused = select(candidates, "closed", "v1.4")
-    assert refused == [] and len(chosen) == len(summaries)
-    out = tmp_path_factory.mktemp("good")
-    write_tree(Export("closed", "Org", "v1.4", chosen=chosen, systems={BOARD: SYSTEM}), out)
-    return out
+    return export(tmp_path_factory, summaries)
+
+
+@pytest.fixture(scope="module")
+def good_sww(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A closed v1.4 tree of sww's stream alone (it needs no other test), by the export."""
+    return export(tmp_path_factory, {("sww01", "energy"): sww(tmp_path_factory.mktemp("runs"))})
 
 
 def edit(path: Path, old: str, new: str, count: int = 1) -> None:
@@ -171,6 +195,7 @@ def edit_json(path: Path, change: Callable[[Any], Any]) -> None:
 
 ORG = Path("closed/Org")
 KWS = ORG / "results" / BOARD / "kws"
+SWW = ORG / "results" / BOARD / "sww" / "energy"
 SYSTEM_JSON = ORG / "systems" / f"{BOARD}.json"
 
 
@@ -181,6 +206,25 @@ def _big_file(root: Path) -> None:
 
 def _drop(key: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
     return lambda doc: {k: v for k, v in doc.items() if k != key}
+
+
+def edit_detections(path: Path, change: Callable[[list[int]], list[int]]) -> None:
+    """Change the stream's detection log in results.json, as text: the file holds the whole
+    1,200 s power trace, which a JSON round trip would spend seconds on."""
+    text = path.read_text()
+    found = re.search(r'"detections": \[([^\]]*)\]', text)
+    assert found is not None
+    log = change([int(v) for v in found.group(1).split(",")])
+    path.write_text(text[: found.start(1)] + ", ".join(map(str, log)) + text[found.end(1) :])
+
+
+def _more_false_positives(root: Path, division: str = "closed") -> None:
+    """Seven more false detections, 2.5 s after windows 10 to 16 end, in the log and the
+    printed counts alike: 9 in all."""
+    folder = root / division / SWW.relative_to("closed")
+    extra = [round((LONG.windows[k][1] + 2.5) * 1000) for k in range(10, 17)]
+    edit_detections(folder / "results.json", lambda log: sorted(log + [log[0] + d for d in extra]))
+    edit(folder / "results.txt", "2 False positives", "9 False positives")
 
 
 #: Per rule, how to break it in the good tree.
@@ -232,6 +276,15 @@ BREAK: dict[str, Callable[[Path], None]] = {
         .write("1207.031500 ulp-mlperf: subset run (--limit 10): NOT VALID FOR SUBMISSION\n")
     ),
     "model-mapping": lambda r: (r / ORG / "model_mapping.json").write_text('{"ds": "kws"}'),
+    "sww-lines": lambda r: edit(r / SWW / "results.txt", r"^Average duty cycle: .*\n", ""),
+    "sww-wakewords": lambda r: edit(
+        r / SWW / "results.txt", "47 True positives", "46 True positives"
+    ),
+    "sww-target": _more_false_positives,
+    "sww-stream": lambda r: edit_detections(r / SWW / "results.json", lambda log: log[:-1]),
+    "sww-power": lambda r: edit(
+        r / SWW / "results.txt", r"Elapsed time  : 1200\.25$", "Elapsed time  : 12.0"
+    ),
 }
 
 
@@ -242,13 +295,26 @@ def test_the_exported_tree_passes_every_rule(good: Path) -> None:
     assert (finding.rule, finding.path) == ("model-name", f"closed/Org/results/{BOARD}/ic2")
 
 
+def test_the_exported_sww_tree_passes_every_rule(good_sww: Path) -> None:
+    assert sorted(p.name for p in (good_sww / SWW).iterdir()) == [
+        "energy_inf_000.png",
+        "log.txt",
+        "results.json",
+        "results.txt",
+    ]
+    assert check_tree(good_sww, "v1.4") == [] and check_tree(good_sww, "v1.3") == []
+
+
 def test_every_rule_has_a_breaking_case() -> None:
     assert set(BREAK) == set(RULES)
 
 
 @pytest.mark.parametrize("rule", sorted(RULES))
-def test_a_broken_rule_fails_the_tree(good: Path, tmp_path: Path, rule: str) -> None:
+def test_a_broken_rule_fails_the_tree(
+    request: pytest.FixtureRequest, tmp_path: Path, rule: str
+) -> None:
     tree = tmp_path / "tree"
+    good = request.getfixturevalue("good_sww" if rule.startswith("sww-") else "good")
     shutil.copytree(good, tree, symlinks=True)
     BREAK[rule](tree)
     findings = check_tree(tree, "v1.4")
@@ -256,8 +322,33 @@ def test_a_broken_rule_fails_the_tree(good: Path, tmp_path: Path, rule: str) -> 
     assert {f.rule for f in findings} == {rule}, [str(f) for f in findings]
 
 
+#: The general rules as an sww folder breaks them.
+SWW_BREAK: dict[str, Callable[[Path], object]] = {
+    "file-list": lambda r: (r / SWW / "energy_inf_000.png").unlink(),
+    "mode-folders": lambda r: shutil.copytree(r / SWW, r / SWW.with_name("performance")),
+    "subset-note": lambda r: (
+        (r / SWW / "results.txt").open("a").write("subset run: NOT VALID FOR SUBMISSION\n")
+    ),
+}
+
+
+@pytest.mark.parametrize("rule", sorted(SWW_BREAK))
+def test_a_broken_sww_folder_fails_the_tree(good_sww: Path, tmp_path: Path, rule: str) -> None:
+    tree = tmp_path / "tree"
+    shutil.copytree(good_sww, tree)
+    SWW_BREAK[rule](tree)
+    assert {f.rule for f in check_tree(tree, "v1.4")} == {rule}
+
+
 def test_open_division_reports_accuracy_below_the_closed_target(good: Path, tmp_path: Path) -> None:
     tree = tmp_path / "tree"
     shutil.copytree(good / "closed", tree / "open")
     edit(tree / "open/Org/results" / BOARD / "kws/accuracy/results.txt", r"= 95\.0$", "= 89.9")
+    assert check_tree(tree, "v1.4") == []
+
+
+def test_open_division_reports_sww_beyond_the_closed_limits(good_sww: Path, tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    shutil.copytree(good_sww / "closed", tree / "open")
+    _more_false_positives(tree, "open")
     assert check_tree(tree, "v1.4") == []
