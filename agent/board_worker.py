@@ -54,6 +54,7 @@ from farm.datasets import Dataset
 from farm.logs import get_logger
 from farm.messages import (
     SAMPLE_BATCH,
+    TRACE_CHUNK_VALUES,
     Accepted,
     AckOutcome,
     BoardState,
@@ -73,6 +74,7 @@ from farm.messages import (
 )
 from farm.models import MODELS
 from farm.sww_truth import TruthFile
+from farm.trace import detach_trace
 
 log = get_logger("agent.board_worker")
 
@@ -104,6 +106,7 @@ class BoardWorker:
         sim_boards: list[Path],
         max_failures: int,
         batching: tuple[int, float] = (200, 0.1),
+        trace_chunk_values: int = TRACE_CHUNK_VALUES,
         on_status: Callable[[BoardStatus], None],
         ack: Callable[[CommandAck], Awaitable[None]],
     ) -> None:
@@ -117,6 +120,8 @@ class BoardWorker:
         self.health = BoardHealth(max_failures=max_failures)
         self.batching = batching
         """(samples, seconds): a sample batch leaves when it holds this many or is this old."""
+        self.trace_chunk_values = trace_chunk_values
+        """A power trace longer than this goes in chunks of this many samples."""
         self.on_status = on_status
         self.ack = ack
         self.state: BoardState = "idle"
@@ -487,9 +492,9 @@ class BoardWorker:
                 firmware=await firmware_identity(self.cfg, identity, self.digests),
             )
             async for sample in runner.run():
-                record = SAMPLE_BATCH.record(sample)
+                record, chunks = detach_trace(SAMPLE_BATCH.record(sample), self.trace_chunk_values)
                 tally.add(record)
-                await batcher.add(record)
+                await batcher.add(record, chunks)
                 if (event := progress.take()) is not None:
                     await self.outbox.put(
                         run_events_topic(self.agent, self.id, job.run), event.dumps(), run=job.run

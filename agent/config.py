@@ -23,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from farm.board_timing import FLASH_TIMEOUT_S
+from farm.messages import TRACE_CHUNK_VALUES
 from farm.models import MODELS
 from farm.yaml_config import ConfigError, ConfigPath, FieldError, load_yaml_model
 
@@ -528,6 +529,9 @@ class AgentConfig(_Strict):
     """Samples per published message at most (1 turns batching off)."""
     batch_delay_s: float = Field(0.1, ge=0, le=5)
     """How long a sample may wait for others to share its message."""
+    trace_chunk_values: int = Field(TRACE_CHUNK_VALUES, ge=1000, le=TRACE_CHUNK_VALUES)
+    """A power trace longer than this (an sww01 stream's) is sent in chunks of this many
+    samples, each a message of its own (``farm.trace``)."""
     max_failures: int = Field(3, ge=1)
     """Consecutive infrastructure failures before the board's health turns bad."""
     boards: list[BoardConfig] = Field(min_length=1)

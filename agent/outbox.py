@@ -7,13 +7,16 @@ acknowledged stays in the journal and the next connection's pump sends it again 
 start: at-least-once, and the controller's store is idempotent by (run, seq).
 
 ``SampleBatcher`` groups one run's samples into messages: a batch leaves at most
-``max_delay_s`` after its first sample or as soon as it holds ``max_samples``.
+``max_delay_s`` after its first sample or as soon as it holds ``max_samples``. A power trace
+too long for its record's message goes first, in chunks of its own (``farm.trace``), each
+journalled like any message: an agent restarted mid-way still sends what it journalled.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
 from typing import Any
 
 import aiomqtt
@@ -21,7 +24,8 @@ import aiomqtt
 from agent.journal import Journal
 from agent.journal_store import OutboxEntry
 from farm.logs import get_logger
-from farm.messages import SAMPLE_BATCH, samples_topic
+from farm.messages import SAMPLE_BATCH, TRACE_CHUNK, samples_topic, trace_topic
+from farm.trace import Values
 
 log = get_logger("agent.outbox")
 
@@ -105,6 +109,7 @@ class SampleBatcher:
         self.outbox = outbox
         self.agent, self.board, self.run, self.attempt = agent, board, run, attempt
         self.topic = samples_topic(agent, board, run)
+        self.trace_topic = trace_topic(agent, board, run)
         self.max_samples = max_samples
         self.max_delay_s = max_delay_s
         self._pending: list[dict[str, Any]] = []
@@ -116,15 +121,25 @@ class SampleBatcher:
         )
         self.published = 0
 
-    async def add(self, record: dict[str, Any]) -> None:
+    async def add(self, record: dict[str, Any], chunks: Sequence[Values] = ()) -> None:
         """Queue one sample record; waits while the journal is full (backpressure: the run
-        pauses rather than drop a sample)."""
+        pauses rather than drop a sample). ``chunks``: the record's power trace sent apart
+        (``farm.trace.detach_trace``), journalled before it, a message each."""
+        if chunks:
+            await self.flush()  # the samples before it keep their place
+            for number, values in enumerate(chunks):
+                await self.outbox.journal.wait_for_space()
+                payload = TRACE_CHUNK.encode(
+                    self.agent, self.board, self.run, record["seq"], number, values, self.attempt
+                )
+                await self.outbox.put(self.trace_topic, payload, run=self.run)
         await self.outbox.journal.wait_for_space()
         if not self._pending:
             self._first_at = asyncio.get_running_loop().time()
             self._has_data.set()
         self._pending.append(record)
-        if len(self._pending) >= self.max_samples or "power_samples" in record:
+        # An energy window's record is large: it leaves alone, at once.
+        if len(self._pending) >= self.max_samples or "power_samples" in record or chunks:
             await self.flush()
 
     async def flush(self) -> None:

@@ -112,6 +112,7 @@ class AgentService:
                     sim_boards=list(self.config.sim_boards),
                     max_failures=self.config.max_failures,
                     batching=(self.config.batch_samples, self.config.batch_delay_s),
+                    trace_chunk_values=self.config.trace_chunk_values,
                     on_status=self._board_status,
                     ack=self._ack,
                 )

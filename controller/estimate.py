@@ -28,6 +28,12 @@ from farm.wire import wire_time
 #: and the re-enumeration take well under this). ``FARM_SETUP_ALLOWANCE_S`` sets it (a lab
 #: whose boards never need a flash can bound its runs tighter).
 SETUP_ALLOWANCE_S = float(os.environ.get("FARM_SETUP_ALLOWANCE_S", "120"))
+#: JSON bytes a second of power trace takes at most: 1 kHz monitor samples, a full-precision
+#: double and its comma each.
+TRACE_BYTES_PER_S = 1000 * 24
+#: How fast an agent's trace reaches Redis after the stream, conservatively: a Pi on Wi-Fi,
+#: the broker, ingest's writes (``farm.trace``: 27 MB for the official 1,200 s stream).
+UPLOAD_BYTES_PER_S = 1_000_000
 
 
 def samples_expected(bench: Benchmark, mode: Mode, options: RunOptions) -> int:
@@ -66,16 +72,16 @@ def sample_s(
 
 def stream_s(bench: Benchmark, options: RunOptions) -> float:
     """sww01's stream: the wav (the official file's length; a truth file the controller does
-    not have is taken as long as the long one), the runner's margins around ``play``, and
-    the activation dump and the board's logs over the wire."""
+    not have is taken as long as the long one), the runner's margins around ``play``, the
+    activation dump and the board's logs over the wire, and the power trace's upload."""
     name = options.truth or LONG_TRUTH
     length = official_truth(name if name in OFFICIAL_TRUTH else LONG_TRUTH).entries[0].length_s
     frames = length / sww.FRAME_S
     dump = frames * len("-128, ") * 2  # DUT to board, then board to host
     logs = sww.MAX_DUTY_EDGES * 2 * len("4294967295, ") + 400
-    return (
-        length + sww.PLAY_MARGIN_S + sww.STOP_DELAY_S + wire_time(dump + logs, bench.baud("energy"))
-    )
+    upload = (length + sww.PLAY_MARGIN_S) * TRACE_BYTES_PER_S / UPLOAD_BYTES_PER_S
+    played = length + sww.PLAY_MARGIN_S + sww.STOP_DELAY_S
+    return played + wire_time(dump + logs, bench.baud("energy")) + upload
 
 
 def estimate_run_s(bench: Benchmark, mode: Mode, options: RunOptions) -> float:

@@ -55,6 +55,7 @@ from controller.store import (
     samples,
     set_run,
 )
+from controller.traces import drop_traces, missing_chunks, with_traces
 from farm.catalog import get_benchmark
 from farm.logs import get_logger
 from farm.messages import (
@@ -65,6 +66,7 @@ from farm.messages import (
     command_topic,
     sample_digest,
 )
+from farm.trace import TraceError
 
 log = get_logger("controller.jobs")
 
@@ -260,6 +262,8 @@ class RunJob:
             stored = ranges(seqs)  # resume: the agent runs only the others
         elif seqs:
             self.client.delete(keys.run_samples(self.run_id))  # a timed run starts over
+        kept = {s for a, b in stored for s in range(a, b)}
+        drop_traces(self.client, self.run_id, kept)
         # The run's total stays: every attempt reports the same one.
         self.client.hdel(keys.run(self.run_id), "final", "eta_s")
         command = RunCommand(
@@ -300,9 +304,7 @@ class RunJob:
             estimate_s=estimate,
             deadline_s=round(deadline.at - time.monotonic(), 1),
         )
-        return self._follow(
-            run, command, estimate, deadline, {s for a, b in stored for s in range(a, b)}
-        )
+        return self._follow(run, command, estimate, deadline, kept)
 
     def _show_deadline(self, deadline: RunDeadline) -> None:
         """The deadline in the run hash, as Unix time, for an operator."""
@@ -425,13 +427,28 @@ class RunJob:
             # Keep what was stored before this dispatch; this dispatch's samples are redone.
             self.client.hdel(keys.run_samples(self.run_id), *[r["seq"] for r in produced])
             return "the stored samples do not match the agent's digest"
+        # A power trace sent in chunks: each chunk travels before its record, but one resent
+        # after a reconnect may still be on its way. One never stored leaves the run
+        # incomplete, as a sample would.
+        while missing := missing_chunks(self.client, self.run_id, records.values()):
+            if time.monotonic() > give_up:
+                return (
+                    f"{len(missing)} power trace chunk(s) never arrived (seq:chunk "
+                    f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''})"
+                )
+            time.sleep(POLL_S)
         return None
 
     def _score(self, run: dict[str, str], done: Done) -> Outcome:
         # numpy/scikit-learn are imported only where a run is scored.
         from controller.results import ResultsError, finish_run
 
-        records = list(samples(self.client, self.run_id).values())
+        try:
+            records = with_traces(
+                self.client, self.run_id, samples(self.client, self.run_id).values()
+            )
+        except TraceError as exc:
+            return Outcome("retry", f"a power trace cannot be joined back: {exc}")
         results = Path(self.settings.results)
         folder = results / run["sweep"] / run["board"] / run["benchmark"] / run["mode"]
         try:

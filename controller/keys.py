@@ -12,6 +12,8 @@ key                                      type     content
 ``farm:sweep:{sweep}:skipped``           list     JSON ``{"board", "benchmark", "mode", "reason"}``
 ``farm:run:{run}``                       hash     see :data:`RUN_FIELDS`
 ``farm:run:{run}:samples``               hash     seq -> sample record (JSON), written once
+``farm:run:{run}:trace``                 hash     ``seq:chunk`` -> a power trace chunk's values
+                                                  (JSON array), written once (``farm.trace``)
 ``farm:run:{run}:events``                list     run events as received (JSON), capped
 ``farm:runs:active``                     set      runs dispatched or running (the reaper's view)
 ``farm:agents``                          set      agent ids ever seen
@@ -143,6 +145,16 @@ def run(run_id: str) -> str:
 def run_samples(run_id: str) -> str:
     """A run's samples by seq."""
     return f"{PREFIX}:run:{run_id}:samples"
+
+
+def run_trace(run_id: str) -> str:
+    """A run's power trace chunks by ``seq:chunk`` (:func:`trace_field`)."""
+    return f"{PREFIX}:run:{run_id}:trace"
+
+
+def trace_field(seq: int, chunk: int) -> str:
+    """The field of chunk ``chunk`` of sample ``seq``'s trace in :func:`run_trace`."""
+    return f"{seq}:{chunk}"
 
 
 def run_events(run_id: str) -> str:

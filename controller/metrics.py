@@ -603,7 +603,15 @@ def label_value(value: Any) -> str:
 # -- ingest counters ---------------------------------------------------------------------------
 
 #: Message-kind counter suffixes (``controller.ingest.LABELS`` values).
-_KINDS = ("agent_status", "heartbeat", "command_ack", "board_status", "sample_batch", "run_event")
+_KINDS = (
+    "agent_status",
+    "heartbeat",
+    "command_ack",
+    "board_status",
+    "sample_batch",
+    "run_event",
+    "trace_chunk",
+)
 
 
 def ingest_counter_families(counters: Mapping[str, int], prefix: str) -> list[Metric]:

@@ -63,7 +63,7 @@ def run_retention_s(environ: Mapping[str, str] = os.environ) -> int:
 
 def retire_run_detail(client: redis.Redis, run_id: str, retention_s: int) -> None:
     """Let an ended run's samples and events leave Redis after ``retention_s`` (0: now)."""
-    detail = (keys.run_samples(run_id), keys.run_events(run_id))
+    detail = (keys.run_samples(run_id), keys.run_trace(run_id), keys.run_events(run_id))
     with client.pipeline(transaction=False) as pipe:
         for key in detail:
             if retention_s <= 0:
@@ -96,7 +96,12 @@ def trim_sweeps(client: redis.Redis, retention_s: int, now: float) -> list[str]:
             keys.sweep_verdict(sweep_id),
         ]
         for run_id in runs:
-            doomed += [keys.run(run_id), keys.run_samples(run_id), keys.run_events(run_id)]
+            doomed += [
+                keys.run(run_id),
+                keys.run_samples(run_id),
+                keys.run_trace(run_id),
+                keys.run_events(run_id),
+            ]
         with client.pipeline(transaction=True) as pipe:
             # The index first: a reader never finds the sweep with its runs gone.
             pipe.zrem(keys.SWEEPS, sweep_id)

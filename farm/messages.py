@@ -14,6 +14,7 @@ Topics (QoS 1 unless said otherwise):
 ``farm/v1/agent/{agent}/board/{board}/status``                 retained
 ``farm/v1/agent/{agent}/board/{board}/run/{run}/samples``      batches of samples
 ``farm/v1/agent/{agent}/board/{board}/run/{run}/events``       accepted ... done
+``farm/v1/agent/{agent}/board/{board}/run/{run}/trace``        a long power trace, in chunks
 ``farm/v1/agent/{agent}/board/{board}/console/{session}``      a console session's output
 ``farm/v1/cmd/{agent}``                                        controller -> agent
 =============================================================  ==========================
@@ -97,6 +98,11 @@ def run_events_topic(agent: str, board: str, run: str) -> str:
     return f"{PREFIX}/agent/{agent}/board/{board}/run/{run}/events"
 
 
+def trace_topic(agent: str, board: str, run: str) -> str:
+    """The chunks of one run's power traces too long to travel inside their sample record."""
+    return f"{PREFIX}/agent/{agent}/board/{board}/run/{run}/trace"
+
+
 def console_topic(agent: str, board: str, session: str) -> str:
     """One console session's events (``opened``, the DUT's output, ``closed``)."""
     return f"{PREFIX}/agent/{agent}/board/{board}/console/{session}"
@@ -112,7 +118,14 @@ class Topic:
     """What an agent topic names."""
 
     kind: Literal[
-        "status", "heartbeat", "events", "board_status", "samples", "run_events", "console"
+        "status",
+        "heartbeat",
+        "events",
+        "board_status",
+        "samples",
+        "run_events",
+        "trace",
+        "console",
     ]
     agent: str
     board: str | None = None
@@ -136,6 +149,8 @@ def parse_topic(topic: str) -> Topic | None:
             return Topic("samples", agent, rest[1], rest[3])
         if rest[4] == "events":
             return Topic("run_events", agent, rest[1], rest[3])
+        if rest[4] == "trace":
+            return Topic("trace", agent, rest[1], rest[3])
     if len(rest) == 4 and rest[0] == "board" and rest[2] == "console":
         return Topic("console", agent, rest[1], session=rest[3])
     return None
@@ -460,6 +475,21 @@ STREAM_FIELDS = (
     "duty_stops",
 )
 
+#: Power samples a trace chunk holds at most. A trace longer than this travels apart from its
+#: record, in chunks (:class:`TraceChunk`): an sww01 stream's 1,200 s at 1 kHz is 1.2 M samples,
+#: some 27 MB of JSON, over what ingest takes in one message (8 MiB), whereas a chunk is at
+#: most ~1.6 MB (25 bytes the longest JSON double and its comma).
+TRACE_CHUNK_VALUES = 65_536
+#: The most chunks one trace may have (with the agent's smallest chunks, 1,000 values, 10 M
+#: samples: 2.8 hours at 1 kHz).
+MAX_TRACE_CHUNKS = 10_000
+#: A sample record's fields naming its power trace sent in chunks, left out of every other
+#: record.
+TRACE_FIELDS = ("power_length", "power_chunks", "power_digest")
+#: What a trace digest looks like: SHA-256, lower-case hex (text a record may hold: it cannot
+#: contain the ``},{`` ingest splits a batch's records on).
+TRACE_DIGEST_PATTERN = r"^[0-9a-f]{64}$"
+
 
 class SampleRecord(BaseModel):
     """One sample as published (built by :meth:`SampleBatchSchema.record`: the sample's
@@ -498,16 +528,26 @@ class SampleRecord(BaseModel):
     detections_ms: list[int] = Field([], max_length=10_000)
     duty_starts: list[int] = Field([], max_length=100)
     duty_stops: list[int] = Field([], max_length=100)
+    # A power trace too long for one message (:data:`TRACE_CHUNK_VALUES`) is sent apart, as
+    # ``power_chunks`` :class:`TraceChunk` messages on :func:`trace_topic`: the record then
+    # has no ``power_samples`` but their number and digest (``farm.trace``). Unlike the
+    # trace, these are part of the sample digest, so the agent's ``done`` vouches for the
+    # trace too. 0 and empty for every other sample, and then not stored.
+    power_length: int = Field(0, ge=0, le=MAX_TRACE_CHUNKS * TRACE_CHUNK_VALUES)
+    power_chunks: int = Field(0, ge=0, le=MAX_TRACE_CHUNKS)
+    power_digest: str = Field("", pattern=TRACE_DIGEST_PATTERN)
 
     @model_serializer(mode="wrap")
     def _without_empty_stream(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # The agent leaves the stream fields out of every other sample, and ingest stores a
-        # record as sent: a record re-encoded from this model must not add them (the same
-        # sample would then differ from the stored one and count as a conflict).
+        # The agent leaves the stream and chunked-trace fields out of every other sample,
+        # and ingest stores a record as sent: a record re-encoded from this model must not
+        # add them (the same sample would then differ from the stored one and count as a
+        # conflict).
         data: dict[str, Any] = handler(self)
-        if not any(data.get(name) for name in STREAM_FIELDS):
-            for name in STREAM_FIELDS:
-                data.pop(name, None)
+        for names in (STREAM_FIELDS, TRACE_FIELDS):
+            if not any(data.get(name) for name in names):
+                for name in names:
+                    data.pop(name, None)
         return data
 
 
@@ -521,6 +561,12 @@ class SampleBatch(Message):
     attempt: Attempt = None
     """The run command's ``attempt`` that produced these samples (unset when the command had
     none): ingest refuses a timed run's samples of any attempt but the current one."""
+
+
+def json_trace(values: Iterable[float | None]) -> list[float | None]:
+    """A power trace as JSON holds it: null for a NaN sample (one the monitor lost or
+    garbled: JSON has no NaN, and a payload with one would be refused as not JSON)."""
+    return [None if v is None or v != v else v for v in values]
 
 
 class SampleBatchSchema:
@@ -541,12 +587,12 @@ class SampleBatchSchema:
     @staticmethod
     def record(sample: Sample) -> dict[str, Any]:
         """The record the agent publishes for ``sample``: its samples.jsonl object
-        (``Sample.to_record``) plus, in energy mode, the window's power trace; an sww01
-        stream's object flattened to its numbers (the ``stream_*``, ``detections_ms`` and
-        ``duty_*`` fields)."""
+        (``Sample.to_record``) plus, in energy mode, the window's power trace
+        (:func:`json_trace`); an sww01 stream's object flattened to its numbers (the
+        ``stream_*``, ``detections_ms`` and ``duty_*`` fields)."""
         record = sample.to_record()
         if sample.power_samples:
-            record["power_samples"] = list(sample.power_samples)
+            record["power_samples"] = json_trace(sample.power_samples)
             record["power_events"] = [list(e) for e in sample.power_events]
         stream = record.pop("stream", None)
         if stream is not None:
@@ -592,6 +638,71 @@ class SampleBatchSchema:
 
 #: The sample batch of this protocol version.
 SAMPLE_BATCH = SampleBatchSchema(SampleBatch)
+
+
+class TraceChunk(Message):
+    """One piece of a sample's power trace, sent apart from its record (on
+    :func:`trace_topic`, before the record): chunk ``chunk`` of the record's
+    ``power_chunks``, its values in order. Ingest stores each chunk once, by (seq, chunk),
+    for a run that accepts the sample's seq and attempt (as it stores samples); the
+    controller joins them back into the record before scoring (``farm.trace``)."""
+
+    agent: Id
+    board: Id
+    run: Id
+    seq: int = Field(ge=0, lt=MAX_RUN_SAMPLES)
+    """The sample whose trace this is."""
+    chunk: int = Field(ge=0, lt=MAX_TRACE_CHUNKS)
+    values: list[float | None] = Field(min_length=1, max_length=TRACE_CHUNK_VALUES)
+    """Joules per monitor sample (null: unreadable), as in ``power_samples``."""
+    attempt: Attempt = None
+    """The run command's ``attempt`` (unset when the command had none)."""
+
+
+class TraceChunkSchema:
+    """A trace chunk on the wire, both ends: the agent encodes one with :meth:`encode`, the
+    controller validates and decodes one with :meth:`decode`, strictly, to plain values of
+    the payload (as :meth:`SampleBatchSchema.decode` does for samples)."""
+
+    def __init__(self) -> None:
+        self._validator = SchemaValidator(storable_schema(TraceChunk.__pydantic_core_schema__))
+
+    @staticmethod
+    def encode(
+        agent: str,
+        board: str,
+        run: str,
+        seq: int,
+        chunk: int,
+        values: Iterable[float | None],
+        attempt: int | None = None,
+    ) -> bytes:
+        """The payload of chunk ``chunk`` of sample ``seq``'s trace (``values``, NaN sent as
+        null): compact JSON, validated by the receiver."""
+        body: dict[str, Any] = {
+            "schema": SCHEMA,
+            "agent": agent,
+            "board": board,
+            "run": run,
+            "seq": seq,
+            "chunk": chunk,
+            "values": json_trace(values),
+        }
+        if attempt is not None:
+            body["attempt"] = attempt
+        return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+
+    def decode(self, payload: bytes) -> dict[str, Any]:
+        """``payload`` validated strictly, as :class:`TraceChunk` would, to a dict of the
+        payload's own values (``schema_``, ``agent``, ``board``, ``run``, ``seq``, ``chunk``,
+        ``values``, ``attempt``). Raises ``pydantic.ValidationError`` for what the model
+        refuses and for a number beyond a double's range."""
+        chunk: dict[str, Any] = self._validator.validate_json(payload, strict=True)
+        return chunk
+
+
+#: The trace chunk of this protocol version.
+TRACE_CHUNK = TraceChunkSchema()
 
 
 class RunInfoRecord(BaseModel):
@@ -736,7 +847,8 @@ RUN_EVENTS: TypeAdapter[RunEvent] = TypeAdapter(RunEvent)
 
 # -- sample digest ----------------------------------------------------------------------------
 
-#: Fields the digest leaves out: the energy traces are bulky and not part of the identity.
+#: Fields the digest leaves out: the energy traces are bulky and not part of the identity (a
+#: trace sent in chunks is in it all the same, through its record's ``power_digest``).
 DIGEST_EXCLUDES = frozenset({"power_samples", "power_events", "subset"})
 
 

@@ -25,6 +25,11 @@ LONG_TRUTH = "sww_long_test.json"
 OFFICIAL_TRUTH = (LONG_TRUTH, "sww_med_test.json", "sww_short_test.json")
 #: What a wav on the board is when a truth entry does not say.
 DEFAULT_SAMPLE_RATE = 16_000
+#: The longest wav a truth entry may name (six times the official long one): one stream is
+#: one sample record, whose activations (at most 8 bytes of JSON a 32 ms frame: 1.8 MB)
+#: must fit one message, and whose power trace (1 kHz: 7.2 M samples) the agent holds in
+#: memory and sends in chunks (``farm.trace``).
+MAX_LENGTH_S = 7200.0
 
 
 class TruthError(ValueError):
@@ -122,8 +127,10 @@ def _entry(item: object, index: int, where: str) -> TruthEntry:
     if not isinstance(wav, str) or not wav or "/" in wav or "%" in wav or not wav.isprintable():
         raise TruthError(f"{at}: wav_file {wav!r} is not a plain file name")
     length = _number(item["length_sec"], f"{at}: length_sec")
-    if length <= 0:
-        raise TruthError(f"{at}: length_sec must be positive, got {length}")
+    if not 0 < length <= MAX_LENGTH_S:
+        raise TruthError(
+            f"{at}: length_sec must be positive and at most {MAX_LENGTH_S:g}, got {length}"
+        )
     rate = item.get("sample_rate", DEFAULT_SAMPLE_RATE)
     if not isinstance(rate, int) or isinstance(rate, bool) or rate <= 0:
         raise TruthError(f"{at}: sample_rate must be a positive integer, got {rate!r}")

@@ -14,7 +14,8 @@ plainly) with a persistent session, and for every message:
    ``started`` gives when it is known), and stores samples with ``HSETNX`` keyed by
    (run, seq): a replay or a duplicate changes nothing, a conflicting value keeps the first
    one and is counted (a batch is checked, stored and counted by one Lua script:
-   :data:`STORE_SAMPLES`);
+   :data:`STORE_SAMPLES`); the chunks of a power trace sent apart from its record
+   (``farm.trace``) alike, keyed by (run, seq, chunk);
 3. tracks agents and boards (retained statuses, wills, heartbeats) and keeps the agents'
    command acks;
 4. counts every outcome in ``farm:ingest:counters`` (and in :attr:`Ingest.counters`).
@@ -61,7 +62,8 @@ The modules, one job each:
 * :mod:`~controller.ingest.ordering`: the in-order executor;
 * :mod:`~controller.ingest.acks`: acknowledgement after storing (and the receive queue);
 * :mod:`~controller.ingest.handlers`: one message dispatched by topic kind, to
-  :mod:`~controller.ingest.store` (sample batches), :mod:`~controller.ingest.run_events` and
+  :mod:`~controller.ingest.store` (sample batches), :mod:`~controller.ingest.traces` (trace
+  chunks), :mod:`~controller.ingest.run_events` and
   :mod:`~controller.ingest.agents` (statuses, heartbeats, command acks);
 * :mod:`~controller.ingest.parse`: parsing, validation and the checks that reject a message;
 * :mod:`~controller.ingest.ledger`: the Redis client and the outcome counters;

@@ -12,19 +12,21 @@ from controller.ingest.parse import (
     check_ids,
     parse_json,
     parse_sample_batch,
+    parse_trace_chunk,
     validate,
 )
 from controller.ingest.run_events import RunEvents
 from controller.ingest.store import SampleStore
 from controller.ingest.throttle import Throttle
+from controller.ingest.traces import TraceStore
 from controller.metrics import IngestMetrics
 from farm.logs import get_logger
 from farm.messages import parse_topic
 
 log = get_logger("controller.ingest.handlers")
 
-#: Larger payloads are rejected unread (an energy window's power trace is the largest
-#: legitimate message: a few MiB).
+#: Larger payloads are rejected unread (an energy window's record with its power trace is the
+#: largest legitimate message: a few MiB; a longer trace comes in chunks, ``farm.trace``).
 MAX_PAYLOAD_BYTES = 8 * 1024 * 1024
 
 
@@ -45,6 +47,7 @@ class Handlers:
         self.throttle = throttle
         self.max_payload = max_payload
         self.samples = SampleStore(ledger, metrics, throttle)
+        self.traces = TraceStore(ledger, throttle)
         self.run_events = RunEvents(ledger)
         self.agents = Agents(ledger, publish)
 
@@ -84,6 +87,11 @@ class Handlers:
             batch = parse_sample_batch(payload)
             check_ids(topic, batch["agent"], batch["board"], batch["run"])
             await self.samples.store(topic, batch["samples"], batch["attempt"])
+            return
+        if topic.kind == "trace":
+            chunk = parse_trace_chunk(payload)
+            check_ids(topic, chunk["agent"], chunk["board"], chunk["run"])
+            await self.traces.store(topic, chunk)
             return
         raw = parse_json(payload)
         try:

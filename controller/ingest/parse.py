@@ -8,17 +8,19 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import pydantic_core
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from controller import keys
 from farm.messages import (
     RUN_EVENTS,
     SAMPLE_BATCH,
+    TRACE_CHUNK,
     AgentStatus,
     BoardStatus,
     CommandAck,
     Heartbeat,
     Topic,
+    TraceChunk,
 )
 
 
@@ -39,6 +41,7 @@ LABELS: Mapping[str, str] = {
     "board_status": "board_status",
     "samples": "sample_batch",
     "run_events": "run_event",
+    "trace": "trace_chunk",
 }
 
 #: Strict validation: a string is not an int here. What is stored is the payload's own text
@@ -82,19 +85,35 @@ def parse_sample_batch(payload: bytes) -> dict[str, Any]:
     try:
         return SAMPLE_BATCH.decode(payload)
     except ValidationError as exc:
-        fast_error = exc
-    # Rejected: the models say why, as for every other kind of message (this path costs
-    # what the one above saves, but only for what is not stored).
+        raise _refusal(payload, SAMPLE_BATCH.model, "samples", exc) from None
+
+
+def parse_trace_chunk(payload: bytes) -> dict[str, Any]:
+    """A ``TraceChunk`` payload validated (strictly) as the values to store
+    (``farm.messages.TRACE_CHUNK.decode``); raises :class:`Rejected` (``bad_json`` or
+    ``invalid_trace_chunk``) otherwise, as :func:`parse_sample_batch` does."""
+    try:
+        return TRACE_CHUNK.decode(payload)
+    except ValidationError as exc:
+        raise _refusal(payload, TraceChunk, "trace", exc) from None
+
+
+def _refusal(
+    payload: bytes, model: type[BaseModel], kind: str, fast_error: ValidationError
+) -> Rejected:
+    """Why a payload the one-pass decoder of topic ``kind`` refused is rejected: the models
+    say why, as for every other kind of message (this path costs what the decoder saves, but
+    only for what is not stored)."""
     try:
         pydantic_core.from_json(payload, allow_inf_nan=False)
     except (ValueError, RecursionError) as exc:
-        raise Rejected("bad_json", str(exc)[:200]) from None
+        return Rejected("bad_json", str(exc)[:200])
     try:
-        SAMPLE_BATCH.model.model_validate_json(payload, strict=True)
+        model.model_validate_json(payload, strict=True)
     except ValidationError as exc:
-        raise Rejected("invalid_sample_batch", validation_summary(exc)) from None
+        return Rejected(f"invalid_{LABELS[kind]}", validation_summary(exc))
     # The model would take it, but a value cannot be stored as JSON (infinity).
-    raise Rejected("bad_json", validation_summary(fast_error)) from None
+    return Rejected("bad_json", validation_summary(fast_error))
 
 
 def validation_summary(exc: ValidationError, limit: int = 3) -> str:

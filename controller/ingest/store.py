@@ -17,9 +17,25 @@ from controller.ingest.parse import Rejected, acceptance
 from controller.ingest.throttle import Throttle
 from controller.metrics import IngestMetrics
 from farm.logs import get_logger
-from farm.messages import MAX_RUN_SAMPLES, SAMPLE_BATCH, Topic
+from farm.messages import MAX_RUN_SAMPLES, SAMPLE_BATCH, TRACE_DIGEST_PATTERN, Topic
 
 log = get_logger("controller.ingest.store")
+
+#: The check a script writing for a run starts with (:data:`STORE_SAMPLES`,
+#: ``controller.ingest.traces.STORE_CHUNK``); the run's hash is KEYS[1], and the ARGV it reads
+#: are as :data:`STORE_SAMPLES` has them. It returns the refusal :func:`refused` reads.
+RUN_ACCEPTS = """
+local run = redis.call(
+  'HMGET', KEYS[1], 'agent', 'board', 'state', 'benchmark', 'seq_limit', 'attempts', 'mode')
+local closed = run[3] and string.find(' ' .. ARGV[3] .. ' ', ' ' .. run[3] .. ' ', 1, true)
+local limit = tonumber(run[5])
+local beyond = limit and tonumber(ARGV[6]) >= limit
+local attempt, attempts = tonumber(ARGV[8]), tonumber(run[6]) or 0
+local stray = attempt and (attempt > attempts or (run[7] ~= 'accuracy' and attempt < attempts))
+if run[1] ~= ARGV[1] or run[2] ~= ARGV[2] or closed or beyond or stray then
+  return {0, run[1], run[2], run[3], run[5], stray and 1 or 0, run[6], run[7]}
+end
+"""
 
 #: Store a batch, after checking that the run accepts it, in one call (a script runs
 #: atomically: a retry after a lost connection finds all of it done or none of it, and a run
@@ -55,17 +71,9 @@ log = get_logger("controller.ingest.store")
 #: tens of µs per command (or argument) on packing and parsing, ~10 ms for 200 samples. Three
 #: keys in three hash slots: on Redis Cluster this needs a hash tag per run and the counters
 #: written apart (the controller's clients are not cluster clients today).
-STORE_SAMPLES = """
-local run = redis.call(
-  'HMGET', KEYS[1], 'agent', 'board', 'state', 'benchmark', 'seq_limit', 'attempts', 'mode')
-local closed = run[3] and string.find(' ' .. ARGV[3] .. ' ', ' ' .. run[3] .. ' ', 1, true)
-local limit = tonumber(run[5])
-local beyond = limit and tonumber(ARGV[6]) >= limit
-local attempt, attempts = tonumber(ARGV[8]), tonumber(run[6]) or 0
-local stray = attempt and (attempt > attempts or (run[7] ~= 'accuracy' and attempt < attempts))
-if run[1] ~= ARGV[1] or run[2] ~= ARGV[2] or closed or beyond or stray then
-  return {0, run[1], run[2], run[3], run[5], stray and 1 or 0, run[6], run[7]}
-end
+STORE_SAMPLES = (
+    RUN_ACCEPTS
+    + """
 local seqs, records = {}, {}
 for seq in string.gmatch(ARGV[4], '[^ ]+') do seqs[#seqs + 1] = seq end
 local body, first = ARGV[5], 2
@@ -102,6 +110,7 @@ if new > 0 then redis.call('HINCRBY', KEYS[3], 'accepted_samples', new) end
 if #same > 0 then redis.call('HINCRBY', KEYS[3], 'duplicate_samples', #same) end
 return {1, stored, run[4], same, other}
 """
+)
 CLOSED_STATES = " ".join(sorted(keys.TERMINAL))
 _SEQ = operator.itemgetter("seq")
 
@@ -121,21 +130,25 @@ def split_records(body: bytes) -> list[str]:
     return ["{" + part + "}" for part in text[2:-2].split("},{")]
 
 
-#: Core schema types a stored record may contain: no text, no nested objects (see
+#: Core schema types a stored record may contain: no free text, no nested objects (see
 #: :data:`STORE_SAMPLES` on splitting).
 _RECORD_TYPES = frozenset({"int", "float", "bool", "nullable", "list", "tuple", "union"})
+#: The one text a record may hold: a trace digest, hex digits only.
+_SAFE_TEXT = frozenset({TRACE_DIGEST_PATTERN})
 
 
 def check_splittable(record: dict[str, Any]) -> None:
     """Raise ``TypeError`` unless ``record`` (the core schema a sample record is decoded with:
-    ``farm.messages.SampleBatchSchema.record_schema``) holds no text and no nested objects
-    (:data:`STORE_SAMPLES` splits the records on ``},{``) and no aliases."""
+    ``farm.messages.SampleBatchSchema.record_schema``) holds no text but hex digests and no
+    nested objects (:data:`STORE_SAMPLES` splits the records on ``},{``) and no aliases."""
 
     def check(node: Any) -> None:
         if isinstance(node, list):
             for item in node:
                 check(item)
         elif isinstance(node, dict):
+            if node.get("type") == "str" and node.get("pattern") in _SAFE_TEXT:
+                return
             if "type" in node and node["type"] not in _RECORD_TYPES | {"default"}:
                 raise TypeError(f"a sample record holds {node['type']!r}: cannot be split")
             for value in node.values():
@@ -150,6 +163,62 @@ def check_splittable(record: dict[str, Any]) -> None:
 check_splittable(SAMPLE_BATCH.record_schema)
 
 
+def refused(topic: Topic, reply: list[Any], attempt: int | None, highest: int) -> Rejected:
+    """Why :data:`RUN_ACCEPTS` refused a message of ``attempt`` with seqs up to ``highest``
+    (``reply``, its answer); raises it if the run is not one that takes the topic's
+    messages at all."""
+    acceptance(topic, *reply[1:4])
+    # Accepted but for its attempt or its seqs.
+    _, _, _, _, limit, stray, attempts, mode = reply
+    if stray:
+        return Rejected(
+            "wrong_attempt", f"attempt {attempt}'s message; the {mode} run is at {attempts}"
+        )
+    return Rejected("seq_out_of_range", f"seq {highest} >= the run's limit {limit}")
+
+
+class RunScript:
+    """A script that writes for a run after :data:`RUN_ACCEPTS` (``source``), called with the
+    keys and arguments :data:`STORE_SAMPLES` documents, on the ledger's current client."""
+
+    def __init__(self, ledger: Ledger, source: str) -> None:
+        self.ledger = ledger
+        self.source = source
+        self._script: Any = None
+        """The script registered with the client it was registered with."""
+
+    async def __call__(
+        self,
+        topic: Topic,
+        data: str,
+        what: str,
+        value: bytes,
+        highest: int,
+        attempt: int | None,
+    ) -> list[Any]:
+        """Run it for ``topic``'s run: ``data`` is the key it writes (KEYS[2]), ``what`` and
+        ``value`` ARGV[4] and ARGV[5], ``highest`` the highest seq written."""
+        assert topic.run is not None and topic.board is not None
+        redis = self.ledger.redis
+        if self._script is None or self._script.registered_client is not redis:
+            # redis-py runs it with EVALSHA and loads it again after a Redis restart.
+            self._script = redis.register_script(self.source)
+        reply: list[Any] = await self._script(
+            keys=[keys.run(topic.run), data, keys.INGEST_COUNTERS, keys.board(topic.board)],
+            args=[
+                topic.agent,
+                topic.board,
+                CLOSED_STATES,
+                what,
+                value,
+                highest,
+                repr(time.time()),
+                "" if attempt is None else attempt,
+            ],
+        )
+        return reply
+
+
 class SampleStore:
     """The sample batches' handler: :meth:`store` writes one batch to Redis and counts it in
     ``ledger``, observes the new samples' latencies in ``metrics`` and logs conflicts (at
@@ -159,8 +228,7 @@ class SampleStore:
         self.ledger = ledger
         self.metrics = metrics
         self.throttle = throttle
-        self._script: Any = None
-        """:data:`STORE_SAMPLES`, registered with the ledger's current Redis client."""
+        self._script = RunScript(ledger, STORE_SAMPLES)
 
     async def store(
         self, topic: Topic, records: list[dict[str, Any]], attempt: int | None = None
@@ -174,37 +242,11 @@ class SampleStore:
         if highest >= MAX_RUN_SAMPLES:
             raise Rejected("seq_out_of_range", f"seq {highest} >= {MAX_RUN_SAMPLES}")
         body = encode_records(records)
-        redis = self.ledger.redis
-        if self._script is None or self._script.registered_client is not redis:
-            # redis-py runs it with EVALSHA and loads it again after a Redis restart.
-            self._script = redis.register_script(STORE_SAMPLES)
         reply = await self._script(
-            keys=[
-                keys.run(topic.run),
-                keys.run_samples(topic.run),
-                keys.INGEST_COUNTERS,
-                keys.board(topic.board),
-            ],
-            args=[
-                topic.agent,
-                topic.board,
-                CLOSED_STATES,
-                " ".join(map(str, seqs)),
-                body,
-                highest,
-                repr(time.time()),
-                "" if attempt is None else attempt,
-            ],
+            topic, keys.run_samples(topic.run), " ".join(map(str, seqs)), body, highest, attempt
         )
         if reply[0] == 0:
-            acceptance(topic, *reply[1:4])
-            # Accepted but for its attempt or its seqs.
-            _, _, _, _, limit, stray, attempts, mode = reply
-            if stray:
-                raise Rejected(
-                    "wrong_attempt", f"attempt {attempt}'s samples; the {mode} run is at {attempts}"
-                )
-            raise Rejected("seq_out_of_range", f"seq {highest} >= the run's limit {limit}")
+            raise refused(topic, reply, attempt, highest)
         _, _, benchmark, same, other = reply
         # Redis has counted these (the script did, atomically with the writes).
         new = len(records) - len(same) - len(other) // 2

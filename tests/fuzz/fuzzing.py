@@ -42,6 +42,7 @@ from controller.ingest.parse import (
     check_ids,
     parse_json,
     parse_sample_batch,
+    parse_trace_chunk,
     validate,
 )
 from farm.catalog import BenchmarkError, get_benchmark
@@ -163,6 +164,14 @@ def ingest_fate(world: World, topic_name: str, payload: bytes) -> str | None:
             fate = world.run_fate(topic.agent, topic.board, topic.run)
             if fate is None and batch["attempt"] not in (None, 1):
                 # The fuzzed sweep's runs are at their first attempt.
+                return "rejected_wrong_attempt"
+            return fate
+        if topic.kind == "trace":
+            chunk = parse_trace_chunk(payload)
+            check_ids(topic, chunk["agent"], chunk["board"], chunk["run"])
+            assert topic.board is not None and topic.run is not None
+            fate = world.run_fate(topic.agent, topic.board, topic.run)
+            if fate is None and chunk["attempt"] not in (None, 1):
                 return "rejected_wrong_attempt"
             return fate
         raw = parse_json(payload)
@@ -297,6 +306,7 @@ def instantiate(world: World, template: Template, rng: random.Random, n: int) ->
 
 _RECORD = {"seq": 0, "index": 3, "label": 1, "results": [0.25, 0.75], "latency_us": 250.5}
 _IDS = {"agent": "{agent}", "board": "{board}"}
+_CHUNK = {"schema": SCHEMA, **_IDS, "seq": 0, "chunk": 1, "values": [1.5e-6, None, 2.5e-6]}
 #: Valid messages (once their placeholders are filled) that the mutations start from.
 BASES: dict[str, list[tuple[str, dict[str, Any]]]] = {
     INGEST: [
@@ -307,6 +317,10 @@ BASES: dict[str, list[tuple[str, dict[str, Any]]]] = {
         (
             "farm/v1/agent/{other_agent}/board/{board}/run/{live_run}/samples",
             {**_IDS, "agent": "{other_agent}", "run": "{live_run}", "samples": [_RECORD]},
+        ),
+        (
+            "farm/v1/agent/{agent}/board/{board}/run/{closed_run}/trace",
+            {**_CHUNK, "run": "{closed_run}"},
         ),
         (
             "farm/v1/agent/{agent}/board/{board}/run/{unknown_run}/events",
@@ -384,6 +398,7 @@ FORGED = {
 }
 _FIELDS = sorted(
     {"schema", "id", "type", "board", "run", "event", "state", "started", "samples", "seq"}
+    | {"chunk", "values"}
     | set(SampleRecord.model_fields)
 )
 

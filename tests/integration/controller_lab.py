@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import redis
+import yaml
 
 from tests.integration.farm_procs import (
     Mosquitto,
@@ -59,10 +61,15 @@ class ControllerLab:
         }
 
     async def add_agent(
-        self, agent: str, boards: str, *, dataset_limit: int | str | None = 10
+        self,
+        agent: str,
+        boards: str,
+        *,
+        dataset_limit: int | str | None = 10,
+        agent_config: Mapping[str, Any] | None = None,
     ) -> None:
         """`farm sim` for ``boards`` (YAML list) and its agent ``agent`` (``dataset_limit``:
-        :func:`start_sim`'s)."""
+        :func:`start_sim`'s; ``agent_config``: settings added to the agent.yaml it wrote)."""
         out = self.dir / f"sim-{agent}"
         self.sims[agent] = await start_sim(
             out,
@@ -73,6 +80,11 @@ class ControllerLab:
             dataset_limit=dataset_limit,
             extra=("--transcripts",),
         )
+        if agent_config:
+            config = out / "agent.yaml"
+            config.write_text(
+                yaml.safe_dump({**yaml.safe_load(config.read_text()), **agent_config})
+            )
         proc = agent_proc(out, self.dir / f"agent-{agent}.log")
         await proc.start()
         self.agents[agent] = proc

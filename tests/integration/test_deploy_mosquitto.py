@@ -257,6 +257,8 @@ async def test_the_certificates_common_name_can_replace_the_password(tmp_path: P
 async def test_an_agent_publishes_under_its_prefix_and_gets_its_commands(broker: Broker) -> None:
     status = f"farm/v1/agent/{PI1}/status"
     samples = f"farm/v1/agent/{PI1}/board/b1/run/r1/samples"
+    # A power trace chunk, as large as one gets (farm.messages.TRACE_CHUNK_VALUES doubles).
+    trace, chunk = f"farm/v1/agent/{PI1}/board/b1/run/r1/trace", b"[" + b"9" * 1_700_000 + b"]"
     async with (
         receiving(broker.client(CONTROLLER), "farm/v1/agent/#") as plain,
         receiving(broker.client(CONTROLLER), "$share/farm-ingest/farm/v1/agent/#") as shared,
@@ -264,10 +266,15 @@ async def test_an_agent_publishes_under_its_prefix_and_gets_its_commands(broker:
     ):
         await agent.client.publish(status, b"online", qos=1, retain=True)
         await agent.client.publish(samples, b"batch-1", qos=1)
+        await agent.client.publish(trace, chunk, qos=1)
         await agent.client.publish(f"farm/v1/agent/{PI1}/heartbeat", b"beat", qos=0)
         for inbox in (plain, shared):
             await wait_until(
-                lambda inbox=inbox: inbox.has(samples, b"batch-1") and inbox.has(status, b"online"),
+                lambda inbox=inbox: (
+                    inbox.has(samples, b"batch-1")
+                    and inbox.has(trace, chunk)
+                    and inbox.has(status, b"online")
+                ),
                 30,
                 "the agent's messages at the controller",
             )
@@ -282,6 +289,7 @@ async def test_an_agent_cannot_publish_as_another_agent_nor_send_commands(broker
     forged = {
         f"farm/v1/agent/{PI2}/status": b"forged-status",
         f"farm/v1/agent/{PI2}/board/b1/run/r1/samples": b"forged-samples",
+        f"farm/v1/agent/{PI2}/board/b1/run/r1/trace": b"forged-trace",
         f"farm/v1/agent/{PI2}/events": b"forged-ack",
         f"farm/v1/cmd/{PI2}": b"forged-command",
         f"farm/v1/cmd/{PI1}": b"self-command",  # an agent reads its commands, never writes them

@@ -174,13 +174,14 @@ def test_sweeps_are_listed_newest_first_with_their_entries(client: redis.Redis) 
 def test_a_retired_runs_samples_and_events_leave_redis(client: redis.Redis) -> None:
     for run in ("now", "later"):
         client.hset(keys.run_samples(run), mapping={"0": "{}", "1": "{}"})
+        client.hset(keys.run_trace(run), mapping={"0:0": "[1.5]", "0:1": "[2.5]"})
         client.rpush(keys.run_events(run), "{}")
         client.hset(keys.run(run), "state", "completed")
     retire_run_detail(client, "now", 0)
     retire_run_detail(client, "later", 3600)
-    assert not client.exists(keys.run_samples("now"), keys.run_events("now"))
-    assert 3590 <= client.ttl(keys.run_samples("later")) <= 3600
-    assert 3590 <= client.ttl(keys.run_events("later")) <= 3600
+    assert not client.exists(keys.run_samples("now"), keys.run_trace("now"), keys.run_events("now"))
+    for key in (keys.run_samples("later"), keys.run_trace("later"), keys.run_events("later")):
+        assert 3590 <= client.ttl(key) <= 3600
     # The run hash (summary, final event, firmware) stays.
     assert client.ttl(keys.run("now")) == -1 and client.ttl(keys.run("later")) == -1
 
@@ -207,6 +208,7 @@ def test_old_finished_sweeps_are_trimmed_whole_and_their_history_stays(
         for run_id, run_state in runs.items():
             client.hset(keys.run(run_id), mapping={"state": run_state, "sweep": sweep_id})
             client.hset(keys.run_samples(run_id), "0", "{}")
+            client.hset(keys.run_trace(run_id), "0:0", "[1.5]")
             client.rpush(keys.run_events(run_id), "{}")
 
     sweep("old", 1000.0, "finished", {"o1": "completed", "o2": "failed"})
@@ -223,7 +225,12 @@ def test_old_finished_sweeps_are_trimmed_whole_and_their_history_stays(
         keys.sweep_verdict("old"),
     ]
     for run_id in ("o1", "o2"):
-        gone += [keys.run(run_id), keys.run_samples(run_id), keys.run_events(run_id)]
+        gone += [
+            keys.run(run_id),
+            keys.run_samples(run_id),
+            keys.run_trace(run_id),
+            keys.run_events(run_id),
+        ]
     assert client.exists(*gone) == 0
     assert client.exists(keys.run("g1"), keys.run("g2"), keys.run("n1")) == 3
     # The history keeps the trimmed run's summary.

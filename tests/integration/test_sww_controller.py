@@ -34,7 +34,9 @@ async def test_submit_sww_scores_the_stream(lab: ControllerLab) -> None:
   latency: {{median_s: 0.016, spread: 0.02}}
   sww: {{truth: [sww_short_test.json, "{truth}"], miss: [1, 3], false_at_s: [7.0]}}
 """
-    await lab.add_agent("pi-a", boards)
+    # The stream's power trace (some 14,000 samples) goes in chunks of 4,000, as a 1,200 s
+    # stream's 1.2 M samples go in chunks of 65,536.
+    await lab.add_agent("pi-a", boards, agent_config={"trace_chunk_values": 4000})
     # The agent's dataset root gets the truth file (the sim wrote the official ones).
     datasets = lab.dir / "sim-pi-a" / "datasets" / "sww01"
     assert (datasets / "sww_long_test.json").is_file()
@@ -70,6 +72,9 @@ async def test_submit_sww_scores_the_stream(lab: ControllerLab) -> None:
     assert element["infer"]["detection_windows"] == TRUTH[0]["detection_windows"]
     assert element["infer"]["wav_file"] is None  # the controller has not that truth file
     assert (folder / "energy_inf_000.png").is_file()
+    counters = lab.redis.hgetall("farm:ingest:counters")
+    assert int(counters["accepted_trace_chunk"]) >= 4, counters
+    assert len(element["power"]["samples"]) > 3 * 4000
 
     # sww01 has no latency mode: asked for it alone, nothing runs and the reason is given.
     code, _, errs = await lab.farm(

@@ -330,6 +330,7 @@ def test_a_scrape_shows_the_farm_as_redis_holds_it(client: redis.Redis) -> None:
     assert value(s, "farm_ingest_duplicate_samples_total") == 4
     assert value(s, "farm_ingest_accepted_total", kind="sample_batch") == 30
     assert value(s, "farm_ingest_accepted_total", kind="heartbeat") == 0
+    assert value(s, "farm_ingest_accepted_total", kind="trace_chunk") == 0  # no stream yet
     assert value(s, "farm_ingest_rejected_total", reason="unknown_run") == 2
     assert value(s, "farm_ingest_cleared_total", kind="board_status") == 1
     # Operators' holds: who holds a board until when, why one is quarantined, and how the

@@ -16,11 +16,18 @@ import pydantic_core
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from controller.ingest.parse import Rejected, parse_sample_batch
 from controller.ingest.store import check_splittable, encode_records, split_records
-from farm.messages import SCHEMA, SampleBatch, SampleBatchSchema, SampleRecord, sample_digest
+from farm.messages import (
+    SAMPLE_BATCH,
+    SCHEMA,
+    SampleBatch,
+    SampleBatchSchema,
+    SampleRecord,
+    sample_digest,
+)
 from farm.storable import storable_schema
 
 NULLS = {name for name, field in SampleRecord.model_fields.items() if field.default is None}
@@ -300,5 +307,17 @@ def test_a_schema_that_cannot_be_mirrored_is_refused() -> None:
     class TextBatch(BaseModel):
         samples: list[TextRecord]
 
-    with pytest.raises(TypeError, match="cannot be split"):
-        check_splittable(SampleBatchSchema(TextBatch).record_schema)
+    # Text of a pattern that could hold the "},{" records are split on.
+    class WordRecord(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        seq: int
+        note: str = Field("", pattern=r"^[^\n]*$")
+
+    class WordBatch(BaseModel):
+        samples: list[WordRecord]
+
+    for batch in (TextBatch, WordBatch):
+        with pytest.raises(TypeError, match="cannot be split"):
+            check_splittable(SampleBatchSchema(batch).record_schema)
+    # A trace digest, hex digits only, can be split around.
+    check_splittable(SAMPLE_BATCH.record_schema)

@@ -74,6 +74,10 @@ def test_a_copy_that_differs_is_not_official() -> None:
             "entry 0: length_sec must be positive",
         ),
         (
+            '[{"wav_file": "a.wav", "detection_windows": [], "length_sec": 7200.5}]',
+            "entry 0: length_sec must be positive and at most 7200, got 7200.5",
+        ),
+        (
             '[{"wav_file": "a.wav", "detection_windows": [], "length_sec": 1, "sample_rate": 0}]',
             "entry 0: sample_rate must be a positive integer",
         ),
