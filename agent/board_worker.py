@@ -34,6 +34,8 @@ from agent.one_board import (
     connect,
     expected_samples,
     prepare,
+    request_script,
+    script_counts,
     stream_target,
 )
 from agent.outbox import Outbox, SampleBatcher
@@ -616,9 +618,7 @@ class BoardWorker:
         dataset: Dataset | TruthFile,
     ) -> Runner:
         assert self._links is not None
-        mode = "performance" if job.mode == "latency" else job.mode
-        script = bench.script(mode)
-        n_w = (1, 0) if job.mode in ("accuracy", "latency") else (script.iterations, script.warmups)
+        script = request_script(request, bench)
 
         runner: Runner
 
@@ -629,12 +629,13 @@ class BoardWorker:
             self._links.dut,
             inputs,
             job.mode,
-            n_w,
+            script_counts(job.mode, script),
             request.settings,
             monitor=self._links.monitor,
             progress=progress,
             recover=recover,
             stream=stream_target(self._links, dataset),
+            sized=script.sized,
         )
         return runner
 

@@ -9,6 +9,7 @@ which extra it needs.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 from collections.abc import Awaitable, Callable
@@ -21,12 +22,13 @@ from rich.table import Table
 
 from farm.catalog import get_dataset_spec
 from farm.cli_common import console, err, error, fail, needs_extra
-from farm.messages import Mode
+from farm.messages import Mode, RunScript
 from farm.yaml_config import ConfigError
 
 if TYPE_CHECKING:
     from agent.config import AgentConfig, BoardConfig
     from agent.one_board import RunRequest
+    from agent.runner import RunSettings
     from farm.run_output import RunFolder
 
 agent_app = typer.Typer(
@@ -294,6 +296,13 @@ def run(
         str | None,
         typer.Option(help="sww01: the truth file in <dataset>/sww01 (sww_long_test.json)"),
     ] = None,
+    script: Annotated[
+        Path | None,
+        typer.Option(
+            help="A test script in the official runner's grammar for this mode: the "
+            "benchmark's entry runs as written (N too)"
+        ),
+    ] = None,
     min_window_s: Annotated[float, typer.Option(hidden=True)] = 10.0,
     max_window_s: Annotated[float, typer.Option(hidden=True)] = 30.0,
     calibration_s: Annotated[float, typer.Option(hidden=True)] = 0.5,
@@ -321,6 +330,8 @@ def run(
         min_duration_s=min_duration,
         limit=limit,
     )
+    if script is not None:
+        settings, truth, run_script = _user_script(script, benchmark, mode, settings, truth)
     request = RunRequest(
         benchmark=benchmark,
         mode=cast(Mode, mode),  # prepare() refuses an unknown mode, naming the known ones
@@ -334,6 +345,7 @@ def run(
         alt=alt,
         resume=resume,
         truth=truth,
+        script=run_script if script is not None else None,
     )
     try:
         # The arguments first: a bad one is one line, not a progress bar and then the line.
@@ -395,6 +407,31 @@ async def _run_with_progress(
             bar.update(task, completed=done, total=total, eta=text)
 
         return await run_one_board(request, progress=progress, on_start=started)
+
+
+def _user_script(
+    path: Path, benchmark: str, mode: str, settings: RunSettings, truth: str | None
+) -> tuple[RunSettings, str | None, RunScript]:
+    """``--script``: the benchmark's entry of the file, and the settings and truth file it
+    gives the run (a performance or energy loop sets the windows; a stream its truth)."""
+    from farm.catalog import BenchmarkError, get_benchmark
+    from farm.messages import RunOptions
+    from farm.scripts import ScriptError, load_test_script
+
+    if mode == "latency":
+        raise fail(
+            "latency mode runs the farm's own query loop; --script applies to "
+            "performance, accuracy and energy mode"
+        )
+    try:
+        bench = get_benchmark(benchmark)
+        script = load_test_script(path, mode)
+    except (BenchmarkError, ScriptError) as exc:
+        raise fail(str(exc)) from None
+    options = script.apply(RunOptions(truth=truth, windows=settings.windows), bench.id, mode)
+    if options.script is None:
+        raise fail(f"{path} has no entry for {bench.id} (it names {', '.join(script.entries)})")
+    return dataclasses.replace(settings, windows=options.windows), options.truth, options.script
 
 
 def _sim_ports(

@@ -17,8 +17,11 @@ from agent.serial_link import SerialLink
 from farm.catalog import Benchmark, BenchmarkError, get_benchmark
 from farm.datasets import Dataset, DatasetError, InferenceInput, load_dataset
 from farm.logs import get_logger
+from farm.messages import RunScript
 from farm.protocol.interface import HOST_BAUD as INTERFACE_BAUD
 from farm.run_output import RunFolder
+from farm.script_grammar import Script
+from farm.scripts import run_script, script_log_lines
 from farm.sww_truth import TruthError, TruthFile, dataset_truth
 
 log = get_logger("agent.one_board")
@@ -51,6 +54,13 @@ class RunRequest:
     truth: str | None = None
     """sww01: the truth file in ``<dataset>/sww01/`` (default: the official script's,
     ``sww_long_test.json``)."""
+    script: RunScript | None = None
+    """A user's test script for the benchmark and mode (default: the farm's)."""
+
+
+def request_script(request: RunRequest, bench: Benchmark) -> Script:
+    """The script the request runs: the user's, as written, or the farm's."""
+    return run_script(bench, request.mode, request.script)
 
 
 @dataclass
@@ -102,6 +112,11 @@ def prepare(
         raise RunInputError(
             "energy mode needs --interface PORT and --monitor PORT (an LPM01A's port, or js220)"
         )
+    if request.script is not None and request.mode == "latency":
+        raise RunInputError(
+            "latency mode runs the farm's own query loop; a test script applies to "
+            "performance, accuracy and energy mode"
+        )
     if request.resume is not None and request.mode != "accuracy":
         raise RunInputError("only accuracy runs can be resumed (the others are timed windows)")
     if ports and request.mode != "energy" and not request.port:
@@ -119,7 +134,8 @@ def prepare(
         # Latency mode rotates through the performance inputs (rows 1-5). A run cut short
         # with --limit may use a dataset smaller than the script's loop.
         limit = None if request.mode == "latency" else request.settings.limit
-        inputs = dataset.inputs(_mode(request), limit=limit)
+        script = request_script(request, bench)
+        inputs = dataset.inputs(_mode(request), limit=limit, script=script)
     except DatasetError as exc:
         raise RunInputError(str(exc)) from None
     return bench, dataset, inputs
@@ -208,6 +224,7 @@ async def run_one_board(
         "dataset": str(dataset.index_path.resolve()),
         "alt": request.alt,
         "limit": request.settings.limit,
+        "script": request.script.sha256 if request.script else None,
     }
     if request.resume is not None:
         try:
@@ -221,28 +238,23 @@ async def run_one_board(
     else:
         folder = RunFolder.create(request.out, bench, request.mode, request.settings, identity)
     try:
-        script = bench.script(_mode(request))
-        n_w = (
-            (1, 0)
-            if request.mode in ("accuracy", "latency")
-            else (script.iterations, script.warmups)
-        )
+        script = request_script(request, bench)
         runner = Runner(
             links.dut,
             inputs,
             request.mode,
-            n_w,
+            script_counts(request.mode, script),
             request.settings,
             monitor=links.monitor,
             progress=progress,
             stream=stream_target(links, dataset),
+            sized=script.sized,
         )
         if on_start is not None:
             on_start(folder, expected_samples(request, inputs))
         folder.log(f"benchmark {bench.id}, mode {request.mode}, dataset {dataset.folder}")
-        for deviation in bench.deviations:
-            if deviation.startswith(f"{bench.id} {_mode(request)}"):
-                folder.log(f"deviation from the official script: {deviation}")
+        for line in script_log_lines(bench, _mode(request), script):
+            folder.log(line)
         async for sample in runner.run():
             folder.add_sample(sample)
         folder.finish(runner.info, dataset)
@@ -252,6 +264,11 @@ async def run_one_board(
     finally:
         await links.close()
     return folder
+
+
+def script_counts(mode: str, script: Script) -> tuple[int, int]:
+    """``(N, W)`` of the run's ``infer`` (latency mode: one query at a time, no warmups)."""
+    return (1, 0) if mode == "latency" else (script.iterations, script.warmups)
 
 
 def expected_samples(request: RunRequest, inputs: list[InferenceInput]) -> int | None:

@@ -37,7 +37,7 @@ def run_request(job: RunCommand, datasets: Path) -> RunRequest:
     """The one-board runner's request for ``job``, its datasets below ``datasets``."""
     o = job.options
     settings = RunSettings(
-        windows=o.windows,
+        windows=o.windows,  # a user's performance or energy script: its loop count
         min_window_s=o.min_window_s,
         max_window_s=o.max_window_s,
         calibration_s=o.calibration_s,
@@ -56,6 +56,7 @@ def run_request(job: RunCommand, datasets: Path) -> RunRequest:
         settings=settings,
         alt=o.alt,
         truth=o.truth,
+        script=o.script,
     )
 
 

@@ -158,9 +158,11 @@ def size_count(throughput: float, settings: RunSettings) -> int:
 class Runner:
     """Runs one mode of one benchmark on one DUT.
 
-    ``script`` is ``(N, W)`` of the official script for the mode (N is re-sized for
-    performance and energy). Energy mode needs the energy monitor (an LPM01A or a JS220); the
-    DUT client then goes through the interface board.
+    ``script`` is ``(N, W)`` of the mode's script; with ``sized`` (the farm's own scripts)
+    N is re-sized per board for performance and energy, without it (a user's test script) N
+    runs as written, after the same calibration (which times the replies). Energy mode
+    needs the energy monitor (an LPM01A or a JS220); the DUT client then goes through the
+    interface board.
     """
 
     def __init__(
@@ -175,6 +177,7 @@ class Runner:
         progress: Progress | None = None,
         recover: Recover | None = None,
         stream: StreamTarget | None = None,
+        sized: bool = True,
     ) -> None:
         if mode == "energy" and monitor is None:
             raise ValueError("energy mode needs an energy monitor")
@@ -189,6 +192,7 @@ class Runner:
         self.progress = progress
         self.recover = recover
         self.stream = stream
+        self.sized = sized
         self.info = RunInfo(warmup=script[1])
         self.recoveries = 0
         self._loaded: Input | None = None
@@ -217,9 +221,10 @@ class Runner:
             if seq in skip:
                 continue
             item = inputs[seq]
-            result = await self._attempt(partial(self._load_infer, item, 1, 0, True))
+            n, w = self.script
+            result = await self._attempt(partial(self._load_infer, item, n, w, True))
             yield self._sample(seq, item, None, result)
-            self._report(seq + 1, total, 1, 0)
+            self._report(seq + 1, total, n, w)
 
     async def _performance(self) -> AsyncIterator[Sample]:
         windows = self._limited(self.inputs[: self.settings.windows])
@@ -251,9 +256,13 @@ class Runner:
             # Jump close to the calibration length, but at most 10x per step.
             per = max(elapsed, 1) / n / 1e6
             n = min(n * 10, max(n + 1, math.ceil(self.settings.calibration_s / per)))
-        self.info.count = size_count(n / (elapsed / 1e6), self.settings)
+        self.info.count = self._count(size_count(n / (elapsed / 1e6), self.settings))
         log.info("calibrated", n=n, elapsed_us=elapsed, count=self.info.count)
         return self.info.count
+
+    def _count(self, sized: int) -> int:
+        """N of every timed window: sized from the calibration, or the script's as written."""
+        return sized if self.sized else self.script[0]
 
     async def _energy(self) -> AsyncIterator[Sample]:
         assert self.monitor is not None
@@ -386,7 +395,7 @@ class Runner:
         # infer budgets follow the board instead of the 30 s unknown-latency limit.
         self.dut.latency_s = per
         self.dut.slowest_s = max(self.dut.slowest_s, per)
-        self.info.count = size_count(1 / per, self.settings)
+        self.info.count = self._count(size_count(1 / per, self.settings))
         return self.info.count
 
     async def _latency(self) -> AsyncIterator[Sample]:

@@ -36,6 +36,7 @@ from farm.cli_common import console, err, fail, needs_extra
 
 if TYPE_CHECKING:
     from controller.settings import Settings
+    from farm.scripts import TestScript
 
 controller_app = typer.Typer(
     help="The lab server's processes: RQ workers, MQTT ingest and the metrics exporter.",
@@ -313,6 +314,15 @@ def submit(
             "board runs only the model it holds)"
         ),
     ] = True,
+    script: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--script",
+            help="[MODE=]FILE: a test script in the official runner's grammar for one mode "
+            "(tests_<mode>.yaml names its mode); its benchmarks run it as written "
+            "(repeatable, one per mode)",
+        ),
+    ] = None,
     wait: Annotated[
         bool, typer.Option(help="Follow the sweep live; exit 1 if a run fails")
     ] = False,
@@ -401,6 +411,7 @@ def submit(
             if verdict
             else None,
             flash=flash,
+            scripts=tuple(_test_script(given) for given in script or []),
         )
         client = _redis(settings)
         sweep_id, run_ids, skipped = submit_sweep(client, spec)
@@ -425,6 +436,18 @@ def submit(
         if report is not None and not json_out:
             _print_results(report, "table")
         raise typer.Exit(code)
+
+
+def _test_script(given: str) -> TestScript:
+    """``[MODE=]FILE`` of ``--script``, read and checked (raises ``SweepError``)."""
+    from controller.sweeps import SweepError
+    from farm.scripts import ScriptError, load_test_script
+
+    mode, sep, path = given.partition("=")
+    try:
+        return load_test_script(Path(path) if sep else Path(given), mode if sep else None)
+    except ScriptError as exc:
+        raise SweepError(str(exc)) from None
 
 
 def status(

@@ -46,6 +46,8 @@ def samples_expected(bench: Benchmark, mode: Mode, options: RunOptions) -> int:
         return min(options.windows, options.limit or options.windows)
     spec = bench.dataset
     rows = sum(spec.alt_class_counts) if options.alt and spec.alt_class_counts else spec.rows
+    if options.script is not None and options.script.loop is not None:
+        rows = min(rows, options.script.loop)  # a user's accuracy script: its first K rows
     per_row = spec.synth_windows or 1
     return min(rows * per_row, options.limit or rows * per_row)
 
@@ -89,15 +91,24 @@ def estimate_run_s(bench: Benchmark, mode: Mode, options: RunOptions) -> float:
     if bench.streamed:
         return SETUP_ALLOWANCE_S + stream_s(bench, options)
     count = samples_expected(bench, mode, options)
+    script = options.script if mode != "latency" else None
+    # A user's script runs N as written: its windows last what N takes on the reference
+    # board (the deadline's margin and its extension as samples arrive cover slower ones).
+    extra_s = 0.0 if script is None else script.warmups * bench.model.reference_latency_s
     if mode in ("performance", "energy"):
         window = min(options.min_window_s * 1.25, options.max_window_s * 0.9)
+        if script is not None:
+            window = script.iterations * bench.model.reference_latency_s + extra_s
         calibration = options.calibration_s * 4 + sample_s(bench, mode)
         body = calibration + count * (window + sample_s(bench, mode))
     elif mode == "latency":
         body = max(options.min_duration_s, count * sample_s(bench, mode, download=False))
         body += options.latency_inputs * sample_s(bench, mode)
     else:
-        body = count * sample_s(bench, mode)
+        per = sample_s(bench, mode)
+        if script is not None:
+            per += (script.iterations - 1) * bench.model.reference_latency_s + extra_s
+        body = count * per
     return SETUP_ALLOWANCE_S + body
 
 

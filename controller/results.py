@@ -49,6 +49,7 @@ from farm.datasets import ALT_INDEX, INDEX, DatasetError, Row, official_rows
 from farm.messages import RunInfoRecord, RunOptions, SampleRecord
 from farm.run_output import SUBSET_NOTE, RunFolder
 from farm.sample import Sample, StreamCapture
+from farm.scripts import run_script, script_log_lines
 from farm.sww_truth import OFFICIAL_TRUTH, TruthFile, official_truth
 
 MODES: tuple[str, ...] = ("performance", "accuracy", "energy", "latency")
@@ -428,17 +429,19 @@ def _expected_inputs(
     bench: Benchmark, mode: str, options: RunOptions, index: OfficialIndex
 ) -> list[tuple[int, int | None]]:
     """(row, window) of every input the run makes, in order: ``Dataset.inputs`` of the
-    official script on the official index, as the runner takes them (performance and energy
+    run's script on the official index, as the runner takes them (performance and energy
     the first ``windows`` of the script's loop; latency rotates through the first
     ``latency_inputs`` of the performance inputs; ``limit`` cuts all but latency)."""
     windowed = bench.dataset.window_bytes is not None
+    loop = run_script(bench, mode, options.script).loop or len(index.rows)
     if mode == "accuracy":
         per_file = (index.windows_per_file or 0) if windowed else 1
         out = [
-            (row.index, seg if windowed else None) for row in index.rows for seg in range(per_file)
+            (row.index, seg if windowed else None)
+            for row in index.rows[:loop]
+            for seg in range(per_file)
         ]
         return out if options.limit is None else out[: options.limit]
-    loop = bench.script("performance" if mode == "latency" else mode).loop or len(index.rows)
     firsts = [(row.index, 0 if windowed else None) for row in index.rows[:loop]]
     if mode == "latency":
         return firsts[: max(1, options.latency_inputs)]
@@ -531,9 +534,8 @@ def _write(
             f"{bench.dataset_id} windows per file: {index.windows_per_file} ({index.windows_from})"
         )
     script_mode = "performance" if mode == "latency" else mode
-    for deviation in bench.deviations:
-        if deviation.startswith(f"{bench.id} {script_mode}"):
-            out.log(f"deviation from the official script: {deviation}")
+    for line in script_log_lines(bench, script_mode, run_script(bench, mode, options.script)):
+        out.log(line)
     for problem in coverage:
         out.add_problem(problem)
     out.add_samples(samples)

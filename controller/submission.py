@@ -47,10 +47,11 @@ from controller import keys
 from controller.render import Column, Listing, number
 from controller.sweep_view import PAGE_ORDER
 from farm import scoring
-from farm.catalog import BenchmarkError, get_benchmark
+from farm.catalog import Benchmark, BenchmarkError, get_benchmark
 from farm.datasets import official_rows
-from farm.messages import RunOptions
+from farm.messages import RunOptions, RunScript
 from farm.scoring.performance import REQUIRED_WINDOWS
+from farm.scripts import run_script
 from farm.sww_truth import LONG_TRUTH, OFFICIAL_TRUTH
 
 DIVISIONS = ("closed", "open")
@@ -129,6 +130,8 @@ class Candidate:
     alt: bool = False
     truth: str | None = None
     """sww01: the truth file the run streamed (``None``: the official long one)."""
+    script: RunScript | None = None
+    """The user's test script the run followed (``None``: the farm's)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,6 +244,8 @@ def refusal(c: Candidate, division: str, version: str) -> str | None:
         return str(exc)
     if version not in bench.targets:
         return f"{bench.checker_dir} is not part of MLPerf Tiny {version}"
+    if division == "closed" and (why := script_refusal(c, bench)) is not None:
+        return why
     if bench.streamed:
         return stream_refusal(c, division, version)
     summary = c.summary
@@ -264,6 +269,21 @@ def refusal(c: Candidate, division: str, version: str) -> str | None:
                 f"{check.target.threshold:g} ({version})"
             )
     return None
+
+
+def script_refusal(c: Candidate, bench: Benchmark) -> str | None:
+    """Why a run's test script keeps it out of the closed division, or None: the closed
+    division runs the official steps, only N sized for the board (as submitters do)."""
+    if c.script is None or c.mode == "latency":
+        return None
+    used = run_script(bench, c.mode, c.script)
+    official = bench.script(c.mode)
+    if used.same_steps(official):
+        return None
+    return (
+        f"test script {c.script.source} runs {used.text()}; the closed division runs "
+        f"{official.text()} (N aside): export it in the open division"
+    )
 
 
 def stream_refusal(c: Candidate, division: str, version: str) -> str | None:
@@ -622,6 +642,7 @@ def load_candidates(client: Any, sweeps: Sequence[str]) -> list[Candidate]:
                     limit=options.limit,
                     alt=options.alt,
                     truth=options.truth,
+                    script=options.script,
                 )
             )
     return found

@@ -31,6 +31,7 @@ from controller.store import all_boards, new_id, rq_connection
 from controller.verdicts import VerdictRequest
 from farm.catalog import BENCHMARKS, Benchmark, BenchmarkError, get_benchmark
 from farm.messages import Mode, RunOptions
+from farm.scripts import TestScript
 
 if TYPE_CHECKING:
     from rq import Queue
@@ -74,6 +75,8 @@ class SweepSpec:
     verdict: VerdictRequest | None = None
     """Judge the sweep against its baseline when it has finished (``farm submit --verdict``:
     :mod:`controller.judge`)."""
+    scripts: tuple[TestScript, ...] = ()
+    """Users' test scripts, one per mode at most (``farm submit --script``)."""
 
     def to_json(self) -> dict[str, Any]:
         """The spec as stored with the sweep."""
@@ -88,6 +91,7 @@ class SweepSpec:
             "options": self.options.model_dump(),
             "flash": self.flash,
             "verdict": None if self.verdict is None else self.verdict.to_json(),
+            "scripts": [{"mode": s.mode, "file": s.name, "sha256": s.sha256} for s in self.scripts],
         }
 
 
@@ -176,6 +180,7 @@ def plan(
     """Expand a spec over the known boards (``boards``: id -> retained status; ``online``:
     agents online now; ``held``: boards out of scheduling, reserved or quarantined, and why)."""
     benches = [get_benchmark(b) for b in spec.benchmarks]
+    _check_scripts(spec, benches)
     if spec.options.truth is not None and not any(b.streamed for b in benches):
         raise SweepError("--truth names an sww01 truth file: the sweep has no sww01 run")
     if spec.boards is not None:
@@ -215,6 +220,23 @@ def plan(
                 )
         runs.extend(_order(candidates, status))
     return runs, skipped
+
+
+def _check_scripts(spec: SweepSpec, benches: list[Benchmark]) -> None:
+    """Refuse a test script the sweep would not use: two for one mode, one for a mode the
+    sweep does not run or naming none of its benchmarks."""
+    seen: set[str] = set()
+    for script in spec.scripts:
+        if script.mode in seen:
+            raise SweepError(f"two test scripts for {script.mode} mode")
+        seen.add(script.mode)
+        if script.mode not in spec.modes:
+            raise SweepError(f"{script.path}: the sweep runs no {script.mode} mode")
+        if not any(b.id in script.entries for b in benches):
+            raise SweepError(
+                f"{script.path} names none of the sweep's benchmarks "
+                f"({', '.join(b.id for b in benches)})"
+            )
 
 
 def bench_modes(bench: Benchmark, modes: list[Mode]) -> tuple[list[Mode], list[tuple[Mode, str]]]:
@@ -325,7 +347,7 @@ def submit(client: redis.Redis, spec: SweepSpec) -> tuple[str, list[str], list[S
                     "benchmark": run.benchmark,
                     "mode": run.mode,
                     "dataset": spec.dataset or "",
-                    "options": run_options(spec, run.benchmark).model_dump_json(),
+                    "options": run_options(spec, run.benchmark, run.mode).model_dump_json(),
                     "label": spec.label,
                     "state": "queued",
                     "attempts": 0,
@@ -342,12 +364,16 @@ def submit(client: redis.Redis, spec: SweepSpec) -> tuple[str, list[str], list[S
     return sweep_id, run_ids, skipped
 
 
-def run_options(spec: SweepSpec, benchmark: str) -> RunOptions:
-    """The sweep's options as one run of ``benchmark`` takes them: a truth file is sww01's
-    alone, so a mixed sweep (``--suite full --truth ...``) sends it to its sww01 runs only."""
-    if spec.options.truth is None or get_benchmark(benchmark).streamed:
-        return spec.options
-    return spec.options.model_copy(update={"truth": None})
+def run_options(spec: SweepSpec, benchmark: str, mode: str) -> RunOptions:
+    """The sweep's options as one ``mode`` run of ``benchmark`` takes them: a truth file is
+    sww01's alone, so a mixed sweep (``--suite full --truth ...``) sends it to its sww01 runs
+    only; a test script of the mode that names the benchmark goes with the run."""
+    options = spec.options
+    if options.truth is not None and not get_benchmark(benchmark).streamed:
+        options = options.model_copy(update={"truth": None})
+    for script in spec.scripts:
+        options = script.apply(options, benchmark, mode)
+    return options
 
 
 def _enqueue(
@@ -373,7 +399,7 @@ def _enqueue(
         if status not in (None, "finished", "failed", "canceled", "stopped"):
             depends = Dependency(jobs=[tail], allow_failure=True)
     estimate = estimate_run_s(
-        get_benchmark(run.benchmark), run.mode, run_options(spec, run.benchmark)
+        get_benchmark(run.benchmark), run.mode, run_options(spec, run.benchmark, run.mode)
     )
     target.enqueue(
         execute_run,

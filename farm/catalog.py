@@ -10,7 +10,9 @@ throughput and power (docs/measurement.md#streaming-wakeword). Where the farm de
 something else than the shipped runner (ic02's performance loop count), the benchmark lists
 the deviation so every run can record it.
 
-Everything here is static data; nothing reads files.
+Everything here is static data: the scripts are read once, at import, from the package's
+``data/scripts/tests_<mode>.yaml``, the official runner's files in its own grammar
+(``farm.script_grammar``).
 """
 
 from __future__ import annotations
@@ -18,10 +20,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from importlib import resources
 from types import MappingProxyType
 from typing import Literal, get_args
 
+import yaml
+
 from farm.models import MODELS, ModelSpec
+from farm.script_grammar import Script, parse_script_file
 from farm.sww_truth import LONG_TRUTH
 
 Mode = Literal["performance", "accuracy", "energy"]
@@ -88,43 +94,6 @@ class DatasetSpec:
         if self.window_bytes is None or self.stride is None:
             return None
         return (self.synth_file_bytes - self.window_bytes) // self.stride + 1
-
-
-@dataclass(frozen=True, slots=True)
-class Script:
-    """One mode's official runner script: ``loop [K]: download; infer N W [; reset S]``, or
-    sww01's ``stream`` (``stream`` names its truth file; ``loop``, ``iterations`` and
-    ``warmups`` are then the one stream the runner records, as it does: 1, 1, 0)."""
-
-    mode: Mode
-    loop: int | None
-    """Loop count K; ``None`` means one iteration per row (ad01: per window of every row)."""
-    iterations: int
-    """``N`` of ``infer N W``: the reference-board default; the runner sizes it per board in
-    performance and energy mode (docs/measurement.md#window-sizing)."""
-    warmups: int
-    """``W`` of ``infer N W``."""
-    reset_s: int | None = None
-    """``reset S`` (ad01 accuracy): re-arms the official runner's host-side S-second
-    watchdog each iteration; it sends nothing to the DUT."""
-    stream: str | None = None
-    """sww01: the truth file whose wav files a ``stream`` step plays."""
-
-    @property
-    def infer(self) -> str:
-        """The DUT command, e.g. ``infer 70 10``."""
-        return f"infer {self.iterations} {self.warmups}"
-
-    def text(self) -> str:
-        """One-line rendering of the script for logs, e.g. ``loop 5: download; infer 20 5``
-        (sww01: ``stream sww_long_test.json``)."""
-        if self.stream is not None:
-            return f"stream {self.stream}"
-        head = "loop" if self.loop is None else f"loop {self.loop}"
-        steps = ["download", self.infer]
-        if self.reset_s is not None:
-            steps.append(f"reset {self.reset_s}")
-        return f"{head}: " + "; ".join(steps)
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,16 +214,33 @@ def _version(version: str) -> str:
     return v
 
 
-def _scripts(
-    perf: tuple[int, int], energy: tuple[int, int], *, reset_s: int | None = None
-) -> Mapping[Mode, Script]:
-    return MappingProxyType(
-        {
-            "performance": Script("performance", 5, *perf),
-            "accuracy": Script("accuracy", None, 1, 0, reset_s),
-            "energy": Script("energy", 5, *energy),
-        }
-    )
+def _default_scripts() -> dict[str, dict[Mode, Script]]:
+    """The farm's scripts per benchmark and mode, from the package's ``tests_<mode>.yaml``
+    (the official runner's files, with the deviations the benchmarks record)."""
+    out: dict[str, dict[Mode, Script]] = {}
+    for mode in MODES:
+        where = f"farm/data/scripts/tests_{mode}.yaml"
+        text = resources.files("farm").joinpath(f"data/scripts/tests_{mode}.yaml").read_text()
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        assert node is not None, where
+        entries = parse_script_file(
+            yaml.safe_load(text),
+            node,
+            where,
+            mode,
+            sized=True,
+            source=None,
+        )
+        for key, entry in entries.items():
+            out.setdefault(key, {})[mode] = entry.script
+    return out
+
+
+_SCRIPTS = _default_scripts()
+
+
+def _scripts(benchmark: str) -> Mapping[Mode, Script]:
+    return MappingProxyType(_SCRIPTS[benchmark])
 
 
 def _bauds(model: ModelSpec) -> Mapping[Mode, int]:
@@ -343,7 +329,7 @@ BENCHMARKS: dict[str, Benchmark] = {
             input_format="490 B = 49 frames x 10 MFCC features, int8",
             metric="top1",
             targets=_targets(90.0),
-            scripts=_scripts((70, 10), (70, 10)),
+            scripts=_scripts("kws01"),
             firmware_models=("kws01",),
             bauds=_bauds(MODELS["kws01"]),
         ),
@@ -356,7 +342,7 @@ BENCHMARKS: dict[str, Benchmark] = {
             input_format="27,648 B = 96x96x3 uint8 RGB, row-major, channels interleaved",
             metric="top1",
             targets=_targets(80.0),
-            scripts=_scripts((20, 5), (20, 5)),
+            scripts=_scripts("vww01"),
             firmware_models=("vww01",),
             bauds=_bauds(MODELS["vww01"]),
         ),
@@ -369,7 +355,7 @@ BENCHMARKS: dict[str, Benchmark] = {
             input_format="3,072 B = 32x32x3 uint8 RGB, channels interleaved (not CIFAR planar)",
             metric="top1",
             targets=_targets(85.0),
-            scripts=_scripts((20, 5), (20, 0)),
+            scripts=_scripts("ic01"),
             firmware_models=("ic01",),
             bauds=_bauds(MODELS["ic01"]),
         ),
@@ -382,9 +368,9 @@ BENCHMARKS: dict[str, Benchmark] = {
             input_format="3,072 B = 32x32x3 uint8 RGB, channels interleaved (ic01's dataset)",
             metric="top1",
             targets=_targets(91.0, since="v1.4"),
-            # The shipped performance script has no loop count; _scripts gives every mode
-            # the official `loop 5`, which is the fix recorded in `deviations`.
-            scripts=_scripts((20, 5), (20, 0)),
+            # The shipped performance script has no loop count; the farm's has `loop 5`,
+            # the fix recorded in `deviations`.
+            scripts=_scripts("ic02"),
             deviations=(_IC02_DEVIATION,),
             firmware_models=("ic02",),
             bauds=_bauds(_IC02_MODEL),
@@ -401,7 +387,7 @@ BENCHMARKS: dict[str, Benchmark] = {
             ),
             metric="auc",
             targets=_targets(0.85),
-            scripts=_scripts((1500, 10), (1500, 0), reset_s=20),
+            scripts=_scripts("ad01"),
             firmware_models=("ad01",),
             bauds=_bauds(MODELS["ad01"]),
         ),
@@ -417,9 +403,7 @@ BENCHMARKS: dict[str, Benchmark] = {
             ),
             metric="sww",
             targets=_targets(8, since="v1.3"),
-            scripts=MappingProxyType(
-                {"energy": Script("energy", 1, 1, 0, stream=LONG_TRUTH)},
-            ),
+            scripts=_scripts("sww01"),
             firmware_models=("sww01",),
             supply_voltage=SWW_SUPPLY_VOLTAGE,
             bauds=_bauds(MODELS["sww01"]),

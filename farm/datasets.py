@@ -26,6 +26,7 @@ from importlib import resources
 from pathlib import Path
 
 from farm.catalog import MODES, Benchmark, DatasetSpec, get_benchmark, get_dataset_spec
+from farm.script_grammar import Script
 
 INDEX = "y_labels.csv"
 ALT_INDEX = "y_labels_alt.csv"
@@ -200,17 +201,20 @@ class Dataset:
     windows_per_file: int | None
     """ad01: windows in every file (all files have the same count); ``None`` otherwise."""
 
-    def inputs(self, mode: str, *, limit: int | None = None) -> list[InferenceInput]:
+    def inputs(
+        self, mode: str, *, limit: int | None = None, script: Script | None = None
+    ) -> list[InferenceInput]:
         """The inference inputs of ``mode`` in the official order.
 
         performance/energy: the first ``loop`` rows of the script (5), ad01 only the first
         window of each; accuracy: every row, ad01 every window of every row (row-major).
         ``limit`` keeps only the first ``limit`` inputs (a test subset, not a valid run);
         without it, a dataset with fewer rows than the script loops over is an error.
+        ``script`` is a user's test script for the mode (default: the farm's).
         """
         if mode not in MODES:
             raise DatasetError(f"unknown mode {mode!r} (known: {', '.join(MODES)})")
-        loop = self.benchmark.script(mode).loop
+        loop = (script or self.benchmark.script(mode)).loop
         rows = self.rows if loop is None else self.rows[:loop]
         if limit is None and loop is not None and len(rows) < loop:
             raise DatasetError(
@@ -231,9 +235,9 @@ class Dataset:
                 return out[:limit]
         return out
 
-    def count(self, mode: str) -> int:
-        """How many inputs ``inputs(mode)`` yields (without building them)."""
-        loop = self.benchmark.script(mode).loop
+    def count(self, mode: str, *, script: Script | None = None) -> int:
+        """How many inputs ``inputs(mode, script=script)`` yields (without building them)."""
+        loop = (script or self.benchmark.script(mode)).loop
         files = len(self.rows) if loop is None else min(loop, len(self.rows))
         if mode == "accuracy" and self.windows_per_file is not None:
             return files * self.windows_per_file

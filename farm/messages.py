@@ -190,6 +190,22 @@ MAX_RUN_SAMPLES = 1_000_000
 Attempt = Annotated[int | None, Field(ge=1, le=1000, exclude_if=lambda value: value is None)]
 
 
+class RunScript(BaseModel):
+    """A user's test script as one run takes it (``farm.scripts``): its steps, run as
+    written, and the file they came from, recorded with the run."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: str = Field(min_length=1, max_length=255, pattern=r"^[^/\\%]+$")
+    """The script file's name."""
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    """Digest of the whole file."""
+    loop: int | None = Field(None, ge=1, le=MAX_RUN_SAMPLES)
+    iterations: int = Field(ge=1, le=1 << 24)
+    warmups: int = Field(0, ge=0, le=1 << 24)
+    reset_s: int | None = Field(None, ge=1, le=3600)
+
+
 class RunOptions(BaseModel):
     """How a run is sized: the official rules by default; tests and ``--quick`` shorten them.
     Every value is bounded: a command must not be able to keep a board busy for ever."""
@@ -210,6 +226,9 @@ class RunOptions(BaseModel):
     truth: str | None = Field(None, min_length=1, max_length=255, pattern=r"^[^/\\%]+$")
     """sww01: the truth file in the dataset's ``sww01`` folder (default: the official
     script's ``sww_long_test.json``)."""
+    script: RunScript | None = Field(None, exclude_if=lambda value: value is None)
+    """A user's test script for the run's benchmark and mode (default: the farm's); left
+    out of the payload when unset, so an older agent reads the options as before."""
 
 
 class _Command(Message):

@@ -57,11 +57,11 @@ def _relative_to_config(value: Path, info: ValidationInfo) -> Path:
 ConfigPath = Annotated[Path, AfterValidator(_relative_to_config)]
 
 
-def load_yaml_model(path: str | Path, model: type[M]) -> M:
-    """Read the YAML file ``path`` and validate it as ``model``.
+def read_yaml(path: str | Path) -> tuple[Any, yaml.Node]:
+    """Read the YAML file ``path``: its data and its node tree (which knows every line).
 
     Raises :class:`ConfigError` for an unreadable or empty file, invalid YAML (with its
-    line), a key given twice in one mapping, and every validation error, one line each.
+    line) and a key given twice in one mapping.
     """
     path = Path(path)
     try:
@@ -85,6 +85,17 @@ def load_yaml_model(path: str | Path, model: type[M]) -> M:
     ]
     if duplicates:
         raise ConfigError("\n".join(duplicates))
+    return data, node
+
+
+def load_yaml_model(path: str | Path, model: type[M]) -> M:
+    """Read the YAML file ``path`` and validate it as ``model``.
+
+    Raises :class:`ConfigError` as :func:`read_yaml` does, and for every validation error,
+    one line each.
+    """
+    path = Path(path)
+    data, node = read_yaml(path)
     try:
         return model.model_validate(data, context={CONFIG_DIR: path.parent.absolute()})
     except ValidationError as exc:

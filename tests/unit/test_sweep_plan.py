@@ -88,7 +88,7 @@ def test_a_truth_file_goes_to_the_sww01_runs_of_a_mixed_sweep_only() -> None:
         flash=False,
     )
     runs, _ = plan(spec, boards, {"pi-a"})
-    truths = {(r.benchmark, r.mode): run_options(spec, r.benchmark).truth for r in runs}
+    truths = {(r.benchmark, r.mode): run_options(spec, r.benchmark, r.mode).truth for r in runs}
     assert truths[("sww01", "energy")] == "sww_short_test.json"
     assert truths[("kws01", "accuracy")] is None and truths[("kws01", "performance")] is None
     # A truth file in a sweep without sww01 names nothing: refused, not sent to every run.
