@@ -119,23 +119,32 @@ class Skipped:
 
 def skipped_groups(skipped: list[Skipped], shown: int = 4) -> list[str]:
     """The skipped runs one line per reason, in the order first met: how many, their
-    benchmarks and modes, the boards (the first ``shown``, then how many more). A full suite
-    over a farm that does not flash says once per board that it holds another model, and once
-    that sww01 has no latency mode, not once per board, benchmark and mode (``--json`` and the
-    sweep's record keep every one)."""
+    benchmarks with the modes each was skipped in, the boards (the first ``shown``, then how
+    many more). A full suite over a farm that does not flash says once per board that it
+    holds another model, and once that sww01 has no latency mode, not once per board,
+    benchmark and mode (``--json`` and the sweep's record keep every one)."""
     groups: dict[str, list[Skipped]] = {}
     for s in skipped:
         groups.setdefault(s.reason, []).append(s)
     lines = []
     for reason, runs in groups.items():
-        benches = ", ".join(dict.fromkeys(s.benchmark for s in runs))
-        modes = ", ".join(dict.fromkeys(s.mode for s in runs))
+        # Benchmarks skipped in the same modes share one entry, so no benchmark is listed
+        # beside a mode it was not skipped in.
+        modes_of: dict[str, list[str]] = {}
+        for s in runs:
+            modes_of.setdefault(s.benchmark, [])
+            if s.mode not in modes_of[s.benchmark]:
+                modes_of[s.benchmark].append(s.mode)
+        by_modes: dict[tuple[str, ...], list[str]] = {}
+        for bench, modes in modes_of.items():
+            by_modes.setdefault(tuple(modes), []).append(bench)
+        what = "; ".join(f"{', '.join(b)}: {', '.join(m)}" for m, b in by_modes.items())
         boards = list(dict.fromkeys(s.board for s in runs))
         names = ", ".join(boards[:shown])
         if len(boards) > shown:
             names += f" and {len(boards) - shown} more boards"
         count = f"{len(runs)} run{'s' if len(runs) > 1 else ''}"
-        lines.append(f"{count} ({benches}; {modes}) on {names}: {reason}")
+        lines.append(f"{count} ({what}) on {names}: {reason}")
     return lines
 
 

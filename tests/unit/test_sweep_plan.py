@@ -98,10 +98,14 @@ def test_a_truth_file_goes_to_the_sww01_runs_of_a_mixed_sweep_only() -> None:
 
 def test_skipped_runs_are_told_once_per_reason() -> None:
     no_latency = "sww01 has no latency mode"
-    skipped = [Skipped(f"b{i}", "sww01", "latency", no_latency) for i in range(6)] + [
-        Skipped("b1", "kws01", m, "holds ad01; flashing is off") for m in ("energy", "accuracy")
-    ]
+    held = "holds ad01; flashing is off"
+    skipped = (
+        [Skipped(f"b{i}", "sww01", "latency", no_latency) for i in range(6)]
+        + [Skipped("b1", b, m, held) for b in ("kws01", "vww01") for m in ("energy", "accuracy")]
+        + [Skipped("b1", "ad01", "accuracy", held)]
+    )
     assert skipped_groups(skipped) == [
-        f"6 runs (sww01; latency) on b0, b1, b2, b3 and 2 more boards: {no_latency}",
-        "2 runs (kws01; energy, accuracy) on b1: holds ad01; flashing is off",
+        f"6 runs (sww01: latency) on b0, b1, b2, b3 and 2 more boards: {no_latency}",
+        # ad01 was skipped in accuracy only: it is not listed beside energy.
+        f"5 runs (kws01, vww01: energy, accuracy; ad01: accuracy) on b1: {held}",
     ]
