@@ -200,6 +200,11 @@ class WorkerPool:
             if slot is None:
                 continue
             code = os.waitstatus_to_exitcode(status)
+            # RQ stops its scheduler process only when the worker exits cleanly; a worker
+            # killed outright (OOM killer, kill -9) left it running with no parent, holding
+            # the scheduler's lock. It is in the worker's process group.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGTERM)
             slot.pid = 0
             slot.exit_codes.append(code)
             lived = time.monotonic() - slot.started

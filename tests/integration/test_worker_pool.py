@@ -4,6 +4,7 @@ run is in test_controller.py: it needs boards.)"""
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,6 +58,48 @@ async def test_an_idle_pool_stops_on_the_first_sigterm_and_leaves_nothing(
     assert log.count("event=worker_exited") == 3
     assert not alive(below)
     assert Worker.all(connection=db) == []  # each unregistered itself
+
+
+async def test_a_killed_workers_scheduler_process_ends_with_it(
+    tmp_path: Path, db: redis.Redis
+) -> None:
+    """RQ stops a worker's scheduler process only when the worker exits cleanly: a worker
+    killed outright (the OOM killer, kill -9) left it running for good, with no parent,
+    holding the scheduler's lock. The supervisor ends what is left of a dead worker."""
+    pool = Proc(
+        ["--log-level", "info", "controller", "worker", "--processes", "2", "--name", "sched"],
+        tmp_path / "pool.log",
+        env={"FARM_REDIS_URL": REDIS_URL},
+    )
+    await pool.start()
+    try:
+        assert pool.process is not None
+        supervisor = pool.process.pid
+        await wait_until(lambda: len(Worker.all(connection=db)) == 2, 60, "2 RQ workers")
+        # The scheduler is the one grandchild: forked by the worker holding its lock.
+        (scheduler,) = await wait_until(
+            lambda: [p for p in descendants(supervisor) if _parent(_parent(p)) == supervisor],
+            30,
+            "the scheduler process",
+        )
+        holder = _parent(scheduler)
+        os.kill(holder, signal.SIGKILL)
+        # SIGTERMed, the scheduler stops at its next tick (RQ's scheduler interval, 1 s).
+        await wait_until(lambda: not alive([scheduler]), 15, "the orphaned scheduler to end")
+        await wait_until(lambda: "event=worker_died" in pool.output(), 15, "the death noticed")
+        assert await pool.signal(signal.SIGTERM) == 0
+        below = descendants(supervisor)
+    finally:
+        await pool.stop()
+    assert not alive([holder, scheduler, *below])
+
+
+def _parent(pid: int) -> int:
+    """The parent of ``pid`` from /proc (0 once it is gone)."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 async def test_burst_exits_when_the_queues_are_empty(db: redis.Redis) -> None:
