@@ -4,8 +4,10 @@ RQ worker processes (`farm controller worker`), and the client commands."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +23,7 @@ from tests.integration.farm_procs import (
     agent_proc,
     boards_idle_and_healthy,
     farm_command,
+    processes_named,
     start_sim,
     wait_until,
 )
@@ -167,11 +170,19 @@ class ControllerLab:
         return "\n".join(parts)
 
     async def stop(self) -> None:
-        """Stop everything, newest first."""
+        """Stop everything, newest first; fail if a worker pool left a process behind (one
+        that outlived its parent is no longer below any process the lab started, but it still
+        carries its pool's command line)."""
         ingest = [self.ingest] if self.ingest else []
         for proc in [*self.workers, *ingest, *self.agents.values(), *self.sims.values()]:
             await proc.stop()
         await self.broker.stop()
+        names = [w.args[w.args.index("--name") + 1] for w in self.workers if "--name" in w.args]
+        strays = [pid for name in names for pid in processes_named(name)]
+        for pid in strays:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        assert not strays, f"processes left behind by the worker pools {names}: {strays}"
 
 
 async def start_controller_lab(

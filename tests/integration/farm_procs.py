@@ -347,6 +347,16 @@ def flushed_redis(url: str) -> Iterator[redis.Redis]:
         client.close()
 
 
+def processes_named(word: str) -> list[int]:
+    """Running processes (not zombies) whose command line has ``word`` as one argument."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            if word.encode() in cmdline.read_bytes().split(b"\0"):
+                found.append(int(cmdline.parent.name))
+    return alive(found)
+
+
 def alive(pids: list[int]) -> list[int]:
     """Those of ``pids`` that are still running (a zombie has exited: only its parent, or
     init for an orphan, has yet to collect its status)."""
