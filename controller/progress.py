@@ -116,9 +116,12 @@ def measured_latency_s(runs: list[dict[str, str]], board: str, benchmark: str) -
     return None
 
 
-def sweep_eta(runs: list[dict[str, str]], samples: dict[str, int]) -> float:
+def sweep_eta(
+    runs: list[dict[str, str]], samples: dict[str, int], now: float | None = None
+) -> float:
     """Seconds until the sweep ends: per board, the agent's ETA of its running run (else the
-    wire-time estimate) plus the estimates of its queued runs; the slowest board's sum."""
+    wire-time estimate, less the time it has run while no sample has told its progress)
+    plus the estimates of its queued runs; the slowest board's sum."""
     from controller import keys
     from controller.estimate import SETUP_ALLOWANCE_S, estimate_run_s, samples_expected
     from farm.catalog import get_benchmark
@@ -146,5 +149,9 @@ def sweep_eta(runs: list[dict[str, str]], samples: dict[str, int]) -> float:
                 # The agent's dataset may be a subset: scale to the samples it has.
                 expected = samples_expected(bench, mode, options)  # type: ignore[arg-type]
                 left *= (int(total) - int(r.get("done") or 0)) / max(expected, 1)
+            elif r.get("started_at") and not int(r.get("done") or 0):
+                # One sample at the very end (an sww01 stream): time is all there is to go on.
+                elapsed = (time.time() if now is None else now) - float(r["started_at"])
+                left = max(left - elapsed, 0.0)
         per_board[r["board"]] = per_board.get(r["board"], 0.0) + left
     return max(per_board.values(), default=0.0)
