@@ -307,7 +307,7 @@ class BoardWorker:
                         f"{self._identity_text()}"
                     )
             elif isinstance(job, PowerCycleCommand):
-                detail["how"] = await self.access.power_cycle()
+                detail["power"] = await self.access.power_cycle()
                 await self._checked()
             else:
                 await self._checked()

@@ -113,7 +113,7 @@ def _report(board: str, op: str, result: OperationResult, json_out: bool) -> Non
     if json_out:
         print(json.dumps({"board": board, "operation": op, **result.to_json()}))
     elif result.ok:
-        what = ", ".join(f"{k} {v}" for k, v in result.detail.items())
+        what = ", ".join(f"{k}: {v}" for k, v in result.detail.items())
         console.print(
             f"{op} {board}: ok in {result.seconds:.1f} s" + (f" ({what})" if what else ""),
             highlight=False,

@@ -102,7 +102,7 @@ async def test_operations_from_the_cli_answer_with_the_agents_result(lab: Contro
 
     # Flash another model: the agent flashes it through the simulator and checks it.
     code, out, errs = await lab.farm("board", "flash", "ic-1", "--model", "kws01")
-    assert "flash ic-1: ok" in out and "model kws01" in out, out
+    assert "flash ic-1: ok" in out and "model: kws01" in out, out
     status = board_state(lab, "ic-1")
     assert (status["model"], status["build"]) == ("kws01", "performance")
     # An image the board does not have: the agent's reason, exit 1.
@@ -122,7 +122,7 @@ async def test_operations_from_the_cli_answer_with_the_agents_result(lab: Contro
     assert status["health"] == "bad"
     # A power cycle brings it back (the hang lasts until the power goes).
     _, out, _ = await lab.farm("board", "power-cycle", "sick")
-    assert "power-cycle sick: ok" in out and "how command" in out, out
+    assert "power-cycle sick: ok" in out and "(power: command " in out, out
     status = board_state(lab, "sick")
     assert (status["health"], status["state"]) == ("good", "idle")
 
