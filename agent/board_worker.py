@@ -49,7 +49,7 @@ from agent.run_bookkeeping import (
     run_info,
     run_request,
 )
-from agent.runner import Runner
+from agent.runner import Runner, SilentPhaseTooLong
 from agent.serial_link import SerialLink
 from farm.catalog import Benchmark
 from farm.datasets import Dataset
@@ -524,7 +524,7 @@ class BoardWorker:
             await self._event(job, Cancelled, count=tally.count, last_seq=tally.last)
             queued.reported = True
             await self._settle_after_cancel()
-        except RunRefused as exc:
+        except (RunRefused, SilentPhaseTooLong) as exc:
             await batcher.close()
             await self._fail(job, "input", str(exc), tally, health=False)
             queued.reported = True

@@ -428,7 +428,10 @@ def _user_script(
         script = load_test_script(path, mode)
     except (BenchmarkError, ScriptError) as exc:
         raise fail(str(exc)) from None
-    options = script.apply(RunOptions(truth=truth, windows=settings.windows), bench.id, mode)
+    try:
+        options = script.apply(RunOptions(truth=truth, windows=settings.windows), bench.id, mode)
+    except ScriptError as exc:
+        raise fail(str(exc)) from None
     if options.script is None:
         raise fail(f"{path} has no entry for {bench.id} (it names {', '.join(script.entries)})")
     return dataclasses.replace(settings, windows=options.windows), options.truth, options.script

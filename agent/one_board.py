@@ -21,7 +21,7 @@ from farm.messages import RunScript
 from farm.protocol.interface import HOST_BAUD as INTERFACE_BAUD
 from farm.run_output import RunFolder
 from farm.script_grammar import Script
-from farm.scripts import run_script, script_log_lines
+from farm.scripts import run_script, script_log_lines, script_subset
 from farm.sww_truth import TruthError, TruthFile, dataset_truth
 
 log = get_logger("agent.one_board")
@@ -60,7 +60,7 @@ class RunRequest:
 
 def request_script(request: RunRequest, bench: Benchmark) -> Script:
     """The script the request runs: the user's, as written, or the farm's."""
-    return run_script(bench, request.mode, request.script)
+    return run_script(bench, request.mode, request.script, request.truth)
 
 
 @dataclass
@@ -258,6 +258,10 @@ async def run_one_board(
         async for sample in runner.run():
             folder.add_sample(sample)
         folder.finish(runner.info, dataset)
+        if isinstance(dataset, Dataset) and (
+            part := script_subset(request.mode, script, len(dataset.rows))
+        ):
+            folder.add_problem(part)
     except BaseException as exc:
         folder.mark_incomplete(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
         raise

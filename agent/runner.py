@@ -148,6 +148,11 @@ class StreamTarget:
         return 160 + frames * len("-128, ") + (frames // 16 + 2) * 2
 
 
+class SilentPhaseTooLong(ValueError):
+    """A user's test script asks for an ``infer`` whose warmups or timed inferences outlast
+    a direct link's silent-phase limit on this board: the official runner would abort it."""
+
+
 def size_count(throughput: float, settings: RunSettings) -> int:
     """N for a timed window: 25 % above the minimum (calibration error and jitter are far
     smaller), and never past 90 % of the silent-phase limit."""
@@ -229,6 +234,8 @@ class Runner:
     async def _performance(self) -> AsyncIterator[Sample]:
         windows = self._limited(self.inputs[: self.settings.windows])
         count = await self._attempt(lambda: self._calibrate(windows[0]))
+        if not self.sized:
+            self._check_silent_phases(count, self.info.warmup)
         loop_start = time.monotonic()
         for seq, item in enumerate(windows):
             started = time.monotonic()
@@ -259,6 +266,19 @@ class Runner:
         self.info.count = self._count(size_count(n / (elapsed / 1e6), self.settings))
         log.info("calibrated", n=n, elapsed_us=elapsed, count=self.info.count)
         return self.info.count
+
+    def _check_silent_phases(self, count: int, warmup: int) -> None:
+        """Refuse a script's ``infer N W`` whose W warmups or N inferences would run longer
+        than a direct link lets a DUT stay silent, at the calibrated speed."""
+        n, elapsed_us = self.info.calibration[-1]
+        per = elapsed_us / 1e6 / n
+        for phase, k in (("warmups", warmup), ("timed inferences", count)):
+            if k * per > self.settings.max_window_s:
+                raise SilentPhaseTooLong(
+                    f"infer {count} {warmup}: the {k} {phase} take {k * per:.1f} s on this "
+                    f"board, longer than the {self.settings.max_window_s:g} s a direct link "
+                    "allows without a line (the official runner would abort the run)"
+                )
 
     def _count(self, sized: int) -> int:
         """N of every timed window: sized from the calibration, or the script's as written."""

@@ -28,6 +28,9 @@ from farm.wire import wire_time
 #: and the re-enumeration take well under this). ``FARM_SETUP_ALLOWANCE_S`` sets it (a lab
 #: whose boards never need a flash can bound its runs tighter).
 SETUP_ALLOWANCE_S = float(os.environ.get("FARM_SETUP_ALLOWANCE_S", "120"))
+#: How much slower than the reference board a board may be and still run a user's test
+#: script (N as written) within its estimate.
+SCRIPT_SLOWDOWN = 4.0
 #: JSON bytes a second of power trace takes at most: 1 kHz monitor samples, a full-precision
 #: double and its comma each.
 TRACE_BYTES_PER_S = 1000 * 24
@@ -92,23 +95,24 @@ def estimate_run_s(bench: Benchmark, mode: Mode, options: RunOptions) -> float:
         return SETUP_ALLOWANCE_S + stream_s(bench, options)
     count = samples_expected(bench, mode, options)
     script = options.script if mode != "latency" else None
-    # A user's script runs N as written: its windows last what N takes on the reference
-    # board (the deadline's margin and its extension as samples arrive cover slower ones).
-    extra_s = 0.0 if script is None else script.warmups * bench.model.reference_latency_s
+    # A user's script runs N as written: what N takes on a board SCRIPT_SLOWDOWN times
+    # slower than the reference one (the farm's own windows last a fixed time instead).
+    per = bench.model.reference_latency_s * SCRIPT_SLOWDOWN
+    extra_s = 0.0 if script is None else script.warmups * per
     if mode in ("performance", "energy"):
         window = min(options.min_window_s * 1.25, options.max_window_s * 0.9)
         if script is not None:
-            window = script.iterations * bench.model.reference_latency_s + extra_s
+            window = script.iterations * per + extra_s
         calibration = options.calibration_s * 4 + sample_s(bench, mode)
         body = calibration + count * (window + sample_s(bench, mode))
     elif mode == "latency":
         body = max(options.min_duration_s, count * sample_s(bench, mode, download=False))
         body += options.latency_inputs * sample_s(bench, mode)
     else:
-        per = sample_s(bench, mode)
+        one = sample_s(bench, mode)
         if script is not None:
-            per += (script.iterations - 1) * bench.model.reference_latency_s + extra_s
-        body = count * per
+            one += (script.iterations - 1) * per + extra_s
+        body = count * one
     return SETUP_ALLOWANCE_S + body
 
 

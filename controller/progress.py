@@ -149,9 +149,10 @@ def sweep_eta(
                 # The agent's dataset may be a subset: scale to the samples it has.
                 expected = samples_expected(bench, mode, options)  # type: ignore[arg-type]
                 left *= (int(total) - int(r.get("done") or 0)) / max(expected, 1)
-            elif r.get("started_at") and not int(r.get("done") or 0):
-                # One sample at the very end (an sww01 stream): time is all there is to go on.
-                elapsed = (time.time() if now is None else now) - float(r["started_at"])
+            elif r.get("state") == "running" and r.get("dispatched_at"):
+                # One sample at the very end (an sww01 stream): time is all there is to go
+                # on, from this attempt's dispatch (the controller's clock, not the agent's).
+                elapsed = (time.time() if now is None else now) - float(r["dispatched_at"])
                 left = max(left - elapsed, 0.0)
         per_board[r["board"]] = per_board.get(r["board"], 0.0) + left
     return max(per_board.values(), default=0.0)

@@ -49,7 +49,7 @@ from farm.datasets import ALT_INDEX, INDEX, DatasetError, Row, official_rows
 from farm.messages import RunInfoRecord, RunOptions, SampleRecord
 from farm.run_output import SUBSET_NOTE, RunFolder
 from farm.sample import Sample, StreamCapture
-from farm.scripts import run_script, script_log_lines
+from farm.scripts import run_script, script_log_lines, script_subset
 from farm.sww_truth import OFFICIAL_TRUTH, TruthFile, official_truth
 
 MODES: tuple[str, ...] = ("performance", "accuracy", "energy", "latency")
@@ -534,7 +534,8 @@ def _write(
             f"{bench.dataset_id} windows per file: {index.windows_per_file} ({index.windows_from})"
         )
     script_mode = "performance" if mode == "latency" else mode
-    for line in script_log_lines(bench, script_mode, run_script(bench, mode, options.script)):
+    used = run_script(bench, mode, options.script, options.truth)
+    for line in script_log_lines(bench, script_mode, used):
         out.log(line)
     for problem in coverage:
         out.add_problem(problem)
@@ -544,6 +545,9 @@ def _write(
     fields, valid, reasons = _numbers(out, bench, mode)
     if options.limit is not None:
         reasons.insert(0, SUBSET_NOTE.format(n=options.limit))
+        valid = False
+    if (part := script_subset(mode, used, len(index.rows))) is not None:
+        reasons.insert(0, part)
         valid = False
     if coverage:
         valid = False

@@ -276,7 +276,7 @@ def script_refusal(c: Candidate, bench: Benchmark) -> str | None:
     division runs the official steps, only N sized for the board (as submitters do)."""
     if c.script is None or c.mode == "latency":
         return None
-    used = run_script(bench, c.mode, c.script)
+    used = run_script(bench, c.mode, c.script, c.truth)
     official = bench.script(c.mode)
     if used.same_steps(official):
         return None

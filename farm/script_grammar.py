@@ -26,6 +26,7 @@ This module knows only the grammar; which benchmark and mode an entry may serve 
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -38,6 +39,9 @@ MAX_COUNT = 1 << 24
 #: The longest watchdog a ``reset`` step may arm, seconds.
 MAX_RESET_S = 3600
 _ENTRY_KEYS = ("name", "model", "truth_file", "script")
+#: ASCII digits only (``str.isdigit`` takes superscripts ``int`` cannot read), and few enough
+#: that ``int`` never meets its length limit.
+_WHOLE = re.compile(r"[0-9]{1,12}")
 
 
 class ScriptSyntaxError(ValueError):
@@ -293,7 +297,12 @@ def _step(key: str, node: yaml.Node, fail: Any) -> tuple[str | None, list[str], 
     if not isinstance(text, str) or not text.strip():
         fail(node, f"{key}: a step is a command (download, infer N W, reset S, loop [K], stream)")
         return None, [], None
-    word, *args = text.split()
+    # The official runner splits on single spaces: a tab or a double space would give it an
+    # empty argument (and a crash), so such a step is refused here too.
+    word, *args = text.split(" ")
+    if "" in args or any(c.isspace() for part in (word, *args) for c in part):
+        fail(node, f"{key}: {text!r}: separate a step's words with single spaces")
+        return None, [], None
     if word not in ("download", "infer", "reset", "loop", "stream"):
         fail(node, f"{key}: unknown step {word!r} (known: download, infer, reset, loop, stream)")
         return None, [], None
@@ -315,7 +324,7 @@ def _counts(
         return None
     out: list[int] = []
     for arg in args:
-        if not arg.isdigit():
+        if not _WHOLE.fullmatch(arg):
             fail(node, f"{key}: {word}: {arg!r} is not a whole number")
             return None
         value = int(arg)

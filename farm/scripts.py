@@ -14,9 +14,12 @@ one in every mode) is left out, as the farm streams sww01 in energy mode only.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast, get_args
+
+from pydantic import ValidationError
 
 from farm.catalog import BENCHMARKS, Benchmark, BenchmarkError
 from farm.messages import RunOptions, RunScript
@@ -26,6 +29,8 @@ from farm.yaml_config import ConfigError, read_yaml
 
 #: Most windows a performance or energy script may loop over (``RunOptions.windows``).
 MAX_WINDOWS = 100
+#: A file or truth-file name a run can record (``RunScript.source``, ``RunOptions.truth``).
+_NAME = re.compile(r"[^/\\%]{1,255}")
 
 
 class ScriptError(ValueError):
@@ -50,35 +55,43 @@ class TestScript:
         """The run form of the entry for ``benchmark`` (an id); ``None`` where the file has
         none."""
         entry = self.entries.get(benchmark)
-        if entry is None:
-            return None
-        s = entry.script
-        return RunScript(
-            source=self.name,
-            sha256=self.sha256,
-            loop=s.loop,
-            iterations=s.iterations,
-            warmups=s.warmups,
-            reset_s=s.reset_s,
-        )
+        return None if entry is None else _run_form(self, entry.script)
 
     def apply(self, options: RunOptions, benchmark: str, mode: str) -> RunOptions:
         """``options`` for a ``mode`` run of ``benchmark`` under this file: unchanged in
         another mode or for a benchmark the file does not name. A performance or energy
-        loop sets the run's windows; an sww01 stream names its truth file unless the
-        options already do."""
+        loop sets the run's windows; an sww01 stream names its truth file (a ``--truth``
+        that names another is refused: :class:`ScriptError`)."""
         if mode != self.mode:
             return options
-        script = self.for_benchmark(benchmark)
-        if script is None:
+        entry = self.entries.get(benchmark)
+        if entry is None:
             return options
+        script = _run_form(self, entry.script)
         update: dict[str, object] = {"script": script}
-        entry = self.entries[benchmark]
-        if entry.script.stream is not None:
-            update["truth"] = options.truth or entry.script.stream
+        stream = entry.script.stream
+        if stream is not None:
+            if options.truth is not None and options.truth != stream:
+                raise ScriptError(
+                    f"{self.path}:{entry.line}: {benchmark} streams {stream}; --truth names "
+                    f"{options.truth}"
+                )
+            update["truth"] = stream
         elif mode in ("performance", "energy") and script.loop is not None:
             update["windows"] = script.loop
-        return options.model_copy(update=update)
+        # Validated as a whole: what a run stores must read back.
+        return RunOptions.model_validate({**options.model_dump(), **update})
+
+
+def _run_form(script: TestScript, steps: Script) -> RunScript:
+    return RunScript(
+        source=script.name,
+        sha256=script.sha256,
+        loop=steps.loop,
+        iterations=steps.iterations,
+        warmups=steps.warmups,
+        reset_s=steps.reset_s,
+    )
 
 
 def script_mode(path: Path, mode: str | None = None) -> ScriptMode:
@@ -106,11 +119,15 @@ def load_test_script(path: str | Path, mode: str | None = None) -> TestScript:
     """
     path = Path(path)
     script_for = script_mode(path, mode)
+    if not _NAME.fullmatch(path.name):
+        raise ScriptError(f"{path}: a run records the file's name: no '%' or '\\' in it")
     try:
         data, node = read_yaml(path)
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError as exc:
+        raise ScriptError(f"{path}: cannot read: {exc.strerror}") from None
     except ConfigError as exc:
         raise ScriptError(str(exc)) from None
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
     try:
         entries = _parse(
             data,
@@ -138,7 +155,13 @@ def load_test_script(path: str | Path, mode: str | None = None) -> TestScript:
         raise ScriptError("\n".join(problems))
     if not entries:
         raise ScriptError(f"{path}: the file names no benchmark")
-    return TestScript(path, digest, script_for, entries)
+    script = TestScript(path, digest, script_for, entries)
+    for key, entry in entries.items():
+        try:
+            _run_form(script, entry.script)
+        except ValidationError as exc:  # a bound _misfit does not know yet
+            raise ScriptError(f"{path}:{entry.line}: {key}: {exc.errors()[0]['msg']}") from None
+    return script
 
 
 def _misfit(key: str, entry: ScriptEntry, mode: ScriptMode) -> str | None:
@@ -156,7 +179,7 @@ def _misfit(key: str, entry: ScriptEntry, mode: ScriptMode) -> str | None:
     if bench.streamed:
         if script.stream is None:
             return "sww01's script is a stream of its truth file"
-        if not entry.truth_file.endswith(".json") or "/" in entry.truth_file:
+        if not (entry.truth_file.endswith(".json") and _NAME.fullmatch(entry.truth_file)):
             return f"truth_file is a truth file in the sww01 folder, not {entry.truth_file!r}"
         return None
     if script.stream is not None:
@@ -174,12 +197,16 @@ def _misfit(key: str, entry: ScriptEntry, mode: ScriptMode) -> str | None:
             "official runner reports ERROR 1 unless it is 5), not "
             + ("every file" if script.loop is None else str(script.loop))
         )
+    if mode == "accuracy" and script.loop is not None and script.loop > bench.dataset.rows:
+        return f"loop {script.loop}: {bench.dataset_id} has {bench.dataset.rows} files"
     return None
 
 
-def run_script(bench: Benchmark, mode: str, script: RunScript | None) -> Script:
+def run_script(
+    bench: Benchmark, mode: str, script: RunScript | None, truth: str | None = None
+) -> Script:
     """The script a ``mode`` run of ``bench`` follows: a user's, as written, or the farm's
-    (latency mode: the performance one's inputs)."""
+    (latency mode: the performance one's inputs); ``truth`` is what an sww01 run streams."""
     script_mode = "performance" if mode == "latency" else mode
     default = bench.script(script_mode)
     if script is None or mode == "latency":
@@ -190,7 +217,7 @@ def run_script(bench: Benchmark, mode: str, script: RunScript | None) -> Script:
         script.iterations,
         script.warmups,
         script.reset_s,
-        default.stream,
+        None if default.stream is None else truth or default.stream,
         sized=False,
         source=f"{script.source} sha256:{script.sha256}",
     )
@@ -200,9 +227,21 @@ def script_log_lines(bench: Benchmark, mode: str, script: Script) -> list[str]:
     """What ``log.txt`` records of the script a run followed: a user's, with its file and
     digest, or the farm's deviations from the shipped runner's scripts."""
     if script.source is not None:
-        return [f"test script {script.source}: {script.text()} (N as written)"]
+        as_written = "" if script.stream is not None else " (N as written)"
+        return [f"test script {script.source}: {script.text()}{as_written}"]
     return [
         f"deviation from the official script: {deviation}"
         for deviation in bench.deviations
         if deviation.startswith(f"{bench.id} {mode}")
     ]
+
+
+def script_subset(mode: str, script: Script, rows: int) -> str | None:
+    """Why a run is not valid for submission because its script covers part of the dataset
+    (an accuracy ``loop K`` of fewer than its ``rows`` files); ``None`` otherwise."""
+    if mode != "accuracy" or script.loop is None or script.loop >= rows:
+        return None
+    return (
+        f"the test script runs {script.loop} of the {rows} files of the index: not valid for "
+        "submission"
+    )

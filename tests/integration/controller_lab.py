@@ -4,6 +4,7 @@ RQ worker processes (`farm controller worker`), and the client commands."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -178,7 +179,13 @@ class ControllerLab:
             await proc.stop()
         await self.broker.stop()
         names = [w.args[w.args.index("--name") + 1] for w in self.workers if "--name" in w.args]
-        strays = [pid for name in names for pid in processes_named(name)]
+        # A dead worker's scheduler process gets SIGTERM and stops at its next 1 s tick.
+        strays: list[int] = []
+        for _ in range(40):
+            strays = [pid for name in names for pid in processes_named(name)]
+            if not strays:
+                break
+            await asyncio.sleep(0.1)
         for pid in strays:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)

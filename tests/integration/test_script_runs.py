@@ -10,7 +10,9 @@ import hashlib
 import json
 from pathlib import Path
 
-from agent.runner import RunSettings
+import pytest
+
+from agent.runner import RunSettings, SilentPhaseTooLong
 from farm.dataset_synth import synth_dataset
 from farm.scripts import load_test_script
 from tests.integration import test_farm_run
@@ -83,6 +85,17 @@ async def test_farm_run_follows_the_script_as_written(sim: SimFactory, tmp_path:
     ] * 4
     samples = (folder.path / "samples.jsonl").read_text().splitlines()
     assert len(samples) == 4  # the first 4 files, as loop 4 says
+    # 4 of the 12 files: the run says it is not valid for submission.
+    assert "the test script runs 4 of the 12 files of the index" in " ".join(folder.problems)
+
+    # Warmups longer than a direct link lets the DUT stay silent (1 s in these settings):
+    # the official runner would abort, so the run stops after its calibration, saying why.
+    perf_file.write_text(PERFORMANCE.replace("infer 40 2", "infer 40 2000"))
+    req = request(s["b"], "kws01", "performance", tmp_path / "ds", tmp_path / "runs")
+    req.settings = RunSettings(**SHORT, windows=3)
+    req.script = load_test_script(perf_file).for_benchmark("kws01")
+    with pytest.raises(SilentPhaseTooLong, match=r"the 2000 warmups take 2\.\d s on this board"):
+        await run(req)
 
 
 async def test_an_open_division_sweep_runs_a_users_script(lab: ControllerLab) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.estimate import estimate_run_s, samples_expected
+from controller.estimate import SCRIPT_SLOWDOWN, estimate_run_s, samples_expected
 from controller.submission import Candidate, refusal
 from controller.sweeps import SweepError, SweepSpec, plan, run_options
 from farm.catalog import BENCHMARKS, get_benchmark
@@ -140,6 +140,19 @@ def test_the_official_file_is_refused_at_its_ic02_loop_only(tmp_path: Path) -> N
         (VARIANT.replace("- loop 3:", "- loop 3"), ":6: kws01: loop needs its steps"),
         (VARIANT + "kws01:\n  name: x\n", ":9: 'kws01' is given twice"),
         (VARIANT.replace("script:", "script: [x"), ":6: not valid YAML"),
+        (VARIANT.replace("infer 400 2", "infer \u00b2 2"), ":8: kws01: infer: '\u00b2' is not"),
+        (VARIANT.replace("infer 400 2", "infer " + "9" * 5000), ":8: kws01: infer: '999"),
+        (VARIANT.replace("infer 400 2", "infer -4 2"), ":8: kws01: infer: '-4' is not"),
+        (VARIANT.replace("infer 400 2", "infer  400 2"), ":8: kws01: 'infer  400 2': separate"),
+        (VARIANT.replace("- infer 400 2", '- "infer\\t400 2"'), ":8: kws01: 'infer\\t400 2': sep"),
+        (VARIANT.replace("loop 3", "loop 0"), ":6: kws01: loop 0 runs nothing"),
+        ("kws01:\n", ":1: kws01: an entry is a mapping"),
+        ("kws01: [1, 2]\n", ":1: kws01: an entry is a mapping"),
+        ("[kws01]\n", ":1: a script file maps benchmark ids"),
+        (
+            VARIANT.replace("      - download\n      - infer 400 2\n", "      download: 1\n"),
+            ":6: kws01: a step with a body is one 'loop [K]:' key",
+        ),
     ],
 )
 def test_a_bad_script_is_refused_with_its_file_and_line(
@@ -190,8 +203,18 @@ def test_an_sww01_energy_script_names_the_truth_file_it_streams(tmp_path: Path) 
     text = OFFICIAL_PERFORMANCE.split("sww01:")[1].replace("sww_long_test.json", "mine.json")
     script = load_test_script(write(tmp_path, "sww01:" + text, "tests_energy.yaml"))
     assert script.apply(RunOptions(), "sww01", "energy").truth == "mine.json"
-    given = script.apply(RunOptions(truth="other.json"), "sww01", "energy")
-    assert given.truth == "other.json"  # --truth wins
+    # --truth may repeat the script's truth file, not name another one.
+    assert script.apply(RunOptions(truth="mine.json"), "sww01", "energy").truth == "mine.json"
+    with pytest.raises(ScriptError, match=r"sww01 streams mine\.json; --truth names other\.json"):
+        script.apply(RunOptions(truth="other.json"), "sww01", "energy")
+    used = run_script(get_benchmark("sww01"), "energy", script.for_benchmark("sww01"), "mine.json")
+    assert script_log_lines(get_benchmark("sww01"), "energy", used) == [
+        f"test script tests_energy.yaml sha256:{script.sha256}: stream mine.json"
+    ]
+    # A truth file name a run could not store (a '%' ends a DUT command) is refused.
+    bad = write(tmp_path, "sww01:" + text.replace("mine.json", "a%b.json"), "tests_energy.yaml")
+    with pytest.raises(ScriptError, match=r"truth_file is a truth file in the sww01 folder"):
+        load_test_script(bad)
 
 
 def test_the_estimate_follows_the_scripts_n(tmp_path: Path) -> None:
@@ -201,8 +224,9 @@ def test_the_estimate_follows_the_scripts_n(tmp_path: Path) -> None:
     options = script.apply(RunOptions(), "kws01", "performance")
     assert samples_expected(kws, "performance", options) == 3
     written = estimate_run_s(kws, "performance", options)
-    # Three windows of 402 inferences at the reference latency, instead of three 12.5 s ones.
-    window = 400 * kws.model.reference_latency_s + 2 * kws.model.reference_latency_s
+    # Three windows of 402 inferences on a board 4 times slower than the reference one,
+    # instead of three 12.5 s ones.
+    window = 402 * kws.model.reference_latency_s * SCRIPT_SLOWDOWN
     assert written == pytest.approx(sized - 3 * 12.5 + 3 * window)
     accuracy = load_test_script(
         write(tmp_path, VARIANT.replace("infer 400 2", "infer 1 0"), "tests_accuracy.yaml")
@@ -223,6 +247,15 @@ def test_a_sweep_takes_scripts_for_its_own_modes_and_benchmarks(tmp_path: Path) 
     ]
     with pytest.raises(SweepError, match="the sweep runs no performance mode"):
         plan(SweepSpec(["kws01"], modes=["accuracy"], scripts=(script,)), boards, {"pi"})
+    # sww01 streams in energy mode whichever mode the sweep names: its energy script serves.
+    sww = load_test_script(
+        write(tmp_path, "sww01:" + OFFICIAL_PERFORMANCE.split("sww01:")[1], "tests_energy.yaml")
+    )
+    sww_board = {"e": {"agent": "pi", "model": "sww01", "build": "energy", "energy": True}}
+    planned, _ = plan(
+        SweepSpec(["sww01"], modes=["performance"], scripts=(sww,)), sww_board, {"pi"}
+    )
+    assert [r.mode for r in planned] == ["energy"]
     with pytest.raises(SweepError, match="names none of the sweep's benchmarks"):
         plan(SweepSpec(["vww01"], scripts=(script,)), boards, {"pi"})
     with pytest.raises(SweepError, match="two test scripts for performance mode"):

@@ -18,8 +18,10 @@ def run(state: str, **fields: str) -> dict[str, str]:
 def test_a_stream_counts_down_with_its_running_time() -> None:
     whole = estimate_run_s(get_benchmark("sww01"), "energy", RunOptions()) - SETUP_ALLOWANCE_S
     assert sweep_eta([run("queued")], {}) == pytest.approx(whole)
-    started = run("running", started_at="1000.0", done="0", total="1")
+    started = run("running", dispatched_at="1000.0", done="0", total="1")
     assert sweep_eta([started], {}, now=1600.0) == pytest.approx(whole - 600)
     # Past its estimate it does not go negative; an agent's own ETA wins.
     assert sweep_eta([started], {}, now=1000.0 + whole + 50) == 0.0
     assert sweep_eta([{**started, "eta_s": "42"}], {}, now=1600.0) == 42.0
+    # Dispatched again and not running yet: the whole estimate again, not the old attempt's.
+    assert sweep_eta([{**started, "state": "dispatched"}], {}, now=1600.0) == pytest.approx(whole)
