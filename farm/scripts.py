@@ -122,12 +122,13 @@ def load_test_script(path: str | Path, mode: str | None = None) -> TestScript:
     if not _NAME.fullmatch(path.name):
         raise ScriptError(f"{path}: a run records the file's name: no '%' or '\\' in it")
     try:
-        data, node = read_yaml(path)
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        raw = path.read_bytes()  # the bytes parsed are the bytes the digest names
+        data, node = read_yaml(path, raw)
     except OSError as exc:
         raise ScriptError(f"{path}: cannot read: {exc.strerror}") from None
     except ConfigError as exc:
         raise ScriptError(str(exc)) from None
+    digest = hashlib.sha256(raw).hexdigest()
     try:
         entries = _parse(
             data,

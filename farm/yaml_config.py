@@ -57,15 +57,16 @@ def _relative_to_config(value: Path, info: ValidationInfo) -> Path:
 ConfigPath = Annotated[Path, AfterValidator(_relative_to_config)]
 
 
-def read_yaml(path: str | Path) -> tuple[Any, yaml.Node]:
-    """Read the YAML file ``path``: its data and its node tree (which knows every line).
+def read_yaml(path: str | Path, raw: bytes | None = None) -> tuple[Any, yaml.Node]:
+    """Read the YAML file ``path`` (or its bytes ``raw``, already read): its data and its
+    node tree (which knows every line).
 
     Raises :class:`ConfigError` for an unreadable or empty file, invalid YAML (with its
     line) and a key given twice in one mapping.
     """
     path = Path(path)
     try:
-        source = path.read_text(encoding="utf-8")
+        source = (path.read_bytes() if raw is None else raw).decode("utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     except UnicodeDecodeError as exc:
