@@ -10,9 +10,9 @@ the simulator gives its actions their physical effect:
   ``[t0 + k/f, t0 + (k+1)/f]`` (``t0`` = when the acquisition started, event-loop clock) and
   its value is :meth:`PowerModel.energy_between` over that interval (J per period with
   ``output energy``, mean current in A with ``output current``), formatted with
-  :func:`~farm.protocol.lpm01a_firmware.format_sample`. A sample is never sent before its period has
-  ended; samples go out in bursts every ``burst_s`` (10 ms by default, like a USB CDC device
-  flushing its buffer);
+  :func:`~farm.protocol.lpm01a_firmware.format_sample`. A sample is sent ``SETTLE_S`` after
+  its period has ended (at a stop: at once); samples go out in bursts every ``burst_s``
+  (10 ms by default, like a USB CDC device flushing its buffer);
 * a ``TimeStamp`` line after every ``f`` samples (every 1000 at the runner's 1 kHz), stating
   the data time ``k/f``; ``buff`` is the backlog as a percentage of one second of data;
 * ``event <n> ris`` for every edge of the configured ``eventsrc`` on the DUT's timestamp pin
@@ -68,6 +68,11 @@ DEFAULT_PSRST_DOWN_S = 2.0
 #: Power history kept behind the stream: enough for any energy window a test or a host
 #: checks after the fact, bounded so a long acquisition does not grow memory without end.
 DEFAULT_HISTORY_S = 600.0
+#: How long after its period a sample is sent: longer than the event loop may be late to
+#: wake a DUT at the end of its compute phase on a loaded host (a CI run with both cores
+#: busy saw 0.5 ms, enough to draw an idle millisecond at the active level), far shorter
+#: than a host's stream idle timeout (the wire model's 0.5 s margin).
+SETTLE_S = 0.1
 
 _ACK = f"{PROMPT}ack ".encode()
 
@@ -293,8 +298,11 @@ class SimLpm01a:
             while True:
                 stopping = self._stopping.is_set()
                 now = loop.time()
-                # Samples whose period [t0 + k/f, t0 + (k+1)/f] has ended by now.
-                due = int((now - t0) * freq)
+                # Samples whose period [t0 + k/f, t0 + (k+1)/f] ended SETTLE_S ago (at a
+                # stop: by now). The DUT writes a compute phase's end when its task wakes,
+                # which under load is after the modelled end: a sample sent at once could
+                # still show the DUT active past it.
+                due = int((now - (0.0 if stopping else SETTLE_S) - t0) * freq)
                 if limit is not None:
                     due = min(due, limit)
                 out = bytearray()
