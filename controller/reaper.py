@@ -66,12 +66,18 @@ def reap(client: redis.Redis, rq_client: redis.Redis) -> list[str]:
             continue  # another reaper got there first
         reaped.append(run_id)
         fail_reason(client, run_id, "the worker running it was lost (its lease expired)")
+        # Whether RQ will run the job again is known before it is expired: once expired, an
+        # idle worker may start it within a millisecond, and its status then reads
+        # "started" (a run failed here while its retry was already under way).
+        will_retry = _retries_left(rq_client, run.get("job", "")) > 0
         _expire_job(rq_client, run.get("job", ""))
         state = _job_state(rq_client, run.get("job", ""))
         if client.hget(keys.run(run_id), "state") not in keys.TERMINAL:
-            retry = state == "retry"
-            set_run(client, run_id, state="queued" if retry else "failed")
-            if not retry:
+            retry = will_retry or state == "retry"
+            if retry:
+                _set_state_if(client, run_id, run["state"], "queued")
+            else:
+                set_run(client, run_id, state="failed")
                 retire_run_detail(client, run_id, samples_retention_s())
                 # No job will end this run: if it was its sweep's last, the sweep ends here.
                 if run.get("sweep"):
@@ -113,6 +119,28 @@ def _expire_job(rq_client: redis.Redis, job_id: str) -> None:
             rq_client.zadd(registry.key, {member: 1}, xx=True)
     # Only entries scored at or below 1 are expired now: exactly this job's.
     registry.cleanup(timestamp=1)
+
+
+def _retries_left(rq_client: redis.Redis, job_id: str) -> int:
+    try:
+        return int(fetch_job(job_id, rq_client).retries_left or 0)
+    except Exception:
+        return 0
+
+
+def _set_state_if(client: redis.Redis, run_id: str, expected: str, state: str) -> None:
+    """Set the run's state unless it changed since it read ``expected`` (the job's next
+    execution may already have dispatched it: its state is newer than the reaper's)."""
+    key = keys.run(run_id)
+    with client.pipeline() as pipe:
+        try:
+            pipe.watch(key)
+            if pipe.hget(key, "state") == expected:
+                pipe.multi()
+                pipe.hset(key, "state", state)
+                pipe.execute()
+        except redis.WatchError:
+            pass
 
 
 def _job_state(rq_client: redis.Redis, job_id: str) -> str:
