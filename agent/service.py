@@ -70,6 +70,28 @@ OFFLINE_TIMEOUT_S = 2.0
 STABLE_S = 10.0
 
 
+def command_ack(
+    agent: str,
+    command: Command,
+    outcome: AckOutcome,
+    *,
+    board: str | None = None,
+    reason: str | None = None,
+    detail: dict[str, Any] | None = None,
+) -> CommandAck:
+    """Agent ``agent``'s answer to ``command``, as its events topic carries it."""
+    return CommandAck(
+        agent=agent,
+        command=command.id,
+        type=command.type,
+        outcome=outcome,
+        reason=reason,
+        board=board,
+        run=getattr(command, "run", None),
+        detail=detail or {},
+    )
+
+
 class AgentService:
     """The agent (see the module docstring)."""
 
@@ -372,7 +394,7 @@ class AgentService:
             log.error("refused_by_controller", reason=command.reason)
             self.counters["commands_accepted"] += 1
             await self.journal.record_command(command.id, "done")
-            await self._ack(self._ack_for(command, "done"))
+            await self._ack(command_ack(self.agent, command, "done"))
             await self._publish_agent_status()
             return
         if isinstance(command, CancelCommand):
@@ -380,10 +402,12 @@ class AgentService:
                 if await candidate.cancel(command.run):
                     self.counters["commands_accepted"] += 1
                     await self.journal.record_command(command.id, "accepted")
-                    await self._ack(self._ack_for(command, "done", board=candidate.id))
+                    await self._ack(command_ack(self.agent, command, "done", board=candidate.id))
                     return
             self.counters["commands_failed"] += 1
-            await self._ack(self._ack_for(command, "failed", reason=f"no run {command.run} here"))
+            await self._ack(
+                command_ack(self.agent, command, "failed", reason=f"no run {command.run} here")
+            )
             return
         worker = self.workers.get(command.board)
         if worker is None:
@@ -408,7 +432,8 @@ class AgentService:
             if any(w.has_run(command.run) for w in self.workers.values()):
                 self.counters["commands_duplicate"] += 1
                 await self._ack(
-                    self._ack_for(
+                    command_ack(
+                        self.agent,
                         command,
                         "duplicate",
                         board=worker.id,
@@ -427,7 +452,9 @@ class AgentService:
         # Acks first, then the queue: a run refused at once must not report before it was
         # accepted.
         await self._ack(
-            self._ack_for(command, "accepted", board=worker.id, detail={"position": position})
+            command_ack(
+                self.agent, command, "accepted", board=worker.id, detail={"position": position}
+            )
         )
         if isinstance(command, RunCommand):
             await worker.accepted(command, position)
@@ -455,26 +482,6 @@ class AgentService:
             return
         if not worker.has_console(command.session):  # else a redelivered open
             worker.submit(command)
-
-    def _ack_for(
-        self,
-        command: Command,
-        outcome: AckOutcome,
-        *,
-        board: str | None = None,
-        reason: str | None = None,
-        detail: dict[str, Any] | None = None,
-    ) -> CommandAck:
-        return CommandAck(
-            agent=self.agent,
-            command=command.id,
-            type=command.type,
-            outcome=outcome,
-            reason=reason,
-            board=board,
-            run=getattr(command, "run", None),
-            detail=detail or {},
-        )
 
     def _run_problem(self, command: RunCommand) -> str | None:
         """What makes a run impossible before it is queued (the dataset's files are checked

@@ -56,7 +56,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.integration.farm_procs
 
 import redis
-from harness import run_bench
+from harness import loadavg, mem_kib, run_bench
 
 from tests.integration.farm_procs import (
     Mosquitto,
@@ -72,21 +72,6 @@ HZ = os.sysconf("SC_CLK_TCK")
 
 
 # --- /proc ------------------------------------------------------------------------------------
-
-
-def mem_kib(pid: int) -> dict[str, int]:
-    """RSS, PSS and USS of a process in KiB (``/proc/PID/smaps_rollup``); zeros if it is gone."""
-    values = {"rss": 0, "pss": 0, "uss": 0}
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            name, _, rest = line.partition(":")
-            if name == "Rss":
-                values["rss"] = int(rest.split()[0])
-            elif name == "Pss":
-                values["pss"] = int(rest.split()[0])
-            elif name in ("Private_Clean", "Private_Dirty"):
-                values["uss"] += int(rest.split()[0])
-    return values
 
 
 def process_table() -> dict[int, tuple[int, int]]:
@@ -112,11 +97,6 @@ def proc_cpu_s(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / HZ
-
-
-def loadavg() -> str:
-    one, five, fifteen = os.getloadavg()
-    return f"{one:.2f}/{five:.2f}/{fifteen:.2f}"
 
 
 # --- the farm ---------------------------------------------------------------------------------

@@ -57,8 +57,9 @@ from agent.identity import software_version
 from agent.mqtt_client import make_client
 from agent.one_board import script_counts
 from agent.outbox import WINDOW
-from agent.run_bookkeeping import ProgressEvents, Tally, event_name, run_info
-from agent.runner import RunInfo, RunSettings, size_count
+from agent.run_bookkeeping import ProgressEvents, Tally, event_name, run_info, run_request
+from agent.runner import RunInfo, size_count
+from agent.service import command_ack
 from farm.catalog import BenchmarkError, get_benchmark
 from farm.datasets import Row, official_rows
 from farm.logs import get_logger
@@ -353,16 +354,8 @@ class RunPlan:
         if model not in bench.firmware_models:
             raise RunUnsupported(f"the DUT runs {model}; {bench.id} needs {bench.firmware_models}")
         o = command.options
-        self.settings = RunSettings(
-            windows=o.windows,
-            min_window_s=o.min_window_s,
-            max_window_s=o.max_window_s,
-            calibration_s=o.calibration_s,
-            min_queries=o.min_queries,
-            min_duration_s=o.min_duration_s,
-            latency_inputs=o.latency_inputs,
-            limit=o.limit,
-        )
+        # The agent's own reading of the options (no datasets here: the path is unused).
+        self.settings = run_request(command, Path(".")).settings
         script = run_script(bench, command.mode, o.script)
         self.counts = script_counts(command.mode, script)
         self.sized = script.sized
@@ -571,16 +564,7 @@ class EmulatedAgent:
         """The command's answer on the agent's events topic."""
         if outcome in ("done", "failed"):
             self.outcomes[command.id] = outcome
-        ack = CommandAck(
-            agent=self.id,
-            command=command.id,
-            type=command.type,
-            outcome=outcome,
-            reason=reason,
-            board=board,
-            run=getattr(command, "run", None),
-            detail=detail or {},
-        )
+        ack = command_ack(self.id, command, outcome, board=board, reason=reason, detail=detail)
         await self.publish(agent_events_topic(self.id), ack.dumps())
 
     async def _reject(self, reason: str, command_id: str | None, kind: str | None) -> None:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import resource
@@ -48,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench.fleet, tes
 import redis
 
 from bench.fleet import FleetEmulator
+from bench.harness import loadavg, mem_kib
 from tests.integration.farm_procs import (
     Mosquitto,
     Proc,
@@ -59,26 +59,6 @@ from tests.integration.farm_procs import (
 
 DEFAULT_REDIS = "redis://127.0.0.1:6379/5"
 TERMINAL = ("completed", "failed", "cancelled")
-
-
-def mem_kib(pid: int) -> dict[str, int]:
-    """RSS, PSS and USS of a process in KiB (``/proc/PID/smaps_rollup``); zeros if gone."""
-    values = {"rss": 0, "pss": 0, "uss": 0}
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            name, _, rest = line.partition(":")
-            if name == "Rss":
-                values["rss"] = int(rest.split()[0])
-            elif name == "Pss":
-                values["pss"] = int(rest.split()[0])
-            elif name in ("Private_Clean", "Private_Dirty"):
-                values["uss"] += int(rest.split()[0])
-    return values
-
-
-def loadavg() -> str:
-    one, five, fifteen = os.getloadavg()
-    return f"{one:.2f}/{five:.2f}/{fifteen:.2f}"
 
 
 def cpu_s() -> float:

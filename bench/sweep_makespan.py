@@ -66,8 +66,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from controller_memory import DEFAULT_REDIS, Farm, boards_yaml, leftovers, loadavg, wait_until
-from harness import run_bench
+from controller_memory import DEFAULT_REDIS, Farm, boards_yaml, leftovers, wait_until
+from harness import loadavg, run_bench
 from serial_link import commands_for
 
 from farm.catalog import get_benchmark
