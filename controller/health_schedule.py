@@ -111,25 +111,20 @@ def due(client: redis.Redis, policy: HealthPolicy, now: float) -> dict[str, str]
     held = quarantine.unavailable(client, names, now)
     with client.pipeline(transaction=False) as pipe:
         for board in names:
-            pipe.exists(keys.lease(board), keys.board_check(board))
-            pipe.get(keys.board_tail(board))
+            pipe.exists(
+                keys.lease(board),
+                keys.board_check(board),
+                keys.board_current(board),
+                keys.board_waiting(board),
+            )
         found = pipe.execute()
-    found_iter = iter(found)
     due_now = {}
-    for board in names:
-        busy, tail = next(found_iter), next(found_iter)
-        if board in held or busy or _run_pending(client, tail):
+    for board, busy in zip(names, found, strict=True):
+        # Held, being checked, or a run has the board or waits for it.
+        if board in held or busy:
             continue
         due_now[board] = candidates[board]
     return due_now
-
-
-def _run_pending(client: redis.Redis, tail: str | None) -> bool:
-    """Whether the board's last queued run (its RQ job ``run-<id>``) has not ended yet."""
-    if not tail or not tail.startswith("run-"):
-        return False
-    state = client.hget(keys.run(tail.removeprefix("run-")), "state")
-    return state is not None and state not in keys.TERMINAL
 
 
 #: How long a queued check keeps its board from being queued again at most: the judge job's

@@ -1,16 +1,21 @@
-"""The RQ job that owns one run: lease the board, dispatch the run to its agent, follow it,
-check it is complete, score it and write its artifacts.
+"""The RQ jobs of one run, and the transitions its life goes through.
 
-A job is synchronous (an RQ worker runs it itself, :mod:`controller.worker_pool`): it
-publishes commands with paho and follows the run through what ingest stores in Redis,
-polling a few times a second. Every
-wait is bounded: each dispatch's deadline is fixed from the wire-time model and moved only by
-samples stored (:mod:`controller.deadline`); a dispatch past it is cancelled at the agent and
-dispatched again; an agent that goes offline has a grace period; samples still in flight
-after ``done`` (resent after a reconnect) have a grace period too.
+A run holds no worker while its board runs it. Its **dispatch job** (:func:`execute_run`,
+queued when the board's turn comes to it: :mod:`controller.board_queue`) leases the board,
+sends the run command and returns; the **follower** (:mod:`controller.follower`, one loop in
+the worker supervisor for every running run) watches what ingest stores, and when the run's
+final event of that attempt arrives it queues the run's **score job** (:func:`score_run`),
+which verifies the stored samples against the agent's digest, scores them and writes the
+artifacts. Whoever ends the run (:meth:`RunJob.finish`) gives the board back and its turn to
+the board's next run.
+
+Every wait is bounded: each dispatch's deadline is fixed from the wire-time model and moved
+only by samples stored (:mod:`controller.deadline`); a dispatch past it is cancelled at the
+agent and dispatched again; an agent that goes offline has a grace period; samples still in
+flight after ``done`` (resent after a reconnect) have a grace period too.
 
 Each dispatch is an attempt, numbered in its run command and echoed by the agent in every
-event of it: a dispatch judges only its own final event, so a late ``done`` of an earlier
+event of it: only its own final event ends an attempt, so a late ``done`` of an earlier
 attempt (one a lost worker left running on the board) can never judge or delete a later
 attempt's samples.
 
@@ -28,14 +33,13 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import redis
-from rq.timeouts import JobTimeoutException
 
 from controller import history, keys
+from controller.board_queue import pass_turn
 from controller.commands import BrokerUnavailable, publish_command
 from controller.deadline import RunDeadline
 from controller.estimate import SETUP_ALLOWANCE_S, estimate_run_s, samples_expected
@@ -51,6 +55,7 @@ from controller.store import (
     get_run,
     lease_holder,
     ranges,
+    rq_connection,
     sample_seqs,
     samples,
     set_run,
@@ -96,9 +101,15 @@ class Outcome:
 
 
 def execute_run(run_id: str) -> str:
-    """The RQ entry point: run ``run_id`` to a terminal state; return that state."""
+    """The dispatch job's RQ entry point: dispatch ``run_id``; return its state."""
     settings = Settings.resolve()
     return RunJob(connect(settings.redis_url), settings, run_id).execute()
+
+
+def score_run(run_id: str) -> str:
+    """The score job's RQ entry point: verify and score ``run_id``; return its state."""
+    settings = Settings.resolve()
+    return RunJob(connect(settings.redis_url), settings, run_id).score()
 
 
 def judge_sweep(sweep_id: str) -> str:
@@ -139,80 +150,53 @@ def submit_nightly() -> str:
 
 
 class RunJob:
-    """One run's job (see the module docstring)."""
+    """One run's jobs and transitions (see the module docstring): :meth:`execute` is the
+    dispatch job, :meth:`score` the score job; the follower calls :meth:`dispatch`,
+    :meth:`retry` and :meth:`finish`."""
 
     def __init__(self, client: redis.Redis, settings: Settings, run_id: str) -> None:
         self.client = client
         self.settings = settings
         self.run_id = run_id
-        self.lease: Lease | None = None
-        self._stop = threading.Event()
-        self._lost = threading.Event()
 
-    # -- lifecycle ------------------------------------------------------------------------------
+    # -- the dispatch job -----------------------------------------------------------------------
 
     def execute(self) -> str:
-        """Lease, dispatch (again while retries are left), finish; always release."""
+        """Lease the board and dispatch the run's next attempt; return the run's state
+        (``dispatched`` once the follower has it)."""
         run = get_run(self.client, self.run_id)
         if not run:
             log.error("unknown_run", run=self.run_id)
             return "unknown"
         if run["state"] in keys.TERMINAL:
+            self._pass_turn(run)
             return run["state"]
         if run.get("cancel") == "1":
-            return self._finish("cancelled", "cancelled before it started")
+            return self.finish("cancelled", "cancelled before it started")
         if int(run.get("attempts") or 0) >= MAX_ATTEMPTS:
-            return self._finish("failed", f"gave up after {run['attempts']} attempts")
+            return self.finish("failed", f"gave up after {run['attempts']} attempts")
         if (blocked := self._unavailable(run["board"])) is not None:
-            return self._finish("failed", f"board {run['board']} takes no runs: {blocked}")
-        self.lease = self._take_lease(run["board"])
+            return self.finish("failed", f"board {run['board']} takes no runs: {blocked}")
+        lease = self._take_lease(run["board"])
         # Reserved or quarantined while this job waited for the board?
         if (blocked := self._unavailable(run["board"])) is not None:
-            if self.lease is not None:
-                self.lease.release()
-            return self._finish("failed", f"board {run['board']} takes no runs: {blocked}")
-        if self.lease is None:
-            return self._finish("failed", f"board {run['board']} is leased by another run")
+            if lease is not None:
+                lease.release()
+            return self.finish("failed", f"board {run['board']} takes no runs: {blocked}")
+        if lease is None:
+            return self.finish("failed", f"board {run['board']} is leased by another run")
+        set_run(self.client, self.run_id, lease=lease.token, phase="dispatching")
         self.client.sadd(keys.RUNS_ACTIVE, self.run_id)
-        # Renewed from a thread, so scoring a large run (seconds of numpy and file writing)
-        # never looks like a dead worker to the reaper.
-        renewer = threading.Thread(
-            target=self.lease.keep, args=(self._stop, self._lost), name="lease", daemon=True
-        )
+        stop, lost = threading.Event(), threading.Event()
+        # Renewed from a thread while this job has the run (the follower renews it after).
+        renewer = threading.Thread(target=lease.keep, args=(stop, lost), name="lease", daemon=True)
         renewer.start()
-        interrupted = False
         try:
-            while True:
-                attempts = int(get_run(self.client, self.run_id).get("attempts") or 0) + 1
-                set_run(self.client, self.run_id, attempts=attempts)
-                try:
-                    outcome = self._attempt(attempts)
-                except BrokerUnavailable as exc:
-                    outcome = Outcome("retry", str(exc))
-                    time.sleep(BROKER_RETRY_S)
-                if outcome.state != "retry":
-                    return self._finish(outcome.state, outcome.reason)
-                fail_reason(self.client, self.run_id, outcome.reason or "retry")
-                if attempts >= MAX_ATTEMPTS:
-                    return self._finish("failed", f"{outcome.reason} (after {attempts} attempts)")
-                log.warning("run_retry", run=self.run_id, attempt=attempts, reason=outcome.reason)
-        except JobTimeoutException:
-            # RQ's backstop ran out (SIGALRM inside the job): the run ends here, failed, and
-            # the agent stops it; otherwise RQ would retry a run the board is still running.
-            self._cancel_at_agent("rq-timeout")
-            return self._finish("failed", "RQ's job timeout ran out before the run ended")
-        except (SystemExit, KeyboardInterrupt):
-            # RQ's cold shutdown raises SystemExit in the job (the worker runs it itself): the
-            # run is left as a killed worker leaves it, still active, and the board given
-            # back at once, so the reaper hands the job to RQ again without waiting a TTL.
-            interrupted = True
-            raise
+            self.dispatch()
         finally:
-            self._stop.set()
+            stop.set()
             renewer.join(5)
-            if not interrupted:
-                self.client.srem(keys.RUNS_ACTIVE, self.run_id)
-            self.lease.release()
+        return "dispatched"
 
     def _take_lease(self, board: str) -> Lease | None:
         # A lease left by a worker that died expires within one TTL: wait that long. A board
@@ -236,24 +220,14 @@ class RunJob:
         """Why ``board`` takes no runs now (reserved, quarantined), or None."""
         return unavailable(self.client, [board], time.time()).get(board)
 
-    def _finish(self, state: str, reason: str | None) -> str:
-        if reason is not None and state != "completed":
-            fail_reason(self.client, self.run_id, reason)
-        set_run(self.client, self.run_id, state=state, finished_at=time.time())
-        log.info("run_finished", run=self.run_id, state=state, reason=reason)
-        if state == "completed":
-            # The run hash now holds the summary, the finish time and the firmware.
-            history.record(self.client, get_run(self.client, self.run_id))
-        retire_run_detail(self.client, self.run_id, samples_retention_s())
-        sweep_id = self.client.hget(keys.run(self.run_id), "sweep")
-        if sweep_id:
-            close_sweep(self.client, sweep_id)
-        return state
+    # -- transitions ----------------------------------------------------------------------------
 
-    # -- one dispatch ---------------------------------------------------------------------------
-
-    def _attempt(self, attempt: int) -> Outcome:
+    def dispatch(self) -> None:
+        """Send the run's next attempt to its agent and hand the run to the follower. When the
+        broker cannot take the command, the follower dispatches again ``BROKER_RETRY_S`` later."""
         run = get_run(self.client, self.run_id)
+        attempt = int(run.get("attempts") or 0) + 1
+        set_run(self.client, self.run_id, attempts=attempt)
         bench = get_benchmark(run["benchmark"])
         options = RunOptions.model_validate_json(run["options"])
         stored: list[tuple[int, int]] = []
@@ -278,139 +252,124 @@ class RunJob:
             stored=stored,
             attempt=attempt,
         )
-        self._publish(command_topic(run["agent"]), command.dumps())
+        try:
+            self._publish(command_topic(run["agent"]), command.dumps())
+        except BrokerUnavailable as exc:
+            fail_reason(self.client, self.run_id, str(exc))
+            follow = {"attempt": attempt, "retry_at": time.time() + BROKER_RETRY_S}
+            set_run(self.client, self.run_id, phase="following", follow=follow)
+            log.warning("run_dispatch_deferred", run=self.run_id, reason=str(exc))
+            return
+        now = time.time()
+        estimate = estimate_run_s(bench, run["mode"], options)  # type: ignore[arg-type]
+        deadline = RunDeadline.at_dispatch(
+            now,
+            estimate,
+            SETUP_ALLOWANCE_S,
+            samples_expected(bench, run["mode"], options),  # type: ignore[arg-type]
+            len(kept),
+        )
+        follow = {
+            "attempt": attempt,
+            "command": command.id,
+            "estimate": estimate,
+            "dispatched": now,
+            "kept": stored,
+            "deadline": asdict(deadline),
+        }
         set_run(
             self.client,
             self.run_id,
             state="dispatched",
             command=command.id,
-            dispatched_at=time.time(),
+            dispatched_at=now,
+            deadline=round(deadline.at, 3),
+            phase="following",
+            follow=follow,
         )
-        estimate = estimate_run_s(bench, run["mode"], options)  # type: ignore[arg-type]
-        deadline = RunDeadline.at_dispatch(
-            time.monotonic(),
-            estimate,
-            SETUP_ALLOWANCE_S,
-            samples_expected(bench, run["mode"], options),  # type: ignore[arg-type]
-            sum(b - a for a, b in stored),
-        )
-        self._show_deadline(deadline)
         log.info(
             "run_dispatched",
             run=self.run_id,
             board=run["board"],
             attempt=attempt,
-            stored=sum((b - a for a, b in stored)),
+            stored=len(kept),
             estimate_s=estimate,
-            deadline_s=round(deadline.at - time.monotonic(), 1),
-        )
-        return self._follow(run, command, estimate, deadline, kept)
-
-    def _show_deadline(self, deadline: RunDeadline) -> None:
-        """The deadline in the run hash, as Unix time, for an operator."""
-        set_run(
-            self.client,
-            self.run_id,
-            deadline=round(time.time() + deadline.at - time.monotonic(), 3),
+            deadline_s=round(deadline.at - now, 1),
         )
 
-    def _follow(
-        self,
-        run: dict[str, str],
-        command: RunCommand,
-        estimate: float,
-        deadline: RunDeadline,
-        stored: set[int],
-    ) -> Outcome:
-        started = time.monotonic()
-        assert command.attempt is not None
-        ignored: int | None = None  # the earlier attempt whose final event was seen
-        offline_since: float | None = None
-        cancel_sent: float | None = None
-        while True:
-            time.sleep(POLL_S)
-            now = time.monotonic()
-            if self._lost.is_set():
-                return Outcome("retry", "the board's lease was lost (a worker stalled)")
-            # One round trip per poll: N boards' jobs poll at once.
-            with self.client.pipeline(transaction=False) as pipe:
-                pipe.hgetall(keys.run(self.run_id))
-                pipe.hget(keys.agent(run["agent"]), "state")
-                pipe.lrange(keys.agent_acks(run["agent"]), -ACKS_SCANNED, -1)
-                pipe.hlen(keys.run_samples(self.run_id))
-                current, agent_state, acks, held = pipe.execute()
-            if current.get("state") in keys.TERMINAL:
-                return Outcome(current["state"], current.get("reason") or None)
-            if current.get("final"):
-                final = json.loads(current["final"])
-                other = final.get("attempt")
-                # An agent that does not echo attempts: its final event is this dispatch's.
-                if other is None or other == command.attempt:
-                    return self._on_final(current, final, stored)
-                if _acked(acks, command.id, "duplicate"):
-                    # The board was still running the earlier attempt, not this one: now
-                    # it is free, dispatch again (resuming from what is stored).
-                    return Outcome(
-                        "retry",
-                        f"attempt {command.attempt} reached the board while it still ran "
-                        f"attempt {other}",
-                    )
-                if ignored != other:
-                    ignored = other
-                    log.info(
-                        "earlier_attempt_final_ignored",
-                        run=self.run_id,
-                        attempt=command.attempt,
-                        final_attempt=other,
-                        event=final.get("event"),
-                    )
-            # An agent refuses a run before starting it: once it runs, no ack can say so.
-            if current.get("state") == "dispatched":
-                rejected = _rejection(acks, command.id)
-                if rejected is not None:
-                    return Outcome("failed", f"the agent rejected the run: {rejected}")
-            if current.get("cancel") == "1" and cancel_sent is None:
-                cancel = CancelCommand(id=f"{command.id}-cancel", type="cancel", run=self.run_id)
-                self._publish(command_topic(run["agent"]), cancel.dumps())
-                cancel_sent = now
-            if cancel_sent is not None and now - cancel_sent > CANCEL_GRACE_S:
-                return Outcome("cancelled", "cancelled (the agent did not confirm)")
-            if agent_state != "online":
-                offline_since = offline_since or now
-                if now - offline_since > AGENT_GRACE_S:
-                    return Outcome("failed", f"agent {run['agent']} went offline during the run")
-            else:
-                offline_since = None
-            if deadline.progress(now, held):
-                self._show_deadline(deadline)
-            if deadline.passed(now):
-                # Stop whatever the board still runs of it; the next dispatch resumes.
-                cancel = CancelCommand(id=f"{command.id}-timeout", type="cancel", run=self.run_id)
-                self._publish(command_topic(run["agent"]), cancel.dumps())
-                waited = now - started
-                return Outcome(
-                    "retry",
-                    f"no result within {waited:.0f} s (wire-model estimate {estimate:.0f} s)",
-                )
+    def retry(self, reason: str) -> str:
+        """The current attempt failed for a reason another may not meet: dispatch again,
+        unless ``MAX_ATTEMPTS`` were made; the run's state."""
+        fail_reason(self.client, self.run_id, reason)
+        attempts = int(self.client.hget(keys.run(self.run_id), "attempts") or 0)
+        if attempts >= MAX_ATTEMPTS:
+            return self.finish("failed", f"{reason} (after {attempts} attempts)")
+        log.warning("run_retry", run=self.run_id, attempt=attempts, reason=reason)
+        self.dispatch()
+        return "dispatched"
 
-    def _on_final(self, run: dict[str, str], final: dict[str, Any], stored: set[int]) -> Outcome:
-        kind = final.get("event")
-        if kind == "cancelled":
-            return Outcome("cancelled", "cancelled")
-        if kind == "interrupted":
-            return Outcome(
-                "retry", f"the agent restarted during the run (last seq {final.get('last_seq')})"
-            )
-        if kind == "error":
-            reason = f"{final.get('kind')}: {final.get('reason')}"
-            if final.get("kind") == "infrastructure":
-                return Outcome("retry", reason)
-            return Outcome("failed", reason)
-        done = Done.model_validate(final)
-        problem = self._complete(done, stored)
-        if problem is not None:
-            return Outcome("retry", problem)
-        return self._score(run, done)
+    def finish(self, state: str, reason: str | None) -> str:
+        """End the run in ``state`` (its artifacts already written for ``completed``): give
+        the board back and its turn to the next run; the state the run ended in (an earlier
+        end stands)."""
+        run = get_run(self.client, self.run_id)
+        if run.get("state") in keys.TERMINAL:
+            self._pass_turn(run)
+            return run["state"]
+        if reason is not None and state != "completed":
+            fail_reason(self.client, self.run_id, reason)
+        set_run(self.client, self.run_id, state=state, finished_at=time.time())
+        log.info("run_finished", run=self.run_id, state=state, reason=reason)
+        run = get_run(self.client, self.run_id)
+        if state == "completed":
+            # The run hash now holds the summary, the finish time and the firmware.
+            history.record(self.client, run)
+        retire_run_detail(self.client, self.run_id, samples_retention_s())
+        self._pass_turn(run)
+        if run.get("sweep"):
+            close_sweep(self.client, run["sweep"])
+        return state
+
+    def _pass_turn(self, run: dict[str, str]) -> None:
+        pass_turn(self.client, rq_connection(self.client), self.run_id, run)
+
+    # -- the score job --------------------------------------------------------------------------
+
+    def score(self) -> str:
+        """Verify the stored samples against the agent's ``done`` and score them (or dispatch
+        again when they do not match); the run's state."""
+        run = get_run(self.client, self.run_id)
+        if not run:
+            log.error("unknown_run", run=self.run_id)
+            return "unknown"
+        if run.get("state") in keys.TERMINAL:
+            self._pass_turn(run)
+            return run["state"]
+        if run.get("phase") != "scoring" or not run.get("lease"):
+            log.warning("score_not_due", run=self.run_id, phase=run.get("phase"))
+            return run.get("state", "unknown")
+        lease = Lease(self.client, run["board"], run["lease"])
+        # The follower let go of the lease when it queued this job: taken back here (it may
+        # have lapsed while the job waited), so the reaper knows a worker has the run.
+        if not lease.renew() and Lease.acquire(self.client, run["board"]) is None:
+            log.info("score_without_lease", run=self.run_id, board=run["board"])
+        stop, lost = threading.Event(), threading.Event()
+        renewer = threading.Thread(target=lease.keep, args=(stop, lost), name="lease", daemon=True)
+        renewer.start()
+        try:
+            follow = json.loads(run.get("follow") or "{}")
+            kept = {s for a, b in follow.get("kept", []) for s in range(a, b)}
+            done = Done.model_validate(json.loads(run["final"]))
+            problem = self._complete(done, kept)
+            if problem is not None:
+                return self.retry(problem)
+            outcome = self._score(run, done)
+        finally:
+            stop.set()
+            renewer.join(5)
+        if outcome.state == "retry":
+            return self.retry(outcome.reason or "retry")
+        return self.finish(outcome.state, outcome.reason)
 
     def _complete(self, done: Done, stored: set[int]) -> str | None:
         """None when the stored samples are exactly what the agent says it sent."""
@@ -462,7 +421,7 @@ class RunJob:
 
     # -- helpers --------------------------------------------------------------------------------
 
-    def _cancel_at_agent(self, why: str) -> None:
+    def cancel_at_agent(self, why: str) -> None:
         """Tell the run's agent to stop it, if the broker takes the command (best effort)."""
         run = get_run(self.client, self.run_id)
         if not run.get("agent"):
@@ -476,21 +435,3 @@ class RunJob:
     def _publish(self, topic: str, payload: bytes) -> None:
         """Publish one command at QoS 1 (``BrokerUnavailable`` if the broker cannot take it)."""
         publish_command(self.settings, topic, payload, f"job-{self.run_id}")
-
-
-def _acked(acks: list[str], command_id: str, outcome: str) -> bool:
-    """Whether the agent's acks answer ``command_id`` with ``outcome``."""
-    for raw in acks:
-        ack = json.loads(raw)
-        if ack.get("command") == command_id and ack.get("outcome") == outcome:
-            return True
-    return False
-
-
-def _rejection(acks: list[str], command_id: str) -> str | None:
-    """The reason the agent gave for rejecting ``command_id``, if its acks hold one."""
-    for raw in acks:
-        ack = json.loads(raw)
-        if ack.get("command") == command_id and ack.get("outcome") == "rejected":
-            return ack.get("reason") or "rejected"
-    return None

@@ -22,7 +22,8 @@ key                                      type     content
 ``farm:agent:{agent}:acks``              list     the agent's last command acks (JSON), capped
 ``farm:boards``                          set      board ids ever seen
 ``farm:board:{board}``                   hash     agent, status (JSON), last_seen
-``farm:board:{board}:tail``              string   RQ job id of the last run queued for the board
+``farm:board:{board}:current``           string   the run whose turn it is on the board
+``farm:board:{board}:waiting``           list     runs waiting for the board, in order
 ``farm:board:{board}:reservation``       hash     board, holder, note, since, until, console (the
                                                   open console's session id): see
                                                   :mod:`controller.reservations`
@@ -56,6 +57,8 @@ from __future__ import annotations
 PREFIX = "farm"
 SWEEPS = f"{PREFIX}:sweeps"
 RUNS_ACTIVE = f"{PREFIX}:runs:active"
+#: The leading follower's token (:mod:`controller.follower`).
+FOLLOWER = f"{PREFIX}:follower"
 AGENTS = f"{PREFIX}:agents"
 BOARDS = f"{PREFIX}:boards"
 INGEST_COUNTERS = f"{PREFIX}:ingest:counters"
@@ -94,7 +97,12 @@ RUN_FIELDS = (
     "attempts",  # dispatches so far
     "reasons",  # JSON list of every failure's reason
     "reason",  # the last one
-    "job",  # RQ job id
+    "job",  # the RQ job that has the run in hand: run-{id} dispatching, score-{id} scoring
+    "queue",  # the RQ queue of its jobs (its sweep's priority)
+    "lease",  # the board lease's token while the run holds the board
+    "phase",  # who has a live run in hand: dispatching (its job), following (the
+    # follower), scoring (its score job)
+    "follow",  # JSON: the current dispatch as the follower needs it (controller.follower)
     "command",  # id of the last run command sent
     "created",
     "dispatched_at",
@@ -177,9 +185,14 @@ def board(board_id: str) -> str:
     return f"{PREFIX}:board:{board_id}"
 
 
-def board_tail(board_id: str) -> str:
-    """The RQ job the board's next run must wait for."""
-    return f"{PREFIX}:board:{board_id}:tail"
+def board_current(board_id: str) -> str:
+    """The run whose turn it is on the board (:mod:`controller.board_queue`)."""
+    return f"{PREFIX}:board:{board_id}:current"
+
+
+def board_waiting(board_id: str) -> str:
+    """The runs waiting for the board, in order (:mod:`controller.board_queue`)."""
+    return f"{PREFIX}:board:{board_id}:waiting"
 
 
 def board_reservation(board_id: str) -> str:

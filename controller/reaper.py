@@ -23,6 +23,7 @@ from rq.registry import StartedJobRegistry
 from rq.utils import now as rq_now
 
 from controller import keys
+from controller.board_queue import pass_turn
 from controller.health_schedule import HealthPolicy, schedule
 from controller.ingest.throttle import Throttle
 from controller.judge import close_sweep
@@ -51,9 +52,15 @@ def reap(client: redis.Redis, rq_client: redis.Redis) -> list[str]:
     reaped = []
     for run_id in client.smembers(keys.RUNS_ACTIVE):
         run = get_run(client, run_id)
-        if not run or run.get("state") in keys.TERMINAL:
+        if not run:
             client.srem(keys.RUNS_ACTIVE, run_id)
             continue
+        if run.get("state") in keys.TERMINAL:
+            # Ended by a job or the follower that died before passing the board on.
+            pass_turn(client, rq_client, run_id, run)
+            continue
+        if run.get("phase") == "following":
+            continue  # no worker has it: the follower does
         if client.exists(keys.lease(run["board"])):
             continue
         # Dispatching takes the lease first: a run this fresh may still be taking it.
@@ -75,9 +82,13 @@ def reap(client: redis.Redis, rq_client: redis.Redis) -> list[str]:
         if client.hget(keys.run(run_id), "state") not in keys.TERMINAL:
             retry = will_retry or state == "retry"
             if retry:
-                _set_state_if(client, run_id, run["state"], "queued")
+                if run.get("phase") != "scoring":
+                    _set_state_if(client, run_id, run["state"], "queued")
+                else:
+                    client.sadd(keys.RUNS_ACTIVE, run_id)  # its score job runs again
             else:
                 set_run(client, run_id, state="failed")
+                pass_turn(client, rq_client, run_id, get_run(client, run_id))
                 retire_run_detail(client, run_id, samples_retention_s())
                 # No job will end this run: if it was its sweep's last, the sweep ends here.
                 if run.get("sweep"):

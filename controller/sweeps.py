@@ -1,9 +1,9 @@
 """A sweep: benchmarks × modes × boards, expanded into runs and queued as RQ jobs.
 
-Runs for one board are chained (each job ``depends_on`` the board's previous one, failures
-allowed), so a board never runs two at once and no worker sits waiting for a busy board; the
-board lease is the second guard. Runs on a board are ordered so it is flashed as rarely as
-possible: first everything its current firmware can run, then one group per other firmware.
+Runs for one board wait their turn (:mod:`controller.board_queue`), so a board never runs
+two at once and no job is queued for a busy board; the board lease is the second guard. Runs
+on a board are ordered so it is flashed as rarely as possible: first everything its current
+firmware can run, then one group per other firmware.
 Boards that cannot run a benchmark or mode are listed with the reason, never dropped silently;
 so are boards out of scheduling (reserved by someone, quarantined after a failed check).
 sww01 has one run, its energy stream, which gives its accuracy, throughput and power: a sweep
@@ -16,25 +16,17 @@ import difflib
 import json
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import redis
-from rq import Retry
-from rq.exceptions import NoSuchJobError
-from rq.job import Dependency
 
-from controller import keys
-from controller.estimate import estimate_run_s
+from controller import board_queue, keys
 from controller.quarantine import unavailable
-from controller.queueing import fetch_job, queue
 from controller.store import all_boards, new_id, rq_connection
 from controller.verdicts import VerdictRequest
 from farm.catalog import BENCHMARKS, Benchmark, BenchmarkError, get_benchmark
 from farm.messages import Mode, RunOptions
 from farm.scripts import TestScript
-
-if TYPE_CHECKING:
-    from rq import Queue
 
 MODES: tuple[Mode, ...] = ("performance", "accuracy", "energy", "latency")
 DEFAULT_MODES: tuple[Mode, ...] = ("performance", "accuracy")
@@ -366,13 +358,22 @@ def submit(client: redis.Redis, spec: SweepSpec) -> tuple[str, list[str], list[S
                     "reasons": "[]",
                     "created": now,
                     "job": f"run-{run_id}",
+                    "queue": QUEUES[spec.priority],
                 },
             )
         pipe.execute()
-    rq_client = rq_connection(client)
-    target = queue(QUEUES[spec.priority], rq_client)
+    # Each board's runs wait their turn in plan order; a free board's first run is queued
+    # now, the next one when it ends (controller.board_queue).
+    by_board: dict[str, list[str]] = {}
     for run_id, run in zip(run_ids, runs, strict=True):
-        _enqueue(client, rq_client, target, run_id, run, spec)
+        by_board.setdefault(run.board, []).append(run_id)
+    with client.pipeline(transaction=False) as pipe:
+        for board, ids in by_board.items():
+            board_queue.wait(pipe, board, ids)
+        pipe.execute()
+    rq_client = rq_connection(client)
+    for board in by_board:
+        board_queue.start_next(client, rq_client, board)
     return sweep_id, run_ids, skipped
 
 
@@ -386,46 +387,3 @@ def run_options(spec: SweepSpec, benchmark: str, mode: str) -> RunOptions:
     for script in spec.scripts:
         options = script.apply(options, benchmark, mode)
     return options
-
-
-def _enqueue(
-    client: redis.Redis,
-    rq_client: redis.Redis,
-    target: Queue,
-    run_id: str,
-    run: PlannedRun,
-    spec: SweepSpec,
-) -> None:
-    """Queue the run's job behind the board's previous one."""
-    # The job function; imported late (RQ stores its dotted path).
-    from controller.jobs import MAX_ATTEMPTS, execute_run
-
-    tail_key = keys.board_tail(run.board)
-    tail = client.get(tail_key)
-    depends = None
-    if tail:
-        try:
-            status = fetch_job(tail, rq_client).get_status()
-        except NoSuchJobError:  # expired or deleted: nothing to wait for
-            status = None
-        if status not in (None, "finished", "failed", "canceled", "stopped"):
-            depends = Dependency(jobs=[tail], allow_failure=True)
-    estimate = estimate_run_s(
-        get_benchmark(run.benchmark), run.mode, run_options(spec, run.benchmark, run.mode)
-    )
-    target.enqueue(
-        execute_run,
-        run_id,
-        job_id=f"run-{run_id}",
-        depends_on=depends,
-        # RQ's own limit is only the backstop, twice the job's own deadlines: each dispatch
-        # is timed from the wire model (2 x the estimate, later only as samples are stored:
-        # controller.deadline), up to MAX_ATTEMPTS of them; a job that runs out all the same
-        # fails its run.
-        job_timeout=int(estimate * 4 * MAX_ATTEMPTS + 1800),
-        retry=Retry(max=JOB_RETRIES),
-        result_ttl=7 * 86400,
-        failure_ttl=7 * 86400,
-        description=f"{run.benchmark} {run.mode} on {run.board}",
-    )
-    client.set(tail_key, f"run-{run_id}")

@@ -1,7 +1,10 @@
-"""``farm controller worker``: one supervising process, N forked RQ workers, one reaper.
+"""``farm controller worker``: one supervising process, N forked RQ workers, one reaper and
+one follower.
 
-Every board that runs at once needs an RQ worker (a run job holds its worker for the whole
-run). Started as separate programs, each worker pays for its own interpreter, redis-py, rq,
+A running board holds no worker: a run's jobs (dispatch, then score) take a worker for
+seconds, and the follower in the supervisor (:mod:`controller.follower`) watches every
+running run in between, so the worker count follows how many jobs run at once, not how many
+boards do. Started as separate programs, each worker pays for its own interpreter, redis-py, rq,
 pydantic, aiomqtt and the job code (~50 MiB each), RQ's default worker forks a work-horse
 per job on top (~45 MiB more), and each horse imports numpy and scikit-learn again when it
 scores a run (seconds of CPU, when a sweep's accuracy runs all end together). Here the
@@ -17,8 +20,9 @@ of one job, matters less here: a run job crashing its worker is a worker lost, w
 supervisor restarts and the reaper recovers from like any killed worker; a job's memory goes
 back to the worker's allocator for the next job.
 
-The supervisor also runs the lease reaper (:mod:`controller.reaper`): one per host rather than
-one per worker, so watching the active runs costs the same at 64 boards as at 8.
+The supervisor also runs the lease reaper (:mod:`controller.reaper`) and the follower: one per
+host rather than one per worker, each reading every run it looks after in a few pipelined
+round trips a tick.
 
 Why not RQ's own ``WorkerPool``: its supervision loop joins each child with a 0.1 s timeout in
 turn (6.4 s per pass at 64 workers, which would delay the reaper as much), and it names workers
@@ -49,10 +53,17 @@ log = get_logger("controller.worker_pool")
 #: A worker that dies sooner than this after its start is restarted after a growing delay
 #: (a crash loop, e.g. Redis refusing connections, must not fork as fast as it can).
 STABLE_S = 10.0
-#: How long the supervisor sleeps between looks at its children (and reaper ticks).
-TICK_S = 0.5
+#: How long the supervisor sleeps between looks at its children (and reaper and follower
+#: ticks): the follower's poll (``controller.jobs.POLL_S``).
+TICK_S = 0.25
 #: What dispatching and following a run imports (aiomqtt, redis-py, rq, pydantic, farm.messages).
-JOB_MODULES = ("controller.jobs", "controller.reaper", "controller.health_schedule", "rq")
+JOB_MODULES = (
+    "controller.jobs",
+    "controller.reaper",
+    "controller.follower",
+    "controller.health_schedule",
+    "rq",
+)
 #: What scoring a run imports (``farm.scoring.accuracy.roc_auc`` imports the last two late).
 SCORING_MODULES = ("controller.results", "numpy", "sklearn.metrics")
 #: After the first stop signal, a worker still running a job gets a cold shutdown: its run goes
@@ -73,6 +84,7 @@ PUBSUB_READ_S = 1.0
 JOB_FUNCTIONS = frozenset(
     {
         "controller.jobs.execute_run",
+        "controller.jobs.score_run",
         "controller.jobs.judge_sweep",
         "controller.jobs.submit_nightly",
         "controller.health_schedule.scheduled_health_check",
@@ -169,9 +181,11 @@ class WorkerPool:
         return 1 if self.burst and any(codes) else 0
 
     def _supervise(self) -> None:
+        from controller.follower import Follower
         from controller.reaper import Reaper
 
         reaper = Reaper(self.redis_url)
+        follower = Follower(self.redis_url)
         while any(slot.pid for slot in self.slots) or self._restarts_pending():
             self._collect()
             now = time.monotonic()
@@ -180,6 +194,7 @@ class WorkerPool:
                     self._spawn(slot)
             if self._stopping is None:
                 reaper.tick()
+                follower.tick()
             else:
                 self._escalate(now - self._stop_at)
             time.sleep(TICK_S)

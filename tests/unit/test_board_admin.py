@@ -179,14 +179,13 @@ def test_only_idle_free_unheld_boards_are_due(db: redis.Redis) -> None:
     assert Lease.acquire(db, "leased") is not None
     reservations.reserve(db, "reserved", "alice", 60)
     quarantine.quarantine(db, "quarantined", "a test", "bob")
-    db.set(keys.board_tail("queued"), "run-r1")
-    db.hset(keys.run("r1"), "state", "queued")
+    db.rpush(keys.board_waiting("queued"), "r1")
     policy = HealthPolicy(interval_s=600, after_failures=2)
     assert due(db, policy, now) == {
         "free": "unchecked for 3600 s",
         "failing": "3 failures in a row",
     }
-    db.hset(keys.run("r1"), "state", "completed")  # the queued run ended
+    db.delete(keys.board_waiting("queued"))  # the queued run had its turn and ended
     db.hset(keys.agent("pi"), "state", "offline")
     assert due(db, policy, now) == {}
 

@@ -11,7 +11,7 @@ import redis
 from rq.job import Callback, Job
 
 from controller.health_schedule import scheduled_health_check
-from controller.jobs import execute_run, judge_sweep, submit_nightly
+from controller.jobs import execute_run, judge_sweep, score_run, submit_nightly
 from controller.queueing import SERIALIZER
 from controller.worker_pool import JOB_FUNCTIONS, refusal
 
@@ -24,9 +24,9 @@ def test_every_enqueued_function_is_allowed_and_nothing_else() -> None:
         for path in CONTROLLER.rglob("*.py")
         for name in re.findall(r"\.enqueue\(\s*(\w+)", path.read_text())
     }
-    assert enqueued == {"execute_run", "judge_sweep", "scheduled_health_check"}
+    assert enqueued == {"execute_run", "score_run", "judge_sweep", "scheduled_health_check"}
     # and the nightly sweep deploy/rq-cron schedules (tests/unit/test_deploy_files.py)
-    functions = (execute_run, judge_sweep, submit_nightly, scheduled_health_check)
+    functions = (execute_run, score_run, judge_sweep, submit_nightly, scheduled_health_check)
     assert {f"{f.__module__}.{f.__qualname__}" for f in functions} == JOB_FUNCTIONS
 
 
