@@ -1,18 +1,19 @@
 """Benchmark (not a test): one sweep over an emulated fleet through the real controller.
 
     python bench/fleet_sweep.py [--counts 16 64] [--agents-of 8] [--mode accuracy]
-                                [--limit 200] [--inference-s 0.05]
+                                [--limit 200] [--inference-s 0.05] [--workers 4]
                                 [--redis redis://127.0.0.1:6379/5]
 
 For each N in ``--counts``: a private Mosquitto (``tests/integration/farm_procs.Mosquitto``),
 Redis database ``--redis`` (FLUSHED at the start of each N, then left as the sweep left it),
-``farm controller ingest`` and ``farm controller worker --processes N`` (today's controller
-holds one RQ worker per running board), and :class:`bench.fleet.FleetEmulator` with N boards
-on N / ``--agents-of`` agents. Once the boards are idle and healthy in Redis and the N RQ
-workers registered and idle 3 s, the controller is read once (the idle reference: the worker
-pool's PSS ÷ N, per idle worker). Then ``farm submit`` of one sweep, kws01 ``--mode`` with
-``--limit`` samples, over all N boards (its wall time is the submit figure), and the
-controller is read every second until every run has ended.
+``farm controller ingest`` and ``farm controller worker --processes W`` (``--workers``: a
+running board holds no worker, the follower in the supervisor follows every run), and
+:class:`bench.fleet.FleetEmulator` with N boards on N / ``--agents-of`` agents. Once the
+boards are idle and healthy in Redis and the W RQ workers registered and idle 3 s, the
+controller is read once (the idle reference: the worker pool's PSS ÷ W, per idle worker).
+Then ``farm submit`` of one sweep, kws01 ``--mode`` with ``--limit`` samples, over all N
+boards (its wall time is the submit figure), and the controller is read every second until
+every run has ended.
 
 Reported per N:
 
@@ -302,11 +303,11 @@ def report(all_figures: list[SweepFigures], args: argparse.Namespace) -> None:
     print(
         f"\nkws01 {args.mode}, {args.limit} samples a run, emulated inference "
         f"{args.inference_s:g} s (one run: {args.limit * args.inference_s:g} s); "
-        f"{args.agents_of} boards per emulated agent; worker pool --processes N"
+        f"{args.agents_of} boards per emulated agent; worker pool --processes {args.workers}"
     )
     head = ("N", "runs", "retried", "runs with lost samples (seqs)", "samples stored",
             "controller peak PSS MiB (ingest / supervisor / workers)", "PSS/board MiB",
-            "÷ idle worker PSS", "submit s", "submit s per 100 runs", "makespan s",
+            "÷ idle worker PSS", "total ÷ 1 GiB", "submit s", "submit s per 100 runs", "makespan s",
             "makespan ÷ one run", "emulator CPU µs/sample", "load avg")  # fmt: skip
     print("| " + " | ".join(head) + " |")
     print("|" + "|".join("---" for _ in head) + "|")
@@ -324,6 +325,7 @@ def report(all_figures: list[SweepFigures], args: argparse.Namespace) -> None:
             f"{peak.get('supervisor', 0) / mib:.0f} / {peak.get('workers', 0) / mib:.0f})",
             f"{per_board:.1f}",
             f"{per_board / idle:.2f}",
+            f"{f.peak_total_kib / mib / 1024:.2f}",
             f"{f.submit_s:.2f}",
             f"{f.submit_s / f.n * 100:.2f}",
             f"{f.sweep_s:.1f}",
@@ -352,10 +354,11 @@ async def amain(args: argparse.Namespace) -> int:
                 args.redis,
                 agents=agents,
                 boards_per_agent=n // agents,
-                processes=n,
+                processes=args.workers,
                 mode=args.mode,
                 limit=args.limit,
                 inference_s=args.inference_s,
+                within_s=args.within,
             )
         results.append(figures)
         print(
@@ -385,6 +388,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", default="accuracy", choices=["accuracy", "latency"])
     parser.add_argument("--limit", type=int, default=200, help="samples a run")
     parser.add_argument("--inference-s", type=float, default=0.05)
+    parser.add_argument("--workers", type=int, default=4, help="RQ workers of the controller")
+    parser.add_argument("--within", type=float, default=900, help="seconds a sweep may take")
     parser.add_argument("--redis", default=DEFAULT_REDIS, help="Redis DB to use (FLUSHED)")
     args = parser.parse_args(argv)
     if min(args.counts) < 1 or any(n % min(n, args.agents_of) for n in args.counts):

@@ -153,7 +153,7 @@ def worker(
             "-n",
             min=1,
             max=1024,
-            help="RQ workers to fork: one per board that should run at the same time",
+            help="RQ workers to fork: dispatch and score jobs at once (running boards hold none)",
         ),
     ] = 1,
     burst: Annotated[bool, typer.Option(help="Exit when the queues are empty")] = False,

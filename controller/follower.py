@@ -139,6 +139,7 @@ class Follower:
         states = dict(zip(agents, found[: len(agents)], strict=True))
         acks = dict(zip(asked, found[len(agents) : len(agents) + len(asked)], strict=True))
         rest = iter(found[len(agents) + len(asked) :])
+        moved: dict[str, dict[str, Any]] = {}
         for run_id, run in runs.items():
             held, leased = next(rest), next(rest)
             try:
@@ -150,9 +151,15 @@ class Follower:
                     held,
                     bool(leased and run["lease"]),
                     now,
+                    moved,
                 )
             except BrokerUnavailable as exc:
                 log.warning("follower_broker_unavailable", run=run_id, error=str(exc))
+        # Deadlines moved by samples stored: one round trip for all of them.
+        with self.client.pipeline(transaction=False) as pipe:
+            for run_id, fields in moved.items():
+                pipe.hset(keys.run(run_id), mapping=fields)
+            pipe.execute()
 
     def _judge(
         self,
@@ -163,6 +170,7 @@ class Follower:
         held: int,
         leased: bool,
         now: float,
+        moved: dict[str, dict[str, Any]],
     ) -> None:
         job = RunJob(self.client, self.settings, run_id)
         follow = json.loads(run["follow"])
@@ -229,7 +237,7 @@ class Follower:
         deadline = RunDeadline(**follow["deadline"])
         if deadline.progress(now, held):
             follow["deadline"] = asdict(deadline)
-            set_run(self.client, run_id, follow=follow, deadline=round(deadline.at, 3))
+            moved[run_id] = {"follow": json.dumps(follow), "deadline": round(deadline.at, 3)}
         if deadline.passed(now):
             # Stop whatever the board still runs of it; the next dispatch resumes.
             self._cancel(run_id, run, f"{command}-timeout")

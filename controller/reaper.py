@@ -23,7 +23,7 @@ from rq.registry import StartedJobRegistry
 from rq.utils import now as rq_now
 
 from controller import keys
-from controller.board_queue import pass_turn
+from controller.board_queue import pass_turn, queue_job
 from controller.health_schedule import HealthPolicy, schedule
 from controller.ingest.throttle import Throttle
 from controller.judge import close_sweep
@@ -159,7 +159,11 @@ def _job_state(rq_client: redis.Redis, job_id: str) -> str:
         status = fetch_job(job_id, rq_client).get_status()
     except Exception:
         return "gone"
-    return "retry" if status in ("queued", "scheduled", "deferred") else str(status)
+    return (
+        "retry"
+        if status in ("queued", "scheduled", "deferred")
+        else str(getattr(status, "value", status))
+    )
 
 
 def release_ready(rq_client: redis.Redis) -> None:
@@ -170,11 +174,53 @@ def release_ready(rq_client: redis.Redis) -> None:
         queue(name, rq_client).ready_job_registry.cleanup()
 
 
+def stalled_turns(
+    client: redis.Redis, rq_client: redis.Redis, boards: list[str]
+) -> list[tuple[str, str]]:
+    """Pass on the turns a process that died between two steps left hanging: a board whose
+    turn is with an ended run that never passed it (passed now), or with a queued run whose
+    dispatch job is gone (queued again) or failed for good (the run fails). The (board, run)
+    pairs found."""
+    with client.pipeline(transaction=False) as pipe:
+        for board in boards:
+            pipe.get(keys.board_current(board))
+        currents = [(b, r) for b, r in zip(boards, pipe.execute(), strict=True) if r]
+    with client.pipeline(transaction=False) as pipe:
+        for _, run_id in currents:
+            pipe.hmget(keys.run(run_id), ["state", "job"])
+            pipe.sismember(keys.RUNS_ACTIVE, run_id)
+        found = iter(pipe.execute())
+    stalled = []
+    for board, run_id in currents:
+        (state, job), active = next(found), next(found)
+        if state is not None and state not in keys.TERMINAL and (state != "queued" or active):
+            continue  # under way (an active run's dispatch job ends; the follower has it)
+        if state == "queued":
+            rq_state = _job_state(rq_client, job or f"run-{run_id}")
+            if rq_state == "failed":
+                fail_reason(client, run_id, "its dispatch job failed (rq info: failed jobs)")
+                set_run(client, run_id, state="failed", finished_at=time.time())
+                if sweep_id := client.hget(keys.run(run_id), "sweep"):
+                    close_sweep(client, sweep_id)
+            elif rq_state == "gone":
+                queue_job(rq_client, client, run_id, "dispatch")
+                stalled.append((board, run_id))
+                continue
+            else:
+                continue  # waiting for a worker, or running
+        stalled.append((board, run_id))
+        pass_turn(client, rq_client, run_id, get_run(client, run_id) or {"board": board})
+    return stalled
+
+
 def look_after_boards(
     client: redis.Redis, rq_client: redis.Redis, policy: HealthPolicy, now: float
 ) -> None:
-    """End the reservations that lapsed and queue the health checks due."""
+    """End the reservations that lapsed, pass on board turns nothing else will and queue the
+    health checks due."""
     boards = sorted(client.smembers(keys.BOARDS))
+    for board, run_id in stalled_turns(client, rq_client, boards):
+        log.warning("board_turn_stalled", board=board, run=run_id)
     for board, why in end_lapsed(client, boards, now):
         log.info("reservation_ended", board=board, why=why)
     schedule(client, rq_client, policy, now)

@@ -12,9 +12,9 @@ import redis
 from rq.job import JobStatus
 from rq.utils import now as rq_now
 
-from controller import keys
+from controller import board_queue, keys
 from controller.queueing import queue as farm_queue
-from controller.reaper import Reaper, reap
+from controller.reaper import Reaper, reap, stalled_turns
 from controller.sweeps import QUEUE_ORDER
 from tests.integration.farm_procs import flushed_redis
 
@@ -88,4 +88,77 @@ def test_a_run_whose_job_rq_is_about_to_run_again_is_left_alone(rq_client: redis
         run = client.hgetall(keys.run(run_id))
         assert run["state"] == "running" and "reason" not in run
     assert "its lease expired" in client.hget(keys.run("r-lost"), "reason")
+    client.close()
+
+
+def test_a_board_runs_one_run_at_a_time_in_order_and_passes_its_turn_once(
+    rq_client: redis.Redis,
+) -> None:
+    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    with client.pipeline() as pipe:
+        board_queue.wait(pipe, "b-1", ["r1", "r2"])
+        board_queue.wait(pipe, "b-1", ["r3"])  # a later sweep's run waits behind
+        pipe.execute()
+    assert board_queue.advance(client, "b-1") == "r1"
+    assert board_queue.advance(client, "b-1") is None  # r1 has the board
+    assert board_queue.advance(client, "b-1", "r2") is None  # not r2's turn to end
+    assert board_queue.advance(client, "b-1", "r1") == "r2"
+    assert board_queue.advance(client, "b-1", "r1") is None  # ending twice passes nothing
+    assert board_queue.advance(client, "b-1", "r2") == "r3"
+    assert board_queue.advance(client, "b-1", "r3") is None
+    assert not board_queue.pending(client, "b-1")
+    client.close()
+
+
+def test_a_followed_run_is_not_the_reapers(rq_client: redis.Redis) -> None:
+    """A run whose board runs it holds no job: its lease is the follower's to renew, and a
+    lapsed one is not a lost worker."""
+    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    queue = farm_queue(QUEUE_ORDER[1], rq_client)
+    dispatched = queue.enqueue("builtins.len", "abc")
+    dispatched.set_status(JobStatus.FINISHED)
+    active_run(client, "r-followed", dispatched.id)
+    client.hset(keys.run("r-followed"), "phase", "following")
+
+    assert reap(client, rq_client) == []
+    assert client.hget(keys.run("r-followed"), "state") == "running"
+    client.close()
+
+
+def test_turns_a_dead_process_left_hanging_are_passed_on(rq_client: redis.Redis) -> None:
+    """An ended run that still has its board's turn passes it on; a queued run whose dispatch
+    job is gone gets one; one whose dispatch job failed for good fails, and passes it on."""
+    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    queue = farm_queue(QUEUE_ORDER[1], rq_client)
+    runs = {"ended": "completed", "next": "queued", "jobless": "queued", "crashed": "queued"}
+    for run_id, state in runs.items():
+        client.hset(keys.run(run_id), mapping={"state": state, "board": f"b-{run_id}"})
+    client.hset(keys.run("next"), "board", "b-ended")
+    with client.pipeline() as pipe:
+        board_queue.wait(pipe, "b-ended", ["ended", "next"])
+        board_queue.wait(pipe, "b-jobless", ["jobless"])
+        board_queue.wait(pipe, "b-crashed", ["crashed"])
+        pipe.execute()
+    for board in ("b-ended", "b-jobless", "b-crashed"):
+        board_queue.advance(client, board)
+    crashed = queue.enqueue("builtins.len", "abc", job_id="run-crashed")
+    crashed.set_status(JobStatus.FAILED)
+    client.hset(keys.run("crashed"), "job", crashed.id)
+
+    found = stalled_turns(client, rq_client, ["b-ended", "b-jobless", "b-crashed"])
+
+    assert sorted(found) == [
+        ("b-crashed", "crashed"),
+        ("b-ended", "ended"),
+        ("b-jobless", "jobless"),
+    ]
+    # The ended run's board went to the next run, whose dispatch job is queued.
+    assert board_queue.current(client, "b-ended") == "next"
+    assert "run-next" in queue.job_ids and "run-jobless" in queue.job_ids
+    assert board_queue.current(client, "b-jobless") == "jobless"  # still its turn, now queued
+    assert client.hget(keys.run("crashed"), "state") == "failed"
+    assert "dispatch job failed" in client.hget(keys.run("crashed"), "reason")
+    assert board_queue.current(client, "b-crashed") is None
+    # Nothing left hanging: a second pass finds nothing.
+    assert stalled_turns(client, rq_client, ["b-ended", "b-jobless", "b-crashed"]) == []
     client.close()

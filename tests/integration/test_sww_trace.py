@@ -29,9 +29,10 @@ import redis
 from agent.journal import Journal
 from agent.outbox import Outbox, SampleBatcher
 from controller import keys
+from controller.follower import Follower
 from controller.ingest import Ingest
 from controller.ingest.handlers import MAX_PAYLOAD_BYTES
-from controller.jobs import RunJob
+from controller.jobs import POLL_S, RunJob
 from controller.results import finish_run, stored_samples
 from controller.settings import Settings
 from controller.store import samples
@@ -336,6 +337,21 @@ async def agent_stand_in(
             await client.publish(events, done.dumps(), qos=1)
 
 
+def run_to_end(settings: Settings, run: str) -> str:
+    """What the controller does with a run, in this thread: its dispatch job, the follower's
+    ticks and its score job, until it ends; its state."""
+    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    job = RunJob(client, settings, run)
+    job.execute()
+    follower = Follower(REDIS_URL, settings)
+    while (state := client.hget(keys.run(run), "state")) not in keys.TERMINAL:
+        follower.follow_all(time.time())
+        if client.hget(keys.run(run), "phase") == "scoring":
+            job.score()
+        time.sleep(POLL_S)
+    return str(state)
+
+
 async def test_a_missing_chunk_leaves_the_run_incomplete_until_a_dispatch_sends_it(
     broker: Mosquitto, db: redis.Redis, ingest: Ingest, tmp_path: Path
 ) -> None:
@@ -349,8 +365,7 @@ async def test_a_missing_chunk_leaves_the_run_incomplete_until_a_dispatch_sends_
     try:
         await eventually(lambda: db.hget(keys.agent(AGENT), "state") == "online", "agent online")
         settings = Settings(REDIS_URL, broker.url, tmp_path / "results")
-        job = RunJob(redis.Redis.from_url(REDIS_URL, decode_responses=True), settings, run)
-        state = await asyncio.wait_for(asyncio.to_thread(job.execute), 120)
+        state = await asyncio.wait_for(asyncio.to_thread(run_to_end, settings, run), 120)
     finally:
         agent.cancel()
         with contextlib.suppress(asyncio.CancelledError):
