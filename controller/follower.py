@@ -97,7 +97,8 @@ class Follower:
             if (skipped := self._throttle.allow("redis_error")) is not None:
                 log.warning("follower_redis_error", error=explain(self.url, exc), skipped=skipped)
         except Exception:  # a bug here must not take the workers' supervisor down
-            log.exception("follower_failed")
+            if (skipped := self._throttle.allow("failed")) is not None:
+                log.exception("follower_failed", skipped=skipped)
 
     def follow_all(self, now: float) -> None:
         """Judge every followed run at ``now`` (Unix time)."""
