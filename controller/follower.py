@@ -42,7 +42,7 @@ from controller.jobs import (
     RunJob,
 )
 from controller.settings import Settings
-from controller.store import LEASE_TTL_S, explain, fail_reason, rq_connection, set_run
+from controller.store import HOLD, LEASE_TTL_S, explain, rq_connection, set_run
 from farm.logs import get_logger
 from farm.messages import CancelCommand, command_topic
 
@@ -53,14 +53,6 @@ log = get_logger("controller.follower")
 LEADER_TTL_S = 3.0
 #: The run fields the follower reads.
 FIELDS = ("state", "phase", "follow", "final", "cancel", "agent", "board", "lease")
-
-#: Renews KEYS[1] if it holds ARGV[1]; else takes it if it is free. 1 if held after.
-_HOLD = """
-local v = redis.call('get', KEYS[1])
-if v == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
-if not v then redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
-return 0
-"""
 
 
 @dataclass
@@ -89,7 +81,7 @@ class Follower:
         """Follow every followed run once, if this follower leads; a Redis hiccup is logged
         (the next tick tries again)."""
         try:
-            if not self.client.eval(_HOLD, 1, keys.FOLLOWER, self.token, int(LEADER_TTL_S * 1000)):
+            if not self.client.eval(HOLD, 1, keys.FOLLOWER, self.token, int(LEADER_TTL_S * 1000)):
                 self.watches.clear()
                 return
             self.follow_all(time.time())
@@ -134,7 +126,7 @@ class Follower:
             for run_id, run in runs.items():
                 pipe.hlen(keys.run_samples(run_id))
                 pipe.eval(
-                    _HOLD, 1, keys.lease(run["board"]), run["lease"] or "", int(LEASE_TTL_S * 1000)
+                    HOLD, 1, keys.lease(run["board"]), run["lease"] or "", int(LEASE_TTL_S * 1000)
                 )
             found = pipe.execute()
         states = dict(zip(agents, found[: len(agents)], strict=True))
@@ -188,7 +180,7 @@ class Follower:
             # waits for the board.
             if "command" in follow:
                 self._cancel(run_id, run, f"{follow['command']}-lost")
-            self._requeue(job, "the board's lease was lost while the run was followed")
+            job.requeue("the board's lease was lost while the run was followed")
             return
         if "retry_at" in follow:
             if now >= follow["retry_at"]:
@@ -264,15 +256,6 @@ class Follower:
             # has the run, and hands it back if that worker dies).
             set_run(self.client, run_id, phase="scoring")
             queue_job(self.rq_client, self.client, run_id, "score")
-
-    def _requeue(self, job: RunJob, reason: str) -> None:
-        run_id = job.run_id
-        set_run(self.client, run_id, state="queued")
-        self.client.hdel(keys.run(run_id), "phase", "follow", "lease")
-        self.client.srem(keys.RUNS_ACTIVE, run_id)
-        fail_reason(self.client, run_id, reason)
-        log.warning("run_requeued", run=run_id, reason=reason)
-        queue_job(self.rq_client, self.client, run_id, "dispatch")
 
     def _cancel(self, run_id: str, run: dict[str, Any], command_id: str) -> None:
         cancel = CancelCommand(id=command_id, type="cancel", run=run_id)

@@ -39,7 +39,7 @@ from pathlib import Path
 import redis
 
 from controller import history, keys
-from controller.board_queue import pass_turn
+from controller.board_queue import pass_turn, queue_job
 from controller.commands import BrokerUnavailable, publish_command
 from controller.deadline import RunDeadline
 from controller.estimate import SETUP_ALLOWANCE_S, estimate_run_s, samples_expected
@@ -171,6 +171,8 @@ class RunJob:
         if run["state"] in keys.TERMINAL:
             self._pass_turn(run)
             return run["state"]
+        if run.get("phase") in ("following", "scoring"):
+            return run["state"]  # dispatched already (RQ ran this job again): followed
         if run.get("cancel") == "1":
             return self.finish("cancelled", "cancelled before it started")
         if int(run.get("attempts") or 0) >= MAX_ATTEMPTS:
@@ -301,12 +303,31 @@ class RunJob:
         """The current attempt failed for a reason another may not meet: dispatch again,
         unless ``MAX_ATTEMPTS`` were made; the run's state."""
         fail_reason(self.client, self.run_id, reason)
-        attempts = int(self.client.hget(keys.run(self.run_id), "attempts") or 0)
+        run = get_run(self.client, self.run_id)
+        attempts = int(run.get("attempts") or 0)
         if attempts >= MAX_ATTEMPTS:
             return self.finish("failed", f"{reason} (after {attempts} attempts)")
         log.warning("run_retry", run=self.run_id, attempt=attempts, reason=reason)
+        if not (run.get("lease") and Lease(self.client, run["board"], run["lease"]).hold()):
+            # Someone took the board meanwhile (an operation): wait for it as a dispatch does.
+            return self.requeue(None)
         self.dispatch()
         return "dispatched"
+
+    def requeue(self, reason: str | None) -> str:
+        """Give the run back to a dispatch job, which waits for the board (its lease was
+        lost); the run's state."""
+        if reason is not None:
+            fail_reason(self.client, self.run_id, reason)
+        run = get_run(self.client, self.run_id)
+        if run.get("lease"):
+            Lease(self.client, run["board"], run["lease"]).release()
+        set_run(self.client, self.run_id, state="queued")
+        self.client.hdel(keys.run(self.run_id), "phase", "follow", "lease")
+        self.client.srem(keys.RUNS_ACTIVE, self.run_id)
+        log.warning("run_requeued", run=self.run_id, reason=reason)
+        queue_job(rq_connection(self.client), self.client, self.run_id, "dispatch")
+        return "queued"
 
     def finish(self, state: str, reason: str | None) -> str:
         """End the run in ``state`` (its artifacts already written for ``completed``): give
@@ -349,9 +370,9 @@ class RunJob:
             log.warning("score_not_due", run=self.run_id, phase=run.get("phase"))
             return run.get("state", "unknown")
         lease = Lease(self.client, run["board"], run["lease"])
-        # The follower let go of the lease when it queued this job: taken back here (it may
+        # The follower let go of the lease when it queued this job: held again here (it may
         # have lapsed while the job waited), so the reaper knows a worker has the run.
-        if not lease.renew() and Lease.acquire(self.client, run["board"]) is None:
+        if not lease.hold():
             log.info("score_without_lease", run=self.run_id, board=run["board"])
         stop, lost = threading.Event(), threading.Event()
         renewer = threading.Thread(target=lease.keep, args=(stop, lost), name="lease", daemon=True)

@@ -16,7 +16,8 @@ key                                      type     content
                                                   (JSON array), written once (``farm.trace``)
 ``farm:run:{run}:events``                list     run events as received (JSON), capped
 ``farm:runs:active``                     set      runs dispatched or running (the reaper's view)
-``farm:follower``                        string   the leading follower's token (:mod:`controller.follower`)
+``farm:follower``                        string   the leading follower's token
+                                                  (:mod:`controller.follower`)
 ``farm:agents``                          set      agent ids ever seen
 ``farm:agent:{agent}``                   hash     state, protocol, software, status (JSON),
                                                   heartbeat (JSON), last_seen

@@ -36,6 +36,13 @@ if redis.call('get', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+#: Renews KEYS[1] if it holds ARGV[1]; else takes it if it is free. 1 if held after.
+HOLD = """
+local v = redis.call('get', KEYS[1])
+if v == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
+if not v then redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
+return 0
+"""
 _RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
   return redis.call('del', KEYS[1])
@@ -124,6 +131,13 @@ class Lease:
         """Extend the lease; False if it was lost (expired and taken, or deleted)."""
         return bool(
             self.client.eval(_RENEW, 1, keys.lease(self.board), self.token, int(self.ttl_s * 1000))
+        )
+
+    def hold(self) -> bool:
+        """Renew the lease, or take it again with the same token if it lapsed and nobody took
+        it meanwhile; whether it is ours now."""
+        return bool(
+            self.client.eval(HOLD, 1, keys.lease(self.board), self.token, int(self.ttl_s * 1000))
         )
 
     def release(self) -> None:
