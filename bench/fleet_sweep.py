@@ -1,7 +1,8 @@
 """Benchmark (not a test): one sweep over an emulated fleet through the real controller.
 
     python bench/fleet_sweep.py [--counts 16 64] [--agents-of 8] [--mode accuracy]
-                                [--limit 200] [--inference-s 0.05] [--workers 4]
+                                [--limit 200] [--inference-s 0.05] [--batch-delay 0.1]
+                                [--workers 4] [--within 900]
                                 [--redis redis://127.0.0.1:6379/5]
 
 For each N in ``--counts``: a private Mosquitto (``tests/integration/farm_procs.Mosquitto``),
@@ -189,6 +190,7 @@ async def sweep(
     mode: str = "accuracy",
     limit: int = 200,
     inference_s: float = 0.05,
+    batch_delay_s: float = 0.1,
     options: dict[str, Any] | None = None,
     within_s: float = 600,
 ) -> SweepFigures:
@@ -202,6 +204,7 @@ async def sweep(
             agents=agents,
             boards_per_agent=boards_per_agent,
             inference_s=inference_s,
+            batch_delay_s=batch_delay_s,
         )
         async with fleet:
             boards = fleet.boards
@@ -302,7 +305,8 @@ def report(all_figures: list[SweepFigures], args: argparse.Namespace) -> None:
     mib = 1024
     print(
         f"\nkws01 {args.mode}, {args.limit} samples a run, emulated inference "
-        f"{args.inference_s:g} s (one run: {args.limit * args.inference_s:g} s); "
+        f"{args.inference_s:g} s (one run: {args.limit * args.inference_s:g} s), batch delay "
+        f"{args.batch_delay:g} s; "
         f"{args.agents_of} boards per emulated agent; worker pool --processes {args.workers}"
     )
     head = ("N", "runs", "retried", "runs with lost samples (seqs)", "samples stored",
@@ -358,6 +362,7 @@ async def amain(args: argparse.Namespace) -> int:
                 mode=args.mode,
                 limit=args.limit,
                 inference_s=args.inference_s,
+                batch_delay_s=args.batch_delay,
                 within_s=args.within,
             )
         results.append(figures)
@@ -388,6 +393,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", default="accuracy", choices=["accuracy", "latency"])
     parser.add_argument("--limit", type=int, default=200, help="samples a run")
     parser.add_argument("--inference-s", type=float, default=0.05)
+    parser.add_argument(
+        "--batch-delay",
+        type=float,
+        default=0.1,
+        help="the agents' batch_delay_s (agent.yaml): how long a sample batch may wait",
+    )
     parser.add_argument("--workers", type=int, default=4, help="RQ workers of the controller")
     parser.add_argument("--within", type=float, default=900, help="seconds a sweep may take")
     parser.add_argument("--redis", default=DEFAULT_REDIS, help="Redis DB to use (FLUSHED)")

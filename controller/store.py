@@ -231,7 +231,10 @@ def ranges(seqs: list[int]) -> list[tuple[int, int]]:
 
 def board_status(client: redis.Redis, board_id: str) -> dict[str, Any] | None:
     """A board's last retained status (with ``agent`` and ``last_seen`` added)."""
-    raw = client.hgetall(keys.board(board_id))
+    return _status(client.hgetall(keys.board(board_id)))
+
+
+def _status(raw: dict[str, str]) -> dict[str, Any] | None:
     if not raw or not raw.get("status"):
         return None
     status = json.loads(raw["status"])
@@ -241,10 +244,15 @@ def board_status(client: redis.Redis, board_id: str) -> dict[str, Any] | None:
 
 
 def all_boards(client: redis.Redis) -> dict[str, dict[str, Any]]:
-    """Every known board's status, by id."""
+    """Every known board's status, by id (two round trips however many boards)."""
+    board_ids = sorted(client.smembers(keys.BOARDS))
+    with client.pipeline(transaction=False) as pipe:
+        for board_id in board_ids:
+            pipe.hgetall(keys.board(board_id))
+        raws = pipe.execute()
     found = {}
-    for board_id in sorted(client.smembers(keys.BOARDS)):
-        status = board_status(client, board_id)
+    for board_id, raw in zip(board_ids, raws, strict=True):
+        status = _status(raw)
         if status is not None:
             found[board_id] = status
     return found
