@@ -125,9 +125,12 @@ class Follower:
                 pipe.lrange(keys.agent_acks(agent), -ACKS_SCANNED, -1)
             for run_id, run in runs.items():
                 pipe.hlen(keys.run_samples(run_id))
-                pipe.eval(
-                    HOLD, 1, keys.lease(run["board"]), run["lease"] or "", int(LEASE_TTL_S * 1000)
-                )
+                if run["lease"]:
+                    pipe.eval(
+                        HOLD, 1, keys.lease(run["board"]), run["lease"], int(LEASE_TTL_S * 1000)
+                    )
+                else:
+                    pipe.eval("return 0", 0)  # no lease to hold: lost
             found = pipe.execute()
         states = dict(zip(agents, found[: len(agents)], strict=True))
         acks = dict(zip(asked, found[len(agents) : len(agents) + len(asked)], strict=True))
@@ -142,7 +145,7 @@ class Follower:
                     states.get(run["agent"]),
                     acks.get(run["agent"], []),
                     held,
-                    bool(leased and run["lease"]),
+                    bool(leased),
                     now,
                     moved,
                 )
