@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import redis
+from rq import Queue
 
 from controller import keys
 from controller.store import Lease
@@ -75,32 +76,61 @@ def queue_job(rq_client: redis.Redis, client: redis.Redis, run_id: str, kind: st
     """Queue the run's ``dispatch`` job (``run-<id>``, :func:`controller.jobs.execute_run`)
     or its ``score`` job (``score-<id>``, :func:`controller.jobs.score_run`) on its sweep's
     queue; the job id, which the run hash's ``job`` now names."""
+    return queue_jobs(rq_client, client, [run_id], kind)[0]
+
+
+def queue_jobs(
+    rq_client: redis.Redis, client: redis.Redis, run_ids: list[str], kind: str
+) -> list[str]:
+    """:func:`queue_job` for many runs, in a few round trips (``farm submit`` starts every
+    free board's first run at once); their job ids."""
     from rq import Retry
 
     from controller.jobs import execute_run, score_run
     from controller.queueing import queue
     from controller.sweeps import JOB_RETRIES, QUEUES
 
-    name, benchmark, mode, board = client.hmget(
-        keys.run(run_id), ["queue", "benchmark", "mode", "board"]
-    )
-    job_id = f"run-{run_id}" if kind == "dispatch" else f"score-{run_id}"
-    client.hset(keys.run(run_id), "job", job_id)
-    target = queue(name or QUEUES["normal"], rq_client)
-    options: dict[str, Any] = {
-        "job_id": job_id,
-        # A job lost with its worker runs again (the reaper hands it back): the dispatch
-        # resumes from the samples stored, the score starts over.
-        "retry": Retry(max=JOB_RETRIES),
-        "result_ttl": JOB_TTL_S,
-        "failure_ttl": JOB_TTL_S,
-        "description": f"{kind} {benchmark} {mode} on {board}",
-    }
-    if kind == "dispatch":
-        target.enqueue(execute_run, run_id, job_timeout=DISPATCH_TIMEOUT_S, **options)
-    else:
-        target.enqueue(score_run, run_id, job_timeout=SCORE_TIMEOUT_S, **options)
-    return job_id
+    with client.pipeline(transaction=False) as pipe:
+        for run_id in run_ids:
+            pipe.hmget(keys.run(run_id), ["queue", "benchmark", "mode", "board"])
+        rows = pipe.execute()
+    prefix = "run" if kind == "dispatch" else "score"
+    job_ids = [f"{prefix}-{run_id}" for run_id in run_ids]
+    with client.pipeline(transaction=False) as pipe:
+        for run_id, job_id in zip(run_ids, job_ids, strict=True):
+            pipe.hset(keys.run(run_id), "job", job_id)
+        pipe.execute()
+    by_queue: dict[str, list[Any]] = {}
+    for run_id, job_id, (name, benchmark, mode, board) in zip(run_ids, job_ids, rows, strict=True):
+        by_queue.setdefault(name or QUEUES["normal"], []).append(
+            Queue.prepare_data(
+                execute_run if kind == "dispatch" else score_run,
+                [run_id],
+                job_id=job_id,
+                timeout=DISPATCH_TIMEOUT_S if kind == "dispatch" else SCORE_TIMEOUT_S,
+                # A job lost with its worker runs again (the reaper hands it back): the
+                # dispatch resumes from the samples stored, the score starts over.
+                retry=Retry(max=JOB_RETRIES),
+                result_ttl=JOB_TTL_S,
+                failure_ttl=JOB_TTL_S,
+                description=f"{kind} {benchmark} {mode} on {board}",
+            )
+        )
+    for name, datas in by_queue.items():
+        queue(name, rq_client).enqueue_many(datas)
+    return job_ids
+
+
+def start_boards(client: redis.Redis, rq_client: redis.Redis, boards: list[str]) -> None:
+    """Give every free board of ``boards`` to its first waiting run and queue their dispatch
+    jobs (what :func:`start_next` does for one, in a few round trips for all)."""
+    with client.pipeline(transaction=False) as pipe:
+        for board in boards:
+            pipe.eval(_ADVANCE, 2, keys.board_current(board), keys.board_waiting(board), "")
+        found = pipe.execute()
+    starting = [r.decode() if isinstance(r, bytes) else str(r) for r in found if r is not None]
+    if starting:
+        queue_jobs(rq_client, client, starting, "dispatch")
 
 
 def start_next(client: redis.Redis, rq_client: redis.Redis, board: str, ended: str = "") -> None:

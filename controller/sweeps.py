@@ -371,9 +371,7 @@ def submit(client: redis.Redis, spec: SweepSpec) -> tuple[str, list[str], list[S
         for board, ids in by_board.items():
             board_queue.wait(pipe, board, ids)
         pipe.execute()
-    rq_client = rq_connection(client)
-    for board in by_board:
-        board_queue.start_next(client, rq_client, board)
+    board_queue.start_boards(client, rq_connection(client), list(by_board))
     return sweep_id, run_ids, skipped
 
 

@@ -19,10 +19,14 @@ CONTROLLER = Path(__file__).resolve().parents[2] / "controller"
 
 
 def test_every_enqueued_function_is_allowed_and_nothing_else() -> None:
+    # `queue.enqueue(f, ...)` and `Queue.prepare_data(f if ... else g, ...)` (enqueue_many)
+    calls = r"(?:\.enqueue|prepare_data)\(\s*(\w+)(?:\s+if\s[^\n]*?\selse\s+(\w+))?"
     enqueued = {
         name
         for path in CONTROLLER.rglob("*.py")
-        for name in re.findall(r"\.enqueue\(\s*(\w+)", path.read_text())
+        for found in re.findall(calls, path.read_text())
+        for name in found
+        if name
     }
     assert enqueued == {"execute_run", "score_run", "judge_sweep", "scheduled_health_check"}
     # and the nightly sweep deploy/rq-cron schedules (tests/unit/test_deploy_files.py)
