@@ -37,11 +37,11 @@ Redis's (``INFO cpu``: the whole server, other users' commands included); then, 
 process with no broker, ``Ingest.handle`` called on the same payloads one after the other
 (what one ingest process does with a core to itself: one message at a time, so none of the
 overlap the MQTT path has) and the median time per batch of each of its steps, done the way
-ingest's handlers do them: ``validate`` (``controller.ingest.parse.parse_sample_batch``: the
-payload parsed and validated in one pass, to storable records), ``encode``
-(``controller.ingest.store.encode_records``: the batch's stored JSON, and the seqs), ``store``
-(the one Lua script: the run's acceptance, the HSETNX of every record, ``done`` and the
-counters; Redis's time included), ``observe`` (the latency histogram).
+ingest's handlers do them: ``decode`` (``controller.ingest.parse.parse_sample_batch``: the
+payload parsed and validated in one pass, to the records' stored JSON, the seqs and the
+latencies), ``store`` (the one Lua script: the run's acceptance, the HSETNX of every record,
+``done`` and the counters; Redis's time included), ``observe`` (the latency histogram, one
+update per batch).
 
 ``--ingest-procs 2`` runs two ingest processes in the shared subscription group (the way
 ingest scales out), for comparison.
@@ -79,7 +79,7 @@ from agent.outbox import WINDOW
 from controller import keys
 from controller.ingest import Ingest
 from controller.ingest.parse import parse_sample_batch
-from controller.ingest.store import CLOSED_STATES, STORE_SAMPLES, encode_records
+from controller.ingest.store import CLOSED_STATES, STORE_SAMPLES
 from controller.settings import Settings
 from farm.messages import SAMPLE_BATCH, samples_topic
 from farm.models import MODELS
@@ -469,7 +469,7 @@ async def handle_only(url: str, runs: int, agents: int, batches: int) -> dict[st
             client.unlink(keys.run_samples(spec.run))
         # The steps of one batch, each timed over every payload (median ms).
         script = aclient.register_script(STORE_SAMPLES)
-        steps: dict[str, list[float]] = {"validate": [], "encode": [], "store": [], "observe": []}
+        steps: dict[str, list[float]] = {"decode": [], "store": [], "observe": []}
 
         def timed(name: str, fn: Callable[[], Any]) -> Any:
             t = time.perf_counter()
@@ -479,28 +479,29 @@ async def handle_only(url: str, runs: int, agents: int, batches: int) -> dict[st
 
         counters = "bench:scratch"  # not farm:ingest:counters: the passes poll that one
         for _, payload in work:
-            batch = timed("validate", lambda p=payload: parse_sample_batch(p))
-            records = batch["samples"]
-            body, seqs = timed(
-                "encode",
-                lambda r=records: (encode_records(r), " ".join([str(x["seq"]) for x in r])),
-            )
-            run_keys = [keys.run(batch["run"]), keys.run_samples(batch["run"]), counters]
+            batch = timed("decode", lambda p=payload: parse_sample_batch(p))
+            run_keys = [
+                keys.run(batch.run),
+                keys.run_samples(batch.run),
+                counters,
+                keys.board(batch.board),
+            ]
             t = time.perf_counter()
-            reply = await script(
-                keys=run_keys, args=[batch["agent"], batch["board"], CLOSED_STATES, seqs, body]
-            )
+            seqs = " ".join(map(str, batch.seqs))
+            args = [batch.agent, batch.board, CLOSED_STATES, seqs, batch.body, max(batch.seqs)]
+            reply = await script(keys=run_keys, args=[*args, repr(time.time()), ""])
             steps["store"].append(time.perf_counter() - t)
             assert reply[0] == 1 and not reply[3] and not reply[4], "not stored as new"
             timed(
                 "observe",
-                lambda r=records, b=batch["board"], m=reply[2]: ingest.metrics.observe_samples(
-                    b, m, r
+                lambda b=batch, m=reply[2]: ingest.metrics.observe_latencies(
+                    b.board, m, b.latencies_us
                 ),
             )
         for spec in specs:
             client.unlink(keys.run_samples(spec.run), keys.run(spec.run))
         client.unlink("bench:scratch")
+        client.unlink(*(keys.board(spec.board) for spec in specs))
     finally:
         await aclient.aclose()
         client.close()

@@ -73,12 +73,11 @@ The modules, one job each:
 # What other code imported from the single module this package replaces.
 from controller.ingest.parse import Rejected, parse_sample_batch
 from controller.ingest.service import Ingest, main
-from controller.ingest.store import encode_records, split_records
+from controller.ingest.store import split_records
 
 __all__ = [
     "Ingest",
     "Rejected",
-    "encode_records",
     "main",
     "parse_sample_batch",
     "split_records",

@@ -5,11 +5,8 @@ are told apart (duplicate or conflict), and the newly stored samples observed.""
 from __future__ import annotations
 
 import json
-import operator
 import time
 from typing import Any
-
-import pydantic_core
 
 from controller import keys
 from controller.ingest.ledger import Ledger
@@ -17,7 +14,13 @@ from controller.ingest.parse import Rejected, acceptance
 from controller.ingest.throttle import Throttle
 from controller.metrics import IngestMetrics
 from farm.logs import get_logger
-from farm.messages import MAX_RUN_SAMPLES, SAMPLE_BATCH, TRACE_DIGEST_PATTERN, Topic
+from farm.messages import (
+    MAX_RUN_SAMPLES,
+    SAMPLE_BATCH,
+    TRACE_DIGEST_PATTERN,
+    StorableBatch,
+    Topic,
+)
 
 log = get_logger("controller.ingest.store")
 
@@ -43,7 +46,7 @@ end
 #:
 #: KEYS: the run's hash, its samples hash, ``farm:ingest:counters``, the board's hash. ARGV:
 #: the topic's agent and board, the closed run states (space-separated), the seqs
-#: (space-separated), the records as one compact JSON array (see :func:`encode_records`), the
+#: (space-separated), the records as one compact JSON array (``StorableBatch.body``), the
 #: batch's highest seq, and the time now: the board's ``last_seen`` (a board streaming samples
 #: is seen, even if its last status is minutes old; one HSET in the call ingest makes anyway).
 #:
@@ -112,19 +115,10 @@ return {1, stored, run[4], same, other}
 """
 )
 CLOSED_STATES = " ".join(sorted(keys.TERMINAL))
-_SEQ = operator.itemgetter("seq")
-
-
-def encode_records(records: list[dict[str, Any]]) -> bytes:
-    """Records from :func:`controller.ingest.parse.parse_sample_batch` as one compact JSON
-    array, each record as it is stored: its JSON values unchanged, every null-default field
-    stated, keys sorted, no whitespace, so two receipts of one sample are the same bytes (and
-    receipts with different values are not). One call in Rust for the whole batch."""
-    return pydantic_core.to_json(records)
 
 
 def split_records(body: bytes) -> list[str]:
-    """The records of :func:`encode_records`'s array, one string each (as :data:`STORE_SAMPLES`
+    """The records of a ``StorableBatch.body`` array, one string each (as :data:`STORE_SAMPLES`
     splits them)."""
     text = body.decode()
     return ["{" + part + "}" for part in text[2:-2].split("},{")]
@@ -230,26 +224,27 @@ class SampleStore:
         self.throttle = throttle
         self._script = RunScript(ledger, STORE_SAMPLES)
 
-    async def store(
-        self, topic: Topic, records: list[dict[str, Any]], attempt: int | None = None
-    ) -> None:
-        """Store a batch (records from :func:`controller.ingest.parse.parse_sample_batch`) and
-        count it: one Redis call in the common case (:data:`STORE_SAMPLES`), a second one
-        only when a seq was already stored with other bytes."""
+    async def store(self, topic: Topic, batch: StorableBatch) -> None:
+        """Store a batch (from :func:`controller.ingest.parse.parse_sample_batch`) and count
+        it: one Redis call in the common case (:data:`STORE_SAMPLES`), a second one only when
+        a seq was already stored with other bytes."""
         assert topic.run is not None
-        seqs = list(map(_SEQ, records))
-        highest = max(seqs)
+        highest = max(batch.seqs)
         if highest >= MAX_RUN_SAMPLES:
             raise Rejected("seq_out_of_range", f"seq {highest} >= {MAX_RUN_SAMPLES}")
-        body = encode_records(records)
         reply = await self._script(
-            topic, keys.run_samples(topic.run), " ".join(map(str, seqs)), body, highest, attempt
+            topic,
+            keys.run_samples(topic.run),
+            " ".join(map(str, batch.seqs)),
+            batch.body,
+            highest,
+            batch.attempt,
         )
         if reply[0] == 0:
-            raise refused(topic, reply, attempt, highest)
+            raise refused(topic, reply, batch.attempt, highest)
         _, _, benchmark, same, other = reply
         # Redis has counted these (the script did, atomically with the writes).
-        new = len(records) - len(same) - len(other) // 2
+        new = len(batch.seqs) - len(same) - len(other) // 2
         self.ledger.counters.update(
             {
                 k: v
@@ -263,13 +258,13 @@ class SampleStore:
         )
         # The latency histogram sees each sample once: the newly stored ones (now, before
         # another round trip: a retry of this message would find them stored).
-        fresh = records
+        latencies = batch.latencies_us
         if same or other:
             kept = {*same, *other[::2]}
-            fresh = [r for i, r in enumerate(records, 1) if i not in kept]
-        self.metrics.observe_samples(topic.board, benchmark, fresh)
+            latencies = [v for i, v in enumerate(latencies, 1) if i not in kept]
+        self.metrics.observe_latencies(topic.board, benchmark, latencies)
         if other:
-            await self._differing(topic, split_records(body), other)
+            await self._differing(topic, split_records(batch.body), other)
 
     async def _differing(self, topic: Topic, values: list[str], other: list[Any]) -> None:
         """Count the seqs the store script found stored with other bytes: an equal JSON value
