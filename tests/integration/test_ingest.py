@@ -678,6 +678,44 @@ async def test_duplicates_and_conflicts_are_told_apart_across_runs_at_once(
         assert sample_digest(json.loads(v) for v in stored.values()) == sample_digest(records)
 
 
+async def test_repeated_seqs_within_a_batch_of_thousands_keep_their_first_value(
+    ingest: Ingest, db: aioredis.Redis, pub: aiomqtt.Client
+) -> None:
+    """The store script reads and writes a batch 1,000 records at a time: a seq repeated in
+    one batch, in the same or a later thousand, is a duplicate or a conflict of its first
+    value, as a seq stored by an earlier batch is."""
+    run = "run-big"
+    await dispatch(db, run)
+    records = agent_records(samples(2400))
+    repeats = [
+        records[5],  # byte-equal, in the third thousand: a duplicate
+        dict(records[1200], label=records[1200]["label"] + 1),  # a conflict across thousands
+        dict(records[7], label=records[7]["label"] + 1),  # a conflict
+    ]
+    batch = [*records[:10], repeats[2], *records[10:], repeats[0], repeats[1]]
+    await publish_all(
+        pub,
+        [
+            (samples_topic(AGENT, BOARD, run), agent_batch(run, batch)),
+            (samples_topic(AGENT, BOARD, run), agent_batch(run, records[:1500])),  # replayed
+        ],
+    )
+    await counted(
+        ingest,
+        accepted_samples=2400,
+        accepted_sample_batch=2,
+        duplicate_samples=1 + 1500,
+        conflicting_samples=2,
+    )
+    stored = await db.hgetall(keys.run_samples(run))
+    assert len(stored) == 2400
+    assert await db.hget(keys.run(run), "done") == "2400"
+    assert sample_digest(json.loads(v) for v in stored.values()) == sample_digest(records)
+    counters = await db.hgetall(keys.INGEST_COUNTERS)
+    assert counters["duplicate_samples"] == "1501"
+    assert counters["conflicting_samples"] == "2"
+
+
 # -- run events ---------------------------------------------------------------------------------
 
 
