@@ -2,6 +2,7 @@
 publish -> subscribe rate of the same payloads, measured in the same run.
 
     python bench/controller_ingest.py [--runs 8] [--agents 4] [--batches 40] [--repeat 3]
+                                      [--ingest-procs 1] [--split partition|share]
                                       [--redis redis://127.0.0.1:6379/11]
 
 Payloads: ``--runs`` runs (one per simulated board, the models cycling kws01, vww01, ic01,
@@ -43,8 +44,9 @@ latencies), ``store`` (the one Lua script: the run's acceptance, the HSETNX of e
 ``done`` and the counters; Redis's time included), ``observe`` (the latency histogram, one
 update per batch).
 
-``--ingest-procs 2`` runs two ingest processes in the shared subscription group (the way
-ingest scales out), for comparison.
+``--ingest-procs 2`` runs two ingest processes, for comparison: ``--split partition`` (the
+default) gives each its ``--partition`` (each gets every message and handles its runs'),
+``--split share`` puts them in a shared subscription group.
 
 Before the passes, one small pass of each path is run and discarded (connections, the Lua
 script's first load). Uses and FLUSHes the Redis database given (default 11).
@@ -541,7 +543,8 @@ def report(passes: list[Pass], inproc: dict[str, Any], args: argparse.Namespace)
     print(
         f"\n{args.runs} runs x {args.batches} batches x {BATCH} samples = {n} samples per pass "
         f"({args.agents} publishing clients, {WINDOW} in flight each; raw pass: the payloads "
-        f"{args.raw_loops} times; {args.ingest_procs} ingest process(es)); payload "
+        f"{args.raw_loops} times; {args.ingest_procs} ingest process(es)"
+        f"{f', split by {args.split}' if args.ingest_procs > 1 else ''}); payload "
         f"{inproc['payload_kb']:.1f} KiB per batch"
     )
     cpu_head = "CPU ms/1k samples: ingest / subscriber / publisher / mosquitto / redis"
@@ -585,6 +588,13 @@ def report(passes: list[Pass], inproc: dict[str, Any], args: argparse.Namespace)
     )
 
 
+def split_options(split: str, index: int, count: int) -> list[str]:
+    """How ingest process ``index`` of ``count`` takes its share of the messages."""
+    if count == 1:
+        return []
+    return ["--share"] if split == "share" else ["--partition", f"{index}/{count}"]
+
+
 async def amain(args: argparse.Namespace) -> int:
     load0 = os.getloadavg()
     started = time.monotonic()
@@ -597,9 +607,10 @@ async def amain(args: argparse.Namespace) -> int:
         env = {"FARM_REDIS_URL": args.redis, "FARM_MQTT_URL": broker.url}
         ingest = [
             Proc(
-                ["--log-level", "info", "controller", "ingest", "--client-id", f"bench-{i}"]
-                # Two processes split the stream only in a shared subscription.
-                + (["--share"] if args.ingest_procs > 1 else []),
+                [
+                    *("--log-level", "info", "controller", "ingest", "--client-id", f"bench-{i}"),
+                    *split_options(args.split, i, args.ingest_procs),
+                ],
                 tmp / f"ingest{i}.log",
                 env=env,
             )
@@ -668,7 +679,13 @@ def main(argv: list[str] | None = None) -> int:
         "--ingest-procs",
         type=int,
         default=1,
-        help="ingest processes sharing the subscription (the issue's figure: 1)",
+        help="ingest processes splitting the messages (the issue's figure: 1)",
+    )
+    parser.add_argument(
+        "--split",
+        choices=("partition", "share"),
+        default="partition",
+        help="how several ingest processes split the messages: --partition or --share",
     )
     parser.add_argument("--redis", default=DEFAULT_REDIS, help="Redis DB to use (FLUSHED)")
     args = parser.parse_args(argv)
