@@ -3,7 +3,9 @@
 One :class:`Ingest` subscribes to every agent topic (``farm/v1/agent/#``, a plain subscription
 by default; with ``share``, the non-retained topics as a member of a shared subscription
 ``$share/<group>/...``, so several ingest processes split them, and the statuses still
-plainly) with a persistent session, and for every message:
+plainly) with a persistent session (with a ``partition``, several processes each subscribe
+plainly and handle only their share of the runs, agents and statuses:
+:class:`~controller.ingest.ordering.Partition`), and for every message:
 
 1. parses the topic (:func:`farm.messages.parse_topic`), caps the payload size, parses the
    JSON and validates it, strictly, with the topic's pydantic model (sample batches, most of
