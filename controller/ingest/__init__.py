@@ -3,7 +3,9 @@
 One :class:`Ingest` subscribes to every agent topic (``farm/v1/agent/#``, a plain subscription
 by default; with ``share``, the non-retained topics as a member of a shared subscription
 ``$share/<group>/...``, so several ingest processes split them, and the statuses still
-plainly) with a persistent session, and for every message:
+plainly) with a persistent session (with a ``partition``, several processes each subscribe
+plainly and handle only their share of the runs, agents and statuses:
+:class:`~controller.ingest.ordering.Partition`), and for every message:
 
 1. parses the topic (:func:`farm.messages.parse_topic`), caps the payload size, parses the
    JSON and validates it, strictly, with the topic's pydantic model (sample batches, most of
@@ -73,12 +75,11 @@ The modules, one job each:
 # What other code imported from the single module this package replaces.
 from controller.ingest.parse import Rejected, parse_sample_batch
 from controller.ingest.service import Ingest, main
-from controller.ingest.store import encode_records, split_records
+from controller.ingest.store import split_records
 
 __all__ = [
     "Ingest",
     "Rejected",
-    "encode_records",
     "main",
     "parse_sample_batch",
     "split_records",

@@ -85,8 +85,8 @@ class Handlers:
         if topic.kind == "samples":
             # Most of the traffic: parsed and validated in one pass, to what is stored.
             batch = parse_sample_batch(payload)
-            check_ids(topic, batch["agent"], batch["board"], batch["run"])
-            await self.samples.store(topic, batch["samples"], batch["attempt"])
+            check_ids(topic, batch.agent, batch.board, batch.run)
+            await self.samples.store(topic, batch)
             return
         if topic.kind == "trace":
             chunk = parse_trace_chunk(payload)

@@ -5,6 +5,7 @@ in the order received, once handled."""
 from __future__ import annotations
 
 import asyncio
+import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -81,14 +82,25 @@ class InOrder:
                 log.exception("message_failed", topic=str(message.topic)[:200])
             if entry is not None:
                 entry[2] = True
-                while self._unacked and self._unacked[0][2]:
-                    mid, qos, _ = self._unacked.popleft()
-                    if self._open:
-                        self._ack(mid, qos)
+                self._acknowledge()
         finally:
             self._slots.release()
             if self._tails.get(key) is asyncio.current_task():
                 del self._tails[key]
+
+    def skip(self, message: aiomqtt.Message) -> None:
+        """Acknowledge ``message`` without handling it, in its turn (once the QoS 1 messages
+        received before it are acknowledged)."""
+        if message.qos > 0:
+            self._unacked.append([message.mid, message.qos, True])
+            self._acknowledge()
+
+    def _acknowledge(self) -> None:
+        """Acknowledge the handled messages at the head of the received order."""
+        while self._unacked and self._unacked[0][2]:
+            mid, qos, _ = self._unacked.popleft()
+            if self._open:
+                self._ack(mid, qos)
 
     async def close(self) -> None:
         """Stop acknowledging, then let the messages in hand finish (as the sequential loop
@@ -107,6 +119,34 @@ class InOrder:
                 cancelled = True
         if cancelled:
             raise asyncio.CancelledError
+
+
+class Partition:
+    """Which messages an ingest process handles when ``count`` processes split them by
+    :func:`order_key`: those whose key's CRC-32 modulo ``count`` is ``index``. A key (a run,
+    an agent, the statuses) belongs to one process whatever the process's history, so each
+    is handled by one process, in order."""
+
+    def __init__(self, index: int = 0, count: int = 1) -> None:
+        if not 0 <= index < count:
+            raise ValueError(f"partition {index}/{count}: want 0 <= index < count")
+        self.index = index
+        self.count = count
+
+    @classmethod
+    def parse(cls, text: str) -> Partition:
+        """``"INDEX/COUNT"`` (``"0/2"``); raises ``ValueError`` otherwise."""
+        index, slash, count = text.partition("/")
+        if not slash or not index.isdigit() or not count.isdigit():
+            raise ValueError(f"partition {text!r}: want INDEX/COUNT, e.g. 0/2")
+        return cls(int(index), int(count))
+
+    def owns(self, key: str) -> bool:
+        """Whether this process handles the messages of ``key``."""
+        return self.count == 1 or zlib.crc32(key.encode()) % self.count == self.index
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
 
 
 def order_key(topic_name: str) -> str:

@@ -19,6 +19,7 @@ from farm.messages import (
     BoardStatus,
     CommandAck,
     Heartbeat,
+    StorableBatch,
     Topic,
     TraceChunk,
 )
@@ -76,8 +77,8 @@ def validate(kind: str, payload: bytes) -> Any:
         raise Rejected(f"invalid_{LABELS[kind]}", validation_summary(exc)) from None
 
 
-def parse_sample_batch(payload: bytes) -> dict[str, Any]:
-    """A ``SampleBatch`` payload validated (strictly) in one pass as dicts ready to store
+def parse_sample_batch(payload: bytes) -> StorableBatch:
+    """A ``SampleBatch`` payload validated (strictly) in one pass to its stored form
     (``farm.messages.SAMPLE_BATCH.decode``); raises :class:`Rejected` (``bad_json`` or
     ``invalid_sample_batch``) otherwise. The same JSON is accepted as by the model, except a
     number beyond a double's range in a float field (``1e400``), which the model reads as

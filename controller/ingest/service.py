@@ -21,7 +21,7 @@ from controller import keys
 from controller.ingest.acks import QOS0_QUEUE_LIMIT, IncomingQueue, ManualAcks
 from controller.ingest.handlers import MAX_PAYLOAD_BYTES, Handlers
 from controller.ingest.ledger import Ledger
-from controller.ingest.ordering import InOrder, order_key
+from controller.ingest.ordering import InOrder, Partition, order_key
 from controller.ingest.throttle import Throttle
 from controller.metrics import DEFAULT_ADDR, IngestMetrics
 from controller.metrics_http import MetricsAccess
@@ -89,7 +89,11 @@ class Ingest:
     ``client_id`` (default :func:`default_client_id` of ``instance``): the persistent session;
     ``redis``: a client to use instead of one made from ``settings`` (it must decode
     responses); ``max_payload``: larger messages are rejected unread; ``concurrency``: how
-    many messages are handled at once (see :class:`InOrder`; 1 handles them one by one)."""
+    many messages are handled at once (see :class:`InOrder`; 1 handles them one by one);
+    ``partition``: with a count above 1, this process handles only its share of the keys
+    (:class:`Partition`: whole runs, agents, the statuses) and acknowledges the rest unread,
+    so that several processes, each with a plain subscription of every agent topic, split the
+    work and still handle each run and the statuses in order (not with ``share``)."""
 
     def __init__(
         self,
@@ -103,7 +107,11 @@ class Ingest:
         max_payload: int = MAX_PAYLOAD_BYTES,
         qos0_queue_limit: int = QOS0_QUEUE_LIMIT,
         concurrency: int = MAX_IN_FLIGHT,
+        partition: Partition | None = None,
     ) -> None:
+        self.partition = partition or Partition()
+        if share and self.partition.count > 1:
+            raise ValueError("a partition or a shared subscription, not both")
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, not {concurrency}")
         if redis is not None and not redis.connection_pool.connection_kwargs.get(
@@ -172,6 +180,7 @@ class Ingest:
                             filters=",".join(self.topic_filters),
                             manual_ack=acks.enabled,
                             concurrency=self.concurrency,
+                            partition=str(self.partition),
                         )
                         await self._serve(client, acks)
                 except aiomqtt.MqttError as exc:
@@ -190,9 +199,15 @@ class Ingest:
         """Hand every message of this connection to an :class:`InOrder` until the connection
         is lost (``MqttError``) or the task cancelled."""
         in_order = InOrder(self.concurrency, self._process, acks.ack)
+        owns = self.partition.owns
         try:
             async for message in client.messages:
-                await in_order.submit(order_key(str(message.topic)), message)
+                key = order_key(str(message.topic))
+                if owns(key):
+                    await in_order.submit(key, message)
+                else:
+                    in_order.skip(message)
+                    self.counters["partition_skipped"] += 1
         finally:
             await in_order.close()
 
@@ -278,6 +293,7 @@ async def main(
     metrics_addr: str = DEFAULT_ADDR,
     metrics_access: MetricsAccess | None = None,
     concurrency: int = MAX_IN_FLIGHT,
+    partition: str | None = None,
 ) -> int:
     """``farm controller ingest``: serve until SIGINT or SIGTERM; the exit status.
 
@@ -285,7 +301,8 @@ async def main(
     client id); ``client_id`` overrides the id altogether. With ``metrics_port``, the
     process's counters and latency histogram are served on ``metrics_addr:metrics_port``,
     protected as ``metrics_access`` says.
-    ``concurrency``: messages handled at once (:data:`MAX_IN_FLIGHT`)."""
+    ``concurrency``: messages handled at once (:data:`MAX_IN_FLIGHT`); ``partition``:
+    ``INDEX/COUNT``, this process's share of the messages (see :class:`Ingest`)."""
     try:
         settings.mqtt_tls_context()  # a TLS file that cannot be used: stop now, naming it
         ingest = Ingest(
@@ -295,6 +312,7 @@ async def main(
             client_id=client_id,
             instance=instance,
             concurrency=concurrency,
+            partition=Partition.parse(partition) if partition else None,
         )
     except ValueError as exc:
         log.error("ingest_config_error", error=str(exc))

@@ -157,12 +157,12 @@ def ingest_fate(world: World, topic_name: str, payload: bytes) -> str | None:
     try:
         if topic.kind == "samples":
             batch = parse_sample_batch(payload)
-            check_ids(topic, batch["agent"], batch["board"], batch["run"])
-            if max(r["seq"] for r in batch["samples"]) >= MAX_RUN_SAMPLES:
+            check_ids(topic, batch.agent, batch.board, batch.run)
+            if max(batch.seqs) >= MAX_RUN_SAMPLES:
                 return "rejected_seq_out_of_range"
             assert topic.board is not None and topic.run is not None
             fate = world.run_fate(topic.agent, topic.board, topic.run)
-            if fate is None and batch["attempt"] not in (None, 1):
+            if fate is None and batch.attempt not in (None, 1):
                 # The fuzzed sweep's runs are at their first attempt.
                 return "rejected_wrong_attempt"
             return fate

@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 
 from controller import keys
 from controller.ingest import Ingest
+from controller.ingest.ordering import Partition, order_key
 from controller.settings import Settings
 from farm.messages import (
     COMMANDS,
@@ -88,6 +89,7 @@ async def serving(
     forget: bool = True,
     broker_url: str | None = None,
     make: Callable[..., Ingest] = Ingest,
+    partition: Partition | None = None,
 ) -> AsyncIterator[Ingest]:
     """An Ingest task, subscribed; cancelled at the end (and its broker session removed, so
     it does not collect the later tests' messages, unless ``forget`` is false).
@@ -98,6 +100,8 @@ async def serving(
     client_id = client_id or f"test-ingest-{uuid.uuid4().hex[:8]}"
     group = group or f"g{uuid.uuid4().hex[:8]}"
     options: dict[str, Any] = {} if share is None else {"share": share}
+    if partition is not None:
+        options["partition"] = partition
     ingest = make(settings, group=group, client_id=client_id, **options)
     task = asyncio.get_running_loop().create_task(ingest.run())
     try:
@@ -678,6 +682,44 @@ async def test_duplicates_and_conflicts_are_told_apart_across_runs_at_once(
         assert sample_digest(json.loads(v) for v in stored.values()) == sample_digest(records)
 
 
+async def test_repeated_seqs_within_a_batch_of_thousands_keep_their_first_value(
+    ingest: Ingest, db: aioredis.Redis, pub: aiomqtt.Client
+) -> None:
+    """The store script reads and writes a batch 1,000 records at a time: a seq repeated in
+    one batch, in the same or a later thousand, is a duplicate or a conflict of its first
+    value, as a seq stored by an earlier batch is."""
+    run = "run-big"
+    await dispatch(db, run)
+    records = agent_records(samples(2400))
+    repeats = [
+        records[5],  # byte-equal, in the third thousand: a duplicate
+        dict(records[1200], label=records[1200]["label"] + 1),  # a conflict across thousands
+        dict(records[7], label=records[7]["label"] + 1),  # a conflict
+    ]
+    batch = [*records[:10], repeats[2], *records[10:], repeats[0], repeats[1]]
+    await publish_all(
+        pub,
+        [
+            (samples_topic(AGENT, BOARD, run), agent_batch(run, batch)),
+            (samples_topic(AGENT, BOARD, run), agent_batch(run, records[:1500])),  # replayed
+        ],
+    )
+    await counted(
+        ingest,
+        accepted_samples=2400,
+        accepted_sample_batch=2,
+        duplicate_samples=1 + 1500,
+        conflicting_samples=2,
+    )
+    stored = await db.hgetall(keys.run_samples(run))
+    assert len(stored) == 2400
+    assert await db.hget(keys.run(run), "done") == "2400"
+    assert sample_digest(json.loads(v) for v in stored.values()) == sample_digest(records)
+    counters = await db.hgetall(keys.INGEST_COUNTERS)
+    assert counters["duplicate_samples"] == "1501"
+    assert counters["conflicting_samples"] == "2"
+
+
 # -- run events ---------------------------------------------------------------------------------
 
 
@@ -1153,6 +1195,66 @@ async def test_a_shared_subscription_splits_samples_but_every_ingest_gets_every_
             await counted(running, accepted_agent_status=len(agents))
             assert 0 < running.counters["accepted_sample_batch"] < 40  # split
     assert await db.hlen(keys.run_samples(run)) == 400
+
+
+async def test_partitioned_ingest_processes_each_handle_whole_runs_and_the_statuses_once(
+    broker: Mosquitto, db: aioredis.Redis, pub: aiomqtt.Client
+) -> None:
+    """``partition`` 0/2 and 1/2: each process gets every message (retained statuses
+    included) and handles only its keys' (each run whole, the statuses together), the others
+    acknowledged unread; more messages than the broker keeps unacknowledged (100), so a
+    skipped message that held back the acknowledgements would stall the stream."""
+    runs = [f"run-part{i}" for i in range(6)]
+    for run in runs:
+        await dispatch(db, run)
+    records = agent_records(samples(400))
+    agents = [f"pt-{uuid.uuid4().hex[:6]}" for _ in range(3)]
+    retained = AgentStatus(agent=agents[0], state="online", started=1.0)
+    await pub.publish(agent_status_topic(agents[0]), retained.dumps(), qos=1, retain=True)
+    parts = (Partition(0, 2), Partition(1, 2))
+    try:
+        async with (
+            serving(broker, partition=parts[0]) as first,
+            serving(broker, partition=parts[1]) as second,
+        ):
+            statuses = [
+                (agent_status_topic(a), AgentStatus(agent=a, state="online", started=1.0).dumps())
+                for a in agents[1:]
+            ]
+            batches = [
+                (samples_topic(AGENT, BOARD, run), agent_batch(run, records[i : i + 10]))
+                for i in range(0, 400, 10)
+                for run in runs
+            ]
+            await publish_all(pub, statuses + batches)
+            both = (first, second)
+            await eventually(
+                lambda: sum(i.counters["accepted_sample_batch"] for i in both) == 240,
+                "240 batches",
+            )
+            owned = [[run for run in runs if part.owns(f"run:{run}")] for part in parts]
+            assert owned[0] and owned[1]  # these run ids do land on both
+            for running, mine in zip(both, owned, strict=True):
+                await counted(running, accepted_sample_batch=40 * len(mine))
+                assert running.counters["accepted_samples"] == 400 * len(mine)
+            keeper, other = (
+                both if parts[0].owns(order_key(agent_status_topic("x"))) else both[::-1]
+            )
+            await counted(keeper, accepted_agent_status=len(agents))
+            assert other.counters["accepted_agent_status"] == 0
+            await eventually(
+                lambda: (
+                    other.counters["partition_skipped"]
+                    == 40 * len(owned[both.index(keeper)]) + len(agents)
+                ),
+                "the other process's messages acknowledged unread",
+            )
+        for run in runs:
+            assert await db.hlen(keys.run_samples(run)) == 400
+        for agent in agents:
+            assert await db.hget(keys.agent(agent), "state") == "online"
+    finally:
+        await pub.publish(agent_status_topic(agents[0]), b"", qos=1, retain=True)
 
 
 async def test_a_redis_outage_loses_nothing_even_if_ingest_stops_during_it(

@@ -41,7 +41,7 @@ from controller.metrics import (
 )
 from controller.metrics_http import MetricsAccess, _Handler
 from controller.verdicts import VerdictRecord, VerdictRow, store
-from farm.messages import PROTOCOL_VERSION
+from farm.messages import PROTOCOL_VERSION, SAMPLE_BATCH
 
 #: Database 12 by default, the observability suite's (``FARM_TEST_OBSERVABILITY_REDIS`` picks
 #: another, as for tests/integration/test_observability.py).
@@ -454,8 +454,11 @@ def test_ingest_serves_its_counters_and_a_latency_histogram() -> None:
         {"seq": 2, "count": 50, "latency_us": 2000.0},  # a performance window: a mean
         {"seq": 3, "count": 1, "latency_us": None},  # energy build: no laps
     ]
-    assert metrics.observe_samples("kws-1", "kws01", records) == 2
-    assert metrics.observe_samples(None, "kws01", records) == 0
+    records = [{"index": 0, "label": 0, "results": [1.0], **r} for r in records]
+    latencies = SAMPLE_BATCH.decode(SAMPLE_BATCH.encode("a", "kws-1", "r", records)).latencies_us
+    assert latencies == [1500.0, 2500.0, None, None]
+    assert metrics.observe_latencies("kws-1", "kws01", latencies) == 2
+    assert metrics.observe_latencies(None, "kws01", latencies) == 0
     port = metrics.serve(0)
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
@@ -628,7 +631,7 @@ def test_names_follow_the_conventions_and_every_declared_metric_is_served(
     assert {f.name for f in families} >= {"farm_board_health", "farm_board_health_reason"}
 
     metrics = IngestMetrics(Counter({"accepted_samples": 1, "handled": 1}), lambda: 0)
-    metrics.observe_samples("b-001", "kws01", [{"count": 1, "latency_us": 900}])
+    metrics.observe_latencies("b-001", "kws01", [900])
     ingest_catalogue: dict[str, Any] = dict(INGEST)
     spec = INGEST["farm_inference_latency_seconds"]
     for suffix in ("_bucket", "_count", "_sum", "_created"):

@@ -1,10 +1,10 @@
-"""Ingest's one-pass sample-batch parsing (``controller.ingest.parse.parse_sample_batch``, by
-``farm.messages.SAMPLE_BATCH``) and stored encoding (``controller.ingest.store.encode_records``)
-against the path they replace: ``pydantic_core.from_json`` plus strict ``SampleBatch``
-validation, and each record stored as its own JSON values with every null-default field
-stated (``json.dumps`` with sorted keys). Both must accept and reject the same payloads for
-the same reasons, and store the same values, of the same JSON types (an integer sent for a
-float field stays an integer, or the agent's digest would not match)."""
+"""Ingest's one-pass sample-batch parsing to the stored form
+(``controller.ingest.parse.parse_sample_batch``, by ``farm.messages.SAMPLE_BATCH``: msgspec,
+else pydantic-core) against the path they replace: ``pydantic_core.from_json`` plus strict
+``SampleBatch`` validation, and each record stored as its own JSON values with every
+null-default field stated (``json.dumps`` with sorted keys). Both must accept and reject the
+same payloads for the same reasons, and store the same values, of the same JSON types (an
+integer sent for a float field stays an integer, or the agent's digest would not match)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from controller.ingest.parse import Rejected, parse_sample_batch
-from controller.ingest.store import check_splittable, encode_records, split_records
+from controller.ingest.store import check_splittable, split_records
 from farm.messages import (
     SAMPLE_BATCH,
     SCHEMA,
@@ -48,9 +48,19 @@ def reference(payload: bytes) -> tuple[str, list[dict[str, Any]] | None]:
 
 def outcome(payload: bytes) -> tuple[str, list[dict[str, Any]] | None]:
     try:
-        return "ok", parse_sample_batch(payload)["samples"]
+        return "ok", parse_sample_batch(payload).records()
     except Rejected as rejected:
         return rejected.reason, None
+
+
+def stored_records(samples: list[dict[str, Any]]) -> list[str]:
+    """What ingest stores for a batch of ``samples``, one JSON text per record."""
+    return split_records(parse_sample_batch(payload_of(samples)).body)
+
+
+def single_latencies(records: list[dict[str, Any]]) -> list[Any]:
+    """Each record's latency when it times one inference (what the histogram observes)."""
+    return [r.get("latency_us") if (r.get("count") or 1) == 1 else None for r in records]
 
 
 def typed(value: Any) -> str:
@@ -82,7 +92,13 @@ def check_stored(payload: bytes) -> None:
     expected = [{**dict.fromkeys(NULLS), **record} for record in raw]
     assert [typed(r) for r in records] == [typed(r) for r in expected]
     assert all(list(r) == sorted(r) for r in records)
-    stored = split_records(encode_records(records))
+    batch = parse_sample_batch(payload)
+    # pydantic-core's path (what a payload msgspec refuses goes through) stores the same.
+    plain = SAMPLE_BATCH.decode_plain(payload)["samples"]
+    assert [typed(r) for r in plain] == [typed(r) for r in expected]
+    assert batch.seqs == [r["seq"] for r in raw]
+    assert batch.latencies_us == single_latencies(raw)
+    stored = split_records(batch.body)
     assert len(stored) == len(raw)
     assert [typed(json.loads(s)) for s in stored] == [typed(r) for r in expected]
     # The digest of what is stored is the digest of what was sent.
@@ -97,8 +113,7 @@ def record(seq: int = 0, **fields: Any) -> dict[str, Any]:
 
 
 def test_an_integer_stays_an_integer_and_nulls_are_stated() -> None:
-    payload = payload_of([record(results=[1, 0.5, 0], latency_us=250, count=1)])
-    (stored,) = split_records(encode_records(parse_sample_batch(payload)["samples"]))
+    (stored,) = stored_records([record(results=[1, 0.5, 0], latency_us=250, count=1)])
     assert stored == (
         '{"count":1,"elapsed_us":null,"end_us":null,"energy_j":null,'
         '"energy_window_s":null,"index":3,"label":1,"latency_us":250,"power_events":null,'
@@ -117,7 +132,7 @@ def test_typical_records_are_stored_as_the_previous_version_stored_them() -> Non
         record(seq, results=[0.001, 0.387, 0.05, 1.0], latency_us=181189.0, start_us=10**6)
         for seq in range(5)
     ] + [record(9, energy_j=0.0123, energy_window_s=10.0, power_samples=[0.01, None, 0.0125])]
-    stored = split_records(encode_records(parse_sample_batch(payload_of(records))["samples"]))
+    stored = stored_records(records)
     previous = [
         json.dumps({**dict.fromkeys(NULLS), **r}, sort_keys=True, separators=(",", ":"))
         for r in records
@@ -192,12 +207,27 @@ def test_payload_key_order_and_stated_nulls_do_not_change_the_stored_bytes() -> 
         "duty_starts": [],
         "duty_stops": [],
     }
-    stored = [
-        split_records(encode_records(parse_sample_batch(payload_of([r]))["samples"]))[0]
-        for r in (sent, shuffled, {**model, **defaults})
-    ]
+    stored = [stored_records([r])[0] for r in (sent, shuffled, {**model, **defaults})]
     assert stored[0] == stored[1]
     assert json.loads(stored[2]) == {**json.loads(stored[0]), **defaults}
+
+
+def test_a_payload_msgspec_refuses_but_the_model_takes_is_stored_through_pydantic_core() -> None:
+    """A duplicate key: the model takes its last value; msgspec checks every one, refuses
+    the first, and pydantic-core's path stores what the model took."""
+    payload = payload_of([record(label=2)]).replace(b'"label":2', b'"label":"x","label":2')
+    assert reference(payload)[0] == "ok"
+    (stored,) = split_records(parse_sample_batch(payload).body)
+    assert json.loads(stored)["label"] == 2
+    check_stored(payload)
+
+
+@pytest.mark.parametrize("value", ["a1\n", "a1\r", " a1", "a" * 129, "é"])
+def test_an_id_is_matched_to_its_end_as_by_the_model(value: str) -> None:
+    """msgspec matches a pattern with Python's ``re``, whose ``$`` also matches before a final
+    newline; the model's (Rust) does not: the mirrored pattern ends in ``\\Z``."""
+    payload = payload_of([record()], agent=value)
+    assert reference(payload)[0] == outcome(payload)[0] == "invalid_sample_batch"
 
 
 # -- any payload --------------------------------------------------------------------------------
@@ -276,9 +306,7 @@ def test_any_bytes_are_judged_as_before(payload: bytes) -> None:
 
 def test_floats_keep_their_value_through_the_stored_bytes() -> None:
     for value in (5e-324, 1e-7, 1.5e-5, 0.1, 1 / 3, 1e16, 1.7976931348623157e308, -0.0):
-        (stored,) = split_records(
-            encode_records(parse_sample_batch(payload_of([record(latency_us=value)]))["samples"])
-        )
+        (stored,) = stored_records([record(latency_us=value)])
         got = json.loads(stored)["latency_us"]
         assert got == value and math.copysign(1, got) == math.copysign(1, value)
 

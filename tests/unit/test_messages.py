@@ -167,9 +167,10 @@ def test_one_sample_batch_schema_builds_encodes_and_decodes_both_ends() -> None:
     batch = SampleBatch.model_validate_json(payload, strict=True)
     assert [s.seq for s in batch.samples] == [0, 1]
     decoded = SAMPLE_BATCH.decode(payload)
-    assert (decoded["agent"], decoded["board"], decoded["run"]) == ("pi1", "b1", "r1")
+    assert (decoded.agent, decoded.board, decoded.run) == ("pi1", "b1", "r1")
+    assert decoded.seqs == [0, 1]
     nulls = {k for k, f in SampleRecord.model_fields.items() if f.default is None}
-    for got, sent in zip(decoded["samples"], records, strict=True):
+    for got, sent in zip(decoded.records(), records, strict=True):
         # As JSON text, which tells 1 from 1.0 (``==`` does not) and a tuple from nothing.
         assert json.dumps(got) == json.dumps({**dict.fromkeys(nulls), **sent}, sort_keys=True)
     with pytest.raises(ValidationError):

@@ -78,7 +78,7 @@ def run_hash(**options: Any) -> dict[str, str]:
 def published(sample: Sample) -> dict[str, Any]:
     """The record as ingest stores it: the agent's record, validated and decoded."""
     payload = SAMPLE_BATCH.encode("agent-1", "board-1", "run-1", [SAMPLE_BATCH.record(sample)])
-    (record,) = SAMPLE_BATCH.decode(payload)["samples"]
+    (record,) = SAMPLE_BATCH.decode(payload).records()
     return record
 
 

@@ -67,7 +67,7 @@ def test_a_long_trace_goes_in_chunks_and_comes_back_bit_exact() -> None:
     assert [(c["seq"], c["chunk"], c["attempt"]) for c in received] == [
         (4, n, 2) for n in range(11)
     ]
-    (stored,) = parse_sample_batch(SAMPLE_BATCH.encode("pi", "b", "r", [published]))["samples"]
+    (stored,) = parse_sample_batch(SAMPLE_BATCH.encode("pi", "b", "r", [published])).records()
     joined = attach_trace(stored, [c["values"] for c in received])
     back = joined["power_samples"]
     assert len(back) == len(trace)
@@ -113,7 +113,7 @@ def test_unreadable_power_samples_travel_as_null() -> None:
     record or in a chunk."""
     trace = [1e-6, math.nan, 2e-6]
     payload = SAMPLE_BATCH.encode("pi", "b", "r", [SAMPLE_BATCH.record(energy_sample(trace))])
-    (stored,) = parse_sample_batch(payload)["samples"]
+    (stored,) = parse_sample_batch(payload).records()
     assert stored["power_samples"] == [1e-6, None, 2e-6]
     chunk = TRACE_CHUNK.encode("pi", "b", "r", 0, 0, trace)
     assert json.loads(chunk)["values"] == [1e-6, None, 2e-6]
