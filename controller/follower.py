@@ -209,7 +209,7 @@ class Follower:
                     run=run_id,
                     attempt=attempt,
                     final_attempt=other,
-                    event=final.get("event"),
+                    final_event=final.get("event"),
                 )
         # An agent refuses a run before starting it: once it runs, no ack can say so.
         if run["state"] == "dispatched":

@@ -1,0 +1,135 @@
+"""The follower against a real Redis and RQ: one leads, the others wait; what it makes of a
+followed run's final events and of its agent going away (no broker needed for these: it
+publishes nothing here)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from controller import board_queue, keys
+from controller.follower import LEADER_TTL_S, Follower
+from controller.jobs import AGENT_GRACE_S
+from controller.queueing import queue as farm_queue
+from controller.settings import Settings
+from controller.store import Lease
+from controller.sweeps import QUEUES
+from tests.integration.farm_procs import flushed_redis
+
+#: A database of its own: the test flushes it.
+REDIS_URL = "redis://127.0.0.1:6379/2"
+
+
+@pytest.fixture
+def rq_client() -> Iterator[redis.Redis]:
+    with flushed_redis(REDIS_URL) as client:
+        yield client
+
+
+@pytest.fixture
+def db(rq_client: redis.Redis) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    yield client
+    client.close()
+
+
+def follower(tmp_path: Path) -> Follower:
+    return Follower(REDIS_URL, Settings(REDIS_URL, "mqtt://127.0.0.1:1", tmp_path / "results"))
+
+
+def followed_run(db: redis.Redis, run_id: str, board: str, *, final: dict | None = None) -> None:
+    """A run dispatched as attempt 1 and handed to the follower, its board leased by it."""
+    lease = Lease.acquire(db, board)
+    assert lease is not None
+    now = time.time()
+    follow = {
+        "attempt": 1,
+        "command": f"{run_id}-a1",
+        "estimate": 60.0,
+        "dispatched": now,
+        "kept": [],
+        "deadline": {"at": now + 120, "sample_s": 1.0, "expected": 10, "stored": 0},
+    }
+    db.hset(
+        keys.run(run_id),
+        mapping={
+            "id": run_id,
+            "board": board,
+            "agent": "pi-a",
+            "benchmark": "kws01",
+            "mode": "accuracy",
+            "queue": QUEUES["normal"],
+            "state": "running",
+            "attempts": 1,
+            "reasons": "[]",
+            "phase": "following",
+            "lease": lease.token,
+            "follow": json.dumps(follow),
+            **({"final": json.dumps(final)} if final else {}),
+        },
+    )
+    db.sadd(keys.RUNS_ACTIVE, run_id)
+    db.hset(keys.agent("pi-a"), "state", "online")
+
+
+def test_one_follower_leads_and_another_takes_over_when_it_stops(
+    db: redis.Redis, tmp_path: Path
+) -> None:
+    first, second = follower(tmp_path), follower(tmp_path)
+    first.tick()
+    second.tick()
+    assert db.get(keys.FOLLOWER) == first.token
+    second.tick()
+    assert db.get(keys.FOLLOWER) == first.token  # renewed by its leader only
+    time.sleep(LEADER_TTL_S + 0.2)  # the first one stopped ticking
+    second.tick()
+    first.tick()
+    assert db.get(keys.FOLLOWER) == second.token
+
+
+def test_the_attempts_done_queues_the_score_job_and_an_earlier_ones_is_ignored(
+    db: redis.Redis, rq_client: redis.Redis, tmp_path: Path
+) -> None:
+    done = {"event": "done", "attempt": 1, "count": 10, "digest": "x", "info": {}}
+    followed_run(db, "r-done", "b-1", final=done)
+    earlier = {**done, "attempt": 0}
+    followed_run(db, "r-late", "b-2", final=earlier)
+
+    follower(tmp_path).follow_all(time.time())
+
+    assert db.hget(keys.run("r-done"), "phase") == "scoring"
+    assert db.hget(keys.run("r-done"), "job") == "score-r-done"
+    assert "score-r-done" in farm_queue(QUEUES["normal"], rq_client).job_ids
+    # Not this attempt's, and the agent did not say the board still ran the earlier one.
+    late = db.hgetall(keys.run("r-late"))
+    assert (late["phase"], late["state"], late["attempts"]) == ("following", "running", "1")
+
+
+def test_a_run_whose_agent_stays_away_fails_and_the_board_goes_to_the_next_run(
+    db: redis.Redis, rq_client: redis.Redis, tmp_path: Path
+) -> None:
+    with db.pipeline() as pipe:
+        board_queue.wait(pipe, "b-1", ["r-lost", "r-next"])
+        pipe.execute()
+    assert board_queue.advance(db, "b-1") == "r-lost"
+    followed_run(db, "r-lost", "b-1")
+    db.hset(keys.run("r-next"), mapping={"board": "b-1", "state": "queued", "queue": "farm"})
+    db.hset(keys.agent("pi-a"), "state", "offline")
+    watching = follower(tmp_path)
+    now = time.time()
+
+    watching.follow_all(now)
+    assert db.hget(keys.run("r-lost"), "state") == "running"  # within its grace
+    watching.follow_all(now + AGENT_GRACE_S + 1)
+
+    lost = db.hgetall(keys.run("r-lost"))
+    assert lost["state"] == "failed" and "went offline" in lost["reason"], lost
+    assert "phase" not in lost and not db.sismember(keys.RUNS_ACTIVE, "r-lost")
+    assert db.get(keys.lease("b-1")) is None  # given back
+    assert board_queue.current(db, "b-1") == "r-next"
+    assert "run-r-next" in farm_queue(QUEUES["normal"], rq_client).job_ids
