@@ -170,7 +170,8 @@ def worker(
     mqtt_cert: MqttCertOpt = None,
     mqtt_key: MqttKeyOpt = None,
 ) -> None:
-    """RQ workers executing run jobs, forked from one process that runs the lease reaper."""
+    """RQ workers executing runs' dispatch and score jobs, forked from one process that runs
+    the lease reaper and the follower of every running run."""
     settings = _settings(redis, broker, results, (mqtt_ca, mqtt_cert, mqtt_key))
     _redis(settings)  # one clear line if Redis is not there
     from controller.health_schedule import HealthPolicy
