@@ -63,8 +63,26 @@ class DutChannel(Protocol):
         ...
 
 
+#: The events a reply that passes :func:`check_reply` may hold none of (Unknown aside for help).
+_SUSPECT = (
+    dut.TimestampMode,
+    dut.InitDone,
+    dut.Garbage,
+    dut.DeviceError,
+    dut.BufferTooLarge,
+    dut.InputSizeMismatch,
+    dut.Unrecognized,
+    dut.Unknown,
+)
+
+
 def check_reply(port: str, reply: dut.DutReply) -> dut.DutReply:
     """Raise on a reply that cannot be trusted or that reports an error."""
+    for event in reply.events:
+        if isinstance(event, _SUSPECT):
+            break
+    else:
+        return reply  # one pass for a clean reply, checked for each kind of trouble below
     if reply.reset_seen:
         raise DeviceReset(f"{port}: the DUT rebooted during {reply.command!r}")
     if reply.garbage:
@@ -312,6 +330,8 @@ class DutClient:
         self.model = model
         self.latency_s = latency_s
         self.slowest_s = latency_s or 0.0
+        self._well_formed: bytes | None = None
+        """The last ``m-results`` line found well formed (a latency run repeats one input)."""
 
     def infer_budget_s(self, count: int, warmup: int) -> float:
         """Modelled compute time of ``infer count warmup`` (see the class docstring)."""
@@ -384,15 +404,28 @@ class DutClient:
         )
         wall = time.monotonic() - started
         port = self.channel.port
-        start = _one(port, reply, dut.InferStart)
+        # One pass over the reply for what _one() and reply.laps would each walk it for.
+        start: dut.InferStart | None = None
+        printed: dut.Results | None = None
+        laps: list[int] = []
+        for event in reply.events:
+            if isinstance(event, dut.Lap):
+                laps.append(event.us)
+            elif isinstance(event, dut.InferStart):
+                start = event
+            elif isinstance(event, dut.Results):
+                printed = event
+        if start is None:
+            start = _one(port, reply, dut.InferStart)  # raises: no such line
         if start.count != count:
             raise GarbledReply(f"{port}: asked for {count} inferences, DUT started {start.count}")
-        printed = _one(port, reply, dut.Results)
-        if self.model is not None:
+        if printed is None:
+            printed = _one(port, reply, dut.Results)  # raises: no such line
+        if self.model is not None and printed.line != self._well_formed:
             body = text(printed.line)[len("m-results-[") : -1]
             if not results_well_formed(self.model.result_format, body, self.model.outputs):
                 raise GarbledReply(f"{port}: malformed results line {printed.line[:60]!r}")
-        laps = reply.laps
+            self._well_formed = printed.line
         start_us = end_us = elapsed = None
         if laps:
             if len(laps) != 2:

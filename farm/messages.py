@@ -675,7 +675,7 @@ class SampleBatchSchema:
         }
         if attempt is not None:
             body["attempt"] = attempt
-        return json.dumps(body, separators=(",", ":")).encode()
+        return _COMPACT.encode(body).encode()
 
     def decode(self, payload: bytes) -> StorableBatch:
         """``payload`` validated strictly, as :attr:`model` would, to its stored form.
@@ -941,10 +941,15 @@ RUN_EVENTS: TypeAdapter[RunEvent] = TypeAdapter(RunEvent)
 DIGEST_EXCLUDES = frozenset({"power_samples", "power_events", "subset"})
 
 
+#: json.dumps with these options builds an encoder per call; the agent encodes per sample.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
+
 def canonical(record: Mapping[str, Any]) -> bytes:
     """One record's canonical bytes: sorted keys, no whitespace, nulls dropped."""
     kept = {k: v for k, v in record.items() if k not in DIGEST_EXCLUDES and v is not None}
-    return json.dumps(kept, sort_keys=True, separators=(",", ":")).encode()
+    return _CANONICAL.encode(kept).encode()
 
 
 class SampleDigest:

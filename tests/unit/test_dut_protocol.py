@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from farm.protocol import dut
 from farm.protocol.errors import LocalProtocolError
@@ -113,6 +115,41 @@ def test_results_ignore_empty_fields(line: bytes, values: tuple[float, ...]) -> 
     event = dut.classify_line(line)
     assert isinstance(event, dut.Results)
     assert event.values == pytest.approx(values)
+
+
+#: The start of a line of each kind the classifier knows.
+_LINE_KINDS = (
+    b"m-timestamp-mode-performance", b"m-init-done", b"m-name-dut-[x]", b"m-profile-[p]",
+    b"m-model-[kws01]", b"m-[Expecting 12 bytes]", b"m-load-done", b"m-warmup-start-3",
+    b"m-warmup-done", b"m-infer-start-1", b"m-infer-done", b"m-lap-us-123",
+    b"m-results-[0.1,0.2]", b"m-buffer-0a-ff", b"e-[bad]",
+    b"Supplied buffer size 9 exceeds maximum of 8", b"Input db has 1 elemented, expected 2",
+    b"Received command: db load 4", b"Listening for I2S data ... ", b"DMA receive initiated.",
+    b"I2S Rx currently in progress. Ignoring request", b"Streaming stopped.",
+    b"I2S is already idle.  Ignoring stop request", b"target activations: ", b"[1, 2, -3, ",
+    b"[]", b"]", b"Expecting 4 bytes", b"31 bytes received", b"m-buff-ptr-7", b"Error: no",
+    b"Unrecognized command x", b"Empty command (only a % read).  Type 'help%' for help",
+)  # fmt: skip
+
+
+@given(
+    # Each kind's line whole, cut short or just begun, or nothing; then anything; then a
+    # plausible end.
+    st.sampled_from([b""] + [line[:cut] for line in _LINE_KINDS for cut in (None, 1, 2, 3, 5)]),
+    st.binary(max_size=6).filter(lambda b: b"\n" not in b),
+    st.sampled_from([b"", b"0", b"1, ", b"]", b"-", b" bytes]"]),
+)
+def test_choosing_patterns_by_the_first_characters_classifies_as_trying_them_all(
+    start: bytes, middle: bytes, end: bytes
+) -> None:
+    line = start + middle + end
+    chosen = dut.classify_line(line)
+    every = tuple(range(len(dut._PATTERNS)))
+    with pytest.MonkeyPatch.context() as patch:
+        # No table: every line tries every pattern, in order, as the classifier did before.
+        patch.setattr(dut, "_BY_KEY", {})
+        patch.setattr(dut, "_SHORT_PREFIX", every)
+        assert chosen == dut.classify_line(line)
 
 
 def test_results_with_non_numbers_stay_unknown() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
-from farm.sample import Sample
+from farm.sample import Sample, StreamCapture
 
 
 def test_record_round_trip_keeps_every_field_but_the_traces() -> None:
@@ -20,3 +20,28 @@ def test_record_round_trip_keeps_every_field_but_the_traces() -> None:
     assert "power_samples" not in record and record["results"] == [0.25, 0.75]
     back = Sample.from_record({**record, "subset": True})
     assert back == replace(sample, power_samples=(), power_events=())
+
+
+def test_a_stream_sample_record_holds_the_capture_and_round_trips() -> None:
+    capture = StreamCapture(
+        truth_file="sww_long_test.json", wav_file="a.wav", windows=((1.5, 2.0), (7.0, 7.25)),
+        length_s=10.0, sample_rate=16000, detections_ms=(12, 1800), duty_starts=(1, 5),
+        duty_stops=(3, 7),
+    )  # fmt: skip
+    sample = Sample(
+        seq=0, index=0, segment=None, window=0, label=0, results=(3.0, -1.0), count=1,
+        wall_s=10.6, energy_j=0.02, energy_window_s=10.5, power_samples=(1e-6,),
+        stream=capture,
+    )  # fmt: skip
+    record = sample.to_record()
+    assert list(record) == [
+        "seq", "index", "segment", "window", "label", "results", "count", "warmup",
+        "latency_us", "wrapped", "wall_s", "energy_j", "energy_window_s", "stream",
+    ]  # fmt: skip
+    assert json.loads(json.dumps(record["stream"])) == {
+        "truth_file": "sww_long_test.json", "wav_file": "a.wav",
+        "windows": [[1.5, 2.0], [7.0, 7.25]], "length_s": 10.0, "sample_rate": 16000,
+        "detections_ms": [12, 1800], "duty_starts": [1, 5], "duty_stops": [3, 7],
+    }  # fmt: skip
+    back = Sample.from_record(json.loads(json.dumps(record)))
+    assert back == replace(sample, power_samples=())
