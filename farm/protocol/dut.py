@@ -367,8 +367,27 @@ def _results(body: str) -> tuple[float, ...] | None:
     return tuple(values)
 
 
+#: The kinds of line a DUT prints again and again with the same text (every latency query's
+#: reply repeats all of its lines but the laps): their events are kept by line in
+#: :data:`_SEEN`, at most :data:`_SEEN_MAX` of them (emptied when full). Events are frozen.
+_REPEATING = frozenset({Ready, InferStart, InferDone, WarmupStart, WarmupDone, Results, LoadDone})
+_SEEN: dict[bytes, DutEvent] = {}
+_SEEN_MAX = 256
+
+
 def classify_line(line: bytes) -> DutEvent:
     """Turn one framed line into its event. Never raises, whatever the bytes."""
+    event = _SEEN.get(line)
+    if event is None:
+        event = _classify(line)
+        if type(event) in _REPEATING:
+            if len(_SEEN) >= _SEEN_MAX:
+                _SEEN.clear()
+            _SEEN[line] = event
+    return event
+
+
+def _classify(line: bytes) -> DutEvent:
     if line.endswith(_READY):
         prefix = line[: -len(_READY)]
         if not prefix or is_clean(prefix):

@@ -149,7 +149,21 @@ def test_choosing_patterns_by_the_first_characters_classifies_as_trying_them_all
         # No table: every line tries every pattern, in order, as the classifier did before.
         patch.setattr(dut, "_BY_KEY", {})
         patch.setattr(dut, "_SHORT_PREFIX", every)
+        patch.setattr(dut, "_SEEN", {})
         assert chosen == dut.classify_line(line)
+
+
+def test_repeated_lines_are_classified_once_and_the_memory_stays_bounded() -> None:
+    results = b"m-results-[0.000,0.992]"
+    first = dut.classify_line(results)
+    assert dut.classify_line(results) is first
+    assert dut.classify_line(b"m-lap-us-1234") == dut.Lap(b"m-lap-us-1234", 1234)
+    assert b"m-lap-us-1234" not in dut._SEEN  # a lap never repeats: not kept
+    for n in range(3 * dut._SEEN_MAX):
+        assert dut.classify_line(b"m-infer-start-%d" % n) == dut.InferStart(
+            b"m-infer-start-%d" % n, n
+        )
+        assert len(dut._SEEN) <= dut._SEEN_MAX
 
 
 def test_results_with_non_numbers_stay_unknown() -> None:
