@@ -28,8 +28,12 @@ the *steady window*: from 1 s after the last board's first sample reached the ob
   (``bench/serial_link.py``'s blocking floor), then on every board at once (one thread each):
   what the simulated boards cost per query with a host that costs nothing, alone and sharing
   the one ``farm sim`` process; fleet ÷ floor (all at once) is what the agent adds;
-* agent CPU % of one core (and ÷ boards); RSS: idle, steady mean and peak, and
-  (steady mean − idle) ÷ boards;
+* agent CPU % of one core (and ÷ boards) and µs per sample (user and system parts); its
+  reference: the CPU the floor's thread spent per query (``getrusage(RUSAGE_THREAD)``: a write
+  and a blocking read per reply chunk, no parsing, no asyncio), alone and all at once, and the
+  agent's µs per sample ÷ it; wake-ups (voluntary context switches) per sample of the agent's
+  threads and per query of the floor's; RSS: idle, steady mean and peak, and (steady mean −
+  idle) ÷ boards;
 * check: each run's ``done`` count equals the unique seqs received, they are 0..count-1, and
   the digest matches (OK / MISMATCH).
 
@@ -57,6 +61,7 @@ import inspect
 import json
 import os
 import random
+import resource
 import statistics
 import sys
 import tempfile
@@ -109,11 +114,25 @@ INFER_FIXED_REPLY = (
 # --- processes --------------------------------------------------------------------------------
 
 
-def proc_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process (all its threads) from ``/proc/PID/stat``."""
+def proc_cpu_s(pid: int, *, system: bool = False) -> float:
+    """User + system CPU seconds of a process (all its threads) from ``/proc/PID/stat``
+    (``system``: the system part alone)."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15)
+    stime = int(fields[12])  # utime, stime: fields 14, 15
+    return (stime if system else int(fields[11]) + stime) / CLK_TCK
+
+
+def proc_wakeups(pid: int) -> int:
+    """Voluntary context switches of every thread of a process (``/proc/PID/task/*/status``):
+    how often its threads slept and were woken (a blocking wait each)."""
+    total = 0
+    for status in Path(f"/proc/{pid}/task").glob("*/status"):
+        with contextlib.suppress(OSError), open(status) as f:
+            for line in f:
+                if line.startswith("voluntary_ctxt_switches:"):
+                    total += int(line.split()[1])
+    return total
 
 
 def proc_rss_mib(pid: int) -> float:
@@ -222,6 +241,8 @@ class Tick:
 
     t: float
     agent_cpu: float
+    agent_sys: float
+    agent_wakeups: int
     agent_rss: float
     sim_cpu: float
     broker_cpu: float
@@ -244,6 +265,14 @@ class BoardRow:
     """Raw-fd floor: seconds per query on a board of this model, one board at a time."""
     floor_all_s: float | None = None
     """Raw-fd floor of this board with every board queried at once."""
+    floor_cpu_s: float | None = None
+    """CPU seconds the raw-fd floor's thread spent per query, one board at a time."""
+    floor_all_cpu_s: float | None = None
+    """The same with every board queried at once."""
+    floor_all_sys_s: float | None = None
+    """The system part of ``floor_all_cpu_s``."""
+    floor_all_wakeups: float | None = None
+    """The floor thread's voluntary context switches per query, every board at once."""
 
 
 @dataclass
@@ -252,6 +281,10 @@ class FleetResult:
     window_s: float
     steady_samples: int
     agent_cpu_pct: float
+    agent_sys_pct: float
+    """The system (kernel) part of ``agent_cpu_pct``."""
+    agent_wakeups_s: float
+    """The agent's voluntary context switches per second, all threads."""
     sim_cpu_pct: float
     broker_cpu_pct: float
     own_cpu_pct: float
@@ -286,6 +319,40 @@ class FleetResult:
             return None
         return sum(1 / b.floor_all_s for b in self.boards if b.floor_all_s)
 
+    @property
+    def agent_cpu_us(self) -> float:
+        """The agent's CPU (all threads) per sample published, µs."""
+        return 1e4 * self.agent_cpu_pct / max(self.rate, 1e-9)
+
+    @property
+    def agent_sys_us(self) -> float:
+        """The system part of :attr:`agent_cpu_us`."""
+        return 1e4 * self.agent_sys_pct / max(self.rate, 1e-9)
+
+    @property
+    def floor_cpu_us(self) -> float | None:
+        """The raw-fd floor's CPU per query, µs, mean over the boards (one at a time)."""
+        cpu = [b.floor_cpu_s for b in self.boards]
+        return None if None in cpu else 1e6 * statistics.fmean(c or 0.0 for c in cpu)
+
+    @property
+    def floor_all_cpu_us(self) -> float | None:
+        """The same with every board queried at once (as the agent serves them)."""
+        cpu = [b.floor_all_cpu_s for b in self.boards]
+        return None if None in cpu else 1e6 * statistics.fmean(c or 0.0 for c in cpu)
+
+    @property
+    def floor_all_wakeups(self) -> float | None:
+        """The floor's wake-ups per query, every board at once, mean over the boards."""
+        counts = [b.floor_all_wakeups for b in self.boards]
+        return None if None in counts else statistics.fmean(c or 0.0 for c in counts)
+
+    @property
+    def floor_all_sys_us(self) -> float | None:
+        """The system part of :attr:`floor_all_cpu_us`."""
+        cpu = [b.floor_all_sys_s for b in self.boards]
+        return None if None in cpu else 1e6 * statistics.fmean(c or 0.0 for c in cpu)
+
 
 def reply_bytes(model: str, record: dict) -> int:
     """Bytes the firmware printed for this latency query (``DutFirmware._infer``)."""
@@ -309,35 +376,46 @@ def fleet_boards(count: int) -> list[tuple[str, str]]:
     return boards
 
 
+#: What :func:`floor_queries` measures per query: wall seconds, CPU seconds, their system
+#: part, wake-ups (voluntary context switches).
+Floor = tuple[float, float, float, float]
+
+
 def floor_queries(
     path: str, model: str, baud: int, queries: int, barrier: threading.Barrier | None = None
-) -> float:
-    """Seconds per ``infer 1 0`` over a blocking raw fd (``bench/serial_link.py``'s floor):
-    download one input, then time ``queries`` exchanges. What the simulated board costs per
-    query with a host that costs nothing. With ``barrier``, the timed part starts when every
-    board sharing it has its input."""
+) -> Floor:
+    """Seconds per ``infer 1 0`` over a blocking raw fd (``bench/serial_link.py``'s floor),
+    and per query the CPU seconds this thread spent (all, and the system part) and its
+    voluntary context switches (wake-ups): download one input, then time
+    ``queries`` exchanges. What the simulated board costs per query with a host that costs
+    nothing, and what the least a host can do per query costs it in CPU: a write, and a
+    blocking read per chunk of the reply, with no parsing. With ``barrier``, the timed part
+    starts when every board sharing it has its input."""
     fd = open_raw(Path(path), baud)
     try:
         data = bytes(i % 251 for i in range(MODELS[model].input_bytes))
         floor_run(fd, commands_for(data)[:-1])
         if barrier is not None:
             barrier.wait(timeout=120)
-        started = time.perf_counter()
+        started, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_THREAD)
         _, _, last = floor_run(fd, [encode_command("infer 1 0")] * queries)
-        spent = time.perf_counter() - started
+        spent, after = time.perf_counter() - started, resource.getrusage(resource.RUSAGE_THREAD)
     finally:
         os.close(fd)
     if b"m-results-[" not in last[-1] or b"Input db" in last[-1]:
         raise RuntimeError(f"floor: bad infer reply from {path}: {last[-1]!r}")
-    return spent / queries
+    system = after.ru_stime - before.ru_stime
+    cpu = after.ru_utime - before.ru_utime + system
+    wakeups = after.ru_nvcsw - before.ru_nvcsw
+    return spent / queries, cpu / queries, system / queries, wakeups / queries
 
 
-def floor_all(entries: list[dict], queries: int) -> dict[str, float]:
+def floor_all(entries: list[dict], queries: int) -> dict[str, Floor]:
     """:func:`floor_queries` on every board at once (one thread each): the simulator serving
     all its boards together, still with a host that costs nothing."""
     barrier = threading.Barrier(len(entries))
 
-    def one(entry: dict) -> float:
+    def one(entry: dict) -> Floor:
         dut = entry["dut"]
         return floor_queries(dut["path"], entry["model"], dut["baud"], queries, barrier)
 
@@ -387,8 +465,8 @@ async def fleet(args: argparse.Namespace, tmp: Path) -> FleetResult:
             config.write_text(text + f"batch_samples: {args.agent_batch}\n")
         described = json.loads((out / "boards.json").read_text())["boards"]
         bauds = {b["id"]: b["dut"]["baud"] for b in described}
-        floors: dict[str, float] = {}
-        floors_all: dict[str, float] = {}
+        floors: dict[str, Floor] = {}
+        floors_all: dict[str, Floor] = {}
         if args.floor_queries:
             for entry in described:  # the first board of each model, one at a time
                 model, baud = entry["model"], entry["dut"]["baud"]
@@ -403,9 +481,9 @@ async def fleet(args: argparse.Namespace, tmp: Path) -> FleetResult:
         await observer.start()
         agent_argv = [*python, "agent", "--config", str(config)]
         if args.profile_agent is not None:
-            # cProfile writes the file when the agent exits cleanly (SIGTERM is handled).
-            profile = ["-m", "cProfile", "-o", str(args.profile_agent.resolve())]
-            agent_argv = [sys.executable, *profile, *agent_argv[1:]]
+            # The profile is written when the agent exits cleanly (SIGTERM is handled).
+            profile = ["-c", PROFILE_AGENT, str(args.profile_agent.resolve())]
+            agent_argv = [sys.executable, *profile, *agent_argv[2:]]
         agent = Child("farm agent", agent_argv, tmp / "agent.log")
         await agent.start()
         status = observer.board_status
@@ -438,6 +516,8 @@ async def fleet(args: argparse.Namespace, tmp: Path) -> FleetResult:
                     Tick(
                         time.monotonic(),
                         proc_cpu_s(a),
+                        proc_cpu_s(a, system=True),
+                        proc_wakeups(a),
                         proc_rss_mib(a),
                         proc_cpu_s(s),
                         proc_cpu_s(b),
@@ -492,8 +572,10 @@ async def fleet(args: argparse.Namespace, tmp: Path) -> FleetResult:
             args, boards, bauds, runs, observer, ticks, idle_rss, idle_cpu_pct, agent
         )
         for row in result.boards:
-            row.floor_s = floors.get(row.model)
-            row.floor_all_s = floors_all.get(row.board)
+            row.floor_s, row.floor_cpu_s, _, _ = floors.get(row.model, (None,) * 4)
+            (row.floor_all_s, row.floor_all_cpu_s, row.floor_all_sys_s, row.floor_all_wakeups) = (
+                floors_all.get(row.board, (None,) * 4)
+            )
         return result
     finally:
         if agent is not None:
@@ -567,6 +649,8 @@ def _fleet_result(
         window_s=end - start,
         steady_samples=sum(r.steady for r in rows),
         agent_cpu_pct=pct("agent_cpu"),
+        agent_sys_pct=pct("agent_sys"),
+        agent_wakeups_s=(b.agent_wakeups - a.agent_wakeups) / span,
         sim_cpu_pct=pct("sim_cpu"),
         broker_cpu_pct=pct("broker_cpu"),
         own_cpu_pct=pct("own_cpu"),
@@ -650,9 +734,24 @@ def report_fleet(res: FleetResult) -> None:
         )
     print(
         f"agent CPU: {res.agent_cpu_pct:.1f} % of one core ({res.agent_cpu_pct / n:.2f} % per "
-        f"board; idle {res.idle_cpu_pct:.2f} %); "
-        f"{1e4 * res.agent_cpu_pct / max(res.rate, 1e-9):.0f} µs CPU per sample"
+        f"board; idle {res.idle_cpu_pct:.2f} %); {res.agent_cpu_us:.0f} µs CPU per sample "
+        f"(user {res.agent_cpu_us - res.agent_sys_us:.0f}, system {res.agent_sys_us:.0f}); "
+        f"{res.agent_wakeups_s / max(res.rate, 1e-9):.2f} wake-ups per sample (voluntary "
+        "context switches, all threads)"
     )
+    if res.floor_cpu_us:
+        print(
+            f"raw-fd floor CPU per query (its thread; reference): one board at a time "
+            f"{res.floor_cpu_us:.0f} µs (agent CPU per sample ÷ it "
+            f"{res.agent_cpu_us / res.floor_cpu_us:.2f})"
+            + (
+                f", all boards at once {res.floor_all_cpu_us:.0f} µs (system "
+                f"{res.floor_all_sys_us or 0:.0f}; {res.floor_all_wakeups or 0:.2f} wake-ups; "
+                f"÷ it {res.agent_cpu_us / res.floor_all_cpu_us:.2f})"
+                if res.floor_all_cpu_us
+                else ""
+            )
+        )
     print(
         f"agent RSS: idle {res.idle_rss:.1f} MiB, steady mean {res.steady_rss:.1f} MiB, peak "
         f"{res.peak_rss:.1f} MiB; (steady - idle) / {n} = "
@@ -792,6 +891,24 @@ def agent_client(url: str, name: str) -> aiomqtt.Client:
     if "started" in inspect.signature(make_client).parameters:  # newer agents stamp the will
         extra["started"] = time.time()
     return make_client(BrokerConfig(url=url), name, window=WINDOW, **extra)
+
+
+#: ``--profile-agent``: ``python -c PROFILE_AGENT FILE module args...`` runs ``module`` as
+#: ``python -m`` would under cProfile timed by the thread's CPU clock, not the wall clock: a
+#: write that wakes the simulator or the broker lets the woken process run first, and a wall
+#: clock would charge the agent's write for that time.
+PROFILE_AGENT = """
+import cProfile, runpy, sys, time
+out, module = sys.argv[1], sys.argv[2]
+sys.argv = [module, *sys.argv[3:]]
+profiler = cProfile.Profile(time.thread_time)
+profiler.enable()
+try:
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+finally:
+    profiler.disable()
+    profiler.dump_stats(out)
+"""
 
 
 def time_journal(journal: Journal) -> tuple[dict[str, float], dict[str, int]]:
@@ -1031,7 +1148,15 @@ async def amain(args: argparse.Namespace) -> int:
                 else ""
             )
             + f"; agent CPU {fleet_res.agent_cpu_pct:.1f} % of a core "
-            f"({fleet_res.agent_cpu_pct / n:.2f} %/board); RSS {fleet_res.steady_rss:.1f} MiB "
+            f"({fleet_res.agent_cpu_pct / n:.2f} %/board), {fleet_res.agent_cpu_us:.0f} µs per "
+            "sample"
+            + (
+                f" = {fleet_res.agent_cpu_us / fleet_res.floor_all_cpu_us:.2f} x the raw-fd "
+                f"floor's CPU per query all at once ({fleet_res.floor_all_cpu_us:.0f} µs)"
+                if fleet_res.floor_all_cpu_us
+                else ""
+            )
+            + f"; RSS {fleet_res.steady_rss:.1f} MiB "
             f"(+{(fleet_res.steady_rss - fleet_res.idle_rss) / n:.2f} MiB/board over idle "
             f"{fleet_res.idle_rss:.1f}); checks "
             + ("all OK" if all(b.check == "OK" for b in fleet_res.boards) else "MISMATCH")
@@ -1094,7 +1219,8 @@ def main(argv: list[str] | None = None) -> int:
         "--profile-agent",
         type=Path,
         metavar="FILE",
-        help="fleet: run the agent under cProfile, stats to FILE (inflates its CPU figures)",
+        help="fleet: run the agent under cProfile timed by its event-loop thread's CPU clock, "
+        "stats to FILE (inflates its CPU figures)",
     )
     parser.add_argument(
         "--samples",
