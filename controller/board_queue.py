@@ -49,20 +49,6 @@ def advance(client: redis.Redis, board: str, ended: str = "") -> str | None:
     return found.decode() if isinstance(found, bytes) else str(found)
 
 
-def pending(client: redis.Redis, board: str) -> bool:
-    """Whether a run has the board or waits for it."""
-    with client.pipeline(transaction=False) as pipe:
-        pipe.exists(keys.board_current(board))
-        pipe.llen(keys.board_waiting(board))
-        current, waiting = pipe.execute()
-    return bool(current or waiting)
-
-
-def current(client: redis.Redis, board: str) -> str | None:
-    """The run whose turn it is on ``board``."""
-    return client.get(keys.board_current(board))
-
-
 #: RQ's own limit on a dispatch job: waiting for a board operation to give the board back
 #: (``controller.jobs.OPERATION_WAIT_S``) plus dispatching.
 DISPATCH_TIMEOUT_S = 1800

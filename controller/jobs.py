@@ -64,7 +64,6 @@ from controller.traces import drop_traces, missing_chunks, with_traces
 from farm.catalog import get_benchmark
 from farm.logs import get_logger
 from farm.messages import (
-    CancelCommand,
     Done,
     RunCommand,
     RunOptions,
@@ -441,17 +440,6 @@ class RunJob:
         return Outcome("completed")
 
     # -- helpers --------------------------------------------------------------------------------
-
-    def cancel_at_agent(self, why: str) -> None:
-        """Tell the run's agent to stop it, if the broker takes the command (best effort)."""
-        run = get_run(self.client, self.run_id)
-        if not run.get("agent"):
-            return
-        cancel = CancelCommand(id=f"{self.run_id}-{why}", type="cancel", run=self.run_id)
-        try:
-            self._publish(command_topic(run["agent"]), cancel.dumps())
-        except BrokerUnavailable as exc:
-            log.warning("cancel_not_sent", run=self.run_id, error=str(exc))
 
     def _publish(self, topic: str, payload: bytes) -> None:
         """Publish one command at QoS 1 (``BrokerUnavailable`` if the broker cannot take it)."""

@@ -131,5 +131,5 @@ def test_a_run_whose_agent_stays_away_fails_and_the_board_goes_to_the_next_run(
     assert lost["state"] == "failed" and "went offline" in lost["reason"], lost
     assert "phase" not in lost and not db.sismember(keys.RUNS_ACTIVE, "r-lost")
     assert db.get(keys.lease("b-1")) is None  # given back
-    assert board_queue.current(db, "b-1") == "r-next"
+    assert db.get(keys.board_current("b-1")) == "r-next"
     assert "run-r-next" in farm_queue(QUEUES["normal"], rq_client).job_ids

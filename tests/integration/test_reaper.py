@@ -106,7 +106,7 @@ def test_a_board_runs_one_run_at_a_time_in_order_and_passes_its_turn_once(
     assert board_queue.advance(client, "b-1", "r1") is None  # ending twice passes nothing
     assert board_queue.advance(client, "b-1", "r2") == "r3"
     assert board_queue.advance(client, "b-1", "r3") is None
-    assert not board_queue.pending(client, "b-1")
+    assert not client.exists(keys.board_current("b-1"), keys.board_waiting("b-1"))
     client.close()
 
 
@@ -153,12 +153,12 @@ def test_turns_a_dead_process_left_hanging_are_passed_on(rq_client: redis.Redis)
         ("b-jobless", "jobless"),
     ]
     # The ended run's board went to the next run, whose dispatch job is queued.
-    assert board_queue.current(client, "b-ended") == "next"
+    assert client.get(keys.board_current("b-ended")) == "next"
     assert "run-next" in queue.job_ids and "run-jobless" in queue.job_ids
-    assert board_queue.current(client, "b-jobless") == "jobless"  # still its turn, now queued
+    assert client.get(keys.board_current("b-jobless")) == "jobless"  # still its turn, now queued
     assert client.hget(keys.run("crashed"), "state") == "failed"
     assert "dispatch job failed" in client.hget(keys.run("crashed"), "reason")
-    assert board_queue.current(client, "b-crashed") is None
+    assert client.get(keys.board_current("b-crashed")) is None
     # Nothing left hanging: a second pass finds nothing.
     assert stalled_turns(client, rq_client, ["b-ended", "b-jobless", "b-crashed"]) == []
     client.close()
