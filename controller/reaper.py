@@ -50,8 +50,14 @@ TRIM_INTERVAL_S = 600.0
 def reap(client: redis.Redis, rq_client: redis.Redis) -> list[str]:
     """One pass: hand every run that lost its worker back to RQ; return their ids."""
     reaped = []
-    for run_id in client.smembers(keys.RUNS_ACTIVE):
-        run = get_run(client, run_id)
+    # One round trip for every active run: at a thousand running boards nearly all of them
+    # are the follower's and are only looked at to be left alone.
+    run_ids = list(client.smembers(keys.RUNS_ACTIVE))
+    with client.pipeline(transaction=False) as pipe:
+        for run_id in run_ids:
+            pipe.hgetall(keys.run(run_id))
+        hashes = pipe.execute()
+    for run_id, run in zip(run_ids, hashes, strict=True):
         if not run:
             client.srem(keys.RUNS_ACTIVE, run_id)
             continue
