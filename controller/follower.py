@@ -185,9 +185,21 @@ class Follower:
                 self._cancel(run_id, run, f"{follow['command']}-lost")
             job.requeue("the board's lease was lost while the run was followed")
             return
-        if "retry_at" in follow:
-            if now >= follow["retry_at"]:
-                job.dispatch()  # the broker refused the last one
+        if "retry_at" in follow:  # the broker refused the last dispatch
+            if run["cancel"] == "1":
+                job.finish("cancelled", "cancelled before the broker took its command")
+            elif now < follow["retry_at"]:
+                pass
+            elif agent_state == "online":
+                # Not before: an agent still reconnecting after the broker came back would
+                # get the run only to be judged offline during it.
+                job.dispatch()
+            elif now - follow["refused_since"] > follow["patience"]:
+                job.finish(
+                    "failed",
+                    f"agent {run['agent']} was not back online within "
+                    f"{follow['patience']:.0f} s of the broker refusing the run's command",
+                )
             return
         command = follow["command"]
         if run["final"]:

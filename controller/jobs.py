@@ -41,7 +41,7 @@ import redis
 from controller import history, keys
 from controller.board_queue import pass_turn, queue_job
 from controller.commands import BrokerUnavailable, publish_command
-from controller.deadline import RunDeadline
+from controller.deadline import SLACK, RunDeadline
 from controller.estimate import SETUP_ALLOWANCE_S, estimate_run_s, samples_expected
 from controller.judge import close_sweep, judge, report_settings
 from controller.quarantine import unavailable
@@ -193,11 +193,10 @@ class RunJob:
         renewer = threading.Thread(target=lease.keep, args=(stop, lost), name="lease", daemon=True)
         renewer.start()
         try:
-            self.dispatch()
+            return self.dispatch()
         finally:
             stop.set()
             renewer.join(5)
-        return "dispatched"
 
     def _take_lease(self, board: str) -> Lease | None:
         # A lease left by a worker that died expires within one TTL: wait that long. A board
@@ -223,14 +222,20 @@ class RunJob:
 
     # -- transitions ----------------------------------------------------------------------------
 
-    def dispatch(self) -> None:
-        """Send the run's next attempt to its agent and hand the run to the follower. When the
-        broker cannot take the command, the follower dispatches again ``BROKER_RETRY_S`` later."""
+    def dispatch(self) -> str:
+        """Send the run's next attempt to its agent and hand the run to the follower.
+
+        When the broker cannot take the command, the follower dispatches again
+        ``BROKER_RETRY_S`` later, once the agent is online, with the same attempt and command
+        id: a refusal counts no attempt, and a command that did reach the agent before the
+        refusal is answered ``duplicate`` rather than run twice. The broker and the agent are
+        waited for as long as the run's deadline would have allowed the run itself; after
+        that the run fails."""
         run = get_run(self.client, self.run_id)
         attempt = int(run.get("attempts") or 0) + 1
-        set_run(self.client, self.run_id, attempts=attempt)
         bench = get_benchmark(run["benchmark"])
         options = RunOptions.model_validate_json(run["options"])
+        estimate = estimate_run_s(bench, run["mode"], options)  # type: ignore[arg-type]
         stored: list[tuple[int, int]] = []
         seqs = sample_seqs(self.client, self.run_id)
         if run["mode"] == "accuracy":
@@ -256,13 +261,8 @@ class RunJob:
         try:
             self._publish(command_topic(run["agent"]), command.dumps())
         except BrokerUnavailable as exc:
-            fail_reason(self.client, self.run_id, str(exc))
-            follow = {"attempt": attempt, "retry_at": time.time() + BROKER_RETRY_S}
-            set_run(self.client, self.run_id, phase="following", follow=follow)
-            log.warning("run_dispatch_deferred", run=self.run_id, reason=str(exc))
-            return
+            return self._refused(run, attempt, SLACK * estimate, str(exc))
         now = time.time()
-        estimate = estimate_run_s(bench, run["mode"], options)  # type: ignore[arg-type]
         deadline = RunDeadline.at_dispatch(
             now,
             estimate,
@@ -281,6 +281,7 @@ class RunJob:
         set_run(
             self.client,
             self.run_id,
+            attempts=attempt,
             state="dispatched",
             command=command.id,
             dispatched_at=now,
@@ -297,6 +298,31 @@ class RunJob:
             estimate_s=estimate,
             deadline_s=round(deadline.at - now, 1),
         )
+        return "dispatched"
+
+    def _refused(self, run: dict[str, str], attempt: int, patience_s: float, why: str) -> str:
+        """The broker refused ``attempt``'s command: wait ``BROKER_RETRY_S`` and send it
+        again, or fail the run once the broker has refused it for ``patience_s``; the run's
+        state."""
+        fail_reason(self.client, self.run_id, why)
+        now = time.time()
+        earlier = json.loads(run.get("follow") or "{}")
+        since = earlier.get("refused_since", now) if "retry_at" in earlier else now
+        if now - since > patience_s:
+            return self.finish(
+                "failed",
+                f"the broker refused the run's command for {now - since:.0f} s "
+                f"(the run's own deadline would be {patience_s:.0f} s): {why}",
+            )
+        follow = {
+            "attempt": attempt,
+            "retry_at": now + BROKER_RETRY_S,
+            "refused_since": since,
+            "patience": patience_s,
+        }
+        set_run(self.client, self.run_id, phase="following", follow=follow)
+        log.warning("run_dispatch_deferred", run=self.run_id, attempt=attempt, reason=why)
+        return run["state"]
 
     def retry(self, reason: str) -> str:
         """The current attempt failed for a reason another may not meet: dispatch again,
@@ -310,8 +336,7 @@ class RunJob:
         if not (run.get("lease") and Lease(self.client, run["board"], run["lease"]).hold()):
             # Someone took the board meanwhile (an operation): wait for it as a dispatch does.
             return self.requeue(None)
-        self.dispatch()
-        return "dispatched"
+        return self.dispatch()
 
     def requeue(self, reason: str | None) -> str:
         """Give the run back to a dispatch job, which waits for the board (its lease was

@@ -19,7 +19,7 @@ import pytest
 import redis
 
 from controller.estimate import SETUP_ALLOWANCE_S, estimate_run_s
-from controller.jobs import RunJob
+from controller.jobs import BROKER_RETRY_S, RunJob
 from controller.queueing import fetch_job
 from controller.settings import Settings
 from farm.catalog import get_benchmark
@@ -421,6 +421,37 @@ async def test_a_run_whose_final_event_is_lost_is_dispatched_again_at_its_deadli
     assert done["attempt"] == 2 and done["skipped"] >= stored_before
     # The resumed attempt ran only what was missing; the run's total is still the run's.
     assert run["total"] == "30" and run["done"] == "30"
+
+
+async def test_a_run_dispatched_while_the_broker_is_down_goes_out_when_it_returns(
+    lab: ControllerLab,
+) -> None:
+    """The broker is stopped (as a service manager does) between the submit and the run's
+    dispatch: the refusal counts no attempt, the run waits (its agent is offline too, and a
+    run sent to it now would be judged offline at once), and once both are back the run goes
+    out and completes in attempt 1."""
+    await lab.add_agent(
+        "pi-a", "- {id: kws-1, model: kws01, latency: {median_s: 0.002}}\n", dataset_limit=20
+    )
+    await lab.start_controller(workers=0)
+    await lab.boards_ready(["kws-1"])
+    _, out, _ = await lab.farm("submit", "--benchmark", "kws", "--mode", "accuracy", "--json")
+    run_id = json.loads(out)["runs"][0]
+    await lab.broker.stop()
+    await lab.add_workers(1)
+    await wait_until(
+        lambda: "run_dispatch_deferred" in lab.workers[0].output(), 60, "a refused dispatch"
+    )
+    await asyncio.sleep(2 * BROKER_RETRY_S)  # longer than the follower waits between sends
+    run = lab.redis.hgetall(f"farm:run:{run_id}")
+    assert run["state"] == "queued" and run["attempts"] == "0", run
+    assert f"broker {lab.broker.url}" in run["reason"], run
+    await lab.broker.start()
+
+    run = await ended(lab, run_id, 120)
+    assert run["state"] == "completed" and run["attempts"] == "1", run
+    assert json.loads(run["summary"])["samples"] == 20
+    assert json.loads(run["final"])["attempt"] == 1
 
 
 async def test_a_late_done_of_an_earlier_attempt_judges_nothing_and_deletes_nothing(

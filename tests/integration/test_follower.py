@@ -13,12 +13,16 @@ import pytest
 import redis
 
 from controller import board_queue, keys
+from controller.deadline import SLACK
+from controller.estimate import estimate_run_s
 from controller.follower import LEADER_TTL_S, Follower
-from controller.jobs import AGENT_GRACE_S
+from controller.jobs import AGENT_GRACE_S, RunJob
 from controller.queueing import queue as farm_queue
 from controller.settings import Settings
 from controller.store import Lease
 from controller.sweeps import QUEUES
+from farm.catalog import get_benchmark
+from farm.messages import RunOptions
 from tests.integration.farm_procs import flushed_redis
 
 #: A database of its own: the test flushes it.
@@ -133,3 +137,75 @@ def test_a_run_whose_agent_stays_away_fails_and_the_board_goes_to_the_next_run(
     assert db.get(keys.lease("b-1")) is None  # given back
     assert db.get(keys.board_current("b-1")) == "r-next"
     assert "run-r-next" in farm_queue(QUEUES["normal"], rq_client).job_ids
+
+
+def test_a_dispatch_the_broker_refuses_counts_no_attempt_and_fails_after_the_runs_deadline(
+    db: redis.Redis, tmp_path: Path
+) -> None:
+    """The broker (here a port nothing listens on) refuses the run's command: the follower
+    sends it again with the same attempt, none is counted, and once the broker has refused it
+    for longer than the run's own deadline would last, the run fails saying so."""
+    followed_run(db, "r-refused", "b-1")
+    db.hset(keys.run("r-refused"), mapping={"attempts": 0, "state": "queued", "options": "{}"})
+    watching = follower(tmp_path)
+
+    assert RunJob(db, watching.settings, "r-refused").dispatch() == "queued"
+    run = db.hgetall(keys.run("r-refused"))
+    follow = json.loads(run["follow"])
+    assert (run["attempts"], run["phase"], follow["attempt"]) == ("0", "following", 1)
+    assert "broker mqtt://127.0.0.1:1" in run["reason"], run
+    first_refusal = follow["refused_since"]
+
+    watching.follow_all(time.time())  # not yet due
+    assert json.loads(db.hget(keys.run("r-refused"), "follow")) == follow
+    watching.follow_all(follow["retry_at"] + 0.01)  # due: sent again, refused again
+    again = json.loads(db.hget(keys.run("r-refused"), "follow"))
+    assert again["refused_since"] == first_refusal and again["retry_at"] > follow["retry_at"]
+    assert db.hget(keys.run("r-refused"), "attempts") == "0"
+
+    # The broker has refused it for longer than the run's deadline (twice its estimate).
+    patience = SLACK * estimate_run_s(get_benchmark("kws01"), "accuracy", RunOptions())
+    again["refused_since"] = time.time() - patience - 1
+    db.hset(keys.run("r-refused"), "follow", json.dumps(again))
+    watching.follow_all(again["retry_at"] + 0.01)
+    run = db.hgetall(keys.run("r-refused"))
+    assert run["state"] == "failed" and run["attempts"] == "0", run
+    assert run["reason"].startswith("the broker refused the run's command for "), run
+    assert db.get(keys.lease("b-1")) is None and not db.sismember(keys.RUNS_ACTIVE, "r-refused")
+
+
+def test_a_run_cancelled_while_the_broker_refuses_it_ends_cancelled(
+    db: redis.Redis, tmp_path: Path
+) -> None:
+    followed_run(db, "r-refused", "b-1")
+    db.hset(keys.run("r-refused"), mapping={"attempts": 0, "state": "queued", "options": "{}"})
+    watching = follower(tmp_path)
+    RunJob(db, watching.settings, "r-refused").dispatch()
+    db.hset(keys.run("r-refused"), "cancel", "1")
+
+    watching.follow_all(time.time())
+
+    run = db.hgetall(keys.run("r-refused"))
+    assert run["state"] == "cancelled" and "before the broker took" in run["reason"], run
+    assert db.get(keys.lease("b-1")) is None
+
+
+def test_a_refused_run_waits_for_its_agent_and_fails_if_it_stays_away(
+    db: redis.Redis, tmp_path: Path
+) -> None:
+    """After a broker outage the agent is offline until it reconnects: the run is not sent
+    to it before, and fails if it is not back within the run's deadline."""
+    followed_run(db, "r-refused", "b-1")
+    db.hset(keys.run("r-refused"), mapping={"attempts": 0, "state": "queued", "options": "{}"})
+    watching = follower(tmp_path)
+    RunJob(db, watching.settings, "r-refused").dispatch()
+    follow = json.loads(db.hget(keys.run("r-refused"), "follow"))
+    db.hset(keys.agent("pi-a"), "state", "offline")
+
+    watching.follow_all(follow["retry_at"] + 1)  # due, but its agent is away: not sent
+    assert json.loads(db.hget(keys.run("r-refused"), "follow")) == follow
+    watching.follow_all(follow["refused_since"] + follow["patience"] + 1)
+
+    run = db.hgetall(keys.run("r-refused"))
+    assert run["state"] == "failed" and run["attempts"] == "0", run
+    assert "agent pi-a was not back online within" in run["reason"], run
