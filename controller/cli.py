@@ -333,6 +333,14 @@ def submit(
             "(repeatable, one per mode)",
         ),
     ] = None,
+    shard: Annotated[
+        bool,
+        typer.Option(
+            "--shard",
+            help="Split each benchmark's accuracy run across the matching boards that will run "
+            "the same firmware, merged into one run (its numbers and files are one board's)",
+        ),
+    ] = False,
     wait: Annotated[
         bool, typer.Option(help="Follow the sweep live; exit 1 if a run fails")
     ] = False,
@@ -422,19 +430,31 @@ def submit(
             else None,
             flash=flash,
             scripts=tuple(_test_script(given) for given in script or []),
+            shard=shard,
         )
         client = _redis(settings)
         sweep_id, run_ids, skipped = submit_sweep(client, spec)
     except (SweepError, ValueError) as exc:  # ValueError: --options that do not validate
         raise fail(str(exc)) from None
+    sharded = _sharded(client, run_ids) if shard else {}
     if json_out:
         print(
             json.dumps(
-                {"sweep": sweep_id, "runs": run_ids, "skipped": [s.__dict__ for s in skipped]}
+                {
+                    "sweep": sweep_id,
+                    "runs": run_ids,
+                    "skipped": [s.__dict__ for s in skipped],
+                    "shards": sharded,
+                }
             )
         )
     else:
         console.print(f"sweep {sweep_id}: {len(run_ids)} runs queued", highlight=False)
+        for run_id, boards_of in sharded.items():
+            console.print(
+                f"run {run_id} split across {len(boards_of)} boards: {', '.join(boards_of)}",
+                highlight=False,
+            )
         for line in skipped_groups(skipped):
             err.print(f"[yellow]skipped[/] {line}", highlight=False)
         console.print(sweep_id, highlight=False)
@@ -446,6 +466,17 @@ def submit(
         if report is not None and not json_out:
             _print_results(report, "table")
         raise typer.Exit(code)
+
+
+def _sharded(client: Any, run_ids: list[str]) -> dict[str, list[str]]:
+    """The sharded runs among ``run_ids``, each with its shards' boards."""
+    from controller import keys
+
+    with client.pipeline(transaction=False) as pipe:
+        for run_id in run_ids:
+            pipe.hget(keys.run(run_id), "boards")
+        found = pipe.execute()
+    return {r: json.loads(b) for r, b in zip(run_ids, found, strict=True) if b}
 
 
 def _test_script(given: str) -> TestScript:

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import redis
 
-from controller import history, keys
+from controller import history, keys, shards
 from controller.board_queue import pass_turn, queue_job
 from controller.commands import BrokerUnavailable, publish_command
 from controller.deadline import SLACK, RunDeadline
@@ -244,6 +244,15 @@ class RunJob:
             self.client.delete(keys.run_samples(self.run_id))  # a timed run starts over
         kept = {s for a, b in stored for s in range(a, b)}
         drop_traces(self.client, self.run_id, kept)
+        expected = samples_expected(bench, run["mode"], options)  # type: ignore[arg-type]
+        others: list[tuple[int, int]] = []
+        if (own := shards.own_range(run)) is not None:
+            # A shard: the other shards' seqs are "stored" too, so the agent runs only its
+            # own, and the model's time is its share of the run's.
+            others = shards.excluded(own, expected)
+            share = (own[1] - own[0]) / max(expected, 1)
+            estimate = SETUP_ALLOWANCE_S + max(estimate - SETUP_ALLOWANCE_S, 0.0) * share
+            expected = own[1] - own[0]
         # The run's total stays: every attempt reports the same one.
         self.client.hdel(keys.run(self.run_id), "final", "eta_s")
         command = RunCommand(
@@ -255,7 +264,7 @@ class RunJob:
             mode=run["mode"],  # type: ignore[arg-type]
             dataset=run.get("dataset") or None,
             options=options,
-            stored=stored,
+            stored=shards.union(stored, others),
             attempt=attempt,
         )
         try:
@@ -263,19 +272,14 @@ class RunJob:
         except BrokerUnavailable as exc:
             return self._refused(run, attempt, SLACK * estimate, str(exc))
         now = time.time()
-        deadline = RunDeadline.at_dispatch(
-            now,
-            estimate,
-            SETUP_ALLOWANCE_S,
-            samples_expected(bench, run["mode"], options),  # type: ignore[arg-type]
-            len(kept),
-        )
+        deadline = RunDeadline.at_dispatch(now, estimate, SETUP_ALLOWANCE_S, expected, len(kept))
         follow = {
             "attempt": attempt,
             "command": command.id,
             "estimate": estimate,
             "dispatched": now,
             "kept": stored,
+            "others": sum(b - a for a, b in others),
             "deadline": asdict(deadline),
         }
         set_run(
@@ -369,9 +373,16 @@ class RunJob:
         if state == "completed":
             # The run hash now holds the summary, the finish time and the firmware.
             history.record(self.client, run)
-        retire_run_detail(self.client, self.run_id, samples_retention_s())
+        shard_of = run.get("shard_of") if state != "completed" else None
+        if shard_of and (why := shards.shard_ended(self.client, run, state)) is not None:
+            RunJob(self.client, self.settings, shard_of).finish(state, why)
+        # A verified shard's samples wait for the merge; its parent's end retires them.
+        if not (run.get("shard_of") and state == "completed"):
+            retire_run_detail(self.client, self.run_id, samples_retention_s())
+        for shard_id in json.loads(run.get("shards") or "[]"):
+            retire_run_detail(self.client, shard_id, samples_retention_s())
         self._pass_turn(run)
-        if run.get("sweep"):
+        if run.get("sweep") and not run.get("shard_of"):
             close_sweep(self.client, run["sweep"])
         return state
 
@@ -405,10 +416,13 @@ class RunJob:
             follow = json.loads(run.get("follow") or "{}")
             kept = {s for a, b in follow.get("kept", []) for s in range(a, b)}
             done = Done.model_validate(json.loads(run["final"]))
-            problem = self._complete(done, kept)
+            problem = self._complete(done, kept, follow.get("others", 0))
             if problem is not None:
                 return self.retry(problem)
-            outcome = self._score(run, done)
+            if run.get("shard_of"):
+                outcome = self._score_shard(run, done)
+            else:
+                outcome = self._score(run, done)
         finally:
             stop.set()
             renewer.join(5)
@@ -416,9 +430,11 @@ class RunJob:
             return self.retry(outcome.reason or "retry")
         return self.finish(outcome.state, outcome.reason)
 
-    def _complete(self, done: Done, stored: set[int]) -> str | None:
-        """None when the stored samples are exactly what the agent says it sent."""
-        expected = done.count + done.skipped
+    def _complete(self, done: Done, stored: set[int], others: int) -> str | None:
+        """None when the stored samples are exactly what the agent says it sent (``stored``:
+        the seqs held before this dispatch; ``others``: a shard's seqs that belong to the
+        other shards, which the agent counts as skipped)."""
+        expected = done.count + done.skipped - others
         give_up = time.monotonic() + COMPLETENESS_GRACE_S
         while self.client.hlen(keys.run_samples(self.run_id)) < expected:
             if time.monotonic() > give_up:
@@ -453,8 +469,7 @@ class RunJob:
             )
         except TraceError as exc:
             return Outcome("retry", f"a power trace cannot be joined back: {exc}")
-        results = Path(self.settings.results)
-        folder = results / run["sweep"] / run["board"] / run["benchmark"] / run["mode"]
+        folder = shards.results_folder(Path(self.settings.results), run)
         try:
             summary = finish_run(run, records, done.info, folder)
         except ResultsError as exc:
@@ -463,6 +478,48 @@ class RunJob:
             self.client, self.run_id, summary=json.dumps(summary.to_json()), artifacts=str(folder)
         )
         return Outcome("completed")
+
+    def _score_shard(self, run: dict[str, str], done: Done) -> Outcome:
+        """A shard's samples are verified: the shard is complete, and the last one verified
+        merges every shard's samples and scores them as the parent run."""
+        parent_id = run["shard_of"]
+        if shards.shard_verified(self.client, self.run_id, parent_id):
+            parent = RunJob(self.client, self.settings, parent_id)
+            state, reason = parent.merge(done)
+            parent.finish(state, reason)
+        return Outcome("completed")
+
+    def merge(self, done: Done) -> tuple[str, str | None]:
+        """Score this sharded run from its shards' samples (``done``: the last shard's final
+        event, whose runner info an accuracy run's files take nothing from but the count);
+        the state it ends in and why."""
+        from controller.results import ResultsError, finish_run
+
+        run = get_run(self.client, self.run_id)
+        if run.get("state") in keys.TERMINAL:
+            return run["state"], None
+        shard_runs, records = shards.merged_records(self.client, run)
+        if (mismatch := shards.firmware_mismatch(shard_runs)) is not None:
+            return "failed", f"cannot merge the shards: {mismatch}"
+        firmware = next(iter(shard_runs.values())).get("firmware")
+        if firmware:
+            set_run(self.client, self.run_id, firmware=firmware)
+            run["firmware"] = firmware
+        folder = shards.results_folder(Path(self.settings.results), run)
+        try:
+            summary = finish_run(run, records, done.info, folder)
+        except ResultsError as exc:
+            return "failed", f"cannot score the run: {exc}"
+        set_run(
+            self.client,
+            self.run_id,
+            summary=json.dumps(summary.to_json()),
+            artifacts=str(folder),
+            done=len(records),
+            total=len(records),
+        )
+        log.info("shards_merged", run=self.run_id, shards=len(shard_runs), samples=len(records))
+        return "completed", None
 
     # -- helpers --------------------------------------------------------------------------------
 

@@ -15,6 +15,9 @@ key                                      type     content
 ``farm:run:{run}:trace``                 hash     ``seq:chunk`` -> a power trace chunk's values
                                                   (JSON array), written once (``farm.trace``)
 ``farm:run:{run}:events``                list     run events as received (JSON), capped
+``farm:run:{run}:verified``              set      a sharded run's shards whose samples were
+                                                  verified (:mod:`controller.shards`)
+``farm:run:{run}:merger``                string   the shard that merges them
 ``farm:runs:active``                     set      runs dispatched or running (the reaper's view)
 ``farm:follower``                        string   the leading follower's token
                                                   (:mod:`controller.follower`)
@@ -122,6 +125,10 @@ RUN_FIELDS = (
     # interrupted), kept here because the capped events list may trim it away
     "firmware",  # JSON: model, build, image, sha256, profile, name, software (the agent's
     # version), from the agent's started event (controller.ingest.run_events.firmware_field)
+    "shards",  # a sharded accuracy run: JSON list of its shard runs (controller.shards)
+    "boards",  # ... and of their boards, in shard order
+    "shard_of",  # a shard: its parent run
+    "shard_range",  # ... and its own seqs, JSON [start, stop)
 )
 RUN_STATES = ("queued", "dispatched", "running", "completed", "failed", "cancelled")
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
@@ -150,6 +157,16 @@ def sweep_verdict(sweep_id: str) -> str:
 def run(run_id: str) -> str:
     """A run's hash."""
     return f"{PREFIX}:run:{run_id}"
+
+
+def run_verified(run_id: str) -> str:
+    """A sharded run's verified shards."""
+    return f"{PREFIX}:run:{run_id}:verified"
+
+
+def run_merger(run_id: str) -> str:
+    """The shard that merges a sharded run."""
+    return f"{PREFIX}:run:{run_id}:merger"
 
 
 def run_samples(run_id: str) -> str:

@@ -19,6 +19,7 @@ a sweep whose runs are half gone.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Mapping
@@ -85,10 +86,12 @@ def trim_sweeps(client: redis.Redis, retention_s: int, now: float) -> list[str]:
         runs = client.lrange(keys.sweep_runs(sweep_id), 0, -1)
         with client.pipeline(transaction=False) as pipe:
             for run_id in runs:
-                pipe.hget(keys.run(run_id), "state")
-            states = pipe.execute()
-        if any(state is not None and state not in keys.TERMINAL for state in states):
+                pipe.hmget(keys.run(run_id), ["state", "shards"])
+            rows = pipe.execute()
+        if any(state is not None and state not in keys.TERMINAL for state, _ in rows):
             continue
+        # A sharded run's shards are not among the sweep's runs (controller.shards).
+        runs = runs + [s for _, shards in rows if shards for s in json.loads(shards)]
         doomed = [
             keys.sweep(sweep_id),
             keys.sweep_runs(sweep_id),
@@ -101,6 +104,8 @@ def trim_sweeps(client: redis.Redis, retention_s: int, now: float) -> list[str]:
                 keys.run_samples(run_id),
                 keys.run_trace(run_id),
                 keys.run_events(run_id),
+                keys.run_verified(run_id),
+                keys.run_merger(run_id),
             ]
         with client.pipeline(transaction=True) as pipe:
             # The index first: a reader never finds the sweep with its runs gone.

@@ -11,7 +11,8 @@
                            "problems": [why the run is not valid],
                            "firmware": {...} | null} | null,
                "firmware": {"model", "build", "image", "sha256", "profile", "name",
-                            "software"} | null}],
+                            "software"} | null,
+               "shards": [board, ...] | null}],
      "boards": {board: {"board_name", "processor", "accelerator", "software"}}}
 
 ``top1`` is in percent and ``auc`` a fraction, as the official runner prints them (and as
@@ -21,7 +22,9 @@ runs, ``energy_uj`` outside energy runs...); ``summary`` is null until the run c
 A run's ``firmware`` is what produced it, from the agent's ``started`` event (null before
 the run started, or from an agent that sends none): the firmware ``model`` and ``build`` the
 DUT reported, the ``image`` file the agent's config names for them and its ``sha256``, the
-DUT's ``profile`` and ``name`` answers and the agent's ``software`` version.
+DUT's ``profile`` and ``name`` answers and the agent's ``software`` version. A sharded
+accuracy run (``farm submit --shard``: :mod:`controller.shards`) lists the boards its shards
+ran on in ``shards``; its ``board`` is the first of them.
 """
 
 from __future__ import annotations
@@ -84,6 +87,7 @@ def sweep_report(client: redis.Redis, sweep_id: str) -> dict[str, Any] | None:
                 "attempts": int(run.get("attempts") or 0),
                 "summary": None if summary is None else {k: summary.get(k) for k in SUMMARY_KEYS},
                 "firmware": run_firmware(run),
+                "shards": json.loads(run["boards"]) if run.get("boards") else None,
             }
         )
         if run["board"] not in boards:
@@ -304,7 +308,13 @@ def cancel(client: redis.Redis, target: str) -> list[str] | None:
         return None
     cancelled = []
     for run_id in run_ids:
-        if client.hget(keys.run(run_id), "state") not in keys.TERMINAL:
-            set_run(client, run_id, cancel="1")
-            cancelled.append(run_id)
+        state, shards = client.hmget(keys.run(run_id), ["state", "shards"])
+        if state in keys.TERMINAL:
+            continue
+        # A sharded run ends when its shards do: they are cancelled, and the first to
+        # confirm ends it cancelled (controller.shards).
+        for target in json.loads(shards) if shards else [run_id]:
+            if client.hget(keys.run(target), "state") not in keys.TERMINAL:
+                set_run(client, target, cancel="1")
+        cancelled.append(run_id)
     return cancelled

@@ -21,7 +21,9 @@ from typing import Any
 import redis
 
 from controller import board_queue, keys
+from controller.estimate import samples_expected
 from controller.quarantine import unavailable
+from controller.shards import split
 from controller.store import all_boards, new_id, rq_connection
 from controller.verdicts import VerdictRequest
 from farm.catalog import BENCHMARKS, Benchmark, BenchmarkError, get_benchmark
@@ -69,6 +71,9 @@ class SweepSpec:
     :mod:`controller.judge`)."""
     scripts: tuple[TestScript, ...] = ()
     """Users' test scripts, one per mode at most (``farm submit --script``)."""
+    shard: bool = False
+    """Split each benchmark's accuracy run across the boards that will run the same
+    firmware, merged into one run (``farm submit --shard``: :mod:`controller.shards`)."""
 
     def to_json(self) -> dict[str, Any]:
         """The spec as stored with the sweep."""
@@ -84,6 +89,7 @@ class SweepSpec:
             "flash": self.flash,
             "verdict": None if self.verdict is None else self.verdict.to_json(),
             "scripts": [{"mode": s.mode, "file": s.name, "sha256": s.sha256} for s in self.scripts],
+            "shard": self.shard,
         }
 
 
@@ -310,6 +316,20 @@ def _order(runs: list[PlannedRun], status: dict[str, Any]) -> list[PlannedRun]:
     return [run for key in sorted(groups) for run in groups[key]]
 
 
+def shard_groups(runs: list[PlannedRun], boards: dict[str, dict[str, Any]]) -> dict[int, list[int]]:
+    """The accuracy runs to shard, as lists of plan indices keyed by their first: one list
+    per benchmark and firmware model the boards will run (their images' digests are checked
+    when the shards are merged), where two boards or more would run it."""
+    found: dict[tuple[str, str], list[int]] = {}
+    for i, run in enumerate(runs):
+        bench = get_benchmark(run.benchmark)
+        if run.mode != "accuracy" or bench.streamed:
+            continue
+        model = bench.firmware_models[0] if run.flash else boards[run.board].get("model")
+        found.setdefault((bench.id, str(model)), []).append(i)
+    return {members[0]: members for members in found.values() if len(members) > 1}
+
+
 def submit(client: redis.Redis, spec: SweepSpec) -> tuple[str, list[str], list[Skipped]]:
     """Plan the sweep, store it and its runs, and queue the jobs; return the sweep id, its
     run ids and what was skipped. Raises :class:`SweepError` when nothing can run."""
@@ -323,7 +343,31 @@ def submit(client: redis.Redis, spec: SweepSpec) -> tuple[str, list[str], list[S
         raise SweepError(f"nothing to run: {reasons}")
     sweep_id = new_id("sw")
     now = time.time()
-    run_ids = [f"{sweep_id}-r{i:03d}" for i in range(len(runs))]
+    groups = shard_groups(runs, boards) if spec.shard else {}
+    # A sharded run's other boards' runs become its shards: the sweep lists the first.
+    absorbed = {i for members in groups.values() for i in members[1:]}
+    listed = [i for i in range(len(runs)) if i not in absorbed]
+    run_ids = [f"{sweep_id}-r{n:03d}" for n in range(len(listed))]
+    ids_by_plan = dict(zip(listed, run_ids, strict=True))
+    # The run each planned run's board waits for: its own, or a shard in its place.
+    waits_for = dict(ids_by_plan)
+    shard_rows: list[tuple[str, PlannedRun, dict[str, str]]] = []
+    parents: dict[str, dict[str, str]] = {}
+    for first, members in groups.items():
+        parent = ids_by_plan[first]
+        bench = get_benchmark(runs[first].benchmark)
+        total = samples_expected(bench, "accuracy", run_options(spec, bench.id, "accuracy"))
+        shard_ids = [f"{parent}-s{k}" for k in range(len(members))]
+        parents[parent] = {
+            "shards": json.dumps(shard_ids),
+            "boards": json.dumps([runs[i].board for i in members]),
+            "state": "running",
+            "job": "",
+        }
+        for shard_id, i, own in zip(shard_ids, members, split(total, len(members)), strict=True):
+            waits_for[i] = shard_id
+            extra = {"shard_of": parent, "shard_range": json.dumps(list(own))}
+            shard_rows.append((shard_id, runs[i], extra))
     with client.pipeline() as pipe:
         pipe.hset(
             keys.sweep(sweep_id),
@@ -340,7 +384,8 @@ def submit(client: redis.Redis, spec: SweepSpec) -> tuple[str, list[str], list[S
         pipe.rpush(keys.sweep_runs(sweep_id), *run_ids)
         for s in skipped:
             pipe.rpush(keys.sweep_skipped(sweep_id), json.dumps(s.__dict__))
-        for run_id, run in zip(run_ids, runs, strict=True):
+        rows = [(run_id, runs[i], parents.get(run_id, {})) for i, run_id in ids_by_plan.items()]
+        for run_id, run, extra in [*rows, *shard_rows]:
             pipe.hset(
                 keys.run(run_id),
                 mapping={
@@ -359,14 +404,16 @@ def submit(client: redis.Redis, spec: SweepSpec) -> tuple[str, list[str], list[S
                     "created": now,
                     "job": f"run-{run_id}",
                     "queue": QUEUES[spec.priority],
+                    **extra,
                 },
             )
         pipe.execute()
     # Each board's runs wait their turn in plan order; a free board's first run is queued
-    # now, the next one when it ends (controller.board_queue).
+    # now, the next one when it ends (controller.board_queue). A sharded run waits for no
+    # board: its shards do.
     by_board: dict[str, list[str]] = {}
-    for run_id, run in zip(run_ids, runs, strict=True):
-        by_board.setdefault(run.board, []).append(run_id)
+    for i, run in enumerate(runs):
+        by_board.setdefault(run.board, []).append(waits_for[i])
     with client.pipeline(transaction=False) as pipe:
         for board, ids in by_board.items():
             board_queue.wait(pipe, board, ids)
