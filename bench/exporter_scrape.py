@@ -11,12 +11,13 @@ boards with health bad), ``--history`` finished nightly sweeps of every board ×
 running sweep of the same shape, a third of its runs ended, the rest queued, dispatched or
 running; plus the ingest counters.
 
-Then it serves the exporter's registry over HTTP (``start_http_server`` on a free loopback
-port, as ``farm controller exporter`` does) and times whole HTTP scrapes:
+Then it serves the exporter over HTTP as ``farm controller exporter`` does (its app, with
+``controller.metrics_http.serve``, on a free loopback port) and times whole HTTP scrapes
+(plain GETs: the text format, uncompressed):
 
 * **cold**: the first scrape of a new collector (it reads every sweep's runs once);
 * **warm**: the next ``--repeat`` scrapes (median; only the running sweep's unfinished runs
-  and the agents, boards and queues are read again).
+  and the agents, boards and queues are read again, and only their families rendered again).
 
 References measured in the same run, so the ratios travel between machines:
 
@@ -45,6 +46,8 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from controller import keys
 from controller.exporter import make_registry
+from controller.exposition import make_app
+from controller.metrics_http import MetricsAccess, serve
 from controller.results import RunSummary
 from farm.messages import AgentStatus, BoardStatus, Heartbeat
 
@@ -288,7 +291,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     empty = CollectorRegistry(auto_describe=False)
     empty_server, _ = start_http_server(0, "127.0.0.1", registry=empty)
     registry, collector = make_registry(client)
-    server, _ = start_http_server(0, "127.0.0.1", registry=registry)
+    server, _ = serve(
+        registry, 0, "127.0.0.1", MetricsAccess(), app=make_app(registry, collector.families)
+    )
     url = f"http://127.0.0.1:{server.server_port}/metrics"
     empty_url = f"http://127.0.0.1:{empty_server.server_port}/metrics"
     try:

@@ -6,9 +6,10 @@ prometheus-client (one metrics file per forked work-horse): nothing is counted i
 memory (what a job counts, such as a scheduled health check's outcome, it counts in Redis).
 Every metric is declared in :mod:`controller.metrics`.
 
-**What a scrape reads** (three pipelined round trips): the agents' and boards' hashes (with
-each board's quarantine and reservation), the ingest and scheduled health check counters,
-the RQ queue lengths, the sweep index, the runs of the sweeps still running, and the index
+**What a scrape reads** (three or four pipelined round trips): the agents' and boards' hashes
+(with each board's quarantine and reservation), the ingest and scheduled health check
+counters, the RQ queue lengths, the sweep index, the runs of the sweeps still running (a run
+live at the last scrape by its state alone, its whole row once it ended), and the index
 of the latest judged sweep per label (:mod:`controller.verdicts`), whose verdict record is
 read only when it names another sweep than the last scrape saw. A run that ended is final
 (``controller.jobs`` never reopens it), so it is read and counted once: its outcome goes
@@ -18,6 +19,13 @@ finished sweep is read once too and then only remembered (label, size, submissio
 The first scrape after a start therefore reads every sweep's runs (the whole history: ~1 s
 per 30,000 runs on a small server); the next ones read only what is still moving. The
 counters are rebuilt from Redis at start, so they do not reset when the exporter restarts.
+
+**What a scrape renders** (:mod:`controller.exposition`, prometheus-client's text byte for
+byte): a family is kept, its text rendered once, for as long as what it is made of has not
+changed: the run counters and the results until a run ends, the verdicts until a record
+changes, a board's series (bar its last seen time) until its status, quarantine or
+reservation does (an expired reservation included). Every scrape still reads all of it from
+Redis: what changed there shows at the next scrape.
 
 Concurrent scrapes are serialised (one lock). When Redis cannot be read, the scrape serves
 ``farm_exporter_redis_up 0`` and nothing else, rather than stale numbers.
@@ -46,6 +54,7 @@ from prometheus_client.core import (
 from rq.registry import DeferredJobRegistry, StartedJobRegistry
 
 from controller import keys
+from controller.exposition import Family, make_app
 from controller.metrics import (
     DEFAULT_ADDR,
     EXPORTER,
@@ -151,6 +160,92 @@ def _spec_family(name: str) -> Metric:
     return GaugeMetricFamily(spec.name, spec.help, labels=spec.labels)
 
 
+#: The board families, in the order served (then farm_board_last_seen_timestamp_seconds).
+_BOARD_FAMILIES = (
+    "farm_board_state",
+    "farm_board_health",
+    "farm_board_health_reason_info",
+    "farm_board_quarantined",
+    "farm_board_quarantine_reason_info",
+    "farm_board_reserved",
+    "farm_board_reservation_expiry_timestamp_seconds",
+    "farm_board_reservation_info",
+    "farm_board_firmware_info",
+    "farm_board_info",
+)
+
+
+@dataclass
+class _BoardSeries:
+    """One board's series of :data:`_BOARD_FAMILIES` and what they were made of."""
+
+    key: tuple[Any, ...]
+    families: list[Family]
+
+    @property
+    def shown(self) -> bool:
+        """Whether the board has series (a status that could be read)."""
+        return bool(self.families[0].metric.samples)
+
+    @property
+    def agent(self) -> str:
+        """The agent label of its series."""
+        return str(self.families[0].metric.samples[0].labels["agent"])
+
+
+def _one_board(board: str, row: _BoardRow, held: Reservation | None) -> list[Metric]:
+    """:data:`_BOARD_FAMILIES` with one board's series (none without a readable status);
+    ``held`` is its reservation if not past its end."""
+    f = {name: _spec_family(name) for name in _BOARD_FAMILIES}
+    families = list(f.values())
+    if not row.status:
+        return families
+    try:
+        status = json.loads(row.status)
+    except ValueError:
+        return families
+    agent = row.agent or status.get("agent") or ""
+    ids = [board, agent]
+    state = status.get("state")
+    health = status.get("health")
+    for s in BOARD_STATES:
+        f["farm_board_state"].add_metric([*ids, s], 1.0 if state == s else 0.0)
+    for h in HEALTH_STATES:
+        f["farm_board_health"].add_metric([*ids, h], 1.0 if health == h else 0.0)
+    f["farm_board_quarantined"].add_metric(ids, 1.0 if row.quarantine else 0.0)
+    if row.quarantine:
+        f["farm_board_quarantine_reason_info"].add_metric(
+            ids, {"reason": label_value(row.quarantine.get("reason"))}
+        )
+    f["farm_board_reserved"].add_metric(ids, 1.0 if held else 0.0)
+    if held:
+        f["farm_board_reservation_expiry_timestamp_seconds"].add_metric(ids, held.until)
+        f["farm_board_reservation_info"].add_metric(
+            ids, {"holder": label_value(held.holder), "note": label_value(held.note)}
+        )
+    f["farm_board_health_reason_info"].add_metric(
+        ids,
+        {"state": label_value(health), "reason": label_value(status.get("health_reason"))},
+    )
+    f["farm_board_firmware_info"].add_metric(
+        ids,
+        {"model": label_value(status.get("model")), "build": label_value(status.get("build"))},
+    )
+    system = status.get("system") or {}
+    f["farm_board_info"].add_metric(
+        ids,
+        {
+            "board_name": label_value(system.get("board_name")),
+            "processor": label_value(system.get("processor_name")),
+            "accelerator": label_value(system.get("accelerator")),
+            "software": label_value(
+                system.get("inference_framework") or system.get("software_libraries")
+            ),
+        },
+    )
+    return families
+
+
 class FarmCollector:
     """Reads the farm's state from Redis at each scrape (see the module docstring).
 
@@ -185,6 +280,18 @@ class FarmCollector:
         self._quality_scale: dict[str, float | None] = {}
         self._verdicts: dict[str, VerdictRecord] = {}
         """The latest judged sweep's record, by label (read again when another sweep is)."""
+        self._boards: dict[str, _BoardSeries] = {}
+        """Each board's series as the last scrape built them."""
+        self._live: set[str] = set()
+        """Runs of sweeps not yet closed read as queued, dispatched or running last time."""
+        self._ended = 0
+        """Ended runs counted since the start: the families made of them change with it."""
+        self._verdicts_changed = 0
+        """Changes of the verdict records kept: the verdict families change with it."""
+        self._ended_families: tuple[int, list[Family], list[Family]] | None = None
+        """The run counters' and the results' families, and the :attr:`_ended` they show."""
+        self._verdict_families: tuple[int, list[Family]] | None = None
+        """The verdict families, and the :attr:`_verdicts_changed` they show."""
         self.last_duration_s = 0.0
 
     # prometheus_client asks for this at registration; nothing to declare up front.
@@ -193,6 +300,12 @@ class FarmCollector:
 
     def collect(self) -> Iterator[Metric]:
         """Every metric, read now (one scrape at a time)."""
+        for family in self.families():
+            yield family.metric
+
+    def families(self) -> list[Family]:
+        """Every metric family, read now (one scrape at a time); a family that did not change
+        since the last scrape is the same :class:`Family`, its exposition text kept."""
         with self._lock:
             started = time.perf_counter()
             try:
@@ -202,17 +315,15 @@ class FarmCollector:
                 log.warning("exporter_redis_error", error=str(exc))
                 families, up = [], 0.0
             self.last_duration_s = time.perf_counter() - started
-        yield from families
         redis_up = _spec_family("farm_exporter_redis_up")
         redis_up.add_metric([], up)
-        yield redis_up
         duration = _spec_family("farm_exporter_scrape_duration_seconds")
         duration.add_metric([], self.last_duration_s)
-        yield duration
+        return [*families, Family(redis_up), Family(duration)]
 
     # -- reading --------------------------------------------------------------------------------
 
-    def _read(self) -> list[Metric]:
+    def _read(self) -> list[Family]:
         now = self.clock()
         c = self.client
         # 1: the indexes.
@@ -234,6 +345,7 @@ class FarmCollector:
         open_sweeps = [s for s in sweep_ids if s in self._sweeps and not self._sweeps[s].closed]
         for label in [label for label in self._verdicts if label not in judged]:
             del self._verdicts[label]
+            self._verdicts_changed += 1
         new_verdicts = [
             (label, sweep_id)
             for label, sweep_id in sorted(judged.items())
@@ -299,7 +411,10 @@ class FarmCollector:
         for label, sweep_id in rejudged:
             self._remember_verdict(label, sweep_id, c.hgetall(keys.sweep_verdict(sweep_id)))
 
-        # 3: the runs of every sweep not closed that were not counted as ended yet.
+        # 3: the runs of every sweep not closed that were not counted as ended yet. A run
+        # live at the last scrape is read by its state alone (most of a running sweep's runs
+        # are, scrape after scrape: a field instead of seven), then (4) the whole row of each
+        # run that ended since, or that was not read yet.
         reading = [s for s in sweep_state if s in self._sweeps]
         pending = [
             (sweep_id, run_id)
@@ -307,19 +422,30 @@ class FarmCollector:
             for run_id in self._sweeps[sweep_id].runs
             if run_id not in self._counted
         ]
-        pipe = c.pipeline(transaction=False)
-        for _, run_id in pending:
-            pipe.hmget(keys.run(run_id), _RUN_FIELDS)
+        was_live = [run_id for _, run_id in pending if run_id in self._live]
+        states = dict(zip(was_live, self._each(was_live, "state"), strict=True))
+        whole = [
+            run_id
+            for _, run_id in pending
+            if run_id not in states or states[run_id] in keys.TERMINAL
+        ]
+        rows = {
+            run_id: dict(zip(_RUN_FIELDS, row, strict=True))
+            for run_id, row in zip(whole, self._each(whole, None), strict=True)
+        }
         live: Counter[str] = Counter()
-        for (sweep_id, run_id), row in zip(pending, pipe.execute() if pending else [], strict=True):
-            run = dict(zip(_RUN_FIELDS, row, strict=True))
-            state = run["state"]
-            if state in keys.TERMINAL:
+        for sweep_id, run_id in pending:
+            run = rows.get(run_id)
+            state = run["state"] if run is not None else states[run_id]
+            if run is not None and state in keys.TERMINAL:
                 self._count_ended(run)
                 self._counted.add(run_id)
                 self._sweeps[sweep_id].done += 1
-            elif state in LIVE_RUN_STATES:
+            if state in LIVE_RUN_STATES:
                 live[state] += 1
+                self._live.add(run_id)
+            else:
+                self._live.discard(run_id)
         for sweep_id in reading:
             sweep = self._sweeps[sweep_id]
             if sweep_state.get(sweep_id) == "finished" and sweep.done >= len(sweep.runs):
@@ -327,23 +453,53 @@ class FarmCollector:
                 self._counted.difference_update(sweep.runs)
                 sweep.runs = []
 
-        families: list[Metric] = []
-        families += self._agent_families(agents, agent_rows, now)
+        # What only an ended run changes is built (and rendered) again only when one ended.
+        if self._ended_families is None or self._ended_families[0] != self._ended:
+            self._ended_families = (
+                self._ended,
+                [Family(m) for m in self._run_counter_families()],
+                [Family(m) for m in self._result_families()],
+            )
+        if self._verdict_families is None or self._verdict_families[0] != self._verdicts_changed:
+            self._verdict_families = (
+                self._verdicts_changed,
+                [Family(m) for m in self._build_verdict_families()],
+            )
+        _, run_counters, results = self._ended_families
+        families = [Family(m) for m in self._agent_families(agents, agent_rows, now)]
         families += self._board_families(boards, board_rows, now)
-        families += _check_families(checks)
-        families += self._queue_families(queue_counts, live)
-        families += self._sweep_families(len(sweep_ids))
-        families += self._result_families()
-        families += self._verdict_families()
-        families += ingest_counter_families(
-            {k: int(_float(v)) for k, v in ingest.items()}, "farm_ingest"
-        )
+        families += [
+            Family(m) for m in [*_check_families(checks), *self._queue_families(queue_counts, live)]
+        ]
+        families += run_counters
+        families += [Family(m) for m in self._sweep_families(len(sweep_ids))]
+        families += results
+        families += self._verdict_families[1]
+        families += [
+            Family(m)
+            for m in ingest_counter_families(
+                {k: int(_float(v)) for k, v in ingest.items()}, "farm_ingest"
+            )
+        ]
         return families
+
+    def _each(self, run_ids: list[str], field_name: str | None) -> list[Any]:
+        """One field (``None``: the fields a scrape reads) of each run, in one round trip."""
+        if not run_ids:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for run_id in run_ids:
+            if field_name is None:
+                pipe.hmget(keys.run(run_id), _RUN_FIELDS)
+            else:
+                pipe.hget(keys.run(run_id), field_name)
+        return pipe.execute()
 
     def _count_ended(self, run: dict[str, Any]) -> None:
         board, bench, mode, state = (
             run.get(k) or "" for k in ("board", "benchmark", "mode", "state")
         )
+        self._ended += 1
         self._finished[(board, bench, mode, state)] += 1
         if state == "failed":
             self._failures[(board, failure_category(run.get("reason")))] += 1
@@ -359,6 +515,7 @@ class FarmCollector:
         """Keep the label's latest verdict record; a record gone (its sweep trimmed) or
         unreadable shows nothing for the label."""
         self._verdicts.pop(label, None)
+        self._verdicts_changed += 1
         if not raw:
             return
         try:
@@ -396,83 +553,31 @@ class FarmCollector:
                 uptime.add_metric([agent], _float(beat.get("uptime_s")))
         return [up, age, seen, info, backlog, uptime]
 
-    def _board_families(self, boards: list[str], rows: list[_BoardRow], now: float) -> list[Metric]:
-        state_f = _spec_family("farm_board_state")
-        quarantined_f = _spec_family("farm_board_quarantined")
-        quarantine_info = _spec_family("farm_board_quarantine_reason_info")
-        reserved_f = _spec_family("farm_board_reserved")
-        expiry_f = _spec_family("farm_board_reservation_expiry_timestamp_seconds")
-        reservation_info = _spec_family("farm_board_reservation_info")
-        health_f = _spec_family("farm_board_health")
-        health_info = _spec_family("farm_board_health_reason_info")
-        firmware = _spec_family("farm_board_firmware_info")
-        info = _spec_family("farm_board_info")
+    def _board_families(self, boards: list[str], rows: list[_BoardRow], now: float) -> list[Family]:
+        # A board's series, bar its last seen time (busy boards' changes with every batch
+        # of samples), change only with its status, quarantine or reservation: each board's
+        # are built and rendered again only then, and the families put together from them.
+        families = [_spec_family(name) for name in _BOARD_FAMILIES]
+        lines: list[list[str]] = [[] for _ in _BOARD_FAMILIES]
         seen = _spec_family("farm_board_last_seen_timestamp_seconds")
+        kept: dict[str, _BoardSeries] = {}
         for board, row in zip(boards, rows, strict=True):
-            if not row.status:
-                continue
-            try:
-                status = json.loads(row.status)
-            except ValueError:
-                continue
-            agent = row.agent or status.get("agent") or ""
-            ids = [board, agent]
-            state = status.get("state")
-            health = status.get("health")
-            for s in BOARD_STATES:
-                state_f.add_metric([*ids, s], 1.0 if state == s else 0.0)
-            for h in HEALTH_STATES:
-                health_f.add_metric([*ids, h], 1.0 if health == h else 0.0)
-            quarantined_f.add_metric(ids, 1.0 if row.quarantine else 0.0)
-            if row.quarantine:
-                quarantine_info.add_metric(
-                    ids, {"reason": label_value(row.quarantine.get("reason"))}
-                )
             # A reservation past its end counts as gone at once, as for the scheduler.
             held = row.reservation if row.reservation and row.reservation.until > now else None
-            reserved_f.add_metric(ids, 1.0 if held else 0.0)
-            if held:
-                expiry_f.add_metric(ids, held.until)
-                reservation_info.add_metric(
-                    ids, {"holder": label_value(held.holder), "note": label_value(held.note)}
-                )
-            health_info.add_metric(
-                ids,
-                {"state": label_value(health), "reason": label_value(status.get("health_reason"))},
-            )
-            firmware.add_metric(
-                ids,
-                {
-                    "model": label_value(status.get("model")),
-                    "build": label_value(status.get("build")),
-                },
-            )
-            system = status.get("system") or {}
-            info.add_metric(
-                ids,
-                {
-                    "board_name": label_value(system.get("board_name")),
-                    "processor": label_value(system.get("processor_name")),
-                    "accelerator": label_value(system.get("accelerator")),
-                    "software": label_value(
-                        system.get("inference_framework") or system.get("software_libraries")
-                    ),
-                },
-            )
-            if row.last_seen:
-                seen.add_metric(ids, _float(row.last_seen))
+            key = (row.agent, row.status, tuple(sorted(row.quarantine.items())), held)
+            series = self._boards.get(board)
+            if series is None or series.key != key:
+                series = _BoardSeries(key, [Family(m) for m in _one_board(board, row, held)])
+            kept[board] = series
+            for family, board_lines, own in zip(families, lines, series.families, strict=True):
+                family.samples.extend(own.metric.samples)
+                board_lines.append(own.lines)
+            if series.shown and row.last_seen:
+                seen.add_metric([board, series.agent], _float(row.last_seen))
+        self._boards = kept
         return [
-            state_f,
-            health_f,
-            health_info,
-            quarantined_f,
-            quarantine_info,
-            reserved_f,
-            expiry_f,
-            reservation_info,
-            firmware,
-            info,
-            seen,
+            *(Family(f, "".join(text)) for f, text in zip(families, lines, strict=True)),
+            Family(seen),
         ]
 
     def _queue_families(self, counts: list[int], live: Counter[str]) -> list[Metric]:
@@ -486,13 +591,16 @@ class FarmCollector:
         runs = _spec_family("farm_runs")
         for state in LIVE_RUN_STATES:
             runs.add_metric([state], float(live[state]))
+        return [ready, deferred, started, runs]
+
+    def _run_counter_families(self) -> list[Metric]:
         finished = _spec_family("farm_runs_finished_total")
         for labels, n in sorted(self._finished.items()):
             finished.add_metric(list(labels), float(n))
         failures = _spec_family("farm_run_failures_total")
         for labels, n in sorted(self._failures.items()):
             failures.add_metric(list(labels), float(n))
-        return [ready, deferred, started, runs, finished, failures]
+        return [finished, failures]
 
     def _sweep_families(self, submitted: int) -> list[Metric]:
         by_label: dict[str, list[_Sweep]] = {}
@@ -603,7 +711,7 @@ class FarmCollector:
                 )
         return list(f.values())
 
-    def _verdict_families(self) -> list[Metric]:
+    def _build_verdict_families(self) -> list[Metric]:
         verdict = _spec_family("farm_verdict")
         change = _spec_family("farm_verdict_change_ratio")
         regressions = _spec_family("farm_sweep_regressions")
@@ -654,9 +762,11 @@ def main(
     client = redis.Redis.from_url(
         settings.redis_url, decode_responses=True, socket_timeout=10, socket_connect_timeout=5
     )
-    registry, _ = make_registry(client)
+    registry, collector = make_registry(client)
     try:
-        server, _thread = serve(registry, port, addr, access)
+        server, _thread = serve(
+            registry, port, addr, access, app=make_app(registry, collector.families)
+        )
     except ValueError as exc:
         log.error("exporter_config_error", error=str(exc))
         return 2

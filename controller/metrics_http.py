@@ -116,11 +116,17 @@ class _Server(ThreadingWSGIServer):
 
 
 def serve(
-    registry: CollectorRegistry, port: int, addr: str, access: MetricsAccess
+    registry: CollectorRegistry,
+    port: int,
+    addr: str,
+    access: MetricsAccess,
+    *,
+    app: WsgiApp | None = None,
 ) -> tuple[WSGIServer, threading.Thread]:
-    """Serve ``registry`` on ``addr:port`` from a daemon thread, as ``access`` says.
-    ``ValueError`` for unusable token or TLS files, ``OSError`` if the port cannot be bound."""
-    app: WsgiApp = make_wsgi_app(registry)
+    """Serve ``registry`` on ``addr:port`` from a daemon thread, as ``access`` says, with
+    ``app`` (default: prometheus-client's for ``registry``). ``ValueError`` for unusable token
+    or TLS files, ``OSError`` if the port cannot be bound."""
+    app = app or make_wsgi_app(registry)
     token = access.token()
     if token is not None:
         app = require_bearer(app, token)
