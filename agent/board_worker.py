@@ -107,6 +107,7 @@ class BoardWorker:
         datasets: Path,
         sim_boards: list[Path],
         max_failures: int,
+        starting: asyncio.Semaphore | None = None,
         batching: tuple[int, float] = (200, 0.1),
         trace_chunk_values: int = TRACE_CHUNK_VALUES,
         on_status: Callable[[BoardStatus], None],
@@ -120,6 +121,9 @@ class BoardWorker:
         self.datasets = datasets
         self.access = BoardAccess(cfg, sim_boards)
         self.health = BoardHealth(max_failures=max_failures)
+        self.starting = starting or asyncio.Semaphore(1)
+        """Held while the board starts (a health check, a flash, a run's ports opening): the
+        agent's boards share it, so only so many start at once."""
         self.batching = batching
         """(samples, seconds): a sample batch leaves when it holds this many or is this old."""
         self.trace_chunk_values = trace_chunk_values
@@ -234,7 +238,8 @@ class BoardWorker:
     async def serve(self) -> None:
         """Check the board, then execute jobs until cancelled (agent shutdown)."""
         self._publish_status()
-        await self._check(explicit=False)
+        async with self.starting:
+            await self._check(explicit=False)
         while True:
             while not self._queue:
                 self._wake.clear()
@@ -297,20 +302,8 @@ class BoardWorker:
         self._publish_status()
         detail: dict[str, Any] = {}
         try:
-            if isinstance(job, FlashCommand):
-                detail["seconds"] = round(await self.access.flash(job.model, job.build), 3)
-                identity = await self._checked()
-                if (identity.model, identity.build) != (job.model, job.build):
-                    self.health.check_failed(f"flashed {job.model} {job.build}, runs {identity}")
-                    raise CheckFailed(
-                        f"after flashing {job.model} {job.build} the DUT reports "
-                        f"{self._identity_text()}"
-                    )
-            elif isinstance(job, PowerCycleCommand):
-                detail["power"] = await self.access.power_cycle()
-                await self._checked()
-            else:
-                await self._checked()
+            async with self.starting:
+                await self._operate(job, detail)
         except CheckFailed as exc:
             await self._ack(job, "failed", str(exc), detail)
             return
@@ -323,6 +316,24 @@ class BoardWorker:
         if self.identity is not None:
             detail.update(model=self.identity.model, build=self.identity.build)
         await self._ack(job, "done", None, detail)
+
+    async def _operate(self, job: Job, detail: dict[str, Any]) -> None:
+        """A flash, a power cycle or a health check, then a check that must pass (raises
+        ``CheckFailed``); what to report goes into ``detail``."""
+        if isinstance(job, FlashCommand):
+            detail["seconds"] = round(await self.access.flash(job.model, job.build), 3)
+            identity = await self._checked()
+            if (identity.model, identity.build) != (job.model, job.build):
+                self.health.check_failed(f"flashed {job.model} {job.build}, runs {identity}")
+                raise CheckFailed(
+                    f"after flashing {job.model} {job.build} the DUT reports "
+                    f"{self._identity_text()}"
+                )
+        elif isinstance(job, PowerCycleCommand):
+            detail["power"] = await self.access.power_cycle()
+            await self._checked()
+        else:
+            await self._checked()
 
     async def _ack(
         self, job: Job, outcome: AckOutcome, reason: str | None, detail: dict[str, Any]
@@ -471,13 +482,14 @@ class BoardWorker:
                 raise RunRefused(str(exc)) from None
             if self.health.refuses_runs:
                 raise RunRefused(f"board health is bad ({self.health.reason}): run a health check")
-            identity = await self._ensure_firmware(job, bench)
-            ports = await self.access.wait_for_ports()
-            request.port = ports.dut
-            request.interface = ports.interface
-            request.monitor = self.access.monitor_target(ports)
-            request.baud = self._baud(job, identity)
-            self._links = await connect(request, bench)
+            async with self.starting:
+                identity = await self._ensure_firmware(job, bench)
+                ports = await self.access.wait_for_ports()
+                request.port = ports.dut
+                request.interface = ports.interface
+                request.monitor = self.access.monitor_target(ports)
+                request.baud = self._baud(job, identity)
+                self._links = await connect(request, bench)
             runner = self._runner(job, request, bench, inputs, progress, dataset)
             # The run's, not this execution's: a resumed run is still N samples long.
             total = expected_samples(request, inputs)

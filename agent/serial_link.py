@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import time
 from collections.abc import Callable
 
 import serial
@@ -98,6 +99,7 @@ class SerialLink:
 
     async def _open(self, exclusive: bool) -> None:
         loop = asyncio.get_running_loop()
+        await _closed_by_us(self.port)
         self._inbox = _Inbox()
         kwargs: dict[str, object] = {"baudrate": self.baud}
         if not self.port.startswith(("socket://", "rfc2217://")):
@@ -192,8 +194,32 @@ class SerialLink:
             async with asyncio.timeout(WireModel(self.baud).margin_s):
                 await self._inbox.closed_event.wait()
         except TimeoutError:
+            # Still closing (a busy CPU): the next open of this port waits for it.
+            _CLOSING[self.port] = self._inbox
             log.warning("serial_close_slow", port=self.port)
         log.info("serial_close", port=self.port)
+
+
+#: Ports this process closed whose fd (and exclusive lock) was not released yet.
+_CLOSING: dict[str, _Inbox] = {}
+#: The longest an open waits for this process's own close of the port to finish.
+CLOSE_WAIT_S = 5.0
+_CLOSE_POLL_S = 0.01
+
+
+async def _closed_by_us(port: str) -> None:
+    """Wait (bounded) until a close of ``port`` by this process has released it: a run's
+    ports reopened right after its health check, or a retry right after its earlier attempt,
+    must not find its own lock held (``PortBusy``)."""
+    inbox = _CLOSING.get(port)
+    if inbox is None:
+        return
+    # Polled, not awaited: the close's event is bound to the loop that closed the port,
+    # which need not be this one (one rare, bounded wait, after a slow close only).
+    give_up = time.monotonic() + CLOSE_WAIT_S
+    while not inbox.closed and time.monotonic() < give_up:  # noqa: ASYNC110
+        await asyncio.sleep(_CLOSE_POLL_S)
+    _CLOSING.pop(port, None)
 
 
 def _classify_open_error(port: str, exc: BaseException) -> SerialLinkError:

@@ -124,6 +124,8 @@ class AgentService:
         self.outbox = Outbox(self.journal)
         try:
             await self._report_interrupted()
+            # Shared by the boards: how many may be starting at once (config max_starting).
+            starting = asyncio.Semaphore(self.config.max_starting)
             for board in self.config.boards:
                 self.workers[board.id] = BoardWorker(
                     board,
@@ -133,6 +135,7 @@ class AgentService:
                     datasets=self.config.datasets,
                     sim_boards=list(self.config.sim_boards),
                     max_failures=self.config.max_failures,
+                    starting=starting,
                     batching=(self.config.batch_samples, self.config.batch_delay_s),
                     trace_chunk_values=self.config.trace_chunk_values,
                     on_status=self._board_status,

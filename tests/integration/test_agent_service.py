@@ -4,7 +4,9 @@ real agent process, and an observer subscribed the way the controller's ingest w
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+import re
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -512,5 +514,42 @@ async def test_energy_runs_through_the_monitor_then_a_flash_back_to_performance(
         done = await lab.finished("r-perf", within=60)
         assert done["event"] == "done", done
         assert lab.observer.event("r-perf", "started")["build"] == "performance"
+    finally:
+        await stop_lab(lab)
+
+
+async def test_boards_start_in_turn_as_max_starting_allows(tmp_path: Path) -> None:
+    """max_starting 1: four boards given their runs at once still start one at a time (the
+    agent's start-up checks too): no board's health check and port opening overlaps
+    another's, and every run completes."""
+    boards = "".join(
+        f"- {{id: kws-{n}, model: kws01, latency: {json.dumps(FAST)}}}\n" for n in range(4)
+    )
+
+    def one_at_a_time(config: Path) -> None:
+        config.write_text(config.read_text() + "max_starting: 1\n")
+
+    lab = await start_lab(tmp_path, boards, agent_config=one_at_a_time)
+    try:
+        for n in range(4):
+            await lab.idle(f"kws-{n}")
+        for n in range(4):
+            await lab.run(f"r-{n}", f"kws-{n}", "kws01", "accuracy", options={"limit": 3})
+        for n in range(4):
+            assert (await lab.finished(f"r-{n}"))["event"] == "done"
+        opens: dict[str, list[str]] = {}
+        closes: dict[str, list[str]] = {}
+        for line in lab.agent.output().splitlines():
+            found = re.search(r"ts=(\S+) .*event=serial_(open|close) port=\S*/(kws-\d)/dut", line)
+            if found:
+                stamp, what, board = found.groups()
+                (opens if what == "open" else closes).setdefault(board, []).append(stamp)
+        # Per board: its start-up check (open, close), its run's check (open, close), the
+        # run's own link (open ... close).
+        startup = sorted((opens[b][0], closes[b][0]) for b in opens)
+        starting = sorted((opens[b][1], opens[b][2]) for b in opens)
+        assert len(startup) == len(starting) == 4
+        for spans in (startup, starting):
+            assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans)), spans
     finally:
         await stop_lab(lab)

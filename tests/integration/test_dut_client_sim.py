@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from agent import serial_link
 from agent.dut_client import DirectChannel, DutClient
 from agent.errors import DeviceCommandError, DeviceTimeout
 from agent.serial_link import PortBusy, PortNotFound, SerialLink
@@ -104,6 +105,33 @@ async def test_busy_port_is_named(direct_board: BoardFactory) -> None:
     board = await direct_board("kws01")
     with pytest.raises(PortBusy, match=str(board.port.path)):
         await SerialLink.open(str(board.port.path), 115200)
+
+
+async def test_an_open_waits_for_this_process_own_slow_close_of_the_port(
+    direct_board: BoardFactory,
+) -> None:
+    """A close whose fd release outlasted its wait (a busy CPU) leaves the port locked a
+    little longer: the next open of it here (a run right after its health check, a retry
+    right after its earlier attempt) waits for it instead of failing PortBusy."""
+    board = await direct_board("kws01")
+    path = str(board.port.path)
+    # The state a slow close leaves: the port registered as closing, its lock still held
+    # (a close cannot be made slow on demand).
+    serial_link._CLOSING[path] = board.link._inbox
+    opening = asyncio.create_task(SerialLink.open(path, 115200))
+    await asyncio.sleep(0.3)
+    assert not opening.done()  # waiting, not failed
+    await board.link.close()  # the release arrives
+    link = await asyncio.wait_for(opening, 5)
+    assert link.is_open and path not in serial_link._CLOSING
+    await link.close()
+    # A lock nobody is releasing (a link still open, another process) is named at once.
+    other = await SerialLink.open(path, 115200)
+    try:
+        with pytest.raises(PortBusy, match=path):
+            await SerialLink.open(path, 115200)
+    finally:
+        await other.close()
 
 
 async def test_nothing_answering_suggests_the_baud(tmp_path: Path) -> None:
