@@ -534,10 +534,11 @@ class AgentConfig(_Strict):
     samples, each a message of its own (``farm.trace``)."""
     max_failures: int = Field(3, ge=1)
     """Consecutive infrastructure failures before the board's health turns bad."""
-    max_starting: int = Field(4, ge=1, le=1000)
-    """Boards that may be starting at once (a health check, a flash, a run's ports opening):
-    the others wait their turn, so a burst of runs does not make every check on a small Pi
-    miss its deadline."""
+    max_starting: int | None = Field(None, ge=1, le=1000)
+    """Boards that may be starting at once (a health check, a flash, a run's ports opening),
+    the others waiting their turn, for a host too slow to start them all together within
+    the checks' deadlines; unset: no limit (a limit lengthens a burst's start: measured in
+    bench/README.md, burst_submit.py)."""
     boards: list[BoardConfig] = Field(min_length=1)
 
     @model_validator(mode="after")

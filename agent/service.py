@@ -125,7 +125,7 @@ class AgentService:
         try:
             await self._report_interrupted()
             # Shared by the boards: how many may be starting at once (config max_starting).
-            starting = asyncio.Semaphore(self.config.max_starting)
+            starting = asyncio.Semaphore(self.config.max_starting or len(self.config.boards))
             for board in self.config.boards:
                 self.workers[board.id] = BoardWorker(
                     board,

@@ -49,9 +49,10 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.integration.farm_procs
 
@@ -68,6 +69,7 @@ from tests.integration.farm_procs import (
 )
 
 DEFAULT_REDIS = "redis://127.0.0.1:6379/11"
+T = TypeVar("T")
 HZ = os.sysconf("SC_CLK_TCK")
 
 
@@ -264,6 +266,22 @@ class Farm:
         if flush:
             self.client.flushdb()
         self.client.close()
+
+
+async def measured_in_temp_dir(
+    prefix: str,
+    measure: Callable[[argparse.Namespace, Path], Awaitable[T]],
+    report: Callable[[T, argparse.Namespace], None],
+    args: argparse.Namespace,
+) -> int:
+    """``measure(args, dir)`` in a fresh temporary directory, then ``report`` its result and
+    print the bench's time and any process it left behind; exit status 0."""
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix=prefix) as name:
+        result = await measure(args, Path(name))
+    report(result, args)
+    print(f"{time.monotonic() - started:.0f} s; processes left behind: {leftovers() or 'none'}")
+    return 0
 
 
 def leftovers() -> list[int]:

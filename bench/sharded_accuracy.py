@@ -22,13 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import textwrap
 import time
 from pathlib import Path
 from typing import Any
 
-from controller_memory import Farm, boards_yaml, leftovers, wait_until
+from controller_memory import Farm, boards_yaml, measured_in_temp_dir, wait_until
 from harness import loadavg, run_bench
 
 
@@ -98,12 +97,7 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> None:
 
 
 async def amain(args: argparse.Namespace) -> int:
-    started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="bench-sharded-") as name:
-        result = await measure(args, Path(name))
-    report(result, args)
-    print(f"{time.monotonic() - started:.0f} s; processes left behind: {leftovers() or 'none'}")
-    return 0
+    return await measured_in_temp_dir("bench-sharded-", measure, report, args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,13 +23,22 @@ def follow(
 
     from controller import keys
     from controller.render import Column, Listing, table
+    from controller.shards import shard_runs
     from controller.store import sweep_runs
 
     started = time.monotonic()
 
     def snapshot() -> tuple[list[dict[str, str]], float]:
         runs = [run for _, run in sweep_runs(client, sweep_id)]
-        return runs, sweep_eta(runs, samples or {})
+        # A sharded run's time is its shards', each on its own board.
+        shards = shard_runs(client, runs)
+        for run in runs:
+            if parts := shards.get(run["id"]):
+                run["done"] = str(sum(int(p.get("done") or 0) for p in parts))
+                # Each shard's agent reports the whole run's total.
+                run["total"] = str(max(int(p.get("total") or 0) for p in parts) or "")
+        ongoing = [part for run in runs for part in shards.get(run["id"], [run])]
+        return runs, sweep_eta(ongoing, samples or {})
 
     def view(runs: list[dict[str, str]], eta: float) -> Any:
         done = sum(r.get("state") in keys.TERMINAL for r in runs)
@@ -124,6 +133,7 @@ def sweep_eta(
     plus the estimates of its queued runs; the slowest board's sum."""
     from controller import keys
     from controller.estimate import SETUP_ALLOWANCE_S, estimate_run_s, samples_expected
+    from controller.shards import own_range
     from farm.catalog import get_benchmark
     from farm.messages import RunOptions
 
@@ -145,7 +155,13 @@ def sweep_eta(
                 count = samples_expected(bench, mode, options)  # type: ignore[arg-type]
                 left = max(options.min_duration_s, count * measured)
             total = r.get("total") or samples.get(bench.id)
-            if total and mode == "accuracy":
+            if (own := own_range(r)) is not None:
+                # A shard: the inputs of its own range left (the agent's dataset may end
+                # before it does).
+                expected = samples_expected(bench, mode, options)  # type: ignore[arg-type]
+                end = min(own[1], int(total)) if total else own[1]
+                left *= max(end - own[0] - int(r.get("done") or 0), 0) / max(expected, 1)
+            elif total and mode == "accuracy":
                 # The agent's dataset may be a subset: scale to the samples it has.
                 expected = samples_expected(bench, mode, options)  # type: ignore[arg-type]
                 left *= (int(total) - int(r.get("done") or 0)) / max(expected, 1)

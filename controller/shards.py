@@ -119,6 +119,20 @@ def merged_records(
     return shards, records
 
 
+def shard_runs(
+    client: redis.Redis, runs: Sequence[Mapping[str, str]]
+) -> dict[str, list[dict[str, str]]]:
+    """The shards' run hashes of each sharded run among ``runs`` (by the run's id), read in
+    one round trip."""
+    wanted = [(run["id"], json.loads(run["shards"])) for run in runs if run.get("shards")]
+    with client.pipeline(transaction=False) as pipe:
+        for _, shard_ids in wanted:
+            for shard_id in shard_ids:
+                pipe.hgetall(keys.run(shard_id))
+        found = iter(pipe.execute())
+    return {run_id: [next(found) for _ in shard_ids] for run_id, shard_ids in wanted}
+
+
 def results_folder(results: Path, run: Mapping[str, str]) -> Path:
     """Where a run's artifacts go: ``results/<sweep>/<board>/<benchmark>/<mode>``."""
     return results / run["sweep"] / run["board"] / run["benchmark"] / run["mode"]

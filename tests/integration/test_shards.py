@@ -60,7 +60,8 @@ async def test_a_sharded_accuracy_run_equals_the_same_run_on_one_board(
     single = await finished(lab, json.loads(out)["runs"][0])
     assert single["state"] == "completed", single
 
-    _, out, _ = await lab.farm("submit", "--shard", *common)
+    # --wait follows the run through its shards and exits 0 once it completed.
+    _, out, _ = await lab.farm("submit", "--shard", "--wait", *common)
     submitted = json.loads(out)
     assert len(submitted["runs"]) == 1, submitted  # one run, not one per board
     parent_id = submitted["runs"][0]

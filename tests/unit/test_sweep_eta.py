@@ -25,3 +25,28 @@ def test_a_stream_counts_down_with_its_running_time() -> None:
     assert sweep_eta([{**started, "eta_s": "42"}], {}, now=1600.0) == 42.0
     # Dispatched again and not running yet: the whole estimate again, not the old attempt's.
     assert sweep_eta([{**started, "state": "dispatched"}], {}, now=1600.0) == pytest.approx(whole)
+
+
+def test_a_sharded_runs_time_is_its_slowest_shards_share() -> None:
+    """Four shards of a 1,000-input kws01 accuracy run, each on its own board: the sweep
+    waits for the shard with the most inputs left, not for the whole run on one board."""
+    options = RunOptions()
+    whole = estimate_run_s(get_benchmark("kws01"), "accuracy", options) - SETUP_ALLOWANCE_S
+    shards = [
+        {
+            "board": f"k{k}",
+            "benchmark": "kws01",
+            "mode": "accuracy",
+            "state": "running",
+            "shard_range": f"[{250 * k}, {250 * (k + 1)}]",
+            "total": "1000",  # each shard's agent reports the whole run's total
+            "done": str(done),
+        }
+        for k, done in enumerate([200, 50, 250, 0])
+    ]
+    assert sweep_eta(shards, {}) == pytest.approx(whole * 250 / 1000)
+    # An agent holding 300 inputs: shard 1 has 50 of its own (250..300), the rest none.
+    small = [{**s, "total": "300", "done": "0"} for s in shards]
+    assert sweep_eta(small, {}) == pytest.approx(whole * 250 / 1000)
+    small[0]["done"] = "250"
+    assert sweep_eta(small, {}) == pytest.approx(whole * 50 / 1000)
