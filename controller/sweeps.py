@@ -376,7 +376,7 @@ def submit(client: redis.Redis, spec: SweepSpec) -> tuple[str, list[str], list[S
                 "spec": json.dumps(spec.to_json()),
                 "label": spec.label,
                 "created": now,
-                "total": len(runs),
+                "total": len(run_ids),
                 "state": "running",
             },
         )

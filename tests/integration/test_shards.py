@@ -99,6 +99,7 @@ async def test_a_sharded_accuracy_run_equals_the_same_run_on_one_board(
         lambda: lab.redis.hget(f"farm:sweep:{sweep}", "state") == "finished", 30, "sweep ends"
     )
     _, out, _ = await lab.farm("show", sweep, "--json")
+    assert json.loads(out)["sweep"]["total"] == 1
     shown = json.loads(out)["runs"]
     assert [(r["id"], r["state"], r["shards"]) for r in shown] == [
         (parent_id, "completed", ["kws-1", "kws-2", "kws-3"])
