@@ -70,6 +70,9 @@ class BoardAccess:
         self.last_energy_baud: int | None = None
         """The energy firmware's baud after a flash: its model's (sww01's energy firmware
         talks at 115200, the others' at 9600)."""
+        self._kept: SerialLink | None = None
+        """The DUT's port as a run's health check left it open (:meth:`identify` with
+        ``keep``), for the run to take (:meth:`take_link`)."""
 
     # -- ports ----------------------------------------------------------------------------------
 
@@ -117,10 +120,13 @@ class BoardAccess:
 
     # -- identity -------------------------------------------------------------------------------
 
-    async def identify(self, prefer: str | None = None) -> Identity:
+    async def identify(self, prefer: str | None = None, *, keep: bool = False) -> Identity:
         """Ask the DUT its name, model and build: directly for the performance build, through
         the interface board (powered by the monitor) for the energy build. ``prefer`` is the
-        build it ran last, tried first."""
+        build it ran last, tried first. ``keep``: a DUT that answered on its own port keeps
+        it open for the run about to start (:meth:`take_link`), which then neither reopens
+        it nor waits out another resync."""
+        await self.drop_kept()
         ports = await self.wait_for_ports()
         builds = ["performance"]
         if self.cfg.energy_capable:
@@ -130,7 +136,7 @@ class BoardAccess:
             try:
                 if build == "energy":
                     return await self._identify_energy(ports)
-                return await self._identify_direct(ports)
+                return await self._identify_direct(ports, keep)
             except Exception as exc:  # every way in failed: report them all
                 problems.append(f"{build} build: {type(exc).__name__}: {exc}")
         raise BoardUnavailable(
@@ -143,7 +149,7 @@ class BoardAccess:
         configured one, the one it answered at last, every model's reference rate."""
         return check_bauds([self.cfg.baud.performance, self.last_baud])
 
-    async def _identify_direct(self, ports: ResolvedBoard) -> Identity:
+    async def _identify_direct(self, ports: ResolvedBoard, keep: bool) -> Identity:
         if self.cfg.energy_capable:
             await self.power_on(ports)
         problems: list[str] = []
@@ -154,13 +160,32 @@ class BoardAccess:
                 await dut.resync()
                 identity = await _ask(dut, baud)
                 self.last_baud = baud
+                if keep:
+                    self._kept = link
                 return identity
             except Exception as exc:  # the next baud may be the right one
                 problems.append(f"{baud} baud: {exc}")
                 log.info("identify_no_answer", board=self.cfg.id, baud=baud, error=str(exc))
             finally:
-                await link.close()
+                if self._kept is not link:
+                    await link.close()
         raise BoardUnavailable("; ".join(problems))
+
+    async def take_link(self, port: str, baud: int) -> SerialLink | None:
+        """The DUT's port the health check kept open, if it is ``port`` at ``baud`` and still
+        open (it is the caller's to close then); else None, and a kept link is closed."""
+        link, self._kept = self._kept, None
+        if link is not None and link.is_open and (link.port, link.baud) == (port, baud):
+            return link
+        if link is not None:
+            await link.close()
+        return None
+
+    async def drop_kept(self) -> None:
+        """Close the port a health check kept open, if no run took it."""
+        link, self._kept = self._kept, None
+        if link is not None:
+            await link.close()
 
     async def _identify_energy(self, ports: ResolvedBoard) -> Identity:
         assert ports.interface is not None
@@ -202,6 +227,7 @@ class BoardAccess:
     async def power_cycle(self) -> str:
         """Cut the DUT's power and restore it with the configured method; return what was
         done. Waits for the ports to come back."""
+        await self.drop_kept()
         method = self.cfg.power_cycle
         if method.method == "none":
             raise BoardUnavailable(f"board {self.cfg.id} has no power-cycle method configured")
@@ -229,6 +255,7 @@ class BoardAccess:
     async def flash(self, model: str, build: Build) -> float:
         """Flash the configured image with the flash command; return the seconds it took.
         Waits for the ports to re-enumerate."""
+        await self.drop_kept()
         image = self.image(model, build)
         if image is None:
             raise BoardUnavailable(f"board {self.cfg.id} has no {build} image for {model}")

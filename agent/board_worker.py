@@ -394,11 +394,12 @@ class BoardWorker:
 
     # -- health ---------------------------------------------------------------------------------
 
-    async def _check(self, *, explicit: bool) -> Identity | None:
-        """Ask the DUT what it runs and set health; ``None`` if it did not answer."""
+    async def _check(self, *, explicit: bool, keep: bool = False) -> Identity | None:
+        """Ask the DUT what it runs and set health; ``None`` if it did not answer. ``keep``:
+        leave the DUT's port open for the run about to start (``BoardAccess.take_link``)."""
         try:
             prefer = self.identity.build if self.identity else None
-            self.identity = await self.access.identify(prefer)
+            self.identity = await self.access.identify(prefer, keep=keep)
         except Exception as exc:  # whatever stops the DUT answering is a failed check
             self.checked = time.time()
             reason = str(exc)
@@ -489,7 +490,12 @@ class BoardWorker:
                 request.interface = ports.interface
                 request.monitor = self.access.monitor_target(ports)
                 request.baud = self._baud(job, identity)
-                self._links = await connect(request, bench)
+                # The port the health check just left open and in step, if the run talks
+                # to the DUT directly at the rate it answered at.
+                kept = None
+                if job.mode != "energy" and request.port is not None and request.baud:
+                    kept = await self.access.take_link(request.port, request.baud)
+                self._links = await connect(request, bench, kept)
             runner = self._runner(job, request, bench, inputs, progress, dataset)
             # The run's, not this execution's: a resumed run is still N samples long.
             total = expected_samples(request, inputs)
@@ -552,6 +558,7 @@ class BoardWorker:
                 with contextlib.suppress(Exception):
                     await self._links.close()
                 self._links = None
+            await self.access.drop_kept()  # a check's port no run took (it failed first)
             if queued.reported:
                 await self.journal.run_finished(job.run)
 
@@ -582,7 +589,7 @@ class BoardWorker:
         need: Build = "energy" if job.mode == "energy" else "performance"
         if job.mode == "energy" and not self.cfg.energy_capable:
             raise RunRefused(f"board {self.id} has no interface board and energy monitor")
-        identity = await self._check(explicit=False)
+        identity = await self._check(explicit=False, keep=True)
         if identity is None:
             raise CheckFailed(f"health check failed: {self.health.reason}")
         if bench.accepts_firmware(identity.model) and identity.build == need:
@@ -603,7 +610,7 @@ class BoardWorker:
             await self.access.flash(model, need)
         finally:
             self.state = "busy"
-        identity = await self._check(explicit=False)
+        identity = await self._check(explicit=False, keep=True)
         if identity is None:
             raise CheckFailed(f"health check after flashing failed: {self.health.reason}")
         if not bench.accepts_firmware(identity.model) or identity.build != need:

@@ -141,8 +141,10 @@ def prepare(
     return bench, dataset, inputs
 
 
-async def connect(request: RunRequest, bench: Benchmark) -> Links:
-    """Open the ports, power and set up the energy path, and check the DUT's model."""
+async def connect(request: RunRequest, bench: Benchmark, opened: SerialLink | None = None) -> Links:
+    """Open the ports, power and set up the energy path, and check the DUT's model.
+    ``opened``: the DUT's port at the request's baud, already open and in step (a health
+    check just resynced and asked it), used as it is."""
     links: list[SerialLink] = []
     monitor: EnergyMonitor | None = None
     try:
@@ -159,10 +161,13 @@ async def connect(request: RunRequest, bench: Benchmark) -> Links:
         else:
             interface = None
             assert request.port is not None
-            link = await SerialLink.open(request.port, request.baud or bench.baud(_mode(request)))
+            link = opened or await SerialLink.open(
+                request.port, request.baud or bench.baud(_mode(request))
+            )
             links.append(link)
             dut = DutClient(DirectChannel(link), bench.model, request.latency_s)
-            await dut.resync()
+            if opened is None:
+                await dut.resync()
         _, model = await dut.profile()
         if not bench.accepts_firmware(model):
             raise RunInputError(

@@ -520,8 +520,8 @@ async def test_energy_runs_through_the_monitor_then_a_flash_back_to_performance(
 
 async def test_boards_start_in_turn_as_max_starting_allows(tmp_path: Path) -> None:
     """max_starting 1: four boards given their runs at once still start one at a time (the
-    agent's start-up checks too): no board's health check and port opening overlaps
-    another's, and every run completes."""
+    agent's start-up checks too): no board's health check overlaps another's, and every run
+    completes. Each run goes on with the port its health check opened: one open a run."""
     boards = "".join(
         f"- {{id: kws-{n}, model: kws01, latency: {json.dumps(FAST)}}}\n" for n in range(4)
     )
@@ -537,19 +537,22 @@ async def test_boards_start_in_turn_as_max_starting_allows(tmp_path: Path) -> No
             await lab.run(f"r-{n}", f"kws-{n}", "kws01", "accuracy", options={"limit": 3})
         for n in range(4):
             assert (await lab.finished(f"r-{n}"))["event"] == "done"
-        opens: dict[str, list[str]] = {}
-        closes: dict[str, list[str]] = {}
+        seen: dict[tuple[str, str], list[str]] = {}
+        pattern = r"ts=(\S+) .*event=(serial_open|serial_close|health_check_passed) .*(kws-\d)"
         for line in lab.agent.output().splitlines():
-            found = re.search(r"ts=(\S+) .*event=serial_(open|close) port=\S*/(kws-\d)/dut", line)
-            if found:
+            if found := re.search(pattern, line):
                 stamp, what, board = found.groups()
-                (opens if what == "open" else closes).setdefault(board, []).append(stamp)
-        # Per board: its start-up check (open, close), its run's check (open, close), the
-        # run's own link (open ... close).
-        startup = sorted((opens[b][0], closes[b][0]) for b in opens)
-        starting = sorted((opens[b][1], opens[b][2]) for b in opens)
-        assert len(startup) == len(starting) == 4
-        for spans in (startup, starting):
+                seen.setdefault((what, board), []).append(stamp)
+        names = [f"kws-{n}" for n in range(4)]
+        # Per board: its start-up check (open, close), then its run: the run's check opens
+        # the port and the run goes on with it to the end (one open, one close).
+        for board in names:
+            assert len(seen["serial_open", board]) == len(seen["serial_close", board]) == 2
+        startup = sorted((seen["serial_open", b][0], seen["serial_close", b][0]) for b in names)
+        checks = sorted(
+            (seen["serial_open", b][1], seen["health_check_passed", b][1]) for b in names
+        )
+        for spans in (startup, checks):
             assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans)), spans
     finally:
         await stop_lab(lab)
