@@ -33,6 +33,7 @@ Concurrent scrapes are serialised (one lock). When Redis cannot be read, the scr
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import signal
@@ -749,6 +750,16 @@ def make_registry(client: redis.Redis, **options: Any) -> tuple[CollectorRegistr
     return registry, collector
 
 
+def freeze_startup_objects() -> None:
+    """Leave the objects alive now (modules, classes, functions: ~65,000, never garbage) out of
+    the cyclic garbage collector's full collections, which otherwise walk them too every few
+    scrapes: ~100 ms of a scrape at a thousand boards, a third of that without them. Called
+    once, before serving; what is frozen is still freed when no longer referenced (only a
+    cycle among these objects would stay)."""
+    gc.collect()
+    gc.freeze()
+
+
 def main(
     settings: Settings,
     *,
@@ -763,6 +774,7 @@ def main(
         settings.redis_url, decode_responses=True, socket_timeout=10, socket_connect_timeout=5
     )
     registry, collector = make_registry(client)
+    freeze_startup_objects()
     try:
         server, _thread = serve(
             registry, port, addr, access, app=make_app(registry, collector.families)
