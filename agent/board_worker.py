@@ -381,7 +381,8 @@ class BoardWorker:
             if link is not None:
                 with contextlib.suppress(Exception):
                     await link.close()
-        await self._check(explicit=False)
+        async with self.starting:
+            await self._check(explicit=False)
 
     def _console_baud(self) -> int:
         """The DUT's rate: the one its last check answered at, the config's, its model's."""
@@ -495,6 +496,8 @@ class BoardWorker:
                 kept = None
                 if job.mode != "energy" and request.port is not None and request.baud:
                     kept = await self.access.take_link(request.port, request.baud)
+                else:
+                    await self.access.drop_kept()
                 self._links = await connect(request, bench, kept)
             runner = self._runner(job, request, bench, inputs, progress, dataset)
             # The run's, not this execution's: a resumed run is still N samples long.
@@ -582,7 +585,8 @@ class BoardWorker:
                 await links.dut.resync()
             with contextlib.suppress(Exception):
                 await links.close()
-        await self._check(explicit=False)
+        async with self.starting:
+            await self._check(explicit=False)
 
     async def _ensure_firmware(self, job: RunCommand, bench: Benchmark) -> Identity:
         """Health check; flash the benchmark's firmware if the board holds another."""

@@ -186,20 +186,7 @@ class Follower:
             job.requeue("the board's lease was lost while the run was followed")
             return
         if "retry_at" in follow:  # the broker refused the last dispatch
-            if run["cancel"] == "1":
-                job.finish("cancelled", "cancelled before the broker took its command")
-            elif now < follow["retry_at"]:
-                pass
-            elif agent_state == "online":
-                # Not before: an agent still reconnecting after the broker came back would
-                # get the run only to be judged offline during it.
-                job.dispatch()
-            elif now - follow["refused_since"] > follow["patience"]:
-                job.finish(
-                    "failed",
-                    f"agent {run['agent']} was not back online within "
-                    f"{follow['patience']:.0f} s of the broker refusing the run's command",
-                )
+            self._refused(job, run_id, run, follow, agent_state, now)
             return
         command = follow["command"]
         if run["final"]:
@@ -254,6 +241,37 @@ class Follower:
                 f"no result within {waited:.0f} s (wire-model estimate {follow['estimate']:.0f} s)"
             )
 
+    def _refused(
+        self,
+        job: RunJob,
+        run_id: str,
+        run: dict[str, Any],
+        follow: dict[str, Any],
+        agent_state: str | None,
+        now: float,
+    ) -> None:
+        """A run whose command the broker refused (it may have reached the agent all the
+        same): judged by its final event if one came, else sent again, cancelled or failed."""
+        final = json.loads(run["final"]) if run["final"] else None
+        if final is not None and final.get("attempt") in (None, follow["attempt"]):
+            self._on_final(job, run_id, final)  # it did reach the agent
+        elif run["cancel"] == "1":
+            self._cancel_at_most(run_id, run, f"{follow['command']}-cancel")
+            job.finish("cancelled", "cancelled while the broker refused its command")
+        elif now < follow["retry_at"]:
+            pass
+        elif agent_state == "online":
+            # Not before: an agent still reconnecting after the broker came back would get
+            # the run only to be judged offline during it.
+            job.dispatch(resend=True)
+        elif now - follow["refused_since"] > follow["patience"]:
+            self._cancel_at_most(run_id, run, f"{follow['command']}-cancel")
+            job.finish(
+                "failed",
+                f"agent {run['agent']} was not back online within "
+                f"{follow['patience']:.0f} s of the broker refusing the run's command",
+            )
+
     def _on_final(self, job: RunJob, run_id: str, final: dict[str, Any]) -> None:
         kind = final.get("event")
         if kind == "cancelled":
@@ -271,6 +289,14 @@ class Follower:
             # has the run, and hands it back if that worker dies).
             set_run(self.client, run_id, phase="scoring")
             queue_job(self.rq_client, self.client, run_id, "score")
+
+    def _cancel_at_most(self, run_id: str, run: dict[str, Any], command_id: str) -> None:
+        """Cancel at the agent a run whose command may never have reached it: the broker
+        refusing this too is no reason to keep the run (the run's end does not wait for it)."""
+        try:
+            self._cancel(run_id, run, command_id)
+        except BrokerUnavailable as exc:
+            log.warning("cancel_not_sent", run=run_id, error=str(exc))
 
     def _cancel(self, run_id: str, run: dict[str, Any], command_id: str) -> None:
         cancel = CancelCommand(id=command_id, type="cancel", run=run_id)

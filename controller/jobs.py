@@ -35,6 +35,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -222,28 +223,22 @@ class RunJob:
 
     # -- transitions ----------------------------------------------------------------------------
 
-    def dispatch(self) -> str:
+    def dispatch(self, *, resend: bool = False) -> str:
         """Send the run's next attempt to its agent and hand the run to the follower.
 
-        When the broker cannot take the command, the follower dispatches again
-        ``BROKER_RETRY_S`` later, once the agent is online, with the same attempt and command
-        id: a refusal counts no attempt, and a command that did reach the agent before the
-        refusal is answered ``duplicate`` rather than run twice. The broker and the agent are
-        waited for as long as the run's deadline would have allowed the run itself; after
-        that the run fails."""
+        The run is marked dispatched, with its attempt counted, before the command is
+        published: a publish the broker seemed to refuse may still have reached the agent,
+        whose samples, events and final event are then the run's. When the broker cannot take
+        the command, the follower sends the same command again (``resend``: the same attempt,
+        command id, stored seqs and samples) every ``BROKER_RETRY_S`` once the agent is
+        online; an agent that did get it answers ``duplicate``. However long the broker stays
+        away, the attempt counts once. The broker and the agent are waited for as long as the
+        run's deadline would allow the run itself; then the run fails."""
         run = get_run(self.client, self.run_id)
-        attempt = int(run.get("attempts") or 0) + 1
+        before = json.loads(run.get("follow") or "{}")
         bench = get_benchmark(run["benchmark"])
         options = RunOptions.model_validate_json(run["options"])
         estimate = estimate_run_s(bench, run["mode"], options)  # type: ignore[arg-type]
-        stored: list[tuple[int, int]] = []
-        seqs = sample_seqs(self.client, self.run_id)
-        if run["mode"] == "accuracy":
-            stored = ranges(seqs)  # resume: the agent runs only the others
-        elif seqs:
-            self.client.delete(keys.run_samples(self.run_id))  # a timed run starts over
-        kept = {s for a, b in stored for s in range(a, b)}
-        drop_traces(self.client, self.run_id, kept)
         expected = samples_expected(bench, run["mode"], options)  # type: ignore[arg-type]
         others: list[tuple[int, int]] = []
         if (own := shards.own_range(run)) is not None:
@@ -253,8 +248,16 @@ class RunJob:
             share = (own[1] - own[0]) / max(expected, 1)
             estimate = SETUP_ALLOWANCE_S + max(estimate - SETUP_ALLOWANCE_S, 0.0) * share
             expected = own[1] - own[0]
-        # The run's total stays: every attempt reports the same one.
-        self.client.hdel(keys.run(self.run_id), "final", "eta_s")
+        if resend:
+            # What the refused dispatch sent: samples stored since are that attempt's own.
+            attempt = int(before["attempt"])
+            stored = [(a, b) for a, b in before["kept"]]
+        else:
+            attempt = int(run.get("attempts") or 0) + 1
+            stored = self._resume_from(run)
+            # The run's total stays: every attempt reports the same one.
+            self.client.hdel(keys.run(self.run_id), "final", "eta_s")
+        kept = sum(b - a for a, b in stored)
         command = RunCommand(
             id=f"{self.run_id}-a{attempt}",
             type="run",
@@ -267,13 +270,9 @@ class RunJob:
             stored=shards.union(stored, others),
             attempt=attempt,
         )
-        try:
-            self._publish(command_topic(run["agent"]), command.dumps())
-        except BrokerUnavailable as exc:
-            return self._refused(run, attempt, SLACK * estimate, str(exc))
         now = time.time()
-        deadline = RunDeadline.at_dispatch(now, estimate, SETUP_ALLOWANCE_S, expected, len(kept))
-        follow = {
+        deadline = RunDeadline.at_dispatch(now, estimate, SETUP_ALLOWANCE_S, expected, kept)
+        follow: dict[str, Any] = {
             "attempt": attempt,
             "command": command.id,
             "estimate": estimate,
@@ -293,40 +292,52 @@ class RunJob:
             phase="following",
             follow=follow,
         )
+        try:
+            self._publish(command_topic(run["agent"]), command.dumps())
+        except BrokerUnavailable as exc:
+            return self._refused(before, follow, SLACK * estimate, str(exc))
         log.info(
             "run_dispatched",
             run=self.run_id,
             board=run["board"],
             attempt=attempt,
-            stored=len(kept),
+            stored=kept,
             estimate_s=estimate,
             deadline_s=round(deadline.at - now, 1),
         )
         return "dispatched"
 
-    def _refused(self, run: dict[str, str], attempt: int, patience_s: float, why: str) -> str:
-        """The broker refused ``attempt``'s command: wait ``BROKER_RETRY_S`` and send it
-        again, or fail the run once the broker has refused it for ``patience_s``; the run's
-        state."""
+    def _resume_from(self, run: dict[str, str]) -> list[tuple[int, int]]:
+        """The seqs a new attempt keeps (an accuracy run resumes: the agent runs only the
+        others); a timed run starts over, its samples and traces dropped."""
+        seqs = sample_seqs(self.client, self.run_id)
+        stored: list[tuple[int, int]] = []
+        if run["mode"] == "accuracy":
+            stored = ranges(seqs)
+        elif seqs:
+            self.client.delete(keys.run_samples(self.run_id))
+        drop_traces(self.client, self.run_id, {s for a, b in stored for s in range(a, b)})
+        return stored
+
+    def _refused(
+        self, before: dict[str, Any], follow: dict[str, Any], patience_s: float, why: str
+    ) -> str:
+        """The broker refused the command of ``follow``'s dispatch (``before``: the follow of
+        the dispatch before it): send it again ``BROKER_RETRY_S`` later, or fail the run once
+        the broker has refused it for ``patience_s``; the run's state."""
         fail_reason(self.client, self.run_id, why)
         now = time.time()
-        earlier = json.loads(run.get("follow") or "{}")
-        since = earlier.get("refused_since", now) if "retry_at" in earlier else now
+        since = before.get("refused_since", now) if "retry_at" in before else now
         if now - since > patience_s:
             return self.finish(
                 "failed",
                 f"the broker refused the run's command for {now - since:.0f} s "
                 f"(the run's own deadline would be {patience_s:.0f} s): {why}",
             )
-        follow = {
-            "attempt": attempt,
-            "retry_at": now + BROKER_RETRY_S,
-            "refused_since": since,
-            "patience": patience_s,
-        }
-        set_run(self.client, self.run_id, phase="following", follow=follow)
-        log.warning("run_dispatch_deferred", run=self.run_id, attempt=attempt, reason=why)
-        return run["state"]
+        follow.update(retry_at=now + BROKER_RETRY_S, refused_since=since, patience=patience_s)
+        set_run(self.client, self.run_id, follow=follow)
+        log.warning("run_dispatch_deferred", run=self.run_id, attempt=follow["attempt"], reason=why)
+        return "dispatched"
 
     def retry(self, reason: str) -> str:
         """The current attempt failed for a reason another may not meet: dispatch again,
@@ -363,6 +374,9 @@ class RunJob:
         end stands)."""
         run = get_run(self.client, self.run_id)
         if run.get("state") in keys.TERMINAL:
+            # Ended elsewhere (the reaper fails a run whose job is lost for good): what
+            # its end owes its board and its sharded run is owed still.
+            self._end_parent(run, run["state"])
             self._pass_turn(run)
             return run["state"]
         if reason is not None and state != "completed":
@@ -373,9 +387,7 @@ class RunJob:
         if state == "completed":
             # The run hash now holds the summary, the finish time and the firmware.
             history.record(self.client, run)
-        shard_of = run.get("shard_of") if state != "completed" else None
-        if shard_of and (why := shards.shard_ended(self.client, run, state)) is not None:
-            RunJob(self.client, self.settings, shard_of).finish(state, why)
+        self._end_parent(run, state)
         # A verified shard's samples wait for the merge; its parent's end retires them.
         if not (run.get("shard_of") and state == "completed"):
             retire_run_detail(self.client, self.run_id, samples_retention_s())
@@ -385,6 +397,13 @@ class RunJob:
         if run.get("sweep") and not run.get("shard_of"):
             close_sweep(self.client, run["sweep"])
         return state
+
+    def _end_parent(self, run: dict[str, str], state: str) -> None:
+        """A shard that ended other than completed ends its sharded run the same way and
+        cancels the other shards (once: a parent that ended already is left as it is)."""
+        shard_of = run.get("shard_of") if state != "completed" else None
+        if shard_of and (why := shards.shard_ended(self.client, run, state)) is not None:
+            RunJob(self.client, self.settings, shard_of).finish(state, why)
 
     def _pass_turn(self, run: dict[str, str]) -> None:
         pass_turn(self.client, rq_connection(self.client), self.run_id, run)

@@ -26,6 +26,7 @@ from controller import keys
 from controller.board_queue import pass_turn, queue_job
 from controller.health_schedule import HealthPolicy, schedule
 from controller.ingest.throttle import Throttle
+from controller.jobs import RunJob
 from controller.judge import close_sweep
 from controller.queueing import fetch_job, queue
 from controller.reservations import end_lapsed
@@ -35,6 +36,7 @@ from controller.retention import (
     samples_retention_s,
     trim_sweeps,
 )
+from controller.settings import Settings
 from controller.store import LEASE_TTL_S, explain, fail_reason, get_run, set_run
 from controller.sweeps import QUEUE_ORDER
 from farm.logs import get_logger
@@ -99,6 +101,7 @@ def reap(client: redis.Redis, rq_client: redis.Redis) -> list[str]:
                 # No job will end this run: if it was its sweep's last, the sweep ends here.
                 if run.get("sweep"):
                     close_sweep(client, run["sweep"])
+                _ended_shard(client, run_id, run)
         log.warning("run_reaped", run=run_id, board=run["board"], rq=state)
     return reaped
 
@@ -193,12 +196,12 @@ def stalled_turns(
         currents = [(b, r) for b, r in zip(boards, pipe.execute(), strict=True) if r]
     with client.pipeline(transaction=False) as pipe:
         for _, run_id in currents:
-            pipe.hmget(keys.run(run_id), ["state", "job"])
+            pipe.hmget(keys.run(run_id), ["state", "job", "shard_of"])
             pipe.sismember(keys.RUNS_ACTIVE, run_id)
         found = iter(pipe.execute())
     stalled = []
     for board, run_id in currents:
-        (state, job), active = next(found), next(found)
+        (state, job, shard_of), active = next(found), next(found)
         if state is not None and state not in keys.TERMINAL and (state != "queued" or active):
             continue  # under way (an active run's dispatch job ends; the follower has it)
         if state == "queued":
@@ -208,6 +211,7 @@ def stalled_turns(
                 set_run(client, run_id, state="failed", finished_at=time.time())
                 if sweep_id := client.hget(keys.run(run_id), "sweep"):
                     close_sweep(client, sweep_id)
+                _ended_shard(client, run_id, {"shard_of": shard_of or ""})
             elif rq_state == "gone":
                 queue_job(rq_client, client, run_id, "dispatch")
                 stalled.append((board, run_id))
@@ -217,6 +221,13 @@ def stalled_turns(
         stalled.append((board, run_id))
         pass_turn(client, rq_client, run_id, get_run(client, run_id) or {"board": board})
     return stalled
+
+
+def _ended_shard(client: redis.Redis, run_id: str, run: dict[str, str]) -> None:
+    """A shard the reaper failed ends its sharded run and the other shards, as the end of
+    any shard does (``RunJob.finish`` of an ended run does what its end still owes)."""
+    if run.get("shard_of"):
+        RunJob(client, Settings.resolve(), run_id).finish("failed", None)
 
 
 def look_after_boards(

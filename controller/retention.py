@@ -90,8 +90,15 @@ def trim_sweeps(client: redis.Redis, retention_s: int, now: float) -> list[str]:
             rows = pipe.execute()
         if any(state is not None and state not in keys.TERMINAL for state, _ in rows):
             continue
-        # A sharded run's shards are not among the sweep's runs (controller.shards).
-        runs = runs + [s for _, shards in rows if shards for s in json.loads(shards)]
+        # A sharded run's shards are not among the sweep's runs (controller.shards), and one
+        # cancelled with its run may still wait for its board's turn.
+        shard_ids = [s for _, shards in rows if shards for s in json.loads(shards)]
+        with client.pipeline(transaction=False) as pipe:
+            for shard_id in shard_ids:
+                pipe.hget(keys.run(shard_id), "state")
+            if any(s is not None and s not in keys.TERMINAL for s in pipe.execute()):
+                continue
+        runs = runs + shard_ids
         doomed = [
             keys.sweep(sweep_id),
             keys.sweep_runs(sweep_id),

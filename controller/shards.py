@@ -32,8 +32,9 @@ from farm.logs import get_logger
 
 log = get_logger("controller.shards")
 
-#: The firmware fields shards must agree on (the agent's software version may differ).
-SAME_FIRMWARE = ("model", "build", "image", "sha256", "profile", "name")
+#: The firmware fields shards must agree on: the image's content, not its file name (two
+#: agents may name one image differently), and the agent's software version may differ.
+SAME_FIRMWARE = ("model", "build", "sha256", "profile", "name")
 #: Who merges a parent: the first verified shard to find every shard verified.
 _MERGER_TTL_S = 7 * 86400
 

@@ -427,9 +427,9 @@ async def test_a_run_dispatched_while_the_broker_is_down_goes_out_when_it_return
     lab: ControllerLab,
 ) -> None:
     """The broker is stopped (as a service manager does) between the submit and the run's
-    dispatch: the refusal counts no attempt, the run waits (its agent is offline too, and a
-    run sent to it now would be judged offline at once), and once both are back the run goes
-    out and completes in attempt 1."""
+    dispatch: the run waits, its attempt counted once (its agent is offline too, and a run
+    sent to it now would be judged offline at once), and once both are back the same command
+    goes out and the run completes in attempt 1."""
     await lab.add_agent(
         "pi-a", "- {id: kws-1, model: kws01, latency: {median_s: 0.002}}\n", dataset_limit=20
     )
@@ -444,7 +444,7 @@ async def test_a_run_dispatched_while_the_broker_is_down_goes_out_when_it_return
     )
     await asyncio.sleep(2 * BROKER_RETRY_S)  # longer than the follower waits between sends
     run = lab.redis.hgetall(f"farm:run:{run_id}")
-    assert run["state"] == "queued" and run["attempts"] == "0", run
+    assert run["state"] == "dispatched" and run["attempts"] == "1", run
     assert f"broker {lab.broker.url}" in run["reason"], run
     await lab.broker.start()
 

@@ -139,20 +139,23 @@ def test_a_run_whose_agent_stays_away_fails_and_the_board_goes_to_the_next_run(
     assert "run-r-next" in farm_queue(QUEUES["normal"], rq_client).job_ids
 
 
-def test_a_dispatch_the_broker_refuses_counts_no_attempt_and_fails_after_the_runs_deadline(
+def test_a_dispatch_the_broker_refuses_counts_once_and_fails_after_the_runs_deadline(
     db: redis.Redis, tmp_path: Path
 ) -> None:
     """The broker (here a port nothing listens on) refuses the run's command: the follower
-    sends it again with the same attempt, none is counted, and once the broker has refused it
-    for longer than the run's own deadline would last, the run fails saying so."""
+    sends the same command again, the attempt counting once however often, and once the
+    broker has refused it for longer than the run's own deadline would last, the run fails
+    saying so."""
     followed_run(db, "r-refused", "b-1")
     db.hset(keys.run("r-refused"), mapping={"attempts": 0, "state": "queued", "options": "{}"})
     watching = follower(tmp_path)
 
-    assert RunJob(db, watching.settings, "r-refused").dispatch() == "queued"
+    # Dispatched as far as the controller goes: what the agent sends for it is taken.
+    assert RunJob(db, watching.settings, "r-refused").dispatch() == "dispatched"
     run = db.hgetall(keys.run("r-refused"))
     follow = json.loads(run["follow"])
-    assert (run["attempts"], run["phase"], follow["attempt"]) == ("0", "following", 1)
+    assert (run["attempts"], run["state"], follow["attempt"]) == ("1", "dispatched", 1)
+    assert run["command"] == follow["command"] == "r-refused-a1"
     assert "broker mqtt://127.0.0.1:1" in run["reason"], run
     first_refusal = follow["refused_since"]
 
@@ -161,7 +164,8 @@ def test_a_dispatch_the_broker_refuses_counts_no_attempt_and_fails_after_the_run
     watching.follow_all(follow["retry_at"] + 0.01)  # due: sent again, refused again
     again = json.loads(db.hget(keys.run("r-refused"), "follow"))
     assert again["refused_since"] == first_refusal and again["retry_at"] > follow["retry_at"]
-    assert db.hget(keys.run("r-refused"), "attempts") == "0"
+    assert again["command"] == "r-refused-a1"
+    assert db.hget(keys.run("r-refused"), "attempts") == "1"
 
     # The broker has refused it for longer than the run's deadline (twice its estimate).
     patience = SLACK * estimate_run_s(get_benchmark("kws01"), "accuracy", RunOptions())
@@ -169,9 +173,30 @@ def test_a_dispatch_the_broker_refuses_counts_no_attempt_and_fails_after_the_run
     db.hset(keys.run("r-refused"), "follow", json.dumps(again))
     watching.follow_all(again["retry_at"] + 0.01)
     run = db.hgetall(keys.run("r-refused"))
-    assert run["state"] == "failed" and run["attempts"] == "0", run
+    assert run["state"] == "failed" and run["attempts"] == "1", run
     assert run["reason"].startswith("the broker refused the run's command for "), run
     assert db.get(keys.lease("b-1")) is None and not db.sismember(keys.RUNS_ACTIVE, "r-refused")
+
+
+def test_a_refused_command_that_reached_the_agent_is_judged_by_its_final_event(
+    db: redis.Redis, rq_client: redis.Redis, tmp_path: Path
+) -> None:
+    """A publish can fail after the broker took it (its acknowledgement lost): the agent's
+    `done` for that attempt then arrives while the follower waits to send it again, and the
+    run is scored, not sent again."""
+    followed_run(db, "r-refused", "b-1")
+    db.hset(keys.run("r-refused"), mapping={"attempts": 0, "state": "queued", "options": "{}"})
+    watching = follower(tmp_path)
+    RunJob(db, watching.settings, "r-refused").dispatch()
+    follow = json.loads(db.hget(keys.run("r-refused"), "follow"))
+    done = {"event": "done", "attempt": 1, "count": 10, "digest": "x", "info": {}}
+    db.hset(keys.run("r-refused"), "final", json.dumps(done))
+
+    watching.follow_all(follow["retry_at"] + 0.01)
+
+    assert db.hget(keys.run("r-refused"), "phase") == "scoring"
+    assert "score-r-refused" in farm_queue(QUEUES["normal"], rq_client).job_ids
+    assert json.loads(db.hget(keys.run("r-refused"), "final")) == done  # not dropped
 
 
 def test_a_run_cancelled_while_the_broker_refuses_it_ends_cancelled(
@@ -186,7 +211,7 @@ def test_a_run_cancelled_while_the_broker_refuses_it_ends_cancelled(
     watching.follow_all(time.time())
 
     run = db.hgetall(keys.run("r-refused"))
-    assert run["state"] == "cancelled" and "before the broker took" in run["reason"], run
+    assert run["state"] == "cancelled" and "while the broker refused" in run["reason"], run
     assert db.get(keys.lease("b-1")) is None
 
 
@@ -207,5 +232,5 @@ def test_a_refused_run_waits_for_its_agent_and_fails_if_it_stays_away(
     watching.follow_all(follow["refused_since"] + follow["patience"] + 1)
 
     run = db.hgetall(keys.run("r-refused"))
-    assert run["state"] == "failed" and run["attempts"] == "0", run
+    assert run["state"] == "failed" and run["attempts"] == "1", run
     assert "agent pi-a was not back online within" in run["reason"], run

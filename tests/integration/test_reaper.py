@@ -162,3 +162,36 @@ def test_turns_a_dead_process_left_hanging_are_passed_on(rq_client: redis.Redis)
     # Nothing left hanging: a second pass finds nothing.
     assert stalled_turns(client, rq_client, ["b-ended", "b-jobless", "b-crashed"]) == []
     client.close()
+
+
+def test_a_shard_the_reaper_fails_ends_its_sharded_run_and_the_other_shards(
+    rq_client: redis.Redis,
+) -> None:
+    """A shard whose dispatch job failed for good is failed by the reaper, not by a job's
+    finish: its sharded run still ends failed (naming it) and the other shard is cancelled."""
+    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    queue = farm_queue(QUEUE_ORDER[1], rq_client)
+    client.hset(
+        keys.run("p"),
+        mapping={"id": "p", "state": "running", "board": "b-0", "shards": '["p-s0", "p-s1"]'},
+    )
+    for k in (0, 1):
+        client.hset(
+            keys.run(f"p-s{k}"),
+            mapping={"id": f"p-s{k}", "state": "queued", "board": f"b-{k}", "shard_of": "p"},
+        )
+        with client.pipeline() as pipe:
+            board_queue.wait(pipe, f"b-{k}", [f"p-s{k}"])
+            pipe.execute()
+        board_queue.advance(client, f"b-{k}")
+    crashed = queue.enqueue("builtins.len", "abc", job_id="run-p-s0")
+    crashed.set_status(JobStatus.FAILED)
+    client.hset(keys.run("p-s0"), "job", crashed.id)
+
+    assert stalled_turns(client, rq_client, ["b-0"]) == [("b-0", "p-s0")]
+
+    parent = client.hgetall(keys.run("p"))
+    assert parent["state"] == "failed", parent
+    assert parent["reason"].startswith("shard p-s0 on b-0 failed: its dispatch job failed")
+    assert client.hget(keys.run("p-s1"), "cancel") == "1"
+    client.close()

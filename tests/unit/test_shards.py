@@ -79,6 +79,8 @@ def test_shards_that_ran_other_firmware_cannot_be_merged() -> None:
         "r-s1": {"board": "k2", "firmware": json.dumps({**firmware, "software": "2"})},
     }
     assert firmware_mismatch(same) is None  # the agent's own version does not matter
+    renamed = {**same, "r-s1": {"board": "k2", "firmware": json.dumps({**firmware, "image": "x"})}}
+    assert firmware_mismatch(renamed) is None  # nor the file name the agent's config gives
     other = {
         **same,
         "r-s2": {"board": "k3", "firmware": json.dumps({**firmware, "sha256": "b" * 64})},
