@@ -478,6 +478,11 @@ class RunJob:
             time.sleep(POLL_S)
         return None
 
+    def _folder(self, run: dict[str, str]) -> Path:
+        """Where a run's artifacts go: ``results/<sweep>/<board>/<benchmark>/<mode>``."""
+        where = (run["sweep"], run["board"], run["benchmark"], run["mode"])
+        return Path(self.settings.results).joinpath(*where)
+
     def _score(self, run: dict[str, str], done: Done) -> Outcome:
         # numpy/scikit-learn are imported only where a run is scored.
         from controller.results import ResultsError, finish_run
@@ -488,7 +493,7 @@ class RunJob:
             )
         except TraceError as exc:
             return Outcome("retry", f"a power trace cannot be joined back: {exc}")
-        folder = shards.results_folder(Path(self.settings.results), run)
+        folder = self._folder(run)
         try:
             summary = finish_run(run, records, done.info, folder)
         except ResultsError as exc:
@@ -524,7 +529,7 @@ class RunJob:
         if firmware:
             set_run(self.client, self.run_id, firmware=firmware)
             run["firmware"] = firmware
-        folder = shards.results_folder(Path(self.settings.results), run)
+        folder = self._folder(run)
         try:
             summary = finish_run(run, records, done.info, folder)
         except ResultsError as exc:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import redis
@@ -132,11 +131,6 @@ def shard_runs(
                 pipe.hgetall(keys.run(shard_id))
         found = iter(pipe.execute())
     return {run_id: [next(found) for _ in shard_ids] for run_id, shard_ids in wanted}
-
-
-def results_folder(results: Path, run: Mapping[str, str]) -> Path:
-    """Where a run's artifacts go: ``results/<sweep>/<board>/<benchmark>/<mode>``."""
-    return results / run["sweep"] / run["board"] / run["benchmark"] / run["mode"]
 
 
 def shard_ended(client: redis.Redis, shard: Mapping[str, str], state: str) -> str | None:
