@@ -101,7 +101,7 @@ def reap(client: redis.Redis, rq_client: redis.Redis) -> list[str]:
                 # No job will end this run: if it was its sweep's last, the sweep ends here.
                 if run.get("sweep"):
                     close_sweep(client, run["sweep"])
-                _ended_shard(client, run_id, run)
+                _ended_shard(client, run_id, run.get("shard_of"))
         log.warning("run_reaped", run=run_id, board=run["board"], rq=state)
     return reaped
 
@@ -211,7 +211,7 @@ def stalled_turns(
                 set_run(client, run_id, state="failed", finished_at=time.time())
                 if sweep_id := client.hget(keys.run(run_id), "sweep"):
                     close_sweep(client, sweep_id)
-                _ended_shard(client, run_id, {"shard_of": shard_of or ""})
+                _ended_shard(client, run_id, shard_of)
             elif rq_state == "gone":
                 queue_job(rq_client, client, run_id, "dispatch")
                 stalled.append((board, run_id))
@@ -223,10 +223,10 @@ def stalled_turns(
     return stalled
 
 
-def _ended_shard(client: redis.Redis, run_id: str, run: dict[str, str]) -> None:
-    """A shard the reaper failed ends its sharded run and the other shards, as the end of
-    any shard does (``RunJob.finish`` of an ended run does what its end still owes)."""
-    if run.get("shard_of"):
+def _ended_shard(client: redis.Redis, run_id: str, shard_of: str | None) -> None:
+    """A shard (of ``shard_of``) the reaper failed ends its sharded run and the other shards,
+    as the end of any shard does (``RunJob.finish`` of an ended run does what its end owes)."""
+    if shard_of:
         RunJob(client, Settings.resolve(), run_id).finish("failed", None)
 
 
